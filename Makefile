@@ -1,0 +1,31 @@
+# Two commands for a fresh machine with Python 3.11+ and make:
+#   make demo   runs the main job
+#   make test   runs the test suite
+# Each creates .venv and installs pgjax into it when needed (idempotent).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pgjax-installed
+
+.PHONY: demo test install bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "pgjax needs Python 3.11+, found " + sys.version.split()[0]'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python experiments/policy_gradient_theorem.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/tabular_bench.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,322 @@
+"""Monte Carlo policy-gradient estimators and the gradient estimator lab.
+
+Every estimator below is an unbiased (or, for the truncated one, deliberately biased)
+sample of the exact gradient of `pgjax.tabular.policy_gradient`:
+
+    grad J = E_h[ (sum_t grad log pi(a_t|s_t)) G_0 ]                         REINFORCE, total return
+           = E_h[ sum_t gamma^t grad log pi(a_t|s_t) G_t ]                   rewards-to-go
+           = E_h[ sum_t gamma^t grad log pi(a_t|s_t) (G_t - b(s_t)) ]        with a state baseline
+           = 1/(1-gamma) E_{(s,a) ~ d^pi}[ grad log pi(a|s) Q^pi(s,a) ]      theorem form
+
+where G_t = sum_{k>=t} gamma^{k-t} r_k. A per-trajectory estimator has the signature
+`estimator(key, traj, problem) -> [D]`; averaging it over N independent trajectories
+gives the N-trajectory estimate. The lab runs many such estimates in one compiled call
+and measures bias, variance, cosine similarity and relative error against the exact
+gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgjax.tabular.evaluation import policy_evaluation
+from pgjax.tabular.gradient import policy_gradient
+from pgjax.tabular.mdp import MDP
+from pgjax.tabular.policy import grad_log_policy, softmax_policy
+from pgjax.trajectory import Trajectory, discount_powers, rewards_to_go, sample_trajectories
+
+Array = jax.Array
+
+
+class GradientProblem(NamedTuple):
+    """A tabular MDP and a softmax policy pi_theta with features phi [S, A, D]."""
+
+    mdp: MDP
+    theta: Array
+    features: Array
+
+
+Estimator = Callable[[Array, Trajectory, GradientProblem], Array]
+
+
+# ---------------------------------------------------------------------------
+# Array-level formulas (one trajectory; vmap for batches).
+# ---------------------------------------------------------------------------
+
+
+def trajectory_scores(traj: Trajectory, theta: Array, features: Array) -> Array:
+    """grad_theta log pi(a_t|s_t) along a trajectory, shape [T, D]."""
+    return grad_log_policy(theta, features)[traj.states, traj.actions]
+
+
+def total_return_gradient(scores: Array, rewards: Array, discount: Array) -> Array:
+    """REINFORCE with the total discounted return: (sum_t score_t) * sum_t gamma^t r_t.
+
+    Args:
+      scores: grad log pi(a_t|s_t) [T, D].
+      rewards: r_t [T].
+      discount: gamma.
+
+    Returns:
+      [D].
+    """
+    g0 = jnp.sum(discount_powers(rewards.shape[0], discount, rewards.dtype) * rewards)
+    return jnp.sum(scores, axis=0) * g0
+
+
+def rewards_to_go_gradient(scores: Array, rewards: Array, discount: Array, baseline: Array | None = None) -> Array:
+    """sum_t gamma^t score_t (G_t - b_t): causality removes past rewards; b_t (e.g. V(s_t)) removes more variance.
+
+    Args:
+      scores: [T, D].
+      rewards: [T].
+      discount: gamma.
+      baseline: b_t [T] or None (zero). Any function of s_t keeps the estimator unbiased.
+
+    Returns:
+      [D].
+    """
+    g = rewards_to_go(rewards, discount)
+    if baseline is not None:
+        g = g - baseline
+    weights = discount_powers(rewards.shape[0], discount, rewards.dtype) * g
+    return jnp.einsum("t,td->d", weights, scores)
+
+
+def theorem_sample_gradient(score: Array, q_value: Array, discount: Array) -> Array:
+    """One-sample theorem form: score(s,a) Q(s,a) / (1-gamma), for (s,a) ~ d^pi. Shape [D]."""
+    return score * q_value / (1.0 - discount)
+
+
+def geometric_time(key: Array, discount: Array) -> Array:
+    """t ~ Geometric: P(t = k) = (1-gamma) gamma^k, k = 0, 1, ...; then s_t ~ d^pi (the lecture's definition)."""
+    u = jax.random.uniform(key, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
+    return jnp.floor(jnp.log(u) / jnp.log(discount)).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------
+# Per-trajectory estimators with the common signature (key, traj, problem) -> [D].
+# ---------------------------------------------------------------------------
+
+
+def reinforce_total_return(key: Array, traj: Trajectory, problem: GradientProblem) -> Array:
+    """REINFORCE: (sum_t grad log pi(a_t|s_t)) * G_0."""
+    del key
+    scores = trajectory_scores(traj, problem.theta, problem.features)
+    return total_return_gradient(scores, traj.rewards, problem.mdp.discount)
+
+
+def reinforce_rewards_to_go(key: Array, traj: Trajectory, problem: GradientProblem) -> Array:
+    """REINFORCE with rewards-to-go: sum_t gamma^t grad log pi(a_t|s_t) G_t."""
+    del key
+    scores = trajectory_scores(traj, problem.theta, problem.features)
+    return rewards_to_go_gradient(scores, traj.rewards, problem.mdp.discount)
+
+
+def reinforce_value_baseline(key: Array, traj: Trajectory, problem: GradientProblem) -> Array:
+    """Rewards-to-go with the exact state-value baseline: sum_t gamma^t score_t (G_t - V^pi(s_t)).
+
+    V^pi is the oracle baseline (from `policy_evaluation`); a learned baseline plugs into
+    `rewards_to_go_gradient` the same way.
+    """
+    del key
+    pi = softmax_policy(problem.theta, problem.features)
+    v, _ = policy_evaluation(problem.mdp, pi)
+    scores = trajectory_scores(traj, problem.theta, problem.features)
+    # With a truncated horizon, G_t misses gamma^{T-t} V(s_T); subtracting the same tail from the
+    # baseline would bias it, so the baseline is plain V(s_t).
+    return rewards_to_go_gradient(scores, traj.rewards, problem.mdp.discount, baseline=v[traj.states])
+
+
+def _theorem_form(key: Array, traj: Trajectory, problem: GradientProblem, exact_q: bool) -> Array:
+    discount = problem.mdp.discount
+    horizon = traj.states.shape[0]
+    t = geometric_time(key, discount)
+    inside = t < horizon  # a draw beyond the horizon contributes 0 (bias O(gamma^T))
+    t_safe = jnp.minimum(t, horizon - 1)
+    s, a = traj.states[t_safe], traj.actions[t_safe]
+    score = grad_log_policy(problem.theta, problem.features)[s, a]
+    if exact_q:
+        _, q = policy_evaluation(problem.mdp, softmax_policy(problem.theta, problem.features))
+        q_value = q[s, a]
+    else:
+        q_value = rewards_to_go(traj.rewards, discount)[t_safe]  # unbiased for Q(s_t, a_t) by the Markov property
+    return jnp.where(inside, 1.0, 0.0) * theorem_sample_gradient(score, q_value, discount)
+
+
+def theorem_form_rollout_q(key: Array, traj: Trajectory, problem: GradientProblem) -> Array:
+    """Theorem form: (s,a) = (s_t, a_t) with t ~ Geometric(1-gamma), Q estimated by the rollout's G_t."""
+    return _theorem_form(key, traj, problem, exact_q=False)
+
+
+def theorem_form_exact_q(key: Array, traj: Trajectory, problem: GradientProblem) -> Array:
+    """Theorem form with the exact Q^pi: isolates the variance of sampling (s,a) ~ d^pi."""
+    return _theorem_form(key, traj, problem, exact_q=True)
+
+
+def truncated(estimator: Estimator, truncation: int) -> Estimator:
+    """The estimator applied to the first `truncation` steps only: biased by the missing tail (O(gamma^H))."""
+    if truncation < 1:
+        raise ValueError(f"truncated: truncation must be >= 1; got {truncation}.")
+
+    def truncated_estimator(key, traj, problem):
+        short = jax.tree_util.tree_map(lambda x: x[:truncation], traj)
+        return estimator(key, short, problem)
+
+    truncated_estimator.__name__ = f"{getattr(estimator, '__name__', 'estimator')}_truncated_{truncation}"
+    return truncated_estimator
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "reinforce": reinforce_total_return,
+    "rewards_to_go": reinforce_rewards_to_go,
+    "value_baseline": reinforce_value_baseline,
+    "theorem_rollout_q": theorem_form_rollout_q,
+    "theorem_exact_q": theorem_form_exact_q,
+}
+
+
+def effective_horizon(discount: float, tail: float = 1e-8) -> int:
+    """The smallest T with gamma^T <= tail: rollouts this long make truncation bias negligible."""
+    if not 0.0 < discount < 1.0:
+        raise ValueError(f"effective_horizon: discount must lie in (0, 1); got {discount}.")
+    return int(np.ceil(np.log(tail) / np.log(discount)))
+
+
+# ---------------------------------------------------------------------------
+# The lab: many independent estimates in one compiled call, compared with the truth.
+# ---------------------------------------------------------------------------
+
+
+def per_trajectory_estimates(
+    key: Array, problem: GradientProblem, estimator: Estimator, num_trajectories: int, horizon: int
+) -> Array:
+    """Independent one-trajectory estimates, shape [N, D] (sample N trajectories, vmap the estimator)."""
+    key_traj, key_est = jax.random.split(key)
+    pi = softmax_policy(problem.theta, problem.features)
+    trajs = sample_trajectories(key_traj, problem.mdp, pi, horizon, num_trajectories)
+    keys = jax.random.split(key_est, num_trajectories)
+    return jax.vmap(estimator, in_axes=(0, 0, None))(keys, trajs, problem)
+
+
+def batch_means(samples: Array, batch_size: int) -> Array:
+    """Average consecutive groups of `batch_size` one-trajectory estimates: [N, D] -> [N // batch_size, D]."""
+    num = (samples.shape[0] // batch_size) * batch_size
+    if num == 0:
+        raise ValueError(f"batch_means: batch_size {batch_size} exceeds the {samples.shape[0]} samples.")
+    return samples[:num].reshape(-1, batch_size, samples.shape[-1]).mean(axis=1)
+
+
+class EstimatorStats(NamedTuple):
+    """Quality of K independent gradient estimates g_1..g_K against the exact gradient g.
+
+    Attributes:
+      mean: (1/K) sum_k g_k [D].
+      bias: mean - g [D].
+      bias_norm: ||mean - g||.
+      bias_z: bias_d / (sd_d / sqrt(K)) [D], the per-coordinate z statistic of the bias.
+      total_variance: trace of the covariance, (1/K) sum_k ||g_k - mean||^2.
+      mse: (1/K) sum_k ||g_k - g||^2.
+      relative_error: sqrt(mse) / ||g||.
+      cosine: (1/K) sum_k <g_k, g> / (||g_k|| ||g||) (0 for a zero estimate).
+    """
+
+    mean: Array
+    bias: Array
+    bias_norm: Array
+    bias_z: Array
+    total_variance: Array
+    mse: Array
+    relative_error: Array
+    cosine: Array
+
+
+def estimator_stats(estimates: Array, exact: Array) -> EstimatorStats:
+    """Summarise estimates [K, D] against the exact gradient [D]."""
+    k = estimates.shape[0]
+    mean = estimates.mean(axis=0)
+    bias = mean - exact
+    centred = estimates - mean
+    var = jnp.mean(centred**2, axis=0)
+    se = jnp.sqrt(var * k / jnp.maximum(k - 1, 1) / k)
+    # A coordinate that never varies is either exactly right (z = 0) or certainly wrong (z = inf).
+    bias_z = jnp.where(se > 0, bias / jnp.where(se > 0, se, 1.0), jnp.where(bias == 0, 0.0, jnp.inf * jnp.sign(bias)))
+    err = estimates - exact
+    mse = jnp.mean(jnp.sum(err**2, axis=-1))
+    exact_norm = jnp.linalg.norm(exact)
+    norms = jnp.linalg.norm(estimates, axis=-1)
+    cos = jnp.where(norms > 0, estimates @ exact / jnp.where(norms > 0, norms, 1.0) / exact_norm, 0.0)
+    return EstimatorStats(
+        mean=mean,
+        bias=bias,
+        bias_norm=jnp.linalg.norm(bias),
+        bias_z=bias_z,
+        total_variance=jnp.sum(var),
+        mse=mse,
+        relative_error=jnp.sqrt(mse) / exact_norm,
+        cosine=jnp.mean(cos),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("estimator", "num_estimates", "trajectories_per_estimate", "horizon"))
+def run_estimator(
+    key: Array,
+    problem: GradientProblem,
+    estimator: Estimator,
+    num_estimates: int,
+    trajectories_per_estimate: int,
+    horizon: int,
+) -> tuple[Array, EstimatorStats]:
+    """One compiled call: K = num_estimates independent estimates, each averaging M trajectories.
+
+    Args:
+      key: PRNG key.
+      problem: the MDP and policy.
+      estimator: a per-trajectory estimator (key, traj, problem) -> [D].
+      num_estimates: K.
+      trajectories_per_estimate: M.
+      horizon: rollout length T.
+
+    Returns:
+      (estimates [K, D], EstimatorStats against `policy_gradient`).
+    """
+    samples = per_trajectory_estimates(key, problem, estimator, num_estimates * trajectories_per_estimate, horizon)
+    estimates = batch_means(samples, trajectories_per_estimate)
+    exact = policy_gradient(problem.mdp, problem.theta, problem.features)
+    return estimates, estimator_stats(estimates, exact)
+
+
+def check_finite(stats: EstimatorStats, name: str = "estimator") -> None:
+    """Raise `FloatingPointError` if any statistic is NaN (never report silent NaN)."""
+    for field, value in stats._asdict().items():
+        if np.any(np.isnan(np.asarray(value))):
+            raise FloatingPointError(f"{name}: statistic {field!r} is NaN; check the MDP, theta and horizon.")
+
+
+def error_curve(
+    key: Array,
+    problem: GradientProblem,
+    estimator: Estimator,
+    batch_sizes: tuple[int, ...],
+    num_estimates: int,
+    horizon: int,
+) -> list[EstimatorStats]:
+    """Stats of M-trajectory estimates for each M in `batch_sizes`, from one batch of
+    num_estimates * max(M) trajectories (disjoint groups, so the estimates are independent)."""
+    if min(batch_sizes) < 1:
+        raise ValueError(f"error_curve: batch sizes must be >= 1; got {batch_sizes}.")
+    samples = _per_trajectory_jit(key, problem, estimator, num_estimates * max(batch_sizes), horizon)
+    exact = policy_gradient(problem.mdp, problem.theta, problem.features)
+    stats = []
+    for m in batch_sizes:
+        stats.append(_stats_jit(batch_means(samples[: num_estimates * m], m), exact))
+    return stats
+
+
+_per_trajectory_jit = jax.jit(per_trajectory_estimates, static_argnames=("estimator", "num_trajectories", "horizon"))
+_stats_jit = jax.jit(estimator_stats)

@@ -1,0 +1,61 @@
+"""Exact tabular reinforcement learning: MDPs, softmax policies, values, occupancies and gradients."""
+
+from pgjax.tabular.evaluation import (
+    action_values,
+    expected_return,
+    policy_evaluation,
+    policy_reward,
+    policy_transition,
+    state_values,
+)
+from pgjax.tabular.gradient import advantage_policy_gradient, objective, policy_gradient
+from pgjax.tabular.mdp import MDP, chain_mdp, gridworld_mdp, random_mdp, validate_mdp_arrays
+from pgjax.tabular.occupancy import (
+    FixedPointInfo,
+    occupancy,
+    occupancy_fixed_point,
+    occupancy_iterates,
+    occupancy_solve,
+    state_action_occupancy,
+)
+from pgjax.tabular.policy import (
+    grad_log_policy,
+    log_policy,
+    logistic_features,
+    logistic_policy,
+    policy_logits,
+    softmax_policy,
+    tabular_features,
+    uniform_policy,
+)
+
+__all__ = [
+    "MDP",
+    "FixedPointInfo",
+    "action_values",
+    "advantage_policy_gradient",
+    "chain_mdp",
+    "expected_return",
+    "grad_log_policy",
+    "gridworld_mdp",
+    "log_policy",
+    "logistic_features",
+    "logistic_policy",
+    "objective",
+    "occupancy",
+    "occupancy_fixed_point",
+    "occupancy_iterates",
+    "occupancy_solve",
+    "policy_evaluation",
+    "policy_gradient",
+    "policy_logits",
+    "policy_reward",
+    "policy_transition",
+    "random_mdp",
+    "softmax_policy",
+    "state_action_occupancy",
+    "state_values",
+    "tabular_features",
+    "uniform_policy",
+    "validate_mdp_arrays",
+]

@@ -1,0 +1,55 @@
+"""Exact policy evaluation on tabular MDPs.
+
+    V^pi = (I - gamma P^pi)^{-1} r^pi,   Q^pi(s,a) = R(s,a) + gamma sum_s' P(s'|s,a) V^pi(s'),
+    J(pi) = mu0 . V^pi.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pgjax.tabular.mdp import MDP
+
+Array = jax.Array
+
+
+def policy_transition(mdp: MDP, pi: Array) -> Array:
+    """The state-to-state kernel under pi: P^pi(s'|s) = sum_a pi(a|s) P(s'|s,a), shape [S, S]."""
+    return jnp.einsum("sa,sat->st", pi, mdp.transition)
+
+
+def policy_reward(mdp: MDP, pi: Array) -> Array:
+    """The expected one-step reward under pi: r^pi(s) = sum_a pi(a|s) R(s,a), shape [S]."""
+    return jnp.sum(pi * mdp.reward, axis=-1)
+
+
+def state_values(mdp: MDP, pi: Array) -> Array:
+    """V^pi [S], the solution of the Bellman equation (I - gamma P^pi) V = r^pi."""
+    num_states = mdp.num_states
+    lhs = jnp.eye(num_states, dtype=mdp.transition.dtype) - mdp.discount * policy_transition(mdp, pi)
+    return jnp.linalg.solve(lhs, policy_reward(mdp, pi))
+
+
+def action_values(mdp: MDP, values: Array) -> Array:
+    """Q(s,a) = R(s,a) + gamma sum_s' P(s'|s,a) V(s'), shape [S, A], from V [S]."""
+    return mdp.reward + mdp.discount * jnp.einsum("sat,t->sa", mdp.transition, values)
+
+
+def policy_evaluation(mdp: MDP, pi: Array) -> tuple[Array, Array]:
+    """Exact V^pi and Q^pi by a linear solve.
+
+    Args:
+      mdp: an `MDP` with S states and A actions.
+      pi: policy [S, A].
+
+    Returns:
+      (v [S], q [S, A]).
+    """
+    v = state_values(mdp, pi)
+    return v, action_values(mdp, v)
+
+
+def expected_return(mdp: MDP, pi: Array) -> Array:
+    """J(pi) = E_{s0 ~ mu0}[V^pi(s0)] = E[sum_t gamma^t r(s_t, a_t)], a scalar."""
+    return jnp.dot(mdp.initial, state_values(mdp, pi))

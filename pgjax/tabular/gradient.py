@@ -1,0 +1,58 @@
+"""The exact policy gradient on tabular MDPs.
+
+Policy gradient theorem (lecture):
+
+    grad_theta J(theta) = 1/(1-gamma) E_{(s,a) ~ d^pi_theta}[ grad_theta log pi_theta(a|s) Q^pi_theta(s,a) ]
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pgjax.tabular.evaluation import expected_return, policy_evaluation
+from pgjax.tabular.mdp import MDP
+from pgjax.tabular.occupancy import occupancy_solve
+from pgjax.tabular.policy import grad_log_policy, softmax_policy
+
+Array = jax.Array
+
+
+def objective(mdp: MDP, theta: Array, features: Array) -> Array:
+    """J(theta) = mu0 . V^{pi_theta} for the softmax policy; differentiate it with `jax.grad`."""
+    return expected_return(mdp, softmax_policy(theta, features))
+
+
+def policy_gradient(mdp: MDP, theta: Array, features: Array) -> Array:
+    """The exact policy gradient by the policy gradient theorem.
+
+        grad J = 1/(1-gamma) sum_{s,a} d^pi(s) pi(a|s) [phi(s,a) - E_pi phi(s,.)] Q^pi(s,a)
+
+    Args:
+      mdp: an `MDP` with S states and A actions.
+      theta: parameters [D].
+      features: phi [S, A, D].
+
+    Returns:
+      grad J [D].
+    """
+    pi = softmax_policy(theta, features)
+    _, q = policy_evaluation(mdp, pi)
+    d_sa = occupancy_solve(mdp, pi)[:, None] * pi
+    score = grad_log_policy(theta, features)
+    return jnp.einsum("sa,sad->d", d_sa * q, score) / (1.0 - mdp.discount)
+
+
+def advantage_policy_gradient(mdp: MDP, theta: Array, features: Array) -> Array:
+    """The same gradient with the advantage A = Q - V in place of Q (the baseline drops out).
+
+        grad J = 1/(1-gamma) E_{d^pi}[ grad log pi(a|s) (Q^pi(s,a) - V^pi(s)) ]
+
+    Returns:
+      grad J [D].
+    """
+    pi = softmax_policy(theta, features)
+    v, q = policy_evaluation(mdp, pi)
+    d_sa = occupancy_solve(mdp, pi)[:, None] * pi
+    score = grad_log_policy(theta, features)
+    return jnp.einsum("sa,sad->d", d_sa * (q - v[:, None]), score) / (1.0 - mdp.discount)

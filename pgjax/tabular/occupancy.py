@@ -1,0 +1,120 @@
+"""Normalised discounted occupancy measures.
+
+    d^pi = (1 - gamma) mu0 (I - gamma P^pi)^{-1}            (closed form)
+    d^pi = (1 - gamma) mu0 + gamma d^pi P^pi                (Bellman-flow fixed point)
+    d^pi(s, a) = d^pi(s) pi(a|s)
+
+d^pi is a probability distribution over states: it sums to 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from pgjax.tabular.evaluation import policy_transition
+from pgjax.tabular.mdp import MDP
+
+Array = jax.Array
+
+METHODS = ("solve", "fixed_point")
+
+
+class FixedPointInfo(NamedTuple):
+    """Diagnostics of the fixed-point iteration.
+
+    Attributes:
+      iterations: number of updates d <- (1-gamma) mu0 + gamma d P^pi performed.
+      residual: max_s |d_k(s) - d_{k-1}(s)| at the last iteration.
+      converged: residual <= tol.
+    """
+
+    iterations: Array
+    residual: Array
+    converged: Array
+
+
+def default_tolerance(dtype) -> float:
+    """Fixed-point tolerance on the max-norm residual: 1e-12 in float64, 1e-6 in float32."""
+    return 1e-12 if jnp.finfo(dtype).bits >= 64 else 1e-6
+
+
+def occupancy_solve(mdp: MDP, pi: Array) -> Array:
+    """d^pi [S] by the closed form: solve (I - gamma P^pi)^T x = (1 - gamma) mu0."""
+    num_states = mdp.num_states
+    lhs = jnp.eye(num_states, dtype=mdp.transition.dtype) - mdp.discount * policy_transition(mdp, pi)
+    return jnp.linalg.solve(lhs.T, (1.0 - mdp.discount) * mdp.initial)
+
+
+def _flow_step(mdp: MDP, p_pi: Array, d: Array) -> Array:
+    return (1.0 - mdp.discount) * mdp.initial + mdp.discount * (d @ p_pi)
+
+
+def occupancy_fixed_point(
+    mdp: MDP, pi: Array, tol: float | None = None, max_iterations: int = 10_000
+) -> tuple[Array, FixedPointInfo]:
+    """d^pi [S] by iterating the Bellman-flow equation d <- (1-gamma) mu0 + gamma d P^pi.
+
+    The map is a gamma-contraction in the l1 norm, so the error after k steps is at
+    most gamma^k; iteration stops when the max-norm change is <= tol or after
+    `max_iterations`, whichever comes first (a `lax.while_loop`, so it jits and vmaps).
+
+    Returns:
+      (d [S], FixedPointInfo).
+    """
+    tol = default_tolerance(mdp.transition.dtype) if tol is None else tol
+    p_pi = policy_transition(mdp, pi)
+    d0 = (1.0 - mdp.discount) * mdp.initial
+    inf = jnp.asarray(jnp.inf, d0.dtype)
+
+    def cond(carry):
+        _, k, residual = carry
+        return (k < max_iterations) & (residual > tol)
+
+    def body(carry):
+        d, k, _ = carry
+        d_next = _flow_step(mdp, p_pi, d)
+        return d_next, k + 1, jnp.max(jnp.abs(d_next - d))
+
+    d, k, residual = lax.while_loop(cond, body, (d0, jnp.asarray(0), inf))
+    return d, FixedPointInfo(k, residual, residual <= tol)
+
+
+def occupancy_iterates(mdp: MDP, pi: Array, num_iterations: int) -> Array:
+    """The first `num_iterations` fixed-point iterates d_1, ..., d_K, shape [K, S] (for convergence plots)."""
+    p_pi = policy_transition(mdp, pi)
+
+    def step(d, _):
+        d_next = _flow_step(mdp, p_pi, d)
+        return d_next, d_next
+
+    _, iterates = lax.scan(step, (1.0 - mdp.discount) * mdp.initial, None, length=num_iterations)
+    return iterates
+
+
+def occupancy(mdp: MDP, pi: Array, method: str = "solve", **kwargs) -> Array:
+    """The normalised discounted state occupancy d^pi(s) = (1-gamma) sum_t gamma^t P(s_t = s).
+
+    Args:
+      mdp: an `MDP` with S states.
+      pi: policy [S, A].
+      method: "solve" (closed form, a linear solve) or "fixed_point" (iterate the
+        Bellman-flow equation; kwargs `tol`, `max_iterations`; use
+        `occupancy_fixed_point` to also get iterations and residual).
+
+    Returns:
+      d [S], summing to 1.
+    """
+    if method == "solve":
+        return occupancy_solve(mdp, pi)
+    if method == "fixed_point":
+        return occupancy_fixed_point(mdp, pi, **kwargs)[0]
+    raise ValueError(f"occupancy: method must be one of {METHODS}; got {method!r}.")
+
+
+def state_action_occupancy(mdp: MDP, pi: Array, method: str = "solve", **kwargs) -> Array:
+    """d^pi(s, a) = d^pi(s) pi(a|s), shape [S, A], summing to 1."""
+    return occupancy(mdp, pi, method, **kwargs)[:, None] * pi

@@ -1,0 +1,127 @@
+"""Trajectories on tabular MDPs: sampling, log-densities and discounted returns.
+
+A trajectory of horizon T is h = (s_0, a_0, s_1, ..., s_{T-1}, a_{T-1}, s_T) with rewards
+r_t = R(s_t, a_t). Its density under pi (lecture):
+
+    p_pi(h) = mu0(s_0) prod_{t=0}^{T-1} pi(a_t|s_t) P(s_{t+1}|s_t, a_t)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from pgjax.tabular.mdp import MDP
+
+Array = jax.Array
+
+
+class Trajectory(NamedTuple):
+    """A fixed-horizon trajectory (leading batch axes allowed).
+
+    Attributes:
+      states: s_t [..., T] (int32).
+      actions: a_t [..., T] (int32).
+      rewards: r_t = R(s_t, a_t) [..., T].
+      next_states: s_{t+1} [..., T] (int32).
+    """
+
+    states: Array
+    actions: Array
+    rewards: Array
+    next_states: Array
+
+
+def _safe_log(p: Array) -> Array:
+    return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
+
+
+def sample_trajectory(key: Array, mdp: MDP, pi: Array, horizon: int) -> Trajectory:
+    """Roll out pi for `horizon` steps from s_0 ~ mu0 with `lax.scan`.
+
+    Args:
+      key: PRNG key.
+      mdp: an unbatched `MDP`.
+      pi: policy [S, A].
+      horizon: T, a static Python int >= 1.
+
+    Returns:
+      A `Trajectory` with fields of shape [T].
+    """
+    if horizon < 1:
+        raise ValueError(f"sample_trajectory: horizon must be >= 1; got {horizon}.")
+    key_init, key_steps = jax.random.split(key)
+    s0 = jax.random.categorical(key_init, _safe_log(mdp.initial))
+    log_pi = _safe_log(pi)
+    log_p = _safe_log(mdp.transition)
+
+    def step(state, step_key):
+        key_a, key_s = jax.random.split(step_key)
+        action = jax.random.categorical(key_a, log_pi[state])
+        next_state = jax.random.categorical(key_s, log_p[state, action])
+        out = (state, action, mdp.reward[state, action], next_state)
+        return next_state, out
+
+    _, (states, actions, rewards, next_states) = lax.scan(step, s0, jax.random.split(key_steps, horizon))
+    return Trajectory(states.astype(jnp.int32), actions.astype(jnp.int32), rewards, next_states.astype(jnp.int32))
+
+
+def sample_trajectories(key: Array, mdp: MDP, pi: Array, horizon: int, num_trajectories: int) -> Trajectory:
+    """`num_trajectories` independent trajectories, fields of shape [N, T] (vmap over split keys)."""
+    if num_trajectories < 1:
+        raise ValueError(f"sample_trajectories: num_trajectories must be >= 1; got {num_trajectories}.")
+    keys = jax.random.split(key, num_trajectories)
+    return jax.vmap(sample_trajectory, in_axes=(0, None, None, None))(keys, mdp, pi, horizon)
+
+
+def log_density(traj: Trajectory, mdp: MDP, pi: Array) -> Array:
+    """log p_pi(h) = log mu0(s_0) + sum_t [log pi(a_t|s_t) + log P(s_{t+1}|s_t, a_t)].
+
+    Args:
+      traj: a `Trajectory` with fields [T].
+      mdp: the `MDP` it was sampled from.
+      pi: policy [S, A].
+
+    Returns:
+      A scalar (-inf for a trajectory impossible under pi or the dynamics).
+    """
+    s, a, s_next = traj.states, traj.actions, traj.next_states
+    log_mu0 = _safe_log(mdp.initial[s[0]])
+    log_pi = jnp.sum(jnp.log(pi[s, a]))
+    log_dyn = jnp.sum(_safe_log(mdp.transition[s, a, s_next]))
+    return log_mu0 + log_pi + log_dyn
+
+
+def policy_log_likelihood(traj: Trajectory, pi: Array) -> Array:
+    """sum_t log pi(a_t|s_t): the only part of log p_pi(h) that depends on the policy."""
+    return jnp.sum(jnp.log(pi[traj.states, traj.actions]))
+
+
+def discounted_return(rewards: Array, discount: Array) -> Array:
+    """G_0 = sum_{t=0}^{T-1} gamma^t r_t for rewards [T]; a scalar."""
+    powers = discount ** jnp.arange(rewards.shape[-1], dtype=rewards.dtype)
+    return jnp.sum(powers * rewards, axis=-1)
+
+
+def rewards_to_go(rewards: Array, discount: Array) -> Array:
+    """G_t = sum_{k=t}^{T-1} gamma^{k-t} r_k for rewards [T], by a reverse scan: G_t = r_t + gamma G_{t+1}.
+
+    Returns:
+      G [T]; G[0] equals `discounted_return(rewards, discount)`.
+    """
+
+    def step(g_next, r):
+        g = r + discount * g_next
+        return g, g
+
+    _, g = lax.scan(step, jnp.zeros((), rewards.dtype), rewards, reverse=True)
+    return g
+
+
+def discount_powers(horizon: int, discount: Array, dtype=None) -> Array:
+    """gamma^t for t = 0..T-1, shape [T]."""
+    dtype = dtype or jnp.result_type(discount)
+    return jnp.asarray(discount, dtype) ** jnp.arange(horizon, dtype=dtype)
