@@ -3,6 +3,7 @@
 from pgjax.tabular.evaluation import (
     action_values,
     expected_return,
+    finite_horizon_return,
     policy_evaluation,
     policy_reward,
     policy_transition,
@@ -36,6 +37,7 @@ __all__ = [
     "advantage_policy_gradient",
     "chain_mdp",
     "expected_return",
+    "finite_horizon_return",
     "grad_log_policy",
     "gridworld_mdp",
     "log_policy",

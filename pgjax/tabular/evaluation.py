@@ -53,3 +53,21 @@ def policy_evaluation(mdp: MDP, pi: Array) -> tuple[Array, Array]:
 def expected_return(mdp: MDP, pi: Array) -> Array:
     """J(pi) = E_{s0 ~ mu0}[V^pi(s0)] = E[sum_t gamma^t r(s_t, a_t)], a scalar."""
     return jnp.dot(mdp.initial, state_values(mdp, pi))
+
+
+def finite_horizon_return(mdp: MDP, pi: Array, horizon: int) -> Array:
+    """J_H(pi) = E[sum_{t=0}^{H-1} gamma^t r(s_t, a_t)] = sum_{t<H} gamma^t mu0 (P^pi)^t r^pi, a scalar.
+
+    The objective a rollout truncated at H actually estimates; grad J - grad J_H is the
+    truncation bias of the estimator lab.
+    """
+    p_pi = policy_transition(mdp, pi)
+    r_pi = policy_reward(mdp, pi)
+
+    def step(carry, _):
+        mu, total, scale = carry
+        return (mu @ p_pi, total + scale * jnp.dot(mu, r_pi), scale * mdp.discount), None
+
+    init = (mdp.initial, jnp.zeros((), r_pi.dtype), jnp.ones((), r_pi.dtype))
+    (_, total, _), _ = jax.lax.scan(step, init, None, length=horizon)
+    return total

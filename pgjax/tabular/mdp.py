@@ -12,6 +12,7 @@ Building an MDP from concrete arrays validates it; values that are tracers
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -179,18 +180,24 @@ def random_mdp(
         raise ValueError(f"random_mdp: num_states and num_actions must be >= 1; got {num_states}, {num_actions}.")
     if _is_concrete(discount) and not 0.0 < float(discount) < 1.0:
         raise ValueError(f"random_mdp: discount must lie in (0, 1); got {discount}.")
-    if concentration <= 0:
+    if _is_concrete(concentration) and concentration <= 0:
         raise ValueError(f"random_mdp: concentration must be > 0; got {concentration}.")
-    dtype = dtype or jnp.result_type(float)
+    dtype = jnp.dtype(dtype or jnp.result_type(float))
+    transition, reward, initial = _sample_mdp_arrays(key, num_states, num_actions, concentration, reward_scale, dtype)
+    return MDP(transition, reward, initial, jnp.asarray(discount, dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 5))
+def _sample_mdp_arrays(key, num_states, num_actions, concentration, reward_scale, dtype):
+    # Jitted so eager callers pay one compile instead of one per Dirichlet sampling op.
     k_p, k_r, k_mu = jax.random.split(key, 3)
-    transition = jax.random.dirichlet(
-        k_p, jnp.full((num_states,), concentration, dtype), shape=(num_states, num_actions), dtype=dtype
-    )
+    alpha = jnp.full((num_states,), concentration, dtype)
+    transition = jax.random.dirichlet(k_p, alpha, shape=(num_states, num_actions), dtype=dtype)
     # Dirichlet draws with tiny concentration can underflow to an all-zero row; renormalise safely.
     transition = _normalise_rows(transition)
     reward = reward_scale * jax.random.uniform(k_r, (num_states, num_actions), dtype)
     initial = _normalise_rows(jax.random.dirichlet(k_mu, jnp.ones((num_states,), dtype), dtype=dtype))
-    return MDP(transition, reward, initial, jnp.asarray(discount, dtype))
+    return transition, reward, initial
 
 
 def _normalise_rows(p: Array) -> Array:

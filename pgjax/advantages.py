@@ -1,0 +1,183 @@
+"""Returns and advantages over a time-major rollout, with termination and truncation kept apart.
+
+Conventions for a rollout of T steps from B parallel environments (arrays [T, B]; [T] also works):
+
+  rewards[t]      r_t, the reward of the env step at t.
+  values[t]       V(s_t).
+  next_values[t]  V(s_{t+1}) where s_{t+1} is the TRUE next observation: for an episode that
+                  ended at step t this is the final observation before the auto-reset, not the
+                  reset observation. Without episode ends, next_values[t] == values[t+1].
+  terminated[t]   the episode reached a terminal state at t: the future is worth 0, no bootstrap.
+  truncated[t]    the episode was cut at t (time limit): the future is worth V(s_{t+1}), so
+                  bootstrap from next_values[t].
+
+An episode boundary (terminated OR truncated) always stops the recursion, and the end of the
+rollout bootstraps from next_values[T-1] unless the last step terminated. Flags may be bool or
+float. `discount` (gamma) and `gae_lambda` (lambda) may be traced scalars, so they can be vmapped.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+
+def _check(rewards: Array, *others: Array) -> None:
+    chex.assert_rank(rewards, {1, 2})
+    chex.assert_equal_shape([rewards, *others])
+
+
+def _flags(terminated: Array, truncated: Array, dtype) -> tuple[Array, Array]:
+    """(1 - terminated, 1 - done) as floats, done = terminated OR truncated."""
+    terminated = jnp.asarray(terminated).astype(bool)
+    done = terminated | jnp.asarray(truncated).astype(bool)
+    return 1.0 - terminated.astype(dtype), 1.0 - done.astype(dtype)
+
+
+def discounted_returns(
+    rewards: Array, next_values: Array, terminated: Array, truncated: Array, discount: Array
+) -> Array:
+    """Bootstrapped rewards-to-go, by a reverse scan:
+
+        G_t = r_t + gamma (1 - term_t) [ trunc_t ? V(s_{t+1}) : G_{t+1} ],   G_T := V(s_T) = next_values[T-1]
+
+    i.e. the Monte Carlo return within each episode, completed by the value of the next state where
+    the rollout or a time limit cuts it (REINFORCE's G_t; A2C's "rollout-length n-step" target).
+
+    Args:
+      rewards: r [T, B].
+      next_values: V(s_{t+1}) [T, B]; only read at truncations and at t = T-1.
+      terminated: [T, B] bool or {0, 1}.
+      truncated: [T, B] bool or {0, 1}.
+      discount: gamma, a scalar (may be traced).
+
+    Returns:
+      G [T, B].
+    """
+    _check(rewards, next_values, terminated, truncated)
+    not_terminated, _ = _flags(terminated, truncated, rewards.dtype)
+    truncated = jnp.asarray(truncated).astype(bool)
+
+    def step(g_next, inputs):
+        r, v_next, nonterminal, trunc = inputs
+        g = r + discount * nonterminal * jnp.where(trunc, v_next, g_next)
+        return g, g
+
+    _, returns = lax.scan(step, next_values[-1], (rewards, next_values, not_terminated, truncated), reverse=True)
+    return returns
+
+
+def td_errors(
+    rewards: Array, values: Array, next_values: Array, terminated: Array, discount: Array
+) -> Array:
+    """One-step TD errors delta_t = r_t + gamma (1 - term_t) V(s_{t+1}) - V(s_t), shape [T, B].
+
+    Truncation needs no flag here: a truncated step bootstraps like a non-terminal one.
+    """
+    _check(rewards, values, next_values, terminated)
+    not_terminated = 1.0 - jnp.asarray(terminated).astype(bool).astype(rewards.dtype)
+    return rewards + discount * not_terminated * next_values - values
+
+
+def gae(
+    rewards: Array,
+    values: Array,
+    next_values: Array,
+    terminated: Array,
+    truncated: Array,
+    discount: Array,
+    gae_lambda: Array,
+) -> tuple[Array, Array]:
+    """Generalised advantage estimation (Schulman et al., 2016), by a reverse scan:
+
+        delta_t = r_t + gamma (1 - term_t) V(s_{t+1}) - V(s_t)
+        A_t     = delta_t + gamma lambda (1 - done_t) A_{t+1},   A_T := 0,   done = term OR trunc
+        target_t = A_t + V(s_t)
+
+    lambda = 0 gives the TD error, lambda = 1 the bootstrapped return minus V(s_t)
+    (`discounted_returns(...) - values`, when next_values[t] == values[t+1] within episodes).
+
+    Args:
+      rewards: r [T, B].
+      values: V(s_t) [T, B].
+      next_values: V(s_{t+1}) of the true next observation [T, B].
+      terminated: [T, B] bool or {0, 1}.
+      truncated: [T, B] bool or {0, 1}.
+      discount: gamma, scalar (may be traced).
+      gae_lambda: lambda, scalar (may be traced).
+
+    Returns:
+      (advantages [T, B], value targets [T, B]).
+    """
+    _check(rewards, values, next_values, terminated, truncated)
+    _, not_done = _flags(terminated, truncated, rewards.dtype)
+    deltas = td_errors(rewards, values, next_values, terminated, discount)
+
+    def step(a_next, inputs):
+        delta, nonterminal = inputs
+        a = delta + discount * gae_lambda * nonterminal * a_next
+        return a, a
+
+    _, advantages = lax.scan(step, jnp.zeros_like(deltas[-1]), (deltas, not_done), reverse=True)
+    return advantages, advantages + values
+
+
+def n_step_returns(
+    rewards: Array, next_values: Array, terminated: Array, truncated: Array, discount: Array, n: int
+) -> Array:
+    """n-step bootstrapped returns, cut at episode boundaries and at the end of the rollout:
+
+        G^(n)_t = sum_{k=0}^{m-1} gamma^k r_{t+k} + gamma^m (1 - term_{t+m-1}) V(s_{t+m})
+
+    where m <= n is the number of steps until the first of: n steps, an episode end (term or trunc),
+    the end of the rollout. Computed by n vectorised sweeps of the recursion
+
+        G^(1)_t = r_t + gamma (1 - term_t) V(s_{t+1})
+        G^(k)_t = r_t + gamma (1 - term_t) [ done_t or t = T-1 ? V(s_{t+1}) : G^(k-1)_{t+1} ]
+
+    so n = 1 is the TD target and n >= T equals `discounted_returns`.
+
+    Args:
+      rewards, next_values, terminated, truncated: [T, B] as in `discounted_returns`.
+      discount: gamma (may be traced).
+      n: a static Python int >= 1.
+
+    Returns:
+      G^(n) [T, B].
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n_step_returns: n must be a Python int >= 1; got {n!r}.")
+    _check(rewards, next_values, terminated, truncated)
+    not_terminated, not_done = _flags(terminated, truncated, rewards.dtype)
+    # Where the sum stops: an episode end, or the last step of the rollout.
+    stop = (not_done == 0).at[-1].set(True)
+    bootstrap = rewards + discount * not_terminated * next_values
+    returns = bootstrap
+    for _ in range(n - 1):
+        shifted = jnp.concatenate([returns[1:], returns[-1:]], axis=0)
+        returns = jnp.where(stop, bootstrap, rewards + discount * not_terminated * shifted)
+    return returns
+
+
+def n_step_advantages(
+    rewards: Array,
+    values: Array,
+    next_values: Array,
+    terminated: Array,
+    truncated: Array,
+    discount: Array,
+    n: int,
+) -> tuple[Array, Array]:
+    """A_t = G^(n)_t - V(s_t): (advantages [T, B], targets G^(n) [T, B]); same call shape as `gae`."""
+    _check(rewards, values)
+    targets = n_step_returns(rewards, next_values, terminated, truncated, discount, n)
+    return targets - values, targets
+
+
+def normalize(x: Array, eps: float = 1e-8) -> Array:
+    """(x - mean(x)) / (std(x) + eps) over all elements (advantage normalisation); same shape as x."""
+    return (x - jnp.mean(x)) / (jnp.std(x) + eps)

@@ -1,0 +1,72 @@
+"""Environments: gymnax ids and tabular MDPs behind `make`, and pure-function wrappers.
+
+    env, params = make("CartPole-v1")             # any gymnax id
+    env, params = make("tabular:chain", slip=0.2)  # a pgjax.tabular MDP as an environment
+    env = VecEnv(EpisodeStatistics(FlattenObservation(env)), num_envs=4)
+    obs, state = env.reset(key, params)
+    obs, state, reward, terminated, truncated, info = env.step(key, state, action, params)
+
+`terminated` means a true terminal state (do not bootstrap); `truncated` means a time
+limit (bootstrap from V(info["final_observation"]), the observation before auto-reset).
+"""
+
+from pgjax.envs.registry import TABULAR_PREFIX, env_ids, make
+from pgjax.envs.spaces import action_bounds, action_dim, is_discrete, observation_size
+from pgjax.envs.tabular_env import (
+    TabularEnv,
+    TabularEnvParams,
+    TabularEnvState,
+    default_horizon,
+    truncation_bias_bound,
+)
+from pgjax.envs.wrappers import (
+    ENV_AXIS,
+    ClipAction,
+    EpisodeStatistics,
+    EpisodeStatisticsState,
+    FlattenObservation,
+    NormalizeObservation,
+    NormalizeObservationState,
+    RunningStatistics,
+    VecEnv,
+    Wrapper,
+    batch_reset,
+    batch_statistics,
+    batch_step,
+    finished_episode_mean,
+    init_statistics,
+    merge_statistics,
+    normalize,
+)
+
+__all__ = [
+    "ENV_AXIS",
+    "TABULAR_PREFIX",
+    "ClipAction",
+    "EpisodeStatistics",
+    "EpisodeStatisticsState",
+    "FlattenObservation",
+    "NormalizeObservation",
+    "NormalizeObservationState",
+    "RunningStatistics",
+    "TabularEnv",
+    "TabularEnvParams",
+    "TabularEnvState",
+    "VecEnv",
+    "Wrapper",
+    "action_bounds",
+    "action_dim",
+    "batch_reset",
+    "batch_statistics",
+    "batch_step",
+    "default_horizon",
+    "env_ids",
+    "finished_episode_mean",
+    "init_statistics",
+    "is_discrete",
+    "make",
+    "merge_statistics",
+    "normalize",
+    "observation_size",
+    "truncation_bias_bound",
+]

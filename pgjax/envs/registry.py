@@ -1,0 +1,103 @@
+"""`make(env_id, **kwargs)`: gymnax environments and our tabular MDPs behind one id."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from typing import Any, Callable
+
+import gymnax
+import jax
+
+from pgjax.envs.tabular_env import TabularEnv, TabularEnvParams
+from pgjax.tabular.mdp import MDP, chain_mdp, gridworld_mdp, random_mdp
+
+TABULAR_PREFIX = "tabular:"
+
+
+def _random(num_states: int = 10, num_actions: int = 3, seed: int = 0, **kwargs: Any) -> MDP:
+    return random_mdp(jax.random.PRNGKey(seed), num_states, num_actions, **kwargs)
+
+
+_TABULAR_BUILDERS: dict[str, Callable[..., MDP]] = {
+    "chain": chain_mdp,
+    "gridworld": gridworld_mdp,
+    "random": _random,
+}
+
+
+def env_ids() -> list[str]:
+    """Every id `make` accepts: gymnax's registered ids and "tabular:<name>"."""
+    return list(gymnax.registered_envs) + [TABULAR_PREFIX + name for name in _TABULAR_BUILDERS]
+
+
+def _unknown(env_id: str, valid: list[str]) -> ValueError:
+    close = difflib.get_close_matches(env_id, valid, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    examples = ["CartPole-v1", "Acrobot-v1", "Pendulum-v1", "MountainCarContinuous-v0"]
+    examples += [TABULAR_PREFIX + name for name in _TABULAR_BUILDERS]
+    return ValueError(
+        f"Unknown environment id {env_id!r}.{hint} Valid ids include {', '.join(examples)}; "
+        "see pgjax.envs.env_ids() for all of them."
+    )
+
+
+def _accepted(fn: Callable[..., Any]) -> str:
+    return ", ".join(p for p in inspect.signature(fn).parameters if p not in ("kwargs", "key"))
+
+
+def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
+    """Build an environment and its default params from an id.
+
+    Args:
+      env_id: any gymnax id (e.g. "CartPole-v1", "Pendulum-v1"; see `env_ids()`) or
+        "tabular:chain", "tabular:gridworld", "tabular:random" (a `TabularEnv` over
+        `pgjax.tabular.chain_mdp`, `gridworld_mdp` or `random_mdp`).
+      **kwargs: a keyword naming a field of the params (e.g. `max_steps_in_episode`)
+        overrides that field; the others go to the gymnax constructor, or to the MDP builder
+        for tabular ids ("tabular:random" takes `num_states=10, num_actions=3, seed=0` and
+        `random_mdp`'s keywords).
+
+    Returns:
+      (env, env_params).
+
+    Raises:
+      ValueError: unknown id or keyword.
+    """
+    if not isinstance(env_id, str):
+        raise ValueError(f"Environment id must be a string; got {type(env_id).__name__}.")
+    if env_id.startswith(TABULAR_PREFIX):
+        return _make_tabular(env_id, kwargs)
+    if env_id not in gymnax.registered_envs:
+        raise _unknown(env_id, env_ids())
+    defaults = gymnax.make(env_id)[1]
+    field_names = {f.name for f in dataclasses.fields(defaults)}
+    overrides = {k: v for k, v in kwargs.items() if k in field_names}
+    constructor_kwargs = {k: v for k, v in kwargs.items() if k not in field_names}
+    try:
+        env, params = gymnax.make(env_id, **constructor_kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
+            f"Params fields that can be overridden: {', '.join(sorted(field_names))}."
+        ) from None
+    return env, params.replace(**overrides)
+
+
+def _make_tabular(env_id: str, kwargs: dict[str, Any]) -> tuple[TabularEnv, TabularEnvParams]:
+    name = env_id[len(TABULAR_PREFIX) :]
+    if name not in _TABULAR_BUILDERS:
+        raise _unknown(env_id, env_ids())
+    builder = _TABULAR_BUILDERS[name]
+    kwargs = dict(kwargs)
+    max_steps = kwargs.pop("max_steps_in_episode", None)
+    try:
+        mdp = builder(**kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"make({env_id!r}): bad keyword arguments {sorted(kwargs)} ({err}). "
+            f"Accepted: max_steps_in_episode, {_accepted(builder)}."
+        ) from None
+    env = TabularEnv(mdp, max_steps_in_episode=max_steps, name=name)
+    return env, env.default_params

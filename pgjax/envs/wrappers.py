@@ -1,0 +1,412 @@
+"""Environment wrappers: pure functions over explicit state, with gymnax's interface.
+
+Every wrapper keeps
+
+    reset(key, params=None) -> (obs, state)
+    step(key, state, action, params=None) -> (obs, state, reward, terminated, truncated, info)
+
+where `state` is the inner environment's state wrapped in a `flax.struct` dataclass (or
+passed through unchanged by stateless wrappers), and `info["final_observation"]` (the
+observation before gymnax's auto-reset) is transformed exactly like `obs`. Nothing is
+jitted here: wrap the whole rollout in `jax.jit` once.
+
+A typical stack, inner to outer:
+
+    env, params = pgjax.envs.make("Pendulum-v1")
+    env = FlattenObservation(env)
+    env = EpisodeStatistics(env)                       # raw returns, before any scaling
+    env = NormalizeObservation(env, axis_name=ENV_AXIS)  # statistics shared by the batch
+    env = ClipAction(env)
+    env = VecEnv(env, num_envs=8)                      # vmaps with axis name ENV_AXIS
+
+Info keys (from gymnax): "terminated", "truncated", "final_observation", and for the
+classic-control and tabular environments "discount" (1 - terminated). `EpisodeStatistics`
+adds "returned_episode", "episode_return" and "episode_length".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from gymnax.environments import spaces
+
+from pgjax.envs.spaces import action_bounds
+
+Array = jax.Array
+
+ENV_AXIS = "envs"
+"""The vmap axis name `VecEnv` binds; `NormalizeObservation(axis_name=ENV_AXIS)` shares statistics over it."""
+
+
+class Wrapper:
+    """Base wrapper: forwards `reset`/`step` and every other attribute to the inner environment."""
+
+    def __init__(self, env: Any):
+        self._env = env
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_env":  # Not yet set (e.g. during copy): avoid infinite recursion.
+            raise AttributeError(name)
+        return getattr(self._env, name)
+
+    @property
+    def unwrapped(self) -> Any:
+        """The innermost (gymnax) environment."""
+        env = self._env
+        while isinstance(env, Wrapper):
+            env = env._env
+        return env
+
+    def reset(self, key: Array, params: Any = None) -> tuple[Any, Any]:
+        return self._env.reset(key, params)
+
+    def step(self, key: Array, state: Any, action: Any, params: Any = None) -> tuple:
+        return self._env.step(key, state, action, params)
+
+
+# ---------------------------------------------------------------------------
+# Observations.
+# ---------------------------------------------------------------------------
+
+
+def _flatten(obs: Array) -> Array:
+    return jnp.reshape(obs, (-1,)).astype(jnp.float32)
+
+
+class FlattenObservation(Wrapper):
+    """Observations (and `info["final_observation"]`) flattened to float32 [D]. Stateless."""
+
+    def observation_space(self, params: Any = None) -> spaces.Box:
+        space = self._env.observation_space(self._env.default_params if params is None else params)
+        size = 1
+        for n in space.shape:
+            size *= n
+        low = jnp.reshape(jnp.broadcast_to(jnp.asarray(space.low, jnp.float32), space.shape), (-1,))
+        high = jnp.reshape(jnp.broadcast_to(jnp.asarray(space.high, jnp.float32), space.shape), (-1,))
+        return spaces.Box(low, high, (size,), jnp.float32)
+
+    def reset(self, key: Array, params: Any = None) -> tuple[Array, Any]:
+        obs, state = self._env.reset(key, params)
+        return _flatten(obs), state
+
+    def step(self, key: Array, state: Any, action: Any, params: Any = None) -> tuple:
+        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
+        info = {**info, "final_observation": _flatten(info["final_observation"])}
+        return _flatten(obs), state, reward, terminated, truncated, info
+
+
+# ---------------------------------------------------------------------------
+# Episode statistics.
+# ---------------------------------------------------------------------------
+
+
+@struct.dataclass
+class EpisodeStatisticsState:
+    """State of `EpisodeStatistics`.
+
+    Attributes:
+      env_state: the inner environment's state.
+      episode_return: sum of rewards so far in the current episode (float32 scalar).
+      episode_length: steps so far in the current episode (int32 scalar).
+    """
+
+    env_state: Any
+    episode_return: Array
+    episode_length: Array
+
+
+class EpisodeStatistics(Wrapper):
+    """Tracks the undiscounted return and length of the running episode.
+
+    On every step `info` gains
+      "returned_episode": terminated or truncated (bool) -- an episode ended at this step;
+      "episode_return": that episode's sum of rewards, or 0 when no episode ended;
+      "episode_length": that episode's number of steps, or 0 when no episode ended.
+    Average over the finished episodes of an update with `finished_episode_mean(info)`.
+    """
+
+    def reset(self, key: Array, params: Any = None) -> tuple[Any, EpisodeStatisticsState]:
+        obs, env_state = self._env.reset(key, params)
+        state = EpisodeStatisticsState(env_state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        return obs, state
+
+    def step(self, key: Array, state: EpisodeStatisticsState, action: Any, params: Any = None) -> tuple:
+        obs, env_state, reward, terminated, truncated, info = self._env.step(key, state.env_state, action, params)
+        done = jnp.logical_or(terminated, truncated)
+        episode_return = state.episode_return + jnp.asarray(reward, jnp.float32)
+        episode_length = state.episode_length + 1
+        info = {
+            **info,
+            "returned_episode": done,
+            "episode_return": jnp.where(done, episode_return, 0.0),
+            "episode_length": jnp.where(done, episode_length, 0),
+        }
+        state = EpisodeStatisticsState(
+            env_state,
+            jnp.where(done, 0.0, episode_return),
+            jnp.where(done, 0, episode_length),
+        )
+        return obs, state, reward, terminated, truncated, info
+
+
+def finished_episode_mean(info: dict[str, Array], name: str = "episode_return") -> Array:
+    """Mean of `info[name]` over the steps where an episode finished (any shape, e.g. [T, N]).
+
+    NaN when no episode finished: an honest "no data" for a metrics row.
+    """
+    finished = info["returned_episode"]
+    count = jnp.sum(finished)
+    total = jnp.sum(jnp.where(finished, info[name], 0).astype(jnp.float32))
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+# ---------------------------------------------------------------------------
+# Observation normalisation with running statistics.
+# ---------------------------------------------------------------------------
+
+
+@struct.dataclass
+class RunningStatistics:
+    """Mean and (population) variance of the `count` observations seen so far.
+
+    Attributes:
+      mean: [*obs_shape] float32.
+      var: [*obs_shape] float32, (1/n) sum (x - mean)^2.
+      count: n, int32 scalar.
+    """
+
+    mean: Array
+    var: Array
+    count: Array
+
+
+def init_statistics(like: Array) -> RunningStatistics:
+    """Empty statistics for observations shaped like `like` (mean 0, var 1, count 0)."""
+    shape = jnp.shape(like)
+    return RunningStatistics(jnp.zeros(shape, jnp.float32), jnp.ones(shape, jnp.float32), jnp.zeros((), jnp.int32))
+
+
+def batch_statistics(x: Array) -> RunningStatistics:
+    """Statistics of a batch x [N, *obs_shape] (mean and population variance over axis 0)."""
+    x = jnp.asarray(x, jnp.float32)
+    return RunningStatistics(jnp.mean(x, axis=0), jnp.var(x, axis=0), jnp.asarray(x.shape[0], jnp.int32))
+
+
+def merge_statistics(a: RunningStatistics, b: RunningStatistics) -> RunningStatistics:
+    """Statistics of the union of two samples (Chan, Golub and LeVeque's parallel update).
+
+        n = n_a + n_b,  delta = mean_b - mean_a,
+        mean = mean_a + delta n_b / n,
+        var  = (n_a var_a + n_b var_b + delta^2 n_a n_b / n) / n.
+
+    Exact for any split, so per-step batch updates give the statistics of all data seen.
+    With n = 0 the result is `a`.
+    """
+    n_a = a.count.astype(jnp.float32)
+    n_b = b.count.astype(jnp.float32)
+    n = n_a + n_b
+    weight_b = jnp.where(n > 0, n_b / jnp.where(n > 0, n, 1.0), 0.0)
+    delta = b.mean - a.mean
+    mean = a.mean + delta * weight_b
+    m2 = a.var * n_a + b.var * n_b + jnp.square(delta) * n_a * weight_b
+    var = jnp.where(n > 0, m2 / jnp.where(n > 0, n, 1.0), a.var)
+    return RunningStatistics(mean, var, a.count + b.count)
+
+
+def normalize(x: Array, statistics: RunningStatistics, epsilon: float = 1e-8, clip: float | None = None) -> Array:
+    """(x - mean) / sqrt(var + epsilon), optionally clipped to [-clip, clip]; float32."""
+    z = (jnp.asarray(x, jnp.float32) - statistics.mean) / jnp.sqrt(statistics.var + epsilon)
+    return z if clip is None else jnp.clip(z, -clip, clip)
+
+
+@struct.dataclass
+class NormalizeObservationState:
+    """State of `NormalizeObservation`: the inner state and the running statistics."""
+
+    env_state: Any
+    statistics: RunningStatistics
+
+
+class NormalizeObservation(Wrapper):
+    """Observations normalised by running statistics carried in the state.
+
+    Each `reset`/`step` first merges the returned observation into the statistics
+    (unless `update=False`), then returns `normalize(obs, statistics)`;
+    `info["final_observation"]` is normalised with the same statistics, so V(obs) and the
+    bootstrap V(final_observation) see the same scale. Final observations themselves are
+    not counted (like gymnasium's wrapper).
+
+    Sharing statistics over a batch: with `axis_name=ENV_AXIS` and the environment vmapped
+    under that axis name (`VecEnv` or `batch_reset`/`batch_step` do this), every step merges
+    the batch's mean and variance (`lax.pmean` over the axis) into the statistics, so all
+    environments of a batch hold identical statistics, equal to those of every observation
+    the batch has seen. Outer vmaps (over seeds or hyperparameters) keep separate
+    statistics. With `axis_name=None` each environment keeps its own statistics (correct,
+    but noisier with few steps). To merge statistics computed elsewhere, use
+    `merge_statistics`/`batch_statistics`.
+
+    Evaluation with frozen statistics: build `NormalizeObservation(env, update=False,
+    initial_statistics=trained_state.statistics)` (inside `jit`/`vmap` if the statistics are
+    traced); `reset` then starts from those statistics and they never change.
+
+    Args:
+      env: the inner environment.
+      update: merge observations into the statistics (False freezes them).
+      axis_name: a vmap axis name to share statistics over, or None for per-environment ones.
+      epsilon: added to the variance.
+      clip: normalised observations are clipped to [-clip, clip]; None for no clipping.
+      initial_statistics: statistics `reset` starts from (default: empty).
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        *,
+        update: bool = True,
+        axis_name: str | None = None,
+        epsilon: float = 1e-8,
+        clip: float | None = 10.0,
+        initial_statistics: RunningStatistics | None = None,
+    ):
+        super().__init__(env)
+        if epsilon < 0:
+            raise ValueError(f"NormalizeObservation: epsilon must be >= 0; got {epsilon}.")
+        if clip is not None and clip <= 0:
+            raise ValueError(f"NormalizeObservation: clip must be > 0 or None; got {clip}.")
+        self.update = update
+        self.axis_name = axis_name
+        self.epsilon = epsilon
+        self.clip = clip
+        self.initial_statistics = initial_statistics
+
+    def observation_space(self, params: Any = None) -> spaces.Box:
+        inner = self._env.observation_space(self._env.default_params if params is None else params)
+        bound = jnp.inf if self.clip is None else self.clip
+        return spaces.Box(-bound, bound, inner.shape, jnp.float32)
+
+    def _observe(self, statistics: RunningStatistics, obs: Array) -> RunningStatistics:
+        if not self.update:
+            return statistics
+        obs = jnp.asarray(obs, jnp.float32)
+        if self.axis_name is None:
+            batch = RunningStatistics(obs, jnp.zeros_like(obs), jnp.ones((), jnp.int32))
+        else:
+            mean = jax.lax.pmean(obs, self.axis_name)
+            var = jax.lax.pmean(jnp.square(obs - mean), self.axis_name)
+            count = jax.lax.psum(jnp.ones((), jnp.int32), self.axis_name)
+            batch = RunningStatistics(mean, var, count)
+        return merge_statistics(statistics, batch)
+
+    def _normalize(self, x: Array, statistics: RunningStatistics) -> Array:
+        return normalize(x, statistics, self.epsilon, self.clip)
+
+    def reset(self, key: Array, params: Any = None) -> tuple[Array, NormalizeObservationState]:
+        obs, env_state = self._env.reset(key, params)
+        statistics = init_statistics(obs) if self.initial_statistics is None else self.initial_statistics
+        statistics = self._observe(statistics, obs)
+        return self._normalize(obs, statistics), NormalizeObservationState(env_state, statistics)
+
+    def step(self, key: Array, state: NormalizeObservationState, action: Any, params: Any = None) -> tuple:
+        obs, env_state, reward, terminated, truncated, info = self._env.step(key, state.env_state, action, params)
+        statistics = self._observe(state.statistics, obs)
+        info = {**info, "final_observation": self._normalize(info["final_observation"], statistics)}
+        state = NormalizeObservationState(env_state, statistics)
+        return self._normalize(obs, statistics), state, reward, terminated, truncated, info
+
+
+# ---------------------------------------------------------------------------
+# Actions.
+# ---------------------------------------------------------------------------
+
+
+class ClipAction(Wrapper):
+    """Clips continuous actions to the `Box` bounds of the action space before stepping. Stateless.
+
+    Bounds are read from `action_space(params)`, so they follow vmapped params. The
+    policy's unclipped action is what the learner should score (log-density); the
+    environment only ever sees the clipped one.
+    """
+
+    def __init__(self, env: Any):
+        super().__init__(env)
+        space = env.action_space(env.default_params)
+        if not isinstance(space, spaces.Box):
+            raise ValueError(f"ClipAction: {env.name} has action space {space!r}; ClipAction needs a Box.")
+
+    def step(self, key: Array, state: Any, action: Any, params: Any = None) -> tuple:
+        low, high = action_bounds(self._env, params)
+        return self._env.step(key, state, jnp.clip(action, low, high), params)
+
+
+# ---------------------------------------------------------------------------
+# Batches of environments.
+# ---------------------------------------------------------------------------
+
+
+def batch_reset(
+    env: Any,
+    key: Array,
+    num_envs: int,
+    params: Any = None,
+    *,
+    axis_name: str = ENV_AXIS,
+    params_axis: int | None = None,
+) -> tuple[Any, Any]:
+    """Reset `num_envs` environments with independent keys: obs [N, ...], state with leading axis N.
+
+    Args:
+      env: any environment or wrapper stack.
+      key: one PRNG key, split N ways.
+      num_envs: N >= 1 (static).
+      params: shared params (`params_axis=None`) or a batch with axis `params_axis` of size N.
+      axis_name: the vmap axis name (used by `NormalizeObservation(axis_name=...)`).
+    """
+    if num_envs < 1:
+        raise ValueError(f"batch_reset: num_envs must be >= 1; got {num_envs}.")
+    keys = jax.random.split(key, num_envs)
+    return jax.vmap(env.reset, in_axes=(0, params_axis), axis_name=axis_name)(keys, params)
+
+
+def batch_step(
+    env: Any,
+    key: Array,
+    state: Any,
+    action: Any,
+    params: Any = None,
+    *,
+    axis_name: str = ENV_AXIS,
+    params_axis: int | None = None,
+) -> tuple:
+    """Step a batch of N environments (N: the leading axis of `action`) with independent keys.
+
+    Returns the batched 6-tuple: obs [N, ...], state, reward [N], terminated [N],
+    truncated [N], info (every entry with leading axis N).
+    """
+    num_envs = jax.tree_util.tree_leaves(action)[0].shape[0]
+    keys = jax.random.split(key, num_envs)
+    return jax.vmap(env.step, in_axes=(0, 0, 0, params_axis), axis_name=axis_name)(keys, state, action, params)
+
+
+class VecEnv(Wrapper):
+    """`num_envs` copies of an environment, vmapped, behind the same reset/step interface.
+
+    `reset(key, params)` and `step(key, state, action [N, ...], params)` take one key and
+    shared params and return batched outputs (leading axis N). Spaces and the space helpers
+    (`action_dim`, `observation_size`, ...) describe one environment.
+    """
+
+    def __init__(self, env: Any, num_envs: int, *, axis_name: str = ENV_AXIS):
+        super().__init__(env)
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"VecEnv: num_envs must be an int >= 1; got {num_envs!r}.")
+        self.num_envs = num_envs
+        self.axis_name = axis_name
+
+    def reset(self, key: Array, params: Any = None) -> tuple[Any, Any]:
+        return batch_reset(self._env, key, self.num_envs, params, axis_name=self.axis_name)
+
+    def step(self, key: Array, state: Any, action: Any, params: Any = None) -> tuple:
+        return batch_step(self._env, key, state, action, params, axis_name=self.axis_name)

@@ -1,0 +1,139 @@
+"""Flax actor and critic networks for discrete (categorical) and continuous (diagonal Gaussian) actions.
+
+Every module maps observations [..., obs_dim] (a single [obs_dim] included) to outputs with the same
+leading axes: a distribution over actions (`pgjax.distributions`) and/or a value [...].
+
+Initialisation follows the PPO implementation details (Huang et al., 2022): orthogonal weights with
+gain sqrt(2) in hidden layers, 0.01 for the policy head (an almost uniform / zero-mean initial
+policy), 1.0 for the value head; zero biases; a state-independent log-std initialised to 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pgjax.distributions import Categorical, DiagGaussian, diag_gaussian
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"tanh": jnp.tanh, "relu": nn.relu}
+
+HIDDEN_GAIN = math.sqrt(2.0)
+POLICY_GAIN = 0.01
+VALUE_GAIN = 1.0
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+    """The activation called `name` ("tanh" or "relu"); a ValueError names the field otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {name!r}.")
+    return ACTIVATIONS[name]
+
+
+def _dense(features: int, gain: float, name: str | None = None) -> nn.Dense:
+    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(gain), bias_init=nn.initializers.zeros, name=name)
+
+
+class MLP(nn.Module):
+    """x -> act(W_1 x + b_1) -> ... -> act(W_L h + b_L) [-> W_out h + b_out].
+
+    Attributes:
+      hidden_sizes: widths of the hidden layers (may be empty).
+      activation: "tanh" or "relu".
+      output_dim: if given, a final linear layer of this width (orthogonal init with `output_gain`).
+      output_gain: gain of the output layer.
+    """
+
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    output_dim: int | None = None
+    output_gain: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        act = activation_fn(self.activation)
+        for width in self.hidden_sizes:
+            x = act(_dense(width, HIDDEN_GAIN)(x))
+        if self.output_dim is not None:
+            x = _dense(self.output_dim, self.output_gain)(x)
+        return x
+
+
+class PolicyHead(nn.Module):
+    """Features [..., F] -> a `Categorical` over `action_dim` actions or a `DiagGaussian` in `action_dim` dims.
+
+    The Gaussian's log-std is a learned parameter `log_std` [action_dim], independent of the state.
+    """
+
+    action_dim: int
+    discrete: bool
+    log_std_init: float = 0.0
+
+    @nn.compact
+    def __call__(self, features: Array) -> Categorical | DiagGaussian:
+        out = _dense(self.action_dim, POLICY_GAIN)(features)
+        if self.discrete:
+            return Categorical(out)
+        log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_dim,))
+        return diag_gaussian(out, log_std)
+
+
+class Actor(nn.Module):
+    """pi_theta(.|s): an MLP torso and a policy head. obs [..., obs_dim] -> distribution with batch shape [...]."""
+
+    action_dim: int
+    discrete: bool
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    log_std_init: float = 0.0
+
+    @nn.compact
+    def __call__(self, obs: Array) -> Categorical | DiagGaussian:
+        features = MLP(self.hidden_sizes, self.activation, name="torso")(obs)
+        return PolicyHead(self.action_dim, self.discrete, self.log_std_init, name="head")(features)
+
+
+class Critic(nn.Module):
+    """V_phi(s): obs [..., obs_dim] -> value [...]."""
+
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs: Array) -> Array:
+        return MLP(self.hidden_sizes, self.activation, output_dim=1, output_gain=VALUE_GAIN, name="mlp")(obs)[..., 0]
+
+
+class ActorCritic(nn.Module):
+    """obs [..., obs_dim] -> (pi(.|s) with batch shape [...], V(s) [...]).
+
+    With `shared=False` (default) the actor and critic are separate towers, parameters
+    {"actor": ..., "critic": ...}, so `params["actor"]` also works with `Actor` of the same
+    settings. With `shared=True` one torso feeds both heads (parameters {"torso", "policy_head",
+    "value_head"}).
+    """
+
+    action_dim: int
+    discrete: bool
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    shared: bool = False
+    log_std_init: float = 0.0
+
+    @nn.compact
+    def __call__(self, obs: Array) -> tuple[Categorical | DiagGaussian, Array]:
+        if not self.shared:
+            dist = Actor(
+                self.action_dim, self.discrete, self.hidden_sizes, self.activation, self.log_std_init, name="actor"
+            )(obs)
+            value = Critic(self.hidden_sizes, self.activation, name="critic")(obs)
+            return dist, value
+        features = MLP(self.hidden_sizes, self.activation, name="torso")(obs)
+        dist = PolicyHead(self.action_dim, self.discrete, self.log_std_init, name="policy_head")(features)
+        value = _dense(1, VALUE_GAIN, name="value_head")(features)[..., 0]
+        return dist, value

@@ -1,0 +1,136 @@
+"""Categorical and diagonal-Gaussian distributions against closed forms, NumPy and Monte Carlo (float64)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgjax.distributions import Categorical, DiagGaussian, diag_gaussian
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+MC = 200_000
+
+
+def expand(dist, m):
+    """The distribution broadcast to a leading axis of m independent copies."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (m, *x.shape)), dist)
+
+
+def draw(dist, key, m):
+    """m independent samples [m, ...] in one call."""
+    return expand(dist, m).sample(key)
+
+
+@pytest.fixture(scope="module")
+def categoricals(x64):
+    rng = np.random.default_rng(0)
+    return Categorical(jnp.asarray(rng.normal(size=(3, 4)))), Categorical(jnp.asarray(rng.normal(size=(3, 4))))
+
+
+@pytest.fixture(scope="module")
+def gaussians(x64):
+    rng = np.random.default_rng(1)
+    p = diag_gaussian(jnp.asarray(rng.normal(size=(3, 2))), jnp.asarray(rng.normal(0, 0.3, 2)))
+    q = diag_gaussian(jnp.asarray(rng.normal(size=(3, 2))), jnp.asarray(rng.normal(0, 0.3, (3, 2))))
+    return p, q
+
+
+def test_categorical_log_prob_entropy_mode(categoricals):
+    p, _ = categoricals
+    logits = np.asarray(p.logits)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    actions = jnp.array([0, 3, 2])
+    np.testing.assert_allclose(p.log_prob(actions), np.log(probs[np.arange(3), actions]), rtol=1e-12)
+    np.testing.assert_allclose(p.entropy(), -np.sum(probs * np.log(probs), -1), rtol=1e-12)
+    np.testing.assert_array_equal(p.mode(), np.argmax(logits, -1))
+    assert float(Categorical(jnp.zeros(5)).entropy()) == pytest.approx(math.log(5))
+    # A masked (-inf) action has probability 0, and the entropy stays finite.
+    masked = Categorical(jnp.array([0.0, -jnp.inf, 0.0]))
+    assert float(masked.entropy()) == pytest.approx(math.log(2))
+
+
+def test_categorical_samples_follow_probs(categoricals):
+    p, _ = categoricals
+    samples = draw(p, jax.random.key(0), MC // 10)  # [M, 3]
+    assert samples.dtype == jnp.int32 and samples.shape == (MC // 10, 3)
+    freq = np.stack([np.bincount(samples[:, i], minlength=4) for i in range(3)]) / samples.shape[0]
+    np.testing.assert_allclose(freq, p.probs, atol=0.01)
+
+
+def test_categorical_kl_equals_expected_log_ratio(categoricals):
+    p, q = categoricals
+    all_actions = jnp.arange(4)[:, None] * jnp.ones((1, 3), jnp.int32)  # [K, 3]
+    log_ratio = jax.vmap(lambda a: p.log_prob(a) - q.log_prob(a))(all_actions)  # [K, 3]
+    np.testing.assert_allclose(p.kl(q), jnp.sum(p.probs.T * log_ratio, 0), rtol=1e-12)
+    np.testing.assert_allclose(p.kl(p), 0.0, atol=1e-15)
+    assert np.all(np.asarray(p.kl(q)) > 0)
+
+
+def test_gaussian_log_prob_matches_multivariate_normal(gaussians):
+    p, _ = gaussians
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 2)))
+    got = p.log_prob(x)
+    for i in range(3):
+        cov = np.diag(np.exp(2 * np.asarray(p.log_std[i])))
+        d = np.asarray(x[i] - p.mean[i])
+        expected = -0.5 * (d @ np.linalg.inv(cov) @ d + np.log(np.linalg.det(2 * np.pi * cov)))
+        assert float(got[i]) == pytest.approx(expected, rel=1e-12)
+    assert got.shape == (3,)
+
+
+def test_gaussian_entropy_closed_form(gaussians):
+    p, _ = gaussians
+    for i in range(3):
+        cov = np.diag(np.exp(2 * np.asarray(p.log_std[i])))
+        expected = 0.5 * np.log(np.linalg.det(2 * np.pi * np.e * cov))
+        assert float(p.entropy()[i]) == pytest.approx(expected, rel=1e-12)
+    # Entropy = -E[log p(x)], by Monte Carlo.
+    x = draw(p, jax.random.key(3), MC // 10)
+    np.testing.assert_allclose(-jnp.mean(expand(p, x.shape[0]).log_prob(x), 0), p.entropy(), atol=0.02)
+
+
+def test_gaussian_samples_mode_and_broadcast_log_std(gaussians):
+    p, _ = gaussians
+    assert p.log_std.shape == p.mean.shape  # diag_gaussian broadcasts the state-independent [A]
+    x = jax.jit(draw, static_argnums=2)(p, jax.random.key(4), MC // 10)
+    np.testing.assert_allclose(jnp.mean(x, 0), p.mean, atol=0.02)
+    np.testing.assert_allclose(jnp.std(x, 0), jnp.exp(p.log_std), rtol=0.02)
+    np.testing.assert_array_equal(p.mode(), p.mean)
+    # An unbroadcast log_std gives the same results.
+    raw = DiagGaussian(p.mean, p.log_std[0])
+    np.testing.assert_allclose(raw.entropy(), p.entropy(), rtol=1e-12)
+    np.testing.assert_allclose(raw.log_prob(x[0]), p.log_prob(x[0]), rtol=1e-12)
+
+
+def test_gaussian_kl_monte_carlo(gaussians):
+    p, q = gaussians
+    x = draw(p, jax.random.key(5), MC)
+    mc = jnp.mean(expand(p, MC).log_prob(x) - expand(q, MC).log_prob(x), 0)
+    np.testing.assert_allclose(p.kl(q), mc, rtol=0.05, atol=0.01)
+    np.testing.assert_allclose(p.kl(p), 0.0, atol=1e-14)
+
+
+def test_distributions_are_pytrees(categoricals, gaussians):
+    """They pass through jit, vmap, stop_gradient and tree maps like arrays."""
+    p, q = categoricals
+    kl = jax.jit(lambda a, b: a.kl(b))(p, q)
+    np.testing.assert_allclose(kl, p.kl(q), rtol=1e-12)
+    per_row = jax.vmap(lambda d, a: d.log_prob(a))(p, jnp.array([1, 2, 3]))
+    np.testing.assert_allclose(per_row, p.log_prob(jnp.array([1, 2, 3])), rtol=1e-12)
+    g, _ = gaussians
+    first = jax.tree.map(lambda x: x[0], g)
+    assert isinstance(first, DiagGaussian) and first.mean.shape == (2,)
+    assert isinstance(jax.lax.stop_gradient(g), DiagGaussian)
+
+
+def test_log_prob_gradients(x64):
+    """d/dmu log N(x; mu, sigma) = (x - mu)/sigma^2; d/dlogits log pi(a) = onehot(a) - pi."""
+    mean, log_std, x = jnp.array([0.3, -1.0]), jnp.array([0.1, -0.4]), jnp.array([1.0, 0.5])
+    g = jax.grad(lambda m: DiagGaussian(m, log_std).log_prob(x))(mean)
+    np.testing.assert_allclose(g, (x - mean) / jnp.exp(2 * log_std), rtol=1e-12)
+    logits = jnp.array([0.2, -0.5, 1.0])
+    g = jax.grad(lambda l: Categorical(l).log_prob(jnp.array(2)))(logits)
+    np.testing.assert_allclose(g, jnp.array([0.0, 0.0, 1.0]) - jax.nn.softmax(logits), rtol=1e-12)

@@ -1,0 +1,373 @@
+"""Tests for pgjax.envs: the tabular environment, wrappers, vectorisation and `make`."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgjax import envs
+from pgjax.envs import (
+    ENV_AXIS,
+    ClipAction,
+    EpisodeStatistics,
+    FlattenObservation,
+    NormalizeObservation,
+    RunningStatistics,
+    TabularEnv,
+    TabularEnvParams,
+    VecEnv,
+)
+from pgjax.tabular import chain_mdp, expected_return, random_mdp
+
+
+def _actions(env, params, key, num_envs, scale):
+    """Uniform discrete actions, or N(0, scale^2) continuous ones (deliberately out of bounds)."""
+    space = env.action_space(env.default_params if params is None else params)
+    if envs.is_discrete(env, params):
+        return jax.vmap(space.sample)(jax.random.split(key, num_envs))
+    return scale * jax.random.normal(key, (num_envs, *space.shape))
+
+
+@functools.partial(jax.jit, static_argnames=("env", "num_steps"))
+def rollout(env, params, key, num_steps, action_scale=1.0):
+    """Random actions in a `VecEnv` for `num_steps`; returns (obs_0, state_0, per-step outputs [T, N, ...])."""
+    key_reset, key_steps = jax.random.split(key)
+    obs0, state0 = env.reset(key_reset, params)
+
+    def body(carry, key_t):
+        _, state = carry
+        key_a, key_s = jax.random.split(key_t)
+        action = _actions(env, params, key_a, env.num_envs, action_scale)
+        obs, state, reward, terminated, truncated, info = env.step(key_s, state, action, params)
+        out = dict(obs=obs, state=state, action=action, reward=reward, terminated=terminated, truncated=truncated)
+        return (obs, state), {**out, "info": info}
+
+    _, traj = jax.lax.scan(body, (obs0, state0), jax.random.split(key_steps, num_steps))
+    return obs0, state0, traj
+
+
+# ---------------------------------------------------------------------------
+# Tabular environment.
+# ---------------------------------------------------------------------------
+
+
+def test_tabular_discounted_return_matches_exact_value_over_a_batch_of_mdps():
+    # random_mdp's Dirichlet sampler is slow to compile: build with one shape (that of make's
+    # "tabular:random") eagerly, so every call after the first is cached, and stack.
+    num_states, num_actions, discount, num_mdps, num_episodes = 10, 3, 0.9, 3, 1000
+    horizon = envs.default_horizon(discount)
+    assert horizon == 100
+    keys = jax.random.split(jax.random.PRNGKey(0), num_mdps)
+    single_mdps = [random_mdp(k, num_states, num_actions, discount=discount) for k in keys]
+    mdps = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *single_mdps)
+    logits = 2.0 * jax.random.normal(jax.random.PRNGKey(1), (num_mdps, num_states, num_actions))
+    policies = jax.nn.softmax(logits, axis=-1)
+    env = TabularEnv(single_mdps[0])
+    params = TabularEnvParams(mdp=mdps, max_steps_in_episode=jnp.full((num_mdps,), horizon))
+
+    def episode(key, params, pi):
+        key_reset, key = jax.random.split(key)
+        obs, state = env.reset(key_reset, params)
+
+        def body(carry, key_t):
+            obs, state = carry
+            key_a, key_s = jax.random.split(key_t)
+            action = jax.random.categorical(key_a, jnp.log(pi[jnp.argmax(obs)]))
+            obs, state, reward, terminated, truncated, _ = env.step(key_s, state, action, params)
+            return (obs, state), (reward, terminated, truncated)
+
+        _, (rewards, terminated, truncated) = jax.lax.scan(body, (obs, state), jax.random.split(key, horizon))
+        discounted = jnp.sum(params.mdp.discount ** jnp.arange(horizon) * rewards)
+        return discounted, terminated, truncated
+
+    episodes = jax.vmap(episode, in_axes=(0, None, None))
+    returns, terminated, truncated = jax.jit(jax.vmap(episodes, in_axes=(0, 0, 0)))(
+        jax.random.split(jax.random.PRNGKey(2), num_mdps * num_episodes).reshape(num_mdps, num_episodes, -1),
+        params,
+        policies,
+    )
+    returns = np.asarray(returns)
+    exact = np.asarray(jax.vmap(expected_return)(mdps, policies))
+    bias = np.asarray(envs.truncation_bias_bound(mdps, horizon))
+    mean = returns.mean(axis=1)
+    stderr = returns.std(axis=1, ddof=1) / np.sqrt(num_episodes)
+    print(stderr, mean - exact, bias)
+    assert np.all(stderr < 0.05 * np.abs(exact)), "test too weak to detect errors"
+    np.testing.assert_array_less(np.abs(mean - exact), 4 * stderr + bias)
+    # The time limit truncates exactly at step H; the continuing MDP never terminates.
+    assert not np.any(terminated)
+    assert np.all(truncated[..., -1]) and not np.any(truncated[..., :-1])
+
+
+def test_tabular_time_limit_truncates_and_final_observation_is_pre_reset():
+    # Deterministic chain: always "right" from state 0 visits 1, 2, 2 (reward 1 at the end), then resets.
+    env, params = envs.make("tabular:chain", num_states=3, slip=0.0, right_reward=1.0, max_steps_in_episode=3)
+    assert params.max_steps_in_episode == 3
+    reset, step = jax.jit(env.reset), jax.jit(env.step)
+    obs, state = reset(jax.random.PRNGKey(0), params)
+    np.testing.assert_array_equal(obs, [1.0, 0.0, 0.0])
+    records = []
+    for t in range(6):
+        obs, state, reward, terminated, truncated, info = step(jax.random.PRNGKey(t), state, 1, params)
+        records.append(
+            (int(jnp.argmax(obs)), int(jnp.argmax(info["final_observation"])), float(reward), bool(terminated),
+             bool(truncated), int(state.time), float(info["discount"]))
+        )
+        assert obs.dtype == jnp.float32 and float(obs.sum()) == 1.0
+    states, finals, rewards, terminated, truncated, times, discounts = map(list, zip(*records))
+    assert states == [1, 2, 0, 1, 2, 0]
+    assert finals == [1, 2, 2, 1, 2, 2]
+    assert rewards == [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    assert truncated == [False, False, True, False, False, True]
+    assert terminated == [False] * 6
+    assert times == [1, 2, 0, 1, 2, 0]
+    assert discounts == [1.0] * 6
+
+
+def test_tabular_env_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="single MDP"):
+        TabularEnv(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), chain_mdp(), chain_mdp()))
+    with pytest.raises(ValueError, match="max_steps_in_episode"):
+        TabularEnv(chain_mdp(), max_steps_in_episode=0)
+
+
+# ---------------------------------------------------------------------------
+# Wrappers.
+# ---------------------------------------------------------------------------
+
+
+NUM_ENVS, NUM_STEPS, MAX_STEPS = 4, 120, 25
+
+
+@pytest.fixture(scope="module")
+def cartpole_raw():
+    """CartPole with random actions through EpisodeStatistics: the reference for the other wrappers."""
+    base, params = envs.make("CartPole-v1", max_steps_in_episode=MAX_STEPS)
+    env = VecEnv(EpisodeStatistics(FlattenObservation(base)), NUM_ENVS)
+    obs0, _, traj = rollout(env, params, jax.random.PRNGKey(3), NUM_STEPS)
+    return base, params, np.asarray(obs0), jax.tree_util.tree_map(np.asarray, traj)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "tabular:random"])
+def test_episode_statistics_match_manual_accumulation(env_id, cartpole_raw):
+    num_envs, num_steps, max_steps = NUM_ENVS, NUM_STEPS, MAX_STEPS
+    if env_id == "CartPole-v1":
+        traj = cartpole_raw[-1]
+    else:
+        max_steps = 7
+        base, params = envs.make(env_id, seed=1, max_steps_in_episode=max_steps)
+        env = VecEnv(EpisodeStatistics(FlattenObservation(base)), num_envs)
+        traj = jax.tree_util.tree_map(np.asarray, rollout(env, params, jax.random.PRNGKey(3), num_steps)[-1])
+    info = traj["info"]
+    done = traj["terminated"] | traj["truncated"]
+    np.testing.assert_array_equal(info["returned_episode"], done)
+
+    running_return, running_length = np.zeros(num_envs), np.zeros(num_envs, int)
+    finished = []
+    for t in range(num_steps):
+        running_return += traj["reward"][t]
+        running_length += 1
+        for i in range(num_envs):
+            if done[t, i]:
+                np.testing.assert_allclose(info["episode_return"][t, i], running_return[i], rtol=1e-6)
+                assert info["episode_length"][t, i] == running_length[i]
+                finished.append(running_return[i])
+                running_return[i], running_length[i] = 0.0, 0
+            else:
+                assert info["episode_return"][t, i] == 0 and info["episode_length"][t, i] == 0
+    assert len(finished) >= 10
+    assert np.all(info["episode_length"][traj["truncated"]] == max_steps)
+    if env_id == "CartPole-v1":
+        assert traj["terminated"].any() and traj["truncated"].any()
+    np.testing.assert_allclose(envs.finished_episode_mean(info), np.mean(finished), rtol=1e-5)
+    # Without an episode end nothing is reported.
+    assert np.isnan(envs.finished_episode_mean(jax.tree_util.tree_map(lambda x: x[:0], info)))
+    # Where no reset happened the final observation is the observation itself.
+    np.testing.assert_array_equal(info["final_observation"][~done], traj["obs"][~done])
+    assert np.any(info["final_observation"][done] != traj["obs"][done])
+
+
+def _normalise_np(x, stats, epsilon=1e-8):
+    return (x - stats.mean) / np.sqrt(stats.var + epsilon)
+
+
+def test_normalize_observation_shared_statistics_equal_numpy(cartpole_raw):
+    base, params, raw_obs0, raw = cartpole_raw
+    env = VecEnv(NormalizeObservation(FlattenObservation(base), axis_name=ENV_AXIS, clip=None), 4)
+    obs0, state0, traj = rollout(env, params, jax.random.PRNGKey(3), NUM_STEPS)
+    assert raw["truncated"].any() and raw["terminated"].any()
+    stats = jax.tree_util.tree_map(np.asarray, traj["state"].statistics)  # [T, N, ...]
+    seen = np.concatenate([raw_obs0[None], raw["obs"]])  # [T+1, N, D]
+    # Every environment of the batch holds the same statistics: those of everything seen so far.
+    for t in [0, 9, NUM_STEPS - 1]:
+        flat = seen[: t + 2].reshape(-1, 4)
+        for i in range(4):
+            np.testing.assert_allclose(stats.mean[t, i], flat.mean(0), rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(stats.var[t, i], flat.var(0), rtol=1e-4, atol=1e-7)
+            assert stats.count[t, i] == flat.shape[0]
+    # Observations and final observations are normalised with the statistics after the step.
+    step_stats = RunningStatistics(stats.mean, stats.var, stats.count)
+    np.testing.assert_allclose(traj["obs"], _normalise_np(raw["obs"], step_stats), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        traj["info"]["final_observation"],
+        _normalise_np(raw["info"]["final_observation"], step_stats),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    reset_stats = jax.tree_util.tree_map(np.asarray, state0.statistics)
+    np.testing.assert_allclose(obs0, _normalise_np(raw_obs0, reset_stats), rtol=1e-4, atol=1e-4)
+
+
+def test_normalize_observation_per_env_and_frozen_statistics(cartpole_raw):
+    base, params, raw_obs0, raw = cartpole_raw
+    seen = np.concatenate([raw_obs0[None], raw["obs"]])  # [T+1, N, D]
+
+    env = VecEnv(NormalizeObservation(FlattenObservation(base), clip=None), 4)
+    _, _, traj = rollout(env, params, jax.random.PRNGKey(3), NUM_STEPS)
+    final = jax.tree_util.tree_map(lambda x: np.asarray(x[-1]), traj["state"].statistics)
+    np.testing.assert_allclose(final.mean, seen.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(final.var, seen.var(0), rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(final.count, [NUM_STEPS + 1] * 4)
+
+    frozen = RunningStatistics(jnp.array([0.1, -0.2, 0.0, 0.3]), jnp.array([0.5, 2.0, 0.01, 4.0]), jnp.array(7))
+    env = VecEnv(NormalizeObservation(FlattenObservation(base), update=False, initial_statistics=frozen, clip=1.0), 4)
+    obs0, _, traj = rollout(env, params, jax.random.PRNGKey(3), NUM_STEPS)
+    frozen_np = jax.tree_util.tree_map(np.asarray, frozen)
+    np.testing.assert_array_equal(traj["state"].statistics.count, 7)
+    np.testing.assert_allclose(obs0, np.clip(_normalise_np(raw_obs0, frozen_np), -1, 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(traj["obs"], np.clip(_normalise_np(raw["obs"], frozen_np), -1, 1), rtol=1e-5, atol=1e-6)
+    assert np.abs(traj["obs"]).max() == 1.0
+
+
+def test_merge_statistics_is_exact_for_any_split():
+    x = np.random.default_rng(0).normal(size=(23, 3)) * [1.0, 10.0, 0.1] + [5.0, -2.0, 0.0]
+    merged = envs.init_statistics(x[0])
+    for chunk in np.split(x, [1, 5, 6, 17]):
+        merged = envs.merge_statistics(merged, envs.batch_statistics(chunk))
+    np.testing.assert_allclose(merged.mean, x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(merged.var, x.var(0), rtol=1e-4)
+    assert int(merged.count) == 23
+
+
+def test_clip_action_clips_to_box_bounds():
+    base, params = envs.make("MountainCarContinuous-v0")
+    env = ClipAction(base)
+    low, high = envs.action_bounds(env, params)
+    np.testing.assert_array_equal(low, [-1.0]) and np.testing.assert_array_equal(high, [1.0])
+    np.testing.assert_array_equal(envs.action_bounds(*envs.make("Pendulum-v1"))[1], [2.0])
+
+    @jax.jit
+    def steps(action):
+        _, state = base.reset(jax.random.PRNGKey(0), params)
+        key = jax.random.PRNGKey(1)
+        clipped = env.step(key, state, action, params)
+        return clipped, base.step(key, state, jnp.clip(action, -1.0, 1.0), params), base.step(key, state, action, params)
+
+    for value in [5.0, -7.0, 0.3]:
+        clipped, reference, unclipped = steps(jnp.array([value]))
+        for a, b in zip(jax.tree_util.tree_leaves(clipped), jax.tree_util.tree_leaves(reference)):
+            np.testing.assert_array_equal(a, b)
+        # MountainCarContinuous charges the unclipped action^2, so clipping is visible in the reward.
+        if abs(value) > 1:
+            assert float(unclipped[2]) < float(clipped[2]) - 1.0
+    with pytest.raises(ValueError, match="Box"):
+        ClipAction(envs.make("CartPole-v1")[0])
+    with pytest.raises(ValueError, match="Box"):
+        envs.action_bounds(*envs.make("CartPole-v1"))
+
+
+def test_flatten_observation_flattens_obs_final_observation_and_space():
+    base, params = envs.make("Breakout-MinAtar")
+    env = FlattenObservation(base)
+    assert env.observation_space(params).shape == (400,) and envs.observation_size(env, params) == 400
+    obs, state = jax.jit(env.reset)(jax.random.PRNGKey(0), params)
+    obs, state, *_, info = jax.jit(env.step)(jax.random.PRNGKey(1), state, 1, params)
+    assert obs.shape == (400,) and obs.dtype == jnp.float32
+    assert info["final_observation"].shape == (400,) and info["final_observation"].dtype == jnp.float32
+
+
+def test_full_stack_under_jit_and_vmap_over_seeds():
+    base, params = envs.make("Pendulum-v1", max_steps_in_episode=20)
+    env = FlattenObservation(base)
+    env = EpisodeStatistics(env)
+    env = NormalizeObservation(env, axis_name=ENV_AXIS)
+    env = ClipAction(env)
+    env = VecEnv(env, 3)
+    assert env.unwrapped is base
+    assert envs.observation_size(env, params) == 3 and envs.action_dim(env, params) == 1
+    keys = jax.random.split(jax.random.PRNGKey(5), 2)
+    run = jax.jit(jax.vmap(lambda k: rollout(env, params, k, 50, 3.0)))
+    _, _, traj = run(keys)
+    traj = jax.tree_util.tree_map(np.asarray, traj)
+    info = traj["info"]
+    assert traj["obs"].shape == (2, 50, 3, 3) and info["final_observation"].shape == (2, 50, 3, 3)
+    assert sorted(info) == sorted(
+        ["discount", "terminated", "truncated", "final_observation", "returned_episode", "episode_return",
+         "episode_length"]
+    )
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(traj) if x.dtype.kind == "f")
+    done = traj["terminated"] | traj["truncated"]
+    assert done.sum() == 2 * 2 * 3 and not traj["terminated"].any()
+    np.testing.assert_array_equal(info["episode_length"][done], 20)
+    np.testing.assert_array_equal(info["final_observation"][~done], traj["obs"][~done])
+    # Statistics are shared within a seed's batch and separate across seeds.
+    stats = traj["state"].statistics
+    np.testing.assert_array_equal(stats.mean[:, :, 0], stats.mean[:, :, 2])
+    assert np.all(stats.count[:, -1] == 51 * 3) and np.any(stats.mean[0, -1, 0] != stats.mean[1, -1, 0])
+    # Vmapped seeds equal the same seeds run one at a time.
+    _, _, single = rollout(env, params, keys[1], 50, 3.0)
+    np.testing.assert_allclose(single["obs"], traj["obs"][1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(single["info"]["episode_return"], info["episode_return"][1], rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# make.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env_id, discrete, num_actions, obs_size",
+    [
+        ("CartPole-v1", True, 2, 4),
+        ("Acrobot-v1", True, 3, 6),
+        ("Pendulum-v1", False, 1, 3),
+        ("MountainCarContinuous-v0", False, 1, 2),
+        ("tabular:chain", True, 2, 6),
+        ("tabular:gridworld", True, 4, 16),
+        ("tabular:random", True, 3, 10),
+    ],
+)
+def test_make_builds_steppable_environments(env_id, discrete, num_actions, obs_size):
+    env, params = envs.make(env_id)
+    assert envs.is_discrete(env, params) == discrete
+    assert envs.action_dim(env, params) == num_actions
+    assert envs.observation_size(env, params) == obs_size
+
+    @jax.jit
+    def reset_and_step(params):
+        obs0, state = env.reset(jax.random.PRNGKey(0), params)
+        action = env.action_space(params).sample(jax.random.PRNGKey(1))
+        return obs0, env.step(jax.random.PRNGKey(2), state, action, params)
+
+    obs0, (obs, state, reward, terminated, truncated, info) = reset_and_step(params)
+    assert obs0.shape == (obs_size,) and obs.shape == (obs_size,) and reward.shape == ()
+    assert terminated.dtype == jnp.bool_ and truncated.dtype == jnp.bool_
+    assert info["final_observation"].shape == obs.shape
+    assert env_id in envs.env_ids()
+
+
+def test_make_overrides_params_and_rejects_unknown_ids():
+    _, params = envs.make("CartPole-v1", max_steps_in_episode=30)
+    assert params.max_steps_in_episode == 30
+    env, params = envs.make("tabular:random", seed=3, discount=0.5)
+    assert env.num_states == 10 and float(params.mdp.discount) == 0.5 and params.max_steps_in_episode == 20
+    with pytest.raises(ValueError, match="CartPole-v1"):
+        envs.make("CartPool-v1")
+    with pytest.raises(ValueError, match="tabular:chain"):
+        envs.make("tabular:nope")
+    with pytest.raises(ValueError, match="bad keyword"):
+        envs.make("tabular:chain", colour="red")
+    with pytest.raises(ValueError, match="bad keyword"):
+        envs.make("CartPole-v1", colour="red")

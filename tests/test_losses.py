@@ -1,0 +1,181 @@
+"""Losses against NumPy hand computations, and their gradients against the estimators they name (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgjax import losses
+from pgjax.distributions import Categorical, DiagGaussian
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+N = 64
+TRANSFORMS = {"plain": lambda f: f, "jit": jax.jit}
+
+
+@pytest.fixture(scope="module")
+def batch(x64):
+    rng = np.random.default_rng(0)
+    log_prob = np.log(rng.uniform(0.05, 1.0, N))
+    old_log_prob = log_prob + rng.normal(0.0, 0.3, N)  # ratios well inside and outside [0.8, 1.2]
+    advantages = rng.normal(size=N)
+    return log_prob, old_log_prob, advantages
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_policy_gradient_loss(batch, transform):
+    log_prob, _, advantages = batch
+    fn = TRANSFORMS[transform](losses.policy_gradient_loss)
+    assert float(fn(log_prob, advantages)) == pytest.approx(-np.mean(log_prob * advantages), rel=1e-12)
+    g_logp, g_adv = jax.grad(fn, argnums=(0, 1))(jnp.asarray(log_prob), jnp.asarray(advantages))
+    np.testing.assert_allclose(g_logp, -advantages / N, rtol=1e-12)
+    np.testing.assert_array_equal(g_adv, 0.0)  # advantages are constants
+
+
+def np_clipped_surrogate(log_prob, old_log_prob, advantages, eps):
+    ratio = np.exp(log_prob - old_log_prob)
+    loss = -np.mean(np.minimum(ratio * advantages, np.clip(ratio, 1 - eps, 1 + eps) * advantages))
+    clip_fraction = np.mean(np.abs(ratio - 1) > eps)
+    approx_kl = np.mean(ratio - 1 - np.log(ratio))
+    return loss, clip_fraction, approx_kl
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_clipped_surrogate_matches_numpy(batch, transform):
+    log_prob, old_log_prob, advantages = batch
+    got = TRANSFORMS[transform](losses.clipped_surrogate_loss)(log_prob, old_log_prob, advantages, 0.2)
+    expected = np_clipped_surrogate(log_prob, old_log_prob, advantages, 0.2)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert 0.1 < float(got[1]) < 0.9  # the batch really exercises both branches
+
+
+def test_clipped_surrogate_vmapped_over_clip_eps(batch):
+    log_prob, old_log_prob, advantages = batch
+    eps = jnp.array([0.1, 0.2, 0.3])
+    got = jax.vmap(losses.clipped_surrogate_loss, in_axes=(None, None, None, 0))(log_prob, old_log_prob, advantages, eps)
+    for i, e in enumerate([0.1, 0.2, 0.3]):
+        expected = np_clipped_surrogate(log_prob, old_log_prob, advantages, e)
+        np.testing.assert_allclose([x[i] for x in got], expected, rtol=1e-12)
+
+
+def test_clipped_surrogate_gradient_vanishes_outside_clip_range(batch):
+    """d loss / d log pi_i = -rho_i A_i / N, except 0 where the clip is active in the direction of A_i."""
+    log_prob, old_log_prob, advantages = batch
+    eps = 0.2
+    grad = jax.grad(lambda lp: losses.clipped_surrogate_loss(lp, old_log_prob, advantages, eps)[0])(
+        jnp.asarray(log_prob)
+    )
+    ratio = np.exp(log_prob - old_log_prob)
+    clipped = ((advantages > 0) & (ratio > 1 + eps)) | ((advantages < 0) & (ratio < 1 - eps))
+    assert clipped.sum() >= 5 and (~clipped).sum() >= 5
+    np.testing.assert_array_equal(grad[clipped], 0.0)
+    np.testing.assert_allclose(grad[~clipped], -ratio[~clipped] * advantages[~clipped] / N, rtol=1e-12)
+    # Pessimism: outside the range in the *other* direction the gradient is NOT clipped.
+    other = ((advantages > 0) & (ratio < 1 - eps)) | ((advantages < 0) & (ratio > 1 + eps))
+    assert other.any() and np.all(grad[other] != 0.0)
+
+
+def test_clipped_surrogate_at_old_policy_is_policy_gradient(batch):
+    """At theta = theta_old (rho = 1) the surrogate's gradient is the policy gradient and KL estimate is 0."""
+    log_prob, _, advantages = batch
+    loss_fn = lambda lp: losses.clipped_surrogate_loss(lp, log_prob, advantages, 0.2)[0]
+    g = jax.grad(loss_fn)(jnp.asarray(log_prob))
+    np.testing.assert_allclose(g, jax.grad(losses.policy_gradient_loss)(jnp.asarray(log_prob), advantages))
+    _, clip_fraction, approx_kl = losses.clipped_surrogate_loss(log_prob, log_prob, advantages, 0.2)
+    assert float(clip_fraction) == 0.0 and float(approx_kl) == 0.0
+
+
+def test_approx_kl_estimates_true_kl(x64):
+    """mean((rho - 1) - log rho) over a ~ pi_old is an unbiased estimate of KL(pi_old || pi)."""
+    old = Categorical(jnp.array([0.5, -0.3, 1.0, 0.0]))
+    new = Categorical(jnp.array([0.2, 0.1, 0.6, 0.3]))
+    actions = jax.random.categorical(jax.random.key(0), old.logits, shape=(200_000,))
+    _, _, approx_kl = losses.clipped_surrogate_loss(
+        new.log_probs[actions], old.log_probs[actions], jnp.zeros(actions.shape), 0.2
+    )
+    assert float(approx_kl) == pytest.approx(float(old.kl(new)), rel=0.03)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_value_loss(batch, transform):
+    rng = np.random.default_rng(1)
+    values, targets = rng.normal(size=N), rng.normal(size=N)
+    old_values = values + rng.normal(0, 0.5, N)
+    eps = 0.2
+    fn = TRANSFORMS[transform](losses.value_loss)
+    assert float(fn(values, targets)) == pytest.approx(0.5 * np.mean((values - targets) ** 2), rel=1e-12)
+    clipped_v = np.clip(values, old_values - eps, old_values + eps)
+    expected = 0.5 * np.mean(np.maximum((values - targets) ** 2, (clipped_v - targets) ** 2))
+    assert float(fn(values, targets, old_values, eps)) == pytest.approx(expected, rel=1e-12)
+    assert expected > 0.5 * np.mean((values - targets) ** 2)  # the clip is active somewhere
+
+    grad = jax.grad(losses.value_loss)(jnp.asarray(values), targets, old_values, eps)
+    clip_wins = (clipped_v - targets) ** 2 > (values - targets) ** 2
+    assert clip_wins.any()
+    np.testing.assert_array_equal(grad[clip_wins], 0.0)
+    np.testing.assert_allclose(grad[~clip_wins], (values - targets)[~clip_wins] / N, rtol=1e-12)
+    g_targets = jax.grad(losses.value_loss, argnums=1)(jnp.asarray(values), jnp.asarray(targets))
+    np.testing.assert_array_equal(g_targets, 0.0)
+
+
+def test_value_loss_needs_both_clip_arguments():
+    with pytest.raises(ValueError, match="both"):
+        losses.value_loss(jnp.zeros(3), jnp.zeros(3), old_values=jnp.zeros(3))
+    with pytest.raises(ValueError, match="both"):
+        losses.value_loss(jnp.zeros(3), jnp.zeros(3), clip_eps=0.2)
+
+
+def test_categorical_kl_matches_numpy(x64):
+    rng = np.random.default_rng(2)
+    lp, lq = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+    p = np.exp(lp) / np.exp(lp).sum(-1, keepdims=True)
+    q = np.exp(lq) / np.exp(lq).sum(-1, keepdims=True)
+    np.testing.assert_allclose(losses.categorical_kl(lp, lq), np.sum(p * np.log(p / q), -1), rtol=1e-12)
+    np.testing.assert_allclose(losses.categorical_kl(lp, lp), 0.0, atol=1e-15)
+    # A zero-probability action in p contributes nothing.
+    lp_masked = lp.copy()
+    lp_masked[:, 0] = -np.inf
+    pm = np.exp(lp_masked) / np.exp(lp_masked).sum(-1, keepdims=True)
+    expected = np.sum(pm[:, 1:] * np.log(pm[:, 1:] / q[:, 1:]), -1)
+    np.testing.assert_allclose(losses.categorical_kl(lp_masked, lq), expected, rtol=1e-12)
+
+
+def test_diag_gaussian_kl_matches_full_covariance_formula(x64):
+    """Against KL(N0 || N1) = 1/2 [tr(S1^-1 S0) + (m1 - m0)^T S1^-1 (m1 - m0) - k + ln det S1 / det S0]."""
+    rng = np.random.default_rng(3)
+    k = 3
+    m0, m1 = rng.normal(size=(4, k)), rng.normal(size=(4, k))
+    ls0, ls1 = rng.normal(0, 0.5, (4, k)), rng.normal(0, 0.5, k)  # ls1 state-independent, broadcast
+    got = losses.diag_gaussian_kl(m0, ls0, m1, ls1)
+    for i in range(4):
+        s0, s1 = np.diag(np.exp(2 * ls0[i])), np.diag(np.exp(2 * ls1))
+        s1_inv = np.linalg.inv(s1)
+        d = m1[i] - m0[i]
+        expected = 0.5 * (
+            np.trace(s1_inv @ s0) + d @ s1_inv @ d - k + np.log(np.linalg.det(s1) / np.linalg.det(s0))
+        )
+        assert float(got[i]) == pytest.approx(expected, rel=1e-10)
+    assert got.shape == (4,)
+
+
+def test_entropy_loss_and_mean_kl(x64):
+    logits = jnp.asarray(np.random.default_rng(4).normal(size=(6, 3)))
+    dist = Categorical(logits)
+    assert float(losses.entropy_loss(dist)) == pytest.approx(-float(jnp.mean(dist.entropy())), rel=1e-12)
+    gauss = DiagGaussian(jnp.zeros((6, 2)), jnp.full((6, 2), 0.5))
+    assert float(losses.entropy_loss(gauss)) == pytest.approx(-2 * (0.5 + 0.5 * np.log(2 * np.pi * np.e)))
+    other = Categorical(logits[::-1])
+    assert float(losses.mean_kl(dist, other)) == pytest.approx(float(jnp.mean(dist.kl(other))), rel=1e-12)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_explained_variance(transform):
+    fn = TRANSFORMS[transform](losses.explained_variance)
+    rng = np.random.default_rng(5)
+    values, targets = rng.normal(size=N), rng.normal(size=N)
+    expected = 1 - np.var(targets - values) / np.var(targets)
+    assert float(fn(values, targets)) == pytest.approx(expected, rel=1e-10)
+    assert float(fn(targets, targets)) == pytest.approx(1.0)
+    assert float(fn(np.full(N, np.mean(targets)), targets)) == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(float(fn(values, np.ones(N))))

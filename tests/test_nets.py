@@ -1,0 +1,115 @@
+"""Actor/critic networks: shapes for single and batched observations, initialisation, parameter layout."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgjax.distributions import Categorical, DiagGaussian
+from pgjax.nets import MLP, Actor, ActorCritic, Critic
+
+OBS_DIM = 4
+
+
+@pytest.fixture(scope="module")
+def obs():
+    return jax.random.normal(jax.random.key(0), (5, 3, OBS_DIM))  # [T, B, obs_dim]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("discrete", [True, False])
+def test_actor_critic_shapes(obs, discrete, shared):
+    net = ActorCritic(action_dim=2, discrete=discrete, hidden_sizes=(8, 8), shared=shared)
+    params = net.init(jax.random.key(1), obs[0, 0])
+    apply = jax.jit(net.apply) if shared else net.apply
+    for x in (obs[0, 0], obs[0], obs):
+        dist, value = apply(params, x)
+        assert value.shape == x.shape[:-1]
+        if discrete:
+            assert isinstance(dist, Categorical) and dist.logits.shape == (*x.shape[:-1], 2)
+        else:
+            assert isinstance(dist, DiagGaussian) and dist.mean.shape == dist.log_std.shape == (*x.shape[:-1], 2)
+        assert dist.entropy().shape == x.shape[:-1]
+    # A row of a batch equals the single-observation call.
+    dist_b, value_b = apply(params, obs)
+    dist_1, value_1 = apply(params, obs[2, 1])
+    np.testing.assert_allclose(value_b[2, 1], value_1, rtol=1e-6)
+    np.testing.assert_allclose(jax.tree.leaves(dist_b)[0][2, 1], jax.tree.leaves(dist_1)[0], rtol=1e-6)
+
+
+def test_parameter_layout_and_log_std(obs):
+    net = ActorCritic(action_dim=2, discrete=False, hidden_sizes=(8, 8))
+    params = net.init(jax.random.key(2), obs)["params"]
+    assert set(params) == {"actor", "critic"}
+    assert params["actor"]["head"]["log_std"].shape == (2,)
+    np.testing.assert_array_equal(params["actor"]["head"]["log_std"], 0.0)
+    dist, _ = net.apply({"params": params}, obs)
+    np.testing.assert_array_equal(dist.log_std, 0.0)
+    shared = ActorCritic(action_dim=2, discrete=False, hidden_sizes=(8, 8), shared=True)
+    assert set(jax.eval_shape(shared.init, jax.random.key(2), obs)["params"]) == {"torso", "policy_head", "value_head"}
+
+
+def test_standalone_actor_and_critic_share_the_layout(obs):
+    """params["actor"] / params["critic"] of ActorCritic drive Actor / Critic with the same settings."""
+    kwargs = dict(hidden_sizes=(8, 8), activation="relu")
+    net = ActorCritic(action_dim=2, discrete=True, **kwargs)
+    params = net.init(jax.random.key(3), obs)["params"]
+    dist, value = net.apply({"params": params}, obs)
+    actor_dist = Actor(action_dim=2, discrete=True, **kwargs).apply({"params": params["actor"]}, obs)
+    critic_value = Critic(**kwargs).apply({"params": params["critic"]}, obs)
+    np.testing.assert_allclose(actor_dist.logits, dist.logits, rtol=1e-6)
+    np.testing.assert_allclose(critic_value, value, rtol=1e-6)
+
+
+def test_orthogonal_initialisation_gains(obs):
+    net = ActorCritic(action_dim=2, discrete=True, hidden_sizes=(8, 8))
+    params = net.init(jax.random.key(4), obs)["params"]
+    actor, critic = params["actor"], params["critic"]
+
+    def gram(w):  # W^T W when W has orthonormal columns, W W^T when rows; scaled by gain^2
+        w = np.asarray(w)
+        return w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+
+    np.testing.assert_allclose(gram(actor["torso"]["Dense_0"]["kernel"]), 2.0 * np.eye(OBS_DIM), atol=1e-5)
+    np.testing.assert_allclose(gram(actor["torso"]["Dense_1"]["kernel"]), 2.0 * np.eye(8), atol=1e-5)
+    np.testing.assert_allclose(gram(actor["head"]["Dense_0"]["kernel"]), 1e-4 * np.eye(2), atol=1e-9)
+    np.testing.assert_allclose(gram(critic["mlp"]["Dense_2"]["kernel"]), np.eye(1), atol=1e-5)
+    for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if "bias" in jax.tree_util.keystr(leaf_path):
+            np.testing.assert_array_equal(leaf, 0.0)
+    # The initial policy is nearly uniform.
+    dist, _ = net.apply({"params": params}, obs)
+    np.testing.assert_allclose(dist.probs, 0.5, atol=0.02)
+
+
+def test_mlp_activation_choice_and_validation(obs):
+    tanh = MLP((8,), "tanh", output_dim=1)
+    params = tanh.init(jax.random.key(5), obs)
+    relu_out = MLP((8,), "relu", output_dim=1).apply(params, obs)
+    assert not np.allclose(relu_out, tanh.apply(params, obs))
+    hidden = MLP((8,), "relu").apply({"params": {"Dense_0": params["params"]["Dense_0"]}}, obs)
+    assert hidden.shape == (5, 3, 8) and np.all(np.asarray(hidden) >= 0)
+    with pytest.raises(ValueError, match="activation"):
+        ActorCritic(action_dim=2, discrete=True, activation="gelu").init(jax.random.key(0), obs)
+
+
+def test_vmapped_apply_equals_one_seed_at_a_time(obs):
+    """Applying a stack of per-seed parameters under jit(vmap) equals applying each seed alone."""
+    net = ActorCritic(action_dim=2, discrete=False, hidden_sizes=(8, 8))
+    per_seed = [net.init(key, obs[0]) for key in jax.random.split(jax.random.key(6), 3)]
+    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_seed)
+    dists, values = jax.jit(jax.vmap(net.apply, in_axes=(0, None)))(params, obs)
+    assert values.shape == (3, 5, 3)
+    for i in range(3):
+        dist_i, value_i = net.apply(per_seed[i], obs)
+        np.testing.assert_allclose(values[i], value_i, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dists.mean[i], dist_i.mean, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(values[0], values[1])
+
+
+def test_log_std_is_learnable(obs):
+    net = Actor(action_dim=2, discrete=False, hidden_sizes=(8, 8))
+    params = net.init(jax.random.key(7), obs)
+    actions = jnp.ones((5, 3, 2))
+    grads = jax.jit(jax.grad(lambda p: jnp.mean(net.apply(p, obs).log_prob(actions))))(params)
+    assert np.all(np.asarray(grads["params"]["head"]["log_std"]) != 0.0)

@@ -1,0 +1,353 @@
+"""The exact tabular core against closed forms, autodiff and independent NumPy computations (float64)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pgjax import tabular as T
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+S, A = 6, 3
+
+
+@pytest.fixture(scope="module")
+def problem(x64):
+    mdp = T.random_mdp(jax.random.key(0), S, A, discount=0.9)
+    features = T.tabular_features(S, A)
+    theta = jax.random.normal(jax.random.key(1), (S * A,))
+    return mdp, theta, features
+
+
+@pytest.fixture(scope="module")
+def batch(x64):
+    """32 random MDPs with random discounts and random dense features (D = 5)."""
+    n = 32
+    keys = jax.random.split(jax.random.key(2), n)
+    discounts = jnp.linspace(0.5, 0.98, n)
+    mdps = jax.vmap(lambda k, g: T.random_mdp(k, S, A, discount=g))(keys, discounts)
+    features = jax.random.normal(jax.random.key(3), (n, S, A, 5))
+    thetas = jax.random.normal(jax.random.key(4), (n, 5))
+    return mdps, thetas, features
+
+
+def numpy_reference(P, R, mu0, gamma, pi):
+    """Independent NumPy computation of V, Q, d and J by explicit matrix inversion."""
+    p_pi = np.einsum("sa,sat->st", pi, P)
+    r_pi = (pi * R).sum(1)
+    inv = np.linalg.inv(np.eye(len(mu0)) - gamma * p_pi)
+    v = inv @ r_pi
+    q = R + gamma * P @ v
+    d = (1 - gamma) * mu0 @ inv
+    return v, q, d, mu0 @ v
+
+
+# --- theorem vs autodiff -----------------------------------------------------------------------
+
+
+def test_theorem_gradient_equals_autodiff_on_many_mdps(batch):
+    mdps, thetas, features = batch
+    theorem = jax.jit(jax.vmap(T.policy_gradient))(mdps, thetas, features)
+    autodiff = jax.jit(jax.vmap(jax.grad(T.objective, argnums=1)))(mdps, thetas, features)
+    rel = jnp.linalg.norm(theorem - autodiff, axis=-1) / jnp.linalg.norm(autodiff, axis=-1)
+    assert theorem.dtype == jnp.float64
+    assert float(rel.max()) < 1e-8
+
+
+def test_advantage_form_equals_q_form(batch):
+    mdps, thetas, features = batch
+    g_q = jax.vmap(T.policy_gradient)(mdps, thetas, features)
+    g_adv = jax.vmap(T.advantage_policy_gradient)(mdps, thetas, features)
+    np.testing.assert_allclose(g_adv, g_q, rtol=1e-9, atol=1e-12)
+
+
+def test_tabular_features_gradient_matches_autodiff(problem):
+    mdp, theta, features = problem
+    g = T.policy_gradient(mdp, theta, features)
+    g_auto = jax.grad(T.objective, argnums=1)(mdp, theta, features)
+    np.testing.assert_allclose(g, g_auto, rtol=1e-9, atol=1e-12)
+
+
+def test_finite_difference_agrees(problem):
+    mdp, theta, features = problem
+    g = T.policy_gradient(mdp, theta, features)
+    direction = jax.random.normal(jax.random.key(9), theta.shape)
+    eps = 1e-6
+    fd = (T.objective(mdp, theta + eps * direction, features) - T.objective(mdp, theta - eps * direction, features)) / (
+        2 * eps
+    )
+    np.testing.assert_allclose(fd, g @ direction, rtol=1e-6)
+
+
+# --- evaluation and occupancy vs NumPy and identities --------------------------------------------
+
+
+def test_evaluation_and_occupancy_match_numpy(problem):
+    mdp, theta, features = problem
+    pi = T.softmax_policy(theta, features)
+    v, q = T.policy_evaluation(mdp, pi)
+    d = T.occupancy(mdp, pi)
+    v_np, q_np, d_np, j_np = numpy_reference(*(np.asarray(x) for x in (mdp.transition, mdp.reward, mdp.initial)),
+                                             float(mdp.discount), np.asarray(pi))
+    np.testing.assert_allclose(v, v_np, rtol=1e-10)
+    np.testing.assert_allclose(q, q_np, rtol=1e-10)
+    np.testing.assert_allclose(d, d_np, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(T.expected_return(mdp, pi), j_np, rtol=1e-10)
+    # V = sum_a pi Q (lecture)
+    np.testing.assert_allclose(v, (pi * q).sum(1), rtol=1e-10)
+
+
+def test_occupancy_is_distribution_and_satisfies_bellman_flow(batch):
+    mdps, thetas, features = batch
+    pis = jax.vmap(T.softmax_policy)(thetas, features)
+    d = jax.vmap(T.occupancy)(mdps, pis)
+    np.testing.assert_allclose(d.sum(-1), 1.0, atol=1e-12)
+    assert float(d.min()) >= 0
+    p_pi = jax.vmap(T.policy_transition)(mdps, pis)
+    flow = (1 - mdps.discount)[:, None] * mdps.initial + mdps.discount[:, None] * jnp.einsum("bs,bst->bt", d, p_pi)
+    np.testing.assert_allclose(flow, d, atol=1e-12)
+    dsa = jax.vmap(T.state_action_occupancy)(mdps, pis)
+    np.testing.assert_allclose(dsa.sum((-1, -2)), 1.0, atol=1e-12)
+    # state-action Bellman flow: d(s,a) = (1-g) mu0(s) pi(a|s) + g sum_{s',a'} d(s',a') P(s|s',a') pi(a|s)
+    inflow = jnp.einsum("bxy,bxys->bs", dsa, mdps.transition)
+    rhs = ((1 - mdps.discount)[:, None] * mdps.initial + mdps.discount[:, None] * inflow)[..., None] * pis
+    np.testing.assert_allclose(rhs, dsa, atol=1e-12)
+
+
+def test_return_equals_occupancy_weighted_reward(batch):
+    mdps, thetas, features = batch
+    pis = jax.vmap(T.softmax_policy)(thetas, features)
+    j = jax.vmap(T.expected_return)(mdps, pis)
+    dsa = jax.vmap(T.state_action_occupancy)(mdps, pis)
+    j_occ = (dsa * mdps.reward).sum((-1, -2)) / (1 - mdps.discount)
+    np.testing.assert_allclose(j, j_occ, rtol=1e-10)
+
+
+def test_occupancy_equals_discounted_sum_of_state_distributions(problem):
+    """d^pi = (1-g) sum_t g^t mu0 (P^pi)^t, summed explicitly to convergence."""
+    mdp, theta, features = problem
+    pi = T.softmax_policy(theta, features)
+    p_pi = np.asarray(T.policy_transition(mdp, pi))
+    mu, total, g = np.asarray(mdp.initial), np.zeros(S), float(mdp.discount)
+    for t in range(400):
+        total += (1 - g) * g**t * mu
+        mu = mu @ p_pi
+    np.testing.assert_allclose(T.occupancy(mdp, pi), total, atol=1e-12)
+
+
+def test_fixed_point_equals_closed_form(batch):
+    mdps, thetas, features = batch
+    pis = jax.vmap(T.softmax_policy)(thetas, features)
+    d_solve = jax.vmap(T.occupancy)(mdps, pis)
+    d_fp, info = jax.jit(jax.vmap(T.occupancy_fixed_point))(mdps, pis)
+    assert bool(info.converged.all())
+    assert float(info.residual.max()) <= 1e-12
+    np.testing.assert_allclose(d_fp, d_solve, atol=1e-10)
+    # more iterations for larger discounts: the contraction rate is gamma
+    assert int(info.iterations[-1]) > int(info.iterations[0])
+    d_method = jax.vmap(lambda m, p: T.occupancy(m, p, method="fixed_point"))(mdps, pis)
+    np.testing.assert_allclose(d_method, d_fp)
+
+
+def test_fixed_point_reports_non_convergence(problem):
+    mdp, theta, features = problem
+    pi = T.softmax_policy(theta, features)
+    _, info = T.occupancy_fixed_point(mdp, pi, max_iterations=5)
+    assert int(info.iterations) == 5 and not bool(info.converged)
+
+
+def test_occupancy_iterates_contract_at_rate_gamma(problem):
+    mdp, theta, features = problem
+    pi = T.softmax_policy(theta, features)
+    iterates = T.occupancy_iterates(mdp, pi, 50)
+    err = jnp.abs(iterates - T.occupancy(mdp, pi)).sum(-1)
+    bound = mdp.discount ** jnp.arange(1, 51) * 2
+    assert bool(jnp.all(err <= bound + 1e-12))
+
+
+def test_unknown_occupancy_method(problem):
+    mdp, theta, features = problem
+    with pytest.raises(ValueError, match="method"):
+        T.occupancy(mdp, T.softmax_policy(theta, features), method="magic")
+
+
+# --- policies -------------------------------------------------------------------------------------
+
+
+def test_score_matches_autodiff(batch):
+    _, thetas, features = batch
+    score = T.grad_log_policy(thetas[0], features[0])
+    jac = jax.jacobian(T.log_policy)(thetas[0], features[0])
+    np.testing.assert_allclose(score, jac, atol=1e-12)
+    # E_pi[score] = 0 in every state
+    pi = T.softmax_policy(thetas[0], features[0])
+    np.testing.assert_allclose(jnp.einsum("sa,sad->sd", pi, score), 0.0, atol=1e-12)
+
+
+def test_logistic_policy_is_softmax_special_case():
+    x = jax.random.normal(jax.random.key(5), (7, 3))
+    theta = jax.random.normal(jax.random.key(6), (3,))
+    np.testing.assert_allclose(T.logistic_policy(theta, x), T.softmax_policy(theta, T.logistic_features(x)), atol=1e-12)
+
+
+def test_tabular_features_make_theta_the_logit_table():
+    theta = jax.random.normal(jax.random.key(7), (S * A,))
+    pi = T.softmax_policy(theta, T.tabular_features(S, A))
+    np.testing.assert_allclose(pi, jax.nn.softmax(theta.reshape(S, A), -1), atol=1e-12)
+
+
+# --- classic examples ------------------------------------------------------------------------------
+
+
+def test_chain_rewards_the_far_sighted_policy():
+    mdp = T.chain_mdp(num_states=5, discount=0.95)
+    always_right = jnp.tile(jnp.array([0.0, 1.0]), (5, 1))
+    always_left = jnp.tile(jnp.array([1.0, 0.0]), (5, 1))
+    assert float(T.expected_return(mdp, always_right)) > float(T.expected_return(mdp, always_left)) > 0
+
+
+def test_gradient_ascent_improves_gridworld():
+    mdp = T.gridworld_mdp(3, 3, slip=0.1)
+    features = T.tabular_features(9, 4)
+    theta = jnp.zeros(36)
+    step = jax.jit(lambda th: th + 5.0 * T.policy_gradient(mdp, th, features))
+    j0 = float(T.objective(mdp, theta, features))
+    for _ in range(200):
+        theta = step(theta)
+    j1 = float(T.objective(mdp, theta, features))
+    optimum = _optimal_return(mdp)
+    assert j0 < j1 <= optimum + 1e-9
+    assert j1 > j0 + 0.8 * (optimum - j0)
+
+
+def _optimal_return(mdp):
+    """Value iteration in NumPy: an independent upper bound on J."""
+    P, R, g = np.asarray(mdp.transition), np.asarray(mdp.reward), float(mdp.discount)
+    v = np.zeros(P.shape[0])
+    for _ in range(2000):
+        v = (R + g * P @ v).max(1)
+    return float(np.asarray(mdp.initial) @ v)
+
+
+# --- jit / vmap -------------------------------------------------------------------------------------
+
+
+def test_vmap_equals_python_loop(batch):
+    mdps, thetas, features = batch
+    batched = jax.jit(jax.vmap(T.policy_gradient))(mdps, thetas, features)
+    for i in range(4):
+        mdp_i = jax.tree_util.tree_map(lambda x: x[i], mdps)
+        np.testing.assert_allclose(batched[i], T.policy_gradient(mdp_i, thetas[i], features[i]), rtol=1e-10, atol=1e-13)
+
+
+def test_random_mdp_jit_and_vmap_are_reproducible():
+    make = jax.jit(T.random_mdp, static_argnums=(1, 2))
+    a = make(jax.random.key(11), 4, 2)
+    b = T.random_mdp(jax.random.key(11), 4, 2)
+    np.testing.assert_allclose(a.transition, b.transition)
+    keys = jax.random.split(jax.random.key(12), 3)
+    batched = jax.vmap(T.random_mdp, in_axes=(0, None, None))(keys, 4, 2)
+    assert batched.transition.shape == (3, 4, 2, 4) and batched.batch_shape == (3,)
+    single = T.random_mdp(keys[1], 4, 2)
+    np.testing.assert_allclose(batched.transition[1], single.transition)
+
+
+def test_batched_mdp_from_concrete_arrays_validates():
+    mdps = jax.vmap(T.random_mdp, in_axes=(0, None, None))(jax.random.split(jax.random.key(0), 2), 3, 2)
+    T.MDP(mdps.transition, mdps.reward, mdps.initial, mdps.discount)  # valid batch passes
+    with pytest.raises(ValueError, match="MDP.discount"):
+        T.MDP(mdps.transition, mdps.reward, mdps.initial, jnp.array([0.9, 1.0]))
+
+
+# --- validation ---------------------------------------------------------------------------------------
+
+
+def _valid_arrays():
+    P = np.full((2, 2, 2), 0.5)
+    R = np.zeros((2, 2))
+    mu0 = np.array([1.0, 0.0])
+    return P, R, mu0, 0.9
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda P, R, mu, g: (P[:, :, :1], R, mu, g), r"MDP.transition must have shape \[S, A, S\] with the same S"),
+        (lambda P, R, mu, g: (P[0], R, mu, g), r"MDP.transition must have shape"),
+        (lambda P, R, mu, g: (P, R[:, :1], mu, g), r"MDP.reward must have shape \(2, 2\)"),
+        (lambda P, R, mu, g: (P, R, np.ones(3) / 3, g), r"MDP.initial must have shape \(2,\)"),
+        (lambda P, R, mu, g: (P * 0.9, R, mu, g), r"MDP.transition rows must sum to 1"),
+        (lambda P, R, mu, g: (P, R, np.array([0.7, 0.2]), g), r"MDP.initial must sum to 1"),
+        (lambda P, R, mu, g: (np.stack([P[0], np.array([[1.5, -0.5], [0.5, 0.5]])]), R, mu, g), r"MDP.transition has negative"),
+        (lambda P, R, mu, g: (P, R, np.array([1.5, -0.5]), g), r"MDP.initial has negative"),
+        (lambda P, R, mu, g: (P, R, mu, 1.0), r"MDP.discount must lie strictly in \(0, 1\)"),
+        (lambda P, R, mu, g: (P, R, mu, 0.0), r"MDP.discount must lie strictly in \(0, 1\)"),
+        (lambda P, R, mu, g: (P, np.array([[0.0, np.nan], [0.0, 0.0]]), mu, g), r"MDP.reward contains NaN or inf"),
+        (lambda P, R, mu, g: (P, R, mu, np.inf), r"MDP.discount contains NaN or inf"),
+        (lambda P, R, mu, g: (P, R, mu, [0.9, 0.9]), r"MDP.discount must have shape \(\)"),
+        (lambda P, R, mu, g: (P, R, mu, "0.9"), r"MDP.discount"),
+    ],
+)
+def test_validation_errors_name_the_field(mutate, match):
+    with pytest.raises(ValueError, match=match):
+        T.MDP(*mutate(*_valid_arrays()))
+
+
+def test_valid_mdp_and_tracing_are_not_blocked():
+    T.MDP(*_valid_arrays())
+
+    @jax.jit
+    def build_and_use(P):  # P is a tracer: construction inside jit must not validate or fail
+        mdp = T.MDP(P, jnp.zeros((2, 2)), jnp.array([1.0, 0.0]), 0.9)
+        return T.expected_return(mdp, jnp.full((2, 2), 0.5))
+
+    assert jnp.isfinite(build_and_use(jnp.full((2, 2, 2), 0.5)))
+
+
+def test_constructor_argument_errors():
+    with pytest.raises(ValueError, match="discount"):
+        T.random_mdp(jax.random.key(0), 3, 2, discount=1.5)
+    with pytest.raises(ValueError, match="num_states"):
+        T.chain_mdp(num_states=1)
+    with pytest.raises(ValueError, match="slip"):
+        T.gridworld_mdp(slip=2.0)
+
+
+# --- property-based ----------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _property_values(num_states, num_actions, dim, key, discount, concentration):
+    k1, k2, k3 = jax.random.split(key, 3)
+    mdp = T.random_mdp(k1, num_states, num_actions, discount=discount, concentration=concentration)
+    features = jax.random.normal(k2, (num_states, num_actions, dim))
+    theta = jax.random.normal(k3, (dim,))
+    pi = T.softmax_policy(theta, features)
+    v, _ = T.policy_evaluation(mdp, pi)
+    g = T.policy_gradient(mdp, theta, features)
+    g_auto = jax.grad(T.objective, argnums=1)(mdp, theta, features)
+    return pi, T.occupancy(mdp, pi), v, g, g_auto
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_states=st.sampled_from([1, 2, 5, 8]),
+    num_actions=st.sampled_from([1, 2, 4]),
+    dim=st.sampled_from([1, 3]),
+    discount=st.floats(0.05, 0.97),
+    concentration=st.sampled_from([0.1, 1.0, 10.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_properties_over_random_shapes(num_states, num_actions, dim, discount, concentration, seed):
+    with jax.enable_x64(True):
+        pi, d, v, g, g_auto = _property_values(num_states, num_actions, dim, jax.random.key(seed), discount, concentration)
+        np.testing.assert_allclose(pi.sum(-1), 1.0, atol=1e-12)
+        np.testing.assert_allclose(d.sum(), 1.0, atol=1e-10)
+        assert float(d.min()) > -1e-12
+        assert float(v.max()) <= 1.0 / (1.0 - discount) + 1e-8 and float(v.min()) >= -1e-10  # rewards in [0, 1]
+        np.testing.assert_allclose(g, g_auto, rtol=1e-7, atol=1e-9)

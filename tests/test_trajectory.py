@@ -1,0 +1,137 @@
+"""Trajectory sampling, log-densities and returns (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgjax import tabular as T
+from pgjax import trajectory as tr
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+S, A, H = 4, 3, 12
+
+
+@pytest.fixture(scope="module")
+def setup(x64):
+    mdp = T.random_mdp(jax.random.key(0), S, A, discount=0.8, concentration=0.5)
+    features = T.tabular_features(S, A)
+    theta = jax.random.normal(jax.random.key(1), (S * A,))
+    return mdp, theta, features
+
+
+@pytest.fixture(scope="module")
+def many(setup):
+    mdp, theta, features = setup
+    sample = jax.jit(tr.sample_trajectories, static_argnums=(3, 4))
+    return sample(jax.random.key(2), mdp, T.softmax_policy(theta, features), 60, 20_000)
+
+
+def test_shapes_and_consistency(setup):
+    mdp, theta, features = setup
+    traj = tr.sample_trajectory(jax.random.key(3), mdp, T.softmax_policy(theta, features), H)
+    assert traj.states.shape == traj.actions.shape == traj.rewards.shape == (H,)
+    np.testing.assert_array_equal(traj.states[1:], traj.next_states[:-1])
+    np.testing.assert_allclose(traj.rewards, mdp.reward[traj.states, traj.actions])
+
+
+def test_sampling_distribution_matches_model(setup, many):
+    mdp, theta, features = setup
+    pi = T.softmax_policy(theta, features)
+    n = many.states.shape[0]
+    freq0 = np.bincount(np.asarray(many.states[:, 0]), minlength=S) / n
+    se = np.sqrt(np.asarray(mdp.initial) * (1 - np.asarray(mdp.initial)) / n)
+    assert np.all(np.abs(freq0 - np.asarray(mdp.initial)) <= 5 * se + 1e-12)
+    # state distribution at t = 3 is mu0 (P^pi)^3
+    mu3 = np.asarray(mdp.initial) @ np.linalg.matrix_power(np.asarray(T.policy_transition(mdp, pi)), 3)
+    freq3 = np.bincount(np.asarray(many.states[:, 3]), minlength=S) / n
+    assert np.all(np.abs(freq3 - mu3) <= 5 * np.sqrt(mu3 * (1 - mu3) / n) + 1e-12)
+
+
+def test_monte_carlo_return_matches_exact_j(setup, many):
+    mdp, theta, features = setup
+    returns = jax.vmap(tr.discounted_return, in_axes=(0, None))(many.rewards, mdp.discount)
+    exact_h = T.finite_horizon_return(mdp, T.softmax_policy(theta, features), 60)
+    exact = T.expected_return(mdp, T.softmax_policy(theta, features))
+    se = float(returns.std()) / np.sqrt(returns.shape[0])
+    assert abs(float(returns.mean()) - float(exact_h)) < 4 * se
+    assert abs(float(exact_h) - float(exact)) < 0.8**60 * 1.0 / 0.2  # truncation tail bound (rewards in [0,1])
+
+
+def test_finite_horizon_return_by_explicit_sum(setup):
+    mdp, theta, features = setup
+    pi = np.asarray(T.softmax_policy(theta, features))
+    p_pi = np.asarray(T.policy_transition(mdp, pi))
+    r_pi = (pi * np.asarray(mdp.reward)).sum(1)
+    mu, total = np.asarray(mdp.initial), 0.0
+    for t in range(7):
+        total += 0.8**t * mu @ r_pi
+        mu = mu @ p_pi
+    np.testing.assert_allclose(T.finite_horizon_return(mdp, pi, 7), total, rtol=1e-12)
+
+
+def test_log_density_matches_explicit_product(setup):
+    mdp, theta, features = setup
+    pi = T.softmax_policy(theta, features)
+    traj = tr.sample_trajectory(jax.random.key(4), mdp, pi, H)
+    s, a, s2 = (np.asarray(x) for x in (traj.states, traj.actions, traj.next_states))
+    P, mu0, pi_np = np.asarray(mdp.transition), np.asarray(mdp.initial), np.asarray(pi)
+    manual = np.log(mu0[s[0]]) + sum(np.log(pi_np[s[t], a[t]]) + np.log(P[s[t], a[t], s2[t]]) for t in range(H))
+    np.testing.assert_allclose(tr.log_density(traj, mdp, pi), manual, rtol=1e-12)
+
+
+def test_impossible_trajectory_has_zero_density():
+    P = np.zeros((2, 1, 2))
+    P[:, 0, 0] = 1.0  # always go to state 0
+    mdp = T.MDP(P, np.zeros((2, 1)), np.array([1.0, 0.0]), 0.9)
+    traj = tr.Trajectory(jnp.array([0, 1]), jnp.array([0, 0]), jnp.zeros(2), jnp.array([1, 0]))
+    assert float(tr.log_density(traj, mdp, jnp.ones((2, 1)))) == -np.inf
+
+
+def test_dynamics_drop_out_of_the_score(setup):
+    """grad_theta log p_theta(h) = sum_t grad log pi(a_t|s_t): P and mu0 do not depend on theta."""
+    mdp, theta, features = setup
+    trajs = tr.sample_trajectories(jax.random.key(5), mdp, T.softmax_policy(theta, features), H, 8)
+
+    def grad_log_density(traj):
+        return jax.grad(lambda th: tr.log_density(traj, mdp, T.softmax_policy(th, features)))(theta)
+
+    def score_sum(traj):
+        return T.grad_log_policy(theta, features)[traj.states, traj.actions].sum(0)
+
+    np.testing.assert_allclose(jax.vmap(grad_log_density)(trajs), jax.vmap(score_sum)(trajs), atol=1e-12)
+    # ...while the density itself does depend on the dynamics
+    other = mdp.replace(transition=T.random_mdp(jax.random.key(6), S, A).transition)
+    traj0 = jax.tree_util.tree_map(lambda x: x[0], trajs)
+    assert float(tr.log_density(traj0, mdp, T.softmax_policy(theta, features))) != float(
+        tr.log_density(traj0, other, T.softmax_policy(theta, features))
+    )
+
+
+def test_rewards_to_go_and_return_match_numpy():
+    rewards = jax.random.uniform(jax.random.key(7), (9,))
+    g = 0.7
+    expected = np.array([sum(g ** (k - t) * float(rewards[k]) for k in range(t, 9)) for t in range(9)])
+    np.testing.assert_allclose(tr.rewards_to_go(rewards, g), expected, rtol=1e-12)
+    np.testing.assert_allclose(tr.discounted_return(rewards, g), expected[0], rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(tr.rewards_to_go)(rewards, g), expected, rtol=1e-12)
+
+
+def test_vmapped_sampling_equals_one_at_a_time(setup):
+    mdp, theta, features = setup
+    pi = T.softmax_policy(theta, features)
+    batch = tr.sample_trajectories(jax.random.key(8), mdp, pi, H, 3)
+    keys = jax.random.split(jax.random.key(8), 3)
+    for i in range(3):
+        single = tr.sample_trajectory(keys[i], mdp, pi, H)
+        np.testing.assert_array_equal(batch.states[i], single.states)
+        np.testing.assert_array_equal(batch.actions[i], single.actions)
+
+
+def test_bad_sizes_raise():
+    mdp = T.chain_mdp()
+    with pytest.raises(ValueError, match="horizon"):
+        tr.sample_trajectory(jax.random.key(0), mdp, T.uniform_policy(6, 2), 0)
+    with pytest.raises(ValueError, match="num_trajectories"):
+        tr.sample_trajectories(jax.random.key(0), mdp, T.uniform_policy(6, 2), 5, 0)

@@ -1,0 +1,246 @@
+"""TRPO pieces: CG against np.linalg.solve, Fisher-vector products against an explicit Fisher, the
+natural step's KL scaling, and the line search's KL and improvement checks (float64)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from pgjax import trust_region as tr
+from pgjax.nets import Actor
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+N_OBS, OBS_DIM, K = 6, 2, 3
+
+
+def random_spd(rng, n):
+    m = rng.normal(size=(n, n))
+    return m @ m.T + n * np.eye(n)
+
+
+# ---------------------------------------------------------------------------
+# Conjugate gradient.
+# ---------------------------------------------------------------------------
+
+
+def test_cg_solves_random_spd_systems_jit_and_vmap(x64):
+    rng = np.random.default_rng(0)
+    n = 6
+    mats = np.stack([random_spd(rng, n) for _ in range(4)])
+    rhs = rng.normal(size=(4, n))
+    solve = jax.jit(jax.vmap(lambda a, b: tr.conjugate_gradient(lambda v: a @ v, b, num_iterations=n)))
+    x = solve(mats, rhs)
+    for i in range(4):
+        np.testing.assert_allclose(x[i], np.linalg.solve(mats[i], rhs[i]), rtol=1e-8, atol=1e-10)
+
+
+def test_cg_on_pytrees_and_iteration_count(x64):
+    """A dict right-hand side gives the flat solution; one iteration is the steepest-descent step."""
+    rng = np.random.default_rng(1)
+    a = random_spd(rng, 6)
+    b = rng.normal(size=6)
+    tree_b = {"w": jnp.asarray(b[:4].reshape(2, 2)), "c": jnp.asarray(b[4:])}
+    _, unravel = ravel_pytree(tree_b)
+    flat_b = ravel_pytree(tree_b)[0]
+    matvec = lambda t: unravel(jnp.asarray(a) @ ravel_pytree(t)[0])
+    x = tr.conjugate_gradient(matvec, tree_b, num_iterations=6)
+    np.testing.assert_allclose(ravel_pytree(x)[0], np.linalg.solve(a, flat_b), rtol=1e-8)
+    one = tr.conjugate_gradient(lambda v: a @ v, b, num_iterations=1)
+    np.testing.assert_allclose(one, (b @ b) / (b @ a @ b) * b, rtol=1e-12)
+    assert not np.allclose(one, np.linalg.solve(a, b), rtol=1e-3)
+
+
+def test_cg_stops_on_residual(x64):
+    x = tr.conjugate_gradient(lambda v: 2.0 * v, jnp.zeros(3))
+    np.testing.assert_array_equal(x, 0.0)  # no 0/0
+    x = tr.conjugate_gradient(lambda v: 2.0 * v, jnp.ones(3), num_iterations=50)
+    np.testing.assert_allclose(x, 0.5, rtol=1e-12)  # converged after one step, then stopped
+
+
+# ---------------------------------------------------------------------------
+# Fisher-vector products on a tiny network.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["categorical", "gaussian"])
+def policy(request, x64):
+    discrete = request.param == "categorical"
+    actor = Actor(action_dim=K if discrete else 2, discrete=discrete, hidden_sizes=(4,))
+    obs = jax.random.normal(jax.random.key(0), (N_OBS, OBS_DIM))
+    params = actor.init(jax.random.key(1), obs)
+    # Larger-than-default head weights and a non-zero log-std: a non-trivial Fisher.
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) + 0.3, params)
+    flat, unravel = ravel_pytree(params)
+    dist_fn = lambda p: actor.apply(p, obs)
+    return discrete, dist_fn, params, flat, unravel
+
+
+def explicit_kl_hessian(dist_fn, params, unravel):
+    """The [D, D] Hessian of the mean KL at params, formed explicitly (the thing FVPs avoid)."""
+    kl_fn = tr.policy_kl_fn(dist_fn, params)
+    return jax.jit(jax.hessian(lambda f: kl_fn(unravel(f))))(ravel_pytree(params)[0])
+
+
+def test_fvp_equals_explicit_fisher_times_vector(policy):
+    _, dist_fn, params, flat, unravel = policy
+    hessian = explicit_kl_hessian(dist_fn, params, unravel)
+    v = jax.random.normal(jax.random.key(2), flat.shape)
+    damping = 0.1
+    fvp = jax.jit(lambda p, vec: tr.fisher_vector_product(tr.policy_kl_fn(dist_fn, p), p, vec, damping))
+    got = ravel_pytree(fvp(params, unravel(v)))[0]
+    np.testing.assert_allclose(got, hessian @ v + damping * v, rtol=1e-10, atol=1e-12)
+    # The "self-KL" form kl(sg(pi_p) || pi_p) gives the same product.
+    self_kl = lambda p: jnp.mean(jax.lax.stop_gradient(dist_fn(p)).kl(dist_fn(p)))
+    got_self = ravel_pytree(tr.fisher_vector_product(self_kl, params, unravel(v), damping))[0]
+    np.testing.assert_allclose(got_self, got, rtol=1e-10, atol=1e-12)
+    assert np.linalg.norm(hessian @ v) > 1e-3  # the test is not vacuous
+
+
+def test_kl_hessian_is_the_fisher_information(policy):
+    """Hessian of KL(pi_old || pi_theta) at theta_old == mean_s sum_a pi(a|s) score score^T (categorical)."""
+    discrete, dist_fn, params, flat, unravel = policy
+    if not discrete:
+        pytest.skip("exact expectation over actions needs a finite action set")
+    hessian = explicit_kl_hessian(dist_fn, params, unravel)
+    probs = dist_fn(params).probs  # [N, K]
+    scores = jax.jacobian(lambda f: dist_fn(unravel(f)).log_probs)(flat)  # [N, K, D]
+    fisher = jnp.einsum("nk,nkd,nke->de", probs, scores, scores) / N_OBS
+    np.testing.assert_allclose(hessian, fisher, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Natural gradient step and line search on a real policy.
+# ---------------------------------------------------------------------------
+
+
+def surrogate_problem(dist_fn, params):
+    """Sampled actions and advantages; L(p) = mean rho A, kl(p) = mean KL(pi_old || pi_p)."""
+    old = dist_fn(params)
+    actions = old.sample(jax.random.key(3))
+    advantages = jax.random.normal(jax.random.key(4), (N_OBS,))
+    old_log_prob = old.log_prob(actions)
+    kl_fn = tr.policy_kl_fn(dist_fn, params)
+
+    def objective_and_kl(p):
+        ratio = jnp.exp(dist_fn(p).log_prob(actions) - old_log_prob)
+        return jnp.mean(ratio * advantages), kl_fn(p)
+
+    return objective_and_kl, kl_fn
+
+
+def test_natural_step_is_scaled_to_the_kl_radius(policy):
+    _, dist_fn, params, flat, unravel = policy
+    objective_and_kl, kl_fn = surrogate_problem(dist_fn, params)
+    grad = jax.grad(lambda p: objective_and_kl(p)[0])(params)
+    damping, max_kl = 0.05, 0.01
+    fvp = functools.partial(tr.fisher_vector_product, kl_fn, params, damping=damping)
+    natural_step = functools.partial(tr.natural_gradient_step, fvp=fvp, num_iterations=2 * flat.size, residual_tol=0.0)
+    step, expected = jax.jit(natural_step)(grad, max_kl=max_kl)
+    s = ravel_pytree(step)[0]
+    damped_fisher = explicit_kl_hessian(dist_fn, params, unravel) + damping * jnp.eye(flat.size)
+    assert float(0.5 * s @ damped_fisher @ s) == pytest.approx(max_kl, rel=1e-8)
+    g = ravel_pytree(grad)[0]
+    direction = np.linalg.solve(damped_fisher, g)
+    np.testing.assert_allclose(s, direction * np.sqrt(2 * max_kl / (direction @ damped_fisher @ direction)), rtol=1e-6)
+    assert float(expected) == pytest.approx(float(g @ s), rel=1e-12) and float(expected) > 0
+
+    # vmapped over the radius: the step scales as sqrt(delta).
+    radii = jnp.array([0.001, 0.01, 0.04])
+    steps, _ = jax.jit(jax.vmap(lambda d: natural_step(grad, max_kl=d)))(radii)
+    for i, d in enumerate(radii):
+        np.testing.assert_allclose(ravel_pytree(jax.tree.map(lambda x: x[i], steps))[0], s * np.sqrt(d / max_kl), rtol=1e-8)
+
+
+def test_natural_step_of_zero_gradient_is_zero(policy):
+    _, dist_fn, params, _, _ = policy
+    fvp = functools.partial(tr.fisher_vector_product, tr.policy_kl_fn(dist_fn, params), params, damping=0.1)
+    step, expected = tr.natural_gradient_step(jax.tree.map(jnp.zeros_like, params), fvp, 0.01)
+    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(step)) and float(expected) == 0.0
+
+
+def test_trpo_step_respects_kl_radius_and_improves(policy):
+    """One full TRPO update (jitted, vmapped over delta): KL(new) <= delta and the surrogate improves."""
+    _, dist_fn, params, _, _ = policy
+    objective_and_kl, kl_fn = surrogate_problem(dist_fn, params)
+
+    def trpo_update(max_kl):
+        grad = jax.grad(lambda p: objective_and_kl(p)[0])(params)
+        fvp = functools.partial(tr.fisher_vector_product, kl_fn, params, damping=0.01)
+        step, expected = tr.natural_gradient_step(grad, fvp, max_kl)
+        new, accepted, fraction = tr.backtracking_line_search(objective_and_kl, params, step, expected, max_kl)
+        return new, accepted, fraction, objective_and_kl(new)
+
+    radii = jnp.array([0.001, 0.01, 0.1])
+    _, accepted, fraction, (objective, kl) = jax.jit(jax.vmap(trpo_update))(radii)
+    objective_old = float(objective_and_kl(params)[0])
+    assert np.all(np.asarray(accepted))
+    assert np.all(np.asarray(kl) <= np.asarray(radii)) and np.all(np.asarray(kl) > 0.1 * np.asarray(radii) * fraction**2)
+    assert np.all(np.asarray(objective) > objective_old)
+    assert np.all(np.diff(np.asarray(objective)) > 0)  # a larger radius buys more improvement here
+
+
+# ---------------------------------------------------------------------------
+# Line search on a quadratic model with known answers.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quadratic(x64):
+    """theta_old = 0, L(theta) = g^T theta - 1/2 theta^T A theta (small A), KL(theta) = 1/2 theta^T F theta."""
+    rng = np.random.default_rng(5)
+    fisher = jnp.asarray(random_spd(rng, 3))
+    curvature = 0.01 * jnp.asarray(random_spd(rng, 3))
+    g = jnp.asarray(rng.normal(size=3))
+    max_kl = 0.02
+
+    def objective_and_kl(theta):
+        return g @ theta - 0.5 * theta @ curvature @ theta, 0.5 * theta @ fisher @ theta
+
+    step, expected = tr.natural_gradient_step(g, lambda v: fisher @ v, max_kl, num_iterations=3)
+    return objective_and_kl, step, expected, max_kl
+
+
+@pytest.mark.parametrize("transform", ["plain", "jit"])
+def test_line_search_backtracks_into_the_kl_radius(quadratic, transform):
+    objective_and_kl, step, expected, max_kl = quadratic
+    search = functools.partial(tr.backtracking_line_search, objective_and_kl)
+    if transform == "jit":
+        search = jax.jit(search)
+    theta0 = jnp.zeros(3)
+    # KL of 2.2 s at fraction c^j is 2.2^2 c^2j delta: 4.84 delta, 1.21 delta, 0.3 delta.
+    new, accepted, fraction = search(theta0, 2.2 * step, 2.2 * expected, max_kl)
+    assert bool(accepted) and float(fraction) == 0.25
+    np.testing.assert_allclose(new, 0.25 * 2.2 * step, rtol=1e-12)
+    assert float(objective_and_kl(new)[1]) <= max_kl
+    # Baselines' 1.5 delta tolerance accepts the 1.21 delta step.
+    _, _, fraction = search(theta0, 2.2 * step, 2.2 * expected, max_kl, kl_tolerance=1.5)
+    assert float(fraction) == 0.5
+    # The natural step itself has KL = delta and is taken whole.
+    new, accepted, fraction = search(theta0, step, expected, max_kl)
+    assert bool(accepted) and float(fraction) == 1.0
+    assert float(objective_and_kl(new)[1]) == pytest.approx(max_kl, rel=1e-9)
+
+
+def test_line_search_rejects_a_step_that_decreases_the_surrogate(quadratic):
+    objective_and_kl, step, expected, max_kl = quadratic
+    theta0 = jnp.array([0.0, 0.0, 0.0])
+    new, accepted, fraction = jax.jit(tr.backtracking_line_search, static_argnums=0)(
+        objective_and_kl, theta0, -step, expected, max_kl
+    )
+    assert not bool(accepted) and float(fraction) == 0.0
+    np.testing.assert_array_equal(new, theta0)
+
+
+def test_line_search_requires_improvement_ratio(quadratic):
+    """An improvement far below the linear model's prediction is rejected unless accept_ratio allows it."""
+    objective_and_kl, step, expected, max_kl = quadratic
+    weak = lambda theta: (0.01 * objective_and_kl(theta)[0], objective_and_kl(theta)[1])
+    theta0 = jnp.zeros(3)
+    _, accepted, _ = tr.backtracking_line_search(weak, theta0, step, expected, max_kl)
+    assert not bool(accepted)
+    _, accepted, fraction = tr.backtracking_line_search(weak, theta0, step, expected, max_kl, accept_ratio=0.001)
+    assert bool(accepted) and float(fraction) == 1.0
