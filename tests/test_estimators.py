@@ -32,7 +32,9 @@ def horizon():
 def results(problem, horizon):
     out = {}
     for i, (name, est) in enumerate(E.ESTIMATORS.items()):
-        out[name] = E.run_estimator(jax.random.key(100 + i), problem, est, NUM_ESTIMATES, 1, horizon)
+        # The two theorem forms share a key (same trajectories and time draws): a paired comparison.
+        key = jax.random.key(200) if name.startswith("theorem") else jax.random.key(100 + i)
+        out[name] = E.run_estimator(key, problem, est, NUM_ESTIMATES, 1, horizon)
     trunc = E.truncated(E.reinforce_rewards_to_go, TRUNCATION)
     out["truncated"] = E.run_estimator(jax.random.key(99), problem, trunc, NUM_ESTIMATES, 1, horizon)
     return out
