@@ -1,0 +1,178 @@
+"""Verify the policy gradient theorem on random MDPs, then run the gradient estimator lab.
+
+    python experiments/policy_gradient_theorem.py [--num-states 10 --num-actions 4 --discount 0.9 ...]
+
+Part 1 checks, on a vmapped batch of random MDPs in float64, that the theorem's gradient
+1/(1-gamma) E_{d^pi}[grad log pi Q^pi] equals jax.grad of J(theta), and that the fixed-point
+occupancy equals the closed form. Part 2 measures Monte Carlo estimators of grad J against
+the exact gradient as the number of trajectories grows, prints a table, and writes
+`estimator_lab.csv` and `estimator_lab.png` (log-log error vs trajectories) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from pgjax import estimators as E  # noqa: E402
+from pgjax import tabular as T  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-states", type=int, default=10)
+    p.add_argument("--num-actions", type=int, default=4)
+    p.add_argument("--discount", type=float, default=0.9)
+    p.add_argument("--num-mdps", type=int, default=256, help="MDPs in the theorem check (one vmapped call)")
+    p.add_argument("--num-estimates", type=int, default=500, help="independent estimates per point")
+    p.add_argument("--max-trajectories", type=int, default=64, help="largest trajectories-per-estimate (powers of 2)")
+    p.add_argument("--truncation", type=int, default=10, help="horizon of the truncated estimator")
+    p.add_argument("--out", default="runs/estimator_lab")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    for name in ("num_states", "num_actions", "num_mdps", "num_estimates", "max_trajectories", "truncation"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if not 0.0 < args.discount < 1.0:
+        p.error(f"--discount must lie in (0, 1); got {args.discount}")
+    return args
+
+
+def verify_theorem(args) -> None:
+    key = jax.random.key(args.seed)
+    k_mdp, k_theta, k_feat = jax.random.split(key, 3)
+    n, s, a, d = args.num_mdps, args.num_states, args.num_actions, 8
+    mdps = jax.vmap(lambda k: T.random_mdp(k, s, a, discount=args.discount))(jax.random.split(k_mdp, n))
+    thetas = jax.random.normal(k_theta, (n, d))
+    features = jax.random.normal(k_feat, (n, s, a, d))
+
+    @jax.jit
+    def check(mdps, thetas, features):
+        theorem = jax.vmap(T.policy_gradient)(mdps, thetas, features)
+        autodiff = jax.vmap(jax.grad(T.objective, argnums=1))(mdps, thetas, features)
+        pis = jax.vmap(T.softmax_policy)(thetas, features)
+        d_solve = jax.vmap(T.occupancy)(mdps, pis)
+        d_fp, info = jax.vmap(T.occupancy_fixed_point)(mdps, pis)
+        rel = jnp.linalg.norm(theorem - autodiff, axis=-1) / jnp.linalg.norm(autodiff, axis=-1)
+        return rel, jnp.abs(d_fp - d_solve).max(-1), info.iterations
+
+    rel, occ_err, iters = check(mdps, thetas, features)
+    print(f"Policy gradient theorem on {n} random MDPs (S={s}, A={a}, D={d}, gamma={args.discount}, float64):")
+    print(f"  max relative error, theorem vs jax.grad(J):      {float(rel.max()):.2e}")
+    print(f"  max |d_fixed_point - d_solve|:                   {float(occ_err.max()):.2e}")
+    print(f"  fixed-point iterations (min/median/max):          {int(iters.min())}/{int(np.median(iters))}/{int(iters.max())}")
+    if not (float(rel.max()) < 1e-8 and float(occ_err.max()) < 1e-9):
+        raise SystemExit("theorem check FAILED")
+
+
+def estimator_lab(args) -> list[dict]:
+    key = jax.random.key(args.seed + 1)
+    k_mdp, k_theta, k_run = jax.random.split(key, 3)
+    s, a = args.num_states, args.num_actions
+    mdp = T.random_mdp(k_mdp, s, a, discount=args.discount)
+    features = T.tabular_features(s, a)
+    theta = jax.random.normal(k_theta, (s * a,))
+    problem = E.GradientProblem(mdp, theta, features)
+    horizon = E.effective_horizon(args.discount, 1e-6)
+    batch_sizes = tuple(2**i for i in range(int(np.log2(args.max_trajectories)) + 1))
+    estimators = dict(E.ESTIMATORS)
+    estimators[f"truncated_{args.truncation}"] = E.truncated(E.reinforce_rewards_to_go, args.truncation)
+    exact = T.policy_gradient(mdp, theta, features)
+    print(
+        f"\nEstimator lab: random MDP S={s}, A={a}, gamma={args.discount}, tabular softmax (D={s * a}), "
+        f"||grad J|| = {float(jnp.linalg.norm(exact)):.4f}, horizon {horizon}, {args.num_estimates} estimates per point"
+    )
+    rows = []
+    for i, (name, est) in enumerate(tqdm(estimators.items(), desc="estimators", disable=args.no_progress)):
+        t0 = time.perf_counter()
+        curve = E.error_curve(jax.random.fold_in(k_run, i), problem, est, batch_sizes, args.num_estimates, horizon)
+        seconds = time.perf_counter() - t0
+        for m, stats in zip(batch_sizes, curve):
+            E.check_finite(stats, name)
+            rows.append(
+                dict(
+                    estimator=name,
+                    trajectories=m,
+                    relative_error=float(stats.relative_error),
+                    cosine=float(stats.cosine),
+                    bias_norm=float(stats.bias_norm),
+                    max_abs_bias_z=float(jnp.max(jnp.abs(stats.bias_z))),
+                    total_variance=float(stats.total_variance),
+                    seconds=seconds,
+                )
+            )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'estimator':<22}{'N':>5}{'rel.err':>10}{'cosine':>9}{'|bias|':>10}{'max|z|':>8}{'tr.var':>12}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['estimator']:<22}{r['trajectories']:>5}{r['relative_error']:>10.3f}{r['cosine']:>9.3f}"
+            f"{r['bias_norm']:>10.4f}{r['max_abs_bias_z']:>8.1f}{r['total_variance']:>12.4g}"
+        )
+    print(
+        "(max|z| is the largest per-coordinate bias z statistic over D coordinates; values well above ~4 that grow\n"
+        " with N flag a real bias, as for the truncated estimator. The theorem forms, which use one (s,a) per\n"
+        " trajectory, have heavy-tailed coordinates, so their z can exceed 4 at small N without any bias.)"
+    )
+
+
+def save(rows: list[dict], out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "estimator_lab.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    for name in names:
+        pts = [(r["trajectories"], r["relative_error"]) for r in rows if r["estimator"] == name]
+        ax.plot(*zip(*pts), marker="o", label=name)
+    n = np.array(sorted({r["trajectories"] for r in rows}))
+    first = min(r["relative_error"] for r in rows if r["trajectories"] == 1)
+    ax.plot(n, first / np.sqrt(n), "k--", lw=1, label=r"$\propto 1/\sqrt{N}$")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("trajectories per estimate N")
+    ax.set_ylabel(r"relative error $\sqrt{E\|\hat g - \nabla J\|^2} / \|\nabla J\|$")
+    ax.set_title("Policy-gradient estimators vs the exact gradient")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "estimator_lab.png"), dpi=120)
+    print(f"\nwrote {os.path.join(out, 'estimator_lab.csv')} and {os.path.join(out, 'estimator_lab.png')}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    verify_theorem(args)
+    rows = estimator_lab(args)
+    print_table(rows)
+    save(rows, args.out)
+    print(f"total {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
