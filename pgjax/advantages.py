@@ -13,7 +13,8 @@ Conventions for a rollout of T steps from B parallel environments (arrays [T, B]
 
 An episode boundary (terminated OR truncated) always stops the recursion, and the end of the
 rollout bootstraps from next_values[T-1] unless the last step terminated. Flags may be bool or
-float. `discount` (gamma) and `gae_lambda` (lambda) may be traced scalars, so they can be vmapped.
+float. `discount` (gamma) and `gae_lambda` (lambda) may be traced scalars, so they can be vmapped;
+they are cast to the rewards' dtype, so outputs keep it.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def discounted_returns(
 
     Args:
       rewards: r [T, B].
-      next_values: V(s_{t+1}) [T, B]; only read at truncations and at t = T-1.
+      next_values: V(s_{t+1}) [T, B]; only read at truncations and at t = T-1. Without a critic
+        (plain REINFORCE) pass zeros: cuts are then treated as terminations, the best one can do.
       terminated: [T, B] bool or {0, 1}.
       truncated: [T, B] bool or {0, 1}.
       discount: gamma, a scalar (may be traced).
@@ -61,13 +63,15 @@ def discounted_returns(
     _check(rewards, next_values, terminated, truncated)
     not_terminated, _ = _flags(terminated, truncated, rewards.dtype)
     truncated = jnp.asarray(truncated).astype(bool)
+    discount = jnp.asarray(discount, rewards.dtype)
 
     def step(g_next, inputs):
         r, v_next, nonterminal, trunc = inputs
         g = r + discount * nonterminal * jnp.where(trunc, v_next, g_next)
         return g, g
 
-    _, returns = lax.scan(step, next_values[-1], (rewards, next_values, not_terminated, truncated), reverse=True)
+    bootstrap = next_values[-1].astype(rewards.dtype)
+    _, returns = lax.scan(step, bootstrap, (rewards, next_values, not_terminated, truncated), reverse=True)
     return returns
 
 
@@ -80,6 +84,7 @@ def td_errors(
     """
     _check(rewards, values, next_values, terminated)
     not_terminated = 1.0 - jnp.asarray(terminated).astype(bool).astype(rewards.dtype)
+    discount = jnp.asarray(discount, rewards.dtype)
     return rewards + discount * not_terminated * next_values - values
 
 
@@ -116,10 +121,11 @@ def gae(
     _check(rewards, values, next_values, terminated, truncated)
     _, not_done = _flags(terminated, truncated, rewards.dtype)
     deltas = td_errors(rewards, values, next_values, terminated, discount)
+    trace_decay = jnp.asarray(discount, rewards.dtype) * jnp.asarray(gae_lambda, rewards.dtype)
 
     def step(a_next, inputs):
         delta, nonterminal = inputs
-        a = delta + discount * gae_lambda * nonterminal * a_next
+        a = delta + trace_decay * nonterminal * a_next
         return a, a
 
     _, advantages = lax.scan(step, jnp.zeros_like(deltas[-1]), (deltas, not_done), reverse=True)
@@ -153,6 +159,7 @@ def n_step_returns(
         raise ValueError(f"n_step_returns: n must be a Python int >= 1; got {n!r}.")
     _check(rewards, next_values, terminated, truncated)
     not_terminated, not_done = _flags(terminated, truncated, rewards.dtype)
+    discount = jnp.asarray(discount, rewards.dtype)
     # Where the sum stops: an episode end, or the last step of the rollout.
     stop = (not_done == 0).at[-1].set(True)
     bootstrap = rewards + discount * not_terminated * next_values

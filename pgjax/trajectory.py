@@ -81,23 +81,28 @@ def log_density(traj: Trajectory, mdp: MDP, pi: Array) -> Array:
     """log p_pi(h) = log mu0(s_0) + sum_t [log pi(a_t|s_t) + log P(s_{t+1}|s_t, a_t)].
 
     Args:
-      traj: a `Trajectory` with fields [T].
+      traj: one `Trajectory` with fields [T] (vmap for a batch).
       mdp: the `MDP` it was sampled from.
       pi: policy [S, A].
 
     Returns:
       A scalar (-inf for a trajectory impossible under pi or the dynamics).
     """
+    if traj.states.ndim != 1:
+        raise ValueError(f"log_density: expects one trajectory with fields [T]; got {traj.states.shape}. Use jax.vmap.")
     s, a, s_next = traj.states, traj.actions, traj.next_states
     log_mu0 = _safe_log(mdp.initial[s[0]])
-    log_pi = jnp.sum(jnp.log(pi[s, a]))
+    log_pi = jnp.sum(_safe_log(pi[s, a]))
     log_dyn = jnp.sum(_safe_log(mdp.transition[s, a, s_next]))
     return log_mu0 + log_pi + log_dyn
 
 
 def policy_log_likelihood(traj: Trajectory, pi: Array) -> Array:
-    """sum_t log pi(a_t|s_t): the only part of log p_pi(h) that depends on the policy."""
-    return jnp.sum(jnp.log(pi[traj.states, traj.actions]))
+    """sum_t log pi(a_t|s_t) over the time axis: the only part of log p_pi(h) that depends on the policy.
+
+    Fields [..., T] -> [...].
+    """
+    return jnp.sum(_safe_log(pi[traj.states, traj.actions]), axis=-1)
 
 
 def discounted_return(rewards: Array, discount: Array) -> Array:

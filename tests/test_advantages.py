@@ -231,6 +231,20 @@ def test_true_value_is_a_fixed_point_only_with_truncation_bootstrap(x64):
     assert float(jnp.max(jnp.abs(wrong - v_true))) == pytest.approx(gamma * v_true)
 
 
+def test_dtype_follows_rewards(rollout):
+    """float32 rollouts stay float32 even with float64 (or traced float64) hyperparameters under x64."""
+    r, v, nv, term, trunc = (np.asarray(x, np.float32) for x in rollout)
+    gamma, lam = jnp.float64(0.9), jnp.float64(0.8)
+    outputs = [
+        *adv.gae(r, v, nv, term, trunc, gamma, lam),
+        *jax.jit(adv.gae)(r, v, nv, term, trunc, gamma, lam),
+        adv.discounted_returns(r, nv, term, trunc, gamma),
+        adv.n_step_returns(r, nv, term, trunc, gamma, 2),
+    ]
+    assert all(x.dtype == jnp.float32 for x in outputs)
+    np.testing.assert_allclose(outputs[0], np_gae(*rollout, 0.9, 0.8), rtol=1e-4, atol=1e-5)
+
+
 def test_termination_and_truncation_on_same_step_is_termination(x64):
     r = jnp.array([1.0, 2.0])
     nv = jnp.array([10.0, 10.0])

@@ -180,6 +180,10 @@ def test_episode_statistics_match_manual_accumulation(env_id, cartpole_raw):
     assert np.all(info["episode_length"][traj["truncated"]] == max_steps)
     if env_id == "CartPole-v1":
         assert traj["terminated"].any() and traj["truncated"].any()
+        # At termination the final observation is the terminal (pre-reset) one, obs a fresh reset.
+        final = info["final_observation"][traj["terminated"]]
+        assert np.all((np.abs(final[:, 0]) > 2.4) | (np.abs(final[:, 2]) > 12 * 2 * np.pi / 360))
+        assert np.all(np.abs(traj["obs"][done]) <= 0.05)
     np.testing.assert_allclose(envs.finished_episode_mean(info), np.mean(finished), rtol=1e-5)
     # Without an episode end nothing is reported.
     assert np.isnan(envs.finished_episode_mean(jax.tree_util.tree_map(lambda x: x[:0], info)))
@@ -194,7 +198,7 @@ def _normalise_np(x, stats, epsilon=1e-8):
 
 def test_normalize_observation_shared_statistics_equal_numpy(cartpole_raw):
     base, params, raw_obs0, raw = cartpole_raw
-    env = VecEnv(NormalizeObservation(FlattenObservation(base), axis_name=ENV_AXIS, clip=None), 4)
+    env = VecEnv(NormalizeObservation(FlattenObservation(base), axis_name=ENV_AXIS, clip=None), NUM_ENVS)
     obs0, state0, traj = rollout(env, params, jax.random.PRNGKey(3), NUM_STEPS)
     assert raw["truncated"].any() and raw["terminated"].any()
     stats = jax.tree_util.tree_map(np.asarray, traj["state"].statistics)  # [T, N, ...]
@@ -202,7 +206,7 @@ def test_normalize_observation_shared_statistics_equal_numpy(cartpole_raw):
     # Every environment of the batch holds the same statistics: those of everything seen so far.
     for t in [0, 9, NUM_STEPS - 1]:
         flat = seen[: t + 2].reshape(-1, 4)
-        for i in range(4):
+        for i in range(NUM_ENVS):
             np.testing.assert_allclose(stats.mean[t, i], flat.mean(0), rtol=1e-4, atol=1e-6)
             np.testing.assert_allclose(stats.var[t, i], flat.var(0), rtol=1e-4, atol=1e-7)
             assert stats.count[t, i] == flat.shape[0]
@@ -223,21 +227,28 @@ def test_normalize_observation_per_env_and_frozen_statistics(cartpole_raw):
     base, params, raw_obs0, raw = cartpole_raw
     seen = np.concatenate([raw_obs0[None], raw["obs"]])  # [T+1, N, D]
 
-    env = VecEnv(NormalizeObservation(FlattenObservation(base), clip=None), 4)
+    env = VecEnv(NormalizeObservation(FlattenObservation(base), clip=None), NUM_ENVS)
     _, _, traj = rollout(env, params, jax.random.PRNGKey(3), NUM_STEPS)
     final = jax.tree_util.tree_map(lambda x: np.asarray(x[-1]), traj["state"].statistics)
     np.testing.assert_allclose(final.mean, seen.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(final.var, seen.var(0), rtol=1e-4, atol=1e-7)
-    np.testing.assert_array_equal(final.count, [NUM_STEPS + 1] * 4)
+    np.testing.assert_array_equal(final.count, [NUM_STEPS + 1] * NUM_ENVS)
 
     frozen = RunningStatistics(jnp.array([0.1, -0.2, 0.0, 0.3]), jnp.array([0.5, 2.0, 0.01, 4.0]), jnp.array(7))
-    env = VecEnv(NormalizeObservation(FlattenObservation(base), update=False, initial_statistics=frozen, clip=1.0), 4)
+    frozen_env = NormalizeObservation(FlattenObservation(base), update=False, initial_statistics=frozen, clip=1.0)
+    env = VecEnv(frozen_env, NUM_ENVS)
     obs0, _, traj = rollout(env, params, jax.random.PRNGKey(3), NUM_STEPS)
     frozen_np = jax.tree_util.tree_map(np.asarray, frozen)
     np.testing.assert_array_equal(traj["state"].statistics.count, 7)
     np.testing.assert_allclose(obs0, np.clip(_normalise_np(raw_obs0, frozen_np), -1, 1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(traj["obs"], np.clip(_normalise_np(raw["obs"], frozen_np), -1, 1), rtol=1e-5, atol=1e-6)
     assert np.abs(traj["obs"]).max() == 1.0
+
+
+def test_shared_normalisation_outside_vmap_raises_a_clear_error():
+    env, params = envs.make("tabular:chain")
+    with pytest.raises(ValueError, match="axis_name=None"):
+        jax.eval_shape(NormalizeObservation(env, axis_name=ENV_AXIS).reset, jax.random.PRNGKey(0), params)
 
 
 def test_merge_statistics_is_exact_for_any_split():
@@ -254,7 +265,8 @@ def test_clip_action_clips_to_box_bounds():
     base, params = envs.make("MountainCarContinuous-v0")
     env = ClipAction(base)
     low, high = envs.action_bounds(env, params)
-    np.testing.assert_array_equal(low, [-1.0]) and np.testing.assert_array_equal(high, [1.0])
+    np.testing.assert_array_equal(low, [-1.0])
+    np.testing.assert_array_equal(high, [1.0])
     np.testing.assert_array_equal(envs.action_bounds(*envs.make("Pendulum-v1"))[1], [2.0])
 
     @jax.jit
@@ -262,7 +274,8 @@ def test_clip_action_clips_to_box_bounds():
         _, state = base.reset(jax.random.PRNGKey(0), params)
         key = jax.random.PRNGKey(1)
         clipped = env.step(key, state, action, params)
-        return clipped, base.step(key, state, jnp.clip(action, -1.0, 1.0), params), base.step(key, state, action, params)
+        reference = base.step(key, state, jnp.clip(action, -1.0, 1.0), params)
+        return clipped, reference, base.step(key, state, action, params)
 
     for value in [5.0, -7.0, 0.3]:
         clipped, reference, unclipped = steps(jnp.array([value]))

@@ -53,7 +53,8 @@ def test_clipped_surrogate_matches_numpy(batch, transform):
 def test_clipped_surrogate_vmapped_over_clip_eps(batch):
     log_prob, old_log_prob, advantages = batch
     eps = jnp.array([0.1, 0.2, 0.3])
-    got = jax.vmap(losses.clipped_surrogate_loss, in_axes=(None, None, None, 0))(log_prob, old_log_prob, advantages, eps)
+    sweep = jax.jit(jax.vmap(losses.clipped_surrogate_loss, in_axes=(None, None, None, 0)))
+    got = sweep(log_prob, old_log_prob, advantages, eps)
     for i, e in enumerate([0.1, 0.2, 0.3]):
         expected = np_clipped_surrogate(log_prob, old_log_prob, advantages, e)
         np.testing.assert_allclose([x[i] for x in got], expected, rtol=1e-12)

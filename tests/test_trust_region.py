@@ -2,6 +2,7 @@
 natural step's KL scaling, and the line search's KL and improvement checks (float64)."""
 
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,9 +67,17 @@ def test_cg_stops_on_residual(x64):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["categorical", "gaussian"])
-def policy(request, x64):
-    discrete = request.param == "categorical"
+class Policy(NamedTuple):
+    discrete: bool
+    dist_fn: Callable  # params -> distribution over the N_OBS fixed observations
+    params: dict
+    flat: jax.Array
+    unravel: Callable
+    hessian: jax.Array  # [D, D] Hessian of the mean KL at params, formed explicitly (what FVPs avoid)
+
+
+@functools.cache
+def make_policy(discrete):
     actor = Actor(action_dim=K if discrete else 2, discrete=discrete, hidden_sizes=(4,))
     obs = jax.random.normal(jax.random.key(0), (N_OBS, OBS_DIM))
     params = actor.init(jax.random.key(1), obs)
@@ -76,18 +85,23 @@ def policy(request, x64):
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) + 0.3, params)
     flat, unravel = ravel_pytree(params)
     dist_fn = lambda p: actor.apply(p, obs)
-    return discrete, dist_fn, params, flat, unravel
-
-
-def explicit_kl_hessian(dist_fn, params, unravel):
-    """The [D, D] Hessian of the mean KL at params, formed explicitly (the thing FVPs avoid)."""
     kl_fn = tr.policy_kl_fn(dist_fn, params)
-    return jax.jit(jax.hessian(lambda f: kl_fn(unravel(f))))(ravel_pytree(params)[0])
+    hessian = jax.jit(jax.hessian(lambda f: kl_fn(unravel(f))))(flat)
+    return Policy(discrete, dist_fn, params, flat, unravel, hessian)
+
+
+@pytest.fixture(scope="module", params=["categorical", "gaussian"])
+def policy(request, x64):
+    return make_policy(request.param == "categorical")
+
+
+@pytest.fixture(scope="module")
+def categorical_policy(x64):
+    return make_policy(True)
 
 
 def test_fvp_equals_explicit_fisher_times_vector(policy):
-    _, dist_fn, params, flat, unravel = policy
-    hessian = explicit_kl_hessian(dist_fn, params, unravel)
+    _, dist_fn, params, flat, unravel, hessian = policy
     v = jax.random.normal(jax.random.key(2), flat.shape)
     damping = 0.1
 
@@ -104,12 +118,9 @@ def test_fvp_equals_explicit_fisher_times_vector(policy):
     assert np.linalg.norm(hessian @ v) > 1e-3  # the test is not vacuous
 
 
-def test_kl_hessian_is_the_fisher_information(policy):
-    """Hessian of KL(pi_old || pi_theta) at theta_old == mean_s sum_a pi(a|s) score score^T (categorical)."""
-    discrete, dist_fn, params, flat, unravel = policy
-    if not discrete:
-        pytest.skip("exact expectation over actions needs a finite action set")
-    hessian = explicit_kl_hessian(dist_fn, params, unravel)
+def test_kl_hessian_is_the_fisher_information(categorical_policy):
+    """Hessian of KL(pi_old || pi_theta) at theta_old == mean_s sum_a pi(a|s) score score^T."""
+    _, dist_fn, _, flat, unravel, hessian = categorical_policy
 
     @jax.jit
     def fisher(f):
@@ -140,9 +151,9 @@ def surrogate_problem(dist_fn, params):
     return objective_and_kl, kl_fn
 
 
-def test_natural_step_is_scaled_to_the_kl_radius(policy):
+def test_natural_step_is_scaled_to_the_kl_radius(categorical_policy):
     """0.5 s^T F s = delta, s parallel to F^{-1} g (np.linalg.solve), and s ~ sqrt(delta) under vmap."""
-    _, dist_fn, params, flat, unravel = policy
+    _, dist_fn, params, flat, _, hessian = categorical_policy
     objective_and_kl, kl_fn = surrogate_problem(dist_fn, params)
     damping = 0.05
     radii = jnp.array([0.001, 0.01, 0.04])
@@ -156,7 +167,7 @@ def test_natural_step_is_scaled_to_the_kl_radius(policy):
 
     grad, (steps, expected) = natural_steps(params, radii)
     g = ravel_pytree(grad)[0]
-    damped_fisher = explicit_kl_hessian(dist_fn, params, unravel) + damping * jnp.eye(flat.size)
+    damped_fisher = hessian + damping * jnp.eye(flat.size)
     direction = np.linalg.solve(damped_fisher, g)
     for i, max_kl in enumerate(np.asarray(radii)):
         s = ravel_pytree(jax.tree.map(lambda x: x[i], steps))[0]
@@ -168,7 +179,7 @@ def test_natural_step_is_scaled_to_the_kl_radius(policy):
 
 def test_trpo_step_respects_kl_radius_and_improves(policy):
     """One full TRPO update (jitted, vmapped over delta): KL(new) <= delta and the surrogate improves."""
-    _, dist_fn, params, _, _ = policy
+    _, dist_fn, params, _, _, _ = policy
     objective_and_kl, kl_fn = surrogate_problem(dist_fn, params)
 
     def trpo_update(max_kl):

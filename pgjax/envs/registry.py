@@ -71,17 +71,18 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
         return _make_tabular(env_id, kwargs)
     if env_id not in gymnax.registered_envs:
         raise _unknown(env_id, env_ids())
-    defaults = gymnax.make(env_id)[1]
-    field_names = {f.name for f in dataclasses.fields(defaults)}
+    env, params = gymnax.make(env_id)
+    field_names = {f.name for f in dataclasses.fields(params)}
     overrides = {k: v for k, v in kwargs.items() if k in field_names}
     constructor_kwargs = {k: v for k, v in kwargs.items() if k not in field_names}
-    try:
-        env, params = gymnax.make(env_id, **constructor_kwargs)
-    except TypeError as err:
-        raise ValueError(
-            f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
-            f"Params fields that can be overridden: {', '.join(sorted(field_names))}."
-        ) from None
+    if constructor_kwargs:
+        try:
+            env, params = gymnax.make(env_id, **constructor_kwargs)
+        except TypeError as err:
+            raise ValueError(
+                f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
+                f"Params fields that can be overridden: {', '.join(sorted(field_names))}."
+            ) from None
     return env, params.replace(**overrides)
 
 

@@ -294,7 +294,14 @@ class NormalizeObservation(Wrapper):
         if self.axis_name is None:
             batch = RunningStatistics(obs, jnp.zeros_like(obs), jnp.ones((), jnp.int32))
         else:
-            mean = jax.lax.pmean(obs, self.axis_name)
+            try:
+                mean = jax.lax.pmean(obs, self.axis_name)
+            except NameError:
+                raise ValueError(
+                    f"NormalizeObservation(axis_name={self.axis_name!r}) must run under "
+                    f"jax.vmap(..., axis_name={self.axis_name!r}) (VecEnv, batch_reset and batch_step bind "
+                    f"ENV_AXIS={ENV_AXIS!r}); use axis_name=None for a single environment."
+                ) from None
             var = jax.lax.pmean(jnp.square(obs - mean), self.axis_name)
             count = jax.lax.psum(jnp.ones((), jnp.int32), self.axis_name)
             batch = RunningStatistics(mean, var, count)

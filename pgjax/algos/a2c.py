@@ -1,0 +1,116 @@
+"""Advantage actor-critic (A2C; Mnih et al., 2016, synchronous form).
+
+One gradient step per rollout on
+
+    L = -E[log pi(a|s) sg(A)] + c_v 1/2 E[(V(s) - y)^2] - c_H E[H(pi(.|s))]
+
+with A and y from GAE(lambda) or n-step returns, both bootstrapping time-limit truncations
+from V(final observation) and never past a termination.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from pgjax import advantages as adv
+from pgjax import losses
+from pgjax.algos import common
+from pgjax.nets import ActorCritic
+
+ADVANTAGE_METHODS = ("gae", "nstep")
+
+
+@dataclasses.dataclass(frozen=True)
+class A2CConfig(common.OnPolicyConfig):
+    """A2C settings.
+
+    Attributes (beyond `OnPolicyConfig`):
+      advantage_method: "gae" (GAE(gae_lambda)) or "nstep" (n-step returns with n = n_steps_return).
+      n_steps_return: n for "nstep"; must be <= num_steps.
+      ent_coef, vf_coef: entropy bonus and value-loss coefficients.
+      normalize_advantages: standardise advantages over the batch.
+    """
+
+    num_envs: int = 16
+    num_steps: int = 16
+    learning_rate: float = 1e-3
+    total_timesteps: int = 1_000_000
+    advantage_method: str = "gae"
+    n_steps_return: int = 5
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    normalize_advantages: bool = True
+
+    HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("ent_coef", "vf_coef")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.advantage_method not in ADVANTAGE_METHODS:
+            raise ValueError(f"A2CConfig.advantage_method must be one of {ADVANTAGE_METHODS}; got {self.advantage_method!r}.")
+        common._positive_int("A2CConfig", "n_steps_return", self.n_steps_return)
+        if self.n_steps_return > self.num_steps:
+            raise ValueError(
+                f"A2CConfig.n_steps_return ({self.n_steps_return}) must be <= num_steps ({self.num_steps})."
+            )
+        common._non_negative("A2CConfig", "ent_coef", self.ent_coef)
+        common._non_negative("A2CConfig", "vf_coef", self.vf_coef)
+
+
+@struct.dataclass
+class A2CState:
+    params: dict
+    opt_state: optax.OptState
+
+
+def estimate_advantages(config, batch, next_values, hp):
+    """(advantages [T, N], value targets [T, N]) by GAE or n-step returns."""
+    args = (batch.reward, batch.value, next_values, batch.terminated, batch.truncated, hp["discount"])
+    if config.advantage_method == "gae":
+        return adv.gae(*args, hp["gae_lambda"])
+    return adv.n_step_advantages(*args, config.n_steps_return)
+
+
+def make_algorithm(config: A2CConfig, network: ActorCritic) -> common.Algorithm:
+    """A2C as (init, act, update) for `common.make_on_policy_train`."""
+
+    def optimizer(hp):
+        return common.adam(hp["learning_rate"], hp["max_grad_norm"], config.num_updates if config.anneal_lr else None)
+
+    def init(key, spec, hp):
+        params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
+        return A2CState(params, optimizer(hp).init(params))
+
+    def loss_fn(params, batch, advantage, target, hp):
+        dist, value = network.apply(params, batch.obs)
+        if config.normalize_advantages:
+            advantage = adv.normalize(advantage)
+        pg_loss = losses.policy_gradient_loss(dist.log_prob(batch.action), advantage)
+        v_loss = losses.value_loss(value, target)
+        entropy = jnp.mean(dist.entropy())
+        loss = pg_loss + hp["vf_coef"] * v_loss - hp["ent_coef"] * entropy
+        return loss, {"loss": loss, "policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy}
+
+    def update(agent, batch, key, hp, update_idx):
+        del key
+        next_values = network.apply(agent.params, batch.next_obs)[1]
+        advantage, target = estimate_advantages(config, batch, next_values, hp)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(agent.params, batch, advantage, target, hp)
+        updates, opt_state = optimizer(hp).update(grads, agent.opt_state, agent.params)
+        new_params = optax.apply_updates(agent.params, updates)
+        # KL(pi_old || pi_new) on the rollout's states: how far one step moved the policy.
+        metrics["kl"] = losses.mean_kl(network.apply(agent.params, batch.obs)[0], network.apply(new_params, batch.obs)[0])
+        metrics["explained_variance"] = losses.explained_variance(batch.value, target)
+        return A2CState(new_params, opt_state), metrics
+
+    return common.Algorithm(init, common.sampling_act(network), update)
+
+
+def make_train(config: A2CConfig, progress: common.ProgressFn | None = None):
+    """`train(key, hparams=None) -> TrainOutput` for A2C (see `common.make_on_policy_train`)."""
+    spec = common.make_env(config)
+    return common.make_on_policy_train(config, make_algorithm(config, common.actor_critic(config, spec)), spec, progress)

@@ -1,0 +1,388 @@
+"""What every online algorithm shares: config validation, the environment stack, rollouts,
+optimisers with vmappable hyperparameters, and the one-function training loop.
+
+An algorithm is three pure functions (`Algorithm`):
+
+    init(key, spec, hp)                               -> agent state (params, optimiser states)
+    act(agent, obs [N, obs], key)                     -> (action [N, ...], log_prob [N], value [N])
+    update(agent, batch [T, N], key, hp, update_idx)  -> (agent, metrics dict of scalars)
+
+and `make_on_policy_train(config, algorithm)` wires them into `train(key, hparams) ->
+TrainOutput`, a single `lax.scan` over updates that `jax.jit` compiles once and `jax.vmap`
+batches over seeds (keys) and over numeric hyperparameters (`hparams`, a dict of scalars).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from pgjax import envs
+from pgjax.nets import ActorCritic
+
+Array = jax.Array
+HParams = dict[str, Array]
+
+ACTIVATIONS = ("tanh", "relu")
+
+
+# ---------------------------------------------------------------------------
+# Config.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OnPolicyConfig:
+    """Fields shared by every online algorithm. Validated at construction (`ValueError` naming the field).
+
+    Numeric fields listed in `HYPERPARAMS` become the `hparams` dict of `train(key, hparams)`,
+    so they can be vmapped; the others fix array shapes or code paths and are static.
+    """
+
+    env_id: str = "CartPole-v1"
+    total_timesteps: int = 500_000
+    num_envs: int = 4
+    num_steps: int = 128
+    learning_rate: float = 2.5e-4
+    anneal_lr: bool = True
+    max_grad_norm: float = 0.5
+    discount: float = 0.99
+    gae_lambda: float = 0.95
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    normalize_observations: bool = False
+    env_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    HYPERPARAMS = ("learning_rate", "max_grad_norm", "discount", "gae_lambda")
+
+    def __post_init__(self):
+        # Lists from JSON or the CLI become tuples, so configs stay hashable (static under jit).
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        if isinstance(self.env_kwargs, dict):
+            object.__setattr__(self, "env_kwargs", tuple(sorted(self.env_kwargs.items())))
+        self.validate()
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        for field in ("total_timesteps", "num_envs", "num_steps"):
+            _positive_int(name, field, getattr(self, field))
+        if self.num_updates < 1:
+            raise ValueError(
+                f"{name}.total_timesteps ({self.total_timesteps}) must be at least num_envs * num_steps "
+                f"({self.batch_size}) for one update; raise total_timesteps or lower num_envs/num_steps."
+            )
+        _positive(name, "learning_rate", self.learning_rate)
+        _positive(name, "max_grad_norm", self.max_grad_norm)
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"{name}.discount must lie in (0, 1]; got {self.discount}.")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"{name}.gae_lambda must lie in [0, 1]; got {self.gae_lambda}.")
+        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
+            raise ValueError(f"{name}.hidden_sizes must be a non-empty tuple of positive ints; got {self.hidden_sizes}.")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"{name}.activation must be one of {ACTIVATIONS}; got {self.activation!r}.")
+        if not isinstance(self.env_id, str) or not (
+            self.env_id in envs.env_ids() or self.env_id.startswith(envs.TABULAR_PREFIX)
+        ):
+            raise ValueError(
+                f"{name}.env_id {self.env_id!r} is not a known environment; try CartPole-v1, Acrobot-v1, "
+                f"Pendulum-v1, MountainCarContinuous-v0 or tabular:chain (pgjax.envs.env_ids() lists them all)."
+            )
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per update: num_envs * num_steps."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """total_timesteps // batch_size (the remainder is not run)."""
+        return self.total_timesteps // self.batch_size
+
+    def hyperparams(self) -> HParams:
+        """The vmappable numeric hyperparameters as a dict of float32 scalars."""
+        return {k: jnp.asarray(getattr(self, k), jnp.float32) for k in self.HYPERPARAMS}
+
+    def replace(self, **changes) -> "OnPolicyConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["env_kwargs"] = dict(self.env_kwargs)
+        return out
+
+
+def _positive_int(cls: str, field: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{cls}.{field} must be a positive int; got {value!r}.")
+
+
+def _positive(cls: str, field: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{cls}.{field} must be a positive number; got {value!r}.")
+
+
+def _non_negative(cls: str, field: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{cls}.{field} must be a non-negative number; got {value!r}.")
+
+
+def check_divides(cls: str, what: str, total: int, parts_field: str, parts: int) -> None:
+    """Raise unless `parts` divides `total` (e.g. minibatches into the batch)."""
+    _positive_int(cls, parts_field, parts)
+    if total % parts:
+        raise ValueError(
+            f"{cls}.{parts_field} ({parts}) must divide {what} ({total}); choose a divisor of {total}."
+        )
+
+
+# ---------------------------------------------------------------------------
+# Environments.
+# ---------------------------------------------------------------------------
+
+
+class EnvSpec(NamedTuple):
+    """The wrapped, vectorised environment of a config (static Python objects, not traced)."""
+
+    env: Any
+    params: Any
+    discrete: bool
+    action_dim: int
+    observation_size: int
+    action_low: Any
+    action_high: Any
+
+
+def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_update: bool = True) -> EnvSpec:
+    """FlattenObservation -> EpisodeStatistics -> [NormalizeObservation] -> [ClipAction] -> VecEnv.
+
+    Episode statistics sit below normalisation so they report the raw returns; statistics of
+    the observation normaliser are shared over the vectorised batch.
+    """
+    env, params = envs.make(config.env_id, **dict(config.env_kwargs))
+    discrete = envs.is_discrete(env, params)
+    action_dim = envs.action_dim(env, params)
+    obs_size = envs.observation_size(env, params)
+    low, high = (None, None) if discrete else envs.action_bounds(env, params)
+    env = envs.EpisodeStatistics(envs.FlattenObservation(env))
+    if config.normalize_observations:
+        env = envs.NormalizeObservation(env, update=normalize_update, axis_name=envs.ENV_AXIS)
+    if not discrete:
+        env = envs.ClipAction(env)
+    env = envs.VecEnv(env, num_envs or config.num_envs)
+    return EnvSpec(env, params, discrete, action_dim, obs_size, low, high)
+
+
+# ---------------------------------------------------------------------------
+# Rollouts.
+# ---------------------------------------------------------------------------
+
+
+class Transition(NamedTuple):
+    """One vectorised step; a rollout stacks them to [T, N, ...].
+
+    `next_obs` is the true next observation: the pre-reset final observation where an
+    episode ended, so V(next_obs) bootstraps time-limit truncations correctly.
+    """
+
+    obs: Array
+    action: Array
+    reward: Array
+    terminated: Array
+    truncated: Array
+    log_prob: Array
+    value: Array
+    next_obs: Array
+    returned_episode: Array
+    episode_return: Array
+    episode_length: Array
+
+
+ActFn = Callable[[Any, Array, Array], tuple[Array, Array, Array]]
+
+
+def rollout(
+    key: Array, spec: EnvSpec, agent: Any, act: ActFn, env_state: Any, obs: Array, num_steps: int
+) -> tuple[Any, Array, Transition]:
+    """Step the vectorised environment `num_steps` times with `act` (a `lax.scan`).
+
+    Returns:
+      (env_state, obs, Transition with fields [T, N, ...]).
+    """
+
+    def step(carry, step_key):
+        env_state, obs = carry
+        key_act, key_env = jax.random.split(step_key)
+        action, log_prob, value = act(agent, obs, key_act)
+        next_obs, env_state, reward, terminated, truncated, info = spec.env.step(key_env, env_state, action, spec.params)
+        transition = Transition(
+            obs=obs,
+            action=action,
+            reward=reward.astype(jnp.float32),
+            terminated=terminated,
+            truncated=truncated,
+            log_prob=log_prob,
+            value=value,
+            next_obs=info["final_observation"],
+            returned_episode=info["returned_episode"],
+            episode_return=info["episode_return"],
+            episode_length=info["episode_length"],
+        )
+        return (env_state, next_obs), transition
+
+    (env_state, obs), batch = lax.scan(step, (env_state, obs), jax.random.split(key, num_steps))
+    return env_state, obs, batch
+
+
+def flatten_batch(tree: Any) -> Any:
+    """[T, N, ...] -> [T * N, ...] on every leaf."""
+    return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+
+
+def minibatch_epochs(
+    key: Array,
+    state: Any,
+    data: Any,
+    num_epochs: int,
+    num_minibatches: int,
+    step: Callable[[Any, Any], tuple[Any, dict[str, Array]]],
+) -> tuple[Any, dict[str, Array]]:
+    """`num_epochs` passes over `data` (leaves [B, ...]) in shuffled minibatches, applying
+    `step(state, minibatch) -> (state, metrics)`; returns the final state and mean metrics."""
+    batch = jax.tree_util.tree_leaves(data)[0].shape[0]
+
+    def epoch(state, epoch_key):
+        perm = jax.random.permutation(epoch_key, batch)
+        shuffled = jax.tree_util.tree_map(
+            lambda x: x[perm].reshape((num_minibatches, batch // num_minibatches) + x.shape[1:]), data
+        )
+        return lax.scan(step, state, shuffled)
+
+    state, metrics = lax.scan(epoch, state, jax.random.split(key, num_epochs))
+    return state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+
+def actor_critic(config: OnPolicyConfig, spec: EnvSpec) -> ActorCritic:
+    """The config's actor-critic network (separate towers) for the environment's action space."""
+    return ActorCritic(spec.action_dim, spec.discrete, config.hidden_sizes, config.activation)
+
+
+def sampling_act(network: ActorCritic) -> ActFn:
+    """act(agent, obs, key) -> (a ~ pi(.|obs), log pi(a|obs), V(obs)) for agents with `.params`."""
+
+    def act(agent, obs, key):
+        dist, value = network.apply(agent.params, obs)
+        action = dist.sample(key)
+        return action, dist.log_prob(action), value
+
+    return act
+
+
+# ---------------------------------------------------------------------------
+# Optimisers with traced hyperparameters.
+# ---------------------------------------------------------------------------
+
+
+def adam(
+    learning_rate: Array, max_grad_norm: Array, anneal_steps: int | None, eps: float = 1e-5
+) -> optax.GradientTransformation:
+    """Global-norm clipping then Adam; with `anneal_steps`, the rate decays linearly to 0 over that many steps.
+
+    `learning_rate` and `max_grad_norm` may be traced (vmapped hyperparameters): build the
+    transformation inside the traced function that uses it.
+    """
+    if anneal_steps:
+        schedule = lambda count: learning_rate * (1.0 - jnp.minimum(count, anneal_steps) / anneal_steps)  # noqa: E731
+    else:
+        schedule = lambda count: learning_rate  # noqa: E731
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(schedule, eps=eps))
+
+
+# ---------------------------------------------------------------------------
+# The training loop.
+# ---------------------------------------------------------------------------
+
+
+class Algorithm(NamedTuple):
+    init: Callable[[Array, EnvSpec, HParams], Any]
+    act: ActFn
+    update: Callable[[Any, Transition, Array, HParams, Array], tuple[Any, dict[str, Array]]]
+
+
+class TrainOutput(NamedTuple):
+    """What `train(key)` returns (leading [seeds, ...] axes when vmapped).
+
+    Attributes:
+      agent: final agent state (its `.params` are the network parameters).
+      env_state: final environment state (holds observation-normaliser statistics).
+      metrics: dict of [num_updates] arrays: `env_steps`, `episode_return` (mean return of the
+        episodes finished during the update, NaN if none did), `episode_length`,
+        `episodes_finished`, plus the algorithm's own (losses, entropy, KL, ...).
+    """
+
+    agent: Any
+    env_state: Any
+    metrics: dict[str, Array]
+
+
+ProgressFn = Callable[[Array, dict[str, Array]], None]
+
+
+def episode_metrics(batch: Transition) -> dict[str, Array]:
+    info = {
+        "returned_episode": batch.returned_episode,
+        "episode_return": batch.episode_return,
+        "episode_length": batch.episode_length,
+    }
+    return {
+        "episode_return": envs.finished_episode_mean(info, "episode_return"),
+        "episode_length": envs.finished_episode_mean(info, "episode_length"),
+        "episodes_finished": jnp.sum(batch.returned_episode).astype(jnp.int32),
+    }
+
+
+def make_on_policy_train(
+    config: OnPolicyConfig, algorithm: Algorithm, spec: EnvSpec | None = None, progress: ProgressFn | None = None
+) -> Callable[..., TrainOutput]:
+    """Build `train(key, hparams=None) -> TrainOutput`: the whole run as one pure function.
+
+    `jax.jit(train)(key)` runs it in one compiled call; `jax.vmap(train)(keys)` runs many
+    seeds; `jax.vmap(train, in_axes=(None, 0))(key, hparams)` with batched hyperparameters
+    (from `config.hyperparams()`) runs a sweep. `progress(update_idx, metrics)` is called on
+    the host after each update (a `jax.debug.callback`; leave it None for no callbacks).
+    """
+    spec = make_env(config) if spec is None else spec
+    num_updates = config.num_updates
+
+    def train(key: Array, hparams: HParams | None = None) -> TrainOutput:
+        hp = config.hyperparams() if hparams is None else hparams
+        key_init, key_reset, key_loop = jax.random.split(key, 3)
+        agent = algorithm.init(key_init, spec, hp)
+        obs, env_state = spec.env.reset(key_reset, spec.params)
+
+        def one_update(carry, update_idx):
+            agent, env_state, obs, key = carry
+            key, key_rollout, key_update = jax.random.split(key, 3)
+            env_state, obs, batch = rollout(key_rollout, spec, agent, algorithm.act, env_state, obs, config.num_steps)
+            agent, metrics = algorithm.update(agent, batch, key_update, hp, update_idx)
+            metrics = {
+                "env_steps": (update_idx + 1) * config.batch_size,
+                **episode_metrics(batch),
+                **metrics,
+            }
+            if progress is not None:
+                jax.debug.callback(progress, update_idx, metrics)
+            return (agent, env_state, obs, key), metrics
+
+        (agent, env_state, _, _), metrics = lax.scan(
+            one_update, (agent, env_state, obs, key_loop), jnp.arange(num_updates)
+        )
+        return TrainOutput(agent, env_state, metrics)
+
+    return train

@@ -1,0 +1,124 @@
+"""Proximal Policy Optimisation (Schulman et al., 2017).
+
+Per update: a rollout of num_steps x num_envs transitions, GAE(lambda) advantages (bootstrapping
+time-limit truncations from V(final observation)), then num_epochs passes of minibatch Adam
+steps on
+
+    L = -E[min(rho A, clip(rho, 1-eps, 1+eps) A)] + c_v L_V - c_H E[H(pi(.|s))],
+    rho = pi_theta(a|s) / pi_old(a|s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from pgjax import advantages as adv
+from pgjax import losses
+from pgjax.algos import common
+from pgjax.nets import ActorCritic
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig(common.OnPolicyConfig):
+    """PPO settings; defaults reach 500 on CartPole-v1 in 5e5 steps.
+
+    Attributes (beyond `OnPolicyConfig`):
+      num_epochs: passes over each rollout.
+      num_minibatches: minibatches per pass; must divide num_envs * num_steps.
+      clip_eps: ratio clip epsilon (also the value clip, when clip_value).
+      clip_value: clip the value loss around the rollout's values (PPO2).
+      ent_coef: entropy bonus coefficient c_H.
+      vf_coef: value loss coefficient c_v.
+      normalize_advantages: standardise advantages within each minibatch.
+    """
+
+    num_epochs: int = 4
+    num_minibatches: int = 4
+    clip_eps: float = 0.2
+    clip_value: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    normalize_advantages: bool = True
+
+    HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("clip_eps", "ent_coef", "vf_coef")
+
+    def validate(self) -> None:
+        super().validate()
+        common._positive_int("PPOConfig", "num_epochs", self.num_epochs)
+        common.check_divides("PPOConfig", "num_envs * num_steps", self.batch_size, "num_minibatches", self.num_minibatches)
+        common._positive("PPOConfig", "clip_eps", self.clip_eps)
+        common._non_negative("PPOConfig", "ent_coef", self.ent_coef)
+        common._non_negative("PPOConfig", "vf_coef", self.vf_coef)
+
+
+@struct.dataclass
+class PPOState:
+    params: dict
+    opt_state: optax.OptState
+
+
+def _optimizer(config: PPOConfig, hp: common.HParams) -> optax.GradientTransformation:
+    steps = config.num_updates * config.num_epochs * config.num_minibatches if config.anneal_lr else None
+    return common.adam(hp["learning_rate"], hp["max_grad_norm"], steps)
+
+
+def ppo_loss(params, network, minibatch, hp, config: PPOConfig):
+    """The PPO loss on a minibatch (fields [B, ...]); returns (loss, metrics)."""
+    obs, action, old_log_prob, old_value, advantage, target = minibatch
+    dist, value = network.apply(params, obs)
+    log_prob = dist.log_prob(action)
+    if config.normalize_advantages:
+        advantage = adv.normalize(advantage)
+    pg_loss, clip_fraction, approx_kl = losses.clipped_surrogate_loss(log_prob, old_log_prob, advantage, hp["clip_eps"])
+    if config.clip_value:
+        v_loss = losses.value_loss(value, target, old_value, hp["clip_eps"])
+    else:
+        v_loss = losses.value_loss(value, target)
+    entropy = jnp.mean(dist.entropy())
+    loss = pg_loss + hp["vf_coef"] * v_loss - hp["ent_coef"] * entropy
+    return loss, {
+        "loss": loss,
+        "policy_loss": pg_loss,
+        "value_loss": v_loss,
+        "entropy": entropy,
+        "approx_kl": approx_kl,
+        "clip_fraction": clip_fraction,
+    }
+
+
+def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
+    """PPO as (init, act, update) for `common.make_on_policy_train`."""
+
+    def init(key, spec, hp):
+        params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
+        return PPOState(params, _optimizer(config, hp).init(params))
+
+    def update(agent, batch, key, hp, update_idx):
+        tx = _optimizer(config, hp)
+        next_values = network.apply(agent.params, batch.next_obs)[1]
+        advantage, target = adv.gae(
+            batch.reward, batch.value, next_values, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"]
+        )
+        data = common.flatten_batch((batch.obs, batch.action, batch.log_prob, batch.value, advantage, target))
+
+        def step(agent, minibatch):
+            grads, metrics = jax.grad(ppo_loss, has_aux=True)(agent.params, network, minibatch, hp, config)
+            updates, opt_state = tx.update(grads, agent.opt_state, agent.params)
+            return PPOState(optax.apply_updates(agent.params, updates), opt_state), metrics
+
+        agent, metrics = common.minibatch_epochs(key, agent, data, config.num_epochs, config.num_minibatches, step)
+        metrics["explained_variance"] = losses.explained_variance(batch.value, target)
+        return agent, metrics
+
+    return common.Algorithm(init, common.sampling_act(network), update)
+
+
+def make_train(config: PPOConfig, progress: common.ProgressFn | None = None):
+    """`train(key, hparams=None) -> TrainOutput` for PPO (see `common.make_on_policy_train`)."""
+    spec = common.make_env(config)
+    return common.make_on_policy_train(config, make_algorithm(config, common.actor_critic(config, spec)), spec, progress)

@@ -1,0 +1,125 @@
+"""REINFORCE (Williams, 1992) with rewards-to-go and an optional learned state-value baseline.
+
+    grad J ~ (1/|V|) sum_{(t,i) in V} grad log pi(a_t|s_t) (G_t - b(s_t)),   G_t = sum_{k>=t} gamma^{k-t} r_k
+
+Returns are Monte Carlo: G_t is summed to the end of the episode, so only steps whose episode
+ends inside the rollout (the valid set V) enter the loss; the steps after the last episode end of
+each environment are masked out, and the environment carries on into the next rollout, where
+the rest of that episode is used. Make num_steps at least the episode time limit. At a time-limit
+truncation the return is bootstrapped with b(final observation) when a baseline is learned (and
+cut there without one, the time-limited return); a termination is never bootstrapped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax import lax
+
+from pgjax import advantages as adv
+from pgjax import losses
+from pgjax.algos import common
+from pgjax.nets import ActorCritic
+
+
+@dataclasses.dataclass(frozen=True)
+class REINFORCEConfig(common.OnPolicyConfig):
+    """REINFORCE settings.
+
+    Attributes (beyond `OnPolicyConfig`; gae_lambda is unused):
+      use_baseline: learn V(s) and subtract it from G_t.
+      vf_coef: baseline loss coefficient.
+      ent_coef: entropy bonus coefficient.
+      normalize_advantages: standardise G_t - b(s_t) over the valid steps.
+    """
+
+    num_envs: int = 8
+    num_steps: int = 500
+    learning_rate: float = 1e-3
+    total_timesteps: int = 1_000_000
+    use_baseline: bool = True
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    normalize_advantages: bool = True
+
+    HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("vf_coef", "ent_coef")
+
+    def validate(self) -> None:
+        super().validate()
+        common._non_negative("REINFORCEConfig", "vf_coef", self.vf_coef)
+        common._non_negative("REINFORCEConfig", "ent_coef", self.ent_coef)
+
+
+@struct.dataclass
+class REINFORCEState:
+    params: dict
+    opt_state: optax.OptState
+
+
+def completed_episode_mask(terminated, truncated):
+    """valid[t, i] = 1 iff an episode of env i ends at some step k >= t of the rollout ([T, N] -> [T, N])."""
+    done = jnp.logical_or(terminated, truncated)
+    # reverse cumulative OR along time
+    ends_later = lax.associative_scan(jnp.logical_or, done, reverse=True, axis=0)
+    return ends_later.astype(jnp.float32)
+
+
+def masked_mean(x, mask):
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algorithm:
+    """REINFORCE as (init, act, update) for `common.make_on_policy_train`."""
+
+    def optimizer(hp):
+        return common.adam(hp["learning_rate"], hp["max_grad_norm"], config.num_updates if config.anneal_lr else None)
+
+    def init(key, spec, hp):
+        params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
+        return REINFORCEState(params, optimizer(hp).init(params))
+
+    def loss_fn(params, batch, returns, mask, hp):
+        dist, value = network.apply(params, batch.obs)
+        baseline = lax.stop_gradient(value) if config.use_baseline else jnp.zeros_like(value)
+        advantage = returns - baseline
+        if config.normalize_advantages:
+            mean = masked_mean(advantage, mask)
+            std = jnp.sqrt(masked_mean((advantage - mean) ** 2, mask))
+            advantage = (advantage - mean) / (std + 1e-8)
+        log_prob = dist.log_prob(batch.action)
+        pg_loss = -masked_mean(log_prob * lax.stop_gradient(advantage), mask)
+        v_loss = 0.5 * masked_mean((value - returns) ** 2, mask) if config.use_baseline else jnp.zeros(())
+        entropy = masked_mean(dist.entropy(), mask)
+        loss = pg_loss + hp["vf_coef"] * v_loss - hp["ent_coef"] * entropy
+        return loss, {"loss": loss, "policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy}
+
+    def update(agent, batch, key, hp, update_idx):
+        del key
+        mask = completed_episode_mask(batch.terminated, batch.truncated)
+        if config.use_baseline:
+            next_values = network.apply(agent.params, batch.next_obs)[1]
+        else:
+            next_values = jnp.zeros_like(batch.reward)
+        returns = adv.discounted_returns(batch.reward, next_values, batch.terminated, batch.truncated, hp["discount"])
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(agent.params, batch, returns, mask, hp)
+        updates, opt_state = optimizer(hp).update(grads, agent.opt_state, agent.params)
+        new_params = optax.apply_updates(agent.params, updates)
+        metrics["kl"] = losses.mean_kl(network.apply(agent.params, batch.obs)[0], network.apply(new_params, batch.obs)[0])
+        metrics["valid_fraction"] = jnp.mean(mask)
+        if config.use_baseline:
+            residual_var = masked_mean((returns - batch.value) ** 2, mask) - masked_mean(returns - batch.value, mask) ** 2
+            return_var = masked_mean(returns**2, mask) - masked_mean(returns, mask) ** 2
+            metrics["explained_variance"] = jnp.where(return_var > 0, 1.0 - residual_var / return_var, jnp.nan)
+        return REINFORCEState(new_params, opt_state), metrics
+
+    return common.Algorithm(init, common.sampling_act(network), update)
+
+
+def make_train(config: REINFORCEConfig, progress: common.ProgressFn | None = None):
+    """`train(key, hparams=None) -> TrainOutput` for REINFORCE (see `common.make_on_policy_train`)."""
+    spec = common.make_env(config)
+    return common.make_on_policy_train(config, make_algorithm(config, common.actor_critic(config, spec)), spec, progress)

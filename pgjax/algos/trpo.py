@@ -1,0 +1,167 @@
+"""Trust Region Policy Optimisation (Schulman et al., 2015).
+
+Per update, with GAE(lambda) advantages A from the rollout:
+
+    maximise_theta  L(theta) = E[ pi_theta(a|s) / pi_old(a|s) A ]   s.t.   KL(pi_old || pi_theta) <= delta
+
+by one natural-gradient step s = sqrt(2 delta / x^T F x) x, x = F^{-1} grad L (conjugate gradient
+on Fisher-vector products from jvp-of-grad of the KL; F is never formed), then a backtracking line
+search that accepts the first fraction of s with KL <= delta and a real surrogate improvement.
+The value function is fitted separately by Adam on minibatches of the same rollout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from pgjax import advantages as adv
+from pgjax import losses, trust_region
+from pgjax.algos import common
+from pgjax.nets import Actor, ActorCritic, Critic
+
+
+@dataclasses.dataclass(frozen=True)
+class TRPOConfig(common.OnPolicyConfig):
+    """TRPO settings.
+
+    Attributes (beyond `OnPolicyConfig`; learning_rate, anneal_lr and max_grad_norm apply to the value function):
+      max_kl: the trust-region radius delta.
+      cg_iterations: conjugate-gradient iterations.
+      cg_damping: damping lambda in (F + lambda I).
+      num_backtracks: line-search step sizes tried (1, 1/2, 1/4, ...).
+      vf_epochs, vf_minibatches: value-function fitting passes and minibatches per pass.
+      normalize_advantages: standardise advantages over the batch.
+      fisher_subsample: use every k-th state of the batch in the Fisher-vector product (1 = all).
+    """
+
+    num_envs: int = 8
+    num_steps: int = 256
+    total_timesteps: int = 1_000_000
+    learning_rate: float = 1e-3
+    max_kl: float = 0.01
+    cg_iterations: int = 10
+    cg_damping: float = 0.1
+    num_backtracks: int = 10
+    vf_epochs: int = 5
+    vf_minibatches: int = 8
+    normalize_advantages: bool = True
+    fisher_subsample: int = 1
+
+    HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("max_kl", "cg_damping")
+
+    def validate(self) -> None:
+        super().validate()
+        common._positive("TRPOConfig", "max_kl", self.max_kl)
+        common._non_negative("TRPOConfig", "cg_damping", self.cg_damping)
+        for field in ("cg_iterations", "num_backtracks", "vf_epochs"):
+            common._positive_int("TRPOConfig", field, getattr(self, field))
+        common.check_divides("TRPOConfig", "num_envs * num_steps", self.batch_size, "vf_minibatches", self.vf_minibatches)
+        common.check_divides("TRPOConfig", "num_envs * num_steps", self.batch_size, "fisher_subsample", self.fisher_subsample)
+
+
+@struct.dataclass
+class TRPOState:
+    params: dict  # ActorCritic parameters: {"params": {"actor": ..., "critic": ...}}
+    vf_opt_state: optax.OptState
+
+
+def _split(params):
+    return params["params"]["actor"], params["params"]["critic"]
+
+
+def _join(actor, critic):
+    return {"params": {"actor": actor, "critic": critic}}
+
+
+def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm:
+    """TRPO as (init, act, update) for `common.make_on_policy_train`."""
+    # The ActorCritic's towers, applied alone to their halves of the parameters.
+    actor = Actor(network.action_dim, network.discrete, network.hidden_sizes, network.activation)
+    critic = Critic(network.hidden_sizes, network.activation)
+
+    def vf_optimizer(hp):
+        steps = config.num_updates * config.vf_epochs * config.vf_minibatches if config.anneal_lr else None
+        return common.adam(hp["learning_rate"], hp["max_grad_norm"], steps)
+
+    def init(key, spec, hp):
+        params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
+        return TRPOState(params, vf_optimizer(hp).init(_split(params)[1]))
+
+    def policy_step(actor_params, obs, action, old_log_prob, advantage, hp):
+        def dist_fn(p):
+            return actor.apply({"params": p}, obs)
+
+        def surrogate(p):
+            return jnp.mean(jnp.exp(dist_fn(p).log_prob(action) - old_log_prob) * advantage)
+
+        fisher_obs = obs[:: config.fisher_subsample]
+        kl_fisher = trust_region.policy_kl_fn(lambda p: actor.apply({"params": p}, fisher_obs), actor_params)
+        kl_full = trust_region.policy_kl_fn(dist_fn, actor_params)
+        grad = jax.grad(surrogate)(actor_params)
+
+        def fvp(v):
+            return trust_region.fisher_vector_product(kl_fisher, actor_params, v, hp["cg_damping"])
+
+        step, expected = trust_region.natural_gradient_step(grad, fvp, hp["max_kl"], config.cg_iterations)
+        new_params, accepted, fraction = trust_region.backtracking_line_search(
+            lambda p: (surrogate(p), kl_full(p)), actor_params, step, expected, hp["max_kl"], config.num_backtracks
+        )
+        metrics = {
+            "surrogate_improvement": surrogate(new_params) - surrogate(actor_params),
+            "expected_improvement": expected,
+            "kl": kl_full(new_params),
+            "step_accepted": accepted.astype(jnp.float32),
+            "step_fraction": fraction,
+        }
+        return new_params, metrics
+
+    def fit_value(critic_params, opt_state, obs, target, key, hp):
+        tx = vf_optimizer(hp)
+
+        def step(carry, minibatch):
+            params, opt_state = carry
+            mb_obs, mb_target = minibatch
+
+            def loss(p):
+                return losses.value_loss(critic.apply({"params": p}, mb_obs), mb_target)
+
+            value_loss, grads = jax.value_and_grad(loss)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), {"value_loss": value_loss}
+
+        (critic_params, opt_state), metrics = common.minibatch_epochs(
+            key, (critic_params, opt_state), (obs, target), config.vf_epochs, config.vf_minibatches, step
+        )
+        return critic_params, opt_state, metrics
+
+    def update(agent, batch, key, hp, update_idx):
+        next_values = network.apply(agent.params, batch.next_obs)[1]
+        advantage, target = adv.gae(
+            batch.reward, batch.value, next_values, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"]
+        )
+        obs, action, old_log_prob, advantage, target = common.flatten_batch(
+            (batch.obs, batch.action, batch.log_prob, advantage, target)
+        )
+        if config.normalize_advantages:
+            advantage = adv.normalize(advantage)
+        actor_params, critic_params = _split(agent.params)
+        old_dist = actor.apply({"params": actor_params}, obs)
+        actor_params, metrics = policy_step(actor_params, obs, action, old_log_prob, advantage, hp)
+        critic_params, vf_opt_state, vf_metrics = fit_value(critic_params, agent.vf_opt_state, obs, target, key, hp)
+        metrics.update(vf_metrics)
+        metrics["entropy"] = jnp.mean(old_dist.entropy())
+        metrics["explained_variance"] = losses.explained_variance(common.flatten_batch(batch.value), target)
+        return TRPOState(_join(actor_params, critic_params), vf_opt_state), metrics
+
+    return common.Algorithm(init, common.sampling_act(network), update)
+
+
+def make_train(config: TRPOConfig, progress: common.ProgressFn | None = None):
+    """`train(key, hparams=None) -> TrainOutput` for TRPO (see `common.make_on_policy_train`)."""
+    spec = common.make_env(config)
+    return common.make_on_policy_train(config, make_algorithm(config, common.actor_critic(config, spec)), spec, progress)
