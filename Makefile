@@ -1,5 +1,5 @@
 # Two commands for a fresh machine with Python 3.11+ and make:
-#   make demo   runs the main job
+#   make demo   runs the main job (PPO on CartPole-v1, 8 seeds in one compiled call)
 #   make test   runs the test suite
 # Each creates .venv and installs pgjax into it when needed (idempotent).
 PYTHON ?= python3
@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pgjax-installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install theorem bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/python experiments/train.py --algo ppo --env CartPole-v1 --num-seeds 8 --total-timesteps 500000 --out runs/demo-ppo-cartpole
+
+theorem: $(STAMP)
 	$(BIN)/python experiments/policy_gradient_theorem.py
 
 test: $(STAMP)

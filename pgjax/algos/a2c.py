@@ -36,13 +36,13 @@ class A2CConfig(common.OnPolicyConfig):
       normalize_advantages: standardise advantages over the batch.
     """
 
-    num_envs: int = 16
-    num_steps: int = 16
+    num_envs: int = 8
+    num_steps: int = 32
     learning_rate: float = 1e-3
     total_timesteps: int = 1_000_000
     advantage_method: str = "gae"
     n_steps_return: int = 5
-    ent_coef: float = 0.01
+    ent_coef: float = 0.0
     vf_coef: float = 0.5
     normalize_advantages: bool = True
 

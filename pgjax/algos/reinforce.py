@@ -37,9 +37,9 @@ class REINFORCEConfig(common.OnPolicyConfig):
       normalize_advantages: standardise G_t - b(s_t) over the valid steps.
     """
 
-    num_envs: int = 8
+    num_envs: int = 4
     num_steps: int = 500
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     total_timesteps: int = 1_000_000
     use_baseline: bool = True
     vf_coef: float = 0.5

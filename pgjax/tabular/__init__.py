@@ -9,7 +9,7 @@ from pgjax.tabular.evaluation import (
     policy_transition,
     state_values,
 )
-from pgjax.tabular.gradient import advantage_policy_gradient, objective, policy_gradient
+from pgjax.tabular.gradient import advantage_policy_gradient, objective, policy_gradient, values_and_occupancy
 from pgjax.tabular.mdp import MDP, chain_mdp, gridworld_mdp, random_mdp, validate_mdp_arrays
 from pgjax.tabular.occupancy import (
     FixedPointInfo,
@@ -60,4 +60,5 @@ __all__ = [
     "tabular_features",
     "uniform_policy",
     "validate_mdp_arrays",
+    "values_and_occupancy",
 ]

@@ -183,20 +183,29 @@ def random_mdp(
     if _is_concrete(concentration) and concentration <= 0:
         raise ValueError(f"random_mdp: concentration must be > 0; got {concentration}.")
     dtype = jnp.dtype(dtype or jnp.result_type(float))
-    transition, reward, initial = _sample_mdp_arrays(key, num_states, num_actions, concentration, reward_scale, dtype)
+    unit = _is_concrete(concentration) and float(concentration) == 1.0
+    transition, reward, initial = _sample_mdp_arrays(
+        key, num_states, num_actions, concentration, reward_scale, dtype, unit
+    )
     return MDP(transition, reward, initial, jnp.asarray(discount, dtype))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 5))
-def _sample_mdp_arrays(key, num_states, num_actions, concentration, reward_scale, dtype):
+@functools.partial(jax.jit, static_argnums=(1, 2, 5, 6))
+def _sample_mdp_arrays(key, num_states, num_actions, concentration, reward_scale, dtype, unit_concentration):
     # Jitted so eager callers pay one compile instead of one per Dirichlet sampling op.
     k_p, k_r, k_mu = jax.random.split(key, 3)
-    alpha = jnp.full((num_states,), concentration, dtype)
-    transition = jax.random.dirichlet(k_p, alpha, shape=(num_states, num_actions), dtype=dtype)
+    if unit_concentration:
+        # Dirichlet(1, ..., 1) is normalised Exp(1) draws: far cheaper to compile than the gamma sampler.
+        transition = jax.random.exponential(k_p, (num_states, num_actions, num_states), dtype)
+        transition = transition / transition.sum(-1, keepdims=True)
+    else:
+        alpha = jnp.full((num_states,), concentration, dtype)
+        transition = jax.random.dirichlet(k_p, alpha, shape=(num_states, num_actions), dtype=dtype)
     # Dirichlet draws with tiny concentration can underflow to an all-zero row; renormalise safely.
     transition = _normalise_rows(transition)
     reward = reward_scale * jax.random.uniform(k_r, (num_states, num_actions), dtype)
-    initial = _normalise_rows(jax.random.dirichlet(k_mu, jnp.ones((num_states,), dtype), dtype=dtype))
+    initial = jax.random.exponential(k_mu, (num_states,), dtype)
+    initial = initial / initial.sum()
     return transition, reward, initial
 
 

@@ -1,0 +1,46 @@
+"""Reload a run written by experiments/train.py and evaluate each seed's final policy.
+
+    python experiments/evaluate.py runs/ppo-CartPole-v1-... [--episodes 10] [--stochastic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import numpy as np
+
+from pgjax import runs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per seed")
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
+    p.add_argument("--seed", type=int, default=123)
+    args = p.parse_args(argv)
+    if args.episodes < 1:
+        p.error(f"--episodes must be >= 1; got {args.episodes}")
+    try:
+        algo, config, params, stats = runs.load_run(args.run_dir)
+    except ValueError as err:
+        p.error(str(err))
+    num_seeds = jax.tree_util.tree_leaves(params)[0].shape[0]
+    print(f"{algo.upper()} on {config.env_id}, {num_seeds} seeds, {args.episodes} episodes each "
+          f"({'stochastic' if args.stochastic else 'deterministic'} actions)")
+    means = []
+    for seed in range(num_seeds):
+        seed_params = jax.tree_util.tree_map(lambda x: x[seed], params)
+        seed_stats = None if stats is None else jax.tree_util.tree_map(lambda x: x[seed], stats)
+        returns = np.asarray(runs.evaluate(jax.random.key(args.seed + seed), config, seed_params, seed_stats,
+                                           args.episodes, deterministic=not args.stochastic))
+        means.append(np.nanmean(returns))
+        print(f"  seed {seed}: mean return {means[-1]:.1f} (min {np.nanmin(returns):.1f}, max {np.nanmax(returns):.1f})")
+    print(f"median over seeds {np.median(means):.1f}, worst {np.min(means):.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Documented default settings per (algorithm, environment): the configs the quality benchmark reports.
+
+`preset(algo, env_id)` returns the config fields to override (empty when the defaults apply).
+`experiments/train.py` starts from these, and command-line flags override them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_CLASSIC_DISCRETE = dict(num_envs=16, num_steps=128, normalize_observations=True)
+_PENDULUM = dict(discount=0.95, normalize_observations=True)
+
+PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    # PPO: CartPole uses the class defaults (the PureJaxRL / CleanRL settings).
+    ("ppo", "Acrobot-v1"): dict(_CLASSIC_DISCRETE, ent_coef=0.0, learning_rate=1e-3),
+    ("ppo", "Pendulum-v1"): dict(
+        _PENDULUM, total_timesteps=1_000_000, num_envs=16, num_steps=128, num_epochs=10, num_minibatches=16,
+        learning_rate=1e-3, ent_coef=0.0, gae_lambda=0.95,
+    ),
+    ("ppo", "MountainCarContinuous-v0"): dict(
+        total_timesteps=1_000_000, num_envs=16, num_steps=128, num_epochs=10, num_minibatches=16,
+        learning_rate=3e-4, ent_coef=0.0, normalize_observations=True,
+    ),
+    ("a2c", "Acrobot-v1"): dict(_CLASSIC_DISCRETE, num_steps=16, ent_coef=0.0),
+    ("a2c", "Pendulum-v1"): dict(_PENDULUM, total_timesteps=1_000_000, ent_coef=0.0, learning_rate=1e-3),
+    ("a2c", "MountainCarContinuous-v0"): dict(total_timesteps=1_000_000, normalize_observations=True, ent_coef=0.0),
+    ("trpo", "Acrobot-v1"): dict(_CLASSIC_DISCRETE),
+    ("trpo", "Pendulum-v1"): dict(_PENDULUM, num_envs=16, num_steps=256, max_kl=0.02),
+    ("trpo", "MountainCarContinuous-v0"): dict(normalize_observations=True, num_envs=16, num_steps=256),
+    ("reinforce", "Acrobot-v1"): dict(normalize_observations=True),
+    ("reinforce", "Pendulum-v1"): dict(_PENDULUM, num_steps=200, num_envs=16),
+    ("reinforce", "MountainCarContinuous-v0"): dict(normalize_observations=True, num_steps=999),
+}
+
+
+def preset(algo: str, env_id: str) -> dict[str, Any]:
+    """Config overrides for `algo` on `env_id` ({} when the config's defaults are the documented setting)."""
+    return dict(PRESETS.get((algo, env_id), {}))

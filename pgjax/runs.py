@@ -1,0 +1,235 @@
+"""Saving, loading and evaluating training runs: config.json, metrics.csv, learning_curve.png, params.msgpack.
+
+A run directory holds:
+
+    config.json         {"algo", "num_seeds", "seed", "config": {...}, "versions": {...}}
+    metrics.csv         one row per (seed, update): seed, update, env_steps, episode_return, ..., wall_time
+    learning_curve.png  mean episode return over seeds with a 95% interval
+    params.msgpack      final parameters of every seed (and observation-normaliser statistics)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from jax import lax
+
+from pgjax import envs
+from pgjax.algos import common, get
+
+FIRST_COLUMNS = ("seed", "update", "env_steps", "episode_return")
+
+
+def metrics_rows(metrics: dict[str, Any], wall_time: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Flatten metrics of shape [seeds, updates] into CSV rows (`wall_time` [updates] seconds, optional)."""
+    arrays = {k: np.asarray(v) for k, v in metrics.items()}
+    num_seeds, num_updates = arrays["env_steps"].shape
+    columns = list(FIRST_COLUMNS[2:]) + sorted(k for k in arrays if k not in FIRST_COLUMNS)
+    rows = []
+    for seed in range(num_seeds):
+        for update in range(num_updates):
+            row = {"seed": seed, "update": update}
+            for k in columns:
+                value = arrays[k][seed, update].item()
+                row[k] = "" if isinstance(value, float) and math.isnan(value) else value
+            row["wall_time"] = "" if wall_time is None or np.isnan(wall_time[update]) else round(float(wall_time[update]), 4)
+            rows.append(row)
+    return rows
+
+
+def write_metrics_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_metrics_csv(path: str) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or any(c not in rows[0] for c in FIRST_COLUMNS):
+        raise ValueError(f"{path}: not a pgjax metrics.csv (needs columns {FIRST_COLUMNS}).")
+    return rows
+
+
+def smoothed_returns(episode_return: np.ndarray) -> np.ndarray:
+    """Carry the last finished episode's mean return forward over updates where none finished ([seeds, updates])."""
+    out = np.array(episode_return, dtype=float)
+    for row in out:
+        last = np.nan
+        for i, v in enumerate(row):
+            if np.isnan(v):
+                row[i] = last
+            else:
+                last = v
+    return out
+
+
+def plot_learning_curve(path: str, metrics: dict[str, Any], title: str) -> None:
+    """Mean episode return over seeds against env steps, with a 95% normal interval of the mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.asarray(metrics["env_steps"])[0]
+    returns = smoothed_returns(np.asarray(metrics["episode_return"]))
+    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+        mean = np.nanmean(returns, axis=0)
+        count = np.sum(~np.isnan(returns), axis=0)
+        sem = np.nanstd(returns, axis=0, ddof=1) / np.sqrt(np.maximum(count, 1)) if returns.shape[0] > 1 else 0 * mean
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(steps, mean, label=f"mean over {returns.shape[0]} seeds")
+    ax.fill_between(steps, mean - 1.96 * sem, mean + 1.96 * sem, alpha=0.3, label="95% interval")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+class _quiet_nan_warnings:
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+def observation_statistics(env_state: Any) -> Any:
+    """The observation-normaliser statistics inside a (batched) env state, or None."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, envs.NormalizeObservationState):
+            found.append(node.statistics)
+            return
+        if hasattr(node, "__dataclass_fields__"):
+            for name in node.__dataclass_fields__:
+                visit(getattr(node, name))
+
+    visit(env_state)
+    return found[0] if found else None
+
+
+def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: common.TrainOutput, seed: int,
+             wall_time: np.ndarray | None = None) -> None:
+    """Write config.json, metrics.csv, learning_curve.png and params.msgpack for a vmapped-seeds run."""
+    os.makedirs(out_dir, exist_ok=True)
+    num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0])
+    meta = {
+        "algo": algo,
+        "num_seeds": num_seeds,
+        "seed": seed,
+        "config": config.to_dict(),
+        "versions": {"jax": jax.__version__, "pgjax": _pgjax_version()},
+    }
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(meta, f, indent=2, default=str)
+    write_metrics_csv(os.path.join(out_dir, "metrics.csv"), metrics_rows(output.metrics, wall_time))
+    plot_learning_curve(
+        os.path.join(out_dir, "learning_curve.png"), output.metrics, f"{algo.upper()} on {config.env_id}"
+    )
+    stats = observation_statistics(output.env_state)
+    if stats is not None:  # identical across the vectorised envs of a seed: keep env 0's copy
+        stats = jax.tree_util.tree_map(lambda x: x[:, 0], stats)
+    payload = {"params": output.agent.params, "obs_statistics": stats}
+    with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
+        f.write(serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(payload))))
+
+
+def _pgjax_version() -> str:
+    import pgjax
+
+    return pgjax.__version__
+
+
+def load_run(run_dir: str) -> tuple[str, common.OnPolicyConfig, dict, Any]:
+    """(algo, config, params with a leading seeds axis, observation statistics or None) of a saved run."""
+    config_path = os.path.join(run_dir, "config.json")
+    params_path = os.path.join(run_dir, "params.msgpack")
+    for path in (config_path, params_path):
+        if not os.path.exists(path):
+            raise ValueError(f"{run_dir!r} is not a complete pgjax run directory: {os.path.basename(path)} is missing.")
+    with open(config_path) as f:
+        meta = json.load(f)
+    try:
+        config_cls, _ = get(meta["algo"])
+        config = config_cls(**meta["config"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{config_path}: malformed run config ({err}).") from None
+    with open(params_path, "rb") as f:
+        state = serialization.msgpack_restore(f.read())
+    stats = state.get("obs_statistics")
+    if stats is not None:
+        stats = envs.RunningStatistics(**{k: jnp.asarray(v) for k, v in stats.items()})
+    return meta["algo"], config, state["params"], stats
+
+
+def evaluate(
+    key: jax.Array,
+    config: common.OnPolicyConfig,
+    params: dict,
+    obs_statistics: Any = None,
+    num_episodes: int = 10,
+    deterministic: bool = True,
+) -> jax.Array:
+    """Undiscounted returns of `num_episodes` episodes (one per vectorised env) of one seed's policy.
+
+    Observation statistics are frozen at their trained values. Returns [num_episodes].
+    """
+    if num_episodes < 1:
+        raise ValueError(f"evaluate: num_episodes must be >= 1; got {num_episodes}.")
+    env, env_params = envs.make(config.env_id, **dict(config.env_kwargs))
+    discrete = envs.is_discrete(env, env_params)
+    network = common.actor_critic(config, common.EnvSpec(None, None, discrete, envs.action_dim(env, env_params), 0, None, None))
+    env = envs.EpisodeStatistics(envs.FlattenObservation(env))
+    if config.normalize_observations:
+        env = envs.NormalizeObservation(env, update=False, initial_statistics=obs_statistics)
+    if not discrete:
+        env = envs.ClipAction(env)
+    env = envs.VecEnv(env, num_episodes)
+    max_steps = int(env_params.max_steps_in_episode)
+
+    def run(key):
+        key_reset, key_loop = jax.random.split(key)
+        obs, state = env.reset(key_reset, env_params)
+
+        def step(carry, step_key):
+            obs, state, returns, done = carry
+            key_act, key_env = jax.random.split(step_key)
+            dist, _ = network.apply(params, obs)
+            action = dist.mode() if deterministic else dist.sample(key_act)
+            obs, state, _, _, _, info = env.step(key_env, state, action, env_params)
+            first_end = info["returned_episode"] & ~done
+            returns = jnp.where(first_end, info["episode_return"], returns)
+            return (obs, state, returns, done | info["returned_episode"]), None
+
+        init = (obs, state, jnp.zeros(num_episodes), jnp.zeros(num_episodes, bool))
+        (_, _, returns, done), _ = lax.scan(step, init, jax.random.split(key_loop, max_steps + 1))
+        return jnp.where(done, returns, jnp.nan)
+
+    return jax.jit(run)(key)
+
+
+def final_returns(metrics: dict[str, Any], fraction: float = 0.1) -> np.ndarray:
+    """Per seed, the mean of `episode_return` over the last `fraction` of updates (NaN-aware): [seeds]."""
+    returns = np.asarray(metrics["episode_return"], dtype=float)
+    tail = max(1, int(round(returns.shape[1] * fraction)))
+    with _quiet_nan_warnings():
+        return np.nanmean(returns[:, -tail:], axis=1)
