@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pgjax import algos, runs
+from pgjax.algos import presets
 
 
 def _parse_bool(text: str) -> bool:
@@ -69,8 +70,10 @@ def parse_args(argv=None):
     overrides = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls) if getattr(args, f.name, None) is not None
     }
+    # The documented preset for (algo, env) first, then the flags given.
+    settings = {**presets.preset(args.algo, overrides.get("env_id", config_cls.env_id)), **overrides}
     try:
-        config = config_cls(**overrides)
+        config = config_cls(**settings)
     except ValueError as err:
         parser.error(str(err))
     return args, config
@@ -82,8 +85,9 @@ class Progress:
     def __init__(self, num_updates: int, env_steps_per_update: int, show: bool):
         self.start = time.perf_counter()
         self.wall_time = np.full(num_updates, np.nan)
-        self.bar = tqdm(total=num_updates * env_steps_per_update, unit="step", unit_scale=True, disable=not show,
-                        mininterval=0.5, desc="training")
+        self.total = num_updates * env_steps_per_update
+        self.show = show
+        self.bar = None  # created at the first update, so compile time does not skew its rate
         self.steps_per_update = env_steps_per_update
         self.done = 0
 
@@ -91,6 +95,9 @@ class Progress:
         i = int(update_idx)
         if np.isnan(self.wall_time[i]):  # called once per seed under vmap: keep the first
             self.wall_time[i] = time.perf_counter() - self.start
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, unit="step", unit_scale=True, disable=not self.show, mininterval=0.5,
+                            desc="env steps per seed")
         if i + 1 > self.done:
             self.bar.update((i + 1 - self.done) * self.steps_per_update)
             self.done = i + 1
@@ -99,7 +106,8 @@ class Progress:
                 self.bar.set_postfix(episode_return=f"{ret:.1f}", refresh=False)
 
     def close(self):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,90 @@
+"""Learning quality with the documented presets: 8 seeds per (algorithm, environment), one compiled call each.
+
+    python benchmarks/quality.py                 # every target of the online-algorithms issue
+    python benchmarks/quality.py --only ppo:CartPole-v1 trpo:CartPole-v1 --seeds 8
+
+Reports, per run, the median and the worst seed's final mean episode return (mean over the
+episodes finished in the last 10% of updates, stochastic policy, raw rewards), against the
+target, with compile and run time and env-steps/second. Writes runs/bench/quality.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from pgjax import algos, runs
+from pgjax.algos import presets
+
+# (algo, env, total env steps per seed, target on the median and the worst seed)
+TARGETS = [
+    ("ppo", "CartPole-v1", 500_000, 475.0),
+    ("ppo", "Acrobot-v1", 500_000, -100.0),
+    ("ppo", "Pendulum-v1", 1_000_000, -300.0),
+    ("trpo", "CartPole-v1", 1_000_000, 475.0),
+    ("a2c", "CartPole-v1", 1_000_000, 475.0),
+    ("reinforce", "CartPole-v1", 1_000_000, 400.0),
+    ("ppo", "MountainCarContinuous-v0", 1_000_000, None),
+]
+
+
+def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int) -> dict:
+    config_cls, make_train = algos.get(algo)
+    config = config_cls(**{**presets.preset(algo, env_id), "env_id": env_id, "total_timesteps": steps})
+    train = jax.jit(jax.vmap(make_train(config)))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(np.arange(seeds))
+    t0 = time.perf_counter()
+    compiled = train.lower(keys).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(keys))
+    run_s = time.perf_counter() - t0
+    final = runs.final_returns(out.metrics)
+    return dict(
+        algo=algo, env=env_id, seeds=seeds, env_steps=config.num_updates * config.batch_size,
+        median=float(np.nanmedian(final)), worst=float(np.nanmin(final)), best=float(np.nanmax(final)),
+        compile_s=round(compile_s, 1), run_s=round(run_s, 1),
+        steps_per_s=round(seeds * config.num_updates * config.batch_size / run_s),
+        per_seed=" ".join(f"{x:.1f}" for x in final),
+    )
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="*", default=None, help="algo:env pairs to run (default: all targets)")
+    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/bench/quality.csv")
+    args = p.parse_args(argv)
+    todo = [t for t in TARGETS if args.only is None or f"{t[0]}:{t[1]}" in args.only]
+    if not todo:
+        p.error(f"--only matched nothing; choose from {[f'{a}:{e}' for a, e, _, _ in TARGETS]}")
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {jax.devices()[0].device_kind}")
+    header = f"{'algo':<10}{'env':<26}{'steps':>9}{'median':>9}{'worst':>9}{'target':>8}{'met':>5}{'compile s':>10}{'run s':>8}{'steps/s':>11}"
+    print(header)
+    rows = []
+    for algo, env_id, steps, target in todo:
+        row = run_one(algo, env_id, steps, args.seeds, args.seed)
+        row["target"] = "" if target is None else target
+        row["met"] = "" if target is None else bool(row["median"] >= target and row["worst"] >= target)
+        rows.append(row)
+        print(f"{algo:<10}{env_id:<26}{row['env_steps']:>9}{row['median']:>9.1f}{row['worst']:>9.1f}"
+              f"{str(row['target']):>8}{str(row['met']):>5}{row['compile_s']:>10}{row['run_s']:>8}{row['steps_per_s']:>11,}",
+              flush=True)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
