@@ -1,0 +1,108 @@
+"""Measurement helpers shared by the benchmark workers (`_pgjax_ppo.py`, `_rejax_ppo.py`).
+
+Imported from both virtual environments (ours with gymnax 1.x, rejax's with gymnax 0.0.9),
+so it depends on nothing but the standard library and jax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from typing import Any, Callable
+
+# The shared PPO settings of the comparison (issue 3, "Speed that must be shown").
+HPARAMS = dict(
+    env_id="CartPole-v1",
+    num_envs=4,
+    num_steps=128,
+    num_epochs=4,
+    num_minibatches=4,
+    learning_rate=2.5e-4,
+    anneal_lr=True,
+    hidden_sizes=(64, 64),
+    activation="tanh",
+    discount=0.99,
+    gae_lambda=0.95,
+    clip_eps=0.2,
+    ent_coef=0.01,
+    vf_coef=0.5,
+    max_grad_norm=0.5,
+)
+BATCH = HPARAMS["num_envs"] * HPARAMS["num_steps"]
+
+
+def num_updates(total_timesteps: int) -> int:
+    """Updates both implementations run: total_timesteps // (num_envs * num_steps)."""
+    return max(1, total_timesteps // BATCH)
+
+
+def worker_args(description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--seeds", type=int, required=True, help="seeds run at once (1: plain jit; >1: jit(vmap))")
+    p.add_argument("--total-timesteps", type=int, default=500_000)
+    p.add_argument("--eval-episodes", type=int, default=128, help="episodes per seed to evaluate the final policy (untimed)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs of the compiled program; the fastest counts")
+    p.add_argument("--json-out", required=True)
+    p.add_argument("--mode", default="ppo", choices=["ppo", "ceiling"], help="(pgjax worker only)")
+    return p.parse_args()
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def system_info(packages: tuple[str, ...]) -> dict[str, Any]:
+    import jax
+
+    dev = jax.devices()[0]
+    return {
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "jax": jax.__version__,
+        "jaxlib": _version("jaxlib"),
+        "backend": jax.default_backend(),
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '?')}",
+        "num_devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "packages": {name: _version(name) for name in packages},
+    }
+
+
+def time_compiled(fn: Callable, *args: Any, repeats: int = 1) -> tuple[Any, dict[str, Any]]:
+    """jit `fn`, time lower + compile, then time `repeats` runs of the compiled executable.
+
+    Compile time is `lower` (tracing to StableHLO) plus `compile` (XLA); run time is the
+    compiled call until its outputs are ready. Returns (output of the last run, timings).
+    """
+    import jax
+
+    t0 = time.perf_counter()
+    lowered = jax.jit(fn).lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    runs = []
+    out = None
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        out = compiled(*args)
+        jax.block_until_ready(out)
+        runs.append(time.perf_counter() - t)
+    return out, {"lower_s": t1 - t0, "compile_s": t2 - t0, "run_s": min(runs), "run_s_all": runs}
+
+
+def write_json(path: str, record: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
