@@ -15,7 +15,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from pgjax import advantages as adv
 from pgjax import losses
@@ -61,12 +60,6 @@ class A2CConfig(common.OnPolicyConfig):
         common._non_negative("A2CConfig", "vf_coef", self.vf_coef)
 
 
-@struct.dataclass
-class A2CState:
-    params: dict
-    opt_state: optax.OptState
-
-
 def estimate_advantages(config, batch, next_values, hp):
     """(advantages [T, N], value targets [T, N]) by GAE or n-step returns."""
     args = (batch.reward, batch.value, next_values, batch.terminated, batch.truncated, hp["discount"])
@@ -83,7 +76,7 @@ def make_algorithm(config: A2CConfig, network: ActorCritic) -> common.Algorithm:
 
     def init(key, spec, hp):
         params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
-        return A2CState(params, optimizer(hp).init(params))
+        return common.AgentState(params, optimizer(hp).init(params))
 
     def loss_fn(params, batch, advantage, target, hp):
         dist, value = network.apply(params, batch.obs)
@@ -105,12 +98,11 @@ def make_algorithm(config: A2CConfig, network: ActorCritic) -> common.Algorithm:
         # KL(pi_old || pi_new) on the rollout's states: how far one step moved the policy.
         metrics["kl"] = losses.mean_kl(network.apply(agent.params, batch.obs)[0], network.apply(new_params, batch.obs)[0])
         metrics["explained_variance"] = losses.explained_variance(batch.value, target)
-        return A2CState(new_params, opt_state), metrics
+        return common.AgentState(new_params, opt_state), metrics
 
     return common.Algorithm(init, common.sampling_act(network), update)
 
 
 def make_train(config: A2CConfig, progress: common.ProgressFn | None = None):
     """`train(key, hparams=None) -> TrainOutput` for A2C (see `common.make_on_policy_train`)."""
-    spec = common.make_env(config)
-    return common.make_on_policy_train(config, make_algorithm(config, common.actor_critic(config, spec)), spec, progress)
+    return common.make_train_from(config, make_algorithm, progress)

@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from jax import lax
 
 from pgjax import envs
@@ -309,6 +310,14 @@ def adam(
 # ---------------------------------------------------------------------------
 
 
+@struct.dataclass
+class AgentState:
+    """Network parameters and one optimiser state: the agent of PPO, A2C and REINFORCE."""
+
+    params: dict
+    opt_state: optax.OptState
+
+
 class Algorithm(NamedTuple):
     init: Callable[[Array, EnvSpec, HParams], Any]
     act: ActFn
@@ -386,3 +395,14 @@ def make_on_policy_train(
         return TrainOutput(agent, env_state, metrics)
 
     return train
+
+
+def make_train_from(
+    config: OnPolicyConfig,
+    make_algorithm: Callable[[OnPolicyConfig, ActorCritic], Algorithm],
+    progress: ProgressFn | None = None,
+) -> Callable[..., TrainOutput]:
+    """`train(key, hparams=None)` for an algorithm built by `make_algorithm(config, network)` on the config's
+    environment and actor-critic network (what each algorithm module's `make_train` does)."""
+    spec = make_env(config)
+    return make_on_policy_train(config, make_algorithm(config, actor_critic(config, spec)), spec, progress)

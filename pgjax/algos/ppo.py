@@ -15,7 +15,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from pgjax import advantages as adv
 from pgjax import losses
@@ -56,12 +55,6 @@ class PPOConfig(common.OnPolicyConfig):
         common._non_negative("PPOConfig", "vf_coef", self.vf_coef)
 
 
-@struct.dataclass
-class PPOState:
-    params: dict
-    opt_state: optax.OptState
-
-
 def _optimizer(config: PPOConfig, hp: common.HParams) -> optax.GradientTransformation:
     steps = config.num_updates * config.num_epochs * config.num_minibatches if config.anneal_lr else None
     return common.adam(hp["learning_rate"], hp["max_grad_norm"], steps)
@@ -96,7 +89,7 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
 
     def init(key, spec, hp):
         params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
-        return PPOState(params, _optimizer(config, hp).init(params))
+        return common.AgentState(params, _optimizer(config, hp).init(params))
 
     def update(agent, batch, key, hp, update_idx):
         tx = _optimizer(config, hp)
@@ -109,7 +102,7 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
         def step(agent, minibatch):
             grads, metrics = jax.grad(ppo_loss, has_aux=True)(agent.params, network, minibatch, hp, config)
             updates, opt_state = tx.update(grads, agent.opt_state, agent.params)
-            return PPOState(optax.apply_updates(agent.params, updates), opt_state), metrics
+            return common.AgentState(optax.apply_updates(agent.params, updates), opt_state), metrics
 
         agent, metrics = common.minibatch_epochs(key, agent, data, config.num_epochs, config.num_minibatches, step)
         metrics["explained_variance"] = losses.explained_variance(batch.value, target)
@@ -120,5 +113,4 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
 
 def make_train(config: PPOConfig, progress: common.ProgressFn | None = None):
     """`train(key, hparams=None) -> TrainOutput` for PPO (see `common.make_on_policy_train`)."""
-    spec = common.make_env(config)
-    return common.make_on_policy_train(config, make_algorithm(config, common.actor_critic(config, spec)), spec, progress)
+    return common.make_train_from(config, make_algorithm, progress)

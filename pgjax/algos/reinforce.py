@@ -17,7 +17,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 from jax import lax
 
 from pgjax import advantages as adv
@@ -54,12 +53,6 @@ class REINFORCEConfig(common.OnPolicyConfig):
         common._non_negative("REINFORCEConfig", "ent_coef", self.ent_coef)
 
 
-@struct.dataclass
-class REINFORCEState:
-    params: dict
-    opt_state: optax.OptState
-
-
 def completed_episode_mask(terminated, truncated):
     """valid[t, i] = 1 iff an episode of env i ends at some step k >= t of the rollout ([T, N] -> [T, N])."""
     done = jnp.logical_or(terminated, truncated)
@@ -80,7 +73,7 @@ def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algo
 
     def init(key, spec, hp):
         params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
-        return REINFORCEState(params, optimizer(hp).init(params))
+        return common.AgentState(params, optimizer(hp).init(params))
 
     def loss_fn(params, batch, returns, mask, hp):
         dist, value = network.apply(params, batch.obs)
@@ -114,12 +107,11 @@ def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algo
             residual_var = masked_mean((returns - batch.value) ** 2, mask) - masked_mean(returns - batch.value, mask) ** 2
             return_var = masked_mean(returns**2, mask) - masked_mean(returns, mask) ** 2
             metrics["explained_variance"] = jnp.where(return_var > 0, 1.0 - residual_var / return_var, jnp.nan)
-        return REINFORCEState(new_params, opt_state), metrics
+        return common.AgentState(new_params, opt_state), metrics
 
     return common.Algorithm(init, common.sampling_act(network), update)
 
 
 def make_train(config: REINFORCEConfig, progress: common.ProgressFn | None = None):
     """`train(key, hparams=None) -> TrainOutput` for REINFORCE (see `common.make_on_policy_train`)."""
-    spec = common.make_env(config)
-    return common.make_on_policy_train(config, make_algorithm(config, common.actor_critic(config, spec)), spec, progress)
+    return common.make_train_from(config, make_algorithm, progress)

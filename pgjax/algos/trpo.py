@@ -163,5 +163,4 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
 
 def make_train(config: TRPOConfig, progress: common.ProgressFn | None = None):
     """`train(key, hparams=None) -> TrainOutput` for TRPO (see `common.make_on_policy_train`)."""
-    spec = common.make_env(config)
-    return common.make_on_policy_train(config, make_algorithm(config, common.actor_critic(config, spec)), spec, progress)
+    return common.make_train_from(config, make_algorithm, progress)
