@@ -137,3 +137,26 @@ def test_first_update_ascends_the_exact_gradient(name):
     delta = jax.tree_util.tree_map(lambda a, b: a - b, output.agent.params["params"]["actor"], init_params["params"]["actor"])
     inner = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(delta)))
     assert float(inner) > 0, (name, float(inner))
+
+
+def test_trpo_updates_respect_the_kl_radius(cartpole_runs):
+    config, _, output = cartpole_runs["trpo"]
+    kl = np.asarray(output.metrics["kl"])
+    accepted = np.asarray(output.metrics["step_accepted"])
+    assert np.all(kl <= config.max_kl * (1 + 1e-4))
+    assert accepted.mean() > 0.5  # the line search mostly finds an improving step
+    assert np.all(np.asarray(output.metrics["surrogate_improvement"])[accepted > 0] > 0)
+
+
+@pytest.mark.parametrize("name", ["trpo", "a2c"])
+def test_continuous_actions_on_pendulum(name):
+    """Diagonal-Gaussian policies with observation normalisation and action clipping run and stay finite."""
+    config_cls, make_train = algos.get(name)
+    config = config_cls(env_id="Pendulum-v1", total_timesteps=4_096, num_envs=4, num_steps=64,
+                        normalize_observations=True)
+    output = jax.jit(make_train(config))(jax.random.key(0))
+    returns = np.asarray(output.metrics["episode_return"])
+    finished = returns[~np.isnan(returns)]
+    assert finished.size > 0 and np.all(finished < 0) and np.all(finished > -16.3 * 200)  # Pendulum's reward range
+    assert np.all(np.isfinite(np.asarray(output.metrics["entropy"])))
+    assert np.asarray(output.metrics["env_steps"])[-1] == 4_096
