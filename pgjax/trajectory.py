@@ -35,7 +35,8 @@ class Trajectory(NamedTuple):
     next_states: Array
 
 
-def _safe_log(p: Array) -> Array:
+def safe_log(p: Array) -> Array:
+    """log p with log 0 = -inf and no NaN gradient at 0."""
     return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
 
 
@@ -54,9 +55,9 @@ def sample_trajectory(key: Array, mdp: MDP, pi: Array, horizon: int) -> Trajecto
     if horizon < 1:
         raise ValueError(f"sample_trajectory: horizon must be >= 1; got {horizon}.")
     key_init, key_steps = jax.random.split(key)
-    s0 = jax.random.categorical(key_init, _safe_log(mdp.initial))
-    log_pi = _safe_log(pi)
-    log_p = _safe_log(mdp.transition)
+    s0 = jax.random.categorical(key_init, safe_log(mdp.initial))
+    log_pi = safe_log(pi)
+    log_p = safe_log(mdp.transition)
 
     def step(state, step_key):
         key_a, key_s = jax.random.split(step_key)
@@ -91,9 +92,9 @@ def log_density(traj: Trajectory, mdp: MDP, pi: Array) -> Array:
     if traj.states.ndim != 1:
         raise ValueError(f"log_density: expects one trajectory with fields [T]; got {traj.states.shape}. Use jax.vmap.")
     s, a, s_next = traj.states, traj.actions, traj.next_states
-    log_mu0 = _safe_log(mdp.initial[s[0]])
-    log_pi = jnp.sum(_safe_log(pi[s, a]))
-    log_dyn = jnp.sum(_safe_log(mdp.transition[s, a, s_next]))
+    log_mu0 = safe_log(mdp.initial[s[0]])
+    log_pi = jnp.sum(safe_log(pi[s, a]))
+    log_dyn = jnp.sum(safe_log(mdp.transition[s, a, s_next]))
     return log_mu0 + log_pi + log_dyn
 
 
@@ -102,7 +103,7 @@ def policy_log_likelihood(traj: Trajectory, pi: Array) -> Array:
 
     Fields [..., T] -> [...].
     """
-    return jnp.sum(_safe_log(pi[traj.states, traj.actions]), axis=-1)
+    return jnp.sum(safe_log(pi[traj.states, traj.actions]), axis=-1)
 
 
 def discounted_return(rewards: Array, discount: Array) -> Array:

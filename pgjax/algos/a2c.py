@@ -71,12 +71,8 @@ def estimate_advantages(config, batch, next_values, hp):
 def make_algorithm(config: A2CConfig, network: ActorCritic) -> common.Algorithm:
     """A2C as (init, act, update) for `common.make_on_policy_train`."""
 
-    def optimizer(hp):
-        return common.adam(hp["learning_rate"], hp["max_grad_norm"], config.num_updates if config.anneal_lr else None)
-
     def init(key, spec, hp):
-        params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
-        return common.AgentState(params, optimizer(hp).init(params))
+        return common.init_agent(network, spec, common.one_step_optimizer(config, hp), key)
 
     def loss_fn(params, batch, advantage, target, hp):
         dist, value = network.apply(params, batch.obs)
@@ -93,7 +89,7 @@ def make_algorithm(config: A2CConfig, network: ActorCritic) -> common.Algorithm:
         next_values = network.apply(agent.params, batch.next_obs)[1]
         advantage, target = estimate_advantages(config, batch, next_values, hp)
         grads, metrics = jax.grad(loss_fn, has_aux=True)(agent.params, batch, advantage, target, hp)
-        updates, opt_state = optimizer(hp).update(grads, agent.opt_state, agent.params)
+        updates, opt_state = common.one_step_optimizer(config, hp).update(grads, agent.opt_state, agent.params)
         new_params = optax.apply_updates(agent.params, updates)
         # KL(pi_old || pi_new) on the rollout's states: how far one step moved the policy.
         metrics["kl"] = losses.mean_kl(network.apply(agent.params, batch.obs)[0], network.apply(new_params, batch.obs)[0])

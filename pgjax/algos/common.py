@@ -318,6 +318,17 @@ class AgentState:
     opt_state: optax.OptState
 
 
+def one_step_optimizer(config: OnPolicyConfig, hp: HParams) -> optax.GradientTransformation:
+    """`adam` for algorithms that take one gradient step per update (A2C, REINFORCE)."""
+    return adam(hp["learning_rate"], hp["max_grad_norm"], config.num_updates if config.anneal_lr else None)
+
+
+def init_agent(network: ActorCritic, spec: EnvSpec, tx: optax.GradientTransformation, key: Array) -> AgentState:
+    """Fresh network parameters and the optimiser state for them."""
+    params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
+    return AgentState(params, tx.init(params))
+
+
 class Algorithm(NamedTuple):
     init: Callable[[Array, EnvSpec, HParams], Any]
     act: ActFn

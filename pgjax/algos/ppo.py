@@ -88,8 +88,7 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
     """PPO as (init, act, update) for `common.make_on_policy_train`."""
 
     def init(key, spec, hp):
-        params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
-        return common.AgentState(params, _optimizer(config, hp).init(params))
+        return common.init_agent(network, spec, _optimizer(config, hp), key)
 
     def update(agent, batch, key, hp, update_idx):
         tx = _optimizer(config, hp)

@@ -68,12 +68,8 @@ def masked_mean(x, mask):
 def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algorithm:
     """REINFORCE as (init, act, update) for `common.make_on_policy_train`."""
 
-    def optimizer(hp):
-        return common.adam(hp["learning_rate"], hp["max_grad_norm"], config.num_updates if config.anneal_lr else None)
-
     def init(key, spec, hp):
-        params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
-        return common.AgentState(params, optimizer(hp).init(params))
+        return common.init_agent(network, spec, common.one_step_optimizer(config, hp), key)
 
     def loss_fn(params, batch, returns, mask, hp):
         dist, value = network.apply(params, batch.obs)
@@ -99,7 +95,7 @@ def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algo
             next_values = jnp.zeros_like(batch.reward)
         returns = adv.discounted_returns(batch.reward, next_values, batch.terminated, batch.truncated, hp["discount"])
         grads, metrics = jax.grad(loss_fn, has_aux=True)(agent.params, batch, returns, mask, hp)
-        updates, opt_state = optimizer(hp).update(grads, agent.opt_state, agent.params)
+        updates, opt_state = common.one_step_optimizer(config, hp).update(grads, agent.opt_state, agent.params)
         new_params = optax.apply_updates(agent.params, updates)
         metrics["kl"] = losses.mean_kl(network.apply(agent.params, batch.obs)[0], network.apply(new_params, batch.obs)[0])
         metrics["valid_fraction"] = jnp.mean(mask)

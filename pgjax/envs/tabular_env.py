@@ -37,6 +37,7 @@ import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from pgjax.trajectory import safe_log
 from pgjax.tabular.mdp import MDP
 
 Array = jax.Array
@@ -77,10 +78,6 @@ def truncation_bias_bound(mdp: MDP, horizon: int) -> Array:
     """gamma^H max|R| / (1 - gamma): a bound on |J - E[sum_{t<H} gamma^t r_t]| (batched MDPs allowed)."""
     max_reward = jnp.max(jnp.abs(mdp.reward), axis=(-2, -1))
     return mdp.discount**horizon * max_reward / (1.0 - mdp.discount)
-
-
-def _safe_log(p: Array) -> Array:
-    return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
 
 
 class TabularEnv(environment.Environment[TabularEnvState, TabularEnvParams]):
@@ -125,14 +122,14 @@ class TabularEnv(environment.Environment[TabularEnvState, TabularEnvParams]):
         s = state.mdp_state
         a = jnp.asarray(action, jnp.int32).reshape(())
         reward = mdp.reward[s, a]
-        next_s = jax.random.categorical(key, _safe_log(mdp.transition[s, a])).astype(jnp.int32)
+        next_s = jax.random.categorical(key, safe_log(mdp.transition[s, a])).astype(jnp.int32)
         next_state = TabularEnvState(time=state.time + 1, mdp_state=next_s)
         terminated = jnp.array(False)
         return self.get_obs(next_state), next_state, reward, terminated, {"discount": jnp.array(1.0, jnp.float32)}
 
     def reset_env(self, key: Array, params: TabularEnvParams) -> tuple[Array, TabularEnvState]:
         """s_0 ~ mu0."""
-        s0 = jax.random.categorical(key, _safe_log(params.mdp.initial)).astype(jnp.int32)
+        s0 = jax.random.categorical(key, safe_log(params.mdp.initial)).astype(jnp.int32)
         state = TabularEnvState(time=jnp.array(0, jnp.int32), mdp_state=s0)
         return self.get_obs(state), state
 

@@ -2,6 +2,7 @@
 
 from pgjax.tabular.evaluation import (
     action_values,
+    bellman_matrix,
     expected_return,
     finite_horizon_return,
     policy_evaluation,
@@ -34,6 +35,7 @@ __all__ = [
     "MDP",
     "FixedPointInfo",
     "action_values",
+    "bellman_matrix",
     "advantage_policy_gradient",
     "chain_mdp",
     "expected_return",

@@ -24,11 +24,14 @@ def policy_reward(mdp: MDP, pi: Array) -> Array:
     return jnp.sum(pi * mdp.reward, axis=-1)
 
 
+def bellman_matrix(mdp: MDP, pi: Array) -> Array:
+    """M = I - gamma P^pi [S, S]: M V^pi = r^pi and M^T d^pi = (1 - gamma) mu0."""
+    return jnp.eye(mdp.num_states, dtype=mdp.transition.dtype) - mdp.discount * policy_transition(mdp, pi)
+
+
 def state_values(mdp: MDP, pi: Array) -> Array:
     """V^pi [S], the solution of the Bellman equation (I - gamma P^pi) V = r^pi."""
-    num_states = mdp.num_states
-    lhs = jnp.eye(num_states, dtype=mdp.transition.dtype) - mdp.discount * policy_transition(mdp, pi)
-    return jnp.linalg.solve(lhs, policy_reward(mdp, pi))
+    return jnp.linalg.solve(bellman_matrix(mdp, pi), policy_reward(mdp, pi))
 
 
 def action_values(mdp: MDP, values: Array) -> Array:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jax.scipy.linalg import lu_factor, lu_solve
 
-from pgjax.tabular.evaluation import action_values, expected_return, policy_reward, policy_transition
+from pgjax.tabular.evaluation import action_values, bellman_matrix, expected_return, policy_reward
 from pgjax.tabular.mdp import MDP
 from pgjax.tabular.policy import grad_log_policy, softmax_policy
 
@@ -32,9 +32,7 @@ def values_and_occupancy(mdp: MDP, pi: Array) -> tuple[Array, Array, Array]:
     One factorisation instead of two halves the O(S^3) work, and avoids two concurrent batched
     LU calls, which can deadlock XLA's CPU runtime (jaxlib 0.10) on 2-core machines under vmap.
     """
-    num_states = mdp.num_states
-    m = jnp.eye(num_states, dtype=mdp.transition.dtype) - mdp.discount * policy_transition(mdp, pi)
-    lu = lu_factor(m)
+    lu = lu_factor(bellman_matrix(mdp, pi))
     v = lu_solve(lu, policy_reward(mdp, pi))
     d = lu_solve(lu, (1.0 - mdp.discount) * mdp.initial, trans=1)
     return v, action_values(mdp, v), d

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pgjax.tabular.evaluation import policy_transition
+from pgjax.tabular.evaluation import bellman_matrix, policy_transition
 from pgjax.tabular.mdp import MDP
 
 Array = jax.Array
@@ -44,9 +44,7 @@ def default_tolerance(dtype) -> float:
 
 def occupancy_solve(mdp: MDP, pi: Array) -> Array:
     """d^pi [S] by the closed form: solve (I - gamma P^pi)^T x = (1 - gamma) mu0."""
-    num_states = mdp.num_states
-    lhs = jnp.eye(num_states, dtype=mdp.transition.dtype) - mdp.discount * policy_transition(mdp, pi)
-    return jnp.linalg.solve(lhs.T, (1.0 - mdp.discount) * mdp.initial)
+    return jnp.linalg.solve(bellman_matrix(mdp, pi).T, (1.0 - mdp.discount) * mdp.initial)
 
 
 def _flow_step(mdp: MDP, p_pi: Array, d: Array) -> Array:
