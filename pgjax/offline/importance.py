@@ -1,0 +1,96 @@
+"""Importance sampling estimators of J(pi) and grad J(pi) from logged episodes of mu.
+
+With per-step ratios rho_t = pi(a_t|s_t) / mu(a_t|s_t) and their products
+rho_{0:t} = prod_{k<=t} rho_k, over N episodes of T steps:
+
+    IS    J_hat = 1/N sum_i rho^i_{0:T-1} sum_t gamma^t r^i_t                       (trajectory-wise)
+    PDIS  J_hat = 1/N sum_i sum_t gamma^t rho^i_{0:t} r^i_t                          (per-decision)
+    WIS   J_hat = sum_i rho^i_{0:T-1} G^i / sum_i rho^i_{0:T-1}                      (self-normalised)
+    WPDIS J_hat = sum_t gamma^t sum_i rho^i_{0:t} r^i_t / sum_i rho^i_{0:t}            (self-normalised)
+
+IS and PDIS are unbiased for the T-step return J_T(pi) = E_pi[sum_{t<T} gamma^t r_t] whenever
+mu covers pi; the weighted forms are biased (consistent) with lower variance. J_T differs
+from J by at most gamma^T max|r| / (1 - gamma). Products are formed in log space.
+
+The IS policy gradient is the gradient of the IS value with respect to the target
+policy's parameters (the behaviour probabilities are constants):
+
+    grad J_hat = 1/N sum_i rho^i_{0:T-1} (sum_t grad log pi(a_t|s_t)) G^i            (IS)
+    grad J_hat = 1/N sum_i sum_t gamma^t r_t rho^i_{0:t} sum_{k<=t} grad log pi(a_k|s_k)   (PDIS)
+
+so `jax.grad` of `importance_value` with target log-probabilities computed from theta gives it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+IS_METHODS = ("is", "pdis", "wis", "wpdis")
+
+
+def log_ratios(target_log_probs: Array, behaviour_log_probs: Array, mask: Array) -> Array:
+    """log rho_t = log pi(a_t|s_t) - log mu(a_t|s_t), 0 on padding; [N, T] -> [N, T].
+
+    A step with pi(a_t|s_t) = 0 gives -inf (ratio 0), which is correct.
+    """
+    diff = target_log_probs - behaviour_log_probs
+    return jnp.where(mask, diff, 0.0)
+
+
+def cumulative_log_ratios(target_log_probs: Array, behaviour_log_probs: Array, mask: Array) -> Array:
+    """log rho_{0:t} = sum_{k<=t} log rho_k, [N, T]."""
+    return jnp.cumsum(log_ratios(target_log_probs, behaviour_log_probs, mask), axis=-1)
+
+
+def discounted_rewards(rewards: Array, mask: Array, discount) -> Array:
+    """gamma^t r_t on valid steps, 0 on padding; [N, T]."""
+    powers = jnp.asarray(discount, rewards.dtype) ** jnp.arange(rewards.shape[-1], dtype=rewards.dtype)
+    return jnp.where(mask, powers * rewards, 0.0)
+
+
+def importance_weights(target_log_probs: Array, behaviour_log_probs: Array, mask: Array) -> Array:
+    """Trajectory weights rho^i_{0:T-1} [N] (the product over each episode's valid steps)."""
+    return jnp.exp(jnp.sum(log_ratios(target_log_probs, behaviour_log_probs, mask), axis=-1))
+
+
+def importance_value(
+    rewards: Array,
+    mask: Array,
+    target_log_probs: Array,
+    behaviour_log_probs: Array,
+    discount,
+    method: str = "pdis",
+) -> Array:
+    """An importance-sampling estimate of J_T(pi) on the `expected_return` scale; a scalar.
+
+    Args:
+      rewards, mask, target_log_probs, behaviour_log_probs: [N, T] (see `Dataset`).
+      discount: gamma.
+      method: "is", "pdis", "wis" or "wpdis" (equations in the module docstring).
+    """
+    if method not in IS_METHODS:
+        raise ValueError(f"importance_value: method must be one of {IS_METHODS}; got {method!r}.")
+    disc_r = discounted_rewards(rewards, mask, discount)
+    if method in ("is", "wis"):
+        w = importance_weights(target_log_probs, behaviour_log_probs, mask)
+        returns = jnp.sum(disc_r, axis=-1)
+        if method == "is":
+            return jnp.mean(w * returns)
+        return jnp.sum(w * returns) / jnp.sum(w)
+    w = jnp.exp(cumulative_log_ratios(target_log_probs, behaviour_log_probs, mask))
+    if method == "pdis":
+        return jnp.mean(jnp.sum(w * disc_r, axis=-1))
+    # Self-normalise each time step over the episodes still running at t.
+    w = jnp.where(mask, w, 0.0)
+    totals = jnp.sum(w, axis=0)
+    per_step = jnp.sum(w * disc_r, axis=0) / jnp.where(totals > 0, totals, 1.0)
+    return jnp.sum(per_step)
+
+
+def effective_sample_size(weights: Array) -> Array:
+    """Kish's effective sample size (sum w)^2 / sum w^2 of importance weights [N]; a scalar in [0, N]."""
+    total = jnp.sum(weights)
+    return jnp.where(total > 0, total**2 / jnp.sum(weights**2), 0.0)
