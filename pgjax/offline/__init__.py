@@ -12,3 +12,37 @@ from pgjax.offline.dataset import (
     validate_dataset,
     validate_tabular_dataset,
 )
+from pgjax.offline.dualdice import dualdice_objective, dualdice_ratio, dualdice_tabular
+from pgjax.offline.empirical import (
+    Coverage,
+    CoverageError,
+    CoverageWarning,
+    EmpiricalModel,
+    coverage,
+    data_distribution,
+    empirical_mdp,
+    empirical_model,
+    empirical_occupancy,
+    extend_policy,
+    report_coverage,
+)
+from pgjax.offline.evaluation import METHODS, model_value, policy_value, ratio_weighted_value, tabular_importance_value
+from pgjax.offline.exact import exact_ratio, logged_distribution
+from pgjax.offline.gradient import (
+    ImprovementResult,
+    dualdice_policy_gradient,
+    expected_offline_gradient,
+    importance_policy_gradient,
+    model_policy_gradient,
+    offline_policy_gradient,
+    offline_policy_improvement,
+    tabular_fqe,
+)
+from pgjax.offline.importance import (
+    IS_METHODS,
+    cumulative_log_ratios,
+    effective_sample_size,
+    importance_value,
+    importance_weights,
+    log_ratios,
+)

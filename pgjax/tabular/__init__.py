@@ -20,6 +20,7 @@ from pgjax.tabular.occupancy import (
     occupancy_solve,
     state_action_occupancy,
 )
+from pgjax.tabular.taxi import TAXI_ACTIONS, taxi_decode, taxi_encode, taxi_mdp
 from pgjax.tabular.policy import (
     grad_log_policy,
     log_policy,
@@ -60,6 +61,10 @@ __all__ = [
     "state_action_occupancy",
     "state_values",
     "tabular_features",
+    "taxi_decode",
+    "taxi_encode",
+    "taxi_mdp",
+    "TAXI_ACTIONS",
     "uniform_policy",
     "validate_mdp_arrays",
     "values_and_occupancy",

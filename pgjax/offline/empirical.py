@@ -1,0 +1,174 @@
+"""The empirical model of a tabular dataset: counts, the data distribution d^D and coverage.
+
+From the valid transitions (s_i, a_i, r_i, s'_i) of a `Dataset`:
+
+    n(s,a)       = #{i : (s_i, a_i) = (s,a)}
+    d^D(s,a)     = n(s,a) / n                                   (the data distribution)
+    P_hat(s'|s,a) = #{i : (s_i,a_i,s'_i) = (s,a,s')} / n(s,a)     where n(s,a) > 0
+    R_hat(s,a)   = mean of r_i over the pairs (s,a)
+    mu0_hat(s)   = fraction of initial samples equal to s
+
+`empirical_mdp` turns these into a `pgjax.tabular.MDP` with one extra absorbing "sink"
+state (index S, zero reward). Pairs the data never show, and transitions into terminal
+states, lead to the sink: their consequences are unknown (or zero), so the empirical MDP
+credits them nothing. The target policy's occupancy of unseen pairs is the coverage
+gap; `coverage` reports it, since there the ratio d^pi/d^D is not identifiable.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgjax.offline.dataset import Dataset, validate_tabular_dataset
+from pgjax.tabular.mdp import MDP
+from pgjax.tabular.occupancy import state_action_occupancy
+
+Array = jax.Array
+
+
+class CoverageWarning(UserWarning):
+    """The target policy reaches state-action pairs that the data never show."""
+
+
+class CoverageError(ValueError):
+    """Raised instead of `CoverageWarning` when coverage is required (`on_uncovered="raise"`)."""
+
+
+class EmpiricalModel(NamedTuple):
+    """Sufficient statistics of a tabular dataset (a pytree; batch axes allowed under vmap).
+
+    Attributes:
+      counts: n(s,a) [S, A].
+      transition_counts: n(s,a,s') [S, A, S] over non-terminal transitions.
+      terminal_counts: n(s,a, terminal) [S, A].
+      reward_sums: sum of rewards observed at (s,a) [S, A].
+      initial_counts: [S] counts of the initial samples.
+    """
+
+    counts: Array
+    transition_counts: Array
+    terminal_counts: Array
+    reward_sums: Array
+    initial_counts: Array
+
+    @property
+    def num_states(self) -> int:
+        return self.counts.shape[-2]
+
+    @property
+    def num_actions(self) -> int:
+        return self.counts.shape[-1]
+
+
+class Coverage(NamedTuple):
+    """Where the target policy leaves the data's support.
+
+    Attributes:
+      unseen: [S, A] bool, pairs with n(s,a) = 0 that pi can take (pi(a|s) > 0) in a state the data reach.
+      mass: the target's estimated occupancy on unseen pairs, sum d_hat^pi(s,a) over them (0 = covered).
+      num_unseen: the number of such pairs.
+    """
+
+    unseen: Array
+    mass: Array
+    num_unseen: Array
+
+
+def empirical_model(dataset: Dataset, num_states: int, num_actions: int) -> EmpiricalModel:
+    """Count the dataset's valid transitions into an `EmpiricalModel` (jit/vmap-able; S, A static)."""
+    s, a, r = dataset.observations, dataset.actions, dataset.rewards
+    s_next, terminal = dataset.next_observations, dataset.terminals
+    valid = dataset.mask.astype(r.dtype)
+    live = valid * (1.0 - terminal.astype(r.dtype))
+    counts = jnp.zeros((num_states, num_actions), r.dtype).at[s, a].add(valid)
+    transition_counts = jnp.zeros((num_states, num_actions, num_states), r.dtype).at[s, a, s_next].add(live)
+    terminal_counts = counts - jnp.sum(transition_counts, axis=-1)
+    reward_sums = jnp.zeros((num_states, num_actions), r.dtype).at[s, a].add(valid * r)
+    initial_counts = jnp.zeros((num_states,), r.dtype).at[dataset.initial_observations].add(1.0)
+    return EmpiricalModel(counts, transition_counts, terminal_counts, reward_sums, initial_counts)
+
+
+def data_distribution(model: EmpiricalModel) -> Array:
+    """d^D(s,a) = n(s,a) / n [S, A]."""
+    return model.counts / jnp.sum(model.counts)
+
+
+def empirical_mdp(model: EmpiricalModel, discount) -> MDP:
+    """The maximum-likelihood MDP with S + 1 states (the last one an absorbing, zero-reward sink).
+
+    Unseen pairs and terminal transitions move to the sink. Use `extend_policy` to give a
+    policy [S, A] its row for the sink.
+    """
+    seen = model.counts > 0
+    n = jnp.where(seen, model.counts, 1.0)
+    num_states, num_actions = model.counts.shape
+    to_sink = jnp.where(seen, model.terminal_counts / n, 1.0)
+    p_real = jnp.concatenate([model.transition_counts / n[..., None], to_sink[..., None]], axis=-1)
+    sink_row = jnp.zeros((1, num_actions, num_states + 1), p_real.dtype).at[..., -1].set(1.0)
+    transition = jnp.concatenate([p_real, sink_row], axis=0)
+    reward = jnp.concatenate([jnp.where(seen, model.reward_sums / n, 0.0), jnp.zeros((1, num_actions), n.dtype)])
+    initial = jnp.append(model.initial_counts / jnp.sum(model.initial_counts), 0.0)
+    return MDP(transition, reward, initial, jnp.asarray(discount, transition.dtype))
+
+
+def extend_policy(pi: Array) -> Array:
+    """pi [S, A] -> [S + 1, A], with a uniform row for the sink (any row gives the same values)."""
+    return jnp.concatenate([pi, jnp.full((1, pi.shape[-1]), 1.0 / pi.shape[-1], pi.dtype)], axis=0)
+
+
+def empirical_occupancy(model: EmpiricalModel, target_pi: Array, discount) -> Array:
+    """d_hat^pi(s,a) [S, A]: the target's normalised discounted occupancy in the empirical MDP (sink dropped)."""
+    return state_action_occupancy(empirical_mdp(model, discount), extend_policy(target_pi))[:-1]
+
+
+def coverage(model: EmpiricalModel, target_pi: Array, discount) -> Coverage:
+    """The pairs the target policy can reach but the data never show, and its occupancy mass there."""
+    d_hat = empirical_occupancy(model, target_pi, discount)
+    reached = (jnp.sum(model.counts, -1) > 0) | (jnp.sum(model.transition_counts, (0, 1)) > 0) | (model.initial_counts > 0)
+    unseen = (model.counts == 0) & (target_pi > 0) & reached[:, None]
+    mass = jnp.sum(jnp.where(model.counts == 0, d_hat, 0.0))
+    return Coverage(unseen, mass, jnp.sum(unseen))
+
+
+def report_coverage(report: Coverage, on_uncovered: str, tolerance: float = 1e-6, context: str = "") -> None:
+    """Warn (`CoverageWarning`), raise (`CoverageError`) or stay silent ("ignore") about a coverage gap.
+
+    Host-side: needs a concrete `Coverage`. `tolerance` is the occupancy mass treated as covered.
+    """
+    if on_uncovered not in ("warn", "raise", "ignore"):
+        raise ValueError(f"on_uncovered must be 'warn', 'raise' or 'ignore'; got {on_uncovered!r}.")
+    mass = float(report.mass)
+    if on_uncovered == "ignore" or mass <= tolerance:
+        return
+    pairs = np.argwhere(np.asarray(report.unseen))
+    shown = ", ".join(f"({s},{a})" for s, a in pairs[:8]) + (" ..." if len(pairs) > 8 else "")
+    message = (
+        f"{context}the target policy puts occupancy mass {mass:.4g} on {len(pairs)} state-action pairs the data "
+        f"never show [{shown}]; the ratio d^pi/d^D is not identifiable there and estimates ignore that mass "
+        "(collect data covering those pairs, or keep the target policy on the data's support)."
+    )
+    if on_uncovered == "raise":
+        raise CoverageError(message)
+    warnings.warn(message, CoverageWarning, stacklevel=3)
+
+
+def tabular_model(dataset: Dataset, target_pi: Array) -> EmpiricalModel:
+    """Validate a tabular dataset against the policy's shape [S, A] and count it (host-side boundary)."""
+    target_pi = np.asarray(target_pi)
+    if target_pi.ndim != 2:
+        raise ValueError(f"target_pi must be a tabular policy [S, A]; got shape {target_pi.shape}.")
+    if not np.all(np.isfinite(target_pi)) or np.any(target_pi < 0) or not np.allclose(target_pi.sum(-1), 1.0, atol=1e-5):
+        raise ValueError("target_pi must be finite, non-negative, with rows summing to 1.")
+    validate_tabular_dataset(dataset, *target_pi.shape)
+    return empirical_model(dataset, *target_pi.shape)
+
+
+def check_discount(discount) -> None:
+    d = float(discount)
+    if not 0.0 < d < 1.0:
+        raise ValueError(f"discount must be in (0, 1); got {d}.")

@@ -1,0 +1,89 @@
+"""Off-policy evaluation of J(pi) from a tabular dataset: one entry point, five estimators.
+
+    "dualdice"  J_hat = 1/(1 - gamma) E_D[w(s,a) r],  w from `dualdice_tabular`
+    "model"     J of the empirical MDP (`empirical_mdp`): the certainty-equivalent estimate
+    "is", "pdis", "wis", "wpdis"   importance sampling (`pgjax.offline.importance`)
+
+All are on the scale of `pgjax.tabular.expected_return` (expected discounted return, not the
+per-step value (1 - gamma) J). On the empirical distribution, tabular DualDICE and the model
+estimate coincide exactly: E_D[w r] = sum_{s,a} d_hat^pi(s,a) R_hat(s,a). They differ once w comes
+from anywhere else (function approximation, a prior, or another data distribution).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pgjax.offline.dataset import Dataset, DatasetError
+from pgjax.offline.dualdice import dualdice_ratio
+from pgjax.offline.empirical import (
+    EmpiricalModel,
+    check_discount,
+    coverage,
+    empirical_mdp,
+    extend_policy,
+    report_coverage,
+    tabular_model,
+)
+from pgjax.offline.importance import IS_METHODS, importance_value
+from pgjax.tabular.evaluation import expected_return
+from pgjax.trajectory import safe_log
+
+Array = jax.Array
+
+METHODS = ("dualdice", "model") + IS_METHODS
+
+
+def ratio_weighted_value(dataset: Dataset, ratio: Array, discount, normalised: bool = False) -> Array:
+    """1/(1 - gamma) E_D[w(s,a) r] over the valid transitions, with w [S, A]; or, `normalised`,
+    1/(1 - gamma) E_D[w r] / E_D[w] (self-normalised weights)."""
+    mask = dataset.mask.astype(dataset.rewards.dtype)
+    w = ratio[dataset.observations, dataset.actions] * mask
+    total = jnp.sum(w * dataset.rewards)
+    denominator = jnp.sum(w) if normalised else jnp.sum(mask)
+    return total / denominator / (1.0 - discount)
+
+
+def model_value(model: EmpiricalModel, target_pi: Array, discount) -> Array:
+    """J(pi) in the empirical MDP (a scalar); jit/vmap-able."""
+    return expected_return(empirical_mdp(model, discount), extend_policy(target_pi))
+
+
+def tabular_importance_value(dataset: Dataset, target_pi: Array, discount, method: str = "pdis") -> Array:
+    """`importance_value` with target log-probabilities log pi(a_t|s_t) read from a table pi [S, A]."""
+    target_log_probs = safe_log(target_pi)[dataset.observations, dataset.actions]
+    return importance_value(dataset.rewards, dataset.mask, target_log_probs, dataset.behaviour_log_probs, discount, method)
+
+
+def policy_value(dataset: Dataset, target_pi: Array, discount, method: str = "dualdice", on_uncovered: str = "warn") -> Array:
+    """Estimate J(pi) = E[sum_t gamma^t r_t] of the target policy pi [S, A] from a tabular dataset.
+
+    Args:
+      dataset: a tabular `Dataset`.
+      target_pi: pi [S, A].
+      discount: gamma in (0, 1).
+      method: "dualdice", "model", "is", "pdis", "wis" or "wpdis" (see the module docstring).
+      on_uncovered: for "dualdice" and "model", "warn", "raise" or "ignore" when pi reaches unseen pairs.
+
+    Returns:
+      A scalar on the scale of `pgjax.tabular.expected_return`. The IS estimators target the
+      T-step return J_T (T the dataset's horizon), within gamma^T max|r| / (1 - gamma) of J.
+    """
+    if method not in METHODS:
+        raise ValueError(f"policy_value: method must be one of {METHODS}; got {method!r}.")
+    check_discount(discount)
+    model = tabular_model(dataset, target_pi)
+    target_pi = jnp.asarray(target_pi, model.counts.dtype)
+    if method in IS_METHODS:
+        if np.any(np.isnan(np.asarray(dataset.behaviour_log_probs)[np.asarray(dataset.mask)])):
+            raise DatasetError(
+                f"policy_value(method={method!r}) needs the behaviour policy's log-probabilities, but "
+                "Dataset.behaviour_log_probs has NaN (unknown); use method='dualdice' or 'model', which do not."
+            )
+        return tabular_importance_value(dataset, target_pi, discount, method)
+    report_coverage(coverage(model, target_pi, discount), on_uncovered, context=f"policy_value({method!r}): ")
+    if method == "model":
+        return model_value(model, target_pi, discount)
+    return ratio_weighted_value(dataset, dualdice_ratio(model, target_pi, discount), discount)

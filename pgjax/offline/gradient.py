@@ -1,0 +1,191 @@
+"""Offline policy gradients for tabular softmax policies pi_theta(a|s) = softmax(phi(s,a)^T theta).
+
+The policy gradient theorem under the target's occupancy, moved onto the data distribution
+by the ratio w = d^pi / d^D (lecture, offline case):
+
+    grad J(theta) = 1/(1 - gamma) E_{(s,a) ~ d^pi}[grad log pi(a|s) Q^pi(s,a)]
+                  = 1/(1 - gamma) E_{(s,a) ~ d^D}[w(s,a) grad log pi(a|s) Q^pi(s,a)].
+
+`offline_policy_gradient` is the sample average of the second line over logged transitions
+for given w and Q_hat; `dualdice_policy_gradient` plugs in tabular DualDICE and fitted Q
+evaluation on the empirical model; `importance_policy_gradient` differentiates the
+trajectory-level IS estimate instead; `offline_policy_improvement` runs optax steps on any
+of them, re-estimating w and Q_hat as pi moves, in one compiled `lax.scan`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from pgjax.offline.dataset import Dataset
+from pgjax.offline.dualdice import dualdice_ratio
+from pgjax.offline.empirical import (
+    EmpiricalModel,
+    check_discount,
+    coverage,
+    empirical_mdp,
+    extend_policy,
+    report_coverage,
+    tabular_model,
+)
+from pgjax.offline.evaluation import model_value
+from pgjax.offline.importance import IS_METHODS, importance_value
+from pgjax.tabular.evaluation import policy_evaluation
+from pgjax.tabular.policy import grad_log_policy, log_policy, softmax_policy
+
+Array = jax.Array
+
+GRADIENT_METHODS = ("dualdice",) + IS_METHODS
+
+
+def tabular_fqe(model: EmpiricalModel, target_pi: Array, discount) -> Array:
+    """Fitted Q evaluation on a tabular dataset: Q_hat^pi [S, A] of the empirical MDP, by one linear solve.
+
+    This is the fixed point of Q <- R_hat + gamma P_hat pi Q that iterated FQE converges to
+    (unseen pairs and terminal transitions get value 0 after their reward).
+    """
+    return policy_evaluation(empirical_mdp(model, discount), extend_policy(target_pi))[1][:-1]
+
+
+def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, ratio: Array, q_values: Array) -> Array:
+    """1/(1 - gamma) (1/n) sum_i w(s_i,a_i) grad log pi_theta(a_i|s_i) Q_hat(s_i,a_i) over valid transitions.
+
+    Args:
+      dataset: a tabular `Dataset`.
+      theta: [D]; features: phi [S, A, D].
+      discount: gamma.
+      ratio: w [S, A]; q_values: Q_hat [S, A] (held fixed, not differentiated).
+
+    Returns:
+      The gradient estimate [D].
+    """
+    score = grad_log_policy(theta, features)[dataset.observations, dataset.actions]  # [N, T, D]
+    mask = dataset.mask.astype(score.dtype)
+    weight = (ratio * q_values)[dataset.observations, dataset.actions] * mask
+    return jnp.einsum("nt,ntd->d", weight, score) / jnp.sum(mask) / (1.0 - discount)
+
+
+def expected_offline_gradient(data_distribution: Array, ratio: Array, theta: Array, features: Array, q_values: Array, discount) -> Array:
+    """The population version 1/(1 - gamma) sum_{s,a} d^D(s,a) w(s,a) grad log pi(a|s) Q(s,a) [D].
+
+    With the exact ratio and Q^pi it equals `pgjax.tabular.policy_gradient` (the theorem).
+    """
+    score = grad_log_policy(theta, features)
+    return jnp.einsum("sa,sad->d", data_distribution * ratio * q_values, score) / (1.0 - discount)
+
+
+def model_policy_gradient(model: EmpiricalModel, dataset: Dataset, theta: Array, features: Array, discount) -> Array:
+    """The DualDICE-weighted offline gradient with tabular FQE: jit/vmap-able core of `dualdice_policy_gradient`."""
+    pi = softmax_policy(theta, features)
+    ratio = dualdice_ratio(model, pi, discount)
+    q_values = tabular_fqe(model, pi, discount)
+    return offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
+
+
+def dualdice_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, on_uncovered: str = "warn") -> Array:
+    """grad J(theta) estimated from logged data with w from tabular DualDICE and Q_hat from tabular FQE; [D].
+
+    On the empirical distribution this equals the exact gradient of J in the empirical MDP
+    (E_D[w f] = sum d_hat^pi f), the offline analogue of the policy gradient theorem.
+    """
+    check_discount(discount)
+    pi = softmax_policy(theta, features)
+    model = tabular_model(dataset, pi)
+    report_coverage(coverage(model, pi, discount), on_uncovered, context="dualdice_policy_gradient: ")
+    return model_policy_gradient(model, dataset, theta, features, discount)
+
+
+def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, method: str = "pdis") -> Array:
+    """The gradient of an IS estimate of J_T(pi_theta) with respect to theta [D] ("is", "pdis", "wis", "wpdis").
+
+    "is" gives 1/N sum_i rho_i (sum_t grad log pi(a_t|s_t)) G_i and "pdis" its per-decision form;
+    both are unbiased for grad J_T when mu covers pi.
+    """
+    if method not in IS_METHODS:
+        raise ValueError(f"importance_policy_gradient: method must be one of {IS_METHODS}; got {method!r}.")
+
+    def value(th):
+        target_log_probs = log_policy(th, features)[dataset.observations, dataset.actions]
+        return importance_value(dataset.rewards, dataset.mask, target_log_probs, dataset.behaviour_log_probs, discount, method)
+
+    return jax.grad(value)(theta)
+
+
+class ImprovementResult(NamedTuple):
+    """The trajectory of an offline policy-improvement run (K optimiser steps).
+
+    Attributes:
+      thetas: [K + 1, D], theta_0 ... theta_K.
+      estimated_values: [K + 1], J_hat(pi_theta_k) in the empirical model (what the data say).
+      uncovered_mass: [K + 1], the target's occupancy on pairs the data never show.
+      gradient_norms: [K], |grad_hat| at each step.
+    """
+
+    thetas: Array
+    estimated_values: Array
+    uncovered_mass: Array
+    gradient_norms: Array
+
+
+def offline_policy_improvement(
+    dataset: Dataset,
+    theta: Array,
+    features: Array,
+    discount,
+    optimizer: optax.GradientTransformation,
+    num_steps: int,
+    method: str = "dualdice",
+) -> ImprovementResult:
+    """Improve a softmax policy from logged data only: K optimiser steps of gradient ascent on J_hat.
+
+    Each step re-estimates the gradient at the current policy: with "dualdice", w and Q_hat
+    are re-solved on the empirical model (one compiled `lax.scan` for the whole run); with an
+    IS method, the importance weights are recomputed for the current pi.
+
+    Args:
+      dataset: a tabular `Dataset`.
+      theta: theta_0 [D]; features: phi [S, A, D].
+      discount: gamma in (0, 1).
+      optimizer: an optax transformation (e.g. `optax.adam(0.1)`); gradients are negated for ascent.
+      num_steps: K >= 1.
+      method: "dualdice" or one of the IS methods.
+    """
+    if method not in GRADIENT_METHODS:
+        raise ValueError(f"offline_policy_improvement: method must be one of {GRADIENT_METHODS}; got {method!r}.")
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"offline_policy_improvement: num_steps must be a positive int; got {num_steps!r}.")
+    check_discount(discount)
+    model = tabular_model(dataset, softmax_policy(theta, features))
+    return _improve(dataset, model, theta, features, discount, optimizer, num_steps, method)
+
+
+def _improve(dataset, model, theta, features, discount, optimizer, num_steps, method):
+    def gradient(th):
+        if method == "dualdice":
+            return model_policy_gradient(model, dataset, th, features, discount)
+        return importance_policy_gradient(dataset, th, features, discount, method)
+
+    def diagnostics(th):
+        pi = softmax_policy(th, features)
+        return model_value(model, pi, discount), coverage(model, pi, discount).mass
+
+    def step(carry, _):
+        th, opt_state = carry
+        g = gradient(th)
+        updates, opt_state = optimizer.update(-g, opt_state, th)
+        th = optax.apply_updates(th, updates)
+        return (th, opt_state), (th, jnp.linalg.norm(g))
+
+    @jax.jit
+    def run(th0):
+        (_, _), (thetas, norms) = lax.scan(step, (th0, optimizer.init(th0)), None, length=num_steps)
+        thetas = jnp.concatenate([th0[None], thetas])
+        values, mass = jax.vmap(diagnostics)(thetas)
+        return ImprovementResult(thetas, values, mass, norms)
+
+    return run(theta)

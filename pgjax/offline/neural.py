@@ -1,0 +1,559 @@
+"""Off-policy evaluation and offline policy gradients with function approximation.
+
+From valid transitions (s, a, r, s', terminal) ~ d^D of a behaviour policy mu, initial
+observations s0 ~ mu0, a target policy pi and discount gamma:
+
+DualDICE (Nachum, Chow, Dai & Li, NeurIPS 2019) estimates the density ratio
+w(s,a) = d^pi(s,a) / d^D(s,a), d^pi the normalised discounted occupancy, as the saddle
+point zeta* = w of the Fenchel-dual objective (f(x) = x^2 / 2)
+
+    L(nu, zeta) = E_D[(nu(s,a) - gamma (1 - terminal) E_{a'~pi(.|s')} nu(s',a')) zeta(s,a) - zeta(s,a)^2 / 2]
+                  - (1 - gamma) E_{s0~mu0, a0~pi}[nu(s0,a0)],
+
+minimised over nu and maximised over zeta. Then J(pi) = E_D[w r] / (1 - gamma), or the
+self-normalised E_D[w r] / E_D[w] / (1 - gamma).
+
+Fitted Q evaluation (FQE; Le, Voloshin & Yue, ICML 2019) regresses Q on the bootstrapped target
+
+    y = r + gamma (1 - terminal) sum_a' pi(a'|s') Q_target(s',a'),   J(pi) = E_{s0}[sum_a pi(a|s0) Q(s0,a)],
+
+with Q_target a copy of Q refreshed every `target_update_period` steps.
+
+The offline policy gradient reweights the score function by both estimates:
+
+    grad J(pi_theta) = 1/(1 - gamma) E_{(s,a)~d^D}[w(s,a) grad log pi_theta(a|s) Q^pi(s,a)].
+
+Networks are `pgjax.nets.MLP`s from observation features [..., obs_dim] to one value per
+discrete action [..., A]. `target_probs_fn(observations [..., obs_dim]) -> pi(.|s) [..., A]`
+is a pure function; it is a static argument of the compiled training loop, so reuse the
+same function object to reuse the compiled loop. Tabular datasets (int states) run through
+the same code after `one_hot_observations`, with `tabular_probs_fn(pi)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax import lax
+
+from pgjax.nets import ACTIVATIONS, MLP
+from pgjax.offline.dataset import Dataset, validate_dataset
+
+Array = jax.Array
+ProbsFn = Callable[[Array], Array]
+
+__all__ = [
+    "FQEConfig",
+    "FQEParams",
+    "DualDICEParams",
+    "NeuralDualDICEConfig",
+    "TrainingDivergedError",
+    "Transitions",
+    "dualdice_loss",
+    "dualdice_ratio",
+    "dualdice_value",
+    "fitted_q_evaluation",
+    "fqe_loss",
+    "fqe_q_values",
+    "fqe_value",
+    "neural_dualdice",
+    "offline_policy_gradient_loss",
+    "one_hot_observations",
+    "tabular_probs_fn",
+    "valid_transitions",
+]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Training produced NaN or inf (parameters or losses); usually a learning rate that is too large."""
+
+
+# ---------------------------------------------------------------------------
+# Configs.
+# ---------------------------------------------------------------------------
+
+
+def _check_positive_int(cls: str, field: str, value: Any) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{cls}.{field} must be a positive int; got {value!r}.")
+
+
+def _check_positive(cls: str, field: str, value: Any) -> None:
+    if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
+        raise ValueError(f"{cls}.{field} must be a positive number; got {value!r}.")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{cls}.{field} must be a positive number; got {value!r}.")
+
+
+def _check_network(cls: str, hidden_sizes: Any, activation: Any) -> tuple[int, ...]:
+    try:
+        sizes = tuple(hidden_sizes)
+    except TypeError:
+        raise ValueError(f"{cls}.hidden_sizes must be a tuple of positive ints; got {hidden_sizes!r}.") from None
+    if any(not isinstance(h, (int, np.integer)) or isinstance(h, bool) or h < 1 for h in sizes):
+        raise ValueError(f"{cls}.hidden_sizes must be a tuple of positive ints; got {hidden_sizes!r}.")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{cls}.activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}.")
+    return tuple(int(h) for h in sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuralDualDICEConfig:
+    """Settings of `neural_dualdice` (frozen and hashable: a static argument of the compiled loop).
+
+    Attributes:
+      discount: gamma in (0, 1) of the occupancy d^pi whose ratio is estimated.
+      hidden_sizes: hidden widths of both MLPs nu and zeta (may be empty: linear in the features).
+      activation: "relu" or "tanh".
+      nu_learning_rate: Adam step size of the descent on nu.
+      zeta_learning_rate: Adam step size of the ascent on zeta. The objective is strongly concave
+        in zeta, so a zeta at least as fast as nu tracks its best response and damps the
+        rotation that simultaneous descent-ascent otherwise shows.
+      num_steps: gradient steps (each one minibatch of transitions and one of initial observations).
+      batch_size: minibatch size; at most the number of valid transitions.
+    """
+
+    discount: float = 0.99
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    nu_learning_rate: float = 3e-4
+    zeta_learning_rate: float = 1e-3
+    num_steps: int = 10_000
+    batch_size: int = 256
+
+    def __post_init__(self):
+        name = type(self).__name__
+        object.__setattr__(self, "hidden_sizes", _check_network(name, self.hidden_sizes, self.activation))
+        if not isinstance(self.discount, (int, float)) or isinstance(self.discount, bool) or not 0.0 < self.discount < 1.0:
+            raise ValueError(f"{name}.discount must lie in (0, 1); got {self.discount!r}.")
+        _check_positive(name, "nu_learning_rate", self.nu_learning_rate)
+        _check_positive(name, "zeta_learning_rate", self.zeta_learning_rate)
+        _check_positive_int(name, "num_steps", self.num_steps)
+        _check_positive_int(name, "batch_size", self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class FQEConfig:
+    """Settings of `fitted_q_evaluation` (frozen and hashable).
+
+    Attributes:
+      hidden_sizes: hidden widths of the Q network.
+      activation: "relu" or "tanh".
+      learning_rate: Adam step size.
+      num_steps: gradient steps.
+      batch_size: minibatch size; at most the number of valid transitions.
+      target_update_period: steps between copies of Q into Q_target (1: no target network).
+    """
+
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    learning_rate: float = 1e-3
+    num_steps: int = 10_000
+    batch_size: int = 256
+    target_update_period: int = 200
+
+    def __post_init__(self):
+        name = type(self).__name__
+        object.__setattr__(self, "hidden_sizes", _check_network(name, self.hidden_sizes, self.activation))
+        _check_positive(name, "learning_rate", self.learning_rate)
+        _check_positive_int(name, "num_steps", self.num_steps)
+        _check_positive_int(name, "batch_size", self.batch_size)
+        _check_positive_int(name, "target_update_period", self.target_update_period)
+
+
+# ---------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------
+
+
+class Transitions(NamedTuple):
+    """The valid transitions of a `Dataset`, flattened: fields [M, ...] (M = number of valid steps)."""
+
+    observations: Array
+    actions: Array
+    rewards: Array
+    next_observations: Array
+    terminals: Array
+
+
+def valid_transitions(dataset: Dataset) -> Transitions:
+    """Gather the unmasked steps of a `Dataset` into `Transitions` [M, ...] (host-side: M must be concrete)."""
+    mask = np.asarray(dataset.mask)
+    return Transitions(*(jnp.asarray(np.asarray(getattr(dataset, f))[mask]) for f in Transitions._fields))
+
+
+def one_hot_observations(dataset: Dataset, num_states: int, dtype=jnp.float32) -> Dataset:
+    """A tabular dataset (int32 states [N, T], initial states [M]) with one-hot float features instead.
+
+    observations [N, T] -> [N, T, S], next_observations likewise, initial_observations [M] -> [M, S].
+    """
+    for name in ("observations", "next_observations", "initial_observations"):
+        x = getattr(dataset, name)
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise ValueError(f"one_hot_observations: Dataset.{name} must hold int state indices; got {x.dtype}.")
+    encode = functools.partial(jax.nn.one_hot, num_classes=num_states, dtype=dtype)
+    return dataset._replace(
+        observations=encode(dataset.observations),
+        next_observations=encode(dataset.next_observations),
+        initial_observations=encode(dataset.initial_observations),
+    )
+
+
+def tabular_probs_fn(pi: Array) -> ProbsFn:
+    """pi [S, A] as a `target_probs_fn` on one-hot features: x [..., S] -> x @ pi [..., A]."""
+    pi = jnp.asarray(pi)
+    return lambda observations: observations @ pi.astype(observations.dtype)
+
+
+def _prepare(name: str, dataset: Dataset, batch_size: int, target_probs_fn: ProbsFn) -> tuple[Transitions, Array, int]:
+    validate_dataset(dataset)
+    obs = np.asarray(dataset.observations)
+    if obs.ndim != 3 or not np.issubdtype(obs.dtype, np.floating):
+        hint = " Tabular data: use one_hot_observations(dataset, num_states)." if np.issubdtype(obs.dtype, np.integer) else ""
+        raise ValueError(f"{name}: observations must be float features [N, T, obs_dim]; got {obs.dtype} {obs.shape}.{hint}")
+    if not np.issubdtype(np.asarray(dataset.actions).dtype, np.integer) or np.asarray(dataset.actions).ndim != 2:
+        raise ValueError(f"{name}: actions must be int discrete actions [N, T]; got {dataset.actions.dtype} {dataset.actions.shape}.")
+    data = valid_transitions(dataset)
+    num = data.rewards.shape[0]
+    if batch_size > num:
+        raise ValueError(
+            f"{name}: batch_size ({batch_size}) is larger than the number of valid transitions ({num}); "
+            "lower batch_size or collect more data."
+        )
+    probs = jax.eval_shape(target_probs_fn, jax.ShapeDtypeStruct(obs.shape[2:], obs.dtype))
+    if len(probs.shape) != 1:
+        raise ValueError(f"{name}: target_probs_fn must map [obs_dim] to probabilities [A]; got shape {probs.shape}.")
+    num_actions = probs.shape[-1]
+    if int(np.max(np.asarray(data.actions))) >= num_actions or int(np.min(np.asarray(data.actions))) < 0:
+        raise ValueError(f"{name}: dataset actions fall outside [0, {num_actions}), the target policy's action count.")
+    return data, jnp.asarray(dataset.initial_observations), num_actions
+
+
+def _sample(key: Array, tree: Any, batch_size: int) -> Any:
+    """A minibatch drawn uniformly with replacement along axis 0 of every leaf."""
+    size = jax.tree_util.tree_leaves(tree)[0].shape[0]
+    idx = jax.random.randint(key, (batch_size,), 0, size)
+    return jax.tree_util.tree_map(lambda x: x[idx], tree)
+
+
+def _take(values: Array, actions: Array) -> Array:
+    """values[..., a] for int actions [...]: [..., A] -> [...]."""
+    return jnp.take_along_axis(values, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def _check_finite(what: str, tree: Any, lr_fields: str) -> None:
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+    if not all(np.all(np.isfinite(x)) for x in leaves):
+        raise TrainingDivergedError(
+            f"{what} became NaN or inf during training: the min-max/regression diverged. "
+            f"Try a smaller learning rate ({lr_fields}) or fewer steps, and check rewards and features are finite."
+        )
+
+
+# ---------------------------------------------------------------------------
+# DualDICE.
+# ---------------------------------------------------------------------------
+
+
+@struct.dataclass
+class DualDICEParams:
+    """Parameters of nu and zeta (flax param dicts) and the architecture to apply them (static)."""
+
+    nu: Any
+    zeta: Any
+    hidden_sizes: tuple[int, ...] = struct.field(pytree_node=False, default=(64, 64))
+    activation: str = struct.field(pytree_node=False, default="relu")
+
+
+def _mlp(hidden_sizes, activation, num_actions: int) -> MLP:
+    return MLP(tuple(hidden_sizes), activation, output_dim=num_actions, output_gain=1.0)
+
+
+def _apply(hidden_sizes, activation, params: Any, observations: Array) -> Array:
+    num_actions = params["params"][f"Dense_{len(hidden_sizes)}"]["bias"].shape[0]
+    return _mlp(hidden_sizes, activation, num_actions).apply(params, observations)
+
+
+def dualdice_loss(
+    nu_sa: Array, nu_next: Array, zeta_sa: Array, terminals: Array, nu_initial: Array, discount
+) -> Array:
+    """The DualDICE min-max objective on a minibatch (f(x) = x^2/2):
+
+        L = mean_i[(nu(s_i,a_i) - gamma (1 - term_i) E_{a'~pi} nu(s'_i,a')) zeta(s_i,a_i) - zeta(s_i,a_i)^2/2]
+            - (1 - gamma) mean_j[E_{a~pi} nu(s0_j, a)]
+
+    Args:
+      nu_sa: nu(s_i, a_i) [B].
+      nu_next: sum_a' pi(a'|s'_i) nu(s'_i, a') [B].
+      zeta_sa: zeta(s_i, a_i) [B].
+      terminals: [B] bool, s'_i absorbing.
+      nu_initial: sum_a pi(a|s0_j) nu(s0_j, a) [B0].
+      discount: gamma.
+
+    Returns:
+      A scalar; minimise over nu, maximise over zeta (the zeta maximiser is nu - gamma P^pi nu).
+    """
+    chex.assert_equal_shape([nu_sa, nu_next, zeta_sa, terminals])
+    residual = nu_sa - discount * (1.0 - terminals.astype(nu_sa.dtype)) * nu_next
+    return jnp.mean(residual * zeta_sa - 0.5 * jnp.square(zeta_sa)) - (1.0 - discount) * jnp.mean(nu_initial)
+
+
+def dualdice_ratio(params: DualDICEParams, observations: Array, actions: Array) -> Array:
+    """w_hat(s,a) = zeta(s,a): observations [..., obs_dim], int actions [...] -> [...]."""
+    return _take(_apply(params.hidden_sizes, params.activation, params.zeta, observations), actions)
+
+
+def dualdice_value(params: DualDICEParams, dataset: Dataset, discount, normalised: bool = False) -> Array:
+    """J_hat(pi) = mean_D[w_hat r] / (1 - gamma), or mean_D[w_hat r] / mean_D[w_hat] / (1 - gamma) (normalised).
+
+    Means run over the dataset's valid steps (`mask`); jit-friendly. A scalar.
+    """
+    w = dualdice_ratio(params, dataset.observations, dataset.actions)
+    mask = dataset.mask.astype(w.dtype)
+    weighted = jnp.sum(mask * w * dataset.rewards) / jnp.sum(mask)
+    if normalised:
+        weighted = weighted / (jnp.sum(mask * w) / jnp.sum(mask))
+    return weighted / (1.0 - discount)
+
+
+@functools.partial(jax.jit, static_argnames=("target_probs_fn", "num_actions", "config"))
+def _train_dualdice(key, data: Transitions, initial_observations, target_probs_fn, num_actions, config):
+    gamma = config.discount
+    net = _mlp(config.hidden_sizes, config.activation, num_actions)
+    key_nu, key_zeta, key_loop = jax.random.split(key, 3)
+    params = DualDICEParams(
+        nu=net.init(key_nu, data.observations[0]),
+        zeta=net.init(key_zeta, data.observations[0]),
+        hidden_sizes=config.hidden_sizes,
+        activation=config.activation,
+    )
+    tx_nu, tx_zeta = optax.adam(config.nu_learning_rate), optax.adam(config.zeta_learning_rate)
+    # pi(.|s') and pi(.|s0) never change: evaluate the target policy once, outside the loop.
+    next_probs = target_probs_fn(data.next_observations)
+    initial_probs = target_probs_fn(initial_observations)
+
+    def loss_fn(nu, zeta, batch, initial):
+        (obs, actions, _, next_obs, terminals, probs_next), (obs0, probs0) = batch, initial
+        nu_sa = _take(net.apply(nu, obs), actions)
+        nu_next = jnp.sum(probs_next * net.apply(nu, next_obs), axis=-1)
+        zeta_sa = _take(net.apply(zeta, obs), actions)
+        nu_initial = jnp.sum(probs0 * net.apply(nu, obs0), axis=-1)
+        return dualdice_loss(nu_sa, nu_next, zeta_sa, terminals, nu_initial, gamma)
+
+    def step(carry, step_key):
+        params, opt_nu, opt_zeta = carry
+        key_batch, key_init = jax.random.split(step_key)
+        batch = _sample(key_batch, (*data, next_probs), config.batch_size)
+        initial = _sample(key_init, (initial_observations, initial_probs), config.batch_size)
+        loss, (g_nu, g_zeta) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params.nu, params.zeta, batch, initial)
+        # Simultaneous steps: descent on nu, ascent on zeta (Adam on the negated gradient).
+        up_nu, opt_nu = tx_nu.update(g_nu, opt_nu, params.nu)
+        up_zeta, opt_zeta = tx_zeta.update(jax.tree_util.tree_map(jnp.negative, g_zeta), opt_zeta, params.zeta)
+        params = params.replace(nu=optax.apply_updates(params.nu, up_nu), zeta=optax.apply_updates(params.zeta, up_zeta))
+        return (params, opt_nu, opt_zeta), loss
+
+    carry = (params, tx_nu.init(params.nu), tx_zeta.init(params.zeta))
+    (params, _, _), losses = lax.scan(step, carry, jax.random.split(key_loop, config.num_steps))
+    w = dualdice_ratio(params, data.observations, data.actions)
+    mean_w, mean_wr = jnp.mean(w), jnp.mean(w * data.rewards)
+    info = {
+        "loss": losses,
+        "mean_ratio": mean_w,
+        "value": mean_wr / (1.0 - gamma),
+        "value_normalised": mean_wr / mean_w / (1.0 - gamma),
+    }
+    return params, info
+
+
+def neural_dualdice(
+    key: Array, dataset: Dataset, target_probs_fn: ProbsFn, config: NeuralDualDICEConfig
+) -> tuple[DualDICEParams, dict[str, Array]]:
+    """Train DualDICE's nu and zeta networks on a dataset of discrete-action transitions (one compiled `lax.scan`).
+
+    Args:
+      key: PRNG key (initialisation and minibatches).
+      dataset: a `Dataset` with float observation features [N, T, obs_dim] and int actions [N, T]
+        (tabular data: `one_hot_observations` first).
+      target_probs_fn: pi(.|s): observations [..., obs_dim] -> probabilities [..., A] (pure, jittable).
+      config: `NeuralDualDICEConfig`.
+
+    Returns:
+      (params, info): `DualDICEParams` for `dualdice_ratio` / `dualdice_value`, and a dict with
+      "loss" [num_steps] (the minibatch objective per step), "mean_ratio" (mean_D w_hat, ~1 when
+      consistent), "value" and "value_normalised" (J_hat over the dataset's valid transitions).
+
+    Raises:
+      ValueError: bad data or batch_size larger than the number of valid transitions.
+      TrainingDivergedError: NaN or inf in the trained networks or the losses.
+    """
+    if not isinstance(config, NeuralDualDICEConfig):
+        raise ValueError(f"neural_dualdice: config must be a NeuralDualDICEConfig; got {type(config).__name__}.")
+    data, initial, num_actions = _prepare("neural_dualdice", dataset, config.batch_size, target_probs_fn)
+    params, info = _train_dualdice(key, data, initial, target_probs_fn, num_actions, config)
+    lrs = "NeuralDualDICEConfig.nu_learning_rate / zeta_learning_rate"
+    _check_finite("The DualDICE nu network", params.nu, lrs)
+    _check_finite("The DualDICE zeta network (the ratio estimate)", params.zeta, lrs)
+    _check_finite("The DualDICE loss", info, lrs)
+    return params, info
+
+
+# ---------------------------------------------------------------------------
+# Fitted Q evaluation.
+# ---------------------------------------------------------------------------
+
+
+@struct.dataclass
+class FQEParams:
+    """Q-network parameters, the discount they were fitted for, and the architecture (static).
+
+    The network outputs (1 - gamma) Q, on the scale of the rewards, which keeps the regression
+    well conditioned for gamma near 1; `fqe_q_values` undoes the scaling.
+    """
+
+    q: Any
+    discount: Array
+    hidden_sizes: tuple[int, ...] = struct.field(pytree_node=False, default=(64, 64))
+    activation: str = struct.field(pytree_node=False, default="relu")
+
+
+def fqe_q_values(params: FQEParams, observations: Array) -> Array:
+    """Q_hat(s, .): observations [..., obs_dim] -> [..., A]."""
+    scaled = _apply(params.hidden_sizes, params.activation, params.q, observations)
+    return scaled / (1.0 - params.discount)
+
+
+def fqe_value(params: FQEParams, initial_observations: Array, target_probs_fn: ProbsFn) -> Array:
+    """J_hat(pi) = mean_j sum_a pi(a|s0_j) Q_hat(s0_j, a) over initial observations [M, obs_dim]; a scalar."""
+    q = fqe_q_values(params, initial_observations)
+    return jnp.mean(jnp.sum(target_probs_fn(initial_observations) * q, axis=-1))
+
+
+def fqe_loss(q_sa: Array, rewards: Array, terminals: Array, next_values: Array, discount) -> Array:
+    """The FQE regression loss mean_i (Q(s_i,a_i) - y_i)^2 with the fixed target
+
+        y_i = r_i + gamma (1 - term_i) sum_a' pi(a'|s'_i) Q_target(s'_i, a')   (stop_gradient)
+
+    Args:
+      q_sa: Q(s_i, a_i) [B].
+      rewards: r_i [B].
+      terminals: [B] bool.
+      next_values: sum_a' pi(a'|s'_i) Q_target(s'_i, a') [B].
+      discount: gamma.
+    """
+    chex.assert_equal_shape([q_sa, rewards, terminals, next_values])
+    target = rewards + discount * (1.0 - terminals.astype(q_sa.dtype)) * next_values
+    return jnp.mean(jnp.square(q_sa - lax.stop_gradient(target)))
+
+
+@functools.partial(jax.jit, static_argnames=("target_probs_fn", "num_actions", "config"))
+def _train_fqe(key, data: Transitions, initial_observations, discount, target_probs_fn, num_actions, config):
+    net = _mlp(config.hidden_sizes, config.activation, num_actions)
+    tx = optax.adam(config.learning_rate)
+    key_init, key_loop = jax.random.split(key)
+    q_params = net.init(key_init, data.observations[0])
+    next_probs = target_probs_fn(data.next_observations)
+    scale = 1.0 - discount
+
+    def loss_fn(q, q_target, batch):
+        obs, actions, rewards, next_obs, terminals, probs_next = batch
+        # Scaled Bellman equation for (1 - gamma) Q: rewards enter as (1 - gamma) r.
+        next_values = jnp.sum(probs_next * net.apply(q_target, next_obs), axis=-1)
+        return fqe_loss(_take(net.apply(q, obs), actions), scale * rewards, terminals, next_values, discount)
+
+    def step(carry, inputs):
+        q, q_target, opt = carry
+        step_idx, step_key = inputs
+        batch = _sample(step_key, (*data, next_probs), config.batch_size)
+        loss, grads = jax.value_and_grad(loss_fn)(q, q_target, batch)
+        updates, opt = tx.update(grads, opt, q)
+        q = optax.apply_updates(q, updates)
+        refresh = (step_idx + 1) % config.target_update_period == 0
+        q_target = jax.tree_util.tree_map(lambda new, old: jnp.where(refresh, new, old), q, q_target)
+        # Report the loss on the unscaled Q.
+        return (q, q_target, opt), loss / scale**2
+
+    inputs = (jnp.arange(config.num_steps), jax.random.split(key_loop, config.num_steps))
+    (q_params, _, _), losses = lax.scan(step, (q_params, q_params, tx.init(q_params)), inputs)
+    params = FQEParams(q_params, jnp.asarray(discount, jnp.result_type(float)), config.hidden_sizes, config.activation)
+    return params, {"loss": losses, "value": fqe_value(params, initial_observations, target_probs_fn)}
+
+
+def fitted_q_evaluation(
+    key: Array, dataset: Dataset, target_probs_fn: ProbsFn, discount: float, config: FQEConfig
+) -> tuple[FQEParams, Callable[[Array], Array], dict[str, Array]]:
+    """Neural fitted Q evaluation of pi on a discrete-action dataset (one compiled `lax.scan`).
+
+    Args:
+      key: PRNG key.
+      dataset: as for `neural_dualdice`.
+      target_probs_fn: pi(.|s): observations [..., obs_dim] -> probabilities [..., A].
+      discount: gamma in (0, 1).
+      config: `FQEConfig`.
+
+    Returns:
+      (params, q_fn, info): `FQEParams`; q_fn(observations [..., obs_dim]) -> Q_hat [..., A]
+      (= `fqe_q_values(params, .)`); info with "loss" [num_steps] (Bellman regression error
+      on the unscaled Q) and "value" (J_hat over the dataset's initial observations).
+
+    Raises:
+      ValueError: bad data, discount outside (0, 1), batch_size too large.
+      TrainingDivergedError: NaN or inf in the Q network or the losses.
+    """
+    if not isinstance(config, FQEConfig):
+        raise ValueError(f"fitted_q_evaluation: config must be an FQEConfig; got {type(config).__name__}.")
+    if not isinstance(discount, (int, float)) or isinstance(discount, bool) or not 0.0 < float(discount) < 1.0:
+        raise ValueError(f"fitted_q_evaluation: discount must lie in (0, 1); got {discount!r}.")
+    data, initial, num_actions = _prepare("fitted_q_evaluation", dataset, config.batch_size, target_probs_fn)
+    params, info = _train_fqe(key, data, initial, float(discount), target_probs_fn, num_actions, config)
+    _check_finite("The FQE Q network", params.q, "FQEConfig.learning_rate")
+    _check_finite("The FQE loss", info, "FQEConfig.learning_rate")
+    return params, functools.partial(fqe_q_values, params), info
+
+
+# ---------------------------------------------------------------------------
+# Offline policy gradient.
+# ---------------------------------------------------------------------------
+
+
+def offline_policy_gradient_loss(
+    log_probs: Array, actions: Array, ratios: Array, q_values: Array, discount, mask: Array | None = None
+) -> Array:
+    """The offline (density-ratio weighted) policy-gradient loss, to be minimised:
+
+        L(theta) = -1/(1 - gamma) mean_i[ sg(w_i) log pi_theta(a_i|s_i) sg(Q_i) ],
+        -grad L  =  1/(1 - gamma) E_D[ w(s,a) grad log pi_theta(a|s) Q^pi(s,a) ],
+
+    the policy gradient of J(pi_theta) from data of mu when w = d^pi / d^D and Q = Q^pi.
+    The ratios and Q values are constants (stop_gradient): only the log-probabilities carry
+    gradient, so `log_probs` may come from any (flax) policy network.
+
+    Args:
+      log_probs: log pi_theta(.|s_i) for every action [..., A].
+      actions: a_i, int [...].
+      ratios: w_hat(s_i, a_i) [...] (e.g. `dualdice_ratio`).
+      q_values: Q_hat(s_i, a_i) [...] (e.g. FQE's Q at the logged action).
+      discount: gamma.
+      mask: optional [...] bool, the valid steps (the mean runs over them).
+
+    Returns:
+      A scalar.
+    """
+    chex.assert_equal_shape([actions, ratios, q_values])
+    chex.assert_equal_shape_prefix([log_probs, actions], actions.ndim)
+    weights = lax.stop_gradient(ratios * q_values)
+    terms = _take(log_probs, actions) * weights
+    if mask is None:
+        mean = jnp.mean(terms)
+    else:
+        m = mask.astype(terms.dtype)
+        mean = jnp.sum(m * terms) / jnp.maximum(jnp.sum(m), 1.0)
+    return -mean / (1.0 - discount)
