@@ -70,7 +70,10 @@ class Coverage(NamedTuple):
 
     Attributes:
       unseen: [S, A] bool, pairs with n(s,a) = 0 that pi can take (pi(a|s) > 0) in a state the data reach.
-      mass: the target's estimated occupancy on unseen pairs, sum d_hat^pi(s,a) over them (0 = covered).
+      mass: the fraction of the target's discounted occupancy at or after its first step onto an unseen
+        pair, sum_t gamma^t P(first unseen pair at t) in [0, 1] (0 = covered): the part of d^pi the
+        data say nothing about. It is sum_{unseen} d_hat^pi(s,a) / (1 - gamma) in the empirical MDP,
+        whose unseen pairs lead to the sink.
       num_unseen: the number of such pairs.
     """
 
@@ -131,7 +134,7 @@ def coverage(model: EmpiricalModel, target_pi: Array, discount) -> Coverage:
     d_hat = empirical_occupancy(model, target_pi, discount)
     reached = (jnp.sum(model.counts, -1) > 0) | (jnp.sum(model.transition_counts, (0, 1)) > 0) | (model.initial_counts > 0)
     unseen = (model.counts == 0) & (target_pi > 0) & reached[:, None]
-    mass = jnp.sum(jnp.where(model.counts == 0, d_hat, 0.0))
+    mass = jnp.sum(jnp.where(model.counts == 0, d_hat, 0.0)) / (1.0 - discount)
     return Coverage(unseen, mass, jnp.sum(unseen))
 
 
@@ -148,8 +151,9 @@ def report_coverage(report: Coverage, on_uncovered: str, tolerance: float = 1e-6
     pairs = np.argwhere(np.asarray(report.unseen))
     shown = ", ".join(f"({s},{a})" for s, a in pairs[:8]) + (" ..." if len(pairs) > 8 else "")
     message = (
-        f"{context}the target policy puts occupancy mass {mass:.4g} on {len(pairs)} state-action pairs the data "
-        f"never show [{shown}]; the ratio d^pi/d^D is not identifiable there and estimates ignore that mass "
+        f"{context}a fraction {mass:.4g} of the target policy's occupancy mass lies at or after its first step onto "
+        f"one of {len(pairs)} state-action pairs the data never show [{shown}]; the ratio d^pi/d^D is not "
+        "identifiable there and the estimates credit that mass nothing "
         "(collect data covering those pairs, or keep the target policy on the data's support)."
     )
     if on_uncovered == "raise":

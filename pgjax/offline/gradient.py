@@ -64,10 +64,10 @@ def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, dis
     Returns:
       The gradient estimate [D].
     """
-    score = grad_log_policy(theta, features)[dataset.observations, dataset.actions]  # [N, T, D]
-    mask = dataset.mask.astype(score.dtype)
-    weight = (ratio * q_values)[dataset.observations, dataset.actions] * mask
-    return jnp.einsum("nt,ntd->d", weight, score) / jnp.sum(mask) / (1.0 - discount)
+    mask = dataset.mask.astype(q_values.dtype)
+    # Sum the weights per pair first, so the cost is O(S A D) however many transitions there are.
+    counts = jnp.zeros(q_values.shape, q_values.dtype).at[dataset.observations, dataset.actions].add(mask)
+    return expected_offline_gradient(counts / jnp.sum(mask), ratio, theta, features, q_values, discount)
 
 
 def expected_offline_gradient(data_distribution: Array, ratio: Array, theta: Array, features: Array, q_values: Array, discount) -> Array:

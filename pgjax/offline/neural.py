@@ -129,6 +129,8 @@ class NeuralDualDICEConfig:
     zeta_learning_rate: float = 1e-3
     num_steps: int = 10_000
     batch_size: int = 256
+    anneal_lr: bool = True
+    b1: float = 0.9
 
     def __post_init__(self):
         name = type(self).__name__
@@ -250,6 +252,13 @@ def _take(values: Array, actions: Array) -> Array:
     return jnp.take_along_axis(values, actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
+def _adam(learning_rate: float, num_steps: int, anneal: bool, b1: float = 0.9) -> optax.GradientTransformation:
+    # Adam's steps keep a size ~ learning rate near the optimum; decaying the rate to 0 lets the
+    # noisy minibatch (min-max) iterates settle instead of hovering around the solution.
+    schedule = optax.cosine_decay_schedule(learning_rate, num_steps) if anneal else learning_rate
+    return optax.adam(schedule, b1=b1)
+
+
 def _check_finite(what: str, tree: Any, lr_fields: str) -> None:
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
     if not all(np.all(np.isfinite(x)) for x in leaves):
@@ -336,17 +345,21 @@ def _train_dualdice(key, data: Transitions, initial_observations, target_probs_f
         hidden_sizes=config.hidden_sizes,
         activation=config.activation,
     )
-    tx_nu, tx_zeta = optax.adam(config.nu_learning_rate), optax.adam(config.zeta_learning_rate)
+    tx_nu = _adam(config.nu_learning_rate, config.num_steps, config.anneal_lr, config.b1)
+    tx_zeta = _adam(config.zeta_learning_rate, config.num_steps, config.anneal_lr, config.b1)
     # pi(.|s') and pi(.|s0) never change: evaluate the target policy once, outside the loop.
     next_probs = target_probs_fn(data.next_observations)
     initial_probs = target_probs_fn(initial_observations)
 
     def loss_fn(nu, zeta, batch, initial):
         (obs, actions, _, next_obs, terminals, probs_next), (obs0, probs0) = batch, initial
-        nu_sa = _take(net.apply(nu, obs), actions)
-        nu_next = jnp.sum(probs_next * net.apply(nu, next_obs), axis=-1)
+        # The network outputs (1 - gamma) nu: nu itself grows like w / (1 - gamma), a distance
+        # Adam's ~learning-rate-sized steps would take 1 / (1 - gamma) times longer to cover.
+        nu_of = lambda x: net.apply(nu, x) / (1.0 - gamma)  # noqa: E731
+        nu_sa = _take(nu_of(obs), actions)
+        nu_next = jnp.sum(probs_next * nu_of(next_obs), axis=-1)
         zeta_sa = _take(net.apply(zeta, obs), actions)
-        nu_initial = jnp.sum(probs0 * net.apply(nu, obs0), axis=-1)
+        nu_initial = jnp.sum(probs0 * nu_of(obs0), axis=-1)
         return dualdice_loss(nu_sa, nu_next, zeta_sa, terminals, nu_initial, gamma)
 
     def step(carry, step_key):

@@ -1,0 +1,382 @@
+"""Offline evaluation and policy gradients on tabular MDPs, checked against the exact answers."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import pgjax.offline as off
+import pgjax.tabular as tab
+
+pytestmark = pytest.mark.usefixtures("x64")
+
+S, A, GAMMA, T = 5, 3, 0.9, 40
+
+
+@pytest.fixture(scope="module")
+def problem(x64):
+    mdp = tab.random_mdp(jax.random.key(0), S, A, discount=GAMMA)
+    features = tab.tabular_features(S, A)
+    theta_mu = 0.5 * jax.random.normal(jax.random.key(1), (S * A,))
+    theta_pi = 1.5 * jax.random.normal(jax.random.key(2), (S * A,))
+    mu = tab.softmax_policy(theta_mu, features)
+    pi = tab.softmax_policy(theta_pi, features)
+    d_data = off.logged_distribution(mdp, mu, T)
+    return dict(mdp=mdp, features=features, mu=mu, pi=pi, theta_pi=theta_pi, theta_mu=theta_mu, d_data=d_data)
+
+
+@pytest.fixture(scope="module")
+def big_dataset(problem):
+    return off.collect(jax.random.key(3), problem["mdp"], problem["mu"], 4000, T)
+
+
+def _exact_model(mdp, d_data, scale=1e9):
+    """An EmpiricalModel whose counts are the population quantities (the infinite-data limit)."""
+    counts = d_data * scale
+    return off.EmpiricalModel(
+        counts=counts,
+        transition_counts=counts[..., None] * mdp.transition,
+        terminal_counts=jnp.zeros_like(counts),
+        reward_sums=counts * mdp.reward,
+        initial_counts=mdp.initial * scale,
+    )
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def test_collect_fields_and_reproducibility(problem):
+    d1 = off.collect(jax.random.key(7), problem["mdp"], problem["mu"], 8, 6)
+    d2 = off.collect(jax.random.key(7), problem["mdp"], problem["mu"], 8, 6)
+    for a, b in zip(d1, d2):
+        np.testing.assert_array_equal(a, b)
+    assert d1.observations.shape == (8, 6) and d1.initial_observations.shape == (8,)
+    np.testing.assert_array_equal(d1.next_observations[:, :-1], d1.observations[:, 1:])
+    np.testing.assert_allclose(d1.behaviour_log_probs, np.log(problem["mu"][d1.observations, d1.actions]))
+    np.testing.assert_allclose(d1.rewards, problem["mdp"].reward[d1.observations, d1.actions])
+    off.validate_tabular_dataset(d1, S, A)
+
+
+def test_logged_frequencies_match_the_data_distribution(problem, big_dataset):
+    model = off.empirical_model(big_dataset, S, A)
+    freq = np.asarray(off.data_distribution(model))
+    d = np.asarray(problem["d_data"])
+    # Episodes are independent: the per-episode frequency has variance <= d(1-d)/T; n = 4000 episodes.
+    se = np.sqrt(d * (1 - d) / 4000)
+    assert np.max(np.abs(freq - d) / se) < 5.0
+
+
+def test_save_load_round_trip(tmp_path, problem):
+    data = off.collect(jax.random.key(8), problem["mdp"], problem["mu"], 5, 7)
+    path = tmp_path / "data.npz"
+    off.save_dataset(path, data, behaviour="mu", seed=8)
+    loaded = off.load_dataset(path)
+    for name in off.Dataset._fields:
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(data, name))
+
+
+def _write(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_load_rejects_bad_files(tmp_path, problem):
+    data = off.collect(jax.random.key(9), problem["mdp"], problem["mu"], 4, 5)
+    good = tmp_path / "good.npz"
+    off.save_dataset(good, data)
+    raw = good.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(off.DatasetError, match="truncated or corrupt"):
+        off.load_dataset(truncated)
+    fields = {f: np.asarray(getattr(data, f)) for f in off.Dataset._fields}
+    with pytest.raises(off.DatasetError, match="no 'schema'"):
+        off.load_dataset(_write(tmp_path / "noschema.npz", **fields))
+    with pytest.raises(off.DatasetError, match="schema"):
+        off.load_dataset(_write(tmp_path / "v0.npz", schema=np.asarray("other/v0"), **fields))
+    partial = {k: v for k, v in fields.items() if k != "rewards"}
+    with pytest.raises(off.DatasetError, match="missing fields"):
+        off.load_dataset(_write(tmp_path / "partial.npz", schema=np.asarray(off.SCHEMA), **partial))
+    bad_shape = dict(fields, actions=fields["actions"][:, :-1])
+    with pytest.raises(off.DatasetError, match="actions"):
+        off.load_dataset(_write(tmp_path / "shape.npz", schema=np.asarray(off.SCHEMA), **bad_shape))
+    bad_mask = dict(fields, mask=fields["mask"].astype(np.float32))
+    with pytest.raises(off.DatasetError, match="mask must be bool"):
+        off.load_dataset(_write(tmp_path / "mask.npz", schema=np.asarray(off.SCHEMA), **bad_mask))
+    gap = fields["mask"].copy()
+    gap[0, 2] = False
+    with pytest.raises(off.DatasetError, match="prefix"):
+        off.load_dataset(_write(tmp_path / "gap.npz", schema=np.asarray(off.SCHEMA), **dict(fields, mask=gap)))
+    probs = dict(fields, behaviour_log_probs=np.exp(fields["behaviour_log_probs"]) + 0.5)
+    with pytest.raises(off.DatasetError, match="log-probabilities"):
+        off.load_dataset(_write(tmp_path / "probs.npz", schema=np.asarray(off.SCHEMA), **probs))
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(off.DatasetError):
+        off.load_dataset(tmp_path / "text.npz")
+    with pytest.raises(FileNotFoundError):
+        off.load_dataset(tmp_path / "missing.npz")
+    # A tabular estimator rejects indices outside the policy's table.
+    with pytest.raises(off.DatasetError, match="outside"):
+        off.dualdice_tabular(data, jnp.full((2, A), 1.0 / A), GAMMA)
+
+
+def test_collect_and_estimators_validate_arguments(problem):
+    mdp, mu, pi = problem["mdp"], problem["mu"], problem["pi"]
+    with pytest.raises(ValueError, match="num_trajectories"):
+        off.collect(jax.random.key(0), mdp, mu, 0, 5)
+    with pytest.raises(ValueError, match="behaviour_pi must have shape"):
+        off.collect(jax.random.key(0), mdp, mu[:, :2], 3, 5)
+    with pytest.raises(ValueError, match="sum to 1"):
+        off.collect(jax.random.key(0), mdp, mu * 2.0, 3, 5)
+    data = off.collect(jax.random.key(0), mdp, mu, 3, 5)
+    with pytest.raises(ValueError, match="discount"):
+        off.policy_value(data, pi, 1.0)
+    with pytest.raises(ValueError, match="method"):
+        off.policy_value(data, pi, GAMMA, method="fqe")
+    unknown = data._replace(behaviour_log_probs=jnp.full_like(data.rewards, jnp.nan))
+    with pytest.raises(off.DatasetError, match="unknown"):
+        off.policy_value(unknown, pi, GAMMA, method="pdis")
+    off.policy_value(unknown, pi, GAMMA, method="dualdice", on_uncovered="ignore")  # needs no mu
+
+
+# --- DualDICE -----------------------------------------------------------------------------------
+
+
+def test_dualdice_on_population_data_is_the_exact_ratio(problem):
+    """On infinite data (population counts) the empirical solution equals d^pi / d^D exactly."""
+    model = _exact_model(problem["mdp"], problem["d_data"])
+    w = off.dualdice_ratio(model, problem["pi"], GAMMA)
+    exact = off.exact_ratio(problem["mdp"], problem["pi"], problem["d_data"])
+    np.testing.assert_allclose(w, exact, rtol=1e-9)
+    # And the ratio reweights the data into the target's occupancy: d^D w = d^pi.
+    np.testing.assert_allclose(problem["d_data"] * w, tab.state_action_occupancy(problem["mdp"], problem["pi"]), atol=1e-12)
+
+
+def test_dualdice_solution_is_the_saddle_point_of_its_objective(problem, big_dataset):
+    """zeta* = w and nu* = B^{-1} w make both partial gradients of the empirical objective vanish."""
+    data = off.subset(big_dataset, 200)
+    model = off.empirical_model(data, S, A)
+    pi = problem["pi"]
+    w = off.dualdice_ratio(model, pi, GAMMA)
+    assert np.all(np.asarray(model.counts) > 0)
+    p_hat = model.transition_counts / model.counts[..., None]
+    bellman = jnp.eye(S * A) - GAMMA * jnp.einsum("sat,tb->satb", p_hat, pi).reshape(S * A, S * A)
+    nu = jnp.linalg.solve(bellman, w.reshape(-1)).reshape(S, A)
+    g_nu, g_zeta = jax.grad(off.dualdice_objective, argnums=(0, 1))(nu, w, model, pi, GAMMA)
+    assert np.max(np.abs(g_nu)) < 1e-12 and np.max(np.abs(g_zeta)) < 1e-12
+    # A perturbed nu is a worse minimiser of max_zeta L (zeta = B nu in closed form).
+    def outer(nu_):
+        return off.dualdice_objective(nu_, (bellman @ nu_.reshape(-1)).reshape(S, A), model, pi, GAMMA)
+    bump = 0.1 * jax.random.normal(jax.random.key(4), (S, A))
+    assert outer(nu + bump) > outer(nu) + 1e-8
+
+
+def test_dualdice_matches_an_independent_numpy_solution(problem, big_dataset):
+    data = off.subset(big_dataset, 50)
+    s, a, r, s2, _ = off.dataset.transitions(data)
+    counts = np.zeros((S, A))
+    np.add.at(counts, (s, a), 1.0)
+    trans = np.zeros((S, A, S))
+    np.add.at(trans, (s, a, s2), 1.0)
+    p_hat = trans / counts[..., None]
+    pi = np.asarray(problem["pi"])
+    p_pi = np.einsum("sa,sat->st", pi, p_hat)
+    mu0 = np.bincount(np.asarray(data.initial_observations), minlength=S) / data.num_episodes
+    d_state = (1 - GAMMA) * mu0 @ np.linalg.inv(np.eye(S) - GAMMA * p_pi)
+    expected = d_state[:, None] * pi / (counts / counts.sum())
+    np.testing.assert_allclose(off.dualdice_tabular(data, pi, GAMMA), expected, rtol=1e-8)
+
+
+def test_dualdice_ratio_converges_to_the_exact_ratio(problem, big_dataset):
+    exact = np.asarray(off.exact_ratio(problem["mdp"], problem["pi"], problem["d_data"]))
+    errors = []
+    for n in (40, 400, 4000):
+        w = np.asarray(off.dualdice_tabular(off.subset(big_dataset, n), problem["pi"], GAMMA, on_uncovered="ignore"))
+        errors.append(np.sqrt(np.sum(problem["d_data"] * (w - exact) ** 2)))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.05 * np.sqrt(np.sum(problem["d_data"] * (exact - 1.0) ** 2))  # far below w = 1
+    assert errors[0] / errors[2] > 4.0  # close to the sqrt(100) = 10 of a 1/sqrt(n) rate
+
+
+def test_dualdice_value_equals_the_model_based_value(problem, big_dataset):
+    data = off.subset(big_dataset, 30)
+    v_dice = off.policy_value(data, problem["pi"], GAMMA, "dualdice", on_uncovered="ignore")
+    v_model = off.policy_value(data, problem["pi"], GAMMA, "model", on_uncovered="ignore")
+    np.testing.assert_allclose(v_dice, v_model, rtol=1e-10)
+    v_big = off.policy_value(big_dataset, problem["pi"], GAMMA, "dualdice")
+    exact = tab.expected_return(problem["mdp"], problem["pi"])
+    assert abs(v_big - exact) < 0.02 * abs(exact)
+
+
+# --- importance sampling ------------------------------------------------------------------------
+
+
+def _per_episode(data, pi, method):
+    """Each episode's own IS estimate (the unbiased estimators are their means over episodes)."""
+    one = jax.vmap(lambda d: off.tabular_importance_value(d, pi, GAMMA, method))
+    batched = jax.tree.map(lambda x: x[:, None], data)
+    return np.asarray(one(batched))
+
+
+@pytest.mark.parametrize("method", ["is", "pdis"])
+def test_importance_sampling_is_unbiased(problem, big_dataset, method):
+    exact = float(tab.finite_horizon_return(problem["mdp"], problem["pi"], T))
+    x = _per_episode(big_dataset, problem["pi"], method)
+    np.testing.assert_allclose(x.mean(), off.policy_value(big_dataset, problem["pi"], GAMMA, method), rtol=1e-10)
+    z = (x.mean() - exact) / (x.std(ddof=1) / np.sqrt(len(x)))
+    assert abs(z) < 4.0, (method, x.mean(), exact, z)
+
+
+def test_weighted_importance_sampling_is_biased_with_lower_variance(problem, big_dataset):
+    """Over 1000 datasets of 4 episodes: WIS has a clearly smaller spread than IS and a clear bias."""
+    pi = problem["pi"]
+    groups = jax.tree.map(lambda x: x.reshape(1000, 4, *x.shape[1:]), big_dataset)
+    est = {m: np.asarray(jax.vmap(lambda d: off.tabular_importance_value(d, pi, GAMMA, m))(groups)) for m in ("is", "wis", "pdis", "wpdis")}
+    exact = float(tab.finite_horizon_return(problem["mdp"], pi, T))
+    assert est["wis"].std() < 0.5 * est["is"].std()
+    assert est["wpdis"].std() < est["pdis"].std()
+    z_wis = (est["wis"].mean() - exact) / (est["wis"].std(ddof=1) / np.sqrt(1000))
+    z_is = (est["is"].mean() - exact) / (est["is"].std(ddof=1) / np.sqrt(1000))
+    assert abs(z_wis) > 5.0 and abs(z_is) < 4.0, (z_wis, z_is)
+
+
+def test_single_episode_wis_is_the_behaviour_return(problem, big_dataset):
+    """With one episode the WIS weights cancel: E[WIS] = J_T(mu), not J_T(pi), the bias made exact."""
+    x = _per_episode(big_dataset, problem["pi"], "wis")
+    target = float(tab.finite_horizon_return(problem["mdp"], problem["mu"], T))
+    z = (x.mean() - target) / (x.std(ddof=1) / np.sqrt(len(x)))
+    assert abs(z) < 4.0
+
+
+# --- offline policy gradients -------------------------------------------------------------------
+
+
+def test_offline_gradient_with_exact_ratio_and_q_is_the_policy_gradient(problem):
+    mdp, theta, features = problem["mdp"], problem["theta_pi"], problem["features"]
+    _, q = tab.policy_evaluation(mdp, problem["pi"])
+    w = off.exact_ratio(mdp, problem["pi"], problem["d_data"])
+    g = off.expected_offline_gradient(problem["d_data"], w, theta, features, q, GAMMA)
+    np.testing.assert_allclose(g, tab.policy_gradient(mdp, theta, features), rtol=1e-9, atol=1e-12)
+
+
+def test_sampled_offline_gradient_with_exact_ratio_is_unbiased(problem, big_dataset):
+    mdp, theta, features = problem["mdp"], problem["theta_pi"], problem["features"]
+    _, q = tab.policy_evaluation(mdp, problem["pi"])
+    w = off.exact_ratio(mdp, problem["pi"], problem["d_data"])
+    per_episode = jax.vmap(lambda d: off.offline_policy_gradient(d, theta, features, GAMMA, w, q))(
+        jax.tree.map(lambda x: x[:, None], big_dataset)
+    )
+    mean, se = per_episode.mean(0), per_episode.std(0, ddof=1) / np.sqrt(per_episode.shape[0])
+    exact = tab.policy_gradient(mdp, theta, features)
+    np.testing.assert_allclose(mean, off.offline_policy_gradient(big_dataset, theta, features, GAMMA, w, q), rtol=1e-9, atol=1e-12)
+    assert np.max(np.abs((mean - exact) / se)) < 4.5
+
+
+def test_dualdice_gradient_is_the_gradient_of_the_empirical_model(problem, big_dataset):
+    data = off.subset(big_dataset, 100)
+    theta, features = problem["theta_pi"], problem["features"]
+    g = off.dualdice_policy_gradient(data, theta, features, GAMMA)
+    model = off.empirical_model(data, S, A)
+    autodiff = jax.grad(lambda th: off.model_value(model, tab.softmax_policy(th, features), GAMMA))(theta)
+    np.testing.assert_allclose(g, autodiff, rtol=1e-8, atol=1e-10)
+    exact = tab.policy_gradient(problem["mdp"], theta, features)
+    g_big = off.dualdice_policy_gradient(big_dataset, theta, features, GAMMA)
+    cos = float(g_big @ exact / np.linalg.norm(g_big) / np.linalg.norm(exact))
+    assert cos > 0.99 and np.linalg.norm(g_big - exact) < 0.1 * np.linalg.norm(exact)
+
+
+def test_importance_gradient_is_unbiased_for_the_horizon_gradient(problem, big_dataset):
+    theta, features = problem["theta_pi"], problem["features"]
+    exact = jax.grad(lambda th: tab.finite_horizon_return(problem["mdp"], tab.softmax_policy(th, features), T))(theta)
+    for method in ("is", "pdis"):
+        per = jax.vmap(lambda d: off.importance_policy_gradient(d, theta, features, GAMMA, method))(
+            jax.tree.map(lambda x: x[:, None], big_dataset)
+        )
+        z = (per.mean(0) - exact) / (per.std(0, ddof=1) / np.sqrt(per.shape[0]))
+        assert np.max(np.abs(z)) < 4.5, (method, np.max(np.abs(z)))
+
+
+def test_offline_improvement_beats_the_behaviour_policy(problem):
+    mdp, features = problem["mdp"], problem["features"]
+    data = off.collect(jax.random.key(11), mdp, problem["mu"], 200, T)
+    result = off.offline_policy_improvement(data, problem["theta_mu"], features, GAMMA, optax.adam(0.1), 100)
+    true_values = jax.vmap(lambda th: tab.expected_return(mdp, tab.softmax_policy(th, features)))(result.thetas)
+    optimum = _optimal_value(mdp)
+    start, end = float(true_values[0]), float(true_values[-1])
+    assert end > start + 0.5 * (optimum - start), (start, end, optimum)
+    assert float(result.estimated_values[-1]) > float(result.estimated_values[0])
+    assert np.all(np.isfinite(np.asarray(result.thetas)))
+
+
+def _optimal_value(mdp, iterations=2000):
+    P, R, v = np.asarray(mdp.transition), np.asarray(mdp.reward), np.zeros(mdp.reward.shape[0])
+    for _ in range(iterations):
+        v = (R + float(mdp.discount) * P @ v).max(1)
+    return float(np.asarray(mdp.initial) @ v)
+
+
+# --- coverage -----------------------------------------------------------------------------------
+
+
+def test_coverage_gaps_are_reported(problem):
+    mdp = problem["mdp"]
+    mu = np.array(problem["mu"])
+    mu[:, 2] = 0.0  # the behaviour policy never takes action 2
+    mu /= mu.sum(1, keepdims=True)
+    data = off.collect(jax.random.key(12), mdp, jnp.asarray(mu), 100, T)
+    pi = problem["pi"]
+    with pytest.warns(off.CoverageWarning, match="occupancy mass"):
+        w, report = off.dualdice_tabular(data, pi, GAMMA, return_coverage=True)
+    np.testing.assert_array_equal(np.asarray(report.unseen)[:, 2], True)
+    # The reported mass estimates the population one (the occupancy at or after the first action 2),
+    # which is at least the target's occupancy of action 2 itself.
+    population = off.coverage(_exact_model(mdp, off.logged_distribution(mdp, jnp.asarray(mu), T)), pi, GAMMA)
+    action2_mass = float(tab.state_action_occupancy(mdp, pi)[:, 2].sum())
+    assert action2_mass <= float(population.mass) <= 1.0
+    assert abs(float(report.mass) - float(population.mass)) < 0.1 * float(population.mass)
+    assert np.all(np.asarray(w)[:, 2] == 0.0)
+    with pytest.raises(off.CoverageError, match="not identifiable"):
+        off.policy_value(data, pi, GAMMA, "dualdice", on_uncovered="raise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        off.policy_value(data, pi, GAMMA, "model", on_uncovered="ignore")
+        full = off.collect(jax.random.key(13), mdp, problem["mu"], 100, T)
+        off.dualdice_tabular(full, pi, GAMMA)  # covered: no warning
+
+
+# --- vmap and the Taxi MDP ----------------------------------------------------------------------
+
+
+def test_vmapped_seeds_equal_single_runs(problem):
+    mdp, mu, pi = problem["mdp"], problem["mu"], problem["pi"]
+
+    def estimate(key):
+        data = off.collect(key, mdp, mu, 20, T)
+        model = off.empirical_model(data, S, A)
+        return off.ratio_weighted_value(data, off.dualdice_ratio(model, pi, GAMMA), GAMMA)
+
+    keys = jax.random.split(jax.random.key(14), 4)
+    batched = jax.vmap(estimate)(keys)
+    single = jnp.stack([estimate(k) for k in keys])
+    np.testing.assert_allclose(batched, single, rtol=1e-12)
+
+
+def test_taxi_dynamics():
+    mdp = tab.taxi_mdp(discount=0.95)
+    P, R = np.asarray(mdp.transition), np.asarray(mdp.reward)
+    enc = tab.taxi_encode
+    assert P.shape == (500, 6, 500) and R.shape == (500, 6)
+    s = enc(0, 1, 0, 1)  # wall east of (0, 1)
+    assert P[s, 2, s] == 1.0 and R[s, 2] == -1.0
+    assert P[s, 3, enc(0, 0, 0, 1)] == 1.0  # west is open
+    at_r = enc(0, 0, 0, 1)
+    assert P[at_r, 4, enc(0, 0, 4, 1)] == 1.0 and R[at_r, 4] == -1.0  # legal pickup at R
+    assert R[enc(2, 2, 0, 1), 4] == -10.0  # illegal pickup
+    at_g = enc(0, 4, 4, 1)
+    assert R[at_g, 5] == 20.0 and np.allclose(P[at_g, 5], mdp.initial)  # delivery starts a new trip
+    assert np.isclose(np.asarray(mdp.initial).sum(), 1.0) and np.count_nonzero(mdp.initial) == 300
+    assert tab.taxi_decode(enc(3, 2, 4, 0)) == (3, 2, 4, 0)
+    assert _optimal_value(mdp, 500) > 0 > float(tab.expected_return(mdp, tab.uniform_policy(500, 6)))
