@@ -40,6 +40,17 @@ def safe_log(p: Array) -> Array:
     return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
 
 
+def sample_index(key: Array, cdf: Array) -> Array:
+    """Draw i ~ p by inversion from the cumulative sums cdf [K] of p: the first i with u * cdf[-1] < cdf[i].
+
+    O(log K) per draw (a binary search), against O(K) Gumbel draws for `jax.random.categorical`;
+    indices with p_i = 0 are never returned.
+    """
+    u = jax.random.uniform(key, dtype=cdf.dtype) * cdf[-1]
+    index = jnp.searchsorted(cdf, u, side="right")
+    return jnp.minimum(index, cdf.shape[-1] - 1).astype(jnp.int32)
+
+
 def sample_trajectory(key: Array, mdp: MDP, pi: Array, horizon: int) -> Trajectory:
     """Roll out pi for `horizon` steps from s_0 ~ mu0 with `lax.scan`.
 
@@ -55,14 +66,16 @@ def sample_trajectory(key: Array, mdp: MDP, pi: Array, horizon: int) -> Trajecto
     if horizon < 1:
         raise ValueError(f"sample_trajectory: horizon must be >= 1; got {horizon}.")
     key_init, key_steps = jax.random.split(key)
-    s0 = jax.random.categorical(key_init, safe_log(mdp.initial))
-    log_pi = safe_log(pi)
-    log_p = safe_log(mdp.transition)
+    # The barrier stops XLA from constant-folding the cumsum of a closed-over MDP (slow to compile).
+    initial, pi, transition = lax.optimization_barrier((mdp.initial, pi, mdp.transition))
+    s0 = sample_index(key_init, jnp.cumsum(initial))
+    pi_cdf = jnp.cumsum(pi, axis=-1)
+    p_cdf = jnp.cumsum(transition, axis=-1)
 
     def step(state, step_key):
         key_a, key_s = jax.random.split(step_key)
-        action = jax.random.categorical(key_a, log_pi[state])
-        next_state = jax.random.categorical(key_s, log_p[state, action])
+        action = sample_index(key_a, pi_cdf[state])
+        next_state = sample_index(key_s, p_cdf[state, action])
         out = (state, action, mdp.reward[state, action], next_state)
         return next_state, out
 

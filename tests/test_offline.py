@@ -221,11 +221,17 @@ def _per_episode(data, pi, method):
     return np.asarray(one(batched))
 
 
+def _first_steps(data, horizon):
+    """The dataset cut to its first `horizon` steps (IS weights over 40 steps are too heavy-tailed for a z-test)."""
+    return data._replace(**{f: getattr(data, f)[:, :horizon] for f in off.Dataset._fields[:-1]})
+
+
 @pytest.mark.parametrize("method", ["is", "pdis"])
 def test_importance_sampling_is_unbiased(problem, big_dataset, method):
-    exact = float(tab.finite_horizon_return(problem["mdp"], problem["pi"], T))
-    x = _per_episode(big_dataset, problem["pi"], method)
-    np.testing.assert_allclose(x.mean(), off.policy_value(big_dataset, problem["pi"], GAMMA, method), rtol=1e-10)
+    data = _first_steps(big_dataset, 8)
+    exact = float(tab.finite_horizon_return(problem["mdp"], problem["pi"], 8))
+    x = _per_episode(data, problem["pi"], method)
+    np.testing.assert_allclose(x.mean(), off.policy_value(data, problem["pi"], GAMMA, method), rtol=1e-10)
     z = (x.mean() - exact) / (x.std(ddof=1) / np.sqrt(len(x)))
     assert abs(z) < 4.0, (method, x.mean(), exact, z)
 
@@ -233,9 +239,9 @@ def test_importance_sampling_is_unbiased(problem, big_dataset, method):
 def test_weighted_importance_sampling_is_biased_with_lower_variance(problem, big_dataset):
     """Over 1000 datasets of 4 episodes: WIS has a clearly smaller spread than IS and a clear bias."""
     pi = problem["pi"]
-    groups = jax.tree.map(lambda x: x.reshape(1000, 4, *x.shape[1:]), big_dataset)
+    groups = jax.tree.map(lambda x: x.reshape(1000, 4, *x.shape[1:]), _first_steps(big_dataset, 8))
     est = {m: np.asarray(jax.vmap(lambda d: off.tabular_importance_value(d, pi, GAMMA, m))(groups)) for m in ("is", "wis", "pdis", "wpdis")}
-    exact = float(tab.finite_horizon_return(problem["mdp"], pi, T))
+    exact = float(tab.finite_horizon_return(problem["mdp"], pi, 8))
     assert est["wis"].std() < 0.5 * est["is"].std()
     assert est["wpdis"].std() < est["pdis"].std()
     z_wis = (est["wis"].mean() - exact) / (est["wis"].std(ddof=1) / np.sqrt(1000))
@@ -290,10 +296,10 @@ def test_dualdice_gradient_is_the_gradient_of_the_empirical_model(problem, big_d
 
 def test_importance_gradient_is_unbiased_for_the_horizon_gradient(problem, big_dataset):
     theta, features = problem["theta_pi"], problem["features"]
-    exact = jax.grad(lambda th: tab.finite_horizon_return(problem["mdp"], tab.softmax_policy(th, features), T))(theta)
+    exact = jax.grad(lambda th: tab.finite_horizon_return(problem["mdp"], tab.softmax_policy(th, features), 8))(theta)
     for method in ("is", "pdis"):
         per = jax.vmap(lambda d: off.importance_policy_gradient(d, theta, features, GAMMA, method))(
-            jax.tree.map(lambda x: x[:, None], big_dataset)
+            jax.tree.map(lambda x: x[:, None], _first_steps(big_dataset, 8))
         )
         z = (per.mean(0) - exact) / (per.std(0, ddof=1) / np.sqrt(per.shape[0]))
         assert np.max(np.abs(z)) < 4.5, (method, np.max(np.abs(z)))
