@@ -386,3 +386,17 @@ def test_taxi_dynamics():
     assert np.isclose(np.asarray(mdp.initial).sum(), 1.0) and np.count_nonzero(mdp.initial) == 300
     assert tab.taxi_decode(enc(3, 2, 4, 0)) == (3, 2, 4, 0)
     assert _optimal_value(mdp, 500) > 0 > float(tab.expected_return(mdp, tab.uniform_policy(500, 6)))
+
+
+def test_weighted_is_survives_underflow_and_reports_undefined_weights(problem):
+    mdp, pi, mu = problem["mdp"], problem["pi"], problem["mu"]
+    data = off.collect(jax.random.key(15), mdp, mu, 50, 6000)  # weights underflow to 0 in float64
+    w = off.importance_weights(off.safe_log(pi)[data.observations, data.actions], data.behaviour_log_probs, data.mask)
+    assert float(jnp.max(w)) == 0.0
+    for method in ("wis", "wpdis"):
+        value = off.policy_value(data, pi, GAMMA, method)
+        assert np.isfinite(float(value)) and float(jnp.min(mdp.reward)) / (1 - GAMMA) <= float(value) <= float(jnp.max(mdp.reward)) / (1 - GAMMA)
+    never = np.zeros((S, A))
+    never[:, 0] = 1.0  # a target that never takes the logged actions 1 and 2
+    with pytest.raises(ValueError, match="undefined"):
+        off.policy_value(data, jnp.asarray(never), GAMMA, "wis")

@@ -38,6 +38,7 @@ from pgjax.offline.gradient import (
     offline_policy_improvement,
     tabular_fqe,
 )
+from pgjax.trajectory import safe_log
 from pgjax.offline.importance import (
     IS_METHODS,
     cumulative_log_ratios,

@@ -82,7 +82,13 @@ def policy_value(dataset: Dataset, target_pi: Array, discount, method: str = "du
                 f"policy_value(method={method!r}) needs the behaviour policy's log-probabilities, but "
                 "Dataset.behaviour_log_probs has NaN (unknown); use method='dualdice' or 'model', which do not."
             )
-        return tabular_importance_value(dataset, target_pi, discount, method)
+        value = tabular_importance_value(dataset, target_pi, discount, method)
+        if not np.isfinite(float(value)):
+            raise ValueError(
+                f"policy_value(method={method!r}) is undefined on this dataset: every logged episode has zero "
+                "probability under the target policy (all importance weights are 0); use 'dualdice' or 'model'."
+            )
+        return value
     report_coverage(coverage(model, target_pi, discount), on_uncovered, context=f"policy_value({method!r}): ")
     if method == "model":
         return model_value(model, target_pi, discount)

@@ -66,6 +66,9 @@ def importance_value(
 ) -> Array:
     """An importance-sampling estimate of J_T(pi) on the `expected_return` scale; a scalar.
 
+    Weighted estimates are NaN when every episode (at some step, for "wpdis") has zero
+    probability under pi: they are undefined there; `policy_value` reports it.
+
     Args:
       rewards, mask, target_log_probs, behaviour_log_probs: [N, T] (see `Dataset`).
       discount: gamma.
@@ -75,19 +78,21 @@ def importance_value(
         raise ValueError(f"importance_value: method must be one of {IS_METHODS}; got {method!r}.")
     disc_r = discounted_rewards(rewards, mask, discount)
     if method in ("is", "wis"):
-        w = importance_weights(target_log_probs, behaviour_log_probs, mask)
+        log_w = jnp.sum(log_ratios(target_log_probs, behaviour_log_probs, mask), axis=-1)
         returns = jnp.sum(disc_r, axis=-1)
         if method == "is":
-            return jnp.mean(w * returns)
-        return jnp.sum(w * returns) / jnp.sum(w)
-    w = jnp.exp(cumulative_log_ratios(target_log_probs, behaviour_log_probs, mask))
+            return jnp.mean(jnp.exp(log_w) * returns)
+        # Normalising in log space keeps WIS defined when every weight underflows (long horizons);
+        # it is NaN only when every episode has zero probability under pi.
+        return jnp.sum(jax.nn.softmax(log_w) * returns)
+    log_w = cumulative_log_ratios(target_log_probs, behaviour_log_probs, mask)
     if method == "pdis":
-        return jnp.mean(jnp.sum(w * disc_r, axis=-1))
-    # Self-normalise each time step over the episodes still running at t.
-    w = jnp.where(mask, w, 0.0)
-    totals = jnp.sum(w, axis=0)
-    per_step = jnp.sum(w * disc_r, axis=0) / jnp.where(totals > 0, totals, 1.0)
-    return jnp.sum(per_step)
+        return jnp.mean(jnp.sum(jnp.exp(log_w) * disc_r, axis=-1))
+    # Self-normalise each time step over the episodes still running at t (skip steps none reach).
+    log_w = jnp.where(mask, log_w, -jnp.inf)
+    running = jnp.any(mask, axis=0)
+    weights = jax.nn.softmax(jnp.where(running, log_w, 0.0), axis=0)
+    return jnp.sum(jnp.where(running, jnp.sum(weights * disc_r, axis=0), 0.0))
 
 
 def effective_sample_size(weights: Array) -> Array:
