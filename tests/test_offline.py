@@ -400,3 +400,15 @@ def test_weighted_is_survives_underflow_and_reports_undefined_weights(problem):
     never[:, 0] = 1.0  # a target that never takes the logged actions 1 and 2
     with pytest.raises(ValueError, match="undefined"):
         off.policy_value(data, jnp.asarray(never), GAMMA, "wis")
+
+
+def test_baseline_and_unseen_value_change_nothing_on_covered_data(problem, big_dataset):
+    """With full coverage the V_hat baseline integrates to zero and no pair is unseen."""
+    data = off.subset(big_dataset, 100)
+    model = off.empirical_model(data, S, A)
+    theta, features = problem["theta_pi"], problem["features"]
+    plain = off.model_policy_gradient(model, data, theta, features, GAMMA)
+    both = off.model_policy_gradient(model, data, theta, features, GAMMA, True, off.pessimistic_value(model, GAMMA))
+    np.testing.assert_allclose(both, plain, rtol=1e-8, atol=1e-12)
+    lowest = float(jnp.min(problem["mdp"].reward)) / (1 - GAMMA)
+    assert lowest <= float(off.pessimistic_value(model, GAMMA)) <= lowest + 0.2 / (1 - GAMMA)

@@ -24,6 +24,7 @@ from pgjax.offline.empirical import (
     empirical_model,
     empirical_occupancy,
     extend_policy,
+    pessimistic_value,
     report_coverage,
 )
 from pgjax.offline.evaluation import METHODS, model_value, policy_value, ratio_weighted_value, tabular_importance_value

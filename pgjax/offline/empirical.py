@@ -101,11 +101,13 @@ def data_distribution(model: EmpiricalModel) -> Array:
     return model.counts / jnp.sum(model.counts)
 
 
-def empirical_mdp(model: EmpiricalModel, discount) -> MDP:
+def empirical_mdp(model: EmpiricalModel, discount, unseen_value=0.0) -> MDP:
     """The maximum-likelihood MDP with S + 1 states (the last one an absorbing, zero-reward sink).
 
-    Unseen pairs and terminal transitions move to the sink. Use `extend_policy` to give a
-    policy [S, A] its row for the sink.
+    Unseen pairs and terminal transitions move to the sink. An unseen pair pays `unseen_value`
+    once, so that Q_hat(s,a) = unseen_value there: 0 credits unknown outcomes nothing, while
+    min(r) / (1 - gamma) is the pessimistic choice for policy improvement. Use `extend_policy`
+    to give a policy [S, A] its row for the sink.
     """
     seen = model.counts > 0
     n = jnp.where(seen, model.counts, 1.0)
@@ -114,7 +116,7 @@ def empirical_mdp(model: EmpiricalModel, discount) -> MDP:
     p_real = jnp.concatenate([model.transition_counts / n[..., None], to_sink[..., None]], axis=-1)
     sink_row = jnp.zeros((1, num_actions, num_states + 1), p_real.dtype).at[..., -1].set(1.0)
     transition = jnp.concatenate([p_real, sink_row], axis=0)
-    reward = jnp.concatenate([jnp.where(seen, model.reward_sums / n, 0.0), jnp.zeros((1, num_actions), n.dtype)])
+    reward = jnp.concatenate([jnp.where(seen, model.reward_sums / n, unseen_value), jnp.zeros((1, num_actions), n.dtype)])
     initial = jnp.append(model.initial_counts / jnp.sum(model.initial_counts), 0.0)
     return MDP(transition, reward, initial, jnp.asarray(discount, transition.dtype))
 
@@ -170,6 +172,13 @@ def tabular_model(dataset: Dataset, target_pi: Array) -> EmpiricalModel:
         raise ValueError("target_pi must be finite, non-negative, with rows summing to 1.")
     validate_tabular_dataset(dataset, *target_pi.shape)
     return empirical_model(dataset, *target_pi.shape)
+
+
+def pessimistic_value(model: EmpiricalModel, discount) -> Array:
+    """min_{seen (s,a)} R_hat(s,a) / (1 - gamma): the worst return the data show, for unseen pairs."""
+    seen = model.counts > 0
+    r_hat = model.reward_sums / jnp.where(seen, model.counts, 1.0)
+    return jnp.min(jnp.where(seen, r_hat, jnp.inf)) / (1.0 - discount)
 
 
 def check_discount(discount) -> None:

@@ -46,9 +46,9 @@ def ratio_weighted_value(dataset: Dataset, ratio: Array, discount, normalised: b
     return total / denominator / (1.0 - discount)
 
 
-def model_value(model: EmpiricalModel, target_pi: Array, discount) -> Array:
-    """J(pi) in the empirical MDP (a scalar); jit/vmap-able."""
-    return expected_return(empirical_mdp(model, discount), extend_policy(target_pi))
+def model_value(model: EmpiricalModel, target_pi: Array, discount, unseen_value=0.0) -> Array:
+    """J(pi) in the empirical MDP (a scalar; unseen pairs worth `unseen_value`); jit/vmap-able."""
+    return expected_return(empirical_mdp(model, discount, unseen_value), extend_policy(target_pi))
 
 
 def tabular_importance_value(dataset: Dataset, target_pi: Array, discount, method: str = "pdis") -> Array:

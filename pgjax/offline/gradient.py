@@ -30,6 +30,7 @@ from pgjax.offline.empirical import (
     coverage,
     empirical_mdp,
     extend_policy,
+    pessimistic_value,
     report_coverage,
     tabular_model,
 )
@@ -43,13 +44,13 @@ Array = jax.Array
 GRADIENT_METHODS = ("dualdice",) + IS_METHODS
 
 
-def tabular_fqe(model: EmpiricalModel, target_pi: Array, discount) -> Array:
+def tabular_fqe(model: EmpiricalModel, target_pi: Array, discount, unseen_value=0.0) -> Array:
     """Fitted Q evaluation on a tabular dataset: Q_hat^pi [S, A] of the empirical MDP, by one linear solve.
 
     This is the fixed point of Q <- R_hat + gamma P_hat pi Q that iterated FQE converges to
-    (unseen pairs and terminal transitions get value 0 after their reward).
+    (terminal transitions are worth 0 after their reward, unseen pairs `unseen_value`).
     """
-    return policy_evaluation(empirical_mdp(model, discount), extend_policy(target_pi))[1][:-1]
+    return policy_evaluation(empirical_mdp(model, discount, unseen_value), extend_policy(target_pi))[1][:-1]
 
 
 def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, ratio: Array, q_values: Array) -> Array:
@@ -79,11 +80,20 @@ def expected_offline_gradient(data_distribution: Array, ratio: Array, theta: Arr
     return jnp.einsum("sa,sad->d", data_distribution * ratio * q_values, score) / (1.0 - discount)
 
 
-def model_policy_gradient(model: EmpiricalModel, dataset: Dataset, theta: Array, features: Array, discount) -> Array:
-    """The DualDICE-weighted offline gradient with tabular FQE: jit/vmap-able core of `dualdice_policy_gradient`."""
+def model_policy_gradient(
+    model: EmpiricalModel, dataset: Dataset, theta: Array, features: Array, discount, baseline: bool = False, unseen_value=0.0
+) -> Array:
+    """The DualDICE-weighted offline gradient with tabular FQE: jit/vmap-able core of `dualdice_policy_gradient`.
+
+    With `baseline`, Q_hat(s,a) - V_hat(s) replaces Q_hat, V_hat(s) = sum_a pi(a|s) Q_hat(s,a) over all
+    actions, unseen ones included: the same gradient when the data cover pi, and otherwise a pull
+    towards the actions the data show whenever they beat the value of the unseen ones.
+    """
     pi = softmax_policy(theta, features)
     ratio = dualdice_ratio(model, pi, discount)
-    q_values = tabular_fqe(model, pi, discount)
+    q_values = tabular_fqe(model, pi, discount, unseen_value)
+    if baseline:
+        q_values = q_values - jnp.sum(pi * q_values, axis=-1, keepdims=True)
     return offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
 
 
@@ -140,12 +150,22 @@ def offline_policy_improvement(
     optimizer: optax.GradientTransformation,
     num_steps: int,
     method: str = "dualdice",
+    baseline: bool = True,
+    pessimistic: bool = True,
 ) -> ImprovementResult:
     """Improve a softmax policy from logged data only: K optimiser steps of gradient ascent on J_hat.
 
     Each step re-estimates the gradient at the current policy: with "dualdice", w and Q_hat
     are re-solved on the empirical model (one compiled `lax.scan` for the whole run); with an
     IS method, the importance weights are recomputed for the current pi.
+
+    Left alone, ascent on the empirical model drifts onto pairs the data never show, whose
+    outcome the model cannot know (on Taxi, where rewards are mostly negative, an unseen pair
+    worth 0 looks better than anything seen). `pessimistic` values unseen pairs at the worst
+    return the data show, min R_hat / (1 - gamma), and `baseline` uses Q_hat - V_hat so that the
+    gradient at seen actions also pushes probability off the unseen ones. On Taxi with 300
+    logged episodes of a 30%-target/70%-uniform mixture, both together reach J* from the behaviour
+    policy in 200 Adam steps; without them, the final policy is no better than the behaviour.
 
     Args:
       dataset: a tabular `Dataset`.
@@ -154,6 +174,10 @@ def offline_policy_improvement(
       optimizer: an optax transformation (e.g. `optax.adam(0.1)`); gradients are negated for ascent.
       num_steps: K >= 1.
       method: "dualdice" or one of the IS methods.
+      baseline, pessimistic: see above ("dualdice" only).
+
+    Returns:
+      An `ImprovementResult`; `estimated_values` are computed with the same unseen-pair values.
     """
     if method not in GRADIENT_METHODS:
         raise ValueError(f"offline_policy_improvement: method must be one of {GRADIENT_METHODS}; got {method!r}.")
@@ -161,18 +185,19 @@ def offline_policy_improvement(
         raise ValueError(f"offline_policy_improvement: num_steps must be a positive int; got {num_steps!r}.")
     check_discount(discount)
     model = tabular_model(dataset, softmax_policy(theta, features))
-    return _improve(dataset, model, theta, features, discount, optimizer, num_steps, method)
+    unseen_value = pessimistic_value(model, discount) if pessimistic else 0.0
+    return _improve(dataset, model, theta, features, discount, optimizer, num_steps, method, baseline, unseen_value)
 
 
-def _improve(dataset, model, theta, features, discount, optimizer, num_steps, method):
+def _improve(dataset, model, theta, features, discount, optimizer, num_steps, method, baseline, unseen_value):
     def gradient(th):
         if method == "dualdice":
-            return model_policy_gradient(model, dataset, th, features, discount)
+            return model_policy_gradient(model, dataset, th, features, discount, baseline, unseen_value)
         return importance_policy_gradient(dataset, th, features, discount, method)
 
     def diagnostics(th):
         pi = softmax_policy(th, features)
-        return model_value(model, pi, discount), coverage(model, pi, discount).mass
+        return model_value(model, pi, discount, unseen_value), coverage(model, pi, discount).mass
 
     def step(carry, _):
         th, opt_state = carry

@@ -52,20 +52,20 @@ Array = jax.Array
 ProbsFn = Callable[[Array], Array]
 
 __all__ = [
+    "DualDICEParams",
     "FQEConfig",
     "FQEParams",
-    "DualDICEParams",
     "NeuralDualDICEConfig",
     "TrainingDivergedError",
     "Transitions",
     "dualdice_loss",
-    "dualdice_ratio",
-    "dualdice_value",
     "fitted_q_evaluation",
     "fqe_loss",
     "fqe_q_values",
     "fqe_value",
     "neural_dualdice",
+    "neural_dualdice_ratio",
+    "neural_dualdice_value",
     "offline_policy_gradient_loss",
     "one_hot_observations",
     "tabular_probs_fn",
@@ -83,7 +83,8 @@ class TrainingDivergedError(FloatingPointError):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return numeric and math.isfinite(value)
 
 
 def _check_positive_int(cls: str, field: str, value: Any) -> None:
@@ -238,10 +239,14 @@ def _prepare(name: str, dataset: Dataset, batch_size: int, target_probs_fn: Prob
     validate_dataset(dataset)
     obs = np.asarray(dataset.observations)
     if obs.ndim != 3 or not np.issubdtype(obs.dtype, np.floating):
-        hint = " Tabular data: use one_hot_observations(dataset, num_states)." if np.issubdtype(obs.dtype, np.integer) else ""
-        raise ValueError(f"{name}: observations must be float features [N, T, obs_dim]; got {obs.dtype} {obs.shape}.{hint}")
-    if not np.issubdtype(np.asarray(dataset.actions).dtype, np.integer) or np.asarray(dataset.actions).ndim != 2:
-        raise ValueError(f"{name}: actions must be int discrete actions [N, T]; got {dataset.actions.dtype} {dataset.actions.shape}.")
+        tabular = np.issubdtype(obs.dtype, np.integer)
+        hint = " Tabular data: use one_hot_observations(dataset, num_states)." if tabular else ""
+        raise ValueError(
+            f"{name}: observations must be float features [N, T, obs_dim]; got {obs.dtype} {obs.shape}.{hint}"
+        )
+    actions = np.asarray(dataset.actions)
+    if not np.issubdtype(actions.dtype, np.integer) or actions.ndim != 2:
+        raise ValueError(f"{name}: actions must be int discrete actions [N, T]; got {actions.dtype} {actions.shape}.")
     data = valid_transitions(dataset)
     num = data.rewards.shape[0]
     if batch_size > num:
@@ -337,17 +342,21 @@ def dualdice_loss(
     return jnp.mean(residual * zeta_sa - 0.5 * jnp.square(zeta_sa)) - (1.0 - discount) * jnp.mean(nu_initial)
 
 
-def dualdice_ratio(params: DualDICEParams, observations: Array, actions: Array) -> Array:
+def neural_dualdice_ratio(params: DualDICEParams, observations: Array, actions: Array) -> Array:
     """w_hat(s,a) = zeta(s,a): observations [..., obs_dim], int actions [...] -> [...]."""
     return _take(_apply(params.hidden_sizes, params.activation, params.zeta, observations), actions)
 
 
-def dualdice_value(params: DualDICEParams, dataset: Dataset, discount, normalised: bool = False) -> Array:
+def neural_dualdice_value(params: DualDICEParams, dataset: Dataset, discount, normalised: bool = False) -> Array:
     """J_hat(pi) = mean_D[w_hat r] / (1 - gamma), or mean_D[w_hat r] / mean_D[w_hat] / (1 - gamma) (normalised).
 
-    Means run over the dataset's valid steps (`mask`); jit-friendly. A scalar.
+    Means run over the dataset's valid steps (`mask`); jit-friendly. A scalar. Self-normalising
+    assumes E_D[w] = 1, true without terminal states. When pi reaches terminal states, d^pi puts
+    mass gamma f / (1 - gamma) on the absorbing state (f = the d^pi-probability of terminating),
+    so E_D[w] = 1 - gamma f / (1 - gamma) < 1 and only the plain estimate is consistent (with
+    rewards constant on non-terminal steps, as in CartPole, the normalised one is constant too).
     """
-    w = dualdice_ratio(params, dataset.observations, dataset.actions)
+    w = neural_dualdice_ratio(params, dataset.observations, dataset.actions)
     mask = dataset.mask.astype(w.dtype)
     weighted = jnp.sum(mask * w * dataset.rewards) / jnp.sum(mask)
     if normalised:
@@ -392,12 +401,14 @@ def _train_dualdice(key, data: Transitions, initial_observations, target_probs_f
         # Simultaneous steps: descent on nu, ascent on zeta (Adam on the negated gradient).
         up_nu, opt_nu = tx_nu.update(g_nu, opt_nu, params.nu)
         up_zeta, opt_zeta = tx_zeta.update(jax.tree_util.tree_map(jnp.negative, g_zeta), opt_zeta, params.zeta)
-        params = params.replace(nu=optax.apply_updates(params.nu, up_nu), zeta=optax.apply_updates(params.zeta, up_zeta))
+        params = params.replace(
+            nu=optax.apply_updates(params.nu, up_nu), zeta=optax.apply_updates(params.zeta, up_zeta)
+        )
         return (params, opt_nu, opt_zeta), loss
 
     carry = (params, tx_nu.init(params.nu), tx_zeta.init(params.zeta))
     (params, _, _), losses = lax.scan(step, carry, jax.random.split(key_loop, config.num_steps))
-    w = dualdice_ratio(params, data.observations, data.actions)
+    w = neural_dualdice_ratio(params, data.observations, data.actions)
     mean_w, mean_wr = jnp.mean(w), jnp.mean(w * data.rewards)
     info = {
         "loss": losses,
@@ -421,9 +432,9 @@ def neural_dualdice(
       config: `NeuralDualDICEConfig`.
 
     Returns:
-      (params, info): `DualDICEParams` for `dualdice_ratio` / `dualdice_value`, and a dict with
-      "loss" [num_steps] (the minibatch objective per step), "mean_ratio" (mean_D w_hat, ~1 when
-      consistent), "value" and "value_normalised" (J_hat over the dataset's valid transitions).
+      (params, info): `DualDICEParams` for `neural_dualdice_ratio` / `neural_dualdice_value`, and a
+      dict with "loss" [num_steps] (the minibatch objective per step), "mean_ratio" (mean_D w_hat,
+      ~1 without terminal states), "value" and "value_normalised" (J_hat over the valid transitions).
 
     Raises:
       ValueError: bad data or batch_size larger than the number of valid transitions.
@@ -573,7 +584,7 @@ def offline_policy_gradient_loss(
     Args:
       log_probs: log pi_theta(.|s_i) for every action [..., A].
       actions: a_i, int [...].
-      ratios: w_hat(s_i, a_i) [...] (e.g. `dualdice_ratio`).
+      ratios: w_hat(s_i, a_i) [...] (e.g. `neural_dualdice_ratio`).
       q_values: Q_hat(s_i, a_i) [...] (e.g. FQE's Q at the logged action).
       discount: gamma.
       mask: optional [...] bool, the valid steps (the mean runs over them).
