@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from gymnax.environments.classic_control.cartpole import EnvState as CartPoleState
 
 from pgjax import envs
@@ -92,7 +91,7 @@ def test_problem_has_a_real_distribution_shift(problem):
 
 def test_dualdice_ratio_matches_exact_ratio(problem, dualdice):
     params, info = dualdice
-    w_hat = N.dualdice_ratio(params, *all_pairs())
+    w_hat = N.neural_dualdice_ratio(params, *all_pairs())
     error, trivial = weighted_rmse(problem, w_hat), weighted_rmse(problem, np.ones_like(problem["ratio"]))
     # Measured: 0.061 (training seeds 3-6: 0.047-0.065) against 1.59 for w = 1.
     assert error < 0.2, error
@@ -104,8 +103,8 @@ def test_dualdice_ratio_matches_exact_ratio(problem, dualdice):
 def test_dualdice_value_matches_expected_return(problem, dualdice):
     params, info = dualdice
     data = problem["data"]
-    value = float(jax.jit(N.dualdice_value, static_argnames="normalised")(params, data, DISCOUNT))
-    normalised = float(N.dualdice_value(params, data, DISCOUNT, normalised=True))
+    value = float(jax.jit(N.neural_dualdice_value, static_argnames="normalised")(params, data, DISCOUNT))
+    normalised = float(N.neural_dualdice_value(params, data, DISCOUNT, normalised=True))
     np.testing.assert_allclose(value, float(info["value"]), rtol=1e-4)
     np.testing.assert_allclose(normalised, float(info["value_normalised"]), rtol=1e-4)
     # Measured: 1.9% / 1.1% off J = 1.84 (seeds 3-6: at most 6%); the behaviour policy's value is 3.84.
@@ -127,9 +126,8 @@ def test_fqe_matches_exact_values(problem, fqe):
     # (seeds 3-6: at most 0.06 and 2.3%).
     assert np.max(np.abs(q_hat - problem["q"])) < 0.12
     assert abs(float(info["value"]) - problem["value"]) / problem["value"] < 0.04
-    np.testing.assert_allclose(
-        float(N.fqe_value(params, problem["data"].initial_observations, problem["probs_fn"])), float(info["value"]), rtol=1e-5
-    )
+    value = N.fqe_value(params, problem["data"].initial_observations, problem["probs_fn"])
+    np.testing.assert_allclose(float(value), float(info["value"]), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(N.fqe_q_values(params, obs[:, 0])), q_hat, rtol=1e-6)
     assert np.all(np.isfinite(np.asarray(info["loss"])))
 
@@ -155,7 +153,8 @@ def test_fqe_loss_stops_gradient_through_the_target():
     q_sa, rewards, next_values = jax.random.normal(jax.random.key(5), (3, 4))
     terminals = jnp.array([False, True, False, False])
     target = rewards + 0.9 * (1.0 - terminals) * next_values
-    np.testing.assert_allclose(N.fqe_loss(q_sa, rewards, terminals, next_values, 0.9), np.mean((q_sa - target) ** 2), rtol=1e-5)
+    loss = N.fqe_loss(q_sa, rewards, terminals, next_values, 0.9)
+    np.testing.assert_allclose(loss, np.mean((q_sa - target) ** 2), rtol=1e-5)
     np.testing.assert_allclose(jax.grad(N.fqe_loss, argnums=3)(q_sa, rewards, terminals, next_values, 0.9), 0.0)
 
 
@@ -213,11 +212,12 @@ def test_data_errors(problem):
 
 
 def test_divergence_raises_instead_of_returning_nan(problem):
-    wild = N.NeuralDualDICEConfig(
-        discount=DISCOUNT, hidden_sizes=(8,), nu_learning_rate=1e9, zeta_learning_rate=1e9, num_steps=300, anneal_lr=False
-    )
+    # Features of size 1e20 overflow float32 in zeta^2 within a step; the same config and shapes
+    # as the `dualdice` fixture reuse its compiled loop.
+    data = problem["data"]
+    huge = data._replace(observations=1e20 * data.observations, next_observations=1e20 * data.next_observations)
     with pytest.raises(N.TrainingDivergedError, match="smaller learning rate"):
-        N.neural_dualdice(jax.random.key(0), problem["data"], problem["probs_fn"], wild)
+        N.neural_dualdice(jax.random.key(0), huge, problem["probs_fn"], DUALDICE)
 
 
 # ---------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_divergence_raises_instead_of_returning_nan(problem):
 
 
 def tilted_policy(key, obs):
-    """A state-dependent policy: push towards the pole's lean, with probability sigmoid(3 (theta + theta_dot / 2))."""
+    """A state-dependent policy: push right with probability sigmoid(3 (theta + theta_dot / 2))."""
     p_right = jax.nn.sigmoid(3.0 * (obs[2] + 0.5 * obs[3]))
     action = jax.random.bernoulli(key, p_right).astype(jnp.int32)
     return action, jnp.log(jnp.where(action == 1, p_right, 1.0 - p_right))
@@ -265,14 +265,16 @@ def test_collect_env_shapes_masks_and_terminals(cartpole):
 
 def physics_successors(env, params, data):
     """s' = the CartPole dynamics applied to (s_t, a_t) for every valid step, recomputed independently."""
-    mask = np.asarray(data.mask)
-    obs, actions = jnp.asarray(np.asarray(data.observations)[mask]), jnp.asarray(np.asarray(data.actions)[mask])
 
-    def successor(o, a):
-        state = CartPoleState(x=o[0], x_dot=o[1], theta=o[2], theta_dot=o[3], time=0)
-        return env.step_env(jax.random.key(0), state, a, params)[0]
+    @jax.jit
+    def successors(obs, actions):
+        def successor(o, a):
+            state = CartPoleState(x=o[0], x_dot=o[1], theta=o[2], theta_dot=o[3], time=0)
+            return env.step_env(jax.random.key(0), state, a, params)[0]
 
-    return np.asarray(jax.vmap(successor)(obs, actions))
+        return jax.vmap(jax.vmap(successor))(obs, actions)
+
+    return np.asarray(successors(data.observations, data.actions))[np.asarray(data.mask)]
 
 
 def test_collect_env_next_observations_are_pre_reset(cartpole):
@@ -289,9 +291,10 @@ def test_collect_env_next_observations_are_pre_reset(cartpole):
     np.testing.assert_array_equal(next_obs[:, :-1][cont], obs[:, 1:][cont])
 
 
-def test_collect_env_time_limit_is_a_truncation_not_a_terminal():
-    env, params = envs.make("CartPole-v1", max_steps_in_episode=15)
-    data = collect_env(jax.random.key(7), env, params, tilted_policy, 32, 40)
+def test_collect_env_time_limit_is_a_truncation_not_a_terminal(cartpole):
+    env, params, _ = cartpole
+    params = params.replace(max_steps_in_episode=15)  # a traced field: the compiled rollout is reused
+    data = collect_env(jax.random.key(7), env, params, tilted_policy, 64, 120)
     validate_dataset(data)
     mask, terminals = np.asarray(data.mask), np.asarray(data.terminals)
     lengths = mask.sum(1)
@@ -309,7 +312,8 @@ def test_collect_env_log_probs_and_determinism(cartpole):
     mask = np.asarray(data.mask)
     p_right = jax.nn.sigmoid(3.0 * (data.observations[..., 2] + 0.5 * data.observations[..., 3]))
     expected = jnp.log(jnp.where(data.actions == 1, p_right, 1.0 - p_right))
-    np.testing.assert_allclose(np.asarray(data.behaviour_log_probs)[mask], np.asarray(expected)[mask], rtol=1e-5, atol=1e-6)
+    logged = np.asarray(data.behaviour_log_probs)[mask]
+    np.testing.assert_allclose(logged, np.asarray(expected)[mask], rtol=1e-5, atol=1e-6)
     again = collect_env(jax.random.key(6), env, params, tilted_policy, 64, 120)
     for a, b in zip(again, data):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -326,7 +330,8 @@ def direct_discounted_returns(key, env, params, num_episodes, discount, max_step
     for t in range(max_steps):
         key_act, key_env = jax.random.split(jax.random.fold_in(key, t))
         actions = jax.random.bernoulli(key_act, 0.5, (num_episodes,)).astype(jnp.int32)
-        obs, state, reward, terminated, truncated, _ = step(jax.random.split(key_env, num_episodes), state, actions, params)
+        env_keys = jax.random.split(key_env, num_episodes)
+        obs, state, reward, terminated, truncated, _ = step(env_keys, state, actions, params)
         returns += running * scale * np.asarray(reward)
         running &= ~(np.asarray(terminated) | np.asarray(truncated))
         scale *= discount
@@ -335,17 +340,42 @@ def direct_discounted_returns(key, env, params, num_episodes, discount, max_step
     return returns
 
 
-def test_collect_env_returns_match_direct_monte_carlo():
+@pytest.fixture(scope="module")
+def random_cartpole():
+    """1000 episodes of the uniform policy on CartPole (all end by termination, within 200 steps)."""
     env, params = envs.make("CartPole-v1")
-    discount, n = 0.99, 1000
-    data = collect_env(jax.random.key(9), env, params, random_policy, n, 200)
+    data = collect_env(jax.random.key(9), env, params, random_policy, 1000, 200)
+    returns = np.sum(np.asarray(data.rewards) * np.asarray(data.mask) * 0.99 ** np.arange(200), axis=1)
+    return env, params, data, returns
+
+
+def test_collect_env_returns_match_direct_monte_carlo(random_cartpole):
+    env, params, data, logged = random_cartpole
+    n = data.num_episodes
     assert not np.any(np.asarray(data.mask)[:, -1])  # every random episode ended
-    powers = discount ** np.arange(200)
-    logged = np.sum(np.asarray(data.rewards) * np.asarray(data.mask) * powers, axis=1)
-    direct = direct_discounted_returns(jax.random.key(10), env, params, n, discount, 200)
+    direct = direct_discounted_returns(jax.random.key(10), env, params, n, 0.99, 200)
     stderr = np.sqrt(logged.var() / n + direct.var() / n)
     assert abs(logged.mean() - direct.mean()) < 4 * stderr, (logged.mean(), direct.mean(), stderr)
     assert 15 < logged.mean() < 25  # random CartPole lasts ~22 steps
+
+
+def uniform_probs(observations):
+    return jnp.full(observations.shape[:-1] + (2,), 0.5, observations.dtype)
+
+
+def test_estimators_on_policy_with_terminal_states(random_cartpole):
+    # On-policy data (pi = mu = uniform) with true terminations: both estimators must reproduce the
+    # Monte Carlo value, which needs no bootstrapping from absorbing states (1 - terminal).
+    _, _, data, returns = random_cartpole
+    mc = returns.mean()  # 19.42 +- 0.28
+    _, _, fqe_info = N.fitted_q_evaluation(jax.random.key(0), data, uniform_probs, 0.99, FQE)
+    dice_config = N.NeuralDualDICEConfig(discount=0.99, hidden_sizes=(32, 32), num_steps=10_000)
+    _, dice_info = N.neural_dualdice(jax.random.key(0), data, uniform_probs, dice_config)
+    # Measured: FQE 19.56, DualDICE 19.17. Ignoring terminals would bootstrap to ~1/(1-gamma) = 100.
+    assert abs(float(fqe_info["value"]) - mc) / mc < 0.04, (float(fqe_info["value"]), mc)
+    assert abs(float(dice_info["value"]) - mc) / mc < 0.08, (float(dice_info["value"]), mc)
+    # With terminations E_D[w] = (1 - gamma) J < 1.
+    np.testing.assert_allclose(float(dice_info["mean_ratio"]), 0.01 * mc, rtol=0.08)
 
 
 # ---------------------------------------------------------------------------
@@ -373,14 +403,20 @@ def test_offline_policy_gradient_equals_hand_computed_estimate(x64):
             manual[s] += wi * qi * (np.eye(NUM_ACTIONS)[a] - pi[s])  # grad_theta[s] log pi(a|s)
             count += 1
     manual /= count * (1.0 - DISCOUNT)
-    for fn in (jax.grad(loss), jax.jit(jax.grad(loss))):
-        np.testing.assert_allclose(-fn(theta, w, q, mask), manual, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(-jax.grad(loss)(theta, w, q, mask), manual, rtol=1e-10, atol=1e-12)
+    grad_theta, grad_w, grad_q = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(theta, w, q, mask)
+    np.testing.assert_allclose(-grad_theta, manual, rtol=1e-10, atol=1e-12)
     # w and Q are constants of the surrogate.
-    np.testing.assert_array_equal(jax.grad(loss, argnums=(1, 2))(theta, w, q, mask), (0 * w, 0 * q))
+    np.testing.assert_array_equal(grad_w, 0.0)
+    np.testing.assert_array_equal(grad_q, 0.0)
+
+    @jax.jit
+    def batched_and_single(theta):
+        batched = jax.vmap(jax.grad(loss), in_axes=(0, None, None))(jnp.stack([theta, 2 * theta]), w, q)
+        return batched[1], jax.grad(loss)(2 * theta, w, q)
+
     # Without a mask every sample counts; vmapped over a batch of policies it matches one at a time.
-    thetas = jnp.stack([theta, 2 * theta])
-    batched = jax.vmap(jax.grad(loss), in_axes=(0, None, None))(thetas, w, q)
-    np.testing.assert_allclose(batched[1], jax.grad(loss)(2 * theta, w, q), rtol=1e-12)
+    np.testing.assert_allclose(*batched_and_single(theta), rtol=1e-12)
 
 
 def test_offline_policy_gradient_with_exact_ratio_and_q_is_the_policy_gradient(x64):
@@ -389,14 +425,19 @@ def test_offline_policy_gradient_with_exact_ratio_and_q_is_the_policy_gradient(x
     mdp = T.random_mdp(jax.random.key(12), NUM_STATES, NUM_ACTIONS, discount=DISCOUNT, dtype=jnp.float64)
     features = T.tabular_features(NUM_STATES, NUM_ACTIONS)
     theta = jax.random.normal(jax.random.key(13), (NUM_STATES * NUM_ACTIONS,), jnp.float64)
-    pi = T.softmax_policy(theta, features)
-    data_occupancy = jnp.full((NUM_STATES, NUM_ACTIONS), 1.0 / (NUM_STATES * NUM_ACTIONS))
-    ratio = T.state_action_occupancy(mdp, pi) / data_occupancy
-    _, q = T.policy_evaluation(mdp, pi)
     states, actions = jnp.meshgrid(jnp.arange(NUM_STATES), jnp.arange(NUM_ACTIONS), indexing="ij")
 
-    def loss(theta):
-        log_probs = T.log_policy(theta, features)[states]
-        return N.offline_policy_gradient_loss(log_probs, actions, ratio, q, DISCOUNT)
+    @jax.jit
+    def offline_and_exact(mdp, theta):
+        pi = T.softmax_policy(theta, features)
+        data_occupancy = jnp.full((NUM_STATES, NUM_ACTIONS), 1.0 / (NUM_STATES * NUM_ACTIONS))
+        ratio = T.state_action_occupancy(mdp, pi) / data_occupancy
+        _, q = T.policy_evaluation(mdp, pi)
 
-    np.testing.assert_allclose(-jax.grad(loss)(theta), T.policy_gradient(mdp, theta, features), rtol=1e-9, atol=1e-12)
+        def loss(theta):
+            log_probs = T.log_policy(theta, features)[states]
+            return N.offline_policy_gradient_loss(log_probs, actions, ratio, q, DISCOUNT)
+
+        return -jax.grad(loss)(theta), T.policy_gradient(mdp, theta, features)
+
+    np.testing.assert_allclose(*offline_and_exact(mdp, theta), rtol=1e-9, atol=1e-12)
