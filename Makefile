@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pgjax-installed
 
-.PHONY: demo test install theorem bench clean
+.PHONY: demo test install theorem offline bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ demo: $(STAMP)
 
 theorem: $(STAMP)
 	$(BIN)/python experiments/policy_gradient_theorem.py
+
+offline: $(STAMP)
+	$(BIN)/python experiments/offline_dualdice.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
