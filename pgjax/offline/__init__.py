@@ -48,3 +48,24 @@ from pgjax.offline.importance import (
     importance_weights,
     log_ratios,
 )
+from pgjax.offline.collect_env import collect_env
+from pgjax.offline.neural import (
+    DualDICEParams,
+    FQEConfig,
+    FQEParams,
+    NeuralDualDICEConfig,
+    TrainingDivergedError,
+    Transitions,
+    dualdice_loss,
+    fitted_q_evaluation,
+    fqe_loss,
+    fqe_q_values,
+    fqe_value,
+    neural_dualdice,
+    neural_dualdice_ratio,
+    neural_dualdice_value,
+    offline_policy_gradient_loss,
+    one_hot_observations,
+    tabular_probs_fn,
+    valid_transitions,
+)

@@ -307,14 +307,14 @@ class DualDICEParams:
     zeta: Any
     hidden_sizes: tuple[int, ...] = struct.field(pytree_node=False, default=(64, 64))
     activation: str = struct.field(pytree_node=False, default="relu")
+    num_actions: int = struct.field(pytree_node=False, default=0)
 
 
 def _mlp(hidden_sizes, activation, num_actions: int) -> MLP:
     return MLP(tuple(hidden_sizes), activation, output_dim=num_actions, output_gain=1.0)
 
 
-def _apply(hidden_sizes, activation, params: Any, observations: Array) -> Array:
-    num_actions = params["params"][f"Dense_{len(hidden_sizes)}"]["bias"].shape[0]
+def _apply(hidden_sizes, activation, num_actions: int, params: Any, observations: Array) -> Array:
     return _mlp(hidden_sizes, activation, num_actions).apply(params, observations)
 
 
@@ -344,7 +344,7 @@ def dualdice_loss(
 
 def neural_dualdice_ratio(params: DualDICEParams, observations: Array, actions: Array) -> Array:
     """w_hat(s,a) = zeta(s,a): observations [..., obs_dim], int actions [...] -> [...]."""
-    return _take(_apply(params.hidden_sizes, params.activation, params.zeta, observations), actions)
+    return _take(_apply(params.hidden_sizes, params.activation, params.num_actions, params.zeta, observations), actions)
 
 
 def neural_dualdice_value(params: DualDICEParams, dataset: Dataset, discount, normalised: bool = False) -> Array:
@@ -374,6 +374,7 @@ def _train_dualdice(key, data: Transitions, initial_observations, target_probs_f
         zeta=net.init(key_zeta, data.observations[0]),
         hidden_sizes=config.hidden_sizes,
         activation=config.activation,
+        num_actions=num_actions,
     )
     tx_nu = _adam(config.nu_learning_rate, config.num_steps, config.anneal_lr, config.adam_b1)
     tx_zeta = _adam(config.zeta_learning_rate, config.num_steps, config.anneal_lr, config.adam_b1)
@@ -468,11 +469,12 @@ class FQEParams:
     discount: Array
     hidden_sizes: tuple[int, ...] = struct.field(pytree_node=False, default=(64, 64))
     activation: str = struct.field(pytree_node=False, default="relu")
+    num_actions: int = struct.field(pytree_node=False, default=0)
 
 
 def fqe_q_values(params: FQEParams, observations: Array) -> Array:
     """Q_hat(s, .): observations [..., obs_dim] -> [..., A]."""
-    scaled = _apply(params.hidden_sizes, params.activation, params.q, observations)
+    scaled = _apply(params.hidden_sizes, params.activation, params.num_actions, params.q, observations)
     return scaled / (1.0 - params.discount)
 
 
@@ -528,7 +530,7 @@ def _train_fqe(key, data: Transitions, initial_observations, discount, target_pr
 
     inputs = (jnp.arange(config.num_steps), jax.random.split(key_loop, config.num_steps))
     (q_params, _, _), losses = lax.scan(step, (q_params, q_params, tx.init(q_params)), inputs)
-    params = FQEParams(q_params, jnp.asarray(discount, jnp.result_type(float)), config.hidden_sizes, config.activation)
+    params = FQEParams(q_params, jnp.asarray(discount, jnp.result_type(float)), config.hidden_sizes, config.activation, num_actions)
     return params, {"loss": losses, "value": fqe_value(params, initial_observations, target_probs_fn)}
 
 
