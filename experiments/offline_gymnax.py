@@ -10,13 +10,30 @@
    weighted importance sampling with log pi(a_t|s_t) from the policy network.
 4. Compare with an on-policy Monte Carlo estimate from --mc-episodes fresh episodes of pi, and
    with the naive average discounted return of the logged (behaviour) episodes.
+5. Offline policy gradient of J with respect to the actor's parameters, from the logged data only:
+   g_off = 1/(1-gamma) E_D[w(s,a) grad log pi(a|s) Q_hat(s,a)] with w from the neural DualDICE
+   and Q_hat from the neural FQE (`offline_policy_gradient_loss`); the same with the advantage
+   Q_hat - V_hat (V_hat(s) = sum_a pi(a|s) Q_hat(s,a)) as the weight; the advantage form without
+   the ratio (w = 1, a control); and the PDIS gradient (jax.grad of the PDIS value). Each is
+   compared, by cosine and relative error, with a reference gradient from --reference-episodes
+   fresh episodes of pi: the theorem form sum_t gamma^t grad log pi(a_t|s_t) (G_t - b(s_t))
+   (`on_policy_gradient_loss`; G_t the discounted reward-to-go, b = PPO's critic, which leaves it
+   unbiased), averaged over episodes. Its own noise is reported from --reference-chunks
+   independent chunks of episodes: the cosine between the two halves and the relative standard error.
+6. Offline improvement (--improve-steps > 0): Adam steps on the actor along the offline advantage
+   gradient (w and Q_hat held fixed), then the on-policy Monte Carlo value of the new actor
+   against the old, on the same random numbers (paired standard error). With --improve-control,
+   also the same steps on the on-policy reference surrogate (fresh episodes of pi: not offline).
 
 DualDICE and FQE bootstrap past the horizon (time limits are truncations), the IS estimators and
 Monte Carlo stop there: the two targets differ by at most gamma^horizon r_max / (1 - gamma)
 (0.66 on CartPole with the defaults). On CartPole r = 1 on every step, so the value is carried
 by when episodes terminate: the self-normalised DualDICE estimate is 1 / (1 - gamma) whatever
 the ratio, and the plain one is (mean ratio) / (1 - gamma).
-Prints a table and writes results.csv (one row per estimator) and config.json to --out.
+The reference gradient stops at the horizon too (the gradient of the T-step return).
+Prints two tables and writes results.csv (one row per estimator: quantity "value" or "gradient";
+for a gradient, estimate is its norm, error the norm of its difference from the reference and
+cosine the cosine with it) and config.json to --out.
 """
 
 from __future__ import annotations
@@ -31,6 +48,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from pgjax import algos, envs
 from pgjax.algos import common
@@ -55,6 +73,15 @@ def parse_args(argv=None):
                    help="DualDICE's min-max converges slowly at gamma = 0.99: more steps and larger batches than FQE")
     p.add_argument("--dualdice-batch-size", type=int, default=1024)
     p.add_argument("--fqe-steps", type=int, default=10_000)
+    p.add_argument("--reference-episodes", type=int, default=10_000,
+                   help="on-policy episodes of pi for the reference gradient")
+    p.add_argument("--reference-chunks", type=int, default=10,
+                   help="independent chunks of the reference episodes, for its half-split cosine and standard error")
+    p.add_argument("--improve-steps", type=int, default=5,
+                   help="Adam steps on the actor along the offline gradient (0: skip the improvement round)")
+    p.add_argument("--improve-learning-rate", type=float, default=1e-3)
+    p.add_argument("--improve-control", action="store_true",
+                   help="also take the same Adam steps on the on-policy reference surrogate (~1 min more)")
     p.add_argument("--out", default=os.path.join("runs", "offline-gymnax"))
     args = p.parse_args(argv)
     if not 0.0 <= args.epsilon <= 1.0:
@@ -62,9 +89,13 @@ def parse_args(argv=None):
     if not 0.0 < args.discount < 1.0:
         p.error(f"--discount must lie in (0, 1); got {args.discount}")
     for name in ("ppo_steps", "num_episodes", "horizon", "mc_episodes", "dualdice_steps", "dualdice_batch_size",
-                 "fqe_steps"):
+                 "fqe_steps", "reference_episodes"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.reference_chunks < 2 or args.reference_chunks % 2 or args.reference_episodes % args.reference_chunks:
+        p.error("--reference-chunks must be even, >= 2, and divide --reference-episodes")
+    if args.improve_steps < 0 or not args.improve_learning_rate > 0:
+        p.error("--improve-steps must be >= 0 and --improve-learning-rate > 0")
     return args
 
 
@@ -90,9 +121,19 @@ def discounted_returns(data, discount: float) -> np.ndarray:
     return np.sum(np.asarray(data.rewards) * np.asarray(data.mask) * powers, axis=1)
 
 
+def flatten(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(tree)])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     key_ppo, key_data, key_mc, key_dice, key_fqe = jax.random.split(jax.random.key(args.seed), 5)
+    # The reference gradient's key, folded in so the evaluation above keeps its random numbers.
+    key_ref, _ = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), 1))
     timings = {}
 
     start = time.perf_counter()
@@ -138,8 +179,9 @@ def main(argv=None) -> int:
 
     def record(method, estimate, seconds, note=""):
         estimate = float(estimate)
-        rows.append(dict(method=method, estimate=estimate, error=estimate - truth,
-                         relative_error=(estimate - truth) / abs(truth), seconds=round(seconds, 2), note=note))
+        rows.append(dict(quantity="value", method=method, estimate=estimate, error=estimate - truth,
+                         relative_error=(estimate - truth) / abs(truth), cosine="", seconds=round(seconds, 2),
+                         note=note))
 
     record("on-policy Monte Carlo (reference)", truth, timings["collect"], f"+- {truth_se:.2f} (1 s.e.)")
     record("behaviour average (naive)", logged.mean(), 0.0, "mean discounted return of the logged episodes")
@@ -155,7 +197,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     fqe_config = neural.FQEConfig(num_steps=args.fqe_steps)
-    _, _, fqe_info = neural.fitted_q_evaluation(key_fqe, data, target_probs, args.discount, fqe_config)
+    _, q_fn, fqe_info = neural.fitted_q_evaluation(key_fqe, data, target_probs, args.discount, fqe_config)
     record("neural FQE", fqe_info["value"], time.perf_counter() - start)
 
     start = time.perf_counter()
@@ -169,11 +211,160 @@ def main(argv=None) -> int:
         record(method.upper(), value, time.perf_counter() - start,
                f"trajectory-weight ESS {float(ess):.1f} of {args.num_episodes}" if method == "wis" else "")
 
+    # ------------------------------------------------------------------
+    # Policy gradients with respect to the actor's parameters.
+    # ------------------------------------------------------------------
+    actor = params["params"]["actor"]
+
+    def dist_of(actor_params, obs):
+        return network.apply({"params": {**params["params"], "actor": actor_params}}, obs)[0]
+
+    # Reference: the theorem-form on-policy gradient from fresh episodes of pi, per chunk of episodes.
+    start = time.perf_counter()
+    reference_data = collect_env(key_ref, env, env_params, target, args.reference_episodes, args.horizon)
+    chunks = jax.tree_util.tree_map(
+        lambda x: x.reshape(args.reference_chunks, -1, *x.shape[1:]),
+        (reference_data.observations, reference_data.actions, reference_data.rewards, reference_data.mask),
+    )
+
+    @jax.jit
+    def on_policy_gradients(actor_params, chunks):
+        def one(chunk):
+            obs, actions, rewards, mask = chunk
+            baseline = network.apply(params, obs)[1]  # PPO's critic V(s_t): a state baseline
+            log_probs, vjp = jax.vjp(lambda a: dist_of(a, obs).log_probs, actor_params)
+            grads = []
+            for b in (None, baseline):
+                # -loss is linear in the log-probabilities: its gradient is one vector-Jacobian product.
+                cotangent = jax.grad(
+                    lambda lp: -neural.on_policy_gradient_loss(lp, actions, rewards, mask, args.discount, b)
+                )(log_probs)
+                grads.append(vjp(cotangent)[0])
+            return tuple(grads)
+
+        return jax.lax.map(one, chunks)
+
+    per_chunk = [np.stack([flatten(jax.tree_util.tree_map(lambda x: x[k], tree))
+                           for k in range(args.reference_chunks)])
+                 for tree in on_policy_gradients(actor, chunks)]
+    timings["reference"] = time.perf_counter() - start
+    half = args.reference_chunks // 2
+
+    def noise(g):  # (mean, half-split cosine, relative standard error of the mean)
+        mean = g.mean(0)
+        se = np.sqrt(np.sum(g.var(0, ddof=1)) / len(g))
+        return mean, cosine(g[:half].mean(0), g[half:].mean(0)), se / np.linalg.norm(mean)
+
+    plain, plain_halves, plain_rse = noise(per_chunk[0])
+    reference, ref_halves, ref_rse = noise(per_chunk[1])
+    ref_norm = np.linalg.norm(reference)
+    print(f"Reference gradient from {args.reference_episodes} episodes of pi ({timings['reference']:.1f}s): "
+          f"half-split cosine {ref_halves:.3f}, relative s.e. {ref_rse:.3f} (critic baseline); "
+          f"without the baseline {plain_halves:.3f}, {plain_rse:.3f}")
+
+    grad_rows = []
+
+    def record_gradient(method, g, seconds, note=""):
+        g = flatten(g) if not isinstance(g, np.ndarray) else g
+        err = np.linalg.norm(g - reference)
+        grad_rows.append(dict(quantity="gradient", method=method, estimate=float(np.linalg.norm(g)),
+                              error=float(err), relative_error=float(err / ref_norm), cosine=cosine(g, reference),
+                              seconds=round(seconds, 2), note=note))
+
+    record_gradient("on-policy, critic baseline (reference)", reference, timings["reference"],
+                    f"half-split cosine {ref_halves:.3f}, relative s.e. {ref_rse:.3f}; "
+                    f"{args.reference_episodes} episodes")
+    record_gradient("on-policy, no baseline", plain, timings["reference"],
+                    f"half-split cosine {plain_halves:.3f}, relative s.e. {plain_rse:.3f}; same episodes (shared noise)")
+
+    # Offline: w from DualDICE and Q_hat from FQE on the logged data, held fixed.
+    start = time.perf_counter()
+    ratios = neural.neural_dualdice_ratio(dice_params, data.observations, data.actions)
+    q_all = q_fn(data.observations)
+    q_sa = jnp.take_along_axis(q_all, data.actions[..., None], axis=-1)[..., 0]
+    advantages = q_sa - jnp.sum(target_probs(data.observations) * q_all, axis=-1)
+    ones = jnp.ones_like(ratios)
+
+    def offline_loss(actor_params, w, weights):
+        log_probs = dist_of(actor_params, data.observations).log_probs
+        return neural.offline_policy_gradient_loss(log_probs, data.actions, w, weights, args.discount, data.mask)
+
+    offline_grad = jax.jit(lambda a, w, weights: jax.tree_util.tree_map(jnp.negative,
+                                                                        jax.grad(offline_loss)(a, w, weights)))
+    record_gradient("offline DualDICE w x FQE Q", offline_grad(actor, ratios, q_sa), time.perf_counter() - start,
+                    "g_off = 1/(1-gamma) E_D[w grad log pi Q_hat]")
+    start = time.perf_counter()
+    record_gradient("offline DualDICE w x FQE advantage", offline_grad(actor, ratios, advantages),
+                    time.perf_counter() - start, "weight Q_hat - V_hat, V_hat = sum_a pi Q_hat")
+    start = time.perf_counter()
+    record_gradient("offline w = 1 x FQE advantage (control)", offline_grad(actor, ones, advantages),
+                    time.perf_counter() - start, "no ratio correction: the behaviour's state distribution")
+
+    start = time.perf_counter()
+    pdis_grad = jax.jit(jax.grad(lambda a: importance.importance_value(
+        data.rewards, data.mask, dist_of(a, data.observations).log_prob(data.actions), data.behaviour_log_probs,
+        args.discount, "pdis")))(actor)
+    record_gradient("PDIS", pdis_grad, time.perf_counter() - start, "jax.grad of the PDIS value")
+
+    # ------------------------------------------------------------------
+    # One offline improvement round along the offline advantage gradient.
+    # ------------------------------------------------------------------
+    improvement = {}
+    if args.improve_steps:
+        tx = optax.adam(args.improve_learning_rate)
+
+        def improve(ascent_direction):
+            """--improve-steps Adam steps on the actor up ascent_direction(actor) (recomputed each step)."""
+            a, opt = actor, tx.init(actor)
+            for _ in range(args.improve_steps):
+                updates, opt = tx.update(jax.tree_util.tree_map(jnp.negative, ascent_direction(a)), opt, a)
+                a = optax.apply_updates(a, updates)
+            return a
+
+        directions = {
+            # The offline surrogate: w and Q_hat - V_hat fixed, log pi at the moving actor; logged data only.
+            "offline g_off (w x advantage)": lambda a: offline_grad(a, ratios, advantages),
+        }
+        if args.improve_control:
+            # Control: the same steps on the on-policy surrogate of the reference episodes (not offline).
+            directions["on-policy reference (control)"] = lambda a: jax.tree_util.tree_map(
+                lambda x: x.mean(0), on_policy_gradients(a, chunks)[1])
+        for name, direction in directions.items():
+            start = time.perf_counter()
+            new_actor = improve(direction)
+            new_policy = sample_from(lambda obs, a=new_actor: dist_of(a, obs).probs)
+            # Same key as the Monte Carlo reference above: common random numbers, a paired comparison.
+            new_mc = discounted_returns(
+                collect_env(key_mc, env, env_params, new_policy, args.mc_episodes, args.horizon), args.discount)
+            diff = new_mc - mc
+            result = dict(new=float(new_mc.mean()), difference=float(diff.mean()),
+                          difference_se=float(diff.std(ddof=1) / np.sqrt(len(diff))),
+                          step_cosine=cosine(flatten(new_actor) - flatten(actor), reference))
+            improvement[name] = result
+            rows.append(dict(quantity="value", method=f"pi + {args.improve_steps} Adam steps on {name}",
+                             estimate=result["new"], error=result["difference"],
+                             relative_error=result["difference"] / abs(truth), cosine="",
+                             seconds=round(time.perf_counter() - start, 2),
+                             note=f"on-policy Monte Carlo; error = change, paired s.e. {result['difference_se']:.2f}; "
+                                  f"step cosine with the reference gradient {result['step_cosine']:.3f}"))
+
     print()
-    print(f"{'method':36s} {'estimate':>9s} {'error':>9s} {'rel. err':>9s} {'time (s)':>9s}  note")
+    print(f"{'value of pi':52s} {'estimate':>9s} {'error':>9s} {'rel. err':>9s} {'time (s)':>9s}  note")
     for r in rows:
-        print(f"{r['method']:36s} {r['estimate']:9.2f} {r['error']:9.2f} {r['relative_error']:9.1%} "
+        print(f"{r['method']:52s} {r['estimate']:9.2f} {r['error']:9.2f} {r['relative_error']:9.1%} "
               f"{r['seconds']:9.1f}  {r['note']}")
+    print()
+    print(f"{'gradient of J w.r.t. the actor':52s} {'norm':>9s} {'cosine':>9s} {'rel. err':>9s} {'time (s)':>9s}  note")
+    for r in grad_rows:
+        print(f"{r['method']:52s} {r['estimate']:9.2f} {r['cosine']:9.3f} {r['relative_error']:9.1%} "
+              f"{r['seconds']:9.1f}  {r['note']}")
+    if improvement:
+        print()
+    for name, result in improvement.items():
+        print(f"{args.improve_steps} Adam steps (learning rate {args.improve_learning_rate}) on {name}: "
+              f"J(pi) {truth:.2f} -> {result['new']:.2f} ({result['difference']:+.2f} +- "
+              f"{result['difference_se']:.2f} paired s.e.)")
+    rows = rows + grad_rows
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
@@ -182,7 +373,8 @@ def main(argv=None) -> int:
         writer.writerows(rows)
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump({**vars(args), "ppo_return": ppo_return, "dualdice": dataclasses.asdict(config),
-                   "fqe": dataclasses.asdict(fqe_config), "jax": jax.__version__}, f, indent=2, default=str)
+                   "fqe": dataclasses.asdict(fqe_config), "improvement": improvement, "jax": jax.__version__},
+                  f, indent=2, default=str)
     print(f"\nwrote {os.path.join(args.out, 'results.csv')}")
     return 0
 

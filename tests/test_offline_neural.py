@@ -1,4 +1,4 @@
-"""Neural off-policy evaluation (DualDICE, FQE), the offline policy-gradient loss, and logging gymnax episodes.
+"""Neural off-policy evaluation (DualDICE, FQE), the offline and on-policy policy-gradient losses, and logging gymnax episodes.
 
 DualDICE and FQE run on one-hot features of a small random MDP, where the exact density ratio,
 Q-function and value are known; `collect_env` runs on CartPole-v1, whose terminal states are
@@ -441,3 +441,72 @@ def test_offline_policy_gradient_with_exact_ratio_and_q_is_the_policy_gradient(x
         return -jax.grad(loss)(theta), T.policy_gradient(mdp, theta, features)
 
     np.testing.assert_allclose(*offline_and_exact(mdp, theta), rtol=1e-9, atol=1e-12)
+
+
+def test_on_policy_gradient_equals_hand_computed_estimate(x64):
+    k = jax.random.split(jax.random.key(14), 5)
+    theta = jax.random.normal(k[0], (NUM_STATES, NUM_ACTIONS), jnp.float64)
+    states = jax.random.randint(k[1], (3, 6), 0, NUM_STATES)
+    actions = jax.random.randint(k[2], (3, 6), 0, NUM_ACTIONS)
+    rewards = jax.random.normal(k[3], (3, 6), jnp.float64)
+    baseline = jax.random.normal(k[4], (3, 6), jnp.float64)
+    mask = jnp.arange(6)[None] < jnp.array([[6], [3], [1]])
+
+    returns = np.zeros((3, 6))
+    for i in range(3):
+        for t in range(6):
+            returns[i, t] = sum(DISCOUNT ** (k - t) * float(rewards[i, k]) for k in range(t, 6) if mask[i, k])
+    np.testing.assert_allclose(N.discounted_reward_to_go(rewards, mask, DISCOUNT), returns * np.asarray(mask), rtol=1e-12)
+
+    def loss(theta, baseline=None):
+        log_probs = jax.nn.log_softmax(theta[states])
+        return N.on_policy_gradient_loss(log_probs, actions, rewards, mask, DISCOUNT, baseline)
+
+    pi = np.asarray(jax.nn.softmax(theta, -1))
+    for b in (None, baseline):
+        manual = np.zeros((NUM_STATES, NUM_ACTIONS))
+        for i in range(3):
+            for t in range(6):
+                if mask[i, t]:
+                    s, a = int(states[i, t]), int(actions[i, t])
+                    weight = returns[i, t] - (0.0 if b is None else float(b[i, t]))
+                    manual[s] += DISCOUNT**t * weight * (np.eye(NUM_ACTIONS)[a] - pi[s])
+        np.testing.assert_allclose(-jax.jit(jax.grad(loss))(theta, b), manual / 3, rtol=1e-10, atol=1e-12)
+    # Rewards and the baseline are constants of the surrogate.
+    grad_b = jax.grad(loss, argnums=1)(theta, baseline)
+    np.testing.assert_array_equal(grad_b, 0.0)
+
+
+def test_on_policy_gradient_from_episodes_matches_the_exact_gradient(x64):
+    # Episodes of pi itself, long enough that gamma^T is negligible: the estimator is unbiased for
+    # grad J, with and without a state baseline (here the exact V^pi, which cuts the variance).
+    mdp = T.random_mdp(jax.random.key(15), NUM_STATES, NUM_ACTIONS, discount=DISCOUNT, dtype=jnp.float64)
+    features = T.tabular_features(NUM_STATES, NUM_ACTIONS)
+    theta = jax.random.normal(jax.random.key(16), (NUM_STATES * NUM_ACTIONS,), jnp.float64)
+    pi = T.softmax_policy(theta, features)
+    v, _ = T.policy_evaluation(mdp, pi)
+    episodes = collect(jax.random.key(17), mdp, pi, 20_000, 120)
+    exact = np.asarray(T.policy_gradient(mdp, theta, features))
+
+    @jax.jit
+    def estimates(theta, chunks):
+        def one(chunk):
+            def grad(baseline):
+                def loss(th):
+                    log_probs = T.log_policy(th, features)[chunk.observations]
+                    return N.on_policy_gradient_loss(
+                        log_probs, chunk.actions, chunk.rewards, chunk.mask, DISCOUNT, baseline
+                    )
+
+                return -jax.grad(loss)(theta)
+
+            return grad(None), grad(v[chunk.observations])
+
+        return jax.lax.map(one, chunks)
+
+    chunks = jax.tree_util.tree_map(lambda x: x.reshape(10, -1, *x.shape[1:]), episodes)
+    for per_chunk in estimates(theta, chunks):
+        per_chunk = np.asarray(per_chunk)
+        mean, se = per_chunk.mean(0), per_chunk.std(0, ddof=1) / np.sqrt(len(per_chunk))
+        assert np.all(np.abs(mean - exact) < 4 * se + 1e-3 * np.abs(exact).max())
+        assert np.linalg.norm(mean - exact) < 0.15 * np.linalg.norm(exact)

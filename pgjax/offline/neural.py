@@ -23,6 +23,9 @@ The offline policy gradient reweights the score function by both estimates:
 
     grad J(pi_theta) = 1/(1 - gamma) E_{(s,a)~d^D}[w(s,a) grad log pi_theta(a|s) Q^pi(s,a)].
 
+`on_policy_gradient_loss` is its on-policy reference from episodes of pi itself, the same
+theorem with d^pi sampled by discounted time, sum_t gamma^t grad log pi(a_t|s_t) G_t.
+
 Networks are `pgjax.nets.MLP`s from observation features [..., obs_dim] to one value per
 discrete action [..., A]. `target_probs_fn(observations [..., obs_dim]) -> pi(.|s) [..., A]`
 is a pure function; it is a static argument of the compiled training loop, so reuse the
@@ -58,6 +61,7 @@ __all__ = [
     "NeuralDualDICEConfig",
     "TrainingDivergedError",
     "Transitions",
+    "discounted_reward_to_go",
     "dualdice_loss",
     "fitted_q_evaluation",
     "fqe_loss",
@@ -67,6 +71,7 @@ __all__ = [
     "neural_dualdice_ratio",
     "neural_dualdice_value",
     "offline_policy_gradient_loss",
+    "on_policy_gradient_loss",
     "one_hot_observations",
     "tabular_probs_fn",
     "valid_transitions",
@@ -604,3 +609,57 @@ def offline_policy_gradient_loss(
         m = mask.astype(terms.dtype)
         mean = jnp.sum(m * terms) / jnp.maximum(jnp.sum(m), 1.0)
     return -mean / (1.0 - discount)
+
+
+def discounted_reward_to_go(rewards: Array, mask: Array, discount) -> Array:
+    """G_t = sum_{k>=t} gamma^(k-t) r_k over each episode's valid steps, 0 on padding: [..., T] -> [..., T].
+
+    Episodes are rows whose `mask` is True up to their last step and False after it (as from
+    `collect` / `collect_env`); rewards on padding steps are ignored.
+    """
+    r = jnp.where(mask, rewards, 0.0)
+    gamma = jnp.asarray(discount, r.dtype)
+
+    def step(g, r_t):
+        g = r_t + gamma * g
+        return g, g
+
+    _, returns = lax.scan(step, jnp.zeros(r.shape[:-1], r.dtype), jnp.moveaxis(r, -1, 0), reverse=True)
+    return jnp.where(mask, jnp.moveaxis(returns, 0, -1), 0.0)
+
+
+def on_policy_gradient_loss(
+    log_probs: Array, actions: Array, rewards: Array, mask: Array, discount, baseline: Array | None = None
+) -> Array:
+    """The on-policy (REINFORCE, theorem-form) policy-gradient loss from episodes of pi_theta, to be minimised:
+
+        L(theta) = -mean_i sum_t gamma^t log pi_theta(a^i_t|s^i_t) sg(G^i_t - b^i_t),
+        -grad L  =  mean_i sum_t gamma^t grad log pi_theta(a^i_t|s^i_t) (G^i_t - b^i_t),
+
+    with G_t the discounted reward-to-go (`discounted_reward_to_go`). Its expectation is
+    1/(1 - gamma) E_{(s,a)~d^pi}[grad log pi(a|s) Q^pi(s,a)] = grad J(pi_theta) for episodes
+    run to termination (cut at T steps: grad of the T-step return J_T). A baseline b_t that
+    depends on s_t only (e.g. a critic's V(s_t)) leaves the expectation unchanged and can cut
+    the variance; the weights G - b are constants (stop_gradient).
+
+    Args:
+      log_probs: log pi_theta(.|s_t) for every action [..., T, A] (the mean runs over the leading axes: episodes).
+      actions: a_t, int [..., T].
+      rewards: r_t [..., T].
+      mask: [..., T] bool, the valid steps of each episode.
+      discount: gamma.
+      baseline: optional b(s_t) [..., T].
+
+    Returns:
+      A scalar.
+    """
+    chex.assert_equal_shape([actions, rewards, mask])
+    chex.assert_equal_shape_prefix([log_probs, actions], actions.ndim)
+    weights = discounted_reward_to_go(rewards, mask, discount)
+    if baseline is not None:
+        chex.assert_equal_shape([baseline, rewards])
+        weights = weights - baseline
+    powers = jnp.asarray(discount, weights.dtype) ** jnp.arange(weights.shape[-1], dtype=weights.dtype)
+    weights = lax.stop_gradient(jnp.where(mask, powers * weights, 0.0))
+    per_episode = jnp.sum(_take(log_probs, actions) * weights, axis=-1)
+    return -jnp.mean(per_episode)
