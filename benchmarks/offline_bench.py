@@ -105,7 +105,7 @@ def main(argv=None):
         rows.append(dict(row=name, unit=unit, pgjax_compile_s=round(pg_first - pg_call, 2),
                          pgjax_per_s=work / pg_call, numpy_per_s=work / np_call, ratio=np_call / pg_call))
 
-    collect = jax.jit(lambda k: off.dataset._collect(k, mdp, mu, N, T))
+    collect = jax.jit(lambda k: off.sample_dataset(k, mdp, mu, N, T))
     data, first, per = timed(lambda: collect(jax.random.key(0)), args.min_time)
     rng = np.random.default_rng(0)
     _, _, np_per = timed(lambda: np_collect(rng, P, mu0, mu_np, N, T), args.min_time)
@@ -129,7 +129,7 @@ def main(argv=None):
     n_small = 100
 
     def one(key):
-        d = off.dataset._collect(key, mdp, mu, n_small, T)
+        d = off.sample_dataset(key, mdp, mu, n_small, T)
         w = off.dualdice_ratio(off.empirical_model(d, S, A), pi, GAMMA)
         return off.ratio_weighted_value(d, w, GAMMA), off.tabular_importance_value(d, pi, GAMMA, "pdis")
 

@@ -104,7 +104,7 @@ def make_estimator(mdp, features, theta, behaviour, num_trajectories, horizon):
     target = tab.softmax_policy(theta, features)
 
     def one(key):
-        data = off.dataset._collect(key, mdp, behaviour, num_trajectories, horizon)
+        data = off.sample_dataset(key, mdp, behaviour, num_trajectories, horizon)
         model = off.empirical_model(data, num_states, num_actions)
         w = off.dualdice_ratio(model, target, gamma)
         values = {

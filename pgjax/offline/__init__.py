@@ -7,6 +7,7 @@ from pgjax.offline.dataset import (
     collect,
     concatenate,
     load_dataset,
+    sample_dataset,
     save_dataset,
     subset,
     validate_dataset,

@@ -158,11 +158,15 @@ def collect(key: Array, mdp: MDP, behaviour_pi: Array, num_trajectories: int, ho
     for name, value in (("num_trajectories", num_trajectories), ("horizon", horizon)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"collect: {name} must be a positive int; got {value!r}.")
-    return _collect(key, mdp, behaviour_pi, int(num_trajectories), int(horizon))
+    return sample_dataset(key, mdp, behaviour_pi, int(num_trajectories), int(horizon))
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
-def _collect(key, mdp, behaviour_pi, num_trajectories, horizon):
+def sample_dataset(key: Array, mdp: MDP, behaviour_pi: Array, num_trajectories: int, horizon: int) -> Dataset:
+    """The unvalidated core of `collect`, for use under `jit`/`vmap` (e.g. many datasets in one call).
+
+    Same arguments and result as `collect`; `num_trajectories` and `horizon` are static.
+    """
     traj = sample_trajectories(key, mdp, behaviour_pi, horizon, num_trajectories)
     shape = traj.rewards.shape
     return Dataset(
