@@ -93,35 +93,39 @@ def make_problem(args):
         mdp = tab.random_mdp(jax.random.key(args.seed), 20, 4, discount=args.discount)
     num_states, num_actions = mdp.reward.shape
     features = tab.tabular_features(num_states, num_actions)
-    theta = jnp.asarray(optimal_q(mdp) / args.temperature, mdp.reward.dtype).reshape(-1)
-    return mdp, features, theta
+    q_star = optimal_q(mdp)
+    theta = jnp.asarray(q_star / args.temperature, mdp.reward.dtype).reshape(-1)
+    return mdp, features, theta, q_star
 
 
-def make_estimator(mdp, features, theta, behaviour, num_trajectories, horizon):
-    """A jitted function of a batch of keys: every estimate for one (behaviour, size) point."""
+def make_estimator(mdp, features, theta, num_trajectories, horizon):
+    """A jitted function of (keys [K], behaviour [S, A]): every estimate for one dataset size.
+
+    The behaviour policy is an argument, so all mismatches of a size share one compilation.
+    """
     num_states, num_actions = mdp.reward.shape
     gamma = mdp.discount
     target = tab.softmax_policy(theta, features)
 
-    def one(key):
+    def one(key, behaviour):
         data = off.sample_dataset(key, mdp, behaviour, num_trajectories, horizon)
         model = off.empirical_model(data, num_states, num_actions)
-        w = off.dualdice_ratio(model, target, gamma)
+        solution = off.solve_empirical(model, target, gamma)  # d_hat, Q_hat and J_hat from one LU
+        w = off.ratio_from_occupancy(model, solution.occupancy)
         values = {
             "dualdice": off.ratio_weighted_value(data, w, gamma),
             "dualdice_sn": off.ratio_weighted_value(data, w, gamma, normalised=True),
-            "model": off.model_value(model, target, gamma),
+            "model": solution.value,
         }
         for method in off.IS_METHODS:
             values[method] = off.tabular_importance_value(data, target, gamma, method)
-        q_hat = off.tabular_fqe(model, target, gamma)
         gradients = {
-            "dualdice": off.offline_policy_gradient(data, theta, features, gamma, w, q_hat),
+            "dualdice": off.offline_policy_gradient(data, theta, features, gamma, w, solution.q_values),
             "pdis": off.importance_policy_gradient(data, theta, features, gamma, "pdis"),
         }
-        return values, w, gradients, off.coverage(model, target, gamma).mass
+        return values, w, gradients, off.coverage(model, target, gamma, solution.occupancy).mass
 
-    return jax.jit(jax.vmap(one))
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
 
 
 def cosine(a, b):
@@ -129,7 +133,7 @@ def cosine(a, b):
 
 
 def run(args) -> list[dict]:
-    mdp, features, theta = make_problem(args)
+    mdp, features, theta, q_star = make_problem(args)
     gamma = float(args.discount)
     target = tab.softmax_policy(theta, features)
     num_states, num_actions = mdp.reward.shape
@@ -140,6 +144,7 @@ def run(args) -> list[dict]:
           f"(normalised {(1 - gamma) * exact_j:.4f}), J(uniform)={float(tab.expected_return(mdp, uniform)):.4f}")
     rows, summary = [], []
     points = [(a, n) for a in args.alphas for n in args.sizes]
+    estimators = {}  # one compiled estimator per dataset size, shared by every behaviour policy
     bar = tqdm(points, desc="datasets", disable=args.no_progress)
     for alpha, n in bar:
         behaviour = alpha * target + (1.0 - alpha) * uniform
@@ -147,7 +152,9 @@ def run(args) -> list[dict]:
         true_w = np.asarray(off.exact_ratio(mdp, target, d_data), np.float64)
         keys = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), n), args.seeds)
         start = time.perf_counter()
-        values, w, grads, mass = jax.block_until_ready(make_estimator(mdp, features, theta, behaviour, n, args.horizon)(keys))
+        if n not in estimators:
+            estimators[n] = make_estimator(mdp, features, theta, n, args.horizon)
+        values, w, grads, mass = jax.block_until_ready(estimators[n](keys, behaviour))
         seconds = time.perf_counter() - start
         truth = (1 - gamma) * exact_j
         point = {"alpha": alpha, "num_trajectories": n, "transitions": n * args.horizon, "seconds": round(seconds, 2)}
@@ -170,14 +177,14 @@ def run(args) -> list[dict]:
         bar.set_postfix(alpha=alpha, n=n, dualdice=f"{point['log_rmse_dualdice']:.2f}", pdis=f"{point['log_rmse_pdis']:.2f}")
     write_outputs(args, rows, summary)
     if args.improve_steps > 0:
-        improve(args, mdp, features, target, uniform)
+        improve(args, mdp, features, target, uniform, q_star)
     return summary
 
 
-def improve(args, mdp, features, target, uniform):
+def improve(args, mdp, features, target, uniform, q_star):
     """Offline policy improvement from each behaviour policy's data; the true J of every iterate."""
     gamma = float(args.discount)
-    j_star = float(mdp.initial @ optimal_q(mdp).max(1))
+    j_star = float(np.asarray(mdp.initial) @ q_star.max(1))
     true_j = jax.jit(jax.vmap(lambda th: tab.expected_return(mdp, tab.softmax_policy(th, features))))
     curves, rows = {}, []
     print(f"\noffline improvement: {args.improve_steps} Adam steps (lr {args.improve_lr}) on {args.improve_size} trajectories")

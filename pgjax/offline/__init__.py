@@ -4,21 +4,25 @@ from pgjax.offline.dataset import (
     SCHEMA,
     Dataset,
     DatasetError,
+    Transitions,
+    check_tabular_policy,
     collect,
     concatenate,
     load_dataset,
     sample_dataset,
     save_dataset,
     subset,
+    valid_transitions,
     validate_dataset,
     validate_tabular_dataset,
 )
-from pgjax.offline.dualdice import dualdice_objective, dualdice_ratio, dualdice_tabular
+from pgjax.offline.dualdice import dualdice_objective, dualdice_ratio, dualdice_tabular, ratio_from_occupancy
 from pgjax.offline.empirical import (
     Coverage,
     CoverageError,
     CoverageWarning,
     EmpiricalModel,
+    EmpiricalSolution,
     coverage,
     data_distribution,
     empirical_mdp,
@@ -27,6 +31,7 @@ from pgjax.offline.empirical import (
     extend_policy,
     pessimistic_value,
     report_coverage,
+    solve_empirical,
 )
 from pgjax.offline.evaluation import METHODS, model_value, policy_value, ratio_weighted_value, tabular_importance_value
 from pgjax.offline.exact import exact_ratio, logged_distribution
@@ -56,7 +61,6 @@ from pgjax.offline.neural import (
     FQEParams,
     NeuralDualDICEConfig,
     TrainingDivergedError,
-    Transitions,
     discounted_reward_to_go,
     dualdice_loss,
     fitted_q_evaluation,
@@ -70,5 +74,4 @@ from pgjax.offline.neural import (
     on_policy_gradient_loss,
     one_hot_observations,
     tabular_probs_fn,
-    valid_transitions,
 )

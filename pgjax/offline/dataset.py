@@ -154,7 +154,7 @@ def collect(key: Array, mdp: MDP, behaviour_pi: Array, num_trajectories: int, ho
     """
     behaviour_pi = jnp.asarray(behaviour_pi)
     if not isinstance(behaviour_pi, jax.core.Tracer):
-        _check_policy(behaviour_pi, mdp.reward.shape, "behaviour_pi")
+        check_tabular_policy(behaviour_pi, "behaviour_pi", mdp.reward.shape)
     for name, value in (("num_trajectories", num_trajectories), ("horizon", horizon)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"collect: {name} must be a positive int; got {value!r}.")
@@ -181,10 +181,13 @@ def sample_dataset(key: Array, mdp: MDP, behaviour_pi: Array, num_trajectories: 
     )
 
 
-def _check_policy(pi: Array, reward_shape, name: str) -> None:
+def check_tabular_policy(pi: Array, name: str, shape=None) -> None:
+    """Raise `ValueError` naming `name` unless pi is a finite table [S, A] (of `shape`, if given) of distributions."""
     pi = np.asarray(pi)
-    if pi.shape != tuple(reward_shape):
-        raise ValueError(f"{name} must have shape [S, A] = {tuple(reward_shape)} (the MDP's reward shape); got {pi.shape}.")
+    if shape is not None and pi.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape [S, A] = {tuple(shape)} (the MDP's reward shape); got {pi.shape}.")
+    if pi.ndim != 2:
+        raise ValueError(f"{name} must be a tabular policy [S, A]; got shape {pi.shape}.")
     if not np.all(np.isfinite(pi)) or np.any(pi < 0):
         raise ValueError(f"{name} must be finite and non-negative.")
     if not np.allclose(pi.sum(-1), 1.0, atol=1e-5):
@@ -243,7 +246,17 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     return dataset
 
 
-def transitions(dataset: Dataset):
-    """Flatten [N, T] to the valid transitions, as NumPy arrays (s, a, r, s', terminal), host-side."""
-    m = np.asarray(dataset.mask)
-    return tuple(np.asarray(getattr(dataset, f))[m] for f in ("observations", "actions", "rewards", "next_observations", "terminals"))
+class Transitions(NamedTuple):
+    """The valid transitions of a `Dataset`, flattened: fields [M, ...] (M = number of valid steps)."""
+
+    observations: Array
+    actions: Array
+    rewards: Array
+    next_observations: Array
+    terminals: Array
+
+
+def valid_transitions(dataset: Dataset) -> Transitions:
+    """Gather the unmasked steps of a `Dataset` into `Transitions` [M, ...] (host-side: M must be concrete)."""
+    mask = np.asarray(dataset.mask)
+    return Transitions(*(jnp.asarray(np.asarray(getattr(dataset, f))[mask]) for f in Transitions._fields))

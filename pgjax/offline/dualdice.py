@@ -40,14 +40,18 @@ from pgjax.offline.empirical import (
 Array = jax.Array
 
 
+def ratio_from_occupancy(model: EmpiricalModel, occupancy: Array) -> Array:
+    """w = d_hat^pi / d^D [S, A] (0 on unseen pairs) from the empirical occupancy d_hat^pi [S, A]."""
+    seen = model.counts > 0
+    return jnp.where(seen, occupancy / jnp.where(seen, data_distribution(model), 1.0), 0.0)
+
+
 def dualdice_ratio(model: EmpiricalModel, target_pi: Array, discount) -> Array:
     """The DualDICE solution on the empirical distribution, w = d_hat^pi / d^D [S, A] (0 on unseen pairs).
 
     Pure and jit/vmap-able (for use inside training loops); `dualdice_tabular` is the validated entry point.
     """
-    d_hat = empirical_occupancy(model, target_pi, discount)
-    seen = model.counts > 0
-    return jnp.where(seen, d_hat / jnp.where(seen, data_distribution(model), 1.0), 0.0)
+    return ratio_from_occupancy(model, empirical_occupancy(model, target_pi, discount))
 
 
 def dualdice_tabular(
@@ -73,8 +77,9 @@ def dualdice_tabular(
     check_discount(discount)
     model = tabular_model(dataset, target_pi)
     target_pi = jnp.asarray(target_pi, model.counts.dtype)
-    w = dualdice_ratio(model, target_pi, discount)
-    report = coverage(model, target_pi, discount)
+    d_hat = empirical_occupancy(model, target_pi, discount)
+    w = ratio_from_occupancy(model, d_hat)
+    report = coverage(model, target_pi, discount, d_hat)
     report_coverage(report, on_uncovered, context="dualdice_tabular: ")
     return (w, report) if return_coverage else w
 

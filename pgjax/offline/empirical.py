@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgjax.offline.dataset import Dataset, validate_tabular_dataset
+from pgjax.offline.dataset import Dataset, check_tabular_policy, validate_tabular_dataset
+from pgjax.tabular.gradient import values_and_occupancy
 from pgjax.tabular.mdp import MDP
-from pgjax.tabular.occupancy import state_action_occupancy
 
 Array = jax.Array
 
@@ -126,14 +126,39 @@ def extend_policy(pi: Array) -> Array:
     return jnp.concatenate([pi, jnp.full((1, pi.shape[-1]), 1.0 / pi.shape[-1], pi.dtype)], axis=0)
 
 
+class EmpiricalSolution(NamedTuple):
+    """The target policy evaluated in the empirical MDP (sink dropped).
+
+    Attributes:
+      value: J_hat(pi) = mu0_hat . V_hat, a scalar.
+      q_values: Q_hat^pi [S, A] (what tabular fitted Q evaluation converges to).
+      occupancy: d_hat^pi(s,a) [S, A], the normalised discounted occupancy.
+    """
+
+    value: Array
+    q_values: Array
+    occupancy: Array
+
+
+def solve_empirical(model: EmpiricalModel, target_pi: Array, discount, unseen_value=0.0) -> EmpiricalSolution:
+    """V_hat, Q_hat and d_hat of pi in `empirical_mdp(model, discount, unseen_value)` from one LU factorisation."""
+    mdp = empirical_mdp(model, discount, unseen_value)
+    pi = extend_policy(target_pi)
+    v, q, d = values_and_occupancy(mdp, pi)
+    return EmpiricalSolution(mdp.initial @ v, q[:-1], (d[:, None] * pi)[:-1])
+
+
 def empirical_occupancy(model: EmpiricalModel, target_pi: Array, discount) -> Array:
     """d_hat^pi(s,a) [S, A]: the target's normalised discounted occupancy in the empirical MDP (sink dropped)."""
-    return state_action_occupancy(empirical_mdp(model, discount), extend_policy(target_pi))[:-1]
+    return solve_empirical(model, target_pi, discount).occupancy
 
 
-def coverage(model: EmpiricalModel, target_pi: Array, discount) -> Coverage:
-    """The pairs the target policy can reach but the data never show, and its occupancy mass there."""
-    d_hat = empirical_occupancy(model, target_pi, discount)
+def coverage(model: EmpiricalModel, target_pi: Array, discount, occupancy: Array | None = None) -> Coverage:
+    """The pairs the target policy can reach but the data never show, and its occupancy mass there.
+
+    `occupancy` is d_hat^pi [S, A] when the caller already has it (from `solve_empirical`).
+    """
+    d_hat = empirical_occupancy(model, target_pi, discount) if occupancy is None else occupancy
     reached = (jnp.sum(model.counts, -1) > 0) | (jnp.sum(model.transition_counts, (0, 1)) > 0) | (model.initial_counts > 0)
     unseen = (model.counts == 0) & (target_pi > 0) & reached[:, None]
     mass = jnp.sum(jnp.where(model.counts == 0, d_hat, 0.0)) / (1.0 - discount)
@@ -166,10 +191,7 @@ def report_coverage(report: Coverage, on_uncovered: str, tolerance: float = 1e-6
 def tabular_model(dataset: Dataset, target_pi: Array) -> EmpiricalModel:
     """Validate a tabular dataset against the policy's shape [S, A] and count it (host-side boundary)."""
     target_pi = np.asarray(target_pi)
-    if target_pi.ndim != 2:
-        raise ValueError(f"target_pi must be a tabular policy [S, A]; got shape {target_pi.shape}.")
-    if not np.all(np.isfinite(target_pi)) or np.any(target_pi < 0) or not np.allclose(target_pi.sum(-1), 1.0, atol=1e-5):
-        raise ValueError("target_pi must be finite, non-negative, with rows summing to 1.")
+    check_tabular_policy(target_pi, "target_pi")
     validate_tabular_dataset(dataset, *target_pi.shape)
     return empirical_model(dataset, *target_pi.shape)
 

@@ -17,18 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgjax.offline.dataset import Dataset, DatasetError
-from pgjax.offline.dualdice import dualdice_ratio
+from pgjax.offline.dualdice import ratio_from_occupancy
 from pgjax.offline.empirical import (
     EmpiricalModel,
     check_discount,
     coverage,
-    empirical_mdp,
-    extend_policy,
     report_coverage,
+    solve_empirical,
     tabular_model,
 )
 from pgjax.offline.importance import IS_METHODS, importance_value
-from pgjax.tabular.evaluation import expected_return
 from pgjax.trajectory import safe_log
 
 Array = jax.Array
@@ -48,7 +46,7 @@ def ratio_weighted_value(dataset: Dataset, ratio: Array, discount, normalised: b
 
 def model_value(model: EmpiricalModel, target_pi: Array, discount, unseen_value=0.0) -> Array:
     """J(pi) in the empirical MDP (a scalar; unseen pairs worth `unseen_value`); jit/vmap-able."""
-    return expected_return(empirical_mdp(model, discount, unseen_value), extend_policy(target_pi))
+    return solve_empirical(model, target_pi, discount, unseen_value).value
 
 
 def tabular_importance_value(dataset: Dataset, target_pi: Array, discount, method: str = "pdis") -> Array:
@@ -89,7 +87,9 @@ def policy_value(dataset: Dataset, target_pi: Array, discount, method: str = "du
                 "probability under the target policy (all importance weights are 0); use 'dualdice' or 'model'."
             )
         return value
-    report_coverage(coverage(model, target_pi, discount), on_uncovered, context=f"policy_value({method!r}): ")
+    solution = solve_empirical(model, target_pi, discount)
+    report = coverage(model, target_pi, discount, solution.occupancy)
+    report_coverage(report, on_uncovered, context=f"policy_value({method!r}): ")
     if method == "model":
-        return model_value(model, target_pi, discount)
-    return ratio_weighted_value(dataset, dualdice_ratio(model, target_pi, discount), discount)
+        return solution.value
+    return ratio_weighted_value(dataset, ratio_from_occupancy(model, solution.occupancy), discount)

@@ -23,20 +23,17 @@ import optax
 from jax import lax
 
 from pgjax.offline.dataset import Dataset
-from pgjax.offline.dualdice import dualdice_ratio
+from pgjax.offline.dualdice import ratio_from_occupancy
 from pgjax.offline.empirical import (
     EmpiricalModel,
     check_discount,
     coverage,
-    empirical_mdp,
-    extend_policy,
     pessimistic_value,
     report_coverage,
+    solve_empirical,
     tabular_model,
 )
-from pgjax.offline.evaluation import model_value
 from pgjax.offline.importance import IS_METHODS, importance_value
-from pgjax.tabular.evaluation import policy_evaluation
 from pgjax.tabular.policy import grad_log_policy, log_policy, softmax_policy
 
 Array = jax.Array
@@ -50,7 +47,7 @@ def tabular_fqe(model: EmpiricalModel, target_pi: Array, discount, unseen_value=
     This is the fixed point of Q <- R_hat + gamma P_hat pi Q that iterated FQE converges to
     (terminal transitions are worth 0 after their reward, unseen pairs `unseen_value`).
     """
-    return policy_evaluation(empirical_mdp(model, discount, unseen_value), extend_policy(target_pi))[1][:-1]
+    return solve_empirical(model, target_pi, discount, unseen_value).q_values
 
 
 def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, ratio: Array, q_values: Array) -> Array:
@@ -90,8 +87,9 @@ def model_policy_gradient(
     towards the actions the data show whenever they beat the value of the unseen ones.
     """
     pi = softmax_policy(theta, features)
-    ratio = dualdice_ratio(model, pi, discount)
-    q_values = tabular_fqe(model, pi, discount, unseen_value)
+    solution = solve_empirical(model, pi, discount, unseen_value)  # one LU for both w and Q_hat
+    ratio = ratio_from_occupancy(model, solution.occupancy)
+    q_values = solution.q_values
     if baseline:
         q_values = q_values - jnp.sum(pi * q_values, axis=-1, keepdims=True)
     return offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
@@ -197,7 +195,8 @@ def _improve(dataset, model, theta, features, discount, optimizer, num_steps, me
 
     def diagnostics(th):
         pi = softmax_policy(th, features)
-        return model_value(model, pi, discount, unseen_value), coverage(model, pi, discount).mass
+        solution = solve_empirical(model, pi, discount, unseen_value)
+        return solution.value, coverage(model, pi, discount, solution.occupancy).mass
 
     def step(carry, _):
         th, opt_state = carry

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import chex
 import jax
@@ -49,7 +49,7 @@ from flax import struct
 from jax import lax
 
 from pgjax.nets import ACTIVATIONS, MLP
-from pgjax.offline.dataset import Dataset, validate_dataset
+from pgjax.offline.dataset import Dataset, Transitions, valid_transitions, validate_dataset
 
 Array = jax.Array
 ProbsFn = Callable[[Array], Array]
@@ -199,22 +199,6 @@ class FQEConfig:
 # ---------------------------------------------------------------------------
 # Data.
 # ---------------------------------------------------------------------------
-
-
-class Transitions(NamedTuple):
-    """The valid transitions of a `Dataset`, flattened: fields [M, ...] (M = number of valid steps)."""
-
-    observations: Array
-    actions: Array
-    rewards: Array
-    next_observations: Array
-    terminals: Array
-
-
-def valid_transitions(dataset: Dataset) -> Transitions:
-    """Gather the unmasked steps of a `Dataset` into `Transitions` [M, ...] (host-side: M must be concrete)."""
-    mask = np.asarray(dataset.mask)
-    return Transitions(*(jnp.asarray(np.asarray(getattr(dataset, f))[mask]) for f in Transitions._fields))
 
 
 def one_hot_observations(dataset: Dataset, num_states: int, dtype=jnp.float32) -> Dataset:
