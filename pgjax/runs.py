@@ -132,10 +132,13 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
     """Write config.json, metrics.csv, learning_curve.png and params.msgpack for a vmapped-seeds run."""
     os.makedirs(out_dir, exist_ok=True)
     num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0])
+    devices = output.metrics["env_steps"].sharding.device_set if isinstance(output.metrics["env_steps"], jax.Array) else ()
     meta = {
         "algo": algo,
         "num_seeds": num_seeds,
         "seed": seed,
+        # Bit-for-bit reproduction needs the same device count (other counts agree to float32 rounding).
+        "devices": sorted(str(d) for d in devices),
         "config": config.to_dict(),
         "versions": {"jax": jax.__version__, "pgjax": _pgjax_version()},
     }
