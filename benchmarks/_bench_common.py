@@ -49,6 +49,8 @@ def worker_args(description: str) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="timed runs of the compiled program; the fastest counts")
     p.add_argument("--json-out", required=True)
     p.add_argument("--mode", default="ppo", choices=["ppo", "ceiling"], help="(pgjax worker only)")
+    p.add_argument("--cpu-devices", type=int, default=1,
+                   help="(pgjax worker only) split the seeds over this many CPU devices (pgjax.parallel)")
     return p.parse_args()
 
 

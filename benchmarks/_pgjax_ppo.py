@@ -26,6 +26,7 @@ def run_ppo(args, info):
     import gymnax
     from jax import lax
 
+    from pgjax import parallel
     from pgjax.algos import common, ppo
 
     hp = bc.HPARAMS
@@ -52,6 +53,9 @@ def run_ppo(args, info):
     train = ppo.make_train(config)
     keys = jax.random.split(jax.random.PRNGKey(0), args.seeds)
     fn, arg = (train, keys[0]) if args.seeds == 1 else (jax.vmap(train), keys)
+    if args.seeds > 1 and args.cpu_devices > 1:
+        arg = parallel.shard_batch(keys)  # seeds split over the CPU devices; jit keeps that split
+    devices = len(arg.sharding.device_set) if hasattr(arg, "sharding") else 1
     bc.log(f"[pgjax] {args.seeds} seed(s) x {steps} steps: compiling ...")
     out, timing = bc.time_compiled(fn, arg, repeats=args.repeats)
     bc.log(f"[pgjax] compile {timing['compile_s']:.1f} s, run {timing['run_s']:.2f} s")
@@ -93,11 +97,13 @@ def run_ppo(args, info):
         returns = [float(r) for r in returns]
 
     return {
-        "impl": "pgjax",
+        "impl": "pgjax" if args.cpu_devices == 1 else f"pgjax-{args.cpu_devices}dev",
         "steps_per_seed": steps,
         **timing,
         "final_returns": returns,
-        "notes": "pgjax.algos.ppo.make_train, jit (1 seed) or jit(vmap) (seeds > 1); metrics kept on device",
+        "devices": devices,
+        "notes": "pgjax.algos.ppo.make_train, jit (1 seed) or jit(vmap) (seeds > 1); metrics kept on device"
+        + (f"; seeds split over {devices} CPU devices (pgjax.parallel)" if args.cpu_devices > 1 else ""),
     }
 
 
@@ -142,6 +148,10 @@ def run_ceiling(args, info):
 
 def main() -> None:
     args = bc.worker_args(__doc__.splitlines()[0])
+    if args.cpu_devices > 1:
+        from pgjax import parallel  # before JAX starts: the CPU device count is fixed then
+
+        parallel.use_cpu_devices(args.cpu_devices)
     info = bc.system_info(("pgjax", "gymnax", "flax", "optax", "chex", "numpy"))
     tag = "pgjax" if args.mode == "ppo" else "ceiling"
     bc.log(f"[{tag}] jax {info['jax']} backend={info['backend']} device={info['device']} gymnax {info['packages']['gymnax']}")

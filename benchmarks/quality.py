@@ -19,8 +19,13 @@ import time
 import jax
 import numpy as np
 
-from pgjax import algos, runs
-from pgjax.algos import presets
+from pgjax import parallel
+
+if __name__ == "__main__":
+    parallel.use_cpu_devices()  # seeds over every core; before importing gymnax, which starts JAX
+
+from pgjax import algos, runs  # noqa: E402
+from pgjax.algos import presets  # noqa: E402
 
 # (algo, env, total env steps per seed, target on the median and the worst seed)
 TARGETS = [
@@ -38,7 +43,7 @@ def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int) -> dict:
     config_cls, make_train = algos.get(algo)
     config = config_cls(**{**presets.preset(algo, env_id), "env_id": env_id, "total_timesteps": steps})
     train = jax.jit(jax.vmap(make_train(config)))
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(np.arange(seeds))
+    keys = parallel.shard_batch(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(np.arange(seeds)))
     t0 = time.perf_counter()
     compiled = train.lower(keys).compile()
     compile_s = time.perf_counter() - t0
@@ -65,7 +70,7 @@ def main(argv=None) -> int:
     todo = [t for t in TARGETS if args.only is None or f"{t[0]}:{t[1]}" in args.only]
     if not todo:
         p.error(f"--only matched nothing; choose from {[f'{a}:{e}' for a, e, _, _ in TARGETS]}")
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {jax.devices()[0].device_kind}")
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {len(jax.devices())} x {jax.devices()[0].device_kind} (seeds split over them)")
     header = f"{'algo':<10}{'env':<26}{'steps':>9}{'median':>9}{'worst':>9}{'target':>8}{'met':>5}{'compile s':>10}{'run s':>8}{'steps/s':>11}"
     print(header)
     rows = []

@@ -22,9 +22,11 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         total_timesteps=1_000_000, num_envs=16, num_steps=128, num_epochs=10, num_minibatches=16,
         learning_rate=3e-4, ent_coef=0.0, normalize_observations=True,
     ),
-    # A2C CartPole: chosen by a seeds x (lr, ent_coef, gae_lambda) sweep in one compile; the class defaults
-    # (lr 1e-3, no entropy, lambda 0.95) left one seed of 8 at 191.
-    ("a2c", "CartPole-v1"): dict(learning_rate=3e-3, ent_coef=0.01, gae_lambda=1.0),
+    # A2C CartPole: raw (unnormalised) advantages, no entropy bonus, lr 5e-3, lambda 1. Normalising the
+    # advantages blows the noise of an already-solved rollout up to full-size steps, and an entropy bonus
+    # dominates once the critic fits (entropy climbs back to ~0.55): either way 3-28% of seeds end below 475.
+    # Chosen on 32 seeds (--seed 2), checked on 64 more (benchmarks/README.md).
+    ("a2c", "CartPole-v1"): dict(learning_rate=5e-3, ent_coef=0.0, gae_lambda=1.0, normalize_advantages=False),
     ("a2c", "Acrobot-v1"): dict(_CLASSIC_DISCRETE, num_steps=16, ent_coef=0.0),
     ("a2c", "Pendulum-v1"): dict(_PENDULUM, total_timesteps=1_000_000, ent_coef=0.0, learning_rate=1e-3),
     ("a2c", "MountainCarContinuous-v0"): dict(total_timesteps=1_000_000, normalize_observations=True, ent_coef=0.0),
