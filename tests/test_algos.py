@@ -160,3 +160,14 @@ def test_continuous_actions_on_pendulum(name):
     assert finished.size > 0 and np.all(finished < 0) and np.all(finished > -16.3 * 200)  # Pendulum's reward range
     assert np.all(np.isfinite(np.asarray(output.metrics["entropy"])))
     assert np.asarray(output.metrics["env_steps"])[-1] == 4_096
+
+
+def test_progress_callback_every_kth_update_and_the_last(monkeypatch):
+    """The loop reports to the host every num_updates // PROGRESS_CALLS updates and after the last one."""
+    monkeypatch.setattr(algos.common, "PROGRESS_CALLS", 4)
+    config = algos.A2CConfig(total_timesteps=14 * 64, num_envs=4, num_steps=16)  # 14 updates -> every 3rd
+    seen = []
+    train = algos.a2c.make_train(config, progress=lambda i, m: seen.append((int(i), float(m["loss"]))))
+    out = jax.block_until_ready(jax.jit(train)(jax.random.key(0)))
+    assert [i for i, _ in seen] == [0, 3, 6, 9, 12, 13]
+    np.testing.assert_allclose([loss for _, loss in seen], np.asarray(out.metrics["loss"])[[0, 3, 6, 9, 12, 13]], rtol=1e-6)

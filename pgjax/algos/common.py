@@ -353,6 +353,8 @@ class TrainOutput(NamedTuple):
 
 ProgressFn = Callable[[Array, dict[str, Array]], None]
 
+PROGRESS_CALLS = 100  # progress callbacks per run (at most; plus the last update): a 1% progress bar
+
 
 def episode_metrics(batch: Transition) -> dict[str, Array]:
     info = {
@@ -375,10 +377,13 @@ def make_on_policy_train(
     `jax.jit(train)(key)` runs it in one compiled call; `jax.vmap(train)(keys)` runs many
     seeds; `jax.vmap(train, in_axes=(None, 0))(key, hparams)` with batched hyperparameters
     (from `config.hyperparams()`) runs a sweep. `progress(update_idx, metrics)` is called on
-    the host after each update (a `jax.debug.callback`; leave it None for no callbacks).
+    the host after every `PROGRESS_CALLS`-th part of the run and after the last update (a
+    `jax.debug.callback`, once per seed under vmap; leave it None for no callbacks). Each call is a
+    host round trip: after every update the 8-seed demo ran 27 s instead of 12.5 s without callbacks.
     """
     spec = make_env(config) if spec is None else spec
     num_updates = config.num_updates
+    every = max(1, num_updates // PROGRESS_CALLS)
 
     def train(key: Array, hparams: HParams | None = None) -> TrainOutput:
         hp = config.hyperparams() if hparams is None else hparams
@@ -397,7 +402,8 @@ def make_on_policy_train(
                 **metrics,
             }
             if progress is not None:
-                jax.debug.callback(progress, update_idx, metrics)
+                report = (update_idx % every == 0) | (update_idx == num_updates - 1)
+                lax.cond(report, lambda m: jax.debug.callback(progress, update_idx, m), lambda m: None, metrics)
             return (agent, env_state, obs, key), metrics
 
         (agent, env_state, _, _), metrics = lax.scan(
