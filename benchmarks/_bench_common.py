@@ -91,7 +91,7 @@ def time_compiled(fn: Callable, *args: Any, repeats: int = 1) -> tuple[Any, dict
     import jax
 
     t0 = time.perf_counter()
-    lowered = jax.jit(fn).lower(*args)
+    lowered = fn.lower(*args) if hasattr(fn, "lower") else jax.jit(fn).lower(*args)  # jitted already, or not
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()

@@ -54,7 +54,8 @@ def run_ppo(args, info):
     keys = jax.random.split(jax.random.PRNGKey(0), args.seeds)
     fn, arg = (train, keys[0]) if args.seeds == 1 else (jax.vmap(train), keys)
     if args.seeds > 1 and args.cpu_devices > 1:
-        arg = parallel.shard_batch(keys)  # seeds split over the CPU devices; jit keeps that split
+        fn = parallel.vmap_sharded(train)  # seeds split over the CPU devices, each running its share
+        arg = fn.place(keys)[0]
     devices = len(arg.sharding.device_set) if hasattr(arg, "sharding") else 1
     bc.log(f"[pgjax] {args.seeds} seed(s) x {steps} steps: compiling ...")
     out, timing = bc.time_compiled(fn, arg, repeats=args.repeats)

@@ -42,8 +42,8 @@ TARGETS = [
 def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int) -> dict:
     config_cls, make_train = algos.get(algo)
     config = config_cls(**{**presets.preset(algo, env_id), "env_id": env_id, "total_timesteps": steps})
-    train = jax.jit(jax.vmap(make_train(config)))
-    keys = parallel.shard_batch(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(np.arange(seeds)))
+    train = parallel.vmap_sharded(make_train(config))  # seeds split over the devices
+    keys = train.place(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(np.arange(seeds)))[0]
     t0 = time.perf_counter()
     compiled = train.lower(keys).compile()
     compile_s = time.perf_counter() - t0

@@ -159,9 +159,9 @@ def main(argv=None) -> int:
     print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
           f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
     progress = Progress(config.num_updates, config.batch_size, show=not args.no_progress)
-    train = jax.jit(jax.vmap(make_train(config, progress=progress)))
+    train = parallel.vmap_sharded(make_train(config, progress=progress))  # seeds split over the devices
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed), i))(np.arange(args.num_seeds))
-    keys = parallel.shard_batch(keys)  # seeds split over the devices (one device: unchanged)
+    keys = train.place(keys)[0]
     num_devices = len(keys.sharding.device_set)
     t0 = time.perf_counter()
     compiled = train.lower(keys).compile()

@@ -6,8 +6,8 @@ per seed), so a 2-core machine runs a 32-seed PPO sweep at one core's speed. See
 independent, so splitting the batch axis over devices needs no communication at all:
 
     parallel.use_cpu_devices()              # once, right after `import jax`: one CPU device per core
-    run = parallel.vmap_sharded(train)      # jit(vmap(train)) with its batch split over the devices
-    out = run(keys)                         # jax.jit(jax.vmap(train))(keys), computed on every core
+    run = parallel.vmap_sharded(train)      # vmap(train), compiled, its batch split over the devices
+    out = run(keys)                         # = jax.jit(jax.vmap(train))(keys), computed on every core
 
 The same code spreads seeds over several GPUs. Each seed's computation is unchanged; XLA may pick
 other kernels for a smaller per-device batch, so results agree with one device to float32 rounding
@@ -99,30 +99,56 @@ def shard_batch(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
 def vmap_sharded(
     fn: Callable[..., Any], in_axes: Any = 0, devices: Sequence[jax.Device] | None = None
 ) -> Callable[..., Any]:
-    """`jax.jit(jax.vmap(fn, in_axes))`, with the batched arguments split over the devices.
+    """`jax.vmap(fn, in_axes)`, compiled with its batch split over the devices, each device running its share.
 
-    Arguments mapped by `in_axes` (axis 0 or None per argument, as for `jax.vmap`) are sharded along
-    their leading axis over `devices_for(B, devices)`; unmapped ones are replicated. The compiled
-    program runs each device's share of the batch concurrently. With one device this is exactly
-    `jax.jit(jax.vmap(fn, in_axes))`. The returned callable also has `.lower(*args)` for ahead-of-time
-    compilation (it places the arguments first).
+    Arguments mapped by `in_axes` (axis 0 or None per argument, as for `jax.vmap`) are split along their
+    leading axis over `devices_for(B, devices)`; unmapped ones are replicated. Every device runs
+    `jax.vmap(fn)` on its own share (`jax.shard_map`), with no communication: loops with data-dependent
+    exits (TRPO's conjugate gradient and line search) stop per device, not when the slowest seed of the
+    whole batch does. With one device this is `jax.jit(jax.vmap(fn, in_axes))`.
+
+    Every output gets a leading batch axis, split the same way. The returned callable also has
+    `.place(*args)` (the arguments placed on their devices) and `.lower(*args)` (ahead-of-time
+    compilation: `run.lower(*run.place(*args)).compile()(*run.place(*args))`).
     """
-    batched = jax.jit(jax.vmap(fn, in_axes=in_axes))
+    compiled: dict[tuple[int, ...], Callable[..., Any]] = {}
 
-    def place(args):
-        axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+    def axes_of(args):
+        axes = tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
         if len(axes) != len(args):
             raise ValueError(f"vmap_sharded: in_axes has {len(axes)} entries for {len(args)} arguments.")
         if any(a not in (0, None) for a in axes):
             raise ValueError(f"vmap_sharded: in_axes entries must be 0 or None; got {in_axes!r}.")
-        mapped = [x for x, a in zip(args, axes) if a == 0]
-        if not mapped:
-            return args
-        split, copy = _shardings(_leading_size(mapped, "vmap_sharded"), devices)
+        if all(a is None for a in axes):
+            raise ValueError("vmap_sharded: at least one argument must be mapped (in_axes 0).")
+        return axes
+
+    def mesh_of(args, axes):
+        size = _leading_size([x for x, a in zip(args, axes) if a == 0], "vmap_sharded")
+        return Mesh(np.array(devices_for(size, devices)), (BATCH_AXIS,))
+
+    def place(*args):
+        axes = axes_of(args)
+        mesh = mesh_of(args, axes)
+        split, copy = NamedSharding(mesh, PartitionSpec(BATCH_AXIS)), NamedSharding(mesh, PartitionSpec())
         return tuple(jax.device_put(x, split if a == 0 else copy) for x, a in zip(args, axes))
 
-    def run(*args):
-        return batched(*place(args))
+    def program(args):
+        axes = axes_of(args)
+        mesh = mesh_of(args, axes)
+        key = tuple(d.id for d in mesh.devices.flat) + (len(args),)
+        if key not in compiled:
+            specs = tuple(PartitionSpec(BATCH_AXIS) if a == 0 else PartitionSpec() for a in axes)
+            per_device = jax.vmap(fn, in_axes=axes)
+            compiled[key] = jax.jit(
+                jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(BATCH_AXIS), check_vma=False)
+            )
+        return compiled[key]
 
-    run.lower = lambda *args: batched.lower(*place(args))  # type: ignore[attr-defined]
+    def run(*args):
+        args = place(*args)
+        return program(args)(*args)
+
+    run.place = place  # type: ignore[attr-defined]
+    run.lower = lambda *args: program(args).lower(*place(*args))  # type: ignore[attr-defined]
     return run
