@@ -21,8 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import time
 
 import jax
@@ -30,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pgjax.offline as off
+from pgjax import tables
 import pgjax.tabular as tab
 
 GAMMA = 0.95
@@ -153,11 +152,7 @@ def main(argv=None):
     print(f"\n{'row':<10} {'unit':<15} {'compile s':>9} {'pgjax':>14} {'numpy':>14} {'pgjax/numpy':>11}")
     for r in rows:
         print(f"{r['row']:<10} {r['unit']:<15} {r['pgjax_compile_s']:>9.2f} {r['pgjax_per_s']:>14,.1f} {r['numpy_per_s']:>14,.1f} {r['ratio']:>11.2f}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    tables.write_csv(args.out, rows)
     print(f"\nwrote {args.out}")
 
 

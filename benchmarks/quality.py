@@ -11,15 +11,13 @@ target, with compile and run time and env-steps/second. Writes runs/bench/qualit
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
 import time
 
 import jax
 import numpy as np
 
-from pgjax import parallel
+from pgjax import parallel, tables
 
 if __name__ == "__main__":
     parallel.use_cpu_devices()  # seeds over every core; before importing gymnax, which starts JAX
@@ -82,11 +80,7 @@ def main(argv=None) -> int:
         print(f"{algo:<10}{env_id:<26}{row['env_steps']:>9}{row['median']:>9.1f}{row['worst']:>9.1f}"
               f"{str(row['target']):>8}{str(row['met']):>5}{row['compile_s']:>10}{row['run_s']:>8}{row['steps_per_s']:>11,}",
               flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    tables.write_csv(args.out, rows)
     print(f"wrote {args.out}")
     return 0
 

@@ -27,7 +27,6 @@ Writes `values.csv` (one row per alpha, size, seed and method), `summary.csv`, `
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 
@@ -38,6 +37,7 @@ import optax
 from tqdm.auto import tqdm
 
 import pgjax.offline as off
+from pgjax import tables
 import pgjax.tabular as tab
 
 VALUE_METHODS = ("dualdice", "dualdice_sn", "model", "is", "pdis", "wis", "wpdis")
@@ -206,10 +206,7 @@ def improve(args, mdp, features, target, uniform, q_star):
             rows.append({"alpha": alpha, "step": k, "true_value": values[k], "estimated_value": estimated[k], "uncovered_mass": mass[k]})
         print(f"{alpha:>5} {values[0]:>9.3f} {values[-1]:>9.3f} {estimated[-1]:>12.3f} "
               f"{float(tab.expected_return(mdp, target)):>9.3f} {j_star:>7.3f} {mass[-1]:>9.3f} {seconds:>7.1f}")
-    with open(os.path.join(args.out, "improvement.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    tables.write_csv(os.path.join(args.out, "improvement.csv"), rows)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,10 +228,7 @@ def improve(args, mdp, features, target, uniform, q_star):
 def write_outputs(args, rows, summary):
     os.makedirs(args.out, exist_ok=True)
     for name, table in (("values.csv", rows), ("summary.csv", summary)):
-        with open(os.path.join(args.out, name), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(table[0]))
-            writer.writeheader()
-            writer.writerows(table)
+        tables.write_csv(os.path.join(args.out, name), table)
     header = f"{'alpha':>5} {'N':>5} " + " ".join(f"{m:>11}" for m in VALUE_METHODS) + f" {'ratio err':>9} {'cos dice':>8} {'cos pdis':>8} {'uncov':>6}"
     print("\nlog RMSE of the normalised value (1-gamma) J, mean over seeds where noted")
     print(header)

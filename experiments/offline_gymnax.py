@@ -39,7 +39,6 @@ cosine the cosine with it) and config.json to --out.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import os
@@ -50,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pgjax import algos, envs
+from pgjax import algos, envs, tables
 from pgjax.algos import common
 from pgjax.offline import importance
 from pgjax.offline import neural
@@ -367,10 +366,7 @@ def main(argv=None) -> int:
     rows = rows + grad_rows
 
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    tables.write_csv(os.path.join(args.out, "results.csv"), rows)
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump({**vars(args), "ppo_return": ppo_return, "dualdice": dataclasses.asdict(config),
                    "fqe": dataclasses.asdict(fqe_config), "improvement": improvement, "jax": jax.__version__},

@@ -12,7 +12,6 @@ the exact gradient as the number of trajectories grows, prints a table, and writ
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from pgjax import estimators as E  # noqa: E402
+from pgjax import tables  # noqa: E402
 from pgjax import tabular as T  # noqa: E402
 
 
@@ -139,10 +139,7 @@ def save(rows: list[dict], out: str) -> None:
     import matplotlib.pyplot as plt
 
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "estimator_lab.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    tables.write_csv(os.path.join(out, "estimator_lab.csv"), rows)
     fig, ax = plt.subplots(figsize=(7, 5))
     names = list(dict.fromkeys(r["estimator"] for r in rows))
     for name in names:

@@ -81,10 +81,9 @@ def _leading_size(tree: Any, what: str) -> int:
     return sizes.pop()
 
 
-def _shardings(batch_size: int, devices: Sequence[jax.Device] | None) -> tuple[NamedSharding, NamedSharding]:
-    """(split along the batch axis, replicated) over `devices_for(batch_size, devices)`."""
-    mesh = Mesh(np.array(devices_for(batch_size, devices)), (BATCH_AXIS,))
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXIS)), NamedSharding(mesh, PartitionSpec())
+def _batch_mesh(batch_size: int, devices: Sequence[jax.Device] | None) -> Mesh:
+    """A one-axis mesh over `devices_for(batch_size, devices)`."""
+    return Mesh(np.array(devices_for(batch_size, devices)), (BATCH_AXIS,))
 
 
 def shard_batch(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
@@ -92,8 +91,8 @@ def shard_batch(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
     over `devices_for(B, devices)`."""
     if not jax.tree_util.tree_leaves(tree):
         raise ValueError("shard_batch: the tree has no arrays.")
-    split, _ = _shardings(_leading_size(tree, "shard_batch"), devices)
-    return jax.device_put(tree, split)
+    mesh = _batch_mesh(_leading_size(tree, "shard_batch"), devices)
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(BATCH_AXIS)))
 
 
 def vmap_sharded(
@@ -111,9 +110,10 @@ def vmap_sharded(
     `.place(*args)` (the arguments placed on their devices) and `.lower(*args)` (ahead-of-time
     compilation: `run.lower(*run.place(*args)).compile()(*run.place(*args))`).
     """
-    compiled: dict[tuple[int, ...], Callable[..., Any]] = {}
+    compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
-    def axes_of(args):
+    def plan(args):
+        """(in_axes per argument, the mesh their batch splits over)."""
         axes = tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
         if len(axes) != len(args):
             raise ValueError(f"vmap_sharded: in_axes has {len(axes)} entries for {len(args)} arguments.")
@@ -121,34 +121,35 @@ def vmap_sharded(
             raise ValueError(f"vmap_sharded: in_axes entries must be 0 or None; got {in_axes!r}.")
         if all(a is None for a in axes):
             raise ValueError("vmap_sharded: at least one argument must be mapped (in_axes 0).")
-        return axes
-
-    def mesh_of(args, axes):
         size = _leading_size([x for x, a in zip(args, axes) if a == 0], "vmap_sharded")
-        return Mesh(np.array(devices_for(size, devices)), (BATCH_AXIS,))
+        return axes, _batch_mesh(size, devices)
 
-    def place(*args):
-        axes = axes_of(args)
-        mesh = mesh_of(args, axes)
-        split, copy = NamedSharding(mesh, PartitionSpec(BATCH_AXIS)), NamedSharding(mesh, PartitionSpec())
-        return tuple(jax.device_put(x, split if a == 0 else copy) for x, a in zip(args, axes))
+    def specs(axes):
+        return tuple(PartitionSpec(BATCH_AXIS) if a == 0 else PartitionSpec() for a in axes)
 
-    def program(args):
-        axes = axes_of(args)
-        mesh = mesh_of(args, axes)
-        key = tuple(d.id for d in mesh.devices.flat) + (len(args),)
-        if key not in compiled:
-            specs = tuple(PartitionSpec(BATCH_AXIS) if a == 0 else PartitionSpec() for a in axes)
+    def placed(args, axes, mesh):
+        return tuple(jax.device_put(x, NamedSharding(mesh, spec)) for x, spec in zip(args, specs(axes)))
+
+    def program(axes, mesh):
+        key = (axes, tuple(d.id for d in mesh.devices.flat))
+        if key not in compiled:  # one trace and compile per (in_axes, devices)
             per_device = jax.vmap(fn, in_axes=axes)
             compiled[key] = jax.jit(
-                jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(BATCH_AXIS), check_vma=False)
+                jax.shard_map(per_device, mesh=mesh, in_specs=specs(axes), out_specs=PartitionSpec(BATCH_AXIS), check_vma=False)
             )
         return compiled[key]
 
+    def place(*args):
+        return placed(args, *plan(args))
+
     def run(*args):
-        args = place(*args)
-        return program(args)(*args)
+        axes, mesh = plan(args)
+        return program(axes, mesh)(*placed(args, axes, mesh))
+
+    def lower(*args):
+        axes, mesh = plan(args)
+        return program(axes, mesh).lower(*placed(args, axes, mesh))
 
     run.place = place  # type: ignore[attr-defined]
-    run.lower = lambda *args: program(args).lower(*place(*args))  # type: ignore[attr-defined]
+    run.lower = lower  # type: ignore[attr-defined]
     return run

@@ -22,7 +22,7 @@ import numpy as np
 from flax import serialization
 from jax import lax
 
-from pgjax import envs
+from pgjax import envs, tables
 from pgjax.algos import common, get
 
 FIRST_COLUMNS = ("seed", "update", "env_steps", "episode_return")
@@ -46,10 +46,7 @@ def metrics_rows(metrics: dict[str, Any], wall_time: np.ndarray | None = None) -
 
 
 def write_metrics_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    tables.write_csv(path, rows)
 
 
 def read_metrics_csv(path: str) -> list[dict[str, str]]:
