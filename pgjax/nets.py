@@ -116,6 +116,9 @@ class ActorCritic(nn.Module):
     {"actor": ..., "critic": ...}, so `params["actor"]` also works with `Actor` of the same
     settings. With `shared=True` one torso feeds both heads (parameters {"torso", "policy_head",
     "value_head"}).
+
+    `apply(params, obs, method="policy")` and `method="value"` compute one output alone: a rollout
+    needs only the policy at each step, and the values of all its observations in one batched pass.
     """
 
     action_dim: int
@@ -125,15 +128,26 @@ class ActorCritic(nn.Module):
     shared: bool = False
     log_std_init: float = 0.0
 
-    @nn.compact
+    def setup(self):
+        # Attribute names are the parameter names (flax), the same as the towers' compact names.
+        if not self.shared:
+            self.actor = Actor(self.action_dim, self.discrete, self.hidden_sizes, self.activation, self.log_std_init)
+            self.critic = Critic(self.hidden_sizes, self.activation)
+        else:
+            self.torso = MLP(self.hidden_sizes, self.activation)
+            self.policy_head = PolicyHead(self.action_dim, self.discrete, self.log_std_init)
+            self.value_head = _dense(1, VALUE_GAIN)
+
+    def policy(self, obs: Array) -> Categorical | DiagGaussian:
+        """pi(.|s) alone, batch shape [...]."""
+        return self.actor(obs) if not self.shared else self.policy_head(self.torso(obs))
+
+    def value(self, obs: Array) -> Array:
+        """V(s) alone, [...]."""
+        return self.critic(obs) if not self.shared else self.value_head(self.torso(obs))[..., 0]
+
     def __call__(self, obs: Array) -> tuple[Categorical | DiagGaussian, Array]:
         if not self.shared:
-            dist = Actor(
-                self.action_dim, self.discrete, self.hidden_sizes, self.activation, self.log_std_init, name="actor"
-            )(obs)
-            value = Critic(self.hidden_sizes, self.activation, name="critic")(obs)
-            return dist, value
-        features = MLP(self.hidden_sizes, self.activation, name="torso")(obs)
-        dist = PolicyHead(self.action_dim, self.discrete, self.log_std_init, name="policy_head")(features)
-        value = _dense(1, VALUE_GAIN, name="value_head")(features)[..., 0]
-        return dist, value
+            return self.actor(obs), self.critic(obs)
+        features = self.torso(obs)
+        return self.policy_head(features), self.value_head(features)[..., 0]

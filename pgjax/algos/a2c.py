@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
-import optax
 
 from pgjax import advantages as adv
 from pgjax import losses
@@ -60,9 +58,9 @@ class A2CConfig(common.OnPolicyConfig):
         common._non_negative("A2CConfig", "vf_coef", self.vf_coef)
 
 
-def estimate_advantages(config, batch, next_values, hp):
+def estimate_advantages(config, batch, hp):
     """(advantages [T, N], value targets [T, N]) by GAE or n-step returns."""
-    args = (batch.reward, batch.value, next_values, batch.terminated, batch.truncated, hp["discount"])
+    args = (batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"])
     if config.advantage_method == "gae":
         return adv.gae(*args, hp["gae_lambda"])
     return adv.n_step_advantages(*args, config.n_steps_return)
@@ -86,17 +84,16 @@ def make_algorithm(config: A2CConfig, network: ActorCritic) -> common.Algorithm:
 
     def update(agent, batch, key, hp, update_idx):
         del key
-        next_values = network.apply(agent.params, batch.next_obs)[1]
-        advantage, target = estimate_advantages(config, batch, next_values, hp)
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(agent.params, batch, advantage, target, hp)
-        updates, opt_state = common.one_step_optimizer(config, hp).update(grads, agent.opt_state, agent.params)
-        new_params = optax.apply_updates(agent.params, updates)
+        advantage, target = estimate_advantages(config, batch, hp)
+        tx = common.one_step_optimizer(config, hp)
+        new_agent, metrics = common.one_step_update(tx, loss_fn, agent, batch, advantage, target, hp)
         # KL(pi_old || pi_new) on the rollout's states: how far one step moved the policy.
-        metrics["kl"] = losses.mean_kl(network.apply(agent.params, batch.obs)[0], network.apply(new_params, batch.obs)[0])
+        policy = lambda params: network.apply(params, batch.obs, method="policy")  # noqa: E731
+        metrics["kl"] = losses.mean_kl(policy(agent.params), policy(new_agent.params))
         metrics["explained_variance"] = losses.explained_variance(batch.value, target)
-        return common.AgentState(new_params, opt_state), metrics
+        return new_agent, metrics
 
-    return common.Algorithm(init, common.sampling_act(network), update)
+    return common.Algorithm(init, common.sampling_act(network), common.critic_value(network), update)
 
 
 def make_train(config: A2CConfig, progress: common.ProgressFn | None = None):

@@ -4,7 +4,8 @@ optimisers with vmappable hyperparameters, and the one-function training loop.
 An algorithm is three pure functions (`Algorithm`):
 
     init(key, spec, hp)                               -> agent state (params, optimiser states)
-    act(agent, obs [N, obs], key)                     -> (action [N, ...], log_prob [N], value [N])
+    act(agent, obs [N, obs], key)                     -> (action [N, ...], log_prob [N])
+    value(agent, obs [..., obs])                      -> V(obs) [...]
     update(agent, batch [T, N], key, hp, update_idx)  -> (agent, metrics dict of scalars)
 
 and `make_on_policy_train(config, algorithm)` wires them into `train(key, hparams) ->
@@ -24,7 +25,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from pgjax import envs
+from pgjax import envs, optim
 from pgjax.nets import ActorCritic
 
 Array = jax.Array
@@ -189,7 +190,9 @@ class Transition(NamedTuple):
     """One vectorised step; a rollout stacks them to [T, N, ...].
 
     `next_obs` is the true next observation: the pre-reset final observation where an
-    episode ended, so V(next_obs) bootstraps time-limit truncations correctly.
+    episode ended, so `next_value` = V(next_obs) bootstraps time-limit truncations correctly.
+    `value` and `next_value` come from one batched critic pass after the rollout (same parameters
+    as during it), not from the per-step policy calls.
     """
 
     obs: Array
@@ -200,18 +203,28 @@ class Transition(NamedTuple):
     log_prob: Array
     value: Array
     next_obs: Array
+    next_value: Array
     returned_episode: Array
     episode_return: Array
     episode_length: Array
 
 
-ActFn = Callable[[Any, Array, Array], tuple[Array, Array, Array]]
+ActFn = Callable[[Any, Array, Array], tuple[Array, Array]]
+ValueFn = Callable[[Any, Array], Array]
 
 
 def rollout(
-    key: Array, spec: EnvSpec, agent: Any, act: ActFn, env_state: Any, obs: Array, num_steps: int
+    key: Array,
+    spec: EnvSpec,
+    agent: Any,
+    act: ActFn,
+    value: ValueFn,
+    env_state: Any,
+    obs: Array,
+    num_steps: int,
 ) -> tuple[Any, Array, Transition]:
-    """Step the vectorised environment `num_steps` times with `act` (a `lax.scan`).
+    """Step the vectorised environment `num_steps` times with `act` (a `lax.scan`), then compute
+    `value` on every observation and true next observation in one batched call.
 
     Returns:
       (env_state, obs, Transition with fields [T, N, ...]).
@@ -220,7 +233,7 @@ def rollout(
     def step(carry, step_key):
         env_state, obs = carry
         key_act, key_env = jax.random.split(step_key)
-        action, log_prob, value = act(agent, obs, key_act)
+        action, log_prob = act(agent, obs, key_act)
         next_obs, env_state, reward, terminated, truncated, info = spec.env.step(key_env, env_state, action, spec.params)
         transition = Transition(
             obs=obs,
@@ -229,8 +242,9 @@ def rollout(
             terminated=terminated,
             truncated=truncated,
             log_prob=log_prob,
-            value=value,
+            value=None,
             next_obs=info["final_observation"],
+            next_value=None,
             returned_episode=info["returned_episode"],
             episode_return=info["episode_return"],
             episode_length=info["episode_length"],
@@ -238,7 +252,8 @@ def rollout(
         return (env_state, next_obs), transition
 
     (env_state, obs), batch = lax.scan(step, (env_state, obs), jax.random.split(key, num_steps))
-    return env_state, obs, batch
+    values = value(agent, jnp.stack([batch.obs, batch.next_obs]))
+    return env_state, obs, batch._replace(value=values[0], next_value=values[1])
 
 
 def flatten_batch(tree: Any) -> Any:
@@ -259,7 +274,7 @@ def minibatch_epochs(
     batch = jax.tree_util.tree_leaves(data)[0].shape[0]
 
     def epoch(state, epoch_key):
-        perm = jax.random.permutation(epoch_key, batch)
+        perm = random_permutation(epoch_key, batch)
         shuffled = jax.tree_util.tree_map(
             lambda x: x[perm].reshape((num_minibatches, batch // num_minibatches) + x.shape[1:]), data
         )
@@ -269,20 +284,43 @@ def minibatch_epochs(
     return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
 
+def random_permutation(key: Array, n: int) -> Array:
+    """A uniformly random permutation of 0..n-1 [n] (int32): the order of n random 30-bit keys.
+
+    `lax.top_k` over float32 keys sorts on one CPU core ~14x faster than `jax.random.permutation`'s
+    key-value sort (512 items: 6 us vs 82 us, 4x per PPO update). The keys are random bits placed in
+    the exponent and mantissa of positive normal floats, whose order is the order of the bits; two
+    equal keys (probability about n^2 / 2^31: 1e-4 for n = 512, the same order as
+    `jax.random.permutation`'s one 32-bit sorting round) keep their index order.
+    """
+    bits = jax.random.bits(key, (n,), jnp.uint32)
+    keys = lax.bitcast_convert_type((bits >> 2) + jnp.uint32(0x00800000), jnp.float32)
+    return lax.top_k(keys, n)[1]
+
+
 def actor_critic(config: OnPolicyConfig, spec: EnvSpec) -> ActorCritic:
     """The config's actor-critic network (separate towers) for the environment's action space."""
     return ActorCritic(spec.action_dim, spec.discrete, config.hidden_sizes, config.activation)
 
 
 def sampling_act(network: ActorCritic) -> ActFn:
-    """act(agent, obs, key) -> (a ~ pi(.|obs), log pi(a|obs), V(obs)) for agents with `.params`."""
+    """act(agent, obs, key) -> (a ~ pi(.|obs), log pi(a|obs)) for agents with `.params` (the policy alone)."""
 
     def act(agent, obs, key):
-        dist, value = network.apply(agent.params, obs)
+        dist = network.apply(agent.params, obs, method="policy")
         action = dist.sample(key)
-        return action, dist.log_prob(action), value
+        return action, dist.log_prob(action)
 
     return act
+
+
+def critic_value(network: ActorCritic) -> ValueFn:
+    """value(agent, obs [..., D]) -> V(obs) [...] for agents with `.params` (the critic alone)."""
+
+    def value(agent, obs):
+        return network.apply(agent.params, obs, method="value")
+
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -295,14 +333,12 @@ def adam(
 ) -> optax.GradientTransformation:
     """Global-norm clipping then Adam; with `anneal_steps`, the rate decays linearly to 0 over that many steps.
 
-    `learning_rate` and `max_grad_norm` may be traced (vmapped hyperparameters): build the
-    transformation inside the traced function that uses it.
+    `optim.clipped_adam`: the same numbers as `optax.chain(optax.clip_by_global_norm(max_grad_norm),
+    optax.adam(schedule, eps=eps))`, fused. `learning_rate` and `max_grad_norm` may be traced (vmapped
+    hyperparameters): build the transformation inside the traced function that uses it. The algorithms
+    apply it to the flat parameter vector (`optim.ravel_params`, `optim.flat_gradient_step`).
     """
-    if anneal_steps:
-        schedule = lambda count: learning_rate * (1.0 - jnp.minimum(count, anneal_steps) / anneal_steps)  # noqa: E731
-    else:
-        schedule = lambda count: learning_rate  # noqa: E731
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(schedule, eps=eps))
+    return optim.clipped_adam(learning_rate, max_grad_norm, anneal_steps, eps=eps)
 
 
 # ---------------------------------------------------------------------------
@@ -312,7 +348,8 @@ def adam(
 
 @struct.dataclass
 class AgentState:
-    """Network parameters and one optimiser state: the agent of PPO, A2C and REINFORCE."""
+    """Network parameters (a pytree) and one optimiser state, kept over the parameters raveled into one
+    vector (`optim.ravel_params`): the agent of PPO, A2C and REINFORCE."""
 
     params: dict
     opt_state: optax.OptState
@@ -324,14 +361,24 @@ def one_step_optimizer(config: OnPolicyConfig, hp: HParams) -> optax.GradientTra
 
 
 def init_agent(network: ActorCritic, spec: EnvSpec, tx: optax.GradientTransformation, key: Array) -> AgentState:
-    """Fresh network parameters and the optimiser state for them."""
+    """Fresh network parameters and the optimiser state for their flat vector."""
     params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
-    return AgentState(params, tx.init(params))
+    return AgentState(params, tx.init(optim.ravel_params(params)[0]))
+
+
+def one_step_update(
+    tx: optax.GradientTransformation, loss_fn: Callable[..., tuple[Array, Any]], agent: AgentState, *args: Any
+) -> tuple[AgentState, Any]:
+    """One `tx` step on `loss_fn(params, *args) -> (loss, aux)` (A2C, REINFORCE); returns (agent, aux)."""
+    flat, unravel = optim.ravel_params(agent.params)
+    (flat, opt_state), aux = optim.flat_gradient_step(tx, loss_fn, unravel)((flat, agent.opt_state), *args)
+    return AgentState(unravel(flat), opt_state), aux
 
 
 class Algorithm(NamedTuple):
     init: Callable[[Array, EnvSpec, HParams], Any]
     act: ActFn
+    value: ValueFn
     update: Callable[[Any, Transition, Array, HParams, Array], tuple[Any, dict[str, Array]]]
 
 
@@ -394,7 +441,9 @@ def make_on_policy_train(
         def one_update(carry, update_idx):
             agent, env_state, obs, key = carry
             key, key_rollout, key_update = jax.random.split(key, 3)
-            env_state, obs, batch = rollout(key_rollout, spec, agent, algorithm.act, env_state, obs, config.num_steps)
+            env_state, obs, batch = rollout(
+                key_rollout, spec, agent, algorithm.act, algorithm.value, env_state, obs, config.num_steps
+            )
             agent, metrics = algorithm.update(agent, batch, key_update, hp, update_idx)
             metrics = {
                 "env_steps": (update_idx + 1) * config.batch_size,

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from pgjax import advantages as adv
-from pgjax import losses
+from pgjax import losses, optim
 from pgjax.algos import common
 from pgjax.nets import ActorCritic
 
@@ -90,24 +89,24 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
     def init(key, spec, hp):
         return common.init_agent(network, spec, _optimizer(config, hp), key)
 
+    def loss_fn(params, minibatch, hp):
+        return ppo_loss(params, network, minibatch, hp, config)
+
     def update(agent, batch, key, hp, update_idx):
-        tx = _optimizer(config, hp)
-        next_values = network.apply(agent.params, batch.next_obs)[1]
         advantage, target = adv.gae(
-            batch.reward, batch.value, next_values, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"]
+            batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"]
         )
         data = common.flatten_batch((batch.obs, batch.action, batch.log_prob, batch.value, advantage, target))
-
-        def step(agent, minibatch):
-            grads, metrics = jax.grad(ppo_loss, has_aux=True)(agent.params, network, minibatch, hp, config)
-            updates, opt_state = tx.update(grads, agent.opt_state, agent.params)
-            return common.AgentState(optax.apply_updates(agent.params, updates), opt_state), metrics
-
-        agent, metrics = common.minibatch_epochs(key, agent, data, config.num_epochs, config.num_minibatches, step)
+        # The minibatch steps update one flat parameter vector: one fused Adam step each (pgjax.optim).
+        flat, unravel = optim.ravel_params(agent.params)
+        step = optim.flat_gradient_step(_optimizer(config, hp), loss_fn, unravel)
+        (flat, opt_state), metrics = common.minibatch_epochs(
+            key, (flat, agent.opt_state), data, config.num_epochs, config.num_minibatches, lambda c, mb: step(c, mb, hp)
+        )
         metrics["explained_variance"] = losses.explained_variance(batch.value, target)
-        return agent, metrics
+        return common.AgentState(unravel(flat), opt_state), metrics
 
-    return common.Algorithm(init, common.sampling_act(network), update)
+    return common.Algorithm(init, common.sampling_act(network), common.critic_value(network), update)
 
 
 def make_train(config: PPOConfig, progress: common.ProgressFn | None = None):

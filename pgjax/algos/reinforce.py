@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from pgjax import advantages as adv
@@ -89,23 +87,20 @@ def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algo
     def update(agent, batch, key, hp, update_idx):
         del key
         mask = completed_episode_mask(batch.terminated, batch.truncated)
-        if config.use_baseline:
-            next_values = network.apply(agent.params, batch.next_obs)[1]
-        else:
-            next_values = jnp.zeros_like(batch.reward)
+        next_values = batch.next_value if config.use_baseline else jnp.zeros_like(batch.reward)
         returns = adv.discounted_returns(batch.reward, next_values, batch.terminated, batch.truncated, hp["discount"])
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(agent.params, batch, returns, mask, hp)
-        updates, opt_state = common.one_step_optimizer(config, hp).update(grads, agent.opt_state, agent.params)
-        new_params = optax.apply_updates(agent.params, updates)
-        metrics["kl"] = losses.mean_kl(network.apply(agent.params, batch.obs)[0], network.apply(new_params, batch.obs)[0])
+        tx = common.one_step_optimizer(config, hp)
+        new_agent, metrics = common.one_step_update(tx, loss_fn, agent, batch, returns, mask, hp)
+        policy = lambda params: network.apply(params, batch.obs, method="policy")  # noqa: E731
+        metrics["kl"] = losses.mean_kl(policy(agent.params), policy(new_agent.params))
         metrics["valid_fraction"] = jnp.mean(mask)
         if config.use_baseline:
             residual_var = masked_mean((returns - batch.value) ** 2, mask) - masked_mean(returns - batch.value, mask) ** 2
             return_var = masked_mean(returns**2, mask) - masked_mean(returns, mask) ** 2
             metrics["explained_variance"] = jnp.where(return_var > 0, 1.0 - residual_var / return_var, jnp.nan)
-        return common.AgentState(new_params, opt_state), metrics
+        return new_agent, metrics
 
-    return common.Algorithm(init, common.sampling_act(network), update)
+    return common.Algorithm(init, common.sampling_act(network), common.critic_value(network), update)
 
 
 def make_train(config: REINFORCEConfig, progress: common.ProgressFn | None = None):

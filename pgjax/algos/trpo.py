@@ -20,7 +20,7 @@ import optax
 from flax import struct
 
 from pgjax import advantages as adv
-from pgjax import losses, trust_region
+from pgjax import losses, optim, trust_region
 from pgjax.algos import common
 from pgjax.nets import Actor, ActorCritic, Critic
 
@@ -90,7 +90,7 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
 
     def init(key, spec, hp):
         params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
-        return TRPOState(params, vf_optimizer(hp).init(_split(params)[1]))
+        return TRPOState(params, vf_optimizer(hp).init(optim.ravel_params(_split(params)[1])[0]))
 
     def policy_step(actor_params, obs, action, old_log_prob, advantage, hp):
         def dist_fn(p):
@@ -120,29 +120,22 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
         }
         return new_params, metrics
 
+    def value_loss(params, minibatch):
+        mb_obs, mb_target = minibatch
+        loss = losses.value_loss(critic.apply({"params": params}, mb_obs), mb_target)
+        return loss, {"value_loss": loss}
+
     def fit_value(critic_params, opt_state, obs, target, key, hp):
-        tx = vf_optimizer(hp)
-
-        def step(carry, minibatch):
-            params, opt_state = carry
-            mb_obs, mb_target = minibatch
-
-            def loss(p):
-                return losses.value_loss(critic.apply({"params": p}, mb_obs), mb_target)
-
-            value_loss, grads = jax.value_and_grad(loss)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), {"value_loss": value_loss}
-
-        (critic_params, opt_state), metrics = common.minibatch_epochs(
-            key, (critic_params, opt_state), (obs, target), config.vf_epochs, config.vf_minibatches, step
+        flat, unravel = optim.ravel_params(critic_params)
+        step = optim.flat_gradient_step(vf_optimizer(hp), value_loss, unravel)
+        (flat, opt_state), metrics = common.minibatch_epochs(
+            key, (flat, opt_state), (obs, target), config.vf_epochs, config.vf_minibatches, step
         )
-        return critic_params, opt_state, metrics
+        return unravel(flat), opt_state, metrics
 
     def update(agent, batch, key, hp, update_idx):
-        next_values = network.apply(agent.params, batch.next_obs)[1]
         advantage, target = adv.gae(
-            batch.reward, batch.value, next_values, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"]
+            batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"]
         )
         obs, action, old_log_prob, advantage, target = common.flatten_batch(
             (batch.obs, batch.action, batch.log_prob, advantage, target)
@@ -158,7 +151,7 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
         metrics["explained_variance"] = losses.explained_variance(common.flatten_batch(batch.value), target)
         return TRPOState(_join(actor_params, critic_params), vf_opt_state), metrics
 
-    return common.Algorithm(init, common.sampling_act(network), update)
+    return common.Algorithm(init, common.sampling_act(network), common.critic_value(network), update)
 
 
 def make_train(config: TRPOConfig, progress: common.ProgressFn | None = None):

@@ -1,0 +1,103 @@
+"""The online algorithms' optimiser: global-norm clipping, Adam and a linearly annealed step size as one
+optax transformation, applied to the parameters raveled into one flat vector.
+
+    g   <- g * min(1, c / ||g||_2)                              (global-norm clipping at c)
+    m   <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2,   t <- t + 1
+    lr  =  lr_0 (1 - min(t - 1, K) / K)                         (linear annealing over K steps; or lr_0)
+    dx  = -lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+`clipped_adam` computes exactly what `optax.chain(optax.clip_by_global_norm(c), optax.adam(schedule))`
+computes (tests compare them), in one pass over each leaf. On a flat vector that is a handful of fused
+operations per step instead of five to seven per parameter array: on one CPU core the PPO minibatch
+step went from about 145 us to about 125 us (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+Array = jax.Array
+
+
+class ClippedAdamState(NamedTuple):
+    """count: steps taken (int32 scalar); mu, nu: first and second moments, shaped like the parameters."""
+
+    count: Array
+    mu: Any
+    nu: Any
+
+
+def clipped_adam(
+    learning_rate: float | Array,
+    max_grad_norm: float | Array,
+    anneal_steps: int | None = None,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-5,
+) -> optax.GradientTransformation:
+    """Global-norm clipping then Adam, with the step size annealed linearly to 0 over `anneal_steps` steps.
+
+    `learning_rate` and `max_grad_norm` may be traced (vmapped hyperparameters). Works on any pytree; on
+    one flat vector (`ravel_params`) every step is a few fused operations.
+
+    Returns:
+      An `optax.GradientTransformation` whose updates are to be added to the parameters.
+    """
+
+    def init(params):
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        return ClippedAdamState(jnp.zeros((), jnp.int32), zeros, zeros)
+
+    def update(grads, state, params=None):
+        del params
+        leaves = jax.tree_util.tree_leaves(grads)
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves))
+        # A select, not a multiply, so a zero gradient stays zero (max_grad_norm / 0 is inf).
+        clip = lambda g: jnp.where(norm < max_grad_norm, g, g * (max_grad_norm / norm))  # noqa: E731
+        grads = jax.tree_util.tree_map(clip, grads)
+        mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1.0 - b1) * g, state.mu, grads)
+        nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1.0 - b2) * jnp.square(g), state.nu, grads)
+        count = state.count + 1
+        t = count.astype(jnp.float32)
+        if anneal_steps:
+            lr = learning_rate * (1.0 - jnp.minimum(state.count, anneal_steps) / anneal_steps)
+        else:
+            lr = learning_rate
+        mu_scale, nu_scale = 1.0 / (1.0 - b1**t), 1.0 / (1.0 - b2**t)
+        updates = jax.tree_util.tree_map(lambda m, v: -lr * (m * mu_scale) / (jnp.sqrt(v * nu_scale) + eps), mu, nu)
+        return updates, ClippedAdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def ravel_params(params: Any) -> tuple[Array, Callable[[Array], Any]]:
+    """(flat [P] vector of every parameter, unravel: flat -> params pytree)."""
+    return ravel_pytree(params)
+
+
+def flat_gradient_step(
+    tx: optax.GradientTransformation, loss_fn: Callable[..., tuple[Array, Any]], unravel: Callable[[Array], Any]
+) -> Callable[..., tuple[tuple[Array, Any], Any]]:
+    """`step((flat, opt_state), *args) -> ((flat, opt_state), aux)`: one `tx` step on the flat parameter vector.
+
+    `loss_fn(params, *args) -> (loss, aux)` takes the parameters as a pytree (`unravel(flat)`); its
+    gradient arrives as one vector, so `tx` (built for flat parameters) updates all of them at once.
+    Shaped for `lax.scan` over minibatches (`step(carry, minibatch)`).
+    """
+
+    def flat_loss(flat, *args):
+        return loss_fn(unravel(flat), *args)
+
+    def step(carry, *args):
+        flat, opt_state = carry
+        grads, aux = jax.grad(flat_loss, has_aux=True)(flat, *args)
+        updates, opt_state = tx.update(grads, opt_state, flat)
+        return (flat + updates, opt_state), aux
+
+    return step

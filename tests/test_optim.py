@@ -1,0 +1,150 @@
+"""pgjax.optim (fused clip + Adam + annealing on a flat parameter vector) against optax's own chain,
+and the rollout pieces the algorithms share: the top_k permutation, policy-alone and value-alone calls,
+and the batched critic pass after a rollout."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from pgjax import optim
+from pgjax.algos import common, ppo
+from pgjax.nets import ActorCritic
+
+
+def _optax_reference(learning_rate, max_grad_norm, anneal_steps, eps=1e-5):
+    schedule = optax.linear_schedule(learning_rate, 0.0, anneal_steps) if anneal_steps else learning_rate
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(schedule, eps=eps))
+
+
+def _params(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {"w": jax.random.normal(k1, (3, 4)), "b": jax.random.normal(k2, (4,)), "s": jax.random.normal(k3, ())}
+
+
+@pytest.mark.parametrize("anneal_steps", [None, 7])
+@pytest.mark.parametrize("max_grad_norm", [0.3, 100.0])  # clipping active / never active
+def test_clipped_adam_equals_the_optax_chain(anneal_steps, max_grad_norm):
+    """Ten steps on a pytree and on its flat vector follow optax.chain(clip_by_global_norm, adam(schedule))."""
+    params = _params(jax.random.key(0))
+    grads = [_params(k) for k in jax.random.split(jax.random.key(1), 10)]
+    grads[3] = jax.tree_util.tree_map(jnp.zeros_like, grads[3])  # a zero gradient must not give NaN
+    ours, ref = optim.clipped_adam(1e-2, max_grad_norm, anneal_steps), _optax_reference(1e-2, max_grad_norm, anneal_steps)
+    flat, unravel = optim.ravel_params(params)
+    p_ours, s_ours, p_ref, s_ref, p_flat, s_flat = params, ours.init(params), params, ref.init(params), flat, ours.init(flat)
+    for g in grads:
+        u, s_ours = jax.jit(ours.update)(g, s_ours, p_ours)
+        p_ours = optax.apply_updates(p_ours, u)
+        u, s_ref = ref.update(g, s_ref, p_ref)
+        p_ref = optax.apply_updates(p_ref, u)
+        u, s_flat = jax.jit(ours.update)(optim.ravel_params(g)[0], s_flat, p_flat)
+        p_flat = p_flat + u
+        for a, b in zip(jax.tree_util.tree_leaves(p_ours), jax.tree_util.tree_leaves(p_ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(p_flat, optim.ravel_params(p_ref)[0], rtol=1e-5, atol=1e-7)
+    assert int(s_ours.count) == 10
+    # Moved at all (and, with annealing over 7 steps, not after step 7).
+    assert not np.allclose(optim.ravel_params(p_ours)[0], flat)
+
+
+def test_annealed_rate_reaches_zero():
+    tx = optim.clipped_adam(0.1, 1.0, anneal_steps=3)
+    p = jnp.ones(2)
+    state = tx.init(p)
+    steps = []
+    for _ in range(5):
+        u, state = tx.update(jnp.ones(2), state, p)
+        steps.append(float(u[0]))
+    assert steps[0] < steps[1] < steps[2] < 0 and steps[3] == steps[4] == 0.0  # rates 0.1, 2/30, 1/30, 0, 0
+
+
+def test_traced_hyperparameters_vmap():
+    """learning_rate and max_grad_norm may be vmapped: each batch entry equals its own unbatched run."""
+    g = jnp.array([3.0, -4.0])  # norm 5
+
+    def one(lr, clip):
+        tx = optim.clipped_adam(lr, clip, 10)
+        return tx.update(g, tx.init(g), g)[0]
+
+    lrs, clips = jnp.array([1e-2, 1e-3]), jnp.array([1.0, 10.0])
+    batched = jax.vmap(one)(lrs, clips)
+    for i in range(2):
+        np.testing.assert_allclose(batched[i], one(lrs[i], clips[i]), rtol=1e-6)
+
+
+def test_flat_gradient_step_equals_a_pytree_step():
+    params = _params(jax.random.key(2))
+    x = jax.random.normal(jax.random.key(3), (5, 3))
+
+    def loss_fn(p, x):
+        out = jnp.tanh(x @ p["w"] + p["b"]) * p["s"]
+        return jnp.sum(out**2), {"out": out}
+
+    tx = optim.clipped_adam(1e-2, 0.5, None)
+    flat, unravel = optim.ravel_params(params)
+    (flat_new, state), aux = optim.flat_gradient_step(tx, loss_fn, unravel)((flat, tx.init(flat)), x)
+    grads, aux_ref = jax.grad(loss_fn, has_aux=True)(params, x)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    expected = optax.apply_updates(params, updates)
+    for a, b in zip(jax.tree_util.tree_leaves(unravel(flat_new)), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(aux["out"], aux_ref["out"], rtol=1e-6)
+    assert int(state.count) == 1
+
+
+# ---------------------------------------------------------------------------
+# Shared rollout pieces.
+# ---------------------------------------------------------------------------
+
+
+def test_random_permutation_is_a_uniform_permutation():
+    perm = jax.jit(common.random_permutation, static_argnums=1)
+    for n in (1, 2, 7, 512):
+        p = np.asarray(perm(jax.random.key(n), n))
+        assert p.dtype == np.int32 and sorted(p.tolist()) == list(range(n))
+    np.testing.assert_array_equal(perm(jax.random.key(0), 64), perm(jax.random.key(0), 64))  # deterministic
+    # All 24 orders of 4 items, equally often: chi-square with 23 degrees of freedom.
+    keys = jax.random.split(jax.random.key(1), 24_000)
+    samples = np.asarray(jax.vmap(lambda k: common.random_permutation(k, 4))(keys))
+    index = {p: i for i, p in enumerate(itertools.permutations(range(4)))}
+    counts = np.bincount([index[tuple(s)] for s in samples], minlength=24)
+    chi2 = np.sum((counts - 1000.0) ** 2 / 1000.0)
+    assert chi2 < 49.7, counts  # the 0.999 quantile of chi-square(23)
+    # Each position's marginal is uniform too: item 0 lands first a quarter of the time.
+    assert abs(np.mean(samples[:, 0] == 0) - 0.25) < 0.015
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("discrete", [True, False])
+def test_policy_and_value_alone_equal_the_joint_call(shared, discrete):
+    net = ActorCritic(2, discrete, (8, 8), shared=shared)
+    obs = jax.random.normal(jax.random.key(4), (3, 5, 4))
+    params = net.init(jax.random.key(5), obs[0, 0])
+    dist, value = net.apply(params, obs)
+    np.testing.assert_array_equal(net.apply(params, obs, method="value"), value)
+    for a, b in zip(jax.tree_util.tree_leaves(net.apply(params, obs, method="policy")), jax.tree_util.tree_leaves(dist)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_rollout_values_are_the_critic_on_obs_and_true_next_obs():
+    """value / next_value from the batched pass after the rollout equal V(obs) and V(final observation)."""
+    config = ppo.PPOConfig(num_envs=3, num_steps=40, total_timesteps=120)
+    spec = common.make_env(config)
+    network = common.actor_critic(config, spec)
+    algorithm = ppo.make_algorithm(config, network)
+    agent = algorithm.init(jax.random.key(6), spec, config.hyperparams())
+    obs, env_state = spec.env.reset(jax.random.key(7), spec.params)
+    _, _, batch = jax.jit(common.rollout, static_argnums=(1, 3, 4, 7))(
+        jax.random.key(8), spec, agent, algorithm.act, algorithm.value, env_state, obs, config.num_steps
+    )
+    assert batch.value.shape == batch.next_value.shape == (40, 3)
+    assert bool(jnp.any(batch.terminated))  # an episode ended: next_obs differs from the next row's obs there
+    critic = lambda o: network.apply(agent.params, o)[1]  # noqa: E731
+    np.testing.assert_allclose(batch.value, critic(batch.obs), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batch.next_value, critic(batch.next_obs), rtol=1e-5, atol=1e-6)
+    # Within episodes the true next observation is the next step's observation.
+    within = ~np.asarray(batch.terminated | batch.truncated)[:-1]
+    np.testing.assert_array_equal(np.asarray(batch.next_obs)[:-1][within], np.asarray(batch.obs)[1:][within])
