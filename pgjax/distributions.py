@@ -82,6 +82,12 @@ class Categorical(NamedTuple):
         """a ~ pi, int32 [...]."""
         return jax.random.categorical(key, self.logits, axis=-1).astype(jnp.int32)
 
+    def sample_from_noise(self, noise: Array) -> Array:
+        """a = argmax_a (logits_a + g_a) for standard Gumbel noise g [..., K] (`sampling_noise`): a ~ pi
+        (the Gumbel-max trick, what `jax.random.categorical` does), int32 [...]."""
+        chex.assert_equal_shape([noise, self.logits])
+        return jnp.argmax(self.logits + noise, axis=-1).astype(jnp.int32)
+
     def log_prob(self, action: Array) -> Array:
         """log pi(a) for integer actions [...]; returns [...]."""
         chex.assert_shape(action, self.logits.shape[:-1])
@@ -116,7 +122,11 @@ class DiagGaussian(NamedTuple):
 
     def sample(self, key: Array) -> Array:
         """a = mu + sigma * eps, eps ~ N(0, I); shape [..., A]."""
-        noise = jax.random.normal(key, self.mean.shape, self.mean.dtype)
+        return self.sample_from_noise(jax.random.normal(key, self.mean.shape, self.mean.dtype))
+
+    def sample_from_noise(self, noise: Array) -> Array:
+        """a = mu + sigma * eps for standard normal noise eps [..., A] (`sampling_noise`); shape [..., A]."""
+        chex.assert_equal_shape([noise, self.mean])
         return self.mean + jnp.exp(self.log_std) * noise
 
     def log_prob(self, action: Array) -> Array:
@@ -137,6 +147,16 @@ class DiagGaussian(NamedTuple):
     def mode(self) -> Array:
         """The mean, [..., A]."""
         return self.mean
+
+
+def sampling_noise(key: Array, discrete: bool, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    """The noise `sample_from_noise` turns into actions: standard Gumbel (categorical, shape [..., K]) or
+    standard normal (Gaussian, shape [..., A]).
+
+    Drawing a whole rollout's noise [T, N, K] in one call and sampling each step from its slice gives the
+    same distribution as `sample(key)` per step, with one random-number call instead of T.
+    """
+    return jax.random.gumbel(key, shape, dtype) if discrete else jax.random.normal(key, shape, dtype)
 
 
 def diag_gaussian(mean: Array, log_std: Array) -> DiagGaussian:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgjax.distributions import Categorical, DiagGaussian, diag_gaussian
+from pgjax.distributions import Categorical, DiagGaussian, diag_gaussian, sampling_noise
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -134,3 +134,21 @@ def test_log_prob_gradients(x64):
     logits = jnp.array([0.2, -0.5, 1.0])
     g = jax.grad(lambda l: Categorical(l).log_prob(jnp.array(2)))(logits)
     np.testing.assert_allclose(g, jnp.array([0.0, 0.0, 1.0]) - jax.nn.softmax(logits), rtol=1e-12)
+
+
+def test_sampling_from_pre_drawn_noise(categoricals, gaussians):
+    """`sample_from_noise(sampling_noise(key, ...))` is the Gumbel-max / reparameterised sample: for a
+    categorical it equals `jax.random.categorical` on the same key draw for draw; for the Gaussian it
+    equals `sample(key)`; a whole batch of noise drawn at once gives the right frequencies."""
+    p, _ = categoricals
+    g, _ = gaussians
+    key = jax.random.key(7)
+    noise = sampling_noise(key, True, (MC // 10, 3, 4), p.logits.dtype)
+    samples = expand(p, MC // 10).sample_from_noise(noise)
+    np.testing.assert_array_equal(samples, draw(p, key, MC // 10))
+    freq = np.stack([np.bincount(samples[:, i], minlength=4) for i in range(3)]) / samples.shape[0]
+    np.testing.assert_allclose(freq, p.probs, atol=0.01)
+    eps = sampling_noise(key, False, g.mean.shape, g.mean.dtype)
+    np.testing.assert_allclose(g.sample_from_noise(eps), g.sample(key), rtol=1e-12)
+    with pytest.raises(AssertionError):
+        p.sample_from_noise(noise[0, :, :3])  # noise must match the logits' shape

@@ -331,6 +331,21 @@ def test_full_stack_under_jit_and_vmap_over_seeds():
     assert np.all(stats.count[:, -1] == 51 * 3) and np.any(stats.mean[0, -1, 0] != stats.mean[1, -1, 0])
 
 
+def test_vec_env_step_takes_one_key_or_one_key_per_env():
+    """N keys split ahead give the same step as one key split N ways inside; a wrong count is an error."""
+    base, params = envs.make("CartPole-v1")
+    env = VecEnv(EpisodeStatistics(FlattenObservation(base)), 3)
+    obs, state = env.reset(jax.random.key(0), params)
+    action = jnp.array([0, 1, 1])
+    for key in (jax.random.key(1), jax.random.PRNGKey(1)):  # typed and raw keys
+        one = env.step(key, state, action, params)
+        many = env.step(jax.random.split(key, 3), state, action, params)
+        for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(many)):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="2 keys for 3 environments"):
+        env.step(jax.random.split(jax.random.key(1), 2), state, action, params)
+
+
 # ---------------------------------------------------------------------------
 # make.
 # ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@ optimisers with vmappable hyperparameters, and the one-function training loop.
 An algorithm is three pure functions (`Algorithm`):
 
     init(key, spec, hp)                               -> agent state (params, optimiser states)
-    act(agent, obs [N, obs], key)                     -> (action [N, ...], log_prob [N])
+    act(agent, obs [N, obs], noise [N, A])            -> (action [N, ...], log_prob [N])
     value(agent, obs [..., obs])                      -> V(obs) [...]
     update(agent, batch [T, N], key, hp, update_idx)  -> (agent, metrics dict of scalars)
 
@@ -25,7 +25,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from pgjax import envs, optim
+from pgjax import distributions, envs, optim
 from pgjax.nets import ActorCritic
 
 Array = jax.Array
@@ -230,10 +230,10 @@ def rollout(
       (env_state, obs, Transition with fields [T, N, ...]).
     """
 
-    def step(carry, step_key):
+    def step(carry, step_randomness):
         env_state, obs = carry
-        key_act, key_env = jax.random.split(step_key)
-        action, log_prob = act(agent, obs, key_act)
+        noise, key_env = step_randomness
+        action, log_prob = act(agent, obs, noise)
         next_obs, env_state, reward, terminated, truncated, info = spec.env.step(key_env, env_state, action, spec.params)
         transition = Transition(
             obs=obs,
@@ -251,7 +251,13 @@ def rollout(
         )
         return (env_state, next_obs), transition
 
-    (env_state, obs), batch = lax.scan(step, (env_state, obs), jax.random.split(key, num_steps))
+    # The whole rollout's randomness drawn up front, in two calls instead of several per step (each
+    # threefry call costs ~1 us on a CPU however few numbers it makes): the policy's sampling noise
+    # and one key per environment and step.
+    key_noise, key_env = jax.random.split(key)
+    noise = distributions.sampling_noise(key_noise, spec.discrete, (num_steps, spec.env.num_envs, spec.action_dim))
+    env_keys = jax.random.split(key_env, (num_steps, spec.env.num_envs))
+    (env_state, obs), batch = lax.scan(step, (env_state, obs), (noise, env_keys))
     values = value(agent, jnp.stack([batch.obs, batch.next_obs]))
     return env_state, obs, batch._replace(value=values[0], next_value=values[1])
 
@@ -304,11 +310,12 @@ def actor_critic(config: OnPolicyConfig, spec: EnvSpec) -> ActorCritic:
 
 
 def sampling_act(network: ActorCritic) -> ActFn:
-    """act(agent, obs, key) -> (a ~ pi(.|obs), log pi(a|obs)) for agents with `.params` (the policy alone)."""
+    """act(agent, obs [N, D], noise [N, A]) -> (a ~ pi(.|obs), log pi(a|obs)) for agents with `.params`
+    (the policy alone; `noise` from `distributions.sampling_noise`)."""
 
-    def act(agent, obs, key):
+    def act(agent, obs, noise):
         dist = network.apply(agent.params, obs, method="policy")
-        action = dist.sample(key)
+        action = dist.sample_from_noise(noise)
         return action, dist.log_prob(action)
 
     return act

@@ -389,19 +389,31 @@ def batch_step(
 ) -> tuple:
     """Step a batch of N environments (N: the leading axis of `action`) with independent keys.
 
+    `key` is one PRNG key, split N ways, or N keys already split (a key array with a leading axis N:
+    a rollout splits the keys of all its steps in one call, cheaper than one split per step).
+
     Returns the batched 6-tuple: obs [N, ...], state, reward [N], terminated [N],
     truncated [N], info (every entry with leading axis N).
     """
     num_envs = jax.tree_util.tree_leaves(action)[0].shape[0]
-    keys = jax.random.split(key, num_envs)
+    keys = key if _is_key_batch(key) else jax.random.split(key, num_envs)
+    if keys.shape[0] != num_envs:
+        raise ValueError(f"batch_step: {keys.shape[0]} keys for {num_envs} environments.")
     return jax.vmap(env.step, in_axes=(0, 0, 0, params_axis), axis_name=axis_name)(keys, state, action, params)
+
+
+def _is_key_batch(key: Array) -> bool:
+    """A batch of keys: typed keys with a leading axis, or raw uint32 keys shaped [N, 2]."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    return key.ndim == 2
 
 
 class VecEnv(Wrapper):
     """`num_envs` copies of an environment, vmapped, behind the same reset/step interface.
 
-    `reset(key, params)` and `step(key, state, action [N, ...], params)` take one key and
-    shared params and return batched outputs (leading axis N). Spaces and the space helpers
+    `reset(key, params)` and `step(key, state, action [N, ...], params)` take one key (or, for
+    `step`, N keys) and shared params and return batched outputs (leading axis N). Spaces and the space helpers
     (`action_dim`, `observation_size`, ...) describe one environment.
     """
 
