@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pgjax-installed
+# Test processes (pytest-xdist, one test file per process so module fixtures compile once): 2 fits a
+# 2-core machine; more cores can take more (`make test TEST_WORKERS=4`), each worker holds its own JAX.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install theorem offline bench clean
 
@@ -28,7 +31,7 @@ offline: $(STAMP)
 	$(BIN)/python experiments/offline_dualdice.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tabular_bench.py
