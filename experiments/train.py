@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import threading
 import time
 
 import jax
@@ -126,9 +127,15 @@ class Progress:
         self.bar = None  # created at the first update, so compile time does not skew its rate
         self.steps_per_update = env_steps_per_update
         self.done = 0
+        # With seeds split over several devices the callbacks arrive from several threads at once: without the
+        # lock two bars were created and the count overshot the total.
+        self.lock = threading.Lock()
 
     def __call__(self, update_idx, metrics):
-        i = int(update_idx)
+        with self.lock:
+            self._report(int(update_idx), metrics)
+
+    def _report(self, i, metrics):
         if np.isnan(self.wall_time[i]):  # called once per seed under vmap: keep the first
             self.wall_time[i] = time.perf_counter() - self.start
         if self.bar is None:
