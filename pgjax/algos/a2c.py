@@ -67,7 +67,7 @@ def estimate_advantages(config, batch, hp):
 
 
 def make_algorithm(config: A2CConfig, network: ActorCritic) -> common.Algorithm:
-    """A2C as (init, act, update) for `common.make_on_policy_train`."""
+    """A2C as (init, act, value, update) for `common.make_on_policy_train`."""
 
     def init(key, spec, hp):
         return common.init_agent(network, spec, common.one_step_optimizer(config, hp), key)
@@ -87,9 +87,7 @@ def make_algorithm(config: A2CConfig, network: ActorCritic) -> common.Algorithm:
         advantage, target = estimate_advantages(config, batch, hp)
         tx = common.one_step_optimizer(config, hp)
         new_agent, metrics = common.one_step_update(tx, loss_fn, agent, batch, advantage, target, hp)
-        # KL(pi_old || pi_new) on the rollout's states: how far one step moved the policy.
-        policy = lambda params: network.apply(params, batch.obs, method="policy")  # noqa: E731
-        metrics["kl"] = losses.mean_kl(policy(agent.params), policy(new_agent.params))
+        metrics["kl"] = common.policy_shift_kl(network, agent.params, new_agent.params, batch.obs)
         metrics["explained_variance"] = losses.explained_variance(batch.value, target)
         return new_agent, metrics
 

@@ -1,7 +1,7 @@
 """What every online algorithm shares: config validation, the environment stack, rollouts,
 optimisers with vmappable hyperparameters, and the one-function training loop.
 
-An algorithm is three pure functions (`Algorithm`):
+An algorithm is four pure functions (`Algorithm`):
 
     init(key, spec, hp)                               -> agent state (params, optimiser states)
     act(agent, obs [N, obs], noise [N, A])            -> (action [N, ...], log_prob [N])
@@ -25,7 +25,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from pgjax import distributions, envs, optim
+from pgjax import distributions, envs, losses, optim
 from pgjax.nets import ActorCritic
 
 Array = jax.Array
@@ -331,24 +331,6 @@ def critic_value(network: ActorCritic) -> ValueFn:
 
 
 # ---------------------------------------------------------------------------
-# Optimisers with traced hyperparameters.
-# ---------------------------------------------------------------------------
-
-
-def adam(
-    learning_rate: Array, max_grad_norm: Array, anneal_steps: int | None, eps: float = 1e-5
-) -> optax.GradientTransformation:
-    """Global-norm clipping then Adam; with `anneal_steps`, the rate decays linearly to 0 over that many steps.
-
-    `optim.clipped_adam`: the same numbers as `optax.chain(optax.clip_by_global_norm(max_grad_norm),
-    optax.adam(schedule, eps=eps))`, fused. `learning_rate` and `max_grad_norm` may be traced (vmapped
-    hyperparameters): build the transformation inside the traced function that uses it. The algorithms
-    apply it to the flat parameter vector (`optim.ravel_params`, `optim.flat_gradient_step`).
-    """
-    return optim.clipped_adam(learning_rate, max_grad_norm, anneal_steps, eps=eps)
-
-
-# ---------------------------------------------------------------------------
 # The training loop.
 # ---------------------------------------------------------------------------
 
@@ -363,8 +345,8 @@ class AgentState:
 
 
 def one_step_optimizer(config: OnPolicyConfig, hp: HParams) -> optax.GradientTransformation:
-    """`adam` for algorithms that take one gradient step per update (A2C, REINFORCE)."""
-    return adam(hp["learning_rate"], hp["max_grad_norm"], config.num_updates if config.anneal_lr else None)
+    """`optim.clipped_adam` for algorithms that take one gradient step per update (A2C, REINFORCE)."""
+    return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], config.num_updates if config.anneal_lr else None)
 
 
 def init_agent(network: ActorCritic, spec: EnvSpec, tx: optax.GradientTransformation, key: Array) -> AgentState:
@@ -380,6 +362,30 @@ def one_step_update(
     flat, unravel = optim.ravel_params(agent.params)
     (flat, opt_state), aux = optim.flat_gradient_step(tx, loss_fn, unravel)((flat, agent.opt_state), *args)
     return AgentState(unravel(flat), opt_state), aux
+
+
+def minibatch_descent(
+    key: Array,
+    tx: optax.GradientTransformation,
+    loss_fn: Callable[[Any, Any], tuple[Array, dict[str, Array]]],
+    params: Any,
+    opt_state: optax.OptState,
+    data: Any,
+    num_epochs: int,
+    num_minibatches: int,
+) -> tuple[Any, optax.OptState, dict[str, Array]]:
+    """`minibatch_epochs` of `tx` steps on `loss_fn(params, minibatch) -> (loss, metrics)`, taken on the flat
+    parameter vector (one fused optimiser step each); returns (params, opt_state, mean metrics)."""
+    flat, unravel = optim.ravel_params(params)
+    step = optim.flat_gradient_step(tx, loss_fn, unravel)
+    (flat, opt_state), metrics = minibatch_epochs(key, (flat, opt_state), data, num_epochs, num_minibatches, step)
+    return unravel(flat), opt_state, metrics
+
+
+def policy_shift_kl(network: ActorCritic, old_params: Any, new_params: Any, obs: Array) -> Array:
+    """Mean KL(pi_old || pi_new) over `obs`: how far an update moved the policy."""
+    policy = lambda params: network.apply(params, obs, method="policy")  # noqa: E731
+    return losses.mean_kl(policy(old_params), policy(new_params))
 
 
 class Algorithm(NamedTuple):

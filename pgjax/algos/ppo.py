@@ -56,7 +56,7 @@ class PPOConfig(common.OnPolicyConfig):
 
 def _optimizer(config: PPOConfig, hp: common.HParams) -> optax.GradientTransformation:
     steps = config.num_updates * config.num_epochs * config.num_minibatches if config.anneal_lr else None
-    return common.adam(hp["learning_rate"], hp["max_grad_norm"], steps)
+    return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], steps)
 
 
 def ppo_loss(params, network, minibatch, hp, config: PPOConfig):
@@ -84,27 +84,22 @@ def ppo_loss(params, network, minibatch, hp, config: PPOConfig):
 
 
 def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
-    """PPO as (init, act, update) for `common.make_on_policy_train`."""
+    """PPO as (init, act, value, update) for `common.make_on_policy_train`."""
 
     def init(key, spec, hp):
         return common.init_agent(network, spec, _optimizer(config, hp), key)
-
-    def loss_fn(params, minibatch, hp):
-        return ppo_loss(params, network, minibatch, hp, config)
 
     def update(agent, batch, key, hp, update_idx):
         advantage, target = adv.gae(
             batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"]
         )
         data = common.flatten_batch((batch.obs, batch.action, batch.log_prob, batch.value, advantage, target))
-        # The minibatch steps update one flat parameter vector: one fused Adam step each (pgjax.optim).
-        flat, unravel = optim.ravel_params(agent.params)
-        step = optim.flat_gradient_step(_optimizer(config, hp), loss_fn, unravel)
-        (flat, opt_state), metrics = common.minibatch_epochs(
-            key, (flat, agent.opt_state), data, config.num_epochs, config.num_minibatches, lambda c, mb: step(c, mb, hp)
+        params, opt_state, metrics = common.minibatch_descent(
+            key, _optimizer(config, hp), lambda params, mb: ppo_loss(params, network, mb, hp, config),
+            agent.params, agent.opt_state, data, config.num_epochs, config.num_minibatches,
         )
         metrics["explained_variance"] = losses.explained_variance(batch.value, target)
-        return common.AgentState(unravel(flat), opt_state), metrics
+        return common.AgentState(params, opt_state), metrics
 
     return common.Algorithm(init, common.sampling_act(network), common.critic_value(network), update)
 

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from pgjax import advantages as adv
-from pgjax import losses
 from pgjax.algos import common
 from pgjax.nets import ActorCritic
 
@@ -64,7 +63,7 @@ def masked_mean(x, mask):
 
 
 def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algorithm:
-    """REINFORCE as (init, act, update) for `common.make_on_policy_train`."""
+    """REINFORCE as (init, act, value, update) for `common.make_on_policy_train`."""
 
     def init(key, spec, hp):
         return common.init_agent(network, spec, common.one_step_optimizer(config, hp), key)
@@ -91,8 +90,7 @@ def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algo
         returns = adv.discounted_returns(batch.reward, next_values, batch.terminated, batch.truncated, hp["discount"])
         tx = common.one_step_optimizer(config, hp)
         new_agent, metrics = common.one_step_update(tx, loss_fn, agent, batch, returns, mask, hp)
-        policy = lambda params: network.apply(params, batch.obs, method="policy")  # noqa: E731
-        metrics["kl"] = losses.mean_kl(policy(agent.params), policy(new_agent.params))
+        metrics["kl"] = common.policy_shift_kl(network, agent.params, new_agent.params, batch.obs)
         metrics["valid_fraction"] = jnp.mean(mask)
         if config.use_baseline:
             residual_var = masked_mean((returns - batch.value) ** 2, mask) - masked_mean(returns - batch.value, mask) ** 2

@@ -79,14 +79,14 @@ def _join(actor, critic):
 
 
 def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm:
-    """TRPO as (init, act, update) for `common.make_on_policy_train`."""
+    """TRPO as (init, act, value, update) for `common.make_on_policy_train`."""
     # The ActorCritic's towers, applied alone to their halves of the parameters.
     actor = Actor(network.action_dim, network.discrete, network.hidden_sizes, network.activation)
     critic = Critic(network.hidden_sizes, network.activation)
 
     def vf_optimizer(hp):
         steps = config.num_updates * config.vf_epochs * config.vf_minibatches if config.anneal_lr else None
-        return common.adam(hp["learning_rate"], hp["max_grad_norm"], steps)
+        return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], steps)
 
     def init(key, spec, hp):
         params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
@@ -126,12 +126,9 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
         return loss, {"value_loss": loss}
 
     def fit_value(critic_params, opt_state, obs, target, key, hp):
-        flat, unravel = optim.ravel_params(critic_params)
-        step = optim.flat_gradient_step(vf_optimizer(hp), value_loss, unravel)
-        (flat, opt_state), metrics = common.minibatch_epochs(
-            key, (flat, opt_state), (obs, target), config.vf_epochs, config.vf_minibatches, step
+        return common.minibatch_descent(
+            key, vf_optimizer(hp), value_loss, critic_params, opt_state, (obs, target), config.vf_epochs, config.vf_minibatches
         )
-        return unravel(flat), opt_state, metrics
 
     def update(agent, batch, key, hp, update_idx):
         advantage, target = adv.gae(
