@@ -51,6 +51,8 @@ def worker_args(description: str) -> argparse.Namespace:
     p.add_argument("--mode", default="ppo", choices=["ppo", "ceiling"], help="(pgjax worker only)")
     p.add_argument("--cpu-devices", type=int, default=1,
                    help="(pgjax worker only) split the seeds over this many CPU devices (pgjax.parallel)")
+    p.add_argument("--pgjax-config", default="{}",
+                   help="(pgjax worker only) JSON object of PPOConfig fields that change no hyperparameter, e.g. '{\"unroll\": 8}'")
     return p.parse_args()
 
 

@@ -9,6 +9,7 @@ learning, so no PPO at this batch size can step faster.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -18,6 +19,10 @@ import _bench_common as bc
 
 # Import pgjax from this checkout even when the interpreter has not installed it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# Config fields that change speed, never results, so the comparison may set them.
+SPEED_FIELDS = {"unroll"}
 
 
 def run_ppo(args, info):
@@ -48,6 +53,10 @@ def run_ppo(args, info):
         vf_coef=hp["vf_coef"],
         max_grad_norm=hp["max_grad_norm"],
     )
+    speed_fields = json.loads(args.pgjax_config)
+    if not set(speed_fields) <= SPEED_FIELDS:
+        raise SystemExit(f"--pgjax-config may set only {sorted(SPEED_FIELDS)} (the comparison fixes the rest); got {sorted(speed_fields)}")
+    config = config.replace(**speed_fields)
     assert config.num_updates == bc.num_updates(args.total_timesteps)
     steps = config.num_updates * config.batch_size
     train = ppo.make_train(config)
@@ -104,6 +113,7 @@ def run_ppo(args, info):
         "final_returns": returns,
         "devices": devices,
         "notes": "pgjax.algos.ppo.make_train, jit (1 seed) or jit(vmap) (seeds > 1); metrics kept on device"
+        + (f"; {args.pgjax_config}" if speed_fields else "")
         + (f"; seeds split over {devices} CPU devices (pgjax.parallel)" if args.cpu_devices > 1 else ""),
     }
 

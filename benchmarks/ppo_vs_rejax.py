@@ -77,6 +77,8 @@ def parse_args() -> argparse.Namespace:
         help="XLA_FLAGS for every worker, e.g. '--xla_cpu_multi_thread_eigen=false' (works around an intermittent "
         "XLA:CPU thread-pool hang seen with jax 0.10.2); default: leave XLA_FLAGS as it is",
     )
+    p.add_argument("--pgjax-config", default="{}",
+                   help="JSON object of pgjax PPOConfig speed fields (results unchanged), e.g. '{\"unroll\": 8}' on a GPU")
     p.add_argument("--cpu-devices", default="auto",
                    help="for seeds > 1 on a CPU backend, also run pgjax with its seeds split over this many CPU devices "
                         "(pgjax.parallel; row pgjax-Ndev): 'auto' = one per core, 1 = no such row")
@@ -95,6 +97,12 @@ def parse_args() -> argparse.Namespace:
         a.eval_episodes = 16 if a.quick else 128
     if any(s < 1 for s in a.seeds):
         p.error("--seeds must be positive")
+    try:
+        speed = json.loads(a.pgjax_config)
+    except ValueError as e:
+        p.error(f"--pgjax-config must be a JSON object such as '{{\"unroll\": 8}}': {e}")
+    if not isinstance(speed, dict) or not set(speed) <= {"unroll"}:
+        p.error(f"--pgjax-config may set only 'unroll' (the comparison fixes every other field); got {a.pgjax_config!r}")
     if a.total_timesteps < 512:
         p.error("--total-timesteps must be at least num_envs * num_steps = 512")
     return a
@@ -346,10 +354,11 @@ def main() -> None:
             rec = run_worker("rejax", rejax_python, "_rejax_ppo.py", [], args, seeds)
             records += [rec] if rec else []
         if not args.skip_pgjax:
-            rec = run_worker("pgjax", args.pgjax_python, "_pgjax_ppo.py", ["--mode", "ppo"], args, seeds)
+            extra = ["--mode", "ppo", "--pgjax-config", args.pgjax_config]
+            rec = run_worker("pgjax", args.pgjax_python, "_pgjax_ppo.py", extra, args, seeds)
             records += [rec] if rec else []
             if seeds > 1 and args.cpu_devices > 1 and pgjax_backend == "cpu":
-                extra = ["--mode", "ppo", "--cpu-devices", str(args.cpu_devices)]
+                extra += ["--cpu-devices", str(args.cpu_devices)]
                 rec = run_worker(f"pgjax-{args.cpu_devices}dev", args.pgjax_python, "_pgjax_ppo.py", extra, args, seeds)
                 records += [rec] if rec else []
 

@@ -116,6 +116,16 @@ def test_gae_matches_numpy(rollout, transform, gamma, lam):
     np.testing.assert_allclose(targets, expected + v, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("unroll", [3, 64])
+def test_unrolled_scans_match_numpy(rollout, unroll):
+    # unroll is a speed knob: any factor (one that does not divide T, one past T) gives the same values.
+    r, v, nv, term, trunc = rollout
+    a, _ = jax.jit(adv.gae, static_argnames="unroll")(r, v, nv, term, trunc, 0.95, 0.9, unroll=unroll)
+    np.testing.assert_allclose(a, np_gae(r, v, nv, term, trunc, 0.95, 0.9), rtol=1e-12, atol=1e-12)
+    g = jax.jit(adv.discounted_returns, static_argnames="unroll")(r, nv, term, trunc, 0.9, unroll=unroll)
+    np.testing.assert_allclose(g, np_discounted_returns(r, nv, term, trunc, 0.9), rtol=1e-12, atol=1e-12)
+
+
 def test_float_flags_equal_bool_flags(rollout):
     r, v, nv, term, trunc = rollout
     a_bool, _ = adv.gae(r, v, nv, term, trunc, 0.9, 0.8)

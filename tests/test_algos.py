@@ -90,11 +90,31 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.TRPOConfig, dict(max_kl=0.0), r"TRPOConfig.max_kl"),
         (algos.TRPOConfig, dict(vf_minibatches=7), r"TRPOConfig.vf_minibatches \(7\) must divide"),
         (algos.REINFORCEConfig, dict(gae_lambda=2.0), r"REINFORCEConfig.gae_lambda"),
+        (algos.PPOConfig, dict(unroll=-1), r"PPOConfig.unroll must be an int >= 1, or 0"),
+        (algos.A2CConfig, dict(unroll=2.5), r"A2CConfig.unroll"),
     ],
 )
 def test_config_validation(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["ppo", "trpo"])
+def test_unroll_changes_speed_not_results(name):
+    # The rollout, GAE and minibatch scans unrolled (8: minibatch scans whole, epochs in pairs) compute
+    # the same run as unroll 1, up to float32 rounding of differently fused kernels.
+    config_cls, make_train = algos.get(name)
+    small = dict(total_timesteps=512, num_envs=4, num_steps=64)
+    small.update(dict(num_minibatches=4, num_epochs=2) if name == "ppo" else dict(vf_minibatches=4, vf_epochs=2))
+    base = config_cls(**small, unroll=1)
+    assert config_cls(**small).scan_unroll == 1  # unroll=0 picks 1 on the CPU
+    runs_ = [jax.jit(make_train(base.replace(unroll=u)))(jax.random.key(5)) for u in (1, 8)]
+    np.testing.assert_allclose(
+        np.asarray(runs_[0].metrics["loss" if name == "ppo" else "value_loss"]),
+        np.asarray(runs_[1].metrics["loss" if name == "ppo" else "value_loss"]), rtol=1e-4, atol=1e-6,
+    )
+    for x, y in zip(jax.tree_util.tree_leaves(runs_[0].agent.params), jax.tree_util.tree_leaves(runs_[1].agent.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
 
 
 def test_unknown_algorithm():

@@ -62,7 +62,7 @@ def estimate_advantages(config, batch, hp):
     """(advantages [T, N], value targets [T, N]) by GAE or n-step returns."""
     args = (batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"])
     if config.advantage_method == "gae":
-        return adv.gae(*args, hp["gae_lambda"])
+        return adv.gae(*args, hp["gae_lambda"], unroll=config.scan_unroll)
     return adv.n_step_advantages(*args, config.n_steps_return)
 
 

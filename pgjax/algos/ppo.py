@@ -91,12 +91,13 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
 
     def update(agent, batch, key, hp, update_idx):
         advantage, target = adv.gae(
-            batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"]
+            batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"],
+            config.scan_unroll,
         )
         data = common.flatten_batch((batch.obs, batch.action, batch.log_prob, batch.value, advantage, target))
         params, opt_state, metrics = common.minibatch_descent(
             key, _optimizer(config, hp), lambda params, mb: ppo_loss(params, network, mb, hp, config),
-            agent.params, agent.opt_state, data, config.num_epochs, config.num_minibatches,
+            agent.params, agent.opt_state, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
         )
         metrics["explained_variance"] = losses.explained_variance(batch.value, target)
         return common.AgentState(params, opt_state), metrics

@@ -87,7 +87,7 @@ def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algo
         del key
         mask = completed_episode_mask(batch.terminated, batch.truncated)
         next_values = batch.next_value if config.use_baseline else jnp.zeros_like(batch.reward)
-        returns = adv.discounted_returns(batch.reward, next_values, batch.terminated, batch.truncated, hp["discount"])
+        returns = adv.discounted_returns(batch.reward, next_values, batch.terminated, batch.truncated, hp["discount"], config.scan_unroll)
         tx = common.one_step_optimizer(config, hp)
         new_agent, metrics = common.one_step_update(tx, loss_fn, agent, batch, returns, mask, hp)
         metrics["kl"] = common.policy_shift_kl(network, agent.params, new_agent.params, batch.obs)

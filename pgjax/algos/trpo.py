@@ -127,12 +127,14 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
 
     def fit_value(critic_params, opt_state, obs, target, key, hp):
         return common.minibatch_descent(
-            key, vf_optimizer(hp), value_loss, critic_params, opt_state, (obs, target), config.vf_epochs, config.vf_minibatches
+            key, vf_optimizer(hp), value_loss, critic_params, opt_state, (obs, target), config.vf_epochs, config.vf_minibatches,
+            config.scan_unroll,
         )
 
     def update(agent, batch, key, hp, update_idx):
         advantage, target = adv.gae(
-            batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"]
+            batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"],
+            config.scan_unroll,
         )
         obs, action, old_log_prob, advantage, target = common.flatten_batch(
             (batch.obs, batch.action, batch.log_prob, advantage, target)
