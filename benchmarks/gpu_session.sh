@@ -2,8 +2,8 @@
 # One prepared call on an offline GPU machine whose python3 has CUDA jax, flax, optax and chex
 # (this workplace's lent H100/H200): installs the carried wheels, probes which unroll factor pays
 # (benchmarks/ppo_speed_probe.py), runs the PPO-vs-rejax comparison at 1, 256 and 2048 seeds with
-# it, then probes XLA command-buffer settings. Each step has its own time limit so a slow or failed
-# step still leaves the others' figures in $OUT. See benchmarks/README.md, "Offline GPU machine".
+# it, probes XLA command-buffer settings, and runs the test suite on the GPU. Each step has its own
+# time limit so a slow or failed step still leaves the others' figures in $OUT. About 10 minutes. See benchmarks/README.md, "Offline GPU machine".
 #
 # Needs, relative to the repository root:
 #   .whl/               gymnax 1.0.1, gymnasium, Farama-Notifications (pgjax's missing dependencies)
@@ -67,4 +67,9 @@ XLA_FLAGS="--xla_gpu_enable_command_buffer=" timeout 60 /tmp/pgjax-python benchm
 XLA_FLAGS="--xla_gpu_enable_command_buffer=$CB_ALL --xla_gpu_graph_min_graph_size=1" timeout 60 /tmp/pgjax-python \
     benchmarks/ppo_speed_probe.py --seeds "$PROBE_SEEDS" --total-timesteps "$PROBE_STEPS" --unroll $UNROLLS \
     --label cmdbuf-while --json "$OUT/probe_cmdbuf_while.json"
+echo "== the test suite on the GPU (notebooks left out: no Jupyter kernel there); one line per test"
+XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=/tmp/pgjax-site${PYTHONPATH:+:$PYTHONPATH} timeout "${TEST_LIMIT:-240}" \
+    "$PYTHON" -m pytest -v -n 8 --dist loadfile --ignore=tests/test_notebooks.py -p no:cacheprovider --tb=short \
+    > "$OUT/pytest_gpu.log" 2>&1
+grep -E "(FAILED|ERROR|passed|failed)" "$OUT/pytest_gpu.log" | tail -20
 date -u
