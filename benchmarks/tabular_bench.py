@@ -558,8 +558,8 @@ def random_mdp_s_a(key, S: int, dtype) -> tabular.MDP:
 
 
 def _fixed_point_tolerance(dtype) -> float:
-    # The documented default of occupancy_fixed_point (pgjax.tabular.occupancy.default_tolerance).
-    from pgjax.tabular.occupancy import default_tolerance
+    # The documented default of occupancy_fixed_point (pgjax.tabular.occupancies.default_tolerance).
+    from pgjax.tabular.occupancies import default_tolerance
 
     return default_tolerance(dtype)
 

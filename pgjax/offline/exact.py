@@ -17,7 +17,7 @@ from jax import lax
 
 from pgjax.tabular.evaluation import policy_transition
 from pgjax.tabular.mdp import MDP
-from pgjax.tabular.occupancy import state_action_occupancy
+from pgjax.tabular.occupancies import state_action_occupancy
 
 Array = jax.Array
 

@@ -12,7 +12,7 @@ from pgjax.tabular.evaluation import (
 )
 from pgjax.tabular.gradient import advantage_policy_gradient, objective, policy_gradient, values_and_occupancy
 from pgjax.tabular.mdp import MDP, chain_mdp, gridworld_mdp, random_mdp, validate_mdp_arrays
-from pgjax.tabular.occupancy import (
+from pgjax.tabular.occupancies import (
     FixedPointInfo,
     occupancy,
     occupancy_fixed_point,
