@@ -8,7 +8,9 @@
 # Needs, relative to the repository root:
 #   .whl/               gymnax 1.0.1, gymnasium, Farama-Notifications (pgjax's missing dependencies)
 #   benchmarks/wheels/  the nine rejax wheels listed in benchmarks/README.md
-# Usage:  OUT=/some/dir bash benchmarks/gpu_session.sh
+# Usage:  OUT=/some/dir [STEPS=probe,bench,flags,tests] bash benchmarks/gpu_session.sh
+# All four steps take about 11 minutes on an H100 (probe ~2.5, bench ~4, flags ~1.5, tests ~4), more than
+# one 10-minute device call: name the steps a call should run in STEPS.
 set -u
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -18,6 +20,8 @@ PROBE_STEPS=${PROBE_STEPS:-32768}
 BENCH_SEEDS=${BENCH_SEEDS:-1 256 2048}
 BENCH_STEPS=${BENCH_STEPS:-500000}
 PYTHON=${PYTHON:-python3}  # the interpreter with CUDA jax
+STEPS=${STEPS:-probe,bench,flags,tests}
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
 case $PYTHON in  # an absolute path: the wrapper scripts below run from anywhere
     */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;;
     *) PYTHON=$(command -v "$PYTHON") ;;
@@ -39,10 +43,12 @@ printf '#!/bin/sh\nPYTHONPATH=/tmp/pgjax-site${PYTHONPATH:+:$PYTHONPATH} exec '$
 printf '#!/bin/sh\nPYTHONPATH=/tmp/rejax-site${PYTHONPATH:+:$PYTHONPATH} exec '$PYTHON' "$@"\n' > /tmp/rejax-python
 chmod +x /tmp/pgjax-python /tmp/rejax-python
 
+UNROLL=${UNROLL:-8}
+if want probe; then
 echo "== probe: unroll factors, shuffle, phases, trace ($PROBE_SEEDS seeds, $PROBE_STEPS steps)"
 timeout 220 /tmp/pgjax-python benchmarks/ppo_speed_probe.py --seeds "$PROBE_SEEDS" --total-timesteps "$PROBE_STEPS" \
     --unroll 1 2 4 8 --shuffle-sort --phases --trace "$OUT/trace.json.gz" --json "$OUT/probe.json"
-UNROLL=$("$PYTHON" - "$OUT/probe.json" <<'EOF' || echo 1
+UNROLL=$("$PYTHON" - "$OUT/probe.json" <<'EOF' || echo "$UNROLL"
 import json, sys
 recs = [r for r in json.load(open(sys.argv[1]))["records"] if r.get("shuffle") == "top_k" and r["variant"].startswith("whole")]
 best = min(recs, key=lambda r: r["run_s"])
@@ -52,14 +58,18 @@ print(best["unroll"] if best["run_s"] < 0.95 * base["run_s"] else 1)
 EOF
 )
 echo "== chosen unroll: $UNROLL"
+fi
 UNROLLS=$([ "$UNROLL" = 1 ] && echo 1 || echo "1 $UNROLL")
 
+if want bench; then
 echo "== pgjax vs rejax at $BENCH_SEEDS seeds"
 # shellcheck disable=SC2086 # BENCH_SEEDS is a list
 timeout 330 "$PYTHON" benchmarks/ppo_vs_rejax.py --seeds $BENCH_SEEDS --total-timesteps "$BENCH_STEPS" --eval-episodes 32 \
     --pgjax-python /tmp/pgjax-python "${REJAX[@]}" --pgjax-config "{\"unroll\": $UNROLL}" \
     --worker-timeout 150 --retries 0 --out "$OUT/ppo_vs_rejax_gpu.csv"
+fi
 
+if want flags; then
 echo "== probe: XLA command buffers off, and with while loops and conditionals captured"
 CB_ALL=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL
 XLA_FLAGS="--xla_gpu_enable_command_buffer=" timeout 60 /tmp/pgjax-python benchmarks/ppo_speed_probe.py \
@@ -67,9 +77,12 @@ XLA_FLAGS="--xla_gpu_enable_command_buffer=" timeout 60 /tmp/pgjax-python benchm
 XLA_FLAGS="--xla_gpu_enable_command_buffer=$CB_ALL --xla_gpu_graph_min_graph_size=1" timeout 60 /tmp/pgjax-python \
     benchmarks/ppo_speed_probe.py --seeds "$PROBE_SEEDS" --total-timesteps "$PROBE_STEPS" --unroll $UNROLLS \
     --label cmdbuf-while --json "$OUT/probe_cmdbuf_while.json"
+fi
+if want tests; then
 echo "== the test suite on the GPU (notebooks left out: no Jupyter kernel there); one line per test"
 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=/tmp/pgjax-site${PYTHONPATH:+:$PYTHONPATH} timeout "${TEST_LIMIT:-240}" \
     "$PYTHON" -m pytest -v -n 8 --dist loadfile --ignore=tests/test_notebooks.py -p no:cacheprovider --tb=short \
     > "$OUT/pytest_gpu.log" 2>&1
 grep -E "(FAILED|ERROR|passed|failed)" "$OUT/pytest_gpu.log" | tail -20
+fi
 date -u
