@@ -8,9 +8,9 @@
 # Needs, relative to the repository root:
 #   .whl/               gymnax 1.0.1, gymnasium, Farama-Notifications (pgjax's missing dependencies)
 #   benchmarks/wheels/  the nine rejax wheels listed in benchmarks/README.md
-# Usage:  OUT=/some/dir [STEPS=probe,bench,flags,tests] bash benchmarks/gpu_session.sh
-# All four steps take about 11 minutes on an H100 (probe ~2.5, bench ~4, flags ~1.5, tests ~4), more than
-# one 10-minute device call: name the steps a call should run in STEPS.
+# Usage:  OUT=/some/dir [STEPS=probe,bench,flags,precision,tests] bash benchmarks/gpu_session.sh
+# All five steps take about 13 minutes on an H100 (probe ~2.5, bench ~4, flags ~1.5, precision ~1.5 (not yet
+# run), tests ~4), more than one 10-minute device call: name the steps a call should run in STEPS.
 set -u
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -20,7 +20,7 @@ PROBE_STEPS=${PROBE_STEPS:-32768}
 BENCH_SEEDS=${BENCH_SEEDS:-1 256 2048}
 BENCH_STEPS=${BENCH_STEPS:-500000}
 PYTHON=${PYTHON:-python3}  # the interpreter with CUDA jax
-STEPS=${STEPS:-probe,bench,flags,tests}
+STEPS=${STEPS:-probe,bench,flags,precision,tests}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 case $PYTHON in  # an absolute path: the wrapper scripts below run from anywhere
     */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;;
@@ -78,6 +78,15 @@ XLA_FLAGS="--xla_gpu_enable_command_buffer=$CB_ALL --xla_gpu_graph_min_graph_siz
     benchmarks/ppo_speed_probe.py --seeds "$PROBE_SEEDS" --total-timesteps "$PROBE_STEPS" --unroll $UNROLLS \
     --label cmdbuf-while --json "$OUT/probe_cmdbuf_while.json"
 fi
+if want precision; then
+# On the CPU (full float32 matmuls) 1024 of 1024 seeds reach 475 (benchmarks/ppo_seed_sweep.py); on the GPU,
+# whose default float32 matmul is TF32, 2043 of 2048 did. Is TF32 what leaves seeds behind?
+echo "== pgjax at 2048 seeds with full float32 matmuls (JAX_DEFAULT_MATMUL_PRECISION=highest)"
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 200 "$PYTHON" benchmarks/ppo_vs_rejax.py --seeds 2048 --skip-rejax \
+    --skip-ceiling --eval-episodes 32 --pgjax-python /tmp/pgjax-python --pgjax-config "{\"unroll\": $UNROLL}" \
+    --worker-timeout 190 --retries 0 --out "$OUT/ppo_highest_precision.csv"
+fi
+
 if want tests; then
 echo "== the test suite on the GPU (notebooks left out: no Jupyter kernel there); one line per test"
 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=/tmp/pgjax-site${PYTHONPATH:+:$PYTHONPATH} timeout "${TEST_LIMIT:-240}" \
