@@ -136,6 +136,7 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
         "seed": seed,
         # Bit-for-bit reproduction needs the same device count (other counts agree to float32 rounding).
         "devices": sorted(str(d) for d in devices),
+        "scan_unroll": config.scan_unroll,  # the unroll factor in use (config "unroll": 0 picks it per backend)
         "config": config.to_dict(),
         "versions": {"jax": jax.__version__, "pgjax": _pgjax_version()},
     }

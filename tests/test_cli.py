@@ -30,6 +30,7 @@ def test_files_and_schema(run_dir):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
     meta = json.load(open(os.path.join(run_dir, "config.json")))
     assert meta["algo"] == "ppo" and meta["num_seeds"] == 2 and meta["config"]["num_steps"] == 64
+    assert meta["config"]["unroll"] == 0 and meta["scan_unroll"] == 1  # the per-backend default, resolved on the CPU
     rows = list(csv.DictReader(open(os.path.join(run_dir, "metrics.csv"))))
     num_updates = 4096 // (4 * 64)
     assert len(rows) == 2 * num_updates
