@@ -117,6 +117,14 @@ def test_unroll_changes_speed_not_results(name):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
 
 
+def test_unroll_default_picks_per_backend(monkeypatch):
+    config = algos.PPOConfig()
+    assert config.unroll == 0 and config.scan_unroll == 1  # this suite runs on the CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert config.scan_unroll == algos.common.ACCELERATOR_UNROLL == 8
+    assert config.replace(unroll=3).scan_unroll == 3  # an explicit factor wins on any backend
+
+
 def test_unknown_algorithm():
     with pytest.raises(ValueError, match="Unknown algorithm"):
         algos.get("sac")
