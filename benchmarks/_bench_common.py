@@ -35,6 +35,27 @@ HPARAMS = dict(
 )
 BATCH = HPARAMS["num_envs"] * HPARAMS["num_steps"]
 
+# pgjax config fields that change speed, never results, so the comparison may set them.
+SPEED_FIELDS = ("unroll",)
+
+
+def parse_speed_config(text: str) -> dict[str, Any]:
+    """The JSON object of `--pgjax-config`, checked to set only `SPEED_FIELDS`; ValueError otherwise."""
+    try:
+        fields = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--pgjax-config must be a JSON object such as '{{\"unroll\": 8}}': {e}") from None
+    if not isinstance(fields, dict) or not set(fields) <= set(SPEED_FIELDS):
+        raise ValueError(f"--pgjax-config may set only {list(SPEED_FIELDS)} (the comparison fixes every other field); got {text!r}")
+    return fields
+
+
+def pgjax_ppo_config(total_timesteps: int, **speed: Any):
+    """pgjax's `PPOConfig` with the comparison's settings (HPARAMS) and optional `SPEED_FIELDS` (imports pgjax)."""
+    from pgjax.algos import ppo
+
+    return ppo.PPOConfig(total_timesteps=total_timesteps, **HPARAMS, **speed)
+
 
 def num_updates(total_timesteps: int) -> int:
     """Updates both implementations run: total_timesteps // (num_envs * num_steps)."""

@@ -9,7 +9,6 @@ learning, so no PPO at this batch size can step faster.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -21,10 +20,6 @@ import _bench_common as bc
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-# Config fields that change speed, never results, so the comparison may set them.
-SPEED_FIELDS = {"unroll"}
-
-
 def run_ppo(args, info):
     import jax
     import jax.numpy as jnp
@@ -34,29 +29,11 @@ def run_ppo(args, info):
     from pgjax import parallel
     from pgjax.algos import common, ppo
 
-    hp = bc.HPARAMS
-    config = ppo.PPOConfig(
-        env_id=hp["env_id"],
-        total_timesteps=args.total_timesteps,
-        num_envs=hp["num_envs"],
-        num_steps=hp["num_steps"],
-        num_epochs=hp["num_epochs"],
-        num_minibatches=hp["num_minibatches"],
-        learning_rate=hp["learning_rate"],
-        anneal_lr=hp["anneal_lr"],
-        hidden_sizes=hp["hidden_sizes"],
-        activation=hp["activation"],
-        discount=hp["discount"],
-        gae_lambda=hp["gae_lambda"],
-        clip_eps=hp["clip_eps"],
-        ent_coef=hp["ent_coef"],
-        vf_coef=hp["vf_coef"],
-        max_grad_norm=hp["max_grad_norm"],
-    )
-    speed_fields = json.loads(args.pgjax_config)
-    if not set(speed_fields) <= SPEED_FIELDS:
-        raise SystemExit(f"--pgjax-config may set only {sorted(SPEED_FIELDS)} (the comparison fixes the rest); got {sorted(speed_fields)}")
-    config = config.replace(**speed_fields)
+    try:
+        speed_fields = bc.parse_speed_config(args.pgjax_config)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    config = bc.pgjax_ppo_config(args.total_timesteps, **speed_fields)
     assert config.num_updates == bc.num_updates(args.total_timesteps)
     steps = config.num_updates * config.batch_size
     train = ppo.make_train(config)
@@ -75,7 +52,7 @@ def run_ppo(args, info):
         # The same evaluation as rejax.evaluate: reset, sample from the stochastic policy,
         # sum rewards until the episode ends or max_steps_in_episode, per episode.
         network = common.actor_critic(config, common.make_env(config))
-        env, env_params = gymnax.make(hp["env_id"])
+        env, env_params = gymnax.make(config.env_id)
         n = args.eval_episodes
 
         def evaluate_one(params, key):

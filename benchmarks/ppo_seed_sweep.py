@@ -46,7 +46,7 @@ def main() -> None:
     from pgjax import runs
     from pgjax.algos import ppo
 
-    config = ppo.PPOConfig(total_timesteps=a.total_timesteps, **bc.HPARAMS)
+    config = bc.pgjax_ppo_config(a.total_timesteps)
     train = parallel.vmap_sharded(ppo.make_train(config))
     evaluate = jax.jit(jax.vmap(lambda k, p: runs.evaluate(k, config, p, num_episodes=a.eval_episodes, deterministic=False)))
     keys = jax.random.split(jax.random.PRNGKey(0), a.seeds)

@@ -59,11 +59,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def config_for(total_timesteps: int, unroll: int):
-    from pgjax.algos import ppo
-
-    hp = bc.HPARAMS
-    fields = {k: hp[k] for k in hp if k in ppo.PPOConfig.__dataclass_fields__}
-    return ppo.PPOConfig(total_timesteps=total_timesteps, unroll=unroll, **fields)
+    return bc.pgjax_ppo_config(total_timesteps, unroll=unroll)
 
 
 def timed(fn, arg, repeats: int) -> dict:

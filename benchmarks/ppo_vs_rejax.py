@@ -41,6 +41,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import _bench_common as bc  # noqa: E402  (stdlib only at import: shared with both workers)
+
 REJAX_REQUIREMENTS = ["rejax==0.1.3", "gymnax==0.0.9"]
 STAMP = ".ppo_vs_rejax-installed"
 SOLVED = 475.0
@@ -98,11 +102,9 @@ def parse_args() -> argparse.Namespace:
     if any(s < 1 for s in a.seeds):
         p.error("--seeds must be positive")
     try:
-        speed = json.loads(a.pgjax_config)
+        bc.parse_speed_config(a.pgjax_config)
     except ValueError as e:
-        p.error(f"--pgjax-config must be a JSON object such as '{{\"unroll\": 8}}': {e}")
-    if not isinstance(speed, dict) or not set(speed) <= {"unroll"}:
-        p.error(f"--pgjax-config may set only 'unroll' (the comparison fixes every other field); got {a.pgjax_config!r}")
+        p.error(str(e))
     if a.total_timesteps < 512:
         p.error("--total-timesteps must be at least num_envs * num_steps = 512")
     return a
