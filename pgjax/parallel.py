@@ -12,6 +12,13 @@ independent, so splitting the batch axis over devices needs no communication at 
 The same code spreads seeds over several GPUs. Each seed's computation is unchanged; XLA may pick
 other kernels for a smaller per-device batch, so results agree with one device to float32 rounding
 (as vmapped seeds agree with seeds run one at a time), and bit for bit for the same device count.
+
+One seed has no independent runs to split. `actor_critic_sharded` splits one run's update instead:
+with `PPOConfig(split_actor_critic=True)` the actor's and the critic's minibatch epochs are
+independent, so one device takes each, and the two exchange their new parameters once per update:
+
+    run = parallel.actor_critic_sharded(ppo.make_train(PPOConfig(split_actor_critic=True)))
+    out = run(key)                          # = jax.jit(train)(key), the update on two cores
 """
 
 from __future__ import annotations
@@ -22,9 +29,12 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 BATCH_AXIS = "batch"
+ACTOR_CRITIC_AXIS = "actor_critic"
+"""The mesh axis of `actor_critic_sharded`: device 0 updates the actor, device 1 the critic."""
 
 
 def use_cpu_devices(count: int | None = None) -> int:
@@ -152,4 +162,51 @@ def vmap_sharded(
 
     run.place = place  # type: ignore[attr-defined]
     run.lower = lower  # type: ignore[attr-defined]
+    return run
+
+
+def axis_index_or_none(axis_name: str) -> jax.Array | None:
+    """`lax.axis_index(axis_name)` where that axis is bound (inside `shard_map` / `vmap` over it), else None.
+
+    Read at trace time: code that may run split over an axis or not (PPO's update under
+    `actor_critic_sharded`, or plainly) picks its program with it.
+    """
+    try:
+        return lax.axis_index(axis_name)
+    except NameError:
+        return None
+
+
+def actor_critic_sharded(fn: Callable[..., Any], devices: Sequence[jax.Device] | None = None) -> Callable[..., Any]:
+    """`jax.jit(fn)` run on two devices at once, which split its actor-critic updates between them.
+
+    Every argument is replicated on the first two of `devices` (default `jax.devices()`), and both
+    devices run `fn` under the mesh axis `ACTOR_CRITIC_AXIS`. An algorithm that can split its update
+    (`PPOConfig(split_actor_critic=True)`) gives the actor's minibatch epochs to device 0 and the
+    critic's to device 1 and exchanges the results (`lax.psum`) once per update; everything else
+    (rollouts, GAE) runs on both from the same keys, so both hold the same state throughout and every
+    output is replicated. The results are those of `jax.jit(fn)` to float32 rounding. With fewer than
+    two devices this is `jax.jit(fn)`. Like a jitted function, the result has `.lower(*args)`.
+
+    Worth it where the update's minibatch steps are many and small (one seed on a CPU: each core then
+    does half the matmuls); seeds, when there are several, split better (`vmap_sharded`, no exchange).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) < 2:
+        return jax.jit(fn)
+    mesh = Mesh(np.array(devices[:2]), (ACTOR_CRITIC_AXIS,))
+    compiled: dict[int, Callable[..., Any]] = {}
+
+    def program(num_args: int) -> Callable[..., Any]:
+        if num_args not in compiled:  # one trace and compile per argument count
+            specs = (PartitionSpec(),) * num_args
+            compiled[num_args] = jax.jit(
+                jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(), check_vma=False)
+            )
+        return compiled[num_args]
+
+    def run(*args):
+        return program(len(args))(*args)
+
+    run.lower = lambda *args: program(len(args)).lower(*args)  # type: ignore[attr-defined]
     return run

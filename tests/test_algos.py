@@ -125,6 +125,59 @@ def test_unroll_default_picks_per_backend(monkeypatch):
     assert config.replace(unroll=3).scan_unroll == 3  # an explicit factor wins on any backend
 
 
+def test_split_actor_critic_is_two_separately_clipped_adams():
+    """split_actor_critic: each network takes optax's clip_by_global_norm + adam on its own part of the loss,
+    over the same shuffled minibatches; without clipping it is the joint optimiser's run."""
+    import optax
+
+    from pgjax.algos import common, ppo
+
+    config = ppo.PPOConfig(
+        total_timesteps=512, num_envs=4, num_steps=16, num_epochs=2, num_minibatches=2, max_grad_norm=0.05,
+        anneal_lr=False, learning_rate=1e-2, split_actor_critic=True,
+    )
+    spec = common.make_env(config)
+    network = common.actor_critic(config, spec)
+    hp = config.hyperparams()
+    agent = ppo.make_algorithm(config, network).init(jax.random.key(0), spec, hp)
+    k = jax.random.split(jax.random.key(1), 7)
+    batch = 64
+    data = (
+        jax.random.normal(k[0], (batch, 4)), jax.random.bernoulli(k[1], 0.5, (batch,)).astype(jnp.int32),
+        -0.7 + 0.1 * jax.random.normal(k[2], (batch,)), jax.random.normal(k[3], (batch,)),
+        jax.random.normal(k[4], (batch,)), jax.random.normal(k[5], (batch,)),
+    )
+    params, opt_state, metrics = jax.jit(
+        lambda p, o: ppo._split_descent(config, network, k[6], hp, p, o, data)
+    )(agent.params, agent.opt_state)
+
+    # Reference: the same minibatches (minibatch_epochs' shuffles), one optax optimiser per network.
+    minibatches = []
+    for epoch_key in jax.random.split(k[6], config.num_epochs):
+        perm = common.random_permutation(epoch_key, batch)
+        minibatches += [tuple(x[perm][i * 32:(i + 1) * 32] for x in data) for i in range(2)]
+    parts = {"actor": ppo.ppo_policy_loss, "critic": ppo.ppo_value_loss}
+    for name, part_loss in parts.items():
+        tower = agent.params["params"][name]
+        tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate, eps=1e-5))
+        state = tx.init(tower)
+        for mb in minibatches:
+            grads = jax.grad(lambda t: part_loss({"params": {name: t}}, network, mb, hp, config)[0])(tower)
+            updates, state = tx.update(grads, state)
+            tower = optax.apply_updates(tower, updates)
+        for a, b in zip(jax.tree_util.tree_leaves(params["params"][name]), jax.tree_util.tree_leaves(tower)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert int(opt_state.count) == 4 and set(metrics) >= {"loss", "policy_loss", "value_loss", "entropy"}
+
+    # Without clipping the two optimisers are one Adam: split and joint runs agree.
+    unclipped = config.replace(max_grad_norm=1e6, total_timesteps=256)
+    runs_ = [jax.jit(ppo.make_train(unclipped.replace(split_actor_critic=s)))(jax.random.key(2)) for s in (True, False)]
+    for a, b in zip(jax.tree_util.tree_leaves(runs_[0].agent), jax.tree_util.tree_leaves(runs_[1].agent)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    for name in runs_[1].metrics:
+        np.testing.assert_allclose(np.asarray(runs_[0].metrics[name]), np.asarray(runs_[1].metrics[name]), rtol=1e-4, atol=1e-6)
+
+
 def test_unknown_algorithm():
     with pytest.raises(ValueError, match="Unknown algorithm"):
         algos.get("sac")

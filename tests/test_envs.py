@@ -14,6 +14,8 @@ from pgjax.envs import (
     EpisodeStatistics,
     FlattenObservation,
     NormalizeObservation,
+    PredrawnResets,
+    ResetDraw,
     RunningStatistics,
     TabularEnv,
     TabularEnvParams,
@@ -344,6 +346,61 @@ def test_vec_env_step_takes_one_key_or_one_key_per_env():
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="2 keys for 3 environments"):
         env.step(jax.random.split(jax.random.key(1), 2), state, action, params)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "tabular:chain"])
+def test_predrawn_resets_step_like_gymnax_step(env_id):
+    """Steps given resets drawn ahead of time equal gymnax's own auto-resetting steps over a run long enough to
+    reset many times (typed and raw keys). Flags and resets agree exactly; floats to
+    rounding (XLA may fuse the same arithmetic differently in the two programs)."""
+    base, params = envs.make(env_id, max_steps_in_episode=7)
+    plain = VecEnv(EpisodeStatistics(FlattenObservation(base)), 3)
+    drawn = VecEnv(EpisodeStatistics(FlattenObservation(PredrawnResets(base))), 3)
+    num_steps = 30
+
+    @functools.partial(jax.jit, static_argnames=("env", "predraw"))
+    def run(env, key, predraw):
+        obs, state = env.reset(jax.random.fold_in(key, 1), params)
+        keys = jax.random.split(key, (num_steps, 3))
+        actions = _actions(env, params, jax.random.fold_in(key, 2), num_steps * 3, 1.0)
+        actions = actions.reshape((num_steps, 3) + actions.shape[1:])
+        step_inputs = env.draw_resets(keys, params) if predraw else keys
+
+        def body(state, inputs):
+            k, a = inputs
+            obs, state, reward, terminated, truncated, info = env.step(k, state, a, params)
+            return state, (obs, reward, terminated, truncated, info)
+
+        return jax.lax.scan(body, state, (step_inputs, actions))
+
+    key = jax.random.PRNGKey(3) if env_id == "CartPole-v1" else jax.random.key(3)  # raw and typed keys
+    reference = run(plain, key, False)
+    out = run(drawn, key, True)
+    for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(reference)):
+        if np.asarray(a).dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(a, b)
+    done = np.asarray(reference[1][2] | reference[1][3])
+    assert done.sum() >= 3 * 4  # every environment reset several times
+
+
+def test_predrawn_resets_shapes_and_errors():
+    base, params = envs.make("CartPole-v1")
+    draw = PredrawnResets(base).draw_resets(jax.random.split(jax.random.key(0), (5, 3)), params)
+    assert isinstance(draw, ResetDraw) and draw.obs.shape == (5, 3, 4) and draw.state.x.shape == (5, 3)
+    env = VecEnv(PredrawnResets(base), 3)
+    _, state = env.reset(jax.random.key(1), params)
+    with pytest.raises(ValueError, match="2 keys for 3 environments"):
+        env.step(jax.tree_util.tree_map(lambda x: x[0, :2], draw), state, jnp.array([0, 1, 1]), params)
+
+    class OwnStep(type(base)):
+        def step(self, key, state, action, params=None):
+            return super().step(key, state, action, params)
+
+    assert PredrawnResets.wraps_step_of(base) and not PredrawnResets.wraps_step_of(OwnStep())
+    with pytest.raises(ValueError, match="has its own `step`"):
+        PredrawnResets(OwnStep())
 
 
 # ---------------------------------------------------------------------------

@@ -52,6 +52,25 @@ TWO_DEVICES = textwrap.dedent(
     ref = jax.jit(jax.vmap(train, in_axes=(None, 0)))(jax.random.key(3), hp)
     assert len(swept.metrics["loss"].sharding.device_set) == 2
     np.testing.assert_allclose(np.asarray(swept.metrics["loss"][:, :3]), np.asarray(ref.metrics["loss"][:, :3]), rtol=1e-4, atol=1e-5)
+
+    # One seed, its update split between the devices: the actor's epochs on one, the critic's on the other.
+    split = ppo.PPOConfig(total_timesteps=1024, num_steps=32, num_epochs=2, num_minibatches=2, split_actor_critic=True)
+    seen = []
+    sharded_run = parallel.actor_critic_sharded(ppo.make_train(split, progress=lambda i, m: seen.append(int(i))))
+    one = sharded_run(jax.random.key(7))
+    jax.block_until_ready(one)
+    ref = jax.jit(ppo.make_train(split))(jax.random.key(7))
+    assert len(one.metrics["loss"].sharding.device_set) == 2
+    assert seen == list(range(split.num_updates)), seen  # reported by one device only, once per update
+    for a, b in zip(jax.tree_util.tree_leaves(one.agent), jax.tree_util.tree_leaves(ref.agent)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    for name in ref.metrics:
+        np.testing.assert_allclose(np.asarray(one.metrics[name]), np.asarray(ref.metrics[name]), rtol=1e-5, atol=1e-6)
+    # Several seeds vmapped inside work the same way.
+    keys2 = jax.random.split(jax.random.key(8), 2)
+    both = parallel.actor_critic_sharded(jax.vmap(ppo.make_train(split)))(keys2)
+    both_ref = jax.jit(jax.vmap(ppo.make_train(split)))(keys2)
+    np.testing.assert_allclose(np.asarray(both.metrics["loss"]), np.asarray(both_ref.metrics["loss"]), rtol=1e-5, atol=1e-6)
     try:
         parallel.use_cpu_devices(1)
     except RuntimeError as err:
@@ -92,6 +111,11 @@ def test_bad_inputs_raise():
         parallel.shard_batch({"a": np.zeros(3), "b": np.zeros(4)})
     with pytest.raises(ValueError, match="in_axes entries must be 0 or None"):
         parallel.vmap_sharded(lambda x: x, in_axes=1)(np.zeros((2, 2)))
+
+
+def test_actor_critic_sharded_on_one_device_is_jit():
+    f = lambda x: x * 2.0  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(parallel.actor_critic_sharded(f)(np.float32(3.0))), 6.0)
 
 
 def test_one_device_is_plain_vmap():

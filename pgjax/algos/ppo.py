@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
 
 from pgjax import advantages as adv
-from pgjax import losses, optim
+from pgjax import losses, optim, parallel
 from pgjax.algos import common
 from pgjax.nets import ActorCritic
 
@@ -33,6 +36,10 @@ class PPOConfig(common.OnPolicyConfig):
       ent_coef: entropy bonus coefficient c_H.
       vf_coef: value loss coefficient c_v.
       normalize_advantages: standardise advantages within each minibatch.
+      split_actor_critic: give the actor and the critic each its own clipped Adam: their gradients are
+        clipped to max_grad_norm by their own norms (rejax's PPO also optimises them separately), not by
+        one joint norm. Every minibatch step then updates the two independently, so under
+        `pgjax.parallel.actor_critic_sharded` one device takes each (one seed on two CPU cores).
     """
 
     num_epochs: int = 4
@@ -42,6 +49,7 @@ class PPOConfig(common.OnPolicyConfig):
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     normalize_advantages: bool = True
+    split_actor_critic: bool = False
 
     HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("clip_eps", "ent_coef", "vf_coef")
 
@@ -59,28 +67,109 @@ def _optimizer(config: PPOConfig, hp: common.HParams) -> optax.GradientTransform
     return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], steps)
 
 
-def ppo_loss(params, network, minibatch, hp, config: PPOConfig):
-    """The PPO loss on a minibatch (fields [B, ...]); returns (loss, metrics)."""
-    obs, action, old_log_prob, old_value, advantage, target = minibatch
-    dist, value = network.apply(params, obs)
-    log_prob = dist.log_prob(action)
+def ppo_policy_loss(params, network, minibatch, hp, config: PPOConfig):
+    """The actor's part of the PPO loss on a minibatch (fields [B, ...]), -L_clip - c_H H; returns (loss, metrics).
+
+    Reads only the actor's parameters (`params["params"]["actor"]` for separate towers).
+    """
+    obs, action, old_log_prob, _, advantage, _ = minibatch
+    dist = network.apply(params, obs, method="policy")
     if config.normalize_advantages:
         advantage = adv.normalize(advantage)
-    pg_loss, clip_fraction, approx_kl = losses.clipped_surrogate_loss(log_prob, old_log_prob, advantage, hp["clip_eps"])
+    pg_loss, clip_fraction, approx_kl = losses.clipped_surrogate_loss(
+        dist.log_prob(action), old_log_prob, advantage, hp["clip_eps"]
+    )
+    entropy = jnp.mean(dist.entropy())
+    metrics = {"policy_loss": pg_loss, "entropy": entropy, "approx_kl": approx_kl, "clip_fraction": clip_fraction}
+    return pg_loss - hp["ent_coef"] * entropy, metrics
+
+
+def ppo_value_loss(params, network, minibatch, hp, config: PPOConfig):
+    """The critic's part of the PPO loss on a minibatch, c_v L_V (clipped when config.clip_value); returns (loss, metrics)."""
+    obs, _, _, old_value, _, target = minibatch
+    value = network.apply(params, obs, method="value")
     if config.clip_value:
         v_loss = losses.value_loss(value, target, old_value, hp["clip_eps"])
     else:
         v_loss = losses.value_loss(value, target)
-    entropy = jnp.mean(dist.entropy())
-    loss = pg_loss + hp["vf_coef"] * v_loss - hp["ent_coef"] * entropy
-    return loss, {
-        "loss": loss,
-        "policy_loss": pg_loss,
-        "value_loss": v_loss,
-        "entropy": entropy,
-        "approx_kl": approx_kl,
-        "clip_fraction": clip_fraction,
-    }
+    return hp["vf_coef"] * v_loss, {"value_loss": v_loss}
+
+
+def ppo_loss(params, network, minibatch, hp, config: PPOConfig):
+    """The PPO loss on a minibatch (fields [B, ...]), the policy part plus the value part; returns (loss, metrics)."""
+    policy_part, policy_metrics = ppo_policy_loss(params, network, minibatch, hp, config)
+    value_part, value_metrics = ppo_value_loss(params, network, minibatch, hp, config)
+    loss = policy_part + value_part
+    return loss, {"loss": loss, **policy_metrics, **value_metrics}
+
+
+def _split_descent(config: PPOConfig, network: ActorCritic, key, hp, params, opt_state, data):
+    """The minibatch epochs of the actor and of the critic, each with its own clipped Adam.
+
+    Both use the same shuffles (`key`). The optimiser state stays one `ClippedAdamState` over the
+    raveled parameters (actor first, then critic: `optim.ravel_params` order), sliced per network.
+    Under `parallel.ACTOR_CRITIC_AXIS` device 0 runs the actor's epochs and device 1 the critic's,
+    and one `psum` of the packed results (each device's zeros for the other's) gives both devices
+    everything; otherwise the two run one after the other.
+    """
+    tx = _optimizer(config, hp)
+    towers = params["params"]
+    flat_actor, unravel_actor = optim.ravel_params(towers["actor"])
+    flat_critic, unravel_critic = optim.ravel_params(towers["critic"])
+    split = flat_actor.size
+
+    def epochs(part_loss, name, flat, unravel, moments):
+        loss_fn = lambda tower, mb: part_loss({"params": {name: tower}}, network, mb, hp, config)  # noqa: E731
+        state = optim.ClippedAdamState(opt_state.count, *moments)
+        step = optim.flat_gradient_step(tx, loss_fn, unravel)
+        (flat, state), metrics = common.minibatch_epochs(
+            key, (flat, state), data, config.num_epochs, config.num_minibatches, step, config.scan_unroll
+        )
+        return flat, state.mu, state.nu, metrics
+
+    def actor():
+        moments = (opt_state.mu[:split], opt_state.nu[:split])
+        return epochs(ppo_policy_loss, "actor", flat_actor, unravel_actor, moments)
+
+    def critic():
+        moments = (opt_state.mu[split:], opt_state.nu[split:])
+        return epochs(ppo_value_loss, "critic", flat_critic, unravel_critic, moments)
+
+    side = parallel.axis_index_or_none(parallel.ACTOR_CRITIC_AXIS)
+    if side is None:
+        actor_out, critic_out = actor(), critic()
+    else:
+        actor_out, critic_out = _on_one_device((actor, critic), side)
+    (flat_actor, mu_actor, nu_actor, actor_metrics) = actor_out
+    (flat_critic, mu_critic, nu_critic, critic_metrics) = critic_out
+    count = opt_state.count + config.num_epochs * config.num_minibatches
+    opt_state = optim.ClippedAdamState(
+        count, jnp.concatenate([mu_actor, mu_critic]), jnp.concatenate([nu_actor, nu_critic])
+    )
+    towers = {**towers, "actor": unravel_actor(flat_actor), "critic": unravel_critic(flat_critic)}
+    metrics = {**actor_metrics, **critic_metrics}
+    metrics["loss"] = (
+        metrics["policy_loss"] - hp["ent_coef"] * metrics["entropy"] + hp["vf_coef"] * metrics["value_loss"]
+    )
+    return {**params, "params": towers}, opt_state, metrics
+
+
+def _on_one_device(parts, side):
+    """Run parts[i]() on device i of the mesh axis alone and give every device all the results.
+
+    Each part's result is packed into one float32 vector; device i fills its part's slot and zeros
+    the others, so one `psum` (one exchange, the cost that counts on a CPU) hands everything round.
+    """
+    templates = [jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(part)) for part in parts]
+    unpackers = [ravel_pytree(template)[1] for template in templates]
+    sizes = [ravel_pytree(template)[0].size for template in templates]
+    slots = [
+        lax.cond(side == i, lambda part=part: ravel_pytree(part())[0], lambda n=n: jnp.zeros((n,), jnp.float32))
+        for i, (part, n) in enumerate(zip(parts, sizes))
+    ]
+    total = lax.psum(jnp.concatenate(slots), parallel.ACTOR_CRITIC_AXIS)
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    return [unpack(total[lo:hi]) for unpack, lo, hi in zip(unpackers, bounds[:-1], bounds[1:])]
 
 
 def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
@@ -95,10 +184,13 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
             config.scan_unroll,
         )
         data = common.flatten_batch((batch.obs, batch.action, batch.log_prob, batch.value, advantage, target))
-        params, opt_state, metrics = common.minibatch_descent(
-            key, _optimizer(config, hp), lambda params, mb: ppo_loss(params, network, mb, hp, config),
-            agent.params, agent.opt_state, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
-        )
+        if config.split_actor_critic:
+            params, opt_state, metrics = _split_descent(config, network, key, hp, agent.params, agent.opt_state, data)
+        else:
+            params, opt_state, metrics = common.minibatch_descent(
+                key, _optimizer(config, hp), lambda params, mb: ppo_loss(params, network, mb, hp, config),
+                agent.params, agent.opt_state, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
+            )
         metrics["explained_variance"] = losses.explained_variance(batch.value, target)
         return common.AgentState(params, opt_state), metrics
 
