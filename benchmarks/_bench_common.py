@@ -50,11 +50,12 @@ def parse_speed_config(text: str) -> dict[str, Any]:
     return fields
 
 
-def pgjax_ppo_config(total_timesteps: int, **speed: Any):
-    """pgjax's `PPOConfig` with the comparison's settings (HPARAMS) and optional `SPEED_FIELDS` (imports pgjax)."""
+def pgjax_ppo_config(total_timesteps: int, split_actor_critic: bool = False, **speed: Any):
+    """pgjax's `PPOConfig` with the comparison's settings (HPARAMS), optional `SPEED_FIELDS`, and optionally
+    one clipped Adam per network (`split_actor_critic`, the layout of rejax's PPO) (imports pgjax)."""
     from pgjax.algos import ppo
 
-    return ppo.PPOConfig(total_timesteps=total_timesteps, **HPARAMS, **speed)
+    return ppo.PPOConfig(total_timesteps=total_timesteps, split_actor_critic=split_actor_critic, **HPARAMS, **speed)
 
 
 def num_updates(total_timesteps: int) -> int:
@@ -74,6 +75,9 @@ def worker_args(description: str) -> argparse.Namespace:
                    help="(pgjax worker only) split the seeds over this many CPU devices (pgjax.parallel)")
     p.add_argument("--pgjax-config", default="{}",
                    help="(pgjax worker only) JSON object of PPOConfig fields that change no hyperparameter, e.g. '{\"unroll\": 8}'")
+    p.add_argument("--split-actor-critic", action="store_true",
+                   help="(pgjax worker only) PPOConfig(split_actor_critic=True); with 1 seed and --cpu-devices 2, the update "
+                        "split over the two devices (pgjax.parallel.actor_critic_sharded)")
     return p.parse_args()
 
 

@@ -33,16 +33,22 @@ def run_ppo(args, info):
         speed_fields = bc.parse_speed_config(args.pgjax_config)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    config = bc.pgjax_ppo_config(args.total_timesteps, **speed_fields)
+    config = bc.pgjax_ppo_config(args.total_timesteps, split_actor_critic=args.split_actor_critic, **speed_fields)
     assert config.num_updates == bc.num_updates(args.total_timesteps)
     steps = config.num_updates * config.batch_size
     train = ppo.make_train(config)
     keys = jax.random.split(jax.random.PRNGKey(0), args.seeds)
     fn, arg = (train, keys[0]) if args.seeds == 1 else (jax.vmap(train), keys)
+    devices = 1
     if args.seeds > 1 and args.cpu_devices > 1:
         fn = parallel.vmap_sharded(train)  # seeds split over the CPU devices, each running its share
         arg = fn.place(keys)[0]
-    devices = len(arg.sharding.device_set) if hasattr(arg, "sharding") else 1
+        devices = len(arg.sharding.device_set)
+    elif args.seeds == 1 and args.cpu_devices > 1:
+        if not args.split_actor_critic:
+            raise SystemExit("one seed over several CPU devices needs --split-actor-critic")
+        fn = parallel.actor_critic_sharded(train)  # the actor's epochs on one core, the critic's on the other
+        devices = 2
     bc.log(f"[pgjax] {args.seeds} seed(s) x {steps} steps: compiling ...")
     out, timing = bc.time_compiled(fn, arg, repeats=args.repeats)
     bc.log(f"[pgjax] compile {timing['compile_s']:.1f} s, run {timing['run_s']:.2f} s")
@@ -83,15 +89,19 @@ def run_ppo(args, info):
             returns = np.asarray(jax.jit(jax.vmap(evaluate_one))(params, eval_keys))
         returns = [float(r) for r in returns]
 
+    split = "-split" if args.split_actor_critic else ""
     return {
-        "impl": "pgjax" if args.cpu_devices == 1 else f"pgjax-{args.cpu_devices}dev",
+        "impl": f"pgjax{split}" if args.cpu_devices == 1 else f"pgjax{split}-{devices}dev",
         "steps_per_seed": steps,
         **timing,
         "final_returns": returns,
         "devices": devices,
         "notes": "pgjax.algos.ppo.make_train, jit (1 seed) or jit(vmap) (seeds > 1); metrics kept on device"
         + (f"; {args.pgjax_config}" if speed_fields else "")
-        + (f"; seeds split over {devices} CPU devices (pgjax.parallel)" if args.cpu_devices > 1 else ""),
+        + (f"; seeds split over {devices} CPU devices (pgjax.parallel)" if args.cpu_devices > 1 and args.seeds > 1 else "")
+        + ("; split_actor_critic=True: actor and critic each clipped by their own gradient norm, as rejax optimises them"
+           " separately" if args.split_actor_critic else "")
+        + ("; update split over 2 CPU devices (parallel.actor_critic_sharded)" if args.seeds == 1 and devices > 1 else ""),
     }
 
 

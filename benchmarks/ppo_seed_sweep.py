@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--total-timesteps", type=int, default=500_000)
     p.add_argument("--eval-episodes", type=int, default=32)
     p.add_argument("--cpu-devices", default="auto", help="'auto' (one per core) or a count")
+    p.add_argument("--split-actor-critic", action="store_true", help="PPOConfig(split_actor_critic=True): one clipped Adam per network")
     p.add_argument("--out", default="runs/bench/ppo_seed_sweep.npz")
     a = p.parse_args()
     if a.seeds < 1 or a.chunk < 1 or a.eval_episodes < 1:
@@ -46,7 +47,7 @@ def main() -> None:
     from pgjax import runs
     from pgjax.algos import ppo
 
-    config = bc.pgjax_ppo_config(a.total_timesteps)
+    config = bc.pgjax_ppo_config(a.total_timesteps, split_actor_critic=a.split_actor_critic)
     train = parallel.vmap_sharded(ppo.make_train(config))
     evaluate = jax.jit(jax.vmap(lambda k, p: runs.evaluate(k, config, p, num_episodes=a.eval_episodes, deterministic=False)))
     keys = jax.random.split(jax.random.PRNGKey(0), a.seeds)

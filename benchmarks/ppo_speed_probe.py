@@ -5,8 +5,8 @@ short run, one process times:
 
   * the whole training run for each `--unroll` factor (`PPOConfig.unroll`: the scan unroll of the
     rollout, GAE and minibatch loops; results are the same, only speed changes);
-  * with `--shuffle-sort`, the whole run with minibatch shuffles by `jax.random.permutation` (a sort)
-    instead of pgjax's `lax.top_k` shuffle, at the first unroll factor;
+  * with `--shuffle-sort`, the whole run with minibatch shuffles by `jax.random.permutation` (a key-value
+    sort) instead of pgjax's packed one-operand sort (`common.random_permutation`), at the first unroll factor;
   * with `--phases`, the two halves of an update on their own at the first unroll factor: only the
     rollouts (policy + environment, the agent fixed) and only the updates (GAE + minibatch epochs on
     one fixed batch), each a `lax.scan` over the same number of updates;
@@ -186,18 +186,18 @@ def main() -> None:
 
     for unroll in args.unroll:
         config = config_for(args.total_timesteps, unroll)
-        guarded(f"whole unroll={unroll}", lambda: record(f"whole unroll={unroll}", unroll, "top_k",
+        guarded(f"whole unroll={unroll}", lambda: record(f"whole unroll={unroll}", unroll, "packed",
                                                          timed(*whole_run(config, args.seeds), args.repeats)))
 
     first = config_for(args.total_timesteps, args.unroll[0])
     if args.shuffle_sort:
         def sorted_shuffle():
-            top_k = common.random_permutation
+            packed = common.random_permutation
             common.random_permutation = lambda key, n: jax.random.permutation(key, n)
             try:
                 record(f"whole unroll={first.unroll} sort", first.unroll, "sort", timed(*whole_run(first, args.seeds), args.repeats))
             finally:
-                common.random_permutation = top_k
+                common.random_permutation = packed
 
         guarded("shuffle sort", sorted_shuffle)
 
@@ -205,7 +205,7 @@ def main() -> None:
         def phases():
             roll, upd, arg = phase_runs(first, args.seeds)
             record(f"rollouts only unroll={first.unroll}", first.unroll, "-", timed(roll, arg, args.repeats))
-            record(f"updates only unroll={first.unroll}", first.unroll, "top_k", timed(upd, arg, args.repeats))
+            record(f"updates only unroll={first.unroll}", first.unroll, "packed", timed(upd, arg, args.repeats))
 
         guarded("phases", phases)
 

@@ -10,7 +10,10 @@ For each seed count, three programs run in turn, each in its own fresh process:
   2. rejax: rejax 0.1.3's PPO (gymnax 0.0.9) in its own virtualenv, benchmarks/.rejax-venv
      (built here once; rejax 0.1.3 needs gymnax 0.0.x's five-value step, so it can never share
      pgjax's environment). Its periodic evaluation is switched off (see _rejax_ppo.py).
-  3. pgjax: pgjax.algos.ppo.make_train with the same hyperparameters.
+  3. pgjax: pgjax.algos.ppo.make_train with the same hyperparameters; on a CPU with several cores also
+     pgjax-Ndev (seeds > 1: the seeds split over the cores, pgjax.parallel.vmap_sharded) and
+     pgjax-split-2dev (1 seed: PPOConfig(split_actor_critic=True), one clipped Adam per network as in
+     rejax, the actor's epochs on one core and the critic's on the other, parallel.actor_critic_sharded).
 Each PPO run is `jax.jit(train)` (1 seed) or `jax.jit(jax.vmap(train))` (more seeds):
 compile = lower + compile, timed apart from the run of the compiled program;
 env-steps/s = seeds * steps per seed / run seconds. The final policy of each seed is then
@@ -84,8 +87,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pgjax-config", default="{}",
                    help="JSON object of pgjax PPOConfig speed fields (results unchanged), e.g. '{\"unroll\": 8}' on a GPU")
     p.add_argument("--cpu-devices", default="auto",
-                   help="for seeds > 1 on a CPU backend, also run pgjax with its seeds split over this many CPU devices "
-                        "(pgjax.parallel; row pgjax-Ndev): 'auto' = one per core, 1 = no such row")
+                   help="on a CPU backend, also run pgjax with its seeds split over this many CPU devices (seeds > 1; "
+                        "row pgjax-Ndev) and, for 1 seed, its update split over 2 (row pgjax-split-2dev): 'auto' = one "
+                        "per core, 1 = no such rows")
     a = p.parse_args()
     if a.cpu_devices == "auto":
         a.cpu_devices = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -363,6 +367,11 @@ def main() -> None:
                 extra += ["--cpu-devices", str(args.cpu_devices)]
                 rec = run_worker(f"pgjax-{args.cpu_devices}dev", args.pgjax_python, "_pgjax_ppo.py", extra, args, seeds)
                 records += [rec] if rec else []
+            if seeds == 1 and args.cpu_devices > 1 and pgjax_backend == "cpu":
+                # One seed has no seeds to split: split its update (actor on one core, critic on the other).
+                extra += ["--cpu-devices", "2", "--split-actor-critic"]
+                rec = run_worker("pgjax-split-2dev", args.pgjax_python, "_pgjax_ppo.py", extra, args, seeds)
+                records += [rec] if rec else []
 
     rows = [summarise(r) for r in records]
     by = {(r["impl"], r["seeds"]): r for r in rows}
@@ -392,7 +401,7 @@ def main() -> None:
     say("\n== Results")
     print_table(rows)
     for (backend, seeds), target in TARGETS.items():
-        for impl in ("pgjax", f"pgjax-{args.cpu_devices}dev"):
+        for impl in ("pgjax", f"pgjax-{args.cpu_devices}dev", "pgjax-split-2dev"):
             r = by.get((impl, seeds))
             if r and r["backend"] == backend and r["ratio_pgjax_rejax"] is not None:
                 verdict = "MET" if r["ratio_pgjax_rejax"] >= target else "NOT MET"

@@ -166,10 +166,16 @@ def main(argv=None) -> int:
     print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
           f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
     progress = Progress(config.num_updates, config.batch_size, show=not args.no_progress)
-    train = parallel.vmap_sharded(make_train(config, progress=progress))  # seeds split over the devices
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed), i))(np.arange(args.num_seeds))
-    keys = train.place(keys)[0]
-    num_devices = len(keys.sharding.device_set)
+    if getattr(config, "split_actor_critic", False) and len(parallel.devices_for(args.num_seeds)) < 2 <= len(jax.devices()):
+        # The seeds cannot be split over the devices (one seed, or a count no device count divides): split each
+        # update instead, the actor's minibatch epochs on one device and the critic's on another.
+        train = parallel.actor_critic_sharded(jax.vmap(make_train(config, progress=progress)))
+        num_devices = 2
+    else:
+        train = parallel.vmap_sharded(make_train(config, progress=progress))  # seeds split over the devices
+        keys = train.place(keys)[0]
+        num_devices = len(keys.sharding.device_set)
     t0 = time.perf_counter()
     compiled = train.lower(keys).compile()
     compile_s = time.perf_counter() - t0

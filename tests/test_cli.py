@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -13,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
 import evaluate as evaluate_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 
-from pgjax import runs  # noqa: E402
+from pgjax import algos, runs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,9 @@ def test_files_and_schema(run_dir):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
     meta = json.load(open(os.path.join(run_dir, "config.json")))
     assert meta["algo"] == "ppo" and meta["num_seeds"] == 2 and meta["config"]["num_steps"] == 64
-    assert meta["config"]["unroll"] == 0 and meta["scan_unroll"] == 1  # the per-backend default, resolved on the CPU
+    # The per-backend default, resolved: 1 on a CPU, ACCELERATOR_UNROLL elsewhere.
+    expected_unroll = 1 if jax.default_backend() == "cpu" else algos.common.ACCELERATOR_UNROLL
+    assert meta["config"]["unroll"] == 0 and meta["scan_unroll"] == expected_unroll
     rows = list(csv.DictReader(open(os.path.join(run_dir, "metrics.csv"))))
     num_updates = 4096 // (4 * 64)
     assert len(rows) == 2 * num_updates
