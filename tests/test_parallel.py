@@ -53,6 +53,21 @@ TWO_DEVICES = textwrap.dedent(
     assert len(swept.metrics["loss"].sharding.device_set) == 2
     np.testing.assert_allclose(np.asarray(swept.metrics["loss"][:, :3]), np.asarray(ref.metrics["loss"][:, :3]), rtol=1e-4, atol=1e-5)
 
+    # one_part_per_device: each device computes its own part only (a device-dependent value shows it), all get all.
+    from jax.sharding import Mesh, PartitionSpec
+    mesh = Mesh(np.array(jax.devices()[:2]), ("parts",))
+
+    def body(x):
+        here = jax.lax.axis_index("parts").astype(np.float32)
+        parts = (lambda: {"a": x * 2.0 + here}, lambda: (x[:2] + 10.0 * here, np.float32(7.0) * here))
+        return parallel.one_part_per_device(parts, "parts")
+
+    x = np.arange(3, dtype=np.float32)
+    first, second = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False))(x)
+    np.testing.assert_array_equal(first["a"], x * 2.0)  # computed on device 0
+    np.testing.assert_array_equal(second[0], x[:2] + 10.0)  # computed on device 1
+    assert float(second[1]) == 7.0
+
     # One seed, its update split between the devices: the actor's epochs on one, the critic's on the other.
     split = ppo.PPOConfig(total_timesteps=1024, num_steps=32, num_epochs=2, num_minibatches=2, split_actor_critic=True)
     seen = []

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
-from jax.flatten_util import ravel_pytree
 
 from pgjax import advantages as adv
 from pgjax import losses, optim, parallel
@@ -135,11 +132,10 @@ def _split_descent(config: PPOConfig, network: ActorCritic, key, hp, params, opt
         moments = (opt_state.mu[split:], opt_state.nu[split:])
         return epochs(ppo_value_loss, "critic", flat_critic, unravel_critic, moments)
 
-    side = parallel.axis_index_or_none(parallel.ACTOR_CRITIC_AXIS)
-    if side is None:
+    if parallel.axis_index_or_none(parallel.ACTOR_CRITIC_AXIS) is None:
         actor_out, critic_out = actor(), critic()
     else:
-        actor_out, critic_out = _on_one_device((actor, critic), side)
+        actor_out, critic_out = parallel.one_part_per_device((actor, critic), parallel.ACTOR_CRITIC_AXIS)
     (flat_actor, mu_actor, nu_actor, actor_metrics) = actor_out
     (flat_critic, mu_critic, nu_critic, critic_metrics) = critic_out
     count = opt_state.count + config.num_epochs * config.num_minibatches
@@ -152,24 +148,6 @@ def _split_descent(config: PPOConfig, network: ActorCritic, key, hp, params, opt
         metrics["policy_loss"] - hp["ent_coef"] * metrics["entropy"] + hp["vf_coef"] * metrics["value_loss"]
     )
     return {**params, "params": towers}, opt_state, metrics
-
-
-def _on_one_device(parts, side):
-    """Run parts[i]() on device i of the mesh axis alone and give every device all the results.
-
-    Each part's result is packed into one float32 vector; device i fills its part's slot and zeros
-    the others, so one `psum` (one exchange, the cost that counts on a CPU) hands everything round.
-    """
-    templates = [jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(part)) for part in parts]
-    unpackers = [ravel_pytree(template)[1] for template in templates]
-    sizes = [ravel_pytree(template)[0].size for template in templates]
-    slots = [
-        lax.cond(side == i, lambda part=part: ravel_pytree(part())[0], lambda n=n: jnp.zeros((n,), jnp.float32))
-        for i, (part, n) in enumerate(zip(parts, sizes))
-    ]
-    total = lax.psum(jnp.concatenate(slots), parallel.ACTOR_CRITIC_AXIS)
-    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    return [unpack(total[lo:hi]) for unpack, lo, hi in zip(unpackers, bounds[:-1], bounds[1:])]
 
 
 def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
