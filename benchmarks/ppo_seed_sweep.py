@@ -6,12 +6,16 @@ ppo_vs_rejax.py); the script prints the running count of seeds at >= 475 and the
 every chunk, and saves per-seed final returns and per-update curves (episode return, entropy, approx KL)
 to `--out` (.npz), so the stragglers' learning curves can be read afterwards.
 
-    python benchmarks/ppo_seed_sweep.py --seeds 1024           # ~29 min on 2 CPU cores
+    python benchmarks/ppo_seed_sweep.py --seeds 1024           # 15-29 min on 2 CPU cores
+    python benchmarks/ppo_seed_sweep.py --seeds 1024 --override '{"ent_coef": 0.0}'   # an experiment
+    python benchmarks/ppo_seed_sweep.py --report runs/bench/ppo_seed_sweep.npz        # the stragglers, again
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -21,6 +25,29 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 SOLVED = 475.0
+TAIL_UPDATES = 60  # "end of training": the last 60 updates (~31k env steps of 5e5)
+
+
+def report(path: str, lowest: int = 6) -> None:
+    """Print the lowest seeds of a saved sweep next to how they learned: the first update whose training return
+    reached 475, and their mean training return and policy entropy over the last TAIL_UPDATES updates, with the
+    entropy's rank among all seeds (0 = the most stochastic policy)."""
+    import numpy as np
+
+    d = np.load(path)
+    finals, curves, entropy = d["finals"], d["curves"], d["entropy"]
+    tail_entropy = np.nanmean(entropy[:, -TAIL_UPDATES:], axis=1)
+    tail_return = np.nanmean(curves[:, -TAIL_UPDATES:], axis=1)
+    override = str(d["override"]) if "override" in d else "{}"
+    print(f"{path}: {finals.size} seeds, overrides {override}; {np.sum(finals >= SOLVED)} >= {SOLVED:.0f}; "
+          f"entropy over the last {TAIL_UPDATES} updates: median {np.median(tail_entropy):.3f}, "
+          f"99th percentile {np.percentile(tail_entropy, 99):.3f}")
+    print("seed  final eval  first update >= 475  tail train return  tail entropy  entropy rank")
+    for i in np.argsort(finals)[:lowest]:
+        reached = np.flatnonzero(np.nan_to_num(curves[i]) >= SOLVED)
+        first = str(reached[0]) if reached.size else "never"
+        rank = int(np.sum(tail_entropy > tail_entropy[i]))
+        print(f"{i:4d}  {finals[i]:10.1f}  {first:>19}  {tail_return[i]:17.1f}  {tail_entropy[i]:12.3f}  {rank:12d}")
 
 
 def main() -> None:
@@ -31,10 +58,24 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=32)
     p.add_argument("--cpu-devices", default="auto", help="'auto' (one per core) or a count")
     p.add_argument("--split-actor-critic", action="store_true", help="PPOConfig(split_actor_critic=True): one clipped Adam per network")
+    p.add_argument("--override", default="{}",
+                   help="JSON object of PPOConfig fields that replace the comparison's settings, e.g. '{\"ent_coef\": 0.0}' "
+                        "(an experiment: the result is no longer the comparison's configuration)")
     p.add_argument("--out", default="runs/bench/ppo_seed_sweep.npz")
+    p.add_argument("--report", metavar="NPZ", help="print the lowest seeds of a saved sweep and how they learned; train nothing")
     a = p.parse_args()
+    if a.report:
+        if not os.path.isfile(a.report):
+            p.error(f"--report: no such file {a.report!r} (a sweep's --out)")
+        return report(a.report)
     if a.seeds < 1 or a.chunk < 1 or a.eval_episodes < 1:
         p.error("--seeds, --chunk and --eval-episodes must be positive")
+    try:
+        override = json.loads(a.override)
+    except ValueError as e:
+        p.error(f"--override must be a JSON object such as '{{\"ent_coef\": 0.0}}': {e}")
+    if not isinstance(override, dict):
+        p.error(f"--override must be a JSON object of PPOConfig fields, got {a.override!r}")
 
     import jax
 
@@ -48,6 +89,12 @@ def main() -> None:
     from pgjax.algos import ppo
 
     config = bc.pgjax_ppo_config(a.total_timesteps, split_actor_critic=a.split_actor_critic)
+    unknown = set(override) - {f.name for f in dataclasses.fields(config)}
+    if unknown:
+        p.error(f"--override: {sorted(unknown)} are not PPOConfig fields")
+    config = dataclasses.replace(config, **override)  # validated again by PPOConfig
+    if override:
+        print(f"overrides of the comparison's settings: {override}", flush=True)
     train = parallel.vmap_sharded(ppo.make_train(config))
     evaluate = jax.jit(jax.vmap(lambda k, p: runs.evaluate(k, config, p, num_episodes=a.eval_episodes, deterministic=False)))
     keys = jax.random.split(jax.random.PRNGKey(0), a.seeds)
@@ -65,8 +112,9 @@ def main() -> None:
         finals = np.concatenate(parts["finals"])
         print(f"{finals.size} seeds, {time.time() - t0:.0f} s: {np.sum(finals >= SOLVED)}/{finals.size} >= {SOLVED:.0f}, "
               f"lowest {[round(float(x), 1) for x in np.sort(finals)[:4]]}", flush=True)
-        np.savez(a.out, **{k: np.concatenate(v) for k, v in parts.items()})
+        np.savez(a.out, override=np.array(json.dumps(override)), **{k: np.concatenate(v) for k, v in parts.items()})
     print(f"saved {a.out}")
+    report(a.out)
 
 
 if __name__ == "__main__":
