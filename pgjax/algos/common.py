@@ -54,6 +54,10 @@ class OnPolicyConfig:
     0 (default) picks per backend (`scan_unroll`): 1 on a CPU, where unrolling only slowed runs
     down, and 8 on a GPU or TPU, where each loop iteration costs launch and control-flow latency
     (on an H100, PPO runs 1.84x faster at 1 seed and 1.15x at 2048 seeds; benchmarks/README.md).
+
+    `anneal_lr` (default True, as in rejax, PureJaxRL and CleanRL) decays the learning rate linearly
+    to zero over the run. It leaves a few seeds behind: PPO on CartPole-v1 at these defaults ended
+    1020 of 1024 seeds at >= 475, with `anneal_lr=False` 1024 of 1024 (benchmarks/README.md).
     """
 
     env_id: str = "CartPole-v1"
