@@ -16,7 +16,7 @@ short run, one process times:
 Every figure is the best of `--repeats` timed calls after a compile-and-run call. XLA flags (command
 buffers, ...) are process-wide: run this script again under `XLA_FLAGS=...` with a `--label`.
 
-    python benchmarks/ppo_speed_probe.py --seeds 2048 --total-timesteps 50000 --unroll 1 4 16 \\
+    python benchmarks/ppo_speed_probe.py --seeds 2048 --total-timesteps 50000 --unroll 1 2 4 8 \\
         --shuffle-sort --phases --json runs/bench/probe.json
 """
 
@@ -42,7 +42,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=32, help="seeds vmapped (default 32)")
     p.add_argument("--total-timesteps", type=int, default=50_000, help="env steps per seed (default 5e4)")
-    p.add_argument("--unroll", type=int, nargs="+", default=[1, 4, 16], help="PPOConfig.unroll factors to time")
+    p.add_argument("--unroll", type=int, nargs="+", default=None,
+                   help="PPOConfig.unroll factors to time (default: 1 4 on a CPU, 1 2 4 8 elsewhere)")
     p.add_argument("--shuffle-sort", action="store_true", help="also time shuffles by jax.random.permutation")
     p.add_argument("--phases", action="store_true", help="also time rollouts alone and updates alone")
     p.add_argument("--trace", default=None, help="write a Perfetto trace (.json.gz) of one run here")
@@ -51,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--label", default="", help="a name for this process's settings (e.g. the XLA_FLAGS used)")
     p.add_argument("--json", default=None, help="write the records here")
     a = p.parse_args()
-    if a.seeds < 1 or a.repeats < 1 or any(u < 1 for u in a.unroll):
+    if a.seeds < 1 or a.repeats < 1 or any(u < 1 for u in a.unroll or ()):
         p.error("--seeds, --repeats and every --unroll must be positive")
     if a.total_timesteps < bc.BATCH:
         p.error(f"--total-timesteps must be at least {bc.BATCH}")
@@ -160,6 +161,10 @@ def main() -> None:
 
     from pgjax.algos import common
 
+    if args.unroll is None:
+        # XLA:CPU compiles unrolled loops slowly and runs them slower still: 1 seed, unroll 8 compiled in 11 s
+        # and ran 4.8x slower than unroll 1; unroll 16 was still compiling after 15 minutes.
+        args.unroll = [1, 4] if jax.default_backend() == "cpu" else [1, 2, 4, 8]
     info = bc.system_info(("jax", "jaxlib", "flax", "optax", "gymnax"))
     info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     n_updates = bc.num_updates(args.total_timesteps)
