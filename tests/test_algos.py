@@ -92,6 +92,9 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.REINFORCEConfig, dict(gae_lambda=2.0), r"REINFORCEConfig.gae_lambda"),
         (algos.PPOConfig, dict(unroll=-1), r"PPOConfig.unroll must be an int >= 1, or 0"),
         (algos.A2CConfig, dict(unroll=2.5), r"A2CConfig.unroll"),
+        (algos.PPOConfig, dict(final_lr_fraction=1.5), r"PPOConfig.final_lr_fraction must lie in \[0, 1\]"),
+        (algos.TRPOConfig, dict(final_lr_fraction=-0.1), r"TRPOConfig.final_lr_fraction must lie in \[0, 1\]"),
+        (algos.PPOConfig, dict(final_lr_fraction=0.1, anneal_lr=False), r"only applies with anneal_lr=True"),
     ],
 )
 def test_config_validation(cls, kwargs, match):

@@ -61,6 +61,45 @@ def test_annealed_rate_reaches_zero():
     assert steps[0] < steps[1] < steps[2] < 0 and steps[3] == steps[4] == 0.0  # rates 0.1, 2/30, 1/30, 0, 0
 
 
+def test_anneal_to_a_floor_equals_optax_linear_schedule():
+    """final_fraction f: the rate goes from lr to f * lr over anneal_steps, as optax.linear_schedule(lr, f * lr, n),
+    then stays there; vmapped over f, each entry equals its own run."""
+    params = _params(jax.random.key(4))
+    grads = [_params(k) for k in jax.random.split(jax.random.key(5), 9)]
+
+    def run(tx, p):
+        state = tx.init(p)
+        for g in grads:
+            u, state = tx.update(g, state, p)
+            p = optax.apply_updates(p, u)
+        return p
+
+    for f in (0.25, 1.0):
+        ref = optax.chain(optax.clip_by_global_norm(0.3), optax.adam(optax.linear_schedule(1e-2, f * 1e-2, 6), eps=1e-5))
+        ours = run(optim.clipped_adam(1e-2, 0.3, 6, final_fraction=f), params)
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(run(ref, params))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # f = 1 is no annealing at all; f = 0 is the anneal to zero.
+    const = run(optim.clipped_adam(1e-2, 0.3, None), params)
+    for a, b in zip(jax.tree_util.tree_leaves(run(optim.clipped_adam(1e-2, 0.3, 6, final_fraction=1.0), params)),
+                    jax.tree_util.tree_leaves(const)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # The step after the schedule ends has rate f * lr: Adam's first step moves each coordinate by ~rate.
+    g = jnp.array([3.0, -4.0])
+
+    def last_step(f):
+        tx = optim.clipped_adam(0.1, 100.0, 2, final_fraction=f)
+        state = tx.init(g)._replace(count=jnp.array(5, jnp.int32))
+        return tx.update(g, state, g)[0]
+
+    fs = jnp.array([0.0, 0.1, 0.5])
+    batched = jax.vmap(last_step)(fs)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], last_step(fs[i]), rtol=1e-6)
+    assert np.all(np.asarray(batched[0]) == 0.0)
+    np.testing.assert_allclose(batched[2], 5 * batched[1], rtol=1e-5)
+
+
 def test_traced_hyperparameters_vmap():
     """learning_rate and max_grad_norm may be vmapped: each batch entry equals its own unbatched run."""
     g = jnp.array([3.0, -4.0])  # norm 5
