@@ -369,13 +369,16 @@ def test_estimators_on_policy_with_terminal_states(random_cartpole):
     _, _, data, returns = random_cartpole
     mc = returns.mean()  # 19.42 +- 0.28
     _, _, fqe_info = N.fitted_q_evaluation(jax.random.key(0), data, uniform_probs, 0.99, FQE)
-    dice_config = N.NeuralDualDICEConfig(discount=0.99, hidden_sizes=(32, 32), num_steps=10_000)
+    dice_config = N.NeuralDualDICEConfig(discount=0.99, hidden_sizes=(32, 32), num_steps=30_000)
     _, dice_info = N.neural_dualdice(jax.random.key(0), data, uniform_probs, dice_config)
-    # Measured: FQE 19.56, DualDICE 19.17. Ignoring terminals would bootstrap to ~1/(1-gamma) = 100.
+    # Ignoring terminals would bootstrap to ~1/(1-gamma) = 100. The tolerances are the estimators' spread,
+    # measured on the CPU over 2 datasets x 6 keys (jax 0.9.2): FQE within -0.9%..+0.9%; DualDICE
+    # -7.8%..-1.0% (mean -3.8%) at 30k steps, but -14.6%..+0.8% at 10k steps, where an 8% tolerance
+    # failed for 2 of 12 keys: the likely cause of its one failure on an H100, whose rounding acts like another key.
     assert abs(float(fqe_info["value"]) - mc) / mc < 0.04, (float(fqe_info["value"]), mc)
-    assert abs(float(dice_info["value"]) - mc) / mc < 0.08, (float(dice_info["value"]), mc)
-    # With terminations E_D[w] = (1 - gamma) J < 1.
-    np.testing.assert_allclose(float(dice_info["mean_ratio"]), 0.01 * mc, rtol=0.08)
+    assert abs(float(dice_info["value"]) - mc) / mc < 0.12, (float(dice_info["value"]), mc)
+    # With terminations E_D[w] = (1 - gamma) J < 1 (CartPole's reward is 1 on every step, so this is the value check again).
+    np.testing.assert_allclose(float(dice_info["mean_ratio"]), 0.01 * mc, rtol=0.12)
 
 
 # ---------------------------------------------------------------------------
