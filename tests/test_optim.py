@@ -4,6 +4,7 @@ and the batched critic pass after a rollout."""
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,13 +78,10 @@ def test_anneal_to_a_floor_equals_optax_linear_schedule():
     for f in (0.25, 1.0):
         ref = optax.chain(optax.clip_by_global_norm(0.3), optax.adam(optax.linear_schedule(1e-2, f * 1e-2, 6), eps=1e-5))
         ours = run(optim.clipped_adam(1e-2, 0.3, 6, final_fraction=f), params)
-        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(run(ref, params))):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        chex.assert_trees_all_close(ours, run(ref, params), rtol=1e-5, atol=1e-7)
     # f = 1 is no annealing at all; f = 0 is the anneal to zero.
     const = run(optim.clipped_adam(1e-2, 0.3, None), params)
-    for a, b in zip(jax.tree_util.tree_leaves(run(optim.clipped_adam(1e-2, 0.3, 6, final_fraction=1.0), params)),
-                    jax.tree_util.tree_leaves(const)):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+    chex.assert_trees_all_close(run(optim.clipped_adam(1e-2, 0.3, 6, final_fraction=1.0), params), const, rtol=1e-6)
     # The step after the schedule ends has rate f * lr: Adam's first step moves each coordinate by ~rate.
     g = jnp.array([3.0, -4.0])
 

@@ -70,7 +70,7 @@ def make_algorithm(config: A2CConfig, network: ActorCritic) -> common.Algorithm:
     """A2C as (init, act, value, update) for `common.make_on_policy_train`."""
 
     def init(key, spec, hp):
-        return common.init_agent(network, spec, common.one_step_optimizer(config, hp), key)
+        return common.init_agent(network, spec, common.optimizer(config, hp), key)
 
     def loss_fn(params, batch, advantage, target, hp):
         dist, value = network.apply(params, batch.obs)
@@ -85,7 +85,7 @@ def make_algorithm(config: A2CConfig, network: ActorCritic) -> common.Algorithm:
     def update(agent, batch, key, hp, update_idx):
         del key
         advantage, target = estimate_advantages(config, batch, hp)
-        tx = common.one_step_optimizer(config, hp)
+        tx = common.optimizer(config, hp)
         new_agent, metrics = common.one_step_update(tx, loss_fn, agent, batch, advantage, target, hp)
         metrics["kl"] = common.policy_shift_kl(network, agent.params, new_agent.params, batch.obs)
         metrics["explained_variance"] = losses.explained_variance(batch.value, target)

@@ -413,10 +413,15 @@ class AgentState:
     opt_state: optax.OptState
 
 
-def one_step_optimizer(config: OnPolicyConfig, hp: HParams) -> optax.GradientTransformation:
-    """`optim.clipped_adam` for algorithms that take one gradient step per update (A2C, REINFORCE)."""
-    return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], config.num_updates if config.anneal_lr else None,
-                              final_fraction=hp["final_lr_fraction"])
+def optimizer(config: OnPolicyConfig, hp: HParams, steps_per_update: int = 1) -> optax.GradientTransformation:
+    """`optim.clipped_adam` with the config's (possibly vmapped) `hp`.
+
+    With `config.anneal_lr` the rate decays over all num_updates * steps_per_update gradient steps, from
+    learning_rate to final_lr_fraction * learning_rate; `steps_per_update` is 1 for A2C and REINFORCE,
+    epochs x minibatches for PPO and TRPO's value function.
+    """
+    steps = config.num_updates * steps_per_update if config.anneal_lr else None
+    return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], steps, final_fraction=hp["final_lr_fraction"])
 
 
 def init_agent(network: ActorCritic, spec: EnvSpec, tx: optax.GradientTransformation, key: Array) -> AgentState:

@@ -60,8 +60,7 @@ class PPOConfig(common.OnPolicyConfig):
 
 
 def _optimizer(config: PPOConfig, hp: common.HParams) -> optax.GradientTransformation:
-    steps = config.num_updates * config.num_epochs * config.num_minibatches if config.anneal_lr else None
-    return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], steps, final_fraction=hp["final_lr_fraction"])
+    return common.optimizer(config, hp, config.num_epochs * config.num_minibatches)
 
 
 def ppo_policy_loss(params, network, minibatch, hp, config: PPOConfig):

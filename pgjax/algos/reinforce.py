@@ -66,7 +66,7 @@ def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algo
     """REINFORCE as (init, act, value, update) for `common.make_on_policy_train`."""
 
     def init(key, spec, hp):
-        return common.init_agent(network, spec, common.one_step_optimizer(config, hp), key)
+        return common.init_agent(network, spec, common.optimizer(config, hp), key)
 
     def loss_fn(params, batch, returns, mask, hp):
         dist, value = network.apply(params, batch.obs)
@@ -88,7 +88,7 @@ def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algo
         mask = completed_episode_mask(batch.terminated, batch.truncated)
         next_values = batch.next_value if config.use_baseline else jnp.zeros_like(batch.reward)
         returns = adv.discounted_returns(batch.reward, next_values, batch.terminated, batch.truncated, hp["discount"], config.scan_unroll)
-        tx = common.one_step_optimizer(config, hp)
+        tx = common.optimizer(config, hp)
         new_agent, metrics = common.one_step_update(tx, loss_fn, agent, batch, returns, mask, hp)
         metrics["kl"] = common.policy_shift_kl(network, agent.params, new_agent.params, batch.obs)
         metrics["valid_fraction"] = jnp.mean(mask)

@@ -85,8 +85,7 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
     critic = Critic(network.hidden_sizes, network.activation)
 
     def vf_optimizer(hp):
-        steps = config.num_updates * config.vf_epochs * config.vf_minibatches if config.anneal_lr else None
-        return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], steps, final_fraction=hp["final_lr_fraction"])
+        return common.optimizer(config, hp, config.vf_epochs * config.vf_minibatches)
 
     def init(key, spec, hp):
         params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
