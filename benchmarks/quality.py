@@ -1,7 +1,8 @@
 """Learning quality with the documented presets: 8 seeds per (algorithm, environment), one compiled call each.
 
-    python benchmarks/quality.py                 # every target of the online-algorithms issue
+    python benchmarks/quality.py                 # the online-algorithms issue's targets, then all 16 algo x env pairs
     python benchmarks/quality.py --only ppo:CartPole-v1 trpo:CartPole-v1 --seeds 8
+    python benchmarks/quality.py --only a2c:MountainCarContinuous-v0   # any algo:env pair, with its preset
 
 Reports, per run, the median and the worst seed's final mean episode return (mean over the
 episodes finished in the last 10% of updates, stochastic policy, raw rewards), against the
@@ -33,7 +34,17 @@ TARGETS = [
     ("trpo", "CartPole-v1", 1_000_000, 475.0),
     ("a2c", "CartPole-v1", 1_000_000, 475.0),
     ("reinforce", "CartPole-v1", 1_000_000, 400.0),
+    # beyond the issue's targets: every algorithm on every environment, no target
+    ("trpo", "Acrobot-v1", 500_000, None),
+    ("a2c", "Acrobot-v1", 500_000, None),
+    ("reinforce", "Acrobot-v1", 500_000, None),
+    ("trpo", "Pendulum-v1", 1_000_000, None),
+    ("a2c", "Pendulum-v1", 1_000_000, None),
+    ("reinforce", "Pendulum-v1", 1_000_000, None),
     ("ppo", "MountainCarContinuous-v0", 1_000_000, None),
+    ("trpo", "MountainCarContinuous-v0", 1_000_000, None),
+    ("a2c", "MountainCarContinuous-v0", 1_000_000, None),
+    ("reinforce", "MountainCarContinuous-v0", 1_000_000, None),
 ]
 
 
@@ -58,16 +69,41 @@ def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int) -> dict:
     )
 
 
+def plan(only: list[str] | None) -> list[tuple]:
+    """The (algo, env, steps, target) runs for `--only` pairs: TARGETS' entries, else the preset's run length."""
+    if only is None:
+        return list(TARGETS)
+    listed = {f"{a}:{e}": (a, e, steps, target) for a, e, steps, target in TARGETS}
+    todo = []
+    for pair in only:
+        if pair in listed:
+            todo.append(listed[pair])
+            continue
+        algo, sep, env_id = pair.partition(":")
+        if not sep or algo not in algos.ALGORITHMS:
+            raise ValueError(f"--only {pair!r}: expected algo:env with algo one of {sorted(algos.ALGORITHMS)}, "
+                             f"e.g. {', '.join(listed)}")
+        config_cls, _ = algos.get(algo)
+        steps = presets.preset(algo, env_id).get("total_timesteps", config_cls.total_timesteps)
+        todo.append((algo, env_id, steps, None))
+    if not todo:
+        raise ValueError(f"--only matched nothing; choose algo:env pairs such as {', '.join(listed)}")
+    return todo
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="*", default=None, help="algo:env pairs to run (default: all targets)")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="algo:env pairs to run (default: all targets); a pair without a target runs its preset's "
+                        "total_timesteps (or the config default) and reports no target")
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench/quality.csv")
     args = p.parse_args(argv)
-    todo = [t for t in TARGETS if args.only is None or f"{t[0]}:{t[1]}" in args.only]
-    if not todo:
-        p.error(f"--only matched nothing; choose from {[f'{a}:{e}' for a, e, _, _ in TARGETS]}")
+    try:
+        todo = plan(args.only)
+    except ValueError as err:
+        p.error(str(err))
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {len(jax.devices())} x {jax.devices()[0].device_kind} (seeds split over them)")
     header = f"{'algo':<10}{'env':<26}{'steps':>9}{'median':>9}{'worst':>9}{'target':>8}{'met':>5}{'compile s':>10}{'run s':>8}{'steps/s':>11}"
     print(header)

@@ -86,7 +86,7 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.PPOConfig, dict(activation="gelu"), r"PPOConfig.activation"),
         (algos.PPOConfig, dict(clip_eps=0.0), r"PPOConfig.clip_eps"),
         (algos.A2CConfig, dict(advantage_method="td"), r"A2CConfig.advantage_method"),
-        (algos.A2CConfig, dict(n_steps_return=100, num_steps=16), r"A2CConfig.n_steps_return"),
+        (algos.A2CConfig, dict(advantage_method="nstep", n_steps_return=100, num_steps=16), r"A2CConfig.n_steps_return"),
         (algos.TRPOConfig, dict(max_kl=0.0), r"TRPOConfig.max_kl"),
         (algos.TRPOConfig, dict(vf_minibatches=7), r"TRPOConfig.vf_minibatches \(7\) must divide"),
         (algos.REINFORCEConfig, dict(gae_lambda=2.0), r"REINFORCEConfig.gae_lambda"),
@@ -95,6 +95,7 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.PPOConfig, dict(final_lr_fraction=1.5), r"PPOConfig.final_lr_fraction must lie in \[0, 1\]"),
         (algos.TRPOConfig, dict(final_lr_fraction=-0.1), r"TRPOConfig.final_lr_fraction must lie in \[0, 1\]"),
         (algos.PPOConfig, dict(final_lr_fraction=0.1, anneal_lr=False), r"only applies with anneal_lr=True"),
+        (algos.A2CConfig, dict(reward_scale=0.0), r"A2CConfig.reward_scale must be a positive number"),
     ],
 )
 def test_config_validation(cls, kwargs, match):
@@ -221,6 +222,26 @@ def test_first_update_ascends_the_exact_gradient(name):
     delta = jax.tree_util.tree_map(lambda a, b: a - b, output.agent.params["params"]["actor"], init_params["params"]["actor"])
     inner = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(delta)))
     assert float(inner) > 0, (name, float(inner))
+
+
+def test_reward_scale_scales_what_the_update_learns_from_not_the_reported_returns():
+    """reward_scale c (a vmappable hyperparameter) hands the update c * r_t; episode returns stay raw."""
+    config = algos.A2CConfig(total_timesteps=2 * 256, num_envs=4, num_steps=64)
+    spec = algos.common.make_env(config)
+    a2c = algos.a2c.make_algorithm(config, algos.common.actor_critic(config, spec))
+
+    def update(agent, batch, key, hp, update_idx):
+        agent, metrics = a2c.update(agent, batch, key, hp, update_idx)
+        return agent, {**metrics, "reward_sum": jnp.sum(batch.reward)}
+
+    train = algos.common.make_on_policy_train(config, a2c._replace(update=update), spec)
+    hp = {k: jnp.stack([v, v]) for k, v in config.hyperparams().items()}
+    hp["reward_scale"] = jnp.array([1.0, 0.25])
+    out = jax.jit(jax.vmap(train, in_axes=(None, 0)))(jax.random.key(0), hp)
+    first = {k: np.asarray(v[:, 0]) for k, v in out.metrics.items()}  # the same rollout in both runs
+    np.testing.assert_allclose(first["reward_sum"], [256.0, 64.0])  # CartPole: reward 1 per step
+    np.testing.assert_array_equal(first["episode_return"][0], first["episode_return"][1])
+    assert first["episodes_finished"][0] > 0 and first["episode_return"][0] > 1
 
 
 def test_trpo_updates_respect_the_kl_radius(cartpole_runs):

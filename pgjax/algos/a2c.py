@@ -28,7 +28,7 @@ class A2CConfig(common.OnPolicyConfig):
 
     Attributes (beyond `OnPolicyConfig`):
       advantage_method: "gae" (GAE(gae_lambda)) or "nstep" (n-step returns with n = n_steps_return).
-      n_steps_return: n for "nstep"; must be <= num_steps.
+      n_steps_return: n for "nstep"; must be <= num_steps then (ignored by "gae").
       ent_coef, vf_coef: entropy bonus and value-loss coefficients.
       normalize_advantages: standardise advantages over the batch.
     """
@@ -50,7 +50,7 @@ class A2CConfig(common.OnPolicyConfig):
         if self.advantage_method not in ADVANTAGE_METHODS:
             raise ValueError(f"A2CConfig.advantage_method must be one of {ADVANTAGE_METHODS}; got {self.advantage_method!r}.")
         common._positive_int("A2CConfig", "n_steps_return", self.n_steps_return)
-        if self.n_steps_return > self.num_steps:
+        if self.advantage_method == "nstep" and self.n_steps_return > self.num_steps:
             raise ValueError(
                 f"A2CConfig.n_steps_return ({self.n_steps_return}) must be <= num_steps ({self.num_steps})."
             )
