@@ -4,7 +4,8 @@
     python experiments/train.py --algo trpo --env Pendulum-v1 --max-kl 0.02 --out runs/my-run
 
 Every field of the algorithm's config is a flag (`--algo ppo --help` lists them). Writes
-DIR/config.json, DIR/metrics.csv (one row per update per seed), DIR/learning_curve.png and
+DIR/config.json, DIR/metrics.csv (one row per update per seed: returns, losses, entropy, KL, PPO's clip
+fraction, explained variance, the pre-clip gradient norm `grad_norm`, wall time), DIR/learning_curve.png and
 DIR/params.msgpack; `python experiments/evaluate.py DIR` reloads and evaluates the policies.
 """
 

@@ -87,13 +87,18 @@ def ravel_params(params: Any) -> tuple[Array, Callable[[Array], Any]]:
 
 
 def flat_gradient_step(
-    tx: optax.GradientTransformation, loss_fn: Callable[..., tuple[Array, Any]], unravel: Callable[[Array], Any]
+    tx: optax.GradientTransformation,
+    loss_fn: Callable[..., tuple[Array, Any]],
+    unravel: Callable[[Array], Any],
+    norm_name: str | None = "grad_norm",
 ) -> Callable[..., tuple[tuple[Array, Any], Any]]:
     """`step((flat, opt_state), *args) -> ((flat, opt_state), aux)`: one `tx` step on the flat parameter vector.
 
     `loss_fn(params, *args) -> (loss, aux)` takes the parameters as a pytree (`unravel(flat)`); its
     gradient arrives as one vector, so `tx` (built for flat parameters) updates all of them at once.
-    Shaped for `lax.scan` over minibatches (`step(carry, minibatch)`).
+    Shaped for `lax.scan` over minibatches (`step(carry, minibatch)`). When `aux` is a dict and
+    `norm_name` is not None, `aux[norm_name]` is the gradient's norm ||g||_2 before any clipping in
+    `tx`: compare it with `max_grad_norm` to see how often the clip binds.
     """
 
     def flat_loss(flat, *args):
@@ -102,6 +107,8 @@ def flat_gradient_step(
     def step(carry, *args):
         flat, opt_state = carry
         grads, aux = jax.grad(flat_loss, has_aux=True)(flat, *args)
+        if norm_name is not None and isinstance(aux, dict):
+            aux = {**aux, norm_name: jnp.sqrt(jnp.sum(jnp.square(grads)))}
         updates, opt_state = tx.update(grads, opt_state, flat)
         return (flat + updates, opt_state), aux
 

@@ -42,6 +42,16 @@ def test_each_algorithm_improves_cartpole(cartpole_runs, name):
             assert np.all(np.isfinite(np.asarray(value))), (name, key)
 
 
+def test_gradient_norm_metrics(cartpole_runs):
+    """Every algorithm reports its pre-clip gradient norm (TRPO: the value fit's); early in a CartPole run the
+    critic's large errors make it exceed max_grad_norm (0.5), so the clip binds."""
+    for name, norm_key in [("ppo", "grad_norm"), ("a2c", "grad_norm"), ("reinforce", "grad_norm"), ("trpo", "value_grad_norm")]:
+        norms = np.asarray(cartpole_runs[name][2].metrics[norm_key])
+        assert norms.shape == np.asarray(cartpole_runs[name][2].metrics["env_steps"]).shape, name
+        assert np.all(np.isfinite(norms)) and np.all(norms > 0), name
+        assert norms[:, :3].mean() > 0.5, (name, norms[:, :3].mean())
+
+
 def test_same_seed_same_result_and_vmap_equals_single(cartpole_runs):
     config, train, output = cartpole_runs["ppo"]
     again = train(jax.random.split(jax.random.key(0), 2))
@@ -178,7 +188,13 @@ def test_split_actor_critic_is_two_separately_clipped_adams():
     runs_ = [jax.jit(ppo.make_train(unclipped.replace(split_actor_critic=s)))(jax.random.key(2)) for s in (True, False)]
     for a, b in zip(jax.tree_util.tree_leaves(runs_[0].agent), jax.tree_util.tree_leaves(runs_[1].agent)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-    for name in runs_[1].metrics:
+    # each optimiser reports its own pre-clip norm (the joint one reports one norm of both)
+    assert set(runs_[0].metrics) - set(runs_[1].metrics) == {"actor_grad_norm", "critic_grad_norm"}
+    assert set(runs_[1].metrics) - set(runs_[0].metrics) == {"grad_norm"}
+    joint_norm = np.hypot(np.asarray(runs_[0].metrics["actor_grad_norm"]), np.asarray(runs_[0].metrics["critic_grad_norm"]))
+    # mean_t ||(a_t, c_t)|| >= ||(mean a, mean c)|| (the triangle inequality), equality only if the steps align
+    np.testing.assert_array_less(joint_norm * (1 - 1e-4), np.asarray(runs_[1].metrics["grad_norm"]))
+    for name in set(runs_[1].metrics) & set(runs_[0].metrics):
         np.testing.assert_allclose(np.asarray(runs_[0].metrics[name]), np.asarray(runs_[1].metrics[name]), rtol=1e-4, atol=1e-6)
 
 

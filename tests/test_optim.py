@@ -130,6 +130,12 @@ def test_flat_gradient_step_equals_a_pytree_step():
         np.testing.assert_allclose(a, b, rtol=1e-6)
     np.testing.assert_allclose(aux["out"], aux_ref["out"], rtol=1e-6)
     assert int(state.count) == 1
+    # the pre-clip gradient norm, from the pytree gradient computed independently (above the 0.5 clip here)
+    expected_norm = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree_util.tree_leaves(grads)))
+    assert expected_norm > 0.5
+    np.testing.assert_allclose(aux["grad_norm"], expected_norm, rtol=1e-5)
+    _, no_norm = optim.flat_gradient_step(tx, loss_fn, unravel, norm_name=None)((flat, tx.init(flat)), x)
+    assert set(no_norm) == {"out"}
 
 
 # ---------------------------------------------------------------------------

@@ -461,11 +461,13 @@ def minibatch_descent(
     num_epochs: int,
     num_minibatches: int,
     unroll: int = 1,
+    norm_name: str = "grad_norm",
 ) -> tuple[Any, optax.OptState, dict[str, Array]]:
     """`minibatch_epochs` of `tx` steps on `loss_fn(params, minibatch) -> (loss, metrics)`, taken on the flat
-    parameter vector (one fused optimiser step each); returns (params, opt_state, mean metrics)."""
+    parameter vector (one fused optimiser step each); returns (params, opt_state, mean metrics), the metrics
+    including `norm_name`: the mean pre-clip gradient norm over the steps."""
     flat, unravel = optim.ravel_params(params)
-    step = optim.flat_gradient_step(tx, loss_fn, unravel)
+    step = optim.flat_gradient_step(tx, loss_fn, unravel, norm_name)
     (flat, opt_state), metrics = minibatch_epochs(key, (flat, opt_state), data, num_epochs, num_minibatches, step, unroll)
     return unravel(flat), opt_state, metrics
 

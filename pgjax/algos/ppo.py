@@ -117,7 +117,7 @@ def _split_descent(config: PPOConfig, network: ActorCritic, key, hp, params, opt
     def epochs(part_loss, name, flat, unravel, moments):
         loss_fn = lambda tower, mb: part_loss({"params": {name: tower}}, network, mb, hp, config)  # noqa: E731
         state = optim.ClippedAdamState(opt_state.count, *moments)
-        step = optim.flat_gradient_step(tx, loss_fn, unravel)
+        step = optim.flat_gradient_step(tx, loss_fn, unravel, f"{name}_grad_norm")  # each clipped by its own norm
         (flat, state), metrics = common.minibatch_epochs(
             key, (flat, state), data, config.num_epochs, config.num_minibatches, step, config.scan_unroll
         )

@@ -127,7 +127,7 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
     def fit_value(critic_params, opt_state, obs, target, key, hp):
         return common.minibatch_descent(
             key, vf_optimizer(hp), value_loss, critic_params, opt_state, (obs, target), config.vf_epochs, config.vf_minibatches,
-            config.scan_unroll,
+            config.scan_unroll, norm_name="value_grad_norm",
         )
 
     def update(agent, batch, key, hp, update_idx):
