@@ -88,20 +88,22 @@ JAX_DEFAULT_MATMUL_PRECISION=highest timeout 200 "$PYTHON" benchmarks/ppo_vs_rej
     --worker-timeout 190 --retries 0 --out "$OUT/ppo_highest_precision.csv"
 fi
 
+sweep2048() {  # sweep2048 WHAT OVERRIDE_JSON NAME: ppo_seed_sweep.py over 2048 seeds in one chunk
+    echo "== pgjax at 2048 seeds with $1 (ppo_seed_sweep.py --override '$2')"
+    timeout 200 /tmp/pgjax-python benchmarks/ppo_seed_sweep.py --seeds 2048 --chunk 2048 --eval-episodes 32 \
+        --override "$2" --out "$OUT/sweep2048_$3.npz"
+}
+
 if want constlr; then
 # On the CPU the annealed learning rate is what leaves seeds behind (1020 of 1024 annealed, 1024 of 1024 with
 # anneal_lr=False; benchmarks/README.md, seventh session). Does the same hold for 2048 seeds on the GPU?
-echo "== pgjax at 2048 seeds with a constant learning rate (ppo_seed_sweep.py --override anneal_lr=false)"
-timeout 200 /tmp/pgjax-python benchmarks/ppo_seed_sweep.py --seeds 2048 --chunk 2048 --eval-episodes 32 \
-    --override '{"anneal_lr": false}' --out "$OUT/sweep2048_const_lr.npz"
+sweep2048 "a constant learning rate" '{"anneal_lr": false}' const_lr
 fi
 
 if want rscale; then
 # On the CPU rewards scaled by 0.1 left no seed behind either, with the annealed schedule kept (1024 of 1024, every
 # seed at 500.0; unscaled on the same VM: benchmarks/README.md, thirteenth session). And on 2048 GPU seeds?
-echo "== pgjax at 2048 seeds with rewards scaled by 0.1 (ppo_seed_sweep.py --override reward_scale=0.1)"
-timeout 200 /tmp/pgjax-python benchmarks/ppo_seed_sweep.py --seeds 2048 --chunk 2048 --eval-episodes 32 \
-    --override '{"reward_scale": 0.1}' --out "$OUT/sweep2048_reward_scale.npz"
+sweep2048 "rewards scaled by 0.1" '{"reward_scale": 0.1}' reward_scale
 fi
 
 if want offline; then

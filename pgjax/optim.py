@@ -32,6 +32,11 @@ class ClippedAdamState(NamedTuple):
     nu: Any
 
 
+def global_norm(tree: Any) -> Array:
+    """||g||_2 over every leaf of `tree`: the norm `clipped_adam` clips (and `flat_gradient_step` reports)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(tree)))
+
+
 def clipped_adam(
     learning_rate: float | Array,
     max_grad_norm: float | Array,
@@ -61,8 +66,7 @@ def clipped_adam(
 
     def update(grads, state, params=None):
         del params
-        leaves = jax.tree_util.tree_leaves(grads)
-        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves))
+        norm = global_norm(grads)
         # A select, not a multiply, so a zero gradient stays zero (max_grad_norm / 0 is inf).
         clip = lambda g: jnp.where(norm < max_grad_norm, g, g * (max_grad_norm / norm))  # noqa: E731
         grads = jax.tree_util.tree_map(clip, grads)
@@ -108,7 +112,7 @@ def flat_gradient_step(
         flat, opt_state = carry
         grads, aux = jax.grad(flat_loss, has_aux=True)(flat, *args)
         if norm_name is not None and isinstance(aux, dict):
-            aux = {**aux, norm_name: jnp.sqrt(jnp.sum(jnp.square(grads)))}
+            aux = {**aux, norm_name: global_norm(grads)}  # the same expression as tx's clip: XLA computes it once
         updates, opt_state = tx.update(grads, opt_state, flat)
         return (flat + updates, opt_state), aux
 

@@ -10,6 +10,8 @@ from typing import Any
 
 _CLASSIC_DISCRETE = dict(num_envs=16, num_steps=128, normalize_observations=True)
 _PENDULUM = dict(discount=0.95, normalize_observations=True)
+# Raw advantages of rewards scaled by 0.1: what A2C and REINFORCE need wherever returns are large (see reward_scale).
+_RAW_SCALED = dict(normalize_advantages=False, reward_scale=0.1)
 
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # PPO CartPole: the class defaults (the PureJaxRL / CleanRL / rejax settings) with rewards scaled by 0.1. Over
@@ -32,9 +34,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Chosen on 32 seeds (--seed 2), checked on 64 more (benchmarks/README.md). Rewards scaled by 0.1: without,
     # about 1 run in 25 solved the task and later collapsed in one update (245 of 256 seeds >= 475); with, 512 of
     # 512 seeds (two held-out sets of 256) ended at 499-500.
-    ("a2c", "CartPole-v1"): dict(
-        learning_rate=5e-3, ent_coef=0.0, gae_lambda=1.0, normalize_advantages=False, reward_scale=0.1,
-    ),
+    ("a2c", "CartPole-v1"): dict(_RAW_SCALED, learning_rate=5e-3, ent_coef=0.0, gae_lambda=1.0),
     # A2C Acrobot: 48 of 48 seeds (--seed 0, 1, 2) at -83 to -88; with normalised advantages and observations
     # and no entropy bonus, 1 seed in 8 never learned to swing up (-500).
     ("a2c", "Acrobot-v1"): dict(
@@ -46,8 +46,8 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # three 16-seed sets, about 1 seed in 16 still at -400 to -750 at 1e6 steps. With 8 x 32 steps, lr 1e-3, raw
     # rewards and normalised advantages every seed stayed at -1000 to -1150 (benchmarks/README.md has the grid).
     ("a2c", "Pendulum-v1"): dict(
-        normalize_observations=True, total_timesteps=1_000_000, num_envs=8, num_steps=8, discount=0.9, gae_lambda=0.9,
-        reward_scale=0.1, normalize_advantages=False, learning_rate=5e-4, anneal_lr=False, ent_coef=0.0,
+        _PENDULUM, **_RAW_SCALED, total_timesteps=1_000_000, num_envs=8, num_steps=8, discount=0.9, gae_lambda=0.9,
+        learning_rate=5e-4, anneal_lr=False, ent_coef=0.0,
     ),
     ("a2c", "MountainCarContinuous-v0"): dict(total_timesteps=1_000_000, normalize_observations=True, ent_coef=0.0),
     ("trpo", "Acrobot-v1"): dict(_CLASSIC_DISCRETE),
@@ -56,16 +56,14 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # REINFORCE Acrobot: raw advantages of rewards scaled by 0.1, lr 5e-3: 40 of 40 seeds at -83 to -90 by 5e5 steps
     # (three seed sets). Unscaled raw advantages left 6 of 8 seeds at -500 (never swinging up), normalised ones 2-3
     # of 8 (benchmarks/README.md).
-    ("reinforce", "Acrobot-v1"): dict(
-        normalize_observations=True, normalize_advantages=False, reward_scale=0.1, learning_rate=5e-3,
-    ),
+    ("reinforce", "Acrobot-v1"): dict(_RAW_SCALED, normalize_observations=True, learning_rate=5e-3),
     # REINFORCE Pendulum: one episode per environment per update (2 x 200 steps: 2.5k updates in 1e6 steps),
     # discount 0.9, rewards scaled by 0.1, raw advantages, constant lr 3e-3. Only part of the seeds learn to swing
     # up within 1e6 steps (-190 to -350; the others stay near -1000): median -620 to -850 over two 8-seed sets.
     # With 16 x 200 steps and normalised advantages no seed learned (-1050 to -1200).
     ("reinforce", "Pendulum-v1"): dict(
-        normalize_observations=True, total_timesteps=1_000_000, num_envs=2, num_steps=200, discount=0.9,
-        reward_scale=0.1, normalize_advantages=False, learning_rate=3e-3, anneal_lr=False,
+        _PENDULUM, **_RAW_SCALED, total_timesteps=1_000_000, num_envs=2, num_steps=200, discount=0.9,
+        learning_rate=3e-3, anneal_lr=False,
     ),
     ("reinforce", "MountainCarContinuous-v0"): dict(normalize_observations=True, num_steps=999),
 }
