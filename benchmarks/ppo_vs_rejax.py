@@ -61,6 +61,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--total-timesteps", type=int, default=None, help="env steps per seed (default 500000; --quick: 50000)")
     p.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per seed, untimed (default 128; --quick: 16; 0: none)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of each compiled program; the fastest counts (default 1)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every worker of a seed count this many times, interleaved (ceiling, rejax, pgjax, ... then again); "
+                        "each row reports its fastest round and the ratio line the spread of the per-round ratios (default 1)")
     p.add_argument("--quick", action="store_true", help="a smoke test: 5e4 steps, 1 and 4 seeds, 16 eval episodes")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "ppo_vs_rejax.csv"), help="CSV output (a .json with the raw records goes next to it)")
     p.add_argument("--skip-rejax", action="store_true", help="run only pgjax and the gymnax ceiling (machines without rejax wheels)")
@@ -105,6 +108,8 @@ def parse_args() -> argparse.Namespace:
         a.eval_episodes = 16 if a.quick else 128
     if any(s < 1 for s in a.seeds):
         p.error("--seeds must be positive")
+    if a.rounds < 1 or a.repeats < 1:
+        p.error("--rounds and --repeats must be positive")
     try:
         bc.parse_speed_config(a.pgjax_config)
     except ValueError as e:
@@ -316,6 +321,48 @@ def print_table(rows: list[dict]) -> None:
             say("  ".join("-" * w for w in widths))
 
 
+def run_round(args: argparse.Namespace, seeds: int, rejax_python: str | None, pgjax_backend: str) -> list[dict]:
+    """Every worker for one seed count, one after the other: the ceiling, rejax, pgjax and its multi-core rows."""
+    records = []
+
+    def worker(name, python, extra):
+        rec = run_worker(name, python, "_rejax_ppo.py" if name == "rejax" else "_pgjax_ppo.py", extra, args, seeds)
+        records.extend([rec] if rec else [])
+
+    if not args.skip_ceiling:
+        worker("gymnax-ceiling", args.pgjax_python, ["--mode", "ceiling"])
+    if rejax_python:
+        worker("rejax", rejax_python, [])
+    if not args.skip_pgjax:
+        extra = ["--mode", "ppo", "--pgjax-config", args.pgjax_config]
+        worker("pgjax", args.pgjax_python, extra)
+        if seeds > 1 and args.cpu_devices > 1 and pgjax_backend == "cpu":
+            worker(f"pgjax-{args.cpu_devices}dev", args.pgjax_python, extra + ["--cpu-devices", str(args.cpu_devices)])
+        if seeds == 1 and args.cpu_devices > 1 and pgjax_backend == "cpu":
+            # One seed has no seeds to split: split its update (actor on one core, critic on the other).
+            worker("pgjax-split-2dev", args.pgjax_python, extra + ["--cpu-devices", "2", "--split-actor-critic"])
+    return records
+
+
+def fastest_rounds(records: list[dict]) -> tuple[list[dict], dict[tuple[str, int], list[float]]]:
+    """Per (impl, seeds), the record of its fastest round, and every round's run time (in round order)."""
+    times: dict[tuple[str, int], list[float]] = {}
+    best: dict[tuple[str, int], dict] = {}
+    for rec in records:
+        key = (rec["impl"], rec["seeds"])
+        times.setdefault(key, []).append(rec["run_s"])
+        if key not in best or rec["run_s"] < best[key]["run_s"]:
+            best[key] = rec
+    return list(best.values()), times
+
+
+def round_ratios(records: list[dict], impl: str, seeds: int) -> list[float]:
+    """rejax's run time over `impl`'s in each round where both ran (the speed-up, round by round)."""
+    by_round = {(r["impl"], r.get("round", 0)): r["run_s"] for r in records if r["seeds"] == seeds}
+    rounds = sorted({r.get("round", 0) for r in records})
+    return [by_round[("rejax", k)] / by_round[(impl, k)] for k in rounds if ("rejax", k) in by_round and (impl, k) in by_round]
+
+
 def main() -> None:
     args = parse_args()
     started = time.time()
@@ -353,26 +400,15 @@ def main() -> None:
 
     records: list[dict] = []
     for seeds in args.seeds:
-        if not args.skip_ceiling:
-            rec = run_worker("gymnax-ceiling", args.pgjax_python, "_pgjax_ppo.py", ["--mode", "ceiling"], args, seeds)
-            records += [rec] if rec else []
-        if rejax_python:
-            rec = run_worker("rejax", rejax_python, "_rejax_ppo.py", [], args, seeds)
-            records += [rec] if rec else []
-        if not args.skip_pgjax:
-            extra = ["--mode", "ppo", "--pgjax-config", args.pgjax_config]
-            rec = run_worker("pgjax", args.pgjax_python, "_pgjax_ppo.py", extra, args, seeds)
-            records += [rec] if rec else []
-            if seeds > 1 and args.cpu_devices > 1 and pgjax_backend == "cpu":
-                extra += ["--cpu-devices", str(args.cpu_devices)]
-                rec = run_worker(f"pgjax-{args.cpu_devices}dev", args.pgjax_python, "_pgjax_ppo.py", extra, args, seeds)
-                records += [rec] if rec else []
-            if seeds == 1 and args.cpu_devices > 1 and pgjax_backend == "cpu":
-                # One seed has no seeds to split: split its update (actor on one core, critic on the other).
-                extra += ["--cpu-devices", "2", "--split-actor-critic"]
-                rec = run_worker("pgjax-split-2dev", args.pgjax_python, "_pgjax_ppo.py", extra, args, seeds)
-                records += [rec] if rec else []
+        for round_idx in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every side
+            if args.rounds > 1:
+                say(f"\n==== {seeds} seed(s), round {round_idx + 1} of {args.rounds}")
+            for rec in run_round(args, seeds, rejax_python, pgjax_backend):
+                rec["round"] = round_idx
+                records.append(rec)
 
+    all_records = records
+    records, run_times = fastest_rounds(all_records)
     rows = [summarise(r) for r in records]
     by = {(r["impl"], r["seeds"]): r for r in rows}
     for r in rows:
@@ -398,16 +434,26 @@ def main() -> None:
     if args.xla_flags is not None:
         say(f"XLA_FLAGS for every worker: {args.xla_flags!r}")
 
-    say("\n== Results")
+    say("\n== Results" + (f" (each row its fastest of {args.rounds} interleaved rounds)" if args.rounds > 1 else ""))
     print_table(rows)
+    if args.rounds > 1:
+        for (impl, seeds), times in run_times.items():
+            say(f"{impl} x {seeds}: run s by round {', '.join(f'{t:.2f}' for t in times)}")
     for (backend, seeds), target in TARGETS.items():
         for impl in ("pgjax", f"pgjax-{args.cpu_devices}dev", "pgjax-split-2dev"):
             r = by.get((impl, seeds))
             if r and r["backend"] == backend and r["ratio_pgjax_rejax"] is not None:
-                verdict = "MET" if r["ratio_pgjax_rejax"] >= target else "NOT MET"
+                per_round = round_ratios(all_records, impl, seeds)
+                judged = statistics.median(per_round) if len(per_round) > 1 else r["ratio_pgjax_rejax"]
+                verdict = "MET" if judged >= target else "NOT MET"
+                spread = (
+                    f"; per round {', '.join(f'{x:.2f}' for x in per_round)}: median {judged:.2f}x, judged on it"
+                    if len(per_round) > 1 else ""
+                )
                 say(
-                    f"target {backend} {seeds} seed(s): {impl} >= {target}x rejax -> {r['ratio_pgjax_rejax']:.2f}x, {verdict}"
-                    f" (at {r['steps_per_seed']} steps per seed; the issue's targets are for 5e5)"
+                    f"target {backend} {seeds} seed(s): {impl} >= {target}x rejax -> {judged:.2f}x, {verdict}"
+                    f" (fastest rounds {r['ratio_pgjax_rejax']:.2f}x{spread}; at {r['steps_per_seed']} steps per seed;"
+                    " the issue's targets are for 5e5)"
                 )
     for r in rows:
         if r["impl"].startswith("pgjax"):
@@ -421,7 +467,7 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()) if rows else ["impl"])
         writer.writeheader()
         writer.writerows(rows)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "records": records}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "records": all_records}, indent=1))
     say(f"\nwrote {out} and {out.with_suffix('.json')}")
     say(f"load average at end {load()}; total wall time {time.time() - started:.0f} s")
     missing = [(i, s) for s in args.seeds for i in (["rejax"] if rejax_python else []) + ([] if args.skip_pgjax else ["pgjax"]) if (i, s) not in by]
