@@ -8,10 +8,10 @@
 # Needs, relative to the repository root:
 #   .whl/               gymnax 1.0.1, gymnasium, Farama-Notifications (pgjax's missing dependencies)
 #   benchmarks/wheels/  the nine rejax wheels listed in benchmarks/README.md
-# Usage:  OUT=/some/dir [STEPS=probe,bench,flags,precision,constlr,rscale,offline,tests] bash benchmarks/gpu_session.sh
+# Usage:  OUT=/some/dir [STEPS=probe,bench,flags,precision,columns,constlr,rscale,offline,tests] bash benchmarks/gpu_session.sh
 # The steps take about 13 minutes on an H100 (probe ~2.5, bench ~4, flags ~1.5, precision ~1.5, tests ~4) plus
 # constlr, rscale and offline (not yet run; ~1 min each expected), more than one 10-minute device call: name the
-# steps a call should run in STEPS. The next session's suggestion: STEPS=rscale,constlr,offline,bench.
+# steps a call should run in STEPS. The next session's suggestion: STEPS=columns,rscale,constlr,bench.
 set -u
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -21,7 +21,7 @@ PROBE_STEPS=${PROBE_STEPS:-32768}
 BENCH_SEEDS=${BENCH_SEEDS:-1 256 2048}
 BENCH_STEPS=${BENCH_STEPS:-500000}
 PYTHON=${PYTHON:-python3}  # the interpreter with CUDA jax
-STEPS=${STEPS:-probe,bench,flags,precision,constlr,rscale,offline,tests}
+STEPS=${STEPS:-probe,bench,flags,precision,columns,constlr,rscale,offline,tests}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 case $PYTHON in  # an absolute path: the wrapper scripts below run from anywhere
     */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;;
@@ -86,6 +86,16 @@ echo "== pgjax at 2048 seeds with full float32 matmuls (JAX_DEFAULT_MATMUL_PRECI
 JAX_DEFAULT_MATMUL_PRECISION=highest timeout 200 "$PYTHON" benchmarks/ppo_vs_rejax.py --seeds 2048 --skip-rejax \
     --skip-ceiling --eval-episodes 32 --pgjax-python /tmp/pgjax-python --pgjax-config "{\"unroll\": $UNROLL}" \
     --worker-timeout 190 --retries 0 --out "$OUT/ppo_highest_precision.csv"
+fi
+
+if want columns; then
+# On a CPU a 2-wide policy head runs 4x faster as two matrix-vector products than as one matmul, vmapped over 32
+# seeds (pgjax.nets.Dense, fourteenth session); on a GPU pgjax keeps the matmul. Does the GPU gain too?
+for cols in off on; do
+    echo "== probe: 2-3-wide layers by columns $cols ($PROBE_SEEDS seeds)"
+    timeout 90 /tmp/pgjax-python benchmarks/ppo_speed_probe.py --seeds "$PROBE_SEEDS" --total-timesteps "$PROBE_STEPS" \
+        --unroll $UNROLL --dense-columns $cols --label "columns-$cols" --json "$OUT/probe_columns_$cols.json"
+done
 fi
 
 sweep2048() {  # sweep2048 WHAT OVERRIDE_JSON NAME: ppo_seed_sweep.py over 2048 seeds in one chunk

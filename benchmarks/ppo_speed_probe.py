@@ -13,6 +13,9 @@ short run, one process times:
   * with `--trace FILE`, a `jax.profiler` trace of a run of `--trace-updates` updates (first unroll
     factor; compiled before tracing), written as a Perfetto JSON (`.json.gz`) for kernel-level reading.
 
+`--dense-columns on|off` forces how 2-3-wide layers (the 2-action policy head) are computed
+(`pgjax.nets.dense_as_columns`; pgjax uses columns on a CPU only), to time both on a GPU.
+
 Every figure is the best of `--repeats` timed calls after a compile-and-run call. XLA flags (command
 buffers, ...) are process-wide: run this script again under `XLA_FLAGS=...` with a `--label`.
 
@@ -49,6 +52,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trace", default=None, help="write a Perfetto trace (.json.gz) of one run here")
     p.add_argument("--trace-updates", type=int, default=8, help="updates in the traced run (default 8)")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per variant; the fastest counts")
+    p.add_argument("--dense-columns", choices=("auto", "on", "off"), default="auto",
+                   help="2-3-wide layers (the policy head) by columns: 'auto' = pgjax's choice (on a CPU only), "
+                        "'on' / 'off' force it on any backend (pgjax.nets.dense_as_columns)")
     p.add_argument("--label", default="", help="a name for this process's settings (e.g. the XLA_FLAGS used)")
     p.add_argument("--json", default=None, help="write the records here")
     a = p.parse_args()
@@ -165,8 +171,14 @@ def main() -> None:
         # XLA:CPU compiles unrolled loops slowly and runs them slower still: 1 seed, unroll 8 compiled in 11 s
         # and ran 4.8x slower than unroll 1; unroll 16 was still compiling after 15 minutes.
         args.unroll = [1, 4] if jax.default_backend() == "cpu" else [1, 2, 4, 8]
+    if args.dense_columns != "auto":
+        from pgjax import nets
+
+        forced = args.dense_columns == "on"
+        nets.dense_as_columns = lambda features, backend=None: forced and features in nets.COLUMN_FEATURES
     info = bc.system_info(("jax", "jaxlib", "flax", "optax", "gymnax"))
     info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    info["dense_columns"] = args.dense_columns
     n_updates = bc.num_updates(args.total_timesteps)
     env_steps = args.seeds * n_updates * bc.BATCH
     bc.log(f"[probe{':' + args.label if args.label else ''}] {info['device']}, jax {info['jax']}, {args.seeds} seeds x "
