@@ -14,7 +14,7 @@ short run, one process times:
     factor; compiled before tracing), written as a Perfetto JSON (`.json.gz`) for kernel-level reading.
 
 `--dense-columns on|off` forces how 2-3-wide layers (the 2-action policy head) are computed
-(`pgjax.nets.dense_as_columns`; pgjax uses columns on a CPU only), to time both on a GPU.
+(`pgjax.nets.COLUMN_BACKENDS`; pgjax uses columns on a CPU only), to time both on a GPU.
 
 Every figure is the best of `--repeats` timed calls after a compile-and-run call. XLA flags (command
 buffers, ...) are process-wide: run this script again under `XLA_FLAGS=...` with a `--label`.
@@ -54,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="timed calls per variant; the fastest counts")
     p.add_argument("--dense-columns", choices=("auto", "on", "off"), default="auto",
                    help="2-3-wide layers (the policy head) by columns: 'auto' = pgjax's choice (on a CPU only), "
-                        "'on' / 'off' force it on any backend (pgjax.nets.dense_as_columns)")
+                        "'on' / 'off' force it on any backend (pgjax.nets.COLUMN_BACKENDS)")
     p.add_argument("--label", default="", help="a name for this process's settings (e.g. the XLA_FLAGS used)")
     p.add_argument("--json", default=None, help="write the records here")
     a = p.parse_args()
@@ -174,8 +174,7 @@ def main() -> None:
     if args.dense_columns != "auto":
         from pgjax import nets
 
-        forced = args.dense_columns == "on"
-        nets.dense_as_columns = lambda features, backend=None: forced and features in nets.COLUMN_FEATURES
+        nets.COLUMN_BACKENDS = (jax.default_backend(),) if args.dense_columns == "on" else ()
     info = bc.system_info(("jax", "jaxlib", "flax", "optax", "gymnax"))
     info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     info["dense_columns"] = args.dense_columns

@@ -35,8 +35,9 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
-# Output widths computed one matrix-vector product per column on a CPU (see `Dense`).
+# Output widths `Dense` computes one matrix-vector product per column, on these backends (see `dense_as_columns`).
 COLUMN_FEATURES = (2, 3)
+COLUMN_BACKENDS = ("cpu",)
 
 
 def dense_as_columns(features: int, backend: str | None = None) -> bool:
@@ -46,10 +47,11 @@ def dense_as_columns(features: int, backend: str | None = None) -> bool:
     through its general kernel, slowly: a 2-action policy head's forward and backward on a [128, 64]
     minibatch take 16.7 us as one dot and 2.7 us as two matrix-vector products, and 408 us against
     99 us vmapped over 32 seeds (as fast again as the 64x64 layer). Width 1 is already a matrix-vector
-    product; from 4 up the dot wins. On other backends the dot stays (one pass over the input).
+    product; from 4 up the dot wins. On other backends the dot stays (one pass over the input);
+    `COLUMN_BACKENDS` lists where columns are used (a benchmark may set it to time either).
     """
     backend = jax.default_backend() if backend is None else backend
-    return backend == "cpu" and features in COLUMN_FEATURES
+    return backend in COLUMN_BACKENDS and features in COLUMN_FEATURES
 
 
 class Dense(nn.Module):

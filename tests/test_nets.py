@@ -1,10 +1,12 @@
 """Actor/critic networks: shapes for single and batched observations, initialisation, parameter layout."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pgjax import nets
 from pgjax.distributions import Categorical, DiagGaussian
 from pgjax.nets import MLP, Actor, ActorCritic, Critic
 
@@ -125,10 +127,6 @@ def _dot_shapes(fn, *args):
 def test_dense_is_nn_dense_computed_column_by_column_where_that_is_faster(features):
     """`nets.Dense` has nn.Dense's parameters; its outputs and gradients equal nn.Dense's (float64), and on a
     CPU widths 2-3 are computed as one matrix-vector product per column."""
-    import flax.linen as nn
-
-    from pgjax import nets
-
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(0), (6, 5, 7), jnp.float64)
         ours, reference = nets.Dense(features), nn.Dense(features)
