@@ -310,18 +310,11 @@ def test_offline_improvement_beats_the_behaviour_policy(problem):
     data = off.collect(jax.random.key(11), mdp, problem["mu"], 200, T)
     result = off.offline_policy_improvement(data, problem["theta_mu"], features, GAMMA, optax.adam(0.1), 100)
     true_values = jax.vmap(lambda th: tab.expected_return(mdp, tab.softmax_policy(th, features)))(result.thetas)
-    optimum = _optimal_value(mdp)
+    optimum = float(tab.optimal_return(mdp))
     start, end = float(true_values[0]), float(true_values[-1])
     assert end > start + 0.5 * (optimum - start), (start, end, optimum)
     assert float(result.estimated_values[-1]) > float(result.estimated_values[0])
     assert np.all(np.isfinite(np.asarray(result.thetas)))
-
-
-def _optimal_value(mdp, iterations=2000):
-    P, R, v = np.asarray(mdp.transition), np.asarray(mdp.reward), np.zeros(mdp.reward.shape[0])
-    for _ in range(iterations):
-        v = (R + float(mdp.discount) * P @ v).max(1)
-    return float(np.asarray(mdp.initial) @ v)
 
 
 # --- coverage -----------------------------------------------------------------------------------
@@ -385,7 +378,7 @@ def test_taxi_dynamics():
     assert R[at_g, 5] == 20.0 and np.allclose(P[at_g, 5], mdp.initial)  # delivery starts a new trip
     assert np.isclose(np.asarray(mdp.initial).sum(), 1.0) and np.count_nonzero(mdp.initial) == 300
     assert tab.taxi_decode(enc(3, 2, 4, 0)) == (3, 2, 4, 0)
-    assert _optimal_value(mdp, 500) > 0 > float(tab.expected_return(mdp, tab.uniform_policy(500, 6)))
+    assert float(tab.optimal_return(mdp)) > 0 > float(tab.expected_return(mdp, tab.uniform_policy(500, 6)))
 
 
 def test_weighted_is_survives_underflow_and_reports_undefined_weights(problem):

@@ -225,13 +225,80 @@ def test_gradient_ascent_improves_gridworld():
     assert j1 > j0 + 0.8 * (optimum - j0)
 
 
-def _optimal_return(mdp):
-    """Value iteration in NumPy: an independent upper bound on J."""
+def _value_iteration_q(mdp, iterations=2000):
+    """Q* by value iteration in NumPy: independent of the library (converges at rate gamma^k)."""
     P, R, g = np.asarray(mdp.transition), np.asarray(mdp.reward), float(mdp.discount)
     v = np.zeros(P.shape[0])
-    for _ in range(2000):
-        v = (R + g * P @ v).max(1)
-    return float(np.asarray(mdp.initial) @ v)
+    for _ in range(iterations):
+        q = R + g * P @ v
+        v = q.max(1)
+    return q
+
+
+def _optimal_return(mdp):
+    """J* = mu0 . max_a Q*: an independent upper bound on J."""
+    return float(np.asarray(mdp.initial) @ _value_iteration_q(mdp).max(1))
+
+
+# --- optimal control ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def solved(x64):
+    """Policy iteration over 16 random MDPs (S = 6, A = 3, discounts 0.5-0.98) in one vmapped call."""
+    keys = jax.random.split(jax.random.key(21), 16)
+    discounts = jnp.linspace(0.5, 0.98, 16)
+    mdps = jax.vmap(lambda k, g: T.random_mdp(k, S, A, discount=g, concentration=0.3))(keys, discounts)
+    return mdps, jax.jit(jax.vmap(T.policy_iteration))(mdps)
+
+
+def _mdp_at(mdps, i):
+    return jax.tree_util.tree_map(lambda x: x[i], mdps)
+
+
+def test_policy_iteration_matches_numpy_value_iteration(solved):
+    mdps, sol = solved
+    assert bool(jnp.all(sol.converged)) and int(jnp.max(sol.iterations)) < 20
+    for i in range(16):
+        q_ref = _value_iteration_q(_mdp_at(mdps, i))
+        np.testing.assert_allclose(sol.action_values[i], q_ref, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(sol.values[i], q_ref.max(1), rtol=1e-9, atol=1e-9)
+
+
+def test_optimal_values_satisfy_bellman_optimality_and_bound_every_policy(solved):
+    mdps, sol = solved
+    # V* = max_a Q*, and the greedy one-hot policy attains it (V^{pi*} = V*, J(pi*) = J*).
+    np.testing.assert_allclose(sol.values, sol.action_values.max(-1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(jnp.sum(sol.policy * sol.action_values, -1), sol.values, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(sol.policy.sum(-1), 1.0)
+    j_star = jax.vmap(T.optimal_return)(mdps)
+    np.testing.assert_allclose(j_star, jax.vmap(T.expected_return)(mdps, sol.policy), rtol=1e-12)
+    # J* >= J(pi) for 256 random softmax policies per MDP, with near-greedy ones among them.
+    logits = jax.random.normal(jax.random.key(22), (256, S, A)) * jnp.linspace(0.1, 30.0, 256)[:, None, None]
+    policies = jax.nn.softmax(logits, -1)
+    j = jax.vmap(lambda m: jax.vmap(lambda p: T.expected_return(m, p))(policies))(mdps)
+    assert bool(jnp.all(j <= j_star[:, None] + 1e-10))
+
+
+def test_policy_iteration_closed_forms():
+    # One state (a bandit): V* = max_a R / (1 - gamma).
+    bandit = T.MDP(jnp.ones((1, 3, 1)), jnp.array([[0.2, 0.7, 0.5]]), jnp.ones(1), 0.9)
+    sol = T.policy_iteration(bandit)
+    np.testing.assert_allclose(sol.values, [7.0], rtol=1e-12)
+    np.testing.assert_array_equal(sol.policy, [[0.0, 1.0, 0.0]])
+    # Chain: "right" pays 1 at the last state, "left" 0.005 at the first; swimming right is optimal everywhere,
+    # although the start (greedy in the reward) goes left in the first 7 states: 7 improvements and a check.
+    chain = T.chain_mdp(num_states=8, discount=0.95)
+    sol = T.policy_iteration(chain)
+    np.testing.assert_array_equal(np.argmax(np.asarray(sol.policy), -1), np.ones(8))
+    assert int(sol.iterations) == 8 and bool(sol.converged)
+    np.testing.assert_allclose(T.optimal_return(chain), _optimal_return(chain), rtol=1e-9)
+    grid = T.gridworld_mdp(4, 4, slip=0.1)
+    np.testing.assert_allclose(T.policy_iteration(grid).action_values, _value_iteration_q(grid), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="max_iterations must be a positive int"):
+        T.policy_iteration(chain, max_iterations=0)
+    capped = T.policy_iteration(chain, max_iterations=1)
+    assert int(capped.iterations) == 1 and not bool(capped.converged)
 
 
 # --- jit / vmap -------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Exact tabular reinforcement learning: MDPs, softmax policies, values, occupancies and gradients."""
 
+from pgjax.tabular.control import OptimalSolution, optimal_return, policy_iteration
 from pgjax.tabular.evaluation import (
     action_values,
     bellman_matrix,
@@ -35,6 +36,7 @@ from pgjax.tabular.policy import (
 __all__ = [
     "MDP",
     "FixedPointInfo",
+    "OptimalSolution",
     "action_values",
     "bellman_matrix",
     "advantage_policy_gradient",
@@ -51,8 +53,10 @@ __all__ = [
     "occupancy_fixed_point",
     "occupancy_iterates",
     "occupancy_solve",
+    "optimal_return",
     "policy_evaluation",
     "policy_gradient",
+    "policy_iteration",
     "policy_logits",
     "policy_reward",
     "policy_transition",
