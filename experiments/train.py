@@ -15,12 +15,10 @@ import argparse
 import dataclasses
 import os
 import sys
-import threading
 import time
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from pgjax import parallel
 
@@ -116,49 +114,6 @@ def parse_args(argv=None):
     return args, config
 
 
-class Progress:
-    """Host side of the training loop's callback: a throttled tqdm bar and per-update wall-clock times
-    (measured at the reported updates, linearly interpolated between them)."""
-
-    def __init__(self, num_updates: int, env_steps_per_update: int, show: bool):
-        self.start = time.perf_counter()
-        self.wall_time = np.full(num_updates, np.nan)
-        self.total = num_updates * env_steps_per_update
-        self.show = show
-        self.bar = None  # created at the first update, so compile time does not skew its rate
-        self.steps_per_update = env_steps_per_update
-        self.done = 0
-        # With seeds split over several devices the callbacks arrive from several threads at once: without the
-        # lock two bars were created and the count overshot the total.
-        self.lock = threading.Lock()
-
-    def __call__(self, update_idx, metrics):
-        with self.lock:
-            self._report(int(update_idx), metrics)
-
-    def _report(self, i, metrics):
-        if np.isnan(self.wall_time[i]):  # called once per seed under vmap: keep the first
-            self.wall_time[i] = time.perf_counter() - self.start
-        if self.bar is None:
-            self.bar = tqdm(total=self.total, unit="step", unit_scale=True, disable=not self.show, mininterval=0.5,
-                            desc="env steps per seed")
-        if i + 1 > self.done:
-            self.bar.update((i + 1 - self.done) * self.steps_per_update)
-            self.done = i + 1
-            ret = float(np.asarray(metrics["episode_return"]))
-            if not np.isnan(ret):
-                self.bar.set_postfix(episode_return=f"{ret:.1f}", refresh=False)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        # The loop reports every k-th update (pgjax.algos.common.PROGRESS_CALLS per run): interpolate the rest.
-        seen = ~np.isnan(self.wall_time)
-        if seen.any() and not seen.all():
-            idx = np.arange(self.wall_time.size)
-            self.wall_time = np.interp(idx, idx[seen], self.wall_time[seen])
-
-
 def main(argv=None) -> int:
     args, config = parse_args(argv)
     setup_cpu_devices(args.cpu_devices)
@@ -166,7 +121,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join("runs", f"{args.algo}-{config.env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
           f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
-    progress = Progress(config.num_updates, config.batch_size, show=not args.no_progress)
+    progress = runs.Progress(config.num_updates, config.batch_size, show=not args.no_progress)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed), i))(np.arange(args.num_seeds))
     if getattr(config, "split_actor_critic", False) and len(parallel.devices_for(args.num_seeds)) < 2 <= len(jax.devices()):
         # The seeds cannot be split over the devices (one seed, or a count no device count divides): split each

@@ -14,6 +14,8 @@ import csv
 import json
 import math
 import os
+import threading
+import time
 from typing import Any
 
 import jax
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 from jax import lax
+from tqdm.auto import tqdm
 
 from pgjax import envs, tables
 from pgjax.algos import common, get
@@ -226,6 +229,54 @@ def evaluate(
         return jnp.where(done, returns, jnp.nan)
 
     return jax.jit(run)(key)
+
+
+class Progress:
+    """Host side of the training loop's progress callback: a throttled tqdm bar and per-update wall-clock times
+    (measured at the reported updates, linearly interpolated between them by `close`).
+
+        progress = Progress(config.num_updates, config.batch_size)
+        out = jax.jit(jax.vmap(make_train(config, progress=progress)))(keys)
+        progress.close()            # progress.wall_time: [num_updates] seconds since construction
+    """
+
+    def __init__(self, num_updates: int, env_steps_per_update: int, show: bool = True):
+        self.start = time.perf_counter()
+        self.wall_time = np.full(num_updates, np.nan)
+        self.total = num_updates * env_steps_per_update
+        self.show = show
+        self.bar = None  # created at the first update, so compile time does not skew its rate
+        self.steps_per_update = env_steps_per_update
+        self.done = 0
+        # With seeds split over several devices the callbacks arrive from several threads at once: without the
+        # lock two bars were created and the count overshot the total.
+        self.lock = threading.Lock()
+
+    def __call__(self, update_idx, metrics):
+        with self.lock:
+            self._report(int(update_idx), metrics)
+
+    def _report(self, i, metrics):
+        if np.isnan(self.wall_time[i]):  # called once per seed under vmap: keep the first
+            self.wall_time[i] = time.perf_counter() - self.start
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, unit="step", unit_scale=True, disable=not self.show, mininterval=0.5,
+                            desc="env steps per seed")
+        if i + 1 > self.done:
+            self.bar.update((i + 1 - self.done) * self.steps_per_update)
+            self.done = i + 1
+            ret = float(np.asarray(metrics["episode_return"]))
+            if not np.isnan(ret):
+                self.bar.set_postfix(episode_return=f"{ret:.1f}", refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        # The loop reports every k-th update (pgjax.algos.common.PROGRESS_CALLS per run): interpolate the rest.
+        seen = ~np.isnan(self.wall_time)
+        if seen.any() and not seen.all():
+            idx = np.arange(self.wall_time.size)
+            self.wall_time = np.interp(idx, idx[seen], self.wall_time[seen])
 
 
 def final_returns(metrics: dict[str, Any], fraction: float = 0.1) -> np.ndarray:
