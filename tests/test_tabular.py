@@ -280,7 +280,7 @@ def test_optimal_values_satisfy_bellman_optimality_and_bound_every_policy(solved
     assert bool(jnp.all(j <= j_star[:, None] + 1e-10))
 
 
-def test_policy_iteration_closed_forms():
+def test_policy_iteration_closed_forms(solved):
     # One state (a bandit): V* = max_a R / (1 - gamma).
     bandit = T.MDP(jnp.ones((1, 3, 1)), jnp.array([[0.2, 0.7, 0.5]]), jnp.ones(1), 0.9)
     sol = T.policy_iteration(bandit)
@@ -297,6 +297,8 @@ def test_policy_iteration_closed_forms():
     np.testing.assert_allclose(T.policy_iteration(grid).action_values, _value_iteration_q(grid), rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="max_iterations must be a positive int"):
         T.policy_iteration(chain, max_iterations=0)
+    with pytest.raises(ValueError, match="use jax.vmap"):
+        T.policy_iteration(solved[0])
     capped = T.policy_iteration(chain, max_iterations=1)
     assert int(capped.iterations) == 1 and not bool(capped.converged)
 

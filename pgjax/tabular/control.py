@@ -66,6 +66,11 @@ def policy_iteration(mdp: MDP, max_iterations: int = 1000) -> OptimalSolution:
     """
     if not isinstance(max_iterations, int) or max_iterations < 1:
         raise ValueError(f"policy_iteration: max_iterations must be a positive int; got {max_iterations!r}.")
+    if mdp.reward.ndim != 2:
+        raise ValueError(
+            f"policy_iteration: expects one MDP (reward [S, A]); got a batch of shape {mdp.batch_shape}: "
+            "use jax.vmap(policy_iteration)(mdps)."
+        )
     num_actions = mdp.num_actions
 
     def evaluate(actions):
