@@ -76,8 +76,11 @@ def test_hyperparameter_vmap_equals_separate_configs():
     hp = {k: jnp.stack([v, v]) for k, v in config.hyperparams().items()}
     hp["learning_rate"] = rates
     swept = jax.jit(jax.vmap(train, in_axes=(None, 0)))(jax.random.key(3), hp)
+    alone_train = jax.jit(train)  # one compile for both rates: hyperparameters are arguments
     for i, lr in enumerate([1e-3, 1e-2]):
-        alone = jax.jit(algos.ppo.make_train(config.replace(learning_rate=lr)))(jax.random.key(3))
+        alone_hp = config.replace(learning_rate=lr).hyperparams()  # what a config with this rate runs
+        np.testing.assert_array_equal(np.asarray(alone_hp["learning_rate"]), np.asarray(hp["learning_rate"][i]))
+        alone = alone_train(jax.random.key(3), alone_hp)
         np.testing.assert_allclose(np.asarray(swept.metrics["loss"][i]), np.asarray(alone.metrics["loss"]), rtol=1e-3, atol=1e-4)
     assert not np.allclose(np.asarray(swept.metrics["loss"][0]), np.asarray(swept.metrics["loss"][1]))
 
@@ -98,6 +101,7 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.A2CConfig, dict(advantage_method="td"), r"A2CConfig.advantage_method"),
         (algos.A2CConfig, dict(advantage_method="nstep", n_steps_return=100, num_steps=16), r"A2CConfig.n_steps_return"),
         (algos.TRPOConfig, dict(max_kl=0.0), r"TRPOConfig.max_kl"),
+        (algos.TRPOConfig, dict(ent_coef=-0.1), r"TRPOConfig.ent_coef"),
         (algos.TRPOConfig, dict(vf_minibatches=7), r"TRPOConfig.vf_minibatches \(7\) must divide"),
         (algos.REINFORCEConfig, dict(gae_lambda=2.0), r"REINFORCEConfig.gae_lambda"),
         (algos.PPOConfig, dict(unroll=-1), r"PPOConfig.unroll must be an int >= 1, or 0"),
@@ -267,6 +271,43 @@ def test_trpo_updates_respect_the_kl_radius(cartpole_runs):
     assert np.all(kl <= config.max_kl * (1 + 1e-4))
     assert accepted.mean() > 0.5  # the line search mostly finds an improving step
     assert np.all(np.asarray(output.metrics["surrogate_improvement"])[accepted > 0] > 0)
+
+
+def test_trpo_entropy_bonus_widens_the_policy_within_the_radius():
+    """With zero advantages the surrogate's only gradient is c_H grad H: with ent_coef > 0 the step raises the
+    Gaussian's entropy (its log-std) and stays inside the KL radius; with ent_coef = 0 there is nothing to gain
+    and the line search keeps the old parameters."""
+    config = algos.TRPOConfig(env_id="Pendulum-v1", total_timesteps=2 * 64, num_envs=2, num_steps=64, vf_minibatches=2)
+    spec = algos.common.make_env(config)
+    network = algos.common.actor_critic(config, spec)
+    trpo = algos.trpo.make_algorithm(config, network)
+    agent = trpo.init(jax.random.key(0), spec, config.hyperparams())
+    k_obs, k_act = jax.random.split(jax.random.key(1))
+    obs = jax.random.normal(k_obs, (64, 2, 3))
+    dist, _ = network.apply(agent.params, obs)
+    action = dist.sample(k_act)
+    zeros = jnp.zeros((64, 2))
+    no = jnp.zeros((64, 2), bool)
+    batch = algos.common.Transition(obs, action, zeros, no, no, dist.log_prob(action), zeros, obs, zeros, no, zeros, zeros)
+
+    @jax.jit
+    def step(ent_coef):
+        hp = {**config.hyperparams(), "ent_coef": ent_coef}
+        new, metrics = trpo.update(agent, batch, jax.random.key(2), hp, 0)
+        return new.params, metrics
+
+    def entropy(params):
+        return float(jnp.mean(network.apply(params, obs[0])[0].entropy()))
+
+    widened, metrics = step(jnp.float32(0.05))
+    assert float(metrics["step_accepted"]) == 1.0
+    assert 0.0 < float(metrics["kl"]) <= config.max_kl * (1 + 1e-4)
+    assert entropy(widened) > entropy(agent.params) + 0.05  # a full natural step: KL 0.01 ~ 0.14 nats of log-std
+    same, metrics = step(jnp.float32(0.0))
+    assert float(metrics["step_accepted"]) == 0.0
+    actor = lambda p: p["params"]["actor"]  # noqa: E731 (the critic is fitted either way)
+    for a, b in zip(jax.tree_util.tree_leaves(actor(same)), jax.tree_util.tree_leaves(actor(agent.params))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("name", ["trpo", "a2c"])

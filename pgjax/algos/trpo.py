@@ -2,11 +2,13 @@
 
 Per update, with GAE(lambda) advantages A from the rollout:
 
-    maximise_theta  L(theta) = E[ pi_theta(a|s) / pi_old(a|s) A ]   s.t.   KL(pi_old || pi_theta) <= delta
+    maximise_theta  L(theta) = E[ pi_theta(a|s) / pi_old(a|s) A ] + c_H E[ H(pi_theta(.|s)) ]   s.t.   KL(pi_old || pi_theta) <= delta
 
 by one natural-gradient step s = sqrt(2 delta / x^T F x) x, x = F^{-1} grad L (conjugate gradient
 on Fisher-vector products from jvp-of-grad of the KL; F is never formed), then a backtracking line
-search that accepts the first fraction of s with KL <= delta and a real surrogate improvement.
+search that accepts the first fraction of s with KL <= delta and a real surrogate improvement. The entropy
+bonus c_H (`ent_coef`, default 0: the lecture's TRPO) keeps a Gaussian policy's spread from collapsing
+before it has learned (as OpenAI Baselines' `entcoeff`).
 The value function is fitted separately by Adam on minibatches of the same rollout.
 """
 
@@ -31,6 +33,7 @@ class TRPOConfig(common.OnPolicyConfig):
 
     Attributes (beyond `OnPolicyConfig`; learning_rate, anneal_lr and max_grad_norm apply to the value function):
       max_kl: the trust-region radius delta.
+      ent_coef: entropy bonus c_H added to the surrogate (0 = plain TRPO).
       cg_iterations: conjugate-gradient iterations.
       cg_damping: damping lambda in (F + lambda I).
       num_backtracks: line-search step sizes tried (1, 1/2, 1/4, ...).
@@ -44,6 +47,7 @@ class TRPOConfig(common.OnPolicyConfig):
     total_timesteps: int = 1_000_000
     learning_rate: float = 1e-3
     max_kl: float = 0.01
+    ent_coef: float = 0.0
     cg_iterations: int = 10
     cg_damping: float = 0.1
     num_backtracks: int = 10
@@ -52,12 +56,13 @@ class TRPOConfig(common.OnPolicyConfig):
     normalize_advantages: bool = True
     fisher_subsample: int = 1
 
-    HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("max_kl", "cg_damping")
+    HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("max_kl", "cg_damping", "ent_coef")
 
     def validate(self) -> None:
         super().validate()
         common._positive("TRPOConfig", "max_kl", self.max_kl)
         common._non_negative("TRPOConfig", "cg_damping", self.cg_damping)
+        common._non_negative("TRPOConfig", "ent_coef", self.ent_coef)
         for field in ("cg_iterations", "num_backtracks", "vf_epochs"):
             common._positive_int("TRPOConfig", field, getattr(self, field))
         common.check_divides("TRPOConfig", "num_envs * num_steps", self.batch_size, "vf_minibatches", self.vf_minibatches)
@@ -96,7 +101,9 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
             return actor.apply({"params": p}, obs)
 
         def surrogate(p):
-            return jnp.mean(jnp.exp(dist_fn(p).log_prob(action) - old_log_prob) * advantage)
+            dist = dist_fn(p)
+            ratio = jnp.exp(dist.log_prob(action) - old_log_prob)
+            return jnp.mean(ratio * advantage) + hp["ent_coef"] * jnp.mean(dist.entropy())
 
         fisher_obs = obs[:: config.fisher_subsample]
         kl_fisher = trust_region.policy_kl_fn(lambda p: actor.apply({"params": p}, fisher_obs), actor_params)
