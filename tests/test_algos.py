@@ -1,5 +1,6 @@
 """Online algorithms: config validation, learning on CartPole, reproducibility, vmap over seeds and
-hyperparameters, and agreement of the first update with the exact policy gradient on a tabular MDP."""
+hyperparameters, TRPO's radius and entropy bonus, continuous actions, progress callbacks (the exact-gradient,
+unroll and split-optimiser checks are in test_algo_updates.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,6 @@ import numpy as np
 import pytest
 
 from pgjax import algos, runs
-from pgjax import tabular as T
-from pgjax.envs import make as make_env
 
 # Short CartPole runs that clearly improve (random policy: ~22).
 SHORT = {
@@ -117,23 +116,6 @@ def test_config_validation(cls, kwargs, match):
         cls(**kwargs)
 
 
-@pytest.mark.parametrize("name", ["ppo", "trpo"])
-def test_unroll_changes_speed_not_results(name):
-    # The rollout, GAE and minibatch scans unrolled (8: minibatch scans whole, epochs in pairs) compute
-    # the same run as unroll 1, up to float32 rounding of differently fused kernels.
-    config_cls, make_train = algos.get(name)
-    small = dict(total_timesteps=512, num_envs=4, num_steps=64)
-    small.update(dict(num_minibatches=4, num_epochs=2) if name == "ppo" else dict(vf_minibatches=4, vf_epochs=2))
-    base = config_cls(**small, unroll=1)
-    runs_ = [jax.jit(make_train(base.replace(unroll=u)))(jax.random.key(5)) for u in (1, 8)]
-    np.testing.assert_allclose(
-        np.asarray(runs_[0].metrics["loss" if name == "ppo" else "value_loss"]),
-        np.asarray(runs_[1].metrics["loss" if name == "ppo" else "value_loss"]), rtol=1e-4, atol=1e-6,
-    )
-    for x, y in zip(jax.tree_util.tree_leaves(runs_[0].agent.params), jax.tree_util.tree_leaves(runs_[1].agent.params)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
-
-
 def test_unroll_default_picks_per_backend(monkeypatch):
     config = algos.PPOConfig()
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
@@ -143,105 +125,9 @@ def test_unroll_default_picks_per_backend(monkeypatch):
     assert config.replace(unroll=3).scan_unroll == 3  # an explicit factor wins on any backend
 
 
-def test_split_actor_critic_is_two_separately_clipped_adams():
-    """split_actor_critic: each network takes optax's clip_by_global_norm + adam on its own part of the loss,
-    over the same shuffled minibatches; without clipping it is the joint optimiser's run."""
-    import optax
-
-    from pgjax.algos import common, ppo
-
-    config = ppo.PPOConfig(
-        total_timesteps=512, num_envs=4, num_steps=16, num_epochs=2, num_minibatches=2, max_grad_norm=0.05,
-        anneal_lr=False, learning_rate=1e-2, split_actor_critic=True,
-    )
-    spec = common.make_env(config)
-    network = common.actor_critic(config, spec)
-    hp = config.hyperparams()
-    agent = ppo.make_algorithm(config, network).init(jax.random.key(0), spec, hp)
-    k = jax.random.split(jax.random.key(1), 7)
-    batch = 64
-    data = (
-        jax.random.normal(k[0], (batch, 4)), jax.random.bernoulli(k[1], 0.5, (batch,)).astype(jnp.int32),
-        -0.7 + 0.1 * jax.random.normal(k[2], (batch,)), jax.random.normal(k[3], (batch,)),
-        jax.random.normal(k[4], (batch,)), jax.random.normal(k[5], (batch,)),
-    )
-    params, opt_state, metrics = jax.jit(
-        lambda p, o: ppo._split_descent(config, network, k[6], hp, p, o, data)
-    )(agent.params, agent.opt_state)
-
-    # Reference: the same minibatches (minibatch_epochs' shuffles), one optax optimiser per network.
-    minibatches = []
-    for epoch_key in jax.random.split(k[6], config.num_epochs):
-        perm = common.random_permutation(epoch_key, batch)
-        minibatches += [tuple(x[perm][i * 32:(i + 1) * 32] for x in data) for i in range(2)]
-    parts = {"actor": ppo.ppo_policy_loss, "critic": ppo.ppo_value_loss}
-    for name, part_loss in parts.items():
-        tower = agent.params["params"][name]
-        tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate, eps=1e-5))
-        state = tx.init(tower)
-        for mb in minibatches:
-            grads = jax.grad(lambda t: part_loss({"params": {name: t}}, network, mb, hp, config)[0])(tower)
-            updates, state = tx.update(grads, state)
-            tower = optax.apply_updates(tower, updates)
-        for a, b in zip(jax.tree_util.tree_leaves(params["params"][name]), jax.tree_util.tree_leaves(tower)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    assert int(opt_state.count) == 4 and set(metrics) >= {"loss", "policy_loss", "value_loss", "entropy"}
-
-    # Without clipping the two optimisers are one Adam: split and joint runs agree.
-    unclipped = config.replace(max_grad_norm=1e6, total_timesteps=256)
-    runs_ = [jax.jit(ppo.make_train(unclipped.replace(split_actor_critic=s)))(jax.random.key(2)) for s in (True, False)]
-    for a, b in zip(jax.tree_util.tree_leaves(runs_[0].agent), jax.tree_util.tree_leaves(runs_[1].agent)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-    # each optimiser reports its own pre-clip norm (the joint one reports one norm of both)
-    assert set(runs_[0].metrics) - set(runs_[1].metrics) == {"actor_grad_norm", "critic_grad_norm"}
-    assert set(runs_[1].metrics) - set(runs_[0].metrics) == {"grad_norm"}
-    joint_norm = np.hypot(np.asarray(runs_[0].metrics["actor_grad_norm"]), np.asarray(runs_[0].metrics["critic_grad_norm"]))
-    # mean_t ||(a_t, c_t)|| >= ||(mean a, mean c)|| (the triangle inequality), equality only if the steps align
-    np.testing.assert_array_less(joint_norm * (1 - 1e-4), np.asarray(runs_[1].metrics["grad_norm"]))
-    for name in set(runs_[1].metrics) & set(runs_[0].metrics):
-        np.testing.assert_allclose(np.asarray(runs_[0].metrics[name]), np.asarray(runs_[1].metrics[name]), rtol=1e-4, atol=1e-6)
-
-
 def test_unknown_algorithm():
     with pytest.raises(ValueError, match="Unknown algorithm"):
         algos.get("sac")
-
-
-def _exact_objective(network, mdp):
-    """J(params) for the network's policy on one-hot observations: exact, by a linear solve."""
-    obs = jnp.eye(mdp.num_states, dtype=jnp.float32)
-
-    def objective(params):
-        dist, _ = network.apply(params, obs)
-        return T.expected_return(mdp, jax.nn.softmax(dist.logits, axis=-1))
-
-    return objective
-
-
-@pytest.mark.parametrize("name", ["reinforce", "a2c", "ppo", "trpo"])
-def test_first_update_ascends_the_exact_gradient(name):
-    """On a tabular MDP, the first update's change of the policy parameters has a positive inner
-    product with the exact gradient of J (computed by autodiff through the exact solve)."""
-    env_kwargs = dict(num_states=5, num_actions=3, seed=1, max_steps_in_episode=60)
-    config_cls, make_train = algos.get(name)
-    extra = {"ppo": dict(num_minibatches=1, num_epochs=1), "trpo": dict(vf_minibatches=1)}.get(name, {})
-    config = config_cls(
-        env_id="tabular:random", env_kwargs=env_kwargs, discount=0.9, gae_lambda=1.0, num_envs=32, num_steps=60,
-        total_timesteps=32 * 60, learning_rate=1e-2, **extra,
-    )
-    env, env_params = make_env("tabular:random", **env_kwargs)
-    mdp = env_params.mdp.replace(discount=jnp.asarray(0.9, jnp.float32))
-    spec = algos.common.make_env(config)
-    network = algos.common.actor_critic(config, spec)
-    algorithm = {"reinforce": algos.reinforce, "a2c": algos.a2c, "ppo": algos.ppo, "trpo": algos.trpo}[name]
-    key = jax.random.key(0)
-    # Same init as train(key): train splits key into (init, reset, loop).
-    init_params = algorithm.make_algorithm(config, network).init(jax.random.split(key, 3)[0], spec, config.hyperparams()).params
-    output = jax.jit(make_train(config))(key)
-    grad = jax.grad(_exact_objective(network, mdp))(init_params)["params"]["actor"]
-    delta = jax.tree_util.tree_map(lambda a, b: a - b, output.agent.params["params"]["actor"], init_params["params"]["actor"])
-    inner = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(delta)))
-    assert float(inner) > 0, (name, float(inner))
 
 
 def test_reward_scale_scales_what_the_update_learns_from_not_the_reported_returns():
