@@ -73,6 +73,17 @@ def smoothed_returns(episode_return: np.ndarray) -> np.ndarray:
     return out
 
 
+def mean_and_interval(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN-aware mean over seeds (axis 0) of [seeds, ...] values and the half-width 1.96 s / sqrt(n) of a 95%
+    normal interval of that mean (0 for one seed; NaN where fewer than two seeds have a value)."""
+    values = np.asarray(values, dtype=float)
+    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+        mean = np.nanmean(values, axis=0)
+        count = np.sum(~np.isnan(values), axis=0)
+        sem = np.nanstd(values, axis=0, ddof=1) / np.sqrt(np.maximum(count, 1)) if values.shape[0] > 1 else 0 * mean
+    return mean, 1.96 * sem
+
+
 def plot_learning_curve(path: str, metrics: dict[str, Any], title: str) -> None:
     """Mean episode return over seeds against env steps, with a 95% normal interval of the mean."""
     import matplotlib
@@ -82,13 +93,10 @@ def plot_learning_curve(path: str, metrics: dict[str, Any], title: str) -> None:
 
     steps = np.asarray(metrics["env_steps"])[0]
     returns = smoothed_returns(np.asarray(metrics["episode_return"]))
-    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
-        mean = np.nanmean(returns, axis=0)
-        count = np.sum(~np.isnan(returns), axis=0)
-        sem = np.nanstd(returns, axis=0, ddof=1) / np.sqrt(np.maximum(count, 1)) if returns.shape[0] > 1 else 0 * mean
+    mean, half = mean_and_interval(returns)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(steps, mean, label=f"mean over {returns.shape[0]} seeds")
-    ax.fill_between(steps, mean - 1.96 * sem, mean + 1.96 * sem, alpha=0.3, label="95% interval")
+    ax.fill_between(steps, mean - half, mean + half, alpha=0.3, label="95% interval")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
     ax.set_title(title)
