@@ -16,6 +16,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -23,7 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 from jax import lax
-from tqdm.auto import tqdm
+from tqdm.std import TqdmWarning
+
+with warnings.catch_warnings():
+    # In Jupyter without ipywidgets tqdm.auto warns ("IProgress not found") and falls back to the text bar, which
+    # is all a headless kernel needs; with ipywidgets (Colab) it gives the widget bar.
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 from pgjax import envs, tables
 from pgjax.algos import common, get

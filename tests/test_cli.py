@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -76,3 +77,25 @@ def test_bad_flags_fail_clearly(capsys):
 def test_load_run_rejects_incomplete_dir(tmp_path):
     with pytest.raises(ValueError, match="params.msgpack is missing|config.json is missing"):
         runs.load_run(str(tmp_path))
+
+
+def test_progress_bar_import_is_quiet_in_jupyter_without_ipywidgets():
+    # tqdm.auto warns at import in a Jupyter kernel that lacks ipywidgets; pgjax imports it quietly.
+    code = """
+import sys, types, warnings
+import IPython
+sys.modules["ipykernel.zmqshell"] = types.ModuleType("ipykernel.zmqshell")  # what tqdm checks for a kernel
+sys.modules["ipywidgets"] = None  # absent, as on a bare Jupyter install
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import tqdm.autonotebook  # the unguarded import warns here
+unguarded = [str(w.message) for w in caught if "IProgress" in str(w.message)]
+sys.modules.pop("tqdm.autonotebook"); sys.modules.pop("tqdm.auto", None)  # import them afresh
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import pgjax.runs
+guarded = [str(w.message) for w in caught if "IProgress" in str(w.message)]
+print(len(unguarded), len(guarded))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "0"], out.stdout + out.stderr
