@@ -50,7 +50,9 @@ def test_unbiased_estimators_contain_the_exact_gradient(results, name):
 
 def test_truncated_estimator_is_measurably_biased_towards_the_truncated_objective(results, problem):
     _, stats = results["truncated"]
-    assert float(jnp.max(jnp.abs(stats.bias_z))) > 8.0
+    # Rejected as an estimator of grad J at the level the unbiased ones pass (their |z| < 4.5 bound). This
+    # MDP: max |z| 13.7; the MDPs of other keys (PGJAX_TEST_KEY_OFFSET 1-7): 5.4 to 19.4.
+    assert float(jnp.max(jnp.abs(stats.bias_z))) > 4.5
     # Its mean is the gradient of J_H = E[sum_{t<H} gamma^t r_t], computed exactly by autodiff.
     grad_jh = jax.grad(
         lambda th: T.finite_horizon_return(problem.mdp, T.softmax_policy(th, problem.features), TRUNCATION)

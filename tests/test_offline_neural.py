@@ -83,10 +83,11 @@ def fqe(problem):
 
 
 def test_problem_has_a_real_distribution_shift(problem):
-    # The exact ratio is far from 1 (w = 1 would be on-policy data) and normalised under d^D.
+    # The exact ratio is far from 1 (w = 1 would be on-policy data) and normalised under d^D. Here 1.59 and 5.45;
+    # over the MDPs of other keys (PGJAX_TEST_KEY_OFFSET 1-7) 0.88-1.78 and 3.3-7.7.
     assert np.isclose(np.sum(problem["data_occupancy"] * problem["ratio"]), 1.0, atol=1e-4)
-    assert weighted_rmse(problem, np.ones_like(problem["ratio"])) > 1.5
-    assert problem["ratio"].max() > 5.0
+    assert weighted_rmse(problem, np.ones_like(problem["ratio"])) > 0.75
+    assert problem["ratio"].max() > 3.0
 
 
 def test_dualdice_ratio_matches_exact_ratio(problem, dualdice):
@@ -298,9 +299,14 @@ def test_collect_env_time_limit_is_a_truncation_not_a_terminal(cartpole):
     validate_dataset(data)
     mask, terminals = np.asarray(data.mask), np.asarray(data.terminals)
     lengths = mask.sum(1)
-    truncated = lengths == 15
-    assert lengths.max() == 15 and truncated.sum() >= 3
-    assert not np.any(terminals[truncated]) and np.all(terminals[~truncated].sum(1) == 1)
+    last_next = np.asarray(data.next_observations)[np.arange(lengths.size), lengths - 1]
+    fell = (np.abs(last_next[:, 0]) > 2.4) | (np.abs(last_next[:, 2]) > THETA_LIMIT)
+    truncated = ~fell
+    assert lengths.max() == 15 and truncated.sum() >= 3 and np.all(lengths[truncated] == 15)
+    # One terminal exactly where the pole fell (also on the 15th step: termination wins over the time limit),
+    # none on a truncation.
+    np.testing.assert_array_equal(terminals.sum(1), fell.astype(int))
+    assert np.all(terminals[fell, lengths[fell] - 1])
     # The truncated episodes' last s' is the physics successor, not gymnax's reset observation.
     np.testing.assert_allclose(
         np.asarray(data.next_observations)[mask], physics_successors(env, params, data), rtol=1e-6, atol=1e-6
