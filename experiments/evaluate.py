@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 import jax
@@ -28,12 +30,14 @@ def main(argv=None) -> int:
     except ValueError as err:
         p.error(str(err))
     num_seeds = jax.tree_util.tree_leaves(params)[0].shape[0]
+    with open(os.path.join(args.run_dir, "config.json")) as f:  # a replay (train.py --seed-indices) saves its seeds'
+        labels = json.load(f).get("seed_indices", list(range(num_seeds)))
     print(f"{algo.upper()} on {config.env_id}, {num_seeds} seeds, {args.episodes} episodes each "
           f"({'stochastic' if args.stochastic else 'deterministic'} actions)")
     means = []
-    for seed in range(num_seeds):
-        seed_params = jax.tree_util.tree_map(lambda x: x[seed], params)
-        seed_stats = None if stats is None else jax.tree_util.tree_map(lambda x: x[seed], stats)
+    for row, seed in enumerate(labels):  # seed i of the sweep is evaluated with key(--seed + i), wherever it ran
+        seed_params = jax.tree_util.tree_map(lambda x: x[row], params)
+        seed_stats = None if stats is None else jax.tree_util.tree_map(lambda x: x[row], stats)
         returns = np.asarray(runs.evaluate(jax.random.key(args.seed + seed), config, seed_params, seed_stats,
                                            args.episodes, deterministic=not args.stochastic))
         means.append(np.nanmean(returns))

@@ -68,12 +68,17 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
     p.add_argument("--env", dest="env_id", default=None, help="environment id (config field env_id)")
     p.add_argument("--num-seeds", type=int, default=8, help="seeds trained at once with jax.vmap")
     p.add_argument("--seed", type=int, default=0, help="base seed; seed i uses jax.random.fold_in(key(seed), i)")
+    p.add_argument("--seed-indices", type=int, nargs="+", default=None, metavar="I",
+                   help="rerun only these seeds of a sweep run with the same flags (--num-seeds: the sweep's "
+                        "count): they run as lanes of the sweep's per-device program (pgjax.runs.replay_seeds), "
+                        "so their rows reproduce the sweep's bit for bit on the same machine")
     p.add_argument("--out", default=None, help="run directory (default runs/<algo>-<env>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--cpu-devices", default="auto",
                    help="CPU devices to split the seeds over: 'auto' (one per core), or a count (1: one device). "
-                        "Results agree to float32 rounding (bit for bit with the same count); more devices run "
-                        "independent seeds in parallel. No effect on GPU.")
+                        "Results are bit for bit the same for any count that leaves each device >= 4 seeds (fewer: "
+                        "the same to float32 rounding); more devices run independent seeds in parallel. "
+                        "No effect on GPU.")
     group = p.add_argument_group(f"{config_cls.__name__} fields")
     for field in dataclasses.fields(config_cls):
         if field.name == "env_id":
@@ -99,6 +104,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.num_seeds < 1:
         parser.error(f"--num-seeds must be >= 1; got {args.num_seeds}")
+    if args.seed_indices is not None:
+        if min(args.seed_indices) < 0 or max(args.seed_indices) >= args.num_seeds or \
+                len(set(args.seed_indices)) != len(args.seed_indices):
+            parser.error(f"--seed-indices must be distinct ints in [0, --num-seeds={args.num_seeds}) (pass the "
+                         f"sweep's --num-seeds); got {args.seed_indices}")
     if args.cpu_devices != "auto" and not (args.cpu_devices.isdigit() and int(args.cpu_devices) >= 1):
         parser.error(f"--cpu-devices must be 'auto' or a positive int; got {args.cpu_devices!r}")
     config_cls, _ = algos.get(args.algo)
@@ -114,22 +124,15 @@ def parse_args(argv=None):
     return args, config
 
 
-def main(argv=None) -> int:
-    args, config = parse_args(argv)
-    setup_cpu_devices(args.cpu_devices)
-    _, make_train = algos.get(args.algo)
-    out = args.out or os.path.join("runs", f"{args.algo}-{config.env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
-          f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
-    progress = runs.Progress(config.num_updates, config.batch_size, show=not args.no_progress)
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed), i))(np.arange(args.num_seeds))
+def run_sweep(args, config, train, progress, keys):
+    """All seeds in one compiled call, split over the CPU devices; prints compile and run times."""
     if getattr(config, "split_actor_critic", False) and len(parallel.devices_for(args.num_seeds)) < 2 <= len(jax.devices()):
         # The seeds cannot be split over the devices (one seed, or a count no device count divides): split each
         # update instead, the actor's minibatch epochs on one device and the critic's on another.
-        train = parallel.actor_critic_sharded(jax.vmap(make_train(config, progress=progress)))
+        train = parallel.actor_critic_sharded(jax.vmap(train))
         num_devices = 2
     else:
-        train = parallel.vmap_sharded(make_train(config, progress=progress))  # seeds split over the devices
+        train = parallel.vmap_sharded(train)  # seeds split over the devices
         keys = train.place(keys)[0]
         num_devices = len(keys.sharding.device_set)
     t0 = time.perf_counter()
@@ -142,12 +145,37 @@ def main(argv=None) -> int:
     total_steps = args.num_seeds * config.num_updates * config.batch_size
     print(f"compile {compile_s:.1f} s, run {run_s:.1f} s, {total_steps / run_s:,.0f} env steps/s "
           f"({num_devices} {jax.default_backend()} device{'s' if num_devices > 1 else ''})")
+    return output
+
+
+def main(argv=None) -> int:
+    args, config = parse_args(argv)
+    setup_cpu_devices(args.cpu_devices)
+    _, make_train = algos.get(args.algo)
+    out = args.out or os.path.join("runs", f"{args.algo}-{config.env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.seed_indices is None:
+        print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
+              f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
+    progress = runs.Progress(config.num_updates, config.batch_size, show=not args.no_progress)
+    seed_indices = args.seed_indices or list(range(args.num_seeds))
+    keys = runs.seed_keys(args.seed, seed_indices)
+    if args.seed_indices is not None:
+        # A replay: the chosen seeds as lanes of the sweep's per-device program, so they match their rows of it.
+        per_device = args.num_seeds // len(parallel.devices_for(args.num_seeds))
+        print(f"{args.algo.upper()} on {config.env_id}: replaying seeds {seed_indices} of {args.num_seeds} as "
+              f"lanes of a {per_device}-seed program (the sweep's seeds per device)")
+        t0 = time.perf_counter()
+        output = jax.block_until_ready(runs.replay_seeds(make_train(config, progress=progress), keys, per_device))
+        progress.close()
+        print(f"compile and run {time.perf_counter() - t0:.1f} s")
+    else:
+        output = run_sweep(args, config, make_train(config, progress=progress), progress, keys)
     final = runs.final_returns(output.metrics)
     if np.isnan(final).any():
         print(f"warning: {int(np.isnan(final).sum())} seed(s) finished no episode in the last 10% of updates")
     print(f"final mean episode return (last 10% of updates) per seed: {np.round(final, 1).tolist()}")
     print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}")
-    runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time)
+    runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices)
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
     return 0
 

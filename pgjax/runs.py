@@ -32,23 +32,26 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", TqdmWarning)
     from tqdm.auto import tqdm
 
-from pgjax import envs, tables
+from pgjax import envs, parallel, tables
 from pgjax.algos import common, get
 
 FIRST_COLUMNS = ("seed", "update", "env_steps", "episode_return")
 
 
-def metrics_rows(metrics: dict[str, Any], wall_time: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """Flatten metrics of shape [seeds, updates] into CSV rows (`wall_time` [updates] seconds, optional)."""
+def metrics_rows(metrics: dict[str, Any], wall_time: np.ndarray | None = None,
+                 seed_indices: Any = None) -> list[dict[str, Any]]:
+    """Flatten metrics of shape [seeds, updates] into CSV rows (`wall_time` [updates] seconds, optional;
+    `seed_indices` [seeds] the `seed` column, default 0..seeds-1)."""
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
     num_seeds, num_updates = arrays["env_steps"].shape
+    seed_indices = range(num_seeds) if seed_indices is None else [int(i) for i in seed_indices]
     columns = list(FIRST_COLUMNS[2:]) + sorted(k for k in arrays if k not in FIRST_COLUMNS)
     rows = []
-    for seed in range(num_seeds):
+    for row_idx, seed in enumerate(seed_indices):
         for update in range(num_updates):
             row = {"seed": seed, "update": update}
             for k in columns:
-                value = arrays[k][seed, update].item()
+                value = arrays[k][row_idx, update].item()
                 row[k] = "" if isinstance(value, float) and math.isnan(value) else value
             row["wall_time"] = "" if wall_time is None or np.isnan(wall_time[update]) else round(float(wall_time[update]), 4)
             rows.append(row)
@@ -143,8 +146,9 @@ def observation_statistics(env_state: Any) -> Any:
 
 
 def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: common.TrainOutput, seed: int,
-             wall_time: np.ndarray | None = None) -> None:
-    """Write config.json, metrics.csv, learning_curve.png and params.msgpack for a vmapped-seeds run."""
+             wall_time: np.ndarray | None = None, seed_indices: Any = None) -> None:
+    """Write config.json, metrics.csv, learning_curve.png and params.msgpack for a vmapped-seeds run
+    (`seed_indices`: which seeds of the base `seed` the rows are, default 0..seeds-1)."""
     os.makedirs(out_dir, exist_ok=True)
     num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0])
     devices = output.metrics["env_steps"].sharding.device_set if isinstance(output.metrics["env_steps"], jax.Array) else ()
@@ -152,7 +156,8 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
         "algo": algo,
         "num_seeds": num_seeds,
         "seed": seed,
-        # Bit-for-bit reproduction needs the same device count (other counts agree to float32 rounding).
+        "seed_indices": list(range(num_seeds)) if seed_indices is None else [int(i) for i in seed_indices],
+        # Bit-for-bit reproduction needs the same seeds per device (other layouts agree to float32 rounding).
         "devices": sorted(str(d) for d in devices),
         "scan_unroll": config.scan_unroll,  # the unroll factor in use (config "unroll": 0 picks it per backend)
         "config": config.to_dict(),
@@ -160,7 +165,7 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
     }
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(meta, f, indent=2, default=str)
-    write_metrics_csv(os.path.join(out_dir, "metrics.csv"), metrics_rows(output.metrics, wall_time))
+    write_metrics_csv(os.path.join(out_dir, "metrics.csv"), metrics_rows(output.metrics, wall_time, seed_indices))
     plot_learning_curve(
         os.path.join(out_dir, "learning_curve.png"), output.metrics, f"{algo.upper()} on {config.env_id}"
     )
@@ -292,6 +297,46 @@ class Progress:
         if seen.any() and not seen.all():
             idx = np.arange(self.wall_time.size)
             self.wall_time = np.interp(idx, idx[seen], self.wall_time[seen])
+
+
+def seed_keys(seed: int, indices: Any) -> jax.Array:
+    """Keys [n] of seeds `indices` [n] of a sweep with base `seed`: fold_in(key(seed), i), as experiments/train.py
+    draws them. Seed i's key does not depend on how many seeds the sweep had."""
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer) or np.any(indices < 0):
+        raise ValueError(f"seed indices must be a non-empty list of non-negative ints; got {indices.tolist()!r}")
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.asarray(indices, jnp.uint32))
+
+
+def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any] | None = None) -> Any:
+    """Rerun some seeds of a vmapped sweep so that they reproduce the sweep's rows bit for bit.
+
+    keys: [n] keys of the seeds (e.g. `seed_keys(seed, [5, 17])`); batch: how many seeds each device ran in the
+    sweep (its seeds / its devices); hparams: optional dict of [n] per-seed hyperparameters (a grid's rows).
+    Returns train's output with a leading [n] axis.
+
+    Why not `jax.jit(train)(key)`: XLA compiles a batch of seeds differently from one run (XLA:CPU emits small dots
+    its own way and hands larger ones to a library kernel; the switch depends on the batch size and the shapes), so
+    they round float32 differently and over hundreds of updates drift apart chaotically. Measured on XLA:CPU:
+    PPO on CartPole with 128-step rollouts gives every batch of >= 4 seeds the same bits, with 64-step rollouts
+    only batches of >= 8. What always holds: in one program a seed's lane depends on its own inputs only. So the
+    seeds run here as lanes of the sweep's per-device program (`batch` lanes on one device, spare lanes copies
+    of the first seed, in chunks of `batch` when n > batch), which is the same computation.
+    """
+    keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+    if keys.ndim != 1:
+        raise ValueError(f"replay_seeds: keys must be a 1-D batch of keys [n]; got shape {keys.shape}")
+    if int(batch) < 1:
+        raise ValueError(f"replay_seeds: batch (the sweep's seeds per device) must be >= 1; got {batch}")
+    n, batch = keys.shape[0], int(batch)
+    program = parallel.vmap_sharded(train, devices=jax.devices()[:1])  # the sweep's per-device program
+    chunks = []
+    for start in range(0, n, batch):
+        lanes = np.arange(start, min(start + batch, n))
+        lanes = np.concatenate([lanes, np.full(batch - lanes.size, lanes[0])])
+        args = [keys[lanes]] + ([] if hparams is None else [{k: jnp.asarray(v)[lanes] for k, v in hparams.items()}])
+        chunks.append(program(*args))
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs)[:n], *chunks)
 
 
 def final_returns(metrics: dict[str, Any], fraction: float = 0.1) -> np.ndarray:

@@ -99,3 +99,33 @@ print(len(unguarded), len(guarded))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "0"], out.stdout + out.stderr
+
+
+def test_replayed_seed_reproduces_its_row_of_the_sweep(tmp_path):
+    # A seed run alone compiles differently and drifts from its row of a sweep (here from the first update);
+    # replayed as a lane of the sweep's program (train.py --seed-indices, runs.replay_seeds) it reproduces the row.
+    common = ["--algo", "ppo", "--env", "CartPole-v1", "--total-timesteps", "8192", "--num-steps", "64",
+              "--no-progress", "--seed", "3"]
+    sweep, replay = str(tmp_path / "sweep"), str(tmp_path / "replay")
+    assert train_cli.main(common + ["--num-seeds", "4", "--out", sweep]) == 0
+    assert train_cli.main(common + ["--num-seeds", "4", "--seed-indices", "2", "--out", replay]) == 0
+
+    def rows(run, seed):
+        table = runs.read_metrics_csv(os.path.join(run, "metrics.csv"))
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in table if r["seed"] == seed]
+
+    assert len(rows(sweep, "2")) == 32 and rows(replay, "2") == rows(sweep, "2")
+    (_, _, sweep_params, _), (_, _, replay_params, _) = runs.load_run(sweep), runs.load_run(replay)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[2], b[0]), sweep_params, replay_params)
+    with open(os.path.join(replay, "config.json")) as f:
+        assert json.load(f)["seed_indices"] == [2]
+
+
+def test_seed_keys_and_replay_validate_their_arguments():
+    with pytest.raises(ValueError, match="seed indices"):
+        runs.seed_keys(0, [1, -2])
+    with pytest.raises(ValueError, match="batch"):
+        runs.replay_seeds(lambda key: key, runs.seed_keys(0, [1]), batch=0)
+    for indices in (["1", "1"], ["8"]):  # repeated; beyond the sweep's --num-seeds 8
+        with pytest.raises(SystemExit):
+            train_cli.parse_args(["--algo", "ppo", "--seed-indices", *indices])
