@@ -228,8 +228,10 @@ def _first_steps(data, horizon):
 
 @pytest.mark.parametrize("method", ["is", "pdis"])
 def test_importance_sampling_is_unbiased(problem, big_dataset, method):
-    data = _first_steps(big_dataset, 8)
-    exact = float(tab.finite_horizon_return(problem["mdp"], problem["pi"], 8))
+    # 4 steps: products of 8 ratios were heavy-tailed enough that the sample standard deviation misled the z-test
+    # (|z| up to 4.5 for IS over the 8 problems of PGJAX_TEST_KEY_OFFSET 0-7; at 4 steps at most 1.8).
+    data = _first_steps(big_dataset, 4)
+    exact = float(tab.finite_horizon_return(problem["mdp"], problem["pi"], 4))
     x = _per_episode(data, problem["pi"], method)
     np.testing.assert_allclose(x.mean(), off.policy_value(data, problem["pi"], GAMMA, method), rtol=1e-10)
     z = (x.mean() - exact) / (x.std(ddof=1) / np.sqrt(len(x)))
@@ -237,7 +239,11 @@ def test_importance_sampling_is_unbiased(problem, big_dataset, method):
 
 
 def test_weighted_importance_sampling_is_biased_with_lower_variance(problem, big_dataset):
-    """Over 1000 datasets of 4 episodes: WIS has a clearly smaller spread than IS and a clear bias."""
+    """Over 1000 datasets of 4 episodes: WIS has a clearly smaller spread than IS and, in this problem, a clear bias.
+
+    The spread holds for every problem tried (WIS/IS standard deviation 0.02-0.08 over PGJAX_TEST_KEY_OFFSET 0-7);
+    the bias's size is the problem's (|z| 12-30 in six of those eight, 2.6 and 3.6 in the other two), so under
+    the audit's offsets 4 and 6 the bias assertion fails by design."""
     pi = problem["pi"]
     groups = jax.tree.map(lambda x: x.reshape(1000, 4, *x.shape[1:]), _first_steps(big_dataset, 8))
     est = {m: np.asarray(jax.vmap(lambda d: off.tabular_importance_value(d, pi, GAMMA, m))(groups)) for m in ("is", "wis", "pdis", "wpdis")}
@@ -296,10 +302,12 @@ def test_dualdice_gradient_is_the_gradient_of_the_empirical_model(problem, big_d
 
 def test_importance_gradient_is_unbiased_for_the_horizon_gradient(problem, big_dataset):
     theta, features = problem["theta_pi"], problem["features"]
-    exact = jax.grad(lambda th: tab.finite_horizon_return(problem["mdp"], tab.softmax_policy(th, features), 8))(theta)
+    # 4 steps, as in test_importance_sampling_is_unbiased: at 8 the weights' heavy tail gave |z| = 7.4 for one of
+    # the audit's problems (PGJAX_TEST_KEY_OFFSET=6).
+    exact = jax.grad(lambda th: tab.finite_horizon_return(problem["mdp"], tab.softmax_policy(th, features), 4))(theta)
     for method in ("is", "pdis"):
         per = jax.vmap(lambda d: off.importance_policy_gradient(d, theta, features, GAMMA, method))(
-            jax.tree.map(lambda x: x[:, None], _first_steps(big_dataset, 8))
+            jax.tree.map(lambda x: x[:, None], _first_steps(big_dataset, 4))
         )
         z = (per.mean(0) - exact) / (per.std(0, ddof=1) / np.sqrt(per.shape[0]))
         assert np.max(np.abs(z)) < 4.5, (method, np.max(np.abs(z)))

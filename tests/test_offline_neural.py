@@ -513,9 +513,16 @@ def test_on_policy_gradient_from_episodes_matches_the_exact_gradient(x64):
 
         return jax.lax.map(one, chunks)
 
-    chunks = jax.tree_util.tree_map(lambda x: x.reshape(10, -1, *x.shape[1:]), episodes)
+    # 40 chunks of 500 episodes: standard errors from 40 estimates (with 10, a t-distribution with 9 degrees of
+    # freedom made a 4-SE bound fail for one of 8 random problems, PGJAX_TEST_KEY_OFFSET 0-7).
+    chunks = jax.tree_util.tree_map(lambda x: x.reshape(40, -1, *x.shape[1:]), episodes)
+    total_se = []
     for per_chunk in estimates(theta, chunks):
         per_chunk = np.asarray(per_chunk)
         mean, se = per_chunk.mean(0), per_chunk.std(0, ddof=1) / np.sqrt(len(per_chunk))
         assert np.all(np.abs(mean - exact) < 4 * se + 1e-3 * np.abs(exact).max())
-        assert np.linalg.norm(mean - exact) < 0.15 * np.linalg.norm(exact)
+        # The whole vector: |mean - exact| against its standard error sqrt(sum se^2) (0.3-1.5 over 8 problems).
+        total_se.append(np.sqrt(np.sum(se**2)))
+        assert np.linalg.norm(mean - exact) < 3 * total_se[-1]
+    # Precise enough to see a 10% error, and the baseline cuts the error (8 problems: 0.7-2.0% vs 5-17% of |grad J|).
+    assert total_se[1] < 0.03 * np.linalg.norm(exact) and total_se[1] < 0.5 * total_se[0]
