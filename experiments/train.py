@@ -177,6 +177,15 @@ def main(argv=None) -> int:
     print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}")
     runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices)
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
+    diverged = runs.non_finite_seeds(output, seed_indices)
+    if diverged:
+        print(f"error: {len(diverged)} of {len(seed_indices)} seeds diverged (NaN or inf); their returns after that "
+              "update are meaningless (the files above are kept for inspection):", file=sys.stderr)
+        for line in diverged:
+            print(f"  {line}", file=sys.stderr)
+        print("fix: a smaller --learning-rate or --max-grad-norm, or --reward-scale below 1 for large rewards",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -315,9 +315,9 @@ def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any
     sweep (its seeds / its devices); hparams: optional dict of [n] per-seed hyperparameters (a grid's rows).
     Returns train's output with a leading [n] axis.
 
-    Why not `jax.jit(train)(key)`: XLA compiles a batch of seeds differently from one run (XLA:CPU emits small dots
-    its own way and hands larger ones to a library kernel; the switch depends on the batch size and the shapes), so
-    they round float32 differently and over hundreds of updates drift apart chaotically. Measured on XLA:CPU:
+    Why not `jax.jit(train)(key)`: XLA compiles a batch of seeds differently from one run (on a CPU, most likely its
+    choice between its own code for small dots and a library kernel for larger ones; not verified), so they round
+    float32 differently and over hundreds of updates drift apart chaotically. Measured on XLA:CPU:
     PPO on CartPole with 128-step rollouts gives every batch of >= 4 seeds the same bits, with 64-step rollouts
     only batches of >= 8. What always holds: in one program a seed's lane depends on its own inputs only. So the
     seeds run here as lanes of the sweep's per-device program (`batch` lanes on one device, spare lanes copies
@@ -337,6 +337,30 @@ def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any
         args = [keys[lanes]] + ([] if hparams is None else [{k: jnp.asarray(v)[lanes] for k, v in hparams.items()}])
         chunks.append(program(*args))
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs)[:n], *chunks)
+
+
+# Metrics that are NaN by definition at times: no episode finished in the update, or constant value targets.
+MAY_BE_NAN = ("episode_return", "episode_length", "explained_variance")
+
+
+def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> list[str]:
+    """One line per seed of a vmapped run ([seeds, ...] leaves) that went non-finite: the first update at which a
+    metric other than `MAY_BE_NAN` (a loss, a gradient norm, a KL) was NaN or infinite, and whether the final
+    parameters are (`seed_indices` labels the rows, default 0..seeds-1). Empty when every seed stayed finite."""
+    metrics = {k: np.asarray(v) for k, v in output.metrics.items() if k not in MAY_BE_NAN}
+    params = [np.asarray(x).reshape(np.shape(x)[0], -1) for x in jax.tree_util.tree_leaves(output.agent.params)]
+    finite_params = np.all(np.stack([np.isfinite(x).all(axis=1) for x in params]), axis=0)
+    labels = range(finite_params.size) if seed_indices is None else [int(i) for i in seed_indices]
+    lines = []
+    for row, seed in enumerate(labels):
+        bad = {k: np.flatnonzero(~np.isfinite(v[row])) for k, v in metrics.items()}
+        bad = {k: int(idx[0]) for k, idx in bad.items() if idx.size}
+        if bad or not finite_params[row]:
+            first = min(bad.values()) if bad else None
+            names = sorted(k for k, u in bad.items() if u == first)
+            where = f"{', '.join(names)} non-finite from update {first}" if bad else "metrics finite"
+            lines.append(f"seed {seed}: {where}; final parameters {'finite' if finite_params[row] else 'NOT finite'}")
+    return lines
 
 
 def final_returns(metrics: dict[str, Any], fraction: float = 0.1) -> np.ndarray:
