@@ -174,7 +174,8 @@ def main(argv=None) -> int:
     if np.isnan(final).any():
         print(f"warning: {int(np.isnan(final).sum())} seed(s) finished no episode in the last 10% of updates")
     print(f"final mean episode return (last 10% of updates) per seed: {np.round(final, 1).tolist()}")
-    print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}")
+    if not np.isnan(final).all():
+        print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}")
     runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices)
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
     diverged = runs.non_finite_seeds(output, seed_indices)

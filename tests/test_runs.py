@@ -1,0 +1,75 @@
+"""pgjax.runs utilities around training runs: progress bars, seed keys and replays, divergence reports."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+
+import train as train_cli  # noqa: E402
+
+from pgjax import algos, runs  # noqa: E402
+
+
+def test_progress_bar_import_is_quiet_in_jupyter_without_ipywidgets():
+    # tqdm.auto warns at import in a Jupyter kernel that lacks ipywidgets; pgjax imports it quietly.
+    code = """
+import sys, types, warnings
+import IPython
+sys.modules["ipykernel.zmqshell"] = types.ModuleType("ipykernel.zmqshell")  # what tqdm checks for a kernel
+sys.modules["ipywidgets"] = None  # absent, as on a bare Jupyter install
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import tqdm.autonotebook  # the unguarded import warns here
+unguarded = [str(w.message) for w in caught if "IProgress" in str(w.message)]
+sys.modules.pop("tqdm.autonotebook"); sys.modules.pop("tqdm.auto", None)  # import them afresh
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import pgjax.runs
+guarded = [str(w.message) for w in caught if "IProgress" in str(w.message)]
+print(len(unguarded), len(guarded))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "0"], out.stdout + out.stderr
+
+
+def test_seed_keys_and_replay_validate_their_arguments():
+    with pytest.raises(ValueError, match="seed indices"):
+        runs.seed_keys(0, [1, -2])
+    with pytest.raises(ValueError, match="batch"):
+        runs.replay_seeds(lambda key: key, runs.seed_keys(0, [1]), batch=0)
+    for indices in (["1", "1"], ["8"]):  # repeated; beyond the sweep's --num-seeds 8
+        with pytest.raises(SystemExit):
+            train_cli.parse_args(["--algo", "ppo", "--seed-indices", *indices])
+
+
+def test_non_finite_seeds_names_the_first_bad_update():
+    from types import SimpleNamespace
+
+    metrics = {
+        "env_steps": np.ones((3, 5)),
+        "episode_return": np.full((3, 5), np.nan),  # no episode finished: NaN by definition, not a divergence
+        "explained_variance": np.full((3, 5), np.nan),
+        "loss": np.array([[1.0] * 5, [1.0, 1.0, np.inf, np.nan, np.nan], [1.0] * 5]),
+        "kl": np.array([[0.0] * 5, [0.0, 0.0, 0.0, np.nan, np.nan], [0.0] * 5]),
+    }
+    params = {"w": np.array([[1.0, 2.0], [np.nan, 2.0], [1.0, np.inf]])}
+    output = algos.common.TrainOutput(SimpleNamespace(params=params), None, metrics)
+    assert runs.non_finite_seeds(output, seed_indices=[4, 5, 6]) == [
+        "seed 5: loss non-finite from update 2; final parameters NOT finite",
+        "seed 6: metrics finite; final parameters NOT finite",
+    ]
+    finite_metrics = {**metrics, "loss": np.ones((3, 5)), "kl": np.zeros((3, 5))}
+    finite = algos.common.TrainOutput(SimpleNamespace(params={"w": np.ones((3, 2))}), None, finite_metrics)
+    assert runs.non_finite_seeds(finite) == []
+
+
+def test_diverged_training_exits_with_an_error(tmp_path, capsys):
+    argv = ["--algo", "a2c", "--env", "Pendulum-v1", "--total-timesteps", "2048", "--num-seeds", "2", "--no-progress",
+            "--learning-rate", "10", "--max-grad-norm", "1e9", "--reward-scale", "1e6", "--out", str(tmp_path / "run")]
+    assert train_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "diverged (NaN or inf)" in err and "non-finite from update" in err and "fix:" in err
