@@ -128,7 +128,7 @@ fi
 if want tests; then
 echo "== the test suite on the GPU (notebooks left out: no Jupyter kernel there); one line per test"
 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=/tmp/pgjax-site${PYTHONPATH:+:$PYTHONPATH} timeout "${TEST_LIMIT:-240}" \
-    "$PYTHON" -m pytest -v -n 8 --dist loadfile --ignore=tests/test_notebooks.py -p no:cacheprovider --tb=short \
+    "$PYTHON" -m pytest -v -n 8 --dist loadfile --ignore=tests/test_notebooks.py --ignore=tests/test_notebooks_2.py -p no:cacheprovider --tb=short \
     > "$OUT/pytest_gpu.log" 2>&1
 grep -E "(FAILED|ERROR|passed|failed)" "$OUT/pytest_gpu.log" | tail -20
 fi

@@ -11,6 +11,15 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+    """Jupyter set up for executing notebooks/ in quick mode with this interpreter (tests/notebook_runner.py)."""
+    from notebook_runner import kernel_environment
+
+    with kernel_environment(tmp_path_factory.mktemp("jupyter")):
+        yield
+
+
+@pytest.fixture(scope="module")
 def x64():
     """Run a module's tests in float64 (request it with `pytestmark = pytest.mark.usefixtures("x64")`)."""
     with jax.enable_x64(True):

@@ -1,0 +1,13 @@
+"""The other half of the notebooks (odd positions in notebooks/), executed headlessly in quick mode: a file of its
+own so that the two test workers (one file each at a time) run notebooks side by side."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+from notebook_runner import NOTEBOOKS, execute
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[1::2], ids=[p.name for p in NOTEBOOKS[1::2]])
+def test_notebook_executes(path, kernel_env):
+    execute(nbformat.read(path, as_version=4))
