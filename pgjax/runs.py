@@ -38,13 +38,18 @@ from pgjax.algos import common, get
 FIRST_COLUMNS = ("seed", "update", "env_steps", "episode_return")
 
 
+def _seed_labels(num_seeds: int, seed_indices: Any) -> list[int]:
+    """Which seeds of the base seed a run's rows are: `seed_indices` (a replay's), else 0..num_seeds-1."""
+    return list(range(num_seeds)) if seed_indices is None else [int(i) for i in seed_indices]
+
+
 def metrics_rows(metrics: dict[str, Any], wall_time: np.ndarray | None = None,
                  seed_indices: Any = None) -> list[dict[str, Any]]:
     """Flatten metrics of shape [seeds, updates] into CSV rows (`wall_time` [updates] seconds, optional;
     `seed_indices` [seeds] the `seed` column, default 0..seeds-1)."""
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
     num_seeds, num_updates = arrays["env_steps"].shape
-    seed_indices = range(num_seeds) if seed_indices is None else [int(i) for i in seed_indices]
+    seed_indices = _seed_labels(num_seeds, seed_indices)
     columns = list(FIRST_COLUMNS[2:]) + sorted(k for k in arrays if k not in FIRST_COLUMNS)
     rows = []
     for row_idx, seed in enumerate(seed_indices):
@@ -156,7 +161,7 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
         "algo": algo,
         "num_seeds": num_seeds,
         "seed": seed,
-        "seed_indices": list(range(num_seeds)) if seed_indices is None else [int(i) for i in seed_indices],
+        "seed_indices": _seed_labels(num_seeds, seed_indices),
         # Bit-for-bit reproduction needs the same seeds per device (other layouts agree to float32 rounding).
         "devices": sorted(str(d) for d in devices),
         "scan_unroll": config.scan_unroll,  # the unroll factor in use (config "unroll": 0 picks it per backend)
@@ -350,7 +355,7 @@ def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> li
     metrics = {k: np.asarray(v) for k, v in output.metrics.items() if k not in MAY_BE_NAN}
     params = [np.asarray(x).reshape(np.shape(x)[0], -1) for x in jax.tree_util.tree_leaves(output.agent.params)]
     finite_params = np.all(np.stack([np.isfinite(x).all(axis=1) for x in params]), axis=0)
-    labels = range(finite_params.size) if seed_indices is None else [int(i) for i in seed_indices]
+    labels = _seed_labels(finite_params.size, seed_indices)
     lines = []
     for row, seed in enumerate(labels):
         bad = {k: np.flatnonzero(~np.isfinite(v[row])) for k, v in metrics.items()}
