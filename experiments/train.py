@@ -76,8 +76,8 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--cpu-devices", default="auto",
                    help="CPU devices to split the seeds over: 'auto' (one per core), or a count (1: one device). "
-                        "Results are bit for bit the same for any count that leaves each device >= 4 seeds (fewer: "
-                        "the same to float32 rounding); more devices run independent seeds in parallel. "
+                        "Results are bit for bit the same for any count that leaves each device as many seeds "
+                        "(otherwise the same to float32 rounding); more devices run independent seeds in parallel. "
                         "No effect on GPU.")
     group = p.add_argument_group(f"{config_cls.__name__} fields")
     for field in dataclasses.fields(config_cls):
@@ -153,9 +153,6 @@ def main(argv=None) -> int:
     setup_cpu_devices(args.cpu_devices)
     _, make_train = algos.get(args.algo)
     out = args.out or os.path.join("runs", f"{args.algo}-{config.env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if args.seed_indices is None:
-        print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
-              f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
     progress = runs.Progress(config.num_updates, config.batch_size, show=not args.no_progress)
     seed_indices = args.seed_indices or list(range(args.num_seeds))
     keys = runs.seed_keys(args.seed, seed_indices)
@@ -169,6 +166,8 @@ def main(argv=None) -> int:
         progress.close()
         print(f"compile and run {time.perf_counter() - t0:.1f} s")
     else:
+        print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
+              f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
         output = run_sweep(args, config, make_train(config, progress=progress), progress, keys)
     final = runs.final_returns(output.metrics)
     if np.isnan(final).any():
