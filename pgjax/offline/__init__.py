@@ -75,3 +75,4 @@ from pgjax.offline.neural import (
     one_hot_observations,
     tabular_probs_fn,
 )
+from pgjax.offline.doubly_robust import doubly_robust_value, neural_doubly_robust_value
