@@ -1,4 +1,4 @@
-"""The doubly robust value estimate against the empirical model of a tabular dataset with terminal states.
+"""The doubly robust value estimate against the empirical model of a tabular dataset with terminal transitions.
 
 On tabular data the empirical MDP (`solve_empirical`) has value J_hat, Q-function Q_hat and occupancy
 d_hat, and DualDICE's exact solution is w* = d_hat / d^D. Then, exactly (float64):
@@ -20,27 +20,26 @@ from pgjax.offline import dualdice_tabular, empirical_model, solve_empirical
 
 pytestmark = pytest.mark.usefixtures("x64")
 
-S, A, GAMMA, EPISODES, HORIZON = 5, 2, 0.9, 80, 12
-ABSORBING = 0  # entering state 0 ends an episode: a terminal transition
+S, A, GAMMA, EPISODES, HORIZON = 5, 2, 0.9, 150, 12
+END_PROBABILITY = 0.08  # per step: about 63% of the episodes terminate within the horizon, the rest are cut
 
 
-def _with_terminals(data):
-    """Episodes end (terminal) on their first transition into ABSORBING; steps after it become padding."""
-    hits = np.asarray(data.next_observations) == ABSORBING
-    first = np.where(hits.any(1), hits.argmax(1), HORIZON)  # HORIZON: never absorbed, cut by the time limit
+def _with_terminals(data, key):
+    """Each episode ends (a terminal transition) at its first step where a coin with END_PROBABILITY comes up;
+    steps after it become padding. The identities hold for any terminal pattern: the empirical model counts it."""
+    ends = np.asarray(jax.random.bernoulli(key, END_PROBABILITY, (EPISODES, HORIZON)))
+    first = np.where(ends.any(1), ends.argmax(1), HORIZON)  # HORIZON: never ended, cut by the time limit
     steps = np.arange(HORIZON)[None]
-    terminals = steps == first[:, None]
-    mask = steps <= first[:, None]
-    return data._replace(terminals=jnp.asarray(terminals), mask=jnp.asarray(mask))
+    return data._replace(terminals=jnp.asarray(steps == first[:, None]), mask=jnp.asarray(steps <= first[:, None]))
 
 
 @pytest.fixture(scope="module")
 def problem(x64):
     mdp = T.random_mdp(jax.random.key(0), S, A, discount=GAMMA)
-    k_mu, k_pi, k_data, k_w, k_q = jax.random.split(jax.random.key(1), 5)
-    behaviour = jax.nn.softmax(jax.random.normal(k_mu, (S, A)), -1)
+    k_mu, k_pi, k_data, k_end, k_w, k_q = jax.random.split(jax.random.key(1), 6)
+    behaviour = 0.2 + 0.6 * jax.nn.softmax(jax.random.normal(k_mu, (S, A)), -1)  # every action at least 0.2
     target = jax.nn.softmax(2.0 * jax.random.normal(k_pi, (S, A)), -1)
-    data = _with_terminals(D.collect(k_data, mdp, behaviour, EPISODES, HORIZON))
+    data = _with_terminals(D.collect(k_data, mdp, behaviour, EPISODES, HORIZON), k_end)
     D.validate_tabular_dataset(data, S, A)
     model = empirical_model(data, S, A)
     solution = solve_empirical(model, target, GAMMA)
@@ -68,7 +67,7 @@ def _dr(problem, w, q):
 def test_the_problem_has_terminals_truncations_and_padding(problem):
     data = problem["data"]
     terminal_episodes = int(np.asarray(data.terminals).any(1).sum())
-    assert 10 < terminal_episodes < EPISODES  # both kinds of episode end
+    assert 0.4 * EPISODES < terminal_episodes < 0.85 * EPISODES  # both kinds of episode end
     assert not np.asarray(data.mask).all()
     assert np.all(np.asarray(problem["model"].counts) > 0)  # every pair covered: w* is the full ratio
 
