@@ -68,10 +68,15 @@ def test_split_actor_critic_is_two_separately_clipped_adams():
         tower = agent.params["params"][name]
         tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate, eps=1e-5))
         state = tx.init(tower)
-        for mb in minibatches:
+
+        @jax.jit  # one compile per network instead of op-by-op dispatch (7 s -> ~2 s)
+        def reference_step(tower, state, mb, name=name, part_loss=part_loss, tx=tx):
             grads = jax.grad(lambda t: part_loss({"params": {name: t}}, network, mb, hp, config)[0])(tower)
             updates, state = tx.update(grads, state)
-            tower = optax.apply_updates(tower, updates)
+            return optax.apply_updates(tower, updates), state
+
+        for mb in minibatches:
+            tower, state = reference_step(tower, state, mb)
         for a, b in zip(jax.tree_util.tree_leaves(params["params"][name]), jax.tree_util.tree_leaves(tower)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert int(opt_state.count) == 4 and set(metrics) >= {"loss", "policy_loss", "value_loss", "entropy"}
