@@ -139,7 +139,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def estimate_values(args, data, target_probs, target_log_probs, key_dice, key_fqe, config, fqe_config):
-    """The off-policy value estimates of J(pi) from one logged dataset.
+    """The off-policy value estimates of J(pi) from one logged dataset (target_log_probs: jitted log pi(a|s)).
 
     Returns ({method: (estimate, seconds, note)}, the DualDICE params, FQE's q_fn).
     """
@@ -163,7 +163,7 @@ def estimate_values(args, data, target_probs, target_log_probs, key_dice, key_fq
         "mean V_hat(s0) + E_D[w (r + gamma V_hat(s') - Q_hat)] / (1-gamma): exact if either w or Q_hat is")
 
     start = time.perf_counter()
-    target_lp = jax.jit(target_log_probs)(data.observations, data.actions)
+    target_lp = target_log_probs(data.observations, data.actions)
     weights = importance.importance_weights(target_lp, data.behaviour_log_probs, data.mask)
     ess = importance.effective_sample_size(weights)
     for method in ("pdis", "wis"):
@@ -195,6 +195,7 @@ def main(argv=None) -> int:
     def target_probs(obs):
         return network.apply(params, obs)[0].probs
 
+    @jax.jit  # compiled once, for every logged dataset (they share their [N, T] shape)
     def target_log_probs(obs, actions):
         return network.apply(params, obs)[0].log_prob(actions)
 
