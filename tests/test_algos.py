@@ -37,7 +37,7 @@ def test_each_algorithm_improves_cartpole(cartpole_runs, name):
     assert first < 40
     assert last > 2.5 * first, (name, first, last)
     for key, value in output.metrics.items():
-        if key not in ("episode_return", "episode_length", "explained_variance"):
+        if key not in runs.MAY_BE_NAN:
             assert np.all(np.isfinite(np.asarray(value))), (name, key)
 
 

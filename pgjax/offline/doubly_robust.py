@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from pgjax.offline.dataset import Dataset
-from pgjax.offline.neural import DualDICEParams, neural_dualdice_ratio
+from pgjax.offline.neural import DualDICEParams, _take, neural_dualdice_ratio
 
 Array = jax.Array
 
@@ -90,7 +90,7 @@ def neural_doubly_robust_value(
     """
     obs, actions = dataset.observations, dataset.actions
     ratios = neural_dualdice_ratio(dice_params, obs, actions)
-    q_sa = jnp.take_along_axis(q_fn(obs), actions[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    q_sa = _take(q_fn(obs), actions)
     next_obs = dataset.next_observations
     next_values = jnp.sum(target_probs_fn(next_obs) * q_fn(next_obs), axis=-1)
     initial = dataset.initial_observations
