@@ -156,19 +156,24 @@ def main(argv=None) -> int:
     progress = runs.Progress(config.num_updates, config.batch_size, show=not args.no_progress)
     seed_indices = args.seed_indices or list(range(args.num_seeds))
     keys = runs.seed_keys(args.seed, seed_indices)
+    try:  # builds the environment: one whose data cannot be fetched fails here, before anything compiles
+        train = make_train(config, progress=progress)
+    except ValueError as err:
+        progress.close()
+        raise SystemExit(f"error: {err}") from None
     if args.seed_indices is not None:
         # A replay: the chosen seeds as lanes of the sweep's per-device program, so they match their rows of it.
         per_device = args.num_seeds // len(parallel.devices_for(args.num_seeds))
         print(f"{args.algo.upper()} on {config.env_id}: replaying seeds {seed_indices} of {args.num_seeds} as "
               f"lanes of a {per_device}-seed program (the sweep's seeds per device)")
         t0 = time.perf_counter()
-        output = jax.block_until_ready(runs.replay_seeds(make_train(config, progress=progress), keys, per_device))
+        output = jax.block_until_ready(runs.replay_seeds(train, keys, per_device))
         progress.close()
         print(f"compile and run {time.perf_counter() - t0:.1f} s")
     else:
         print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
               f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
-        output = run_sweep(args, config, make_train(config, progress=progress), progress, keys)
+        output = run_sweep(args, config, train, progress, keys)
     final = runs.final_returns(output.metrics)
     if np.isnan(final).any():
         print(f"warning: {int(np.isnan(final).sum())} seed(s) finished no episode in the last 10% of updates")

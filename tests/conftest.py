@@ -26,6 +26,19 @@ def x64():
         yield
 
 
+@pytest.fixture
+def gymnax_offline(monkeypatch):
+    """gymnax.make as it fails for an environment that downloads data (MNISTBandit-bsuite) on a machine offline."""
+    from urllib.error import URLError
+
+    from pgjax.envs import registry
+
+    def offline_make(env_id, **kwargs):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(registry.gymnax, "make", offline_make)
+
+
 # Audit of statistical tolerances: `PGJAX_TEST_KEY_OFFSET=k pytest ...` shifts every seed passed to
 # `jax.random.key` / `jax.random.PRNGKey` (in tests and library alike) by k, so each statistical test draws other
 # samples. A tolerance chosen for its one fixed key would fail for some k; a test whose expected value depends on

@@ -73,6 +73,13 @@ def test_bad_flags_fail_clearly(capsys):
         train_cli.main(["--algo", "nope"])
 
 
+def test_an_environment_that_cannot_be_built_fails_clearly(gymnax_offline, tmp_path):
+    # MNISTBandit-bsuite downloads MNIST inside gymnax.make: offline, train.py says so instead of a traceback.
+    with pytest.raises(SystemExit, match=r"error: make\('MNISTBandit-bsuite'\).*network access"):
+        train_cli.main(["--env", "MNISTBandit-bsuite", "--no-progress", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
 def test_load_run_rejects_incomplete_dir(tmp_path):
     with pytest.raises(ValueError, match="params.msgpack is missing|config.json is missing"):
         runs.load_run(str(tmp_path))

@@ -452,3 +452,9 @@ def test_make_overrides_params_and_rejects_unknown_ids():
         envs.make("tabular:chain", colour="red")
     with pytest.raises(ValueError, match="bad keyword"):
         envs.make("CartPole-v1", colour="red")
+
+
+def test_make_reports_an_environment_that_cannot_fetch_its_data(gymnax_offline):
+    # MNISTBandit-bsuite downloads MNIST inside gymnax.make; offline that was a bare URLError traceback.
+    with pytest.raises(ValueError, match=r"'MNISTBandit-bsuite'.*URLError.*network access"):
+        envs.make("MNISTBandit-bsuite")

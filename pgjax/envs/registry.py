@@ -63,7 +63,7 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
       (env, env_params).
 
     Raises:
-      ValueError: unknown id or keyword.
+      ValueError: unknown id or keyword, or a gymnax environment whose data cannot be fetched.
     """
     if not isinstance(env_id, str):
         raise ValueError(f"Environment id must be a string; got {type(env_id).__name__}.")
@@ -71,19 +71,29 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
         return _make_tabular(env_id, kwargs)
     if env_id not in gymnax.registered_envs:
         raise _unknown(env_id, env_ids())
-    env, params = gymnax.make(env_id)
+    env, params = _gymnax_make(env_id)
     field_names = {f.name for f in dataclasses.fields(params)}
     overrides = {k: v for k, v in kwargs.items() if k in field_names}
     constructor_kwargs = {k: v for k, v in kwargs.items() if k not in field_names}
     if constructor_kwargs:
         try:
-            env, params = gymnax.make(env_id, **constructor_kwargs)
+            env, params = _gymnax_make(env_id, **constructor_kwargs)
         except TypeError as err:
             raise ValueError(
                 f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
                 f"Params fields that can be overridden: {', '.join(sorted(field_names))}."
             ) from None
     return env, params.replace(**overrides)
+
+
+def _gymnax_make(env_id: str, **kwargs):
+    try:
+        return gymnax.make(env_id, **kwargs)
+    except OSError as err:  # e.g. MNISTBandit-bsuite downloads MNIST when it is created
+        raise ValueError(
+            f"make({env_id!r}): gymnax failed while building it ({type(err).__name__}: {err}). This environment "
+            "fetches data when it is created: run it once with network access, or choose another id."
+        ) from err
 
 
 def _make_tabular(env_id: str, kwargs: dict[str, Any]) -> tuple[TabularEnv, TabularEnvParams]:
