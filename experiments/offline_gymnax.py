@@ -78,6 +78,7 @@ def parse_args(argv=None):
                    help="DualDICE's min-max converges slowly at gamma = 0.99: more steps and larger batches than FQE")
     p.add_argument("--dualdice-batch-size", type=int, default=1024)
     p.add_argument("--fqe-steps", type=int, default=10_000)
+    p.add_argument("--fqe-batch-size", type=int, default=256)
     p.add_argument("--reference-episodes", type=int, default=10_000,
                    help="on-policy episodes of pi for the reference gradient")
     p.add_argument("--reference-chunks", type=int, default=10,
@@ -98,7 +99,7 @@ def parse_args(argv=None):
     if not 0.0 < args.discount < 1.0:
         p.error(f"--discount must lie in (0, 1); got {args.discount}")
     for name in ("ppo_steps", "num_episodes", "horizon", "mc_episodes", "dualdice_steps", "dualdice_batch_size",
-                 "fqe_steps", "reference_episodes", "datasets"):
+                 "fqe_steps", "fqe_batch_size", "reference_episodes", "datasets"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.reference_chunks < 2 or args.reference_chunks % 2 or args.reference_episodes % args.reference_chunks:
@@ -143,6 +144,10 @@ def estimate_values(args, data, target_probs, target_log_probs, key_dice, key_fq
 
     Returns ({method: (estimate, seconds, note)}, the DualDICE params, FQE's q_fn).
     """
+    for flag, size in (("--dualdice-batch-size", config.batch_size), ("--fqe-batch-size", fqe_config.batch_size)):
+        if size > data.num_transitions:  # each dataset logs its own number of transitions
+            raise SystemExit(f"error: {flag} ({size}) is larger than a logged dataset's {data.num_transitions} "
+                             "transitions: lower it, or log more with --num-episodes / --horizon")
     out = {}
     start = time.perf_counter()
     dice_params, dice_info = neural.neural_dualdice(key_dice, data, target_probs, config)
@@ -234,7 +239,7 @@ def main(argv=None) -> int:
 
     config = neural.NeuralDualDICEConfig(discount=args.discount, num_steps=args.dualdice_steps,
                                          batch_size=args.dualdice_batch_size)
-    fqe_config = neural.FQEConfig(num_steps=args.fqe_steps)
+    fqe_config = neural.FQEConfig(num_steps=args.fqe_steps, batch_size=args.fqe_batch_size)
     estimates, dice_params, q_fn = estimate_values(args, data, target_probs, target_log_probs, key_dice, key_fqe,
                                                    config, fqe_config)
     for method, (value, seconds, note) in estimates.items():
