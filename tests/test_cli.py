@@ -46,11 +46,25 @@ def test_files_and_schema(run_dir):
     assert all(b >= a for a, b in zip(wall, wall[1:]))
 
 
-def test_reload_and_evaluate(run_dir, capsys):
+def test_reload_and_evaluate(run_dir, capsys, tmp_path):
     algo, config, params, stats = runs.load_run(run_dir)
     assert algo == "ppo" and config.num_steps == 64 and stats is None
-    assert evaluate_cli.main([run_dir, "--episodes", "2"]) == 0
-    assert "median over seeds" in capsys.readouterr().out
+    path = str(tmp_path / "eval.csv")
+    assert evaluate_cli.main([run_dir, "--episodes", "2", "--csv", path]) == 0
+    printed = capsys.readouterr().out
+    assert "median over seeds" in printed
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["seed"], r["episode"], r["actions"]) for r in rows] == [
+        (str(s), str(e), "deterministic") for s in range(2) for e in range(2)
+    ]
+    # Seed i is evaluated with key(--seed + i): the file holds exactly those episodes, and the printed means are theirs.
+    for seed in range(2):
+        seed_params = jax.tree_util.tree_map(lambda x: x[seed], params)
+        direct = np.asarray(runs.evaluate(jax.random.key(123 + seed), config, seed_params, None, 2))
+        logged = [float(r["episode_return"]) for r in rows if r["seed"] == str(seed)]
+        np.testing.assert_allclose(logged, direct, rtol=1e-6)
+        assert f"seed {seed}: mean return {direct.mean():.1f}" in printed
 
 
 def test_evaluate_is_consistent_with_trained_policy(run_dir):
