@@ -1,7 +1,11 @@
 import os
+import sys
 
 import jax
 import pytest
+
+# The command-line scripts in experiments/ (train.py, evaluate.py, offline_gymnax.py) are imported by their tests.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments"))
 
 # The float32 tests compare against references computed at full float32 precision. On GPUs JAX's default
 # float32 matmul rounds its inputs to TF32 (a 10-bit mantissa), ~1e-3 relative error; ask for full float32

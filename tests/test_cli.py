@@ -3,18 +3,15 @@
 import csv
 import json
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+import evaluate as evaluate_cli
+import train as train_cli
 
-import evaluate as evaluate_cli  # noqa: E402
-import train as train_cli  # noqa: E402
-
-from pgjax import algos, runs  # noqa: E402
+from pgjax import algos, runs
 
 
 @pytest.fixture(scope="module")

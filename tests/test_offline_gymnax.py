@@ -3,14 +3,11 @@
 import csv
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
-
-import offline_gymnax  # noqa: E402
+import offline_gymnax
 
 VALUE_METHODS = [
     "on-policy Monte Carlo (reference)", "behaviour average (naive)", "neural DualDICE",

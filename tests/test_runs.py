@@ -7,11 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+import train as train_cli
 
-import train as train_cli  # noqa: E402
-
-from pgjax import algos, runs  # noqa: E402
+from pgjax import algos, runs
 
 
 def test_progress_bar_import_is_quiet_in_jupyter_without_ipywidgets():
