@@ -7,6 +7,16 @@ Every field of the algorithm's config is a flag (`--algo ppo --help` lists them)
 DIR/config.json, DIR/metrics.csv (one row per update per seed: returns, losses, entropy, KL, PPO's clip
 fraction, explained variance, the pre-clip gradient norm `grad_norm`, wall time), DIR/learning_curve.png and
 DIR/params.msgpack; `python experiments/evaluate.py DIR` reloads and evaluates the policies.
+
+A seeds x hyperparameters grid in the same one compiled call (`--grid`, repeatable; vmappable fields only):
+
+    python experiments/train.py --algo ppo --env CartPole-v1 --num-seeds 8 \
+        --grid learning_rate=1e-4,2.5e-4,1e-3 --grid ent_coef=0,0.01
+
+trains every combination (a cell) on the same --num-seeds seeds (paired comparisons) and writes DIR/summary.csv
+(per cell: median, mean with its 95% interval, worst and best final return over seeds), DIR/metrics.csv (one row
+per cell, seed and update, the cell's values first), DIR/learning_curves.png (one curve per cell) and DIR/cell-K/,
+a run directory per cell for evaluate.py (`pgjax.runs.save_grid`).
 """
 
 from __future__ import annotations
@@ -72,6 +82,10 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
                    help="rerun only these seeds of a sweep run with the same flags (--num-seeds: the sweep's "
                         "count): they run as lanes of the sweep's per-device program (pgjax.runs.replay_seeds), "
                         "so their rows reproduce the sweep's bit for bit on the same machine")
+    p.add_argument("--grid", action="append", default=None, metavar="FIELD=V1,V2,...",
+                   help=f"train every combination of these values (a cell), --num-seeds seeds each, in one compiled "
+                        f"call; repeat for more fields. Only vmappable hyperparameters: "
+                        f"{', '.join(config_cls.HYPERPARAMS)}")
     p.add_argument("--out", default=None, help="run directory (default runs/<algo>-<env>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--cpu-devices", default="auto",
@@ -121,28 +135,62 @@ def parse_args(argv=None):
         config = config_cls(**settings)
     except ValueError as err:
         parser.error(str(err))
+    args.grid = parse_grid(parser, config, args.grid or [], overrides)
+    if args.grid and args.seed_indices is not None:
+        parser.error("--seed-indices replays seeds of a plain sweep, not of a --grid (pgjax.runs.replay_seeds takes "
+                     "a grid's hparams)")
     return args, config
 
 
-def run_sweep(args, config, train, progress, keys):
-    """All seeds in one compiled call, split over the CPU devices; prints compile and run times."""
-    if getattr(config, "split_actor_critic", False) and len(parallel.devices_for(args.num_seeds)) < 2 <= len(jax.devices()):
+def parse_grid(parser, config, specs: list[str], overrides: dict) -> dict[str, tuple[float, ...]]:
+    """{field: values} from --grid FIELD=V1,V2,... flags, each value checked by the config's own validation."""
+    grid = {}
+    for spec in specs:
+        name, _, text = spec.partition("=")
+        name = name.strip().lstrip("-").replace("-", "_")
+        if name not in type(config).HYPERPARAMS:
+            parser.error(f"--grid {spec!r}: only the vmappable hyperparameters can be gridded "
+                         f"({', '.join(type(config).HYPERPARAMS)}); the other fields fix array shapes or code paths, "
+                         "so each of their values needs its own run")
+        if name in grid or name in overrides:
+            parser.error(f"--grid {spec!r}: {name} is set twice (another --grid or its own flag); give it once")
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            parser.error(f"--grid {spec!r}: expected {name}=V1,V2,... with numbers")
+        if len(set(values)) != len(values):
+            parser.error(f"--grid {spec!r}: a value is repeated")
+        for value in values:
+            try:
+                config.replace(**{name: value})
+            except ValueError as err:
+                parser.error(f"--grid {spec!r}: {err}")
+        grid[name] = values
+    return grid
+
+
+def run_sweep(config, train, progress, keys, hparams=None):
+    """All lanes (keys [n], with hparams {name: [n]} for a grid) in one compiled call, split over the CPU devices;
+    prints compile and run times."""
+    num_lanes = keys.shape[0]
+    args = (keys,) if hparams is None else (keys, hparams)
+    if getattr(config, "split_actor_critic", False) and len(parallel.devices_for(num_lanes)) < 2 <= len(jax.devices()):
         # The seeds cannot be split over the devices (one seed, or a count no device count divides): split each
         # update instead, the actor's minibatch epochs on one device and the critic's on another.
         train = parallel.actor_critic_sharded(jax.vmap(train))
         num_devices = 2
     else:
         train = parallel.vmap_sharded(train)  # seeds split over the devices
-        keys = train.place(keys)[0]
-        num_devices = len(keys.sharding.device_set)
+        args = train.place(*args)
+        num_devices = len(args[0].sharding.device_set)
     t0 = time.perf_counter()
-    compiled = train.lower(keys).compile()
+    compiled = train.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     progress.start = time.perf_counter()
-    output = jax.block_until_ready(compiled(keys))
+    output = jax.block_until_ready(compiled(*args))
     run_s = time.perf_counter() - progress.start
     progress.close()
-    total_steps = args.num_seeds * config.num_updates * config.batch_size
+    total_steps = num_lanes * config.num_updates * config.batch_size
     print(f"compile {compile_s:.1f} s, run {run_s:.1f} s, {total_steps / run_s:,.0f} env steps/s "
           f"({num_devices} {jax.default_backend()} device{'s' if num_devices > 1 else ''})")
     return output
@@ -161,6 +209,8 @@ def main(argv=None) -> int:
     except ValueError as err:
         progress.close()
         raise SystemExit(f"error: {err}") from None
+    if args.grid:
+        return run_grid(args, config, train, progress, keys, out)
     if args.seed_indices is not None:
         # A replay: the chosen seeds as lanes of the sweep's per-device program, so they match their rows of it.
         per_device = args.num_seeds // len(parallel.devices_for(args.num_seeds))
@@ -173,7 +223,7 @@ def main(argv=None) -> int:
     else:
         print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
               f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
-        output = run_sweep(args, config, train, progress, keys)
+        output = run_sweep(config, train, progress, keys)
     final = runs.final_returns(output.metrics)
     if np.isnan(final).any():
         print(f"warning: {int(np.isnan(final).sum())} seed(s) finished no episode in the last 10% of updates")
@@ -182,16 +232,46 @@ def main(argv=None) -> int:
         print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}")
     runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices)
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
-    diverged = runs.non_finite_seeds(output, seed_indices)
-    if diverged:
-        print(f"error: {len(diverged)} of {len(seed_indices)} seeds diverged (NaN or inf); their returns after that "
-              "update are meaningless (the files above are kept for inspection):", file=sys.stderr)
-        for line in diverged:
-            print(f"  {line}", file=sys.stderr)
-        print("fix: a smaller --learning-rate or --max-grad-norm, or --reward-scale below 1 for large rewards",
-              file=sys.stderr)
-        return 1
-    return 0
+    return report_divergence(runs.non_finite_seeds(output, seed_indices), len(seed_indices))
+
+
+def run_grid(args, config, train, progress, keys, out) -> int:
+    """Every cell of --grid on the same seeds, all lanes in one compiled call; prints the per-cell summary."""
+    cells = runs.grid_cells(args.grid)
+    lane_keys, hparams = runs.grid_lanes(config, cells, keys)
+    steps = lane_keys.shape[0] * config.num_updates * config.batch_size
+    print(f"{args.algo.upper()} on {config.env_id}: {len(cells)} cells x {args.num_seeds} seeds x "
+          f"{config.num_updates} updates x {config.batch_size} steps = {steps:,} env steps")
+    output = run_sweep(config, train, progress, lane_keys, hparams)
+    summary = runs.save_grid(out, args.algo, config, cells, output, args.seed, progress.wall_time)
+    names = list(args.grid)
+    print("final mean episode return (last 10% of updates) over seeds, per cell:")
+    print("  cell  " + "".join(f"{n:>16s}" for n in names)
+          + f"{'median':>9s}{'mean':>9s}{'+-95%':>8s}{'worst':>9s}{'best':>9s}")
+    for row in summary:
+        print(f"  {row['cell']:4d}  " + "".join(f"{row[n]:16g}" for n in names)
+              + f"{row['median']:9.1f}{row['mean']:9.1f}{row['ci95']:8.1f}{row['worst']:9.1f}{row['best']:9.1f}")
+    print(f"wrote {out}/summary.csv, metrics.csv, learning_curves.png, config.json, "
+          f"cell-0 .. cell-{len(cells) - 1}/")
+    diverged = []
+    for index, cell in enumerate(cells):
+        part = jax.tree_util.tree_map(lambda x: x[index * args.num_seeds:(index + 1) * args.num_seeds], output)
+        diverged += [f"cell {index} ({', '.join(f'{k}={v:g}' for k, v in cell.items())}), {line}"
+                     for line in runs.non_finite_seeds(part)]
+    return report_divergence(diverged, len(cells) * args.num_seeds)
+
+
+def report_divergence(lines: list[str], num_runs: int) -> int:
+    """Exit status 1, with the diverged seeds and a fix on stderr, when any seed went NaN or infinite."""
+    if not lines:
+        return 0
+    print(f"error: {len(lines)} of {num_runs} seeds diverged (NaN or inf); their returns after that update are "
+          "meaningless (the files above are kept for inspection):", file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+    print("fix: a smaller --learning-rate or --max-grad-norm, or --reward-scale below 1 for large rewards",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

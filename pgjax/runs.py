@@ -6,11 +6,15 @@ A run directory holds:
     metrics.csv         one row per (seed, update): seed, update, env_steps, episode_return, ..., wall_time
     learning_curve.png  mean episode return over seeds with a 95% interval
     params.msgpack      final parameters of every seed (and observation-normaliser statistics)
+
+A seeds x hyperparameters grid (`grid_cells`, `grid_lanes`, `save_grid`; experiments/train.py --grid) writes
+summary.csv, metrics.csv, learning_curves.png and config.json, and one such run directory per cell, cell-K/.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -101,17 +105,24 @@ def mean_and_interval(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_learning_curve(path: str, metrics: dict[str, Any], title: str) -> None:
     """Mean episode return over seeds against env steps, with a 95% normal interval of the mean."""
+    seeds = np.asarray(metrics["env_steps"]).shape[0]
+    plot_learning_curves(path, {f"mean over {seeds} seeds (95% interval)": metrics}, title)
+
+
+def plot_learning_curves(path: str, curves: dict[str, dict[str, Any]], title: str) -> None:
+    """One mean episode return over seeds per entry of `curves` ({label: metrics [seeds, updates]}) against env
+    steps, each with its 95% normal interval of the mean."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = np.asarray(metrics["env_steps"])[0]
-    returns = smoothed_returns(np.asarray(metrics["episode_return"]))
-    mean, half = mean_and_interval(returns)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(steps, mean, label=f"mean over {returns.shape[0]} seeds")
-    ax.fill_between(steps, mean - half, mean + half, alpha=0.3, label="95% interval")
+    for label, metrics in curves.items():
+        steps = np.asarray(metrics["env_steps"])[0]
+        mean, half = mean_and_interval(smoothed_returns(np.asarray(metrics["episode_return"])))
+        (line,) = ax.plot(steps, mean, label=label)
+        ax.fill_between(steps, mean - half, mean + half, alpha=0.2, color=line.get_color())
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
     ax.set_title(title)
@@ -192,6 +203,9 @@ def load_run(run_dir: str) -> tuple[str, common.OnPolicyConfig, dict, Any]:
     """(algo, config, params with a leading seeds axis, observation statistics or None) of a saved run."""
     config_path = os.path.join(run_dir, "config.json")
     params_path = os.path.join(run_dir, "params.msgpack")
+    if os.path.exists(os.path.join(run_dir, "summary.csv")) and not os.path.exists(params_path):
+        cell = os.path.join(run_dir, "cell-K")
+        raise ValueError(f"{run_dir!r} is a hyperparameter grid: load one of its cells, {cell} (summary.csv lists them).")
     for path in (config_path, params_path):
         if not os.path.exists(path):
             raise ValueError(f"{run_dir!r} is not a complete pgjax run directory: {os.path.basename(path)} is missing.")
@@ -366,6 +380,89 @@ def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> li
             where = f"{', '.join(names)} non-finite from update {first}" if bad else "metrics finite"
             lines.append(f"seed {seed}: {where}; final parameters {'finite' if finite_params[row] else 'NOT finite'}")
     return lines
+
+
+# ---------------------------------------------------------------------------
+# Seeds x hyperparameters grids.
+# ---------------------------------------------------------------------------
+
+
+def grid_cells(grid: dict[str, Any]) -> list[dict[str, float]]:
+    """Every combination of a grid's values, the last field varying fastest: {"a": (1, 2), "b": (3,)} ->
+    [{"a": 1, "b": 3}, {"a": 2, "b": 3}]."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def grid_lanes(config: common.OnPolicyConfig, cells: list[dict[str, float]], keys: jax.Array
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The (keys, hparams) batch of a seeds x hyperparameters grid, for `jax.vmap(train)(keys, hparams)`.
+
+    keys: [S] seed keys; cells: C dicts of hyperparameter values (`grid_cells`), unnamed ones from `config`.
+    Lane c * S + s is seed s in cell c: every cell runs the same S keys (paired comparisons between cells).
+    Returns keys [C * S] and hparams {name: float32 [C * S]} for every name in `config.HYPERPARAMS`.
+    """
+    unknown = sorted({k for cell in cells for k in cell} - set(config.HYPERPARAMS))
+    if unknown:
+        raise ValueError(f"grid_lanes: {unknown} are not vmappable hyperparameters of {type(config).__name__} "
+                         f"(those are {', '.join(config.HYPERPARAMS)}).")
+    num_seeds = keys.shape[0]
+    base = config.hyperparams()
+    hparams = {k: jnp.repeat(jnp.asarray([cell.get(k, v) for cell in cells], jnp.float32), num_seeds)
+               for k, v in base.items()}
+    return jnp.concatenate([keys] * len(cells)), hparams
+
+
+def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per cell of a grid's final returns (`final_returns`, the last 10% of updates) over its seeds:
+    the cell's values, then median, mean, ci95 (half-width of a 95% normal interval of the mean), worst, best
+    and finished (seeds that finished an episode in that window). metrics: leaves [C * S, updates]."""
+    returns = final_returns(metrics).reshape(len(cells), -1)
+    rows = []
+    for index, (cell, values) in enumerate(zip(cells, returns)):
+        finished = values[~np.isnan(values)]
+        mean, half = mean_and_interval(values[:, None])
+        stat = (lambda f: float(f(finished))) if finished.size else (lambda f: float("nan"))
+        rows.append({"cell": index, **cell, "median": stat(np.median), "mean": float(mean[0]),
+                     "ci95": float(half[0]) if finished.size > 1 else float("nan"), "worst": stat(np.min),
+                     "best": stat(np.max), "finished": int(finished.size), "seeds": int(values.size)})
+    return rows
+
+
+def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: list[dict[str, float]],
+              output: common.TrainOutput, seed: int, wall_time: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Write a seeds x hyperparameters grid run (`output` leaves [C * S, ...], lanes as `grid_lanes` lays them out):
+
+        config.json           {"algo", "num_seeds", "seed", "grid": {name: values}, "cells", "config", "versions"}
+        summary.csv           `grid_summary`: one row per cell
+        metrics.csv           one row per (cell, seed, update): cell, the cell's values, then a run's columns
+        learning_curves.png   one mean curve (95% interval) per cell
+        cell-K/               a run directory per cell (`save_run`, its config holding the cell's values),
+                              so `load_run` / experiments/evaluate.py reload it
+
+    Returns the summary rows.
+    """
+    num_cells = len(cells)
+    num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0]) // num_cells
+    os.makedirs(out_dir, exist_ok=True)
+    cell_outputs = [jax.tree_util.tree_map(lambda x: x[c * num_seeds:(c + 1) * num_seeds], output)
+                    for c in range(num_cells)]
+    rows, curves = [], {}
+    for index, (cell, cell_output) in enumerate(zip(cells, cell_outputs)):
+        save_run(os.path.join(out_dir, f"cell-{index}"), algo, config.replace(**cell), cell_output, seed, wall_time)
+        rows += [{"cell": index, **cell, **row} for row in metrics_rows(cell_output.metrics, wall_time)]
+        curves[", ".join(f"{k}={v:g}" for k, v in cell.items())] = cell_output.metrics
+    write_metrics_csv(os.path.join(out_dir, "metrics.csv"), rows)
+    summary = grid_summary(cells, output.metrics)
+    tables.write_csv(os.path.join(out_dir, "summary.csv"), summary)
+    plot_learning_curves(os.path.join(out_dir, "learning_curves.png"), curves,
+                         f"{algo.upper()} on {config.env_id}, {num_seeds} seeds per cell")
+    grid = {k: list(dict.fromkeys(cell[k] for cell in cells)) for k in cells[0]}
+    meta = {"algo": algo, "num_seeds": num_seeds, "seed": seed, "grid": grid, "cells": cells,
+            "config": config.to_dict(), "versions": {"jax": jax.__version__, "pgjax": _pgjax_version()}}
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(meta, f, indent=2, default=str)
+    return summary
 
 
 def final_returns(metrics: dict[str, Any], fraction: float = 0.1) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 import evaluate as evaluate_cli
 import train as train_cli
 
-from pgjax import algos, runs
+from pgjax import algos, parallel, runs
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,19 @@ def test_bad_flags_fail_clearly(capsys):
     with pytest.raises(SystemExit):
         train_cli.main(["--algo", "ppo", "--num-minibatches", "3", "--no-progress"])
     assert "num_minibatches (3) must divide" in capsys.readouterr().err
+    bad_grids = {
+        "num_envs=4,8": "only the vmappable hyperparameters",
+        "learning_rate=1e-3,-1": "learning_rate",
+        "clip_eps=0.1,abc": "with numbers",
+        "ent_coef=0,0": "repeated",
+    }
+    for spec, message in bad_grids.items():
+        with pytest.raises(SystemExit):
+            train_cli.parse_args(["--algo", "ppo", "--grid", spec])
+        assert message in capsys.readouterr().err, spec
+    with pytest.raises(SystemExit):
+        train_cli.parse_args(["--algo", "ppo", "--learning-rate", "1e-3", "--grid", "learning_rate=1e-4,1e-3"])
+    assert "set twice" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_cli.main(["--algo", "nope"])
 
@@ -113,3 +126,65 @@ def test_replayed_seed_reproduces_its_row_of_the_sweep(run_dir, tmp_path):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[1], b[0]), sweep_params, replay_params)
     with open(os.path.join(replay, "config.json")) as f:
         assert json.load(f)["seed_indices"] == [1]
+
+
+# ---------------------------------------------------------------------------
+# --grid: a seeds x hyperparameters grid in one compiled call.
+# ---------------------------------------------------------------------------
+
+GRID_FLAGS = ["--algo", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--total-timesteps", "4096",
+              "--num-steps", "64", "--no-progress", "--grid", "learning_rate=1e-3,2.5e-4"]
+
+
+@pytest.fixture(scope="module")
+def grid_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("grid") / "ppo")
+    assert train_cli.main([*GRID_FLAGS, "--out", out]) == 0
+    return out
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_summary_and_metrics_agree_and_cells_share_their_seeds(grid_dir):
+    metrics = _csv(os.path.join(grid_dir, "metrics.csv"))
+    assert [k for k in metrics[0]][:4] == ["cell", "learning_rate", "seed", "update"]
+    assert len(metrics) == 2 * 2 * 16
+    returns = {}  # (cell, seed) -> episode_return per update
+    for r in metrics:
+        assert float(r["learning_rate"]) == [1e-3, 2.5e-4][int(r["cell"])]
+        returns.setdefault((int(r["cell"]), int(r["seed"])), []).append(float(r["episode_return"] or "nan"))
+    # Every cell runs the same seed keys: the first rollout (before any update) is the same in both cells.
+    assert returns[0, 0][0] == returns[1, 0][0] and returns[0, 1][0] == returns[1, 1][0]
+    assert returns[0, 0][0] != returns[0, 1][0]
+    assert returns[0, 0] != returns[1, 0]  # the learning rate changed what was learned
+    summary = _csv(os.path.join(grid_dir, "summary.csv"))
+    assert [float(r["learning_rate"]) for r in summary] == [1e-3, 2.5e-4]
+    for row in summary:  # final return = mean over the last 10% of updates (2 of 16), per seed
+        finals = [np.nanmean(returns[int(row["cell"]), seed][-2:]) for seed in range(2)]
+        np.testing.assert_allclose([float(row[k]) for k in ("median", "mean", "worst", "best")],
+                                   [np.median(finals), np.mean(finals), min(finals), max(finals)], rtol=1e-6)
+    with open(os.path.join(grid_dir, "config.json")) as f:
+        assert json.load(f)["grid"] == {"learning_rate": [1e-3, 2.5e-4]}
+    with pytest.raises(ValueError, match="hyperparameter grid"):
+        runs.load_run(grid_dir)
+
+
+def test_grid_cell_is_a_run_directory_and_its_lanes_replay_bit_for_bit(grid_dir):
+    cell = os.path.join(grid_dir, "cell-1")
+    algo, config, params, _ = runs.load_run(cell)
+    assert algo == "ppo" and config.learning_rate == 2.5e-4 and jax.tree_util.tree_leaves(params)[0].shape[0] == 2
+    grid_rows = [{k: v for k, v in r.items() if k not in ("cell", "learning_rate")}
+                 for r in _csv(os.path.join(grid_dir, "metrics.csv")) if r["cell"] == "1"]
+    assert runs.read_metrics_csv(os.path.join(cell, "metrics.csv")) == grid_rows
+    # Lane (cell 1, seed 1) rerun as a lane of the grid's per-device program, with its hyperparameters.
+    base = train_cli.parse_args([*GRID_FLAGS])[1]
+    keys, hparams = runs.grid_lanes(base, runs.grid_cells({"learning_rate": (1e-3, 2.5e-4)}), runs.seed_keys(0, [0, 1]))
+    per_device = 4 // len(parallel.devices_for(4))
+    replay = runs.replay_seeds(algos.get("ppo")[1](base), keys[3:], per_device, {k: v[3:] for k, v in hparams.items()})
+    rows = runs.metrics_rows(replay.metrics, seed_indices=[1])
+    expected = [r for r in grid_rows if r["seed"] == "1"]
+    assert [{k: str(v) for k, v in r.items() if k != "wall_time"} for r in rows] == \
+        [{k: v for k, v in r.items() if k != "wall_time"} for r in expected]
