@@ -14,6 +14,7 @@ summary.csv, metrics.csv, learning_curves.png and config.json, and one such run 
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import math
@@ -234,22 +235,30 @@ def evaluate(
 ) -> jax.Array:
     """Undiscounted returns of `num_episodes` episodes (one per vectorised env) of one seed's policy.
 
-    Observation statistics are frozen at their trained values. Returns [num_episodes].
+    Observation statistics are frozen at their trained values. Returns [num_episodes] (NaN for an episode
+    that did not end within the environment's step limit). The compiled program is shared by every call
+    with the same (config, num_episodes, deterministic): params and statistics are its arguments.
     """
     if num_episodes < 1:
         raise ValueError(f"evaluate: num_episodes must be >= 1; got {num_episodes}.")
+    return _evaluation_program(config, int(num_episodes), bool(deterministic))(key, params, obs_statistics)
+
+
+@functools.lru_cache(maxsize=16)
+def _evaluation_program(config: common.OnPolicyConfig, num_episodes: int, deterministic: bool):
     env, env_params = envs.make(config.env_id, **dict(config.env_kwargs))
     discrete = envs.is_discrete(env, env_params)
     network = common.actor_critic(config, common.EnvSpec(None, None, discrete, envs.action_dim(env, env_params), 0, None, None))
-    env = envs.EpisodeStatistics(envs.FlattenObservation(env))
-    if config.normalize_observations:
-        env = envs.NormalizeObservation(env, update=False, initial_statistics=obs_statistics)
-    if not discrete:
-        env = envs.ClipAction(env)
-    env = envs.VecEnv(env, num_episodes)
+    tracked = envs.EpisodeStatistics(envs.FlattenObservation(env))
     max_steps = int(env_params.max_steps_in_episode)
 
-    def run(key):
+    def run(key, params, obs_statistics):
+        env = tracked
+        if config.normalize_observations:  # built here: the statistics are an argument of the program
+            env = envs.NormalizeObservation(env, update=False, initial_statistics=obs_statistics)
+        if not discrete:
+            env = envs.ClipAction(env)
+        env = envs.VecEnv(env, num_episodes)
         key_reset, key_loop = jax.random.split(key)
         obs, state = env.reset(key_reset, env_params)
 
@@ -267,7 +276,7 @@ def evaluate(
         (_, _, returns, done), _ = lax.scan(step, init, jax.random.split(key_loop, max_steps + 1))
         return jnp.where(done, returns, jnp.nan)
 
-    return jax.jit(run)(key)
+    return jax.jit(run)
 
 
 class Progress:

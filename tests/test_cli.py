@@ -74,6 +74,14 @@ def test_evaluate_is_consistent_with_trained_policy(run_dir):
     b = np.asarray(runs.evaluate(jax.random.key(0), config, p0, None, 3))
     np.testing.assert_array_equal(a, b)
     assert np.all(np.isfinite(a)) and np.all(a >= 1)
+    # One compiled program serves every seed's parameters (they are its argument, not constants baked in):
+    # seed 1 through the program compiled for seed 0 = seed 1 through a program compiled afresh.
+    p1 = jax.tree_util.tree_map(lambda x: x[1], params)
+    shared = np.asarray(runs.evaluate(jax.random.key(0), config, p1, None, 3))
+    runs._evaluation_program.cache_clear()
+    fresh = np.asarray(runs.evaluate(jax.random.key(0), config, p1, None, 3))
+    np.testing.assert_array_equal(shared, fresh)
+    assert not np.array_equal(shared, a)
 
 
 def test_bad_flags_fail_clearly(capsys):
