@@ -16,7 +16,8 @@ A seeds x hyperparameters grid in the same one compiled call (`--grid`, repeatab
 trains every combination (a cell) on the same --num-seeds seeds (paired comparisons) and writes DIR/summary.csv
 (per cell: median, mean with its 95% interval, worst and best final return over seeds), DIR/metrics.csv (one row
 per cell, seed and update, the cell's values first), DIR/learning_curves.png (one curve per cell) and DIR/cell-K/,
-a run directory per cell for evaluate.py (`pgjax.runs.save_grid`).
+a run directory per cell for evaluate.py (`pgjax.runs.save_grid`). The same flags with --seed-indices replay
+those seeds in every cell, bit for bit.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
     p.add_argument("--seed-indices", type=int, nargs="+", default=None, metavar="I",
                    help="rerun only these seeds of a sweep run with the same flags (--num-seeds: the sweep's "
                         "count): they run as lanes of the sweep's per-device program (pgjax.runs.replay_seeds), "
-                        "so their rows reproduce the sweep's bit for bit on the same machine")
+                        "so their rows reproduce the sweep's bit for bit on the same machine (with --grid: those "
+                        "seeds in every cell of the grid)")
     p.add_argument("--grid", action="append", default=None, metavar="FIELD=V1,V2,...",
                    help=f"train every combination of these values (a cell), --num-seeds seeds each, in one compiled "
                         f"call; repeat for more fields. Only vmappable hyperparameters: "
@@ -136,9 +138,6 @@ def parse_args(argv=None):
     except ValueError as err:
         parser.error(str(err))
     args.grid = parse_grid(parser, config, args.grid or [], overrides)
-    if args.grid and args.seed_indices is not None:
-        parser.error("--seed-indices replays seeds of a plain sweep, not of a --grid (pgjax.runs.replay_seeds takes "
-                     "a grid's hparams)")
     return args, config
 
 
@@ -236,14 +235,27 @@ def main(argv=None) -> int:
 
 
 def run_grid(args, config, train, progress, keys, out) -> int:
-    """Every cell of --grid on the same seeds, all lanes in one compiled call; prints the per-cell summary."""
+    """Every cell of --grid on the same seeds, all lanes in one compiled call (or, with --seed-indices, those seeds
+    of every cell replayed as lanes of the grid's per-device program); prints the per-cell summary."""
     cells = runs.grid_cells(args.grid)
     lane_keys, hparams = runs.grid_lanes(config, cells, keys)
-    steps = lane_keys.shape[0] * config.num_updates * config.batch_size
-    print(f"{args.algo.upper()} on {config.env_id}: {len(cells)} cells x {args.num_seeds} seeds x "
-          f"{config.num_updates} updates x {config.batch_size} steps = {steps:,} env steps")
-    output = run_sweep(config, train, progress, lane_keys, hparams)
-    summary = runs.save_grid(out, args.algo, config, cells, output, args.seed, progress.wall_time)
+    num_seeds = keys.shape[0]
+    if args.seed_indices is not None:
+        sweep_lanes = len(cells) * args.num_seeds
+        per_device = sweep_lanes // len(parallel.devices_for(sweep_lanes))
+        print(f"{args.algo.upper()} on {config.env_id}: replaying seeds {args.seed_indices} of {args.num_seeds} in "
+              f"each of {len(cells)} cells as lanes of a {per_device}-lane program (the grid's lanes per device)")
+        t0 = time.perf_counter()
+        output = jax.block_until_ready(runs.replay_seeds(train, lane_keys, per_device, hparams))
+        progress.close()
+        print(f"compile and run {time.perf_counter() - t0:.1f} s")
+    else:
+        steps = lane_keys.shape[0] * config.num_updates * config.batch_size
+        print(f"{args.algo.upper()} on {config.env_id}: {len(cells)} cells x {num_seeds} seeds x "
+              f"{config.num_updates} updates x {config.batch_size} steps = {steps:,} env steps")
+        output = run_sweep(config, train, progress, lane_keys, hparams)
+    seed_indices = args.seed_indices or list(range(num_seeds))
+    summary = runs.save_grid(out, args.algo, config, cells, output, args.seed, progress.wall_time, seed_indices)
     names = list(args.grid)
     print("final mean episode return (last 10% of updates) over seeds, per cell:")
     print("  cell  " + "".join(f"{n:>16s}" for n in names)
@@ -255,10 +267,10 @@ def run_grid(args, config, train, progress, keys, out) -> int:
           f"cell-0 .. cell-{len(cells) - 1}/")
     diverged = []
     for index, cell in enumerate(cells):
-        part = jax.tree_util.tree_map(lambda x: x[index * args.num_seeds:(index + 1) * args.num_seeds], output)
+        part = jax.tree_util.tree_map(lambda x: x[index * num_seeds:(index + 1) * num_seeds], output)
         diverged += [f"cell {index} ({', '.join(f'{k}={v:g}' for k, v in cell.items())}), {line}"
-                     for line in runs.non_finite_seeds(part)]
-    return report_divergence(diverged, len(cells) * args.num_seeds)
+                     for line in runs.non_finite_seeds(part, seed_indices)]
+    return report_divergence(diverged, len(cells) * num_seeds)
 
 
 def report_divergence(lines: list[str], num_runs: int) -> int:

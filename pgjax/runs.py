@@ -439,7 +439,8 @@ def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list
 
 
 def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: list[dict[str, float]],
-              output: common.TrainOutput, seed: int, wall_time: np.ndarray | None = None) -> list[dict[str, Any]]:
+              output: common.TrainOutput, seed: int, wall_time: np.ndarray | None = None,
+              seed_indices: Any = None) -> list[dict[str, Any]]:
     """Write a seeds x hyperparameters grid run (`output` leaves [C * S, ...], lanes as `grid_lanes` lays them out):
 
         config.json           {"algo", "num_seeds", "seed", "grid": {name: values}, "cells", "config", "versions"}
@@ -449,7 +450,7 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
         cell-K/               a run directory per cell (`save_run`, its config holding the cell's values),
                               so `load_run` / experiments/evaluate.py reload it
 
-    Returns the summary rows.
+    `seed_indices` labels each cell's seeds (a replay's), default 0..S-1. Returns the summary rows.
     """
     num_cells = len(cells)
     num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0]) // num_cells
@@ -458,8 +459,9 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
                     for c in range(num_cells)]
     rows, curves = [], {}
     for index, (cell, cell_output) in enumerate(zip(cells, cell_outputs)):
-        save_run(os.path.join(out_dir, f"cell-{index}"), algo, config.replace(**cell), cell_output, seed, wall_time)
-        rows += [{"cell": index, **cell, **row} for row in metrics_rows(cell_output.metrics, wall_time)]
+        save_run(os.path.join(out_dir, f"cell-{index}"), algo, config.replace(**cell), cell_output, seed, wall_time,
+                 seed_indices)
+        rows += [{"cell": index, **cell, **row} for row in metrics_rows(cell_output.metrics, wall_time, seed_indices)]
         curves[", ".join(f"{k}={v:g}" for k, v in cell.items())] = cell_output.metrics
     write_metrics_csv(os.path.join(out_dir, "metrics.csv"), rows)
     summary = grid_summary(cells, output.metrics)
@@ -467,7 +469,8 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
     plot_learning_curves(os.path.join(out_dir, "learning_curves.png"), curves,
                          f"{algo.upper()} on {config.env_id}, {num_seeds} seeds per cell")
     grid = {k: list(dict.fromkeys(cell[k] for cell in cells)) for k in cells[0]}
-    meta = {"algo": algo, "num_seeds": num_seeds, "seed": seed, "grid": grid, "cells": cells,
+    meta = {"algo": algo, "num_seeds": num_seeds, "seed": seed, "seed_indices": _seed_labels(num_seeds, seed_indices),
+            "grid": grid, "cells": cells,
             "config": config.to_dict(), "versions": {"jax": jax.__version__, "pgjax": _pgjax_version()}}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(meta, f, indent=2, default=str)

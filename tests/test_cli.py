@@ -11,7 +11,7 @@ import pytest
 import evaluate as evaluate_cli
 import train as train_cli
 
-from pgjax import algos, parallel, runs
+from pgjax import algos, runs
 
 
 @pytest.fixture(scope="module")
@@ -180,19 +180,19 @@ def test_grid_summary_and_metrics_agree_and_cells_share_their_seeds(grid_dir):
         runs.load_run(grid_dir)
 
 
-def test_grid_cell_is_a_run_directory_and_its_lanes_replay_bit_for_bit(grid_dir):
+def test_grid_cell_is_a_run_directory_and_its_seeds_replay_bit_for_bit(grid_dir, tmp_path):
     cell = os.path.join(grid_dir, "cell-1")
     algo, config, params, _ = runs.load_run(cell)
     assert algo == "ppo" and config.learning_rate == 2.5e-4 and jax.tree_util.tree_leaves(params)[0].shape[0] == 2
-    grid_rows = [{k: v for k, v in r.items() if k not in ("cell", "learning_rate")}
-                 for r in _csv(os.path.join(grid_dir, "metrics.csv")) if r["cell"] == "1"]
-    assert runs.read_metrics_csv(os.path.join(cell, "metrics.csv")) == grid_rows
-    # Lane (cell 1, seed 1) rerun as a lane of the grid's per-device program, with its hyperparameters.
-    base = train_cli.parse_args([*GRID_FLAGS])[1]
-    keys, hparams = runs.grid_lanes(base, runs.grid_cells({"learning_rate": (1e-3, 2.5e-4)}), runs.seed_keys(0, [0, 1]))
-    per_device = 4 // len(parallel.devices_for(4))
-    replay = runs.replay_seeds(algos.get("ppo")[1](base), keys[3:], per_device, {k: v[3:] for k, v in hparams.items()})
-    rows = runs.metrics_rows(replay.metrics, seed_indices=[1])
-    expected = [r for r in grid_rows if r["seed"] == "1"]
-    assert [{k: str(v) for k, v in r.items() if k != "wall_time"} for r in rows] == \
-        [{k: v for k, v in r.items() if k != "wall_time"} for r in expected]
+
+    def rows(run, seed=None):
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in _csv(os.path.join(run, "metrics.csv"))
+                if seed is None or r["seed"] == seed]
+
+    assert rows(cell) == [{k: v for k, v in r.items() if k not in ("cell", "learning_rate")}
+                          for r in rows(grid_dir) if r["cell"] == "1"]
+    # Seed 1 of every cell again, as lanes of the grid's per-device program (each lane with its cell's hparams).
+    replay = str(tmp_path / "replay")
+    assert train_cli.main([*GRID_FLAGS, "--seed-indices", "1", "--out", replay]) == 0
+    assert len(rows(replay)) == 2 * 16 and rows(replay) == rows(grid_dir, "1")
+    assert [r["seeds"] for r in _csv(os.path.join(replay, "summary.csv"))] == ["1", "1"]
