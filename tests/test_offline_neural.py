@@ -127,6 +127,23 @@ def test_dualdice_same_key_same_result(problem, dualdice):
     np.testing.assert_array_equal(np.asarray(info_again["loss"]), np.asarray(info["loss"]))
 
 
+def test_padding_episodes_change_nothing(problem, dualdice):
+    # Minibatches come from the valid transitions only (the training loop pads them to the dataset's N * T, so
+    # datasets of one shape share a compile): 5 more padding steps after every episode must not change what is learned.
+    data = problem["data"]
+
+    def pad(x):
+        return jnp.concatenate([x, jnp.zeros((x.shape[0], 5, *x.shape[2:]), x.dtype)], axis=1)
+
+    padded = data._replace(**{f: pad(getattr(data, f)) for f in data._fields if f != "initial_observations"})
+    assert padded.num_transitions == data.num_transitions
+    params, info = dualdice
+    again, info_again = N.neural_dualdice(jax.random.key(3), padded, problem["probs_fn"], DUALDICE)
+    for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(info_again["value"]), float(info["value"]), rtol=1e-5)
+
+
 def test_fqe_matches_exact_values(problem, fqe):
     params, q_fn, info = fqe
     obs, _ = all_pairs()

@@ -224,7 +224,14 @@ def tabular_probs_fn(pi: Array) -> ProbsFn:
     return lambda observations: observations @ pi.astype(observations.dtype)
 
 
-def _prepare(name: str, dataset: Dataset, batch_size: int, target_probs_fn: ProbsFn) -> tuple[Transitions, Array, int]:
+def _prepare(name: str, dataset: Dataset, batch_size: int, target_probs_fn: ProbsFn
+             ) -> tuple[Transitions, Array, Array, int]:
+    """(transitions, number of valid ones, initial observations, number of actions), after checking the inputs.
+
+    The valid transitions come first, padded to the dataset's capacity N * T with copies of the first one, so
+    every dataset of one [N, T] shape (e.g. each log of `collect_env`) reuses one compiled training loop;
+    minibatches are drawn from the valid ones only.
+    """
     validate_dataset(dataset)
     obs = np.asarray(dataset.observations)
     if obs.ndim != 3 or not np.issubdtype(obs.dtype, np.floating):
@@ -249,12 +256,15 @@ def _prepare(name: str, dataset: Dataset, batch_size: int, target_probs_fn: Prob
     num_actions = probs.shape[-1]
     if int(np.max(np.asarray(data.actions))) >= num_actions or int(np.min(np.asarray(data.actions))) < 0:
         raise ValueError(f"{name}: dataset actions fall outside [0, {num_actions}), the target policy's action count.")
-    return data, jnp.asarray(dataset.initial_observations), num_actions
+    padding = actions.size - num
+    data = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], padding, axis=0)]), data)
+    return data, jnp.asarray(num, jnp.int32), jnp.asarray(dataset.initial_observations), num_actions
 
 
-def _sample(key: Array, tree: Any, batch_size: int) -> Any:
-    """A minibatch drawn uniformly with replacement along axis 0 of every leaf."""
-    size = jax.tree_util.tree_leaves(tree)[0].shape[0]
+def _sample(key: Array, tree: Any, batch_size: int, size: Array | int | None = None) -> Any:
+    """A minibatch drawn uniformly with replacement from the first `size` (default all) entries along axis 0
+    of every leaf."""
+    size = jax.tree_util.tree_leaves(tree)[0].shape[0] if size is None else size
     idx = jax.random.randint(key, (batch_size,), 0, size)
     return jax.tree_util.tree_map(lambda x: x[idx], tree)
 
@@ -354,7 +364,7 @@ def neural_dualdice_value(params: DualDICEParams, dataset: Dataset, discount, no
 
 
 @functools.partial(jax.jit, static_argnames=("target_probs_fn", "num_actions", "config"))
-def _train_dualdice(key, data: Transitions, initial_observations, target_probs_fn, num_actions, config):
+def _train_dualdice(key, data: Transitions, num_valid, initial_observations, target_probs_fn, num_actions, config):
     gamma = config.discount
     net = _mlp(config.hidden_sizes, config.activation, num_actions)
     key_nu, key_zeta, key_loop = jax.random.split(key, 3)
@@ -385,7 +395,7 @@ def _train_dualdice(key, data: Transitions, initial_observations, target_probs_f
     def step(carry, step_key):
         params, opt_nu, opt_zeta = carry
         key_batch, key_init = jax.random.split(step_key)
-        batch = _sample(key_batch, (*data, next_probs), config.batch_size)
+        batch = _sample(key_batch, (*data, next_probs), config.batch_size, num_valid)
         initial = _sample(key_init, (initial_observations, initial_probs), config.batch_size)
         loss, (g_nu, g_zeta) = jax.value_and_grad(loss_fn, argnums=(0, 1))(params.nu, params.zeta, batch, initial)
         # Simultaneous steps: descent on nu, ascent on zeta (Adam on the negated gradient).
@@ -399,7 +409,9 @@ def _train_dualdice(key, data: Transitions, initial_observations, target_probs_f
     carry = (params, tx_nu.init(params.nu), tx_zeta.init(params.zeta))
     (params, _, _), losses = lax.scan(step, carry, jax.random.split(key_loop, config.num_steps))
     w = neural_dualdice_ratio(params, data.observations, data.actions)
-    mean_w, mean_wr = jnp.mean(w), jnp.mean(w * data.rewards)
+    valid = jnp.arange(w.shape[0]) < num_valid  # the padding copies are left out
+    mean_w = jnp.sum(jnp.where(valid, w, 0.0)) / num_valid
+    mean_wr = jnp.sum(jnp.where(valid, w * data.rewards, 0.0)) / num_valid
     info = {
         "loss": losses,
         "mean_ratio": mean_w,
@@ -432,8 +444,8 @@ def neural_dualdice(
     """
     if not isinstance(config, NeuralDualDICEConfig):
         raise ValueError(f"neural_dualdice: config must be a NeuralDualDICEConfig; got {type(config).__name__}.")
-    data, initial, num_actions = _prepare("neural_dualdice", dataset, config.batch_size, target_probs_fn)
-    params, info = _train_dualdice(key, data, initial, target_probs_fn, num_actions, config)
+    data, num_valid, initial, num_actions = _prepare("neural_dualdice", dataset, config.batch_size, target_probs_fn)
+    params, info = _train_dualdice(key, data, num_valid, initial, target_probs_fn, num_actions, config)
     lrs = "NeuralDualDICEConfig.nu_learning_rate / zeta_learning_rate"
     _check_finite("The DualDICE nu network", params.nu, lrs)
     _check_finite("The DualDICE zeta network (the ratio estimate)", params.zeta, lrs)
@@ -491,7 +503,8 @@ def fqe_loss(q_sa: Array, rewards: Array, terminals: Array, next_values: Array, 
 
 
 @functools.partial(jax.jit, static_argnames=("target_probs_fn", "num_actions", "config"))
-def _train_fqe(key, data: Transitions, initial_observations, discount, target_probs_fn, num_actions, config):
+def _train_fqe(key, data: Transitions, num_valid, initial_observations, discount, target_probs_fn, num_actions,
+               config):
     net = _mlp(config.hidden_sizes, config.activation, num_actions)
     tx = _adam(config.learning_rate, config.num_steps, config.anneal_lr)
     key_init, key_loop = jax.random.split(key)
@@ -508,7 +521,7 @@ def _train_fqe(key, data: Transitions, initial_observations, discount, target_pr
     def step(carry, inputs):
         q, q_target, opt = carry
         step_idx, step_key = inputs
-        batch = _sample(step_key, (*data, next_probs), config.batch_size)
+        batch = _sample(step_key, (*data, next_probs), config.batch_size, num_valid)
         loss, grads = jax.value_and_grad(loss_fn)(q, q_target, batch)
         updates, opt = tx.update(grads, opt, q)
         q = optax.apply_updates(q, updates)
@@ -548,8 +561,8 @@ def fitted_q_evaluation(
         raise ValueError(f"fitted_q_evaluation: config must be an FQEConfig; got {type(config).__name__}.")
     if not _is_number(discount) or not 0.0 < float(discount) < 1.0:
         raise ValueError(f"fitted_q_evaluation: discount must lie in (0, 1); got {discount!r}.")
-    data, initial, num_actions = _prepare("fitted_q_evaluation", dataset, config.batch_size, target_probs_fn)
-    params, info = _train_fqe(key, data, initial, float(discount), target_probs_fn, num_actions, config)
+    data, num_valid, initial, num_actions = _prepare("fitted_q_evaluation", dataset, config.batch_size, target_probs_fn)
+    params, info = _train_fqe(key, data, num_valid, initial, float(discount), target_probs_fn, num_actions, config)
     _check_finite("The FQE Q network", params.q, "FQEConfig.learning_rate")
     _check_finite("The FQE loss", info, "FQEConfig.learning_rate")
     return params, functools.partial(fqe_q_values, params), info
