@@ -265,11 +265,9 @@ def run_grid(args, config, train, progress, keys, out) -> int:
               + f"{row['median']:9.1f}{row['mean']:9.1f}{row['ci95']:8.1f}{row['worst']:9.1f}{row['best']:9.1f}")
     print(f"wrote {out}/summary.csv, metrics.csv, learning_curves.png, config.json, "
           f"cell-0 .. cell-{len(cells) - 1}/")
-    diverged = []
-    for index, cell in enumerate(cells):
-        part = jax.tree_util.tree_map(lambda x: x[index * num_seeds:(index + 1) * num_seeds], output)
-        diverged += [f"cell {index} ({', '.join(f'{k}={v:g}' for k, v in cell.items())}), {line}"
-                     for line in runs.non_finite_seeds(part, seed_indices)]
+    diverged = [f"cell {index} ({runs.cell_label(cell)}), {line}"
+                for index, (cell, part) in enumerate(zip(cells, runs.grid_cell_outputs(output, len(cells))))
+                for line in runs.non_finite_seeds(part, seed_indices)]
     return report_divergence(diverged, len(cells) * num_seeds)
 
 

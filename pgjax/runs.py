@@ -422,6 +422,17 @@ def grid_lanes(config: common.OnPolicyConfig, cells: list[dict[str, float]], key
     return jnp.concatenate([keys] * len(cells)), hparams
 
 
+def grid_cell_outputs(output: Any, num_cells: int) -> list[Any]:
+    """A grid's output (leaves [C * S, ...], lanes as `grid_lanes` lays them out) split into its C cells' [S, ...]."""
+    num_seeds = int(np.shape(jax.tree_util.tree_leaves(output)[0])[0]) // num_cells
+    return [jax.tree_util.tree_map(lambda x: x[c * num_seeds:(c + 1) * num_seeds], output) for c in range(num_cells)]
+
+
+def cell_label(cell: dict[str, float]) -> str:
+    """"learning_rate=0.001, ent_coef=0": a grid cell's values, for legends and messages."""
+    return ", ".join(f"{k}={v:g}" for k, v in cell.items())
+
+
 def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per cell of a grid's final returns (`final_returns`, the last 10% of updates) over its seeds:
     the cell's values, then median, mean, ci95 (half-width of a 95% normal interval of the mean), worst, best
@@ -452,17 +463,15 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
 
     `seed_indices` labels each cell's seeds (a replay's), default 0..S-1. Returns the summary rows.
     """
-    num_cells = len(cells)
-    num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0]) // num_cells
+    cell_outputs = grid_cell_outputs(output, len(cells))
+    num_seeds = int(np.asarray(cell_outputs[0].metrics["env_steps"]).shape[0])
     os.makedirs(out_dir, exist_ok=True)
-    cell_outputs = [jax.tree_util.tree_map(lambda x: x[c * num_seeds:(c + 1) * num_seeds], output)
-                    for c in range(num_cells)]
     rows, curves = [], {}
     for index, (cell, cell_output) in enumerate(zip(cells, cell_outputs)):
         save_run(os.path.join(out_dir, f"cell-{index}"), algo, config.replace(**cell), cell_output, seed, wall_time,
                  seed_indices)
         rows += [{"cell": index, **cell, **row} for row in metrics_rows(cell_output.metrics, wall_time, seed_indices)]
-        curves[", ".join(f"{k}={v:g}" for k, v in cell.items())] = cell_output.metrics
+        curves[cell_label(cell)] = cell_output.metrics
     write_metrics_csv(os.path.join(out_dir, "metrics.csv"), rows)
     summary = grid_summary(cells, output.metrics)
     tables.write_csv(os.path.join(out_dir, "summary.csv"), summary)
