@@ -14,7 +14,8 @@ A seeds x hyperparameters grid in the same one compiled call (`--grid`, repeatab
         --grid learning_rate=1e-4,2.5e-4,1e-3 --grid ent_coef=0,0.01
 
 trains every combination (a cell) on the same --num-seeds seeds (paired comparisons) and writes DIR/summary.csv
-(per cell: median, mean with its 95% interval, worst and best final return over seeds), DIR/metrics.csv (one row
+(per cell: median, mean with its 95% interval, worst and best final return over seeds, and the paired difference
+from the best cell, seed by seed, with its 95% interval), DIR/metrics.csv (one row
 per cell, seed and update, the cell's values first), DIR/learning_curves.png (one curve per cell) and DIR/cell-K/,
 a run directory per cell for evaluate.py (`pgjax.runs.save_grid`). The same flags with --seed-indices replay
 those seeds in every cell, bit for bit.
@@ -259,10 +260,11 @@ def run_grid(args, config, train, progress, keys, out) -> int:
     names = list(args.grid)
     print("final mean episode return (last 10% of updates) over seeds, per cell:")
     print("  cell  " + "".join(f"{n:>16s}" for n in names)
-          + f"{'median':>9s}{'mean':>9s}{'+-95%':>8s}{'worst':>9s}{'best':>9s}")
+          + f"{'median':>9s}{'mean':>9s}{'+-95%':>8s}{'worst':>9s}{'best':>9s}{'vs best (paired)':>20s}")
     for row in summary:
         print(f"  {row['cell']:4d}  " + "".join(f"{row[n]:16g}" for n in names)
-              + f"{row['median']:9.1f}{row['mean']:9.1f}{row['ci95']:8.1f}{row['worst']:9.1f}{row['best']:9.1f}")
+              + f"{row['median']:9.1f}{row['mean']:9.1f}{row['ci95']:8.1f}{row['worst']:9.1f}{row['best']:9.1f}"
+              + f"{row['vs_best']:12.1f} +-{row['vs_best_ci95']:6.1f}")
     print(f"wrote {out}/summary.csv, metrics.csv, learning_curves.png, config.json, "
           f"cell-0 .. cell-{len(cells) - 1}/")
     diverged = [f"cell {index} ({runs.cell_label(cell)}), {line}"

@@ -435,17 +435,27 @@ def cell_label(cell: dict[str, float]) -> str:
 
 def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per cell of a grid's final returns (`final_returns`, the last 10% of updates) over its seeds:
-    the cell's values, then median, mean, ci95 (half-width of a 95% normal interval of the mean), worst, best
-    and finished (seeds that finished an episode in that window). metrics: leaves [C * S, updates]."""
+    the cell's values, then median, mean, ci95 (half-width of a 95% normal interval of the mean), worst, best,
+    finished (seeds that finished an episode in that window), and the paired comparison with the cell of the
+    highest mean: vs_best = mean over seeds of (this cell's return - the best cell's, the same seed), vs_best_ci95
+    its interval. Every cell runs the same seeds, so the pairs share their randomness and vs_best is usually far
+    tighter than the two cells' own intervals. metrics: leaves [C * S, updates]."""
     returns = final_returns(metrics).reshape(len(cells), -1)
+    with _quiet_nan_warnings():
+        best = returns[int(np.nanargmax(np.nanmean(returns, axis=1)))] if not np.isnan(returns).all() else None
     rows = []
     for index, (cell, values) in enumerate(zip(cells, returns)):
         finished = values[~np.isnan(values)]
         mean, half = mean_and_interval(values[:, None])
         stat = (lambda f: float(f(finished))) if finished.size else (lambda f: float("nan"))
-        rows.append({"cell": index, **cell, "median": stat(np.median), "mean": float(mean[0]),
-                     "ci95": float(half[0]) if finished.size > 1 else float("nan"), "worst": stat(np.min),
-                     "best": stat(np.max), "finished": int(finished.size), "seeds": int(values.size)})
+        row = {"cell": index, **cell, "median": stat(np.median), "mean": float(mean[0]),
+               "ci95": float(half[0]) if finished.size > 1 else float("nan"), "worst": stat(np.min),
+               "best": stat(np.max), "finished": int(finished.size), "seeds": int(values.size)}
+        difference = values - best if best is not None else np.full_like(values, np.nan)
+        diff_mean, diff_half = mean_and_interval(difference[:, None])
+        pairs = int(np.sum(~np.isnan(difference)))
+        rows.append({**row, "vs_best": float(diff_mean[0]), "vs_best_ci95": float(diff_half[0]) if pairs > 1
+                     else float("nan")})
     return rows
 
 

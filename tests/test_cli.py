@@ -170,10 +170,15 @@ def test_grid_summary_and_metrics_agree_and_cells_share_their_seeds(grid_dir):
     assert returns[0, 0] != returns[1, 0]  # the learning rate changed what was learned
     summary = _csv(os.path.join(grid_dir, "summary.csv"))
     assert [float(r["learning_rate"]) for r in summary] == [1e-3, 2.5e-4]
+    finals = np.array([[np.nanmean(returns[cell, seed][-2:]) for seed in range(2)] for cell in range(2)])
+    best = finals[np.argmax(finals.mean(axis=1))]
     for row in summary:  # final return = mean over the last 10% of updates (2 of 16), per seed
-        finals = [np.nanmean(returns[int(row["cell"]), seed][-2:]) for seed in range(2)]
-        np.testing.assert_allclose([float(row[k]) for k in ("median", "mean", "worst", "best")],
-                                   [np.median(finals), np.mean(finals), min(finals), max(finals)], rtol=1e-6)
+        values = finals[int(row["cell"])]
+        difference = values - best  # paired by seed
+        np.testing.assert_allclose(
+            [float(row[k]) for k in ("median", "mean", "worst", "best", "vs_best", "vs_best_ci95")],
+            [np.median(values), values.mean(), values.min(), values.max(), difference.mean(),
+             1.96 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-9)
     with open(os.path.join(grid_dir, "config.json")) as f:
         assert json.load(f)["grid"] == {"learning_rate": [1e-3, 2.5e-4]}
     with pytest.raises(ValueError, match="hyperparameter grid"):
