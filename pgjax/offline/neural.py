@@ -225,12 +225,14 @@ def tabular_probs_fn(pi: Array) -> ProbsFn:
 
 
 def _prepare(name: str, dataset: Dataset, batch_size: int, target_probs_fn: ProbsFn
-             ) -> tuple[Transitions, Array, Array, int]:
-    """(transitions, number of valid ones, initial observations, number of actions), after checking the inputs.
+             ) -> tuple[Transitions, Array, Array, Array, int]:
+    """(transitions, pi(.|s') [.., A] at their next observations, number of valid ones, initial observations,
+    number of actions), after checking the inputs.
 
     The valid transitions come first, padded to the dataset's capacity N * T with copies of the first one, so
     every dataset of one [N, T] shape (e.g. each log of `collect_env`) reuses one compiled training loop;
-    minibatches are drawn from the valid ones only.
+    minibatches are drawn from the valid ones only. pi(.|s') is evaluated on the valid transitions before the
+    padding: XLA's matmuls round differently for another number of rows, and the min-max amplifies that.
     """
     validate_dataset(dataset)
     obs = np.asarray(dataset.observations)
@@ -256,9 +258,11 @@ def _prepare(name: str, dataset: Dataset, batch_size: int, target_probs_fn: Prob
     num_actions = probs.shape[-1]
     if int(np.max(np.asarray(data.actions))) >= num_actions or int(np.min(np.asarray(data.actions))) < 0:
         raise ValueError(f"{name}: dataset actions fall outside [0, {num_actions}), the target policy's action count.")
+    next_probs = jax.jit(target_probs_fn)(data.next_observations)
     padding = actions.size - num
-    data = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], padding, axis=0)]), data)
-    return data, jnp.asarray(num, jnp.int32), jnp.asarray(dataset.initial_observations), num_actions
+    data, next_probs = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], padding, axis=0)]),
+                                              (data, next_probs))
+    return data, next_probs, jnp.asarray(num, jnp.int32), jnp.asarray(dataset.initial_observations), num_actions
 
 
 def _sample(key: Array, tree: Any, batch_size: int, size: Array | int | None = None) -> Any:
@@ -364,7 +368,8 @@ def neural_dualdice_value(params: DualDICEParams, dataset: Dataset, discount, no
 
 
 @functools.partial(jax.jit, static_argnames=("target_probs_fn", "num_actions", "config"))
-def _train_dualdice(key, data: Transitions, num_valid, initial_observations, target_probs_fn, num_actions, config):
+def _train_dualdice(key, data: Transitions, next_probs, num_valid, initial_observations, target_probs_fn, num_actions,
+                    config):
     gamma = config.discount
     net = _mlp(config.hidden_sizes, config.activation, num_actions)
     key_nu, key_zeta, key_loop = jax.random.split(key, 3)
@@ -377,8 +382,7 @@ def _train_dualdice(key, data: Transitions, num_valid, initial_observations, tar
     )
     tx_nu = _adam(config.nu_learning_rate, config.num_steps, config.anneal_lr, config.adam_b1)
     tx_zeta = _adam(config.zeta_learning_rate, config.num_steps, config.anneal_lr, config.adam_b1)
-    # pi(.|s') and pi(.|s0) never change: evaluate the target policy once, outside the loop.
-    next_probs = target_probs_fn(data.next_observations)
+    # pi(.|s') (given) and pi(.|s0) never change: evaluate the target policy once, outside the loop.
     initial_probs = target_probs_fn(initial_observations)
 
     def loss_fn(nu, zeta, batch, initial):
@@ -444,8 +448,9 @@ def neural_dualdice(
     """
     if not isinstance(config, NeuralDualDICEConfig):
         raise ValueError(f"neural_dualdice: config must be a NeuralDualDICEConfig; got {type(config).__name__}.")
-    data, num_valid, initial, num_actions = _prepare("neural_dualdice", dataset, config.batch_size, target_probs_fn)
-    params, info = _train_dualdice(key, data, num_valid, initial, target_probs_fn, num_actions, config)
+    data, next_probs, num_valid, initial, num_actions = _prepare("neural_dualdice", dataset, config.batch_size,
+                                                                  target_probs_fn)
+    params, info = _train_dualdice(key, data, next_probs, num_valid, initial, target_probs_fn, num_actions, config)
     lrs = "NeuralDualDICEConfig.nu_learning_rate / zeta_learning_rate"
     _check_finite("The DualDICE nu network", params.nu, lrs)
     _check_finite("The DualDICE zeta network (the ratio estimate)", params.zeta, lrs)
@@ -503,13 +508,12 @@ def fqe_loss(q_sa: Array, rewards: Array, terminals: Array, next_values: Array, 
 
 
 @functools.partial(jax.jit, static_argnames=("target_probs_fn", "num_actions", "config"))
-def _train_fqe(key, data: Transitions, num_valid, initial_observations, discount, target_probs_fn, num_actions,
-               config):
+def _train_fqe(key, data: Transitions, next_probs, num_valid, initial_observations, discount, target_probs_fn,
+               num_actions, config):
     net = _mlp(config.hidden_sizes, config.activation, num_actions)
     tx = _adam(config.learning_rate, config.num_steps, config.anneal_lr)
     key_init, key_loop = jax.random.split(key)
     q_params = net.init(key_init, data.observations[0])
-    next_probs = target_probs_fn(data.next_observations)
     scale = 1.0 - discount
 
     def loss_fn(q, q_target, batch):
@@ -561,8 +565,10 @@ def fitted_q_evaluation(
         raise ValueError(f"fitted_q_evaluation: config must be an FQEConfig; got {type(config).__name__}.")
     if not _is_number(discount) or not 0.0 < float(discount) < 1.0:
         raise ValueError(f"fitted_q_evaluation: discount must lie in (0, 1); got {discount!r}.")
-    data, num_valid, initial, num_actions = _prepare("fitted_q_evaluation", dataset, config.batch_size, target_probs_fn)
-    params, info = _train_fqe(key, data, num_valid, initial, float(discount), target_probs_fn, num_actions, config)
+    data, next_probs, num_valid, initial, num_actions = _prepare("fitted_q_evaluation", dataset, config.batch_size,
+                                                                  target_probs_fn)
+    params, info = _train_fqe(key, data, next_probs, num_valid, initial, float(discount), target_probs_fn,
+                              num_actions, config)
     _check_finite("The FQE Q network", params.q, "FQEConfig.learning_rate")
     _check_finite("The FQE loss", info, "FQEConfig.learning_rate")
     return params, functools.partial(fqe_q_values, params), info
