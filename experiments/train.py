@@ -196,6 +196,18 @@ def run_sweep(config, train, progress, keys, hparams=None):
     return output
 
 
+def run_replay(train, progress, keys, sweep_lanes, what, hparams=None):
+    """Replays lanes (keys [n], hparams {name: [n]} for a grid) as lanes of the sweep's per-device program, so they
+    equal their rows of the sweep of `sweep_lanes` lanes bit for bit; prints `what` and the time."""
+    per_device = sweep_lanes // len(parallel.devices_for(sweep_lanes))
+    print(f"{what} as lanes of a {per_device}-lane program (the sweep's lanes per device)")
+    t0 = time.perf_counter()
+    output = jax.block_until_ready(runs.replay_seeds(train, keys, per_device, hparams))
+    progress.close()
+    print(f"compile and run {time.perf_counter() - t0:.1f} s")
+    return output
+
+
 def main(argv=None) -> int:
     args, config = parse_args(argv)
     setup_cpu_devices(args.cpu_devices)
@@ -212,14 +224,9 @@ def main(argv=None) -> int:
     if args.grid:
         return run_grid(args, config, train, progress, keys, out)
     if args.seed_indices is not None:
-        # A replay: the chosen seeds as lanes of the sweep's per-device program, so they match their rows of it.
-        per_device = args.num_seeds // len(parallel.devices_for(args.num_seeds))
-        print(f"{args.algo.upper()} on {config.env_id}: replaying seeds {seed_indices} of {args.num_seeds} as "
-              f"lanes of a {per_device}-seed program (the sweep's seeds per device)")
-        t0 = time.perf_counter()
-        output = jax.block_until_ready(runs.replay_seeds(train, keys, per_device))
-        progress.close()
-        print(f"compile and run {time.perf_counter() - t0:.1f} s")
+        output = run_replay(train, progress, keys, args.num_seeds,
+                            f"{args.algo.upper()} on {config.env_id}: replaying seeds {seed_indices} of "
+                            f"{args.num_seeds}")
     else:
         print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
               f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
@@ -242,14 +249,9 @@ def run_grid(args, config, train, progress, keys, out) -> int:
     lane_keys, hparams = runs.grid_lanes(config, cells, keys)
     num_seeds = keys.shape[0]
     if args.seed_indices is not None:
-        sweep_lanes = len(cells) * args.num_seeds
-        per_device = sweep_lanes // len(parallel.devices_for(sweep_lanes))
-        print(f"{args.algo.upper()} on {config.env_id}: replaying seeds {args.seed_indices} of {args.num_seeds} in "
-              f"each of {len(cells)} cells as lanes of a {per_device}-lane program (the grid's lanes per device)")
-        t0 = time.perf_counter()
-        output = jax.block_until_ready(runs.replay_seeds(train, lane_keys, per_device, hparams))
-        progress.close()
-        print(f"compile and run {time.perf_counter() - t0:.1f} s")
+        output = run_replay(train, progress, lane_keys, len(cells) * args.num_seeds,
+                            f"{args.algo.upper()} on {config.env_id}: replaying seeds {args.seed_indices} of "
+                            f"{args.num_seeds} in each of {len(cells)} cells", hparams)
     else:
         steps = lane_keys.shape[0] * config.num_updates * config.batch_size
         print(f"{args.algo.upper()} on {config.env_id}: {len(cells)} cells x {num_seeds} seeds x "
