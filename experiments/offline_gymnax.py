@@ -102,6 +102,10 @@ def parse_args(argv=None):
                  "fqe_steps", "fqe_batch_size", "reference_episodes", "datasets"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("dualdice_batch_size", "fqe_batch_size"):  # caught here, before minutes of PPO and logging
+        if getattr(args, name) > args.num_episodes * args.horizon:
+            p.error(f"--{name.replace('_', '-')} ({getattr(args, name)}) is larger than the most transitions the "
+                    f"logged episodes can hold (--num-episodes x --horizon = {args.num_episodes * args.horizon})")
     if args.reference_chunks < 2 or args.reference_chunks % 2 or args.reference_episodes % args.reference_chunks:
         p.error("--reference-chunks must be even, >= 2, and divide --reference-episodes")
     if args.improve_steps < 0 or not args.improve_learning_rate > 0:
@@ -145,7 +149,7 @@ def estimate_values(args, data, target_probs, target_log_probs, key_dice, key_fq
     Returns ({method: (estimate, seconds, note)}, the DualDICE params, FQE's q_fn).
     """
     for flag, size in (("--dualdice-batch-size", config.batch_size), ("--fqe-batch-size", fqe_config.batch_size)):
-        if size > data.num_transitions:  # each dataset logs its own number of transitions
+        if size > data.num_transitions:  # episodes that end early log fewer: each dataset has its own count
             raise SystemExit(f"error: {flag} ({size}) is larger than a logged dataset's {data.num_transitions} "
                              "transitions: lower it, or log more with --num-episodes / --horizon")
     out = {}

@@ -62,3 +62,15 @@ def test_dataset_table_repeats_dataset_0_and_config_records_the_flags(out):
     with open(os.path.join(out, "config.json")) as f:
         config = json.load(f)
     assert config["fqe"]["batch_size"] == 64 and config["dualdice"]["batch_size"] == 64 and config["datasets"] == 2
+
+
+@pytest.mark.parametrize("flag", ["--dualdice-batch-size", "--fqe-batch-size"])
+def test_batch_larger_than_any_dataset_is_refused_before_training(flag, capsys):
+    # 8 episodes x 50 steps hold at most 400 transitions: refused while parsing, before PPO trains for minutes.
+    small = ["--num-episodes", "8", "--horizon", "50", "--dualdice-batch-size", "64", "--fqe-batch-size", "64"]
+    with pytest.raises(SystemExit) as exc:
+        offline_gymnax.parse_args([*small, flag, "401"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag} (401) is larger than" in err and "--num-episodes x --horizon = 400" in err
+    assert getattr(offline_gymnax.parse_args([*small, flag, "400"]), flag[2:].replace("-", "_")) == 400  # the bound
