@@ -67,7 +67,18 @@ def test_non_finite_seeds_names_the_first_bad_update():
 
 def test_diverged_training_exits_with_an_error(tmp_path, capsys):
     argv = ["--algo", "a2c", "--env", "Pendulum-v1", "--total-timesteps", "2048", "--num-seeds", "2", "--no-progress",
-            "--learning-rate", "10", "--max-grad-norm", "1e9", "--reward-scale", "1e6", "--out", str(tmp_path / "run")]
+            "--learning-rate", "1000", "--max-grad-norm", "1e9", "--reward-scale", "1e6", "--out", str(tmp_path / "run")]
     assert train_cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "diverged (NaN or inf)" in err and "non-finite from update" in err and "fix:" in err
+
+
+def test_diverged_grid_cell_is_named(tmp_path, capsys):
+    # A grid where only the lr = 1000 cell diverges: the report names that cell and its seeds, not the stable one.
+    argv = ["--algo", "a2c", "--env", "Pendulum-v1", "--total-timesteps", "2048", "--num-seeds", "2", "--no-progress",
+            "--grid", "learning_rate=1000,1e-5", "--max-grad-norm", "1e9", "--reward-scale", "1e6",
+            "--out", str(tmp_path / "grid")]
+    assert train_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "of 4 seeds diverged (NaN or inf)" in err and "cell 0 (learning_rate=1000), seed " in err, err
+    assert "cell 1" not in err, err
