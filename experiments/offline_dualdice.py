@@ -126,7 +126,7 @@ def make_estimator(mdp, features, theta, num_trajectories, horizon):
 
 
 def cosine(a, b):
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+    return float(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30), -1.0, 1.0))  # rounding can pass 1
 
 
 def run(args) -> list[dict]:

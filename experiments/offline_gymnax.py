@@ -140,7 +140,8 @@ def flatten(tree) -> np.ndarray:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    # Clipped: a vector's cosine with itself can round to 1 + 2e-16 (the reference's own row did, at another seed).
+    return float(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1.0, 1.0))
 
 
 def estimate_values(args, data, target_probs, target_log_probs, key_dice, key_fqe, config, fqe_config):
