@@ -4,6 +4,9 @@
 
 Prints each seed's mean return and writes every episode's return to RUN_DIR/evaluation.csv (or --csv):
 columns seed, episode, episode_return, actions ("deterministic" or "stochastic").
+
+RUN_DIR may also be a hyperparameter grid (train.py --grid): every cell's seeds are evaluated, one compile for
+all of them, with the cell's number and values as the first columns, and a summary per cell is printed.
 """
 
 from __future__ import annotations
@@ -19,9 +22,26 @@ import numpy as np
 from pgjax import runs, tables
 
 
+def evaluate_seeds(run, labels: list[int], args) -> tuple[list[float], list[dict]]:
+    """Every seed of one loaded run (`runs.load_run`'s tuple; labels: its seeds' indices in the sweep):
+    (mean return per seed, one row per episode)."""
+    _, config, params, stats = run
+    actions = "stochastic" if args.stochastic else "deterministic"
+    means, rows = [], []
+    for row, seed in enumerate(labels):  # seed i of the sweep is evaluated with key(--seed + i), wherever it ran
+        seed_params = jax.tree_util.tree_map(lambda x: x[row], params)
+        seed_stats = None if stats is None else jax.tree_util.tree_map(lambda x: x[row], stats)
+        returns = np.asarray(runs.evaluate(jax.random.key(args.seed + seed), config, seed_params, seed_stats,
+                                           args.episodes, deterministic=not args.stochastic))
+        means.append(float(np.nanmean(returns)))
+        rows += [dict(seed=seed, episode=i, episode_return=float(r), actions=actions) for i, r in enumerate(returns)]
+        print(f"  seed {seed}: mean return {means[-1]:.1f} (min {np.nanmin(returns):.1f}, max {np.nanmax(returns):.1f})")
+    return means, rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory of train.py, or a grid's (train.py --grid)")
     p.add_argument("--episodes", type=int, default=10, help="episodes per seed")
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
     p.add_argument("--seed", type=int, default=123)
@@ -29,26 +49,35 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.episodes < 1:
         p.error(f"--episodes must be >= 1; got {args.episodes}")
-    try:
-        algo, config, params, stats = runs.load_run(args.run_dir)
+    config_path = os.path.join(args.run_dir, "config.json")
+    try:  # (a malformed config.json is a ValueError too)
+        meta = {}
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                meta = json.load(f)
+        cells = meta.get("cells")  # a grid (train.py --grid): cell-K/ are its run directories
+        dirs = [os.path.join(args.run_dir, f"cell-{k}") for k in range(len(cells))] if cells else [args.run_dir]
+        loaded = [runs.load_run(d) for d in dirs]
     except ValueError as err:
-        p.error(str(err))
+        p.error(f"{config_path}: {err}" if isinstance(err, json.JSONDecodeError) else str(err))
+    algo, config, params, _ = loaded[0]
     num_seeds = jax.tree_util.tree_leaves(params)[0].shape[0]
-    with open(os.path.join(args.run_dir, "config.json")) as f:  # a replay (train.py --seed-indices) saves its seeds'
-        labels = json.load(f).get("seed_indices", list(range(num_seeds)))
-    print(f"{algo.upper()} on {config.env_id}, {num_seeds} seeds, {args.episodes} episodes each "
+    labels = meta.get("seed_indices", list(range(num_seeds)))  # a replay's seeds
+    what = f"{len(cells)} cells x {num_seeds} seeds" if cells else f"{num_seeds} seeds"
+    print(f"{algo.upper()} on {config.env_id}, {what}, {args.episodes} episodes each "
           f"({'stochastic' if args.stochastic else 'deterministic'} actions)")
-    means, rows = [], []
-    actions = "stochastic" if args.stochastic else "deterministic"
-    for row, seed in enumerate(labels):  # seed i of the sweep is evaluated with key(--seed + i), wherever it ran
-        seed_params = jax.tree_util.tree_map(lambda x: x[row], params)
-        seed_stats = None if stats is None else jax.tree_util.tree_map(lambda x: x[row], stats)
-        returns = np.asarray(runs.evaluate(jax.random.key(args.seed + seed), config, seed_params, seed_stats,
-                                           args.episodes, deterministic=not args.stochastic))
-        means.append(np.nanmean(returns))
-        rows += [dict(seed=seed, episode=i, episode_return=float(r), actions=actions) for i, r in enumerate(returns)]
-        print(f"  seed {seed}: mean return {means[-1]:.1f} (min {np.nanmin(returns):.1f}, max {np.nanmax(returns):.1f})")
-    print(f"median over seeds {np.median(means):.1f}, worst {np.min(means):.1f}")
+    if not cells:
+        means, rows = evaluate_seeds(loaded[0], labels, args)
+        print(f"median over seeds {np.median(means):.1f}, worst {np.min(means):.1f}")
+    else:
+        rows, lines = [], []
+        for index, (cell, run) in enumerate(zip(cells, loaded)):
+            print(f"cell {index} ({runs.cell_label(cell)}):")
+            means, cell_rows = evaluate_seeds(run, labels, args)
+            rows += [{"cell": index, **cell, **row} for row in cell_rows]
+            lines.append(f"  cell {index} ({runs.cell_label(cell)}): median {np.median(means):.1f}, "
+                         f"worst {np.min(means):.1f}, best {np.max(means):.1f}")
+        print("over each cell's seeds:", *lines, sep="\n")
     path = args.csv or os.path.join(args.run_dir, "evaluation.csv")
     tables.write_csv(path, rows)
     print(f"wrote {path}")

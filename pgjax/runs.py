@@ -14,6 +14,7 @@ summary.csv, metrics.csv, learning_curves.png and config.json, and one such run 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import itertools
 import json
@@ -237,11 +238,19 @@ def evaluate(
 
     Observation statistics are frozen at their trained values. Returns [num_episodes] (NaN for an episode
     that did not end within the environment's step limit). The compiled program is shared by every call
-    with the same (config, num_episodes, deterministic): params and statistics are its arguments.
+    with the same (config, num_episodes, deterministic): params and statistics are its arguments, and the config's
+    `HYPERPARAMS` (training-only numbers) are not part of the key, so the cells of a grid share it too.
     """
     if num_episodes < 1:
         raise ValueError(f"evaluate: num_episodes must be >= 1; got {num_episodes}.")
-    return _evaluation_program(config, int(num_episodes), bool(deterministic))(key, params, obs_statistics)
+    program = _evaluation_program(_without_hyperparams(config), int(num_episodes), bool(deterministic))
+    return program(key, params, obs_statistics)
+
+
+def _without_hyperparams(config: common.OnPolicyConfig) -> common.OnPolicyConfig:
+    """`config` with its HYPERPARAMS at their defaults: they shape training only, never the policy's episodes."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.name in type(config).HYPERPARAMS}
+    return config.replace(**defaults)
 
 
 @functools.lru_cache(maxsize=16)

@@ -201,3 +201,24 @@ def test_grid_cell_is_a_run_directory_and_its_seeds_replay_bit_for_bit(grid_dir,
     assert train_cli.main([*GRID_FLAGS, "--seed-indices", "1", "--out", replay]) == 0
     assert len(rows(replay)) == 2 * 16 and rows(replay) == rows(grid_dir, "1")
     assert [r["seeds"] for r in _csv(os.path.join(replay, "summary.csv"))] == ["1", "1"]
+
+
+def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_path, capsys):
+    runs._evaluation_program.cache_clear()
+    path = str(tmp_path / "eval.csv")
+    assert evaluate_cli.main([grid_dir, "--episodes", "2", "--csv", path]) == 0
+    # The cells differ only in HYPERPARAMS (training-only numbers): one compiled evaluation program serves them all.
+    assert runs._evaluation_program.cache_info().currsize == 1
+    rows = _csv(path)
+    assert [(r["cell"], r["learning_rate"], r["seed"], r["episode"]) for r in rows] == [
+        (str(c), str(lr), str(s), str(e)) for c, lr in enumerate([1e-3, 2.5e-4]) for s in range(2) for e in range(2)]
+    printed = capsys.readouterr().out
+    for cell in range(2):  # each cell's episodes are its own seeds' policies under key(--seed + seed)
+        _, config, params, _ = runs.load_run(os.path.join(grid_dir, f"cell-{cell}"))
+        for seed in range(2):
+            seed_params = jax.tree_util.tree_map(lambda x: x[seed], params)
+            direct = np.asarray(runs.evaluate(jax.random.key(123 + seed), config, seed_params, None, 2))
+            logged = [float(r["episode_return"]) for r in rows if r["cell"] == str(cell) and r["seed"] == str(seed)]
+            np.testing.assert_array_equal(logged, direct)
+        assert f"cell {cell} (learning_rate=" in printed
+    assert printed.count("median") == 2
