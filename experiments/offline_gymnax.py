@@ -91,7 +91,7 @@ def parse_args(argv=None):
     p.add_argument("--datasets", type=int, default=1,
                    help="K > 1: also log K - 1 more datasets of mu and rerun the value estimators on each, then report "
                         "every estimator's mean error over the K datasets with its standard error: bias, not one "
-                        "dataset's noise (~40 s per dataset on 2 CPU cores; writes datasets.csv)")
+                        "dataset's noise (~28 s per dataset at the default sizes on 2 CPU cores; writes datasets.csv)")
     p.add_argument("--out", default=os.path.join("runs", "offline-gymnax"))
     args = p.parse_args(argv)
     if not 0.0 <= args.epsilon <= 1.0:
