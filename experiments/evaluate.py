@@ -6,7 +6,8 @@ Prints each seed's mean return and writes every episode's return to RUN_DIR/eval
 columns seed, episode, episode_return, actions ("deterministic" or "stochastic").
 
 RUN_DIR may also be a hyperparameter grid (train.py --grid): every cell's seeds are evaluated, one compile for
-all of them, with the cell's number and values as the first columns, and a summary per cell is printed.
+all of them, with the cell's number and values as the first columns, and a summary per cell (median, mean, worst
+and best of its seeds' mean returns) is printed and written next to it (evaluation_summary.csv).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def evaluate_seeds(run, labels: list[int], args) -> tuple[list[float], list[dict
         seed_params = jax.tree_util.tree_map(lambda x: x[row], params)
         seed_stats = None if stats is None else jax.tree_util.tree_map(lambda x: x[row], stats)
         returns = np.asarray(runs.evaluate(jax.random.key(args.seed + seed), config, seed_params, seed_stats,
-                                           args.episodes, deterministic=not args.stochastic))
+                                           args.episodes, deterministic=not args.stochastic), np.float64)
         means.append(float(np.nanmean(returns)))
         rows += [dict(seed=seed, episode=i, episode_return=float(r), actions=actions) for i, r in enumerate(returns)]
         print(f"  seed {seed}: mean return {means[-1]:.1f} (min {np.nanmin(returns):.1f}, max {np.nanmax(returns):.1f})")
@@ -70,17 +71,24 @@ def main(argv=None) -> int:
         means, rows = evaluate_seeds(loaded[0], labels, args)
         print(f"median over seeds {np.median(means):.1f}, worst {np.min(means):.1f}")
     else:
-        rows, lines = [], []
+        rows, summary = [], []
         for index, (cell, run) in enumerate(zip(cells, loaded)):
             print(f"cell {index} ({runs.cell_label(cell)}):")
             means, cell_rows = evaluate_seeds(run, labels, args)
             rows += [{"cell": index, **cell, **row} for row in cell_rows]
-            lines.append(f"  cell {index} ({runs.cell_label(cell)}): median {np.median(means):.1f}, "
-                         f"worst {np.min(means):.1f}, best {np.max(means):.1f}")
-        print("over each cell's seeds:", *lines, sep="\n")
+            summary.append({"cell": index, **cell, "median": float(np.median(means)), "mean": float(np.mean(means)),
+                            "worst": float(np.min(means)), "best": float(np.max(means)), "seeds": len(means)})
+        print("over each cell's seeds' mean returns:")
+        for row in summary:
+            print(f"  cell {row['cell']} ({runs.cell_label(cells[row['cell']])}): median {row['median']:.1f}, "
+                  f"mean {row['mean']:.1f}, worst {row['worst']:.1f}, best {row['best']:.1f}")
     path = args.csv or os.path.join(args.run_dir, "evaluation.csv")
     tables.write_csv(path, rows)
     print(f"wrote {path}")
+    if cells:
+        summary_path = os.path.splitext(path)[0] + "_summary.csv"
+        tables.write_csv(summary_path, summary)
+        print(f"wrote {summary_path}")
     return 0
 
 

@@ -221,4 +221,10 @@ def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_pat
             logged = [float(r["episode_return"]) for r in rows if r["cell"] == str(cell) and r["seed"] == str(seed)]
             np.testing.assert_array_equal(logged, direct)
         assert f"cell {cell} (learning_rate=" in printed
-    assert printed.count("median") == 2
+    summary = _csv(str(tmp_path / "eval_summary.csv"))
+    for row in summary:  # each cell's row summarises its seeds' mean returns in evaluation.csv
+        means = [np.mean([float(r["episode_return"]) for r in rows if r["cell"] == row["cell"] and r["seed"] == s])
+                 for s in ("0", "1")]
+        assert float(row["median"]) == pytest.approx(np.median(means)) and float(row["worst"]) == pytest.approx(
+            min(means)) and float(row["best"]) == pytest.approx(max(means)) and row["seeds"] == "2"
+    assert [(r["cell"], r["learning_rate"]) for r in summary] == [("0", "0.001"), ("1", "0.00025")]
