@@ -268,9 +268,8 @@ def _episode_outcomes(mdp, mu, pi, horizon):
 def test_weighted_importance_sampling_mean_is_its_exact_biased_expectation(problem, big_dataset):
     """E[WIS] over datasets of 2 episodes of 2 steps, exactly: the sum over all pairs of logged episodes of
     P(e1) P(e2) (w1 G1 + w2 G2) / (w1 + w2). Each of 2000 sampled datasets' WIS equals the formula computed by
-    hand, their mean matches E[WIS] (|z| <= 1.7 over
-    PGJAX_TEST_KEY_OFFSET 0-9) and it differs from J_2(pi): WIS is biased (|bias| 0.007-0.17 over those offsets,
-    1-29 standard errors of the sampled mean)."""
+    hand, their mean matches E[WIS] (|z| <= 1.7 over PGJAX_TEST_KEY_OFFSET 0-9) and E[WIS] differs from J_2(pi):
+    WIS is biased (|bias| 0.007-0.17 over those offsets, 1-29 standard errors of the sampled mean)."""
     prob, weight, ret = _episode_outcomes(problem["mdp"], problem["mu"], problem["pi"], 2)
     exact_j = float(tab.finite_horizon_return(problem["mdp"], problem["pi"], 2))
     np.testing.assert_allclose(np.sum(prob), 1.0, rtol=1e-12)
