@@ -190,15 +190,30 @@ def test_dualdice_matches_an_independent_numpy_solution(problem, big_dataset):
     np.testing.assert_allclose(off.dualdice_tabular(data, pi, GAMMA), expected, rtol=1e-8)
 
 
+def _episode_block(data, k, n):
+    """Episodes k n .. (k + 1) n - 1 of `data`: disjoint blocks for independent datasets of n episodes."""
+    per_episode = data.initial_observations.shape[0] == data.num_episodes
+    shifted = data._replace(**{f: getattr(data, f)[k * n:] for f in off.Dataset._fields[:-1]},
+                            initial_observations=data.initial_observations[k * n:] if per_episode
+                            else data.initial_observations)
+    return off.subset(shifted, n)
+
+
 def test_dualdice_ratio_converges_to_the_exact_ratio(problem, big_dataset):
+    """The d-weighted RMS error of the DualDICE ratio at 40, 400 and 4000 episodes, each size's error the RMS over
+    disjoint blocks of the 4000 (10 of 40, 10 of 400, the one of 4000), falls like 1/sqrt(n). One block per size
+    made the 40-to-4000 ratio a single noisy draw: 3.97 at PGJAX_TEST_KEY_OFFSET 11 (3.97-14.7 over 0-11); averaged, 5.7-14.7 over 0-11."""
     exact = np.asarray(off.exact_ratio(problem["mdp"], problem["pi"], problem["d_data"]))
-    errors = []
-    for n in (40, 400, 4000):
-        w = np.asarray(off.dualdice_tabular(off.subset(big_dataset, n), problem["pi"], GAMMA, on_uncovered="ignore"))
-        errors.append(np.sqrt(np.sum(problem["d_data"] * (w - exact) ** 2)))
-    assert errors[0] > errors[1] > errors[2]
+
+    def error(data):
+        w = np.asarray(off.dualdice_tabular(data, problem["pi"], GAMMA, on_uncovered="ignore"))
+        return np.sum(problem["d_data"] * (w - exact) ** 2)
+
+    errors = [np.sqrt(np.mean([error(_episode_block(big_dataset, k, n)) for k in range(min(10, 4000 // n))]))
+              for n in (40, 400, 4000)]
+    assert errors[0] > errors[1] > errors[2], errors
     assert errors[2] < 0.05 * np.sqrt(np.sum(problem["d_data"] * (exact - 1.0) ** 2))  # far below w = 1
-    assert errors[0] / errors[2] > 4.0  # close to the sqrt(100) = 10 of a 1/sqrt(n) rate
+    assert errors[0] / errors[2] > 4.0, errors  # close to the sqrt(100) = 10 of a 1/sqrt(n) rate
 
 
 def test_dualdice_value_equals_the_model_based_value(problem, big_dataset):
