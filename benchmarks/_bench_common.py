@@ -37,16 +37,26 @@ BATCH = HPARAMS["num_envs"] * HPARAMS["num_steps"]
 
 # pgjax config fields that change speed, never results, so the comparison may set them.
 SPEED_FIELDS = ("unroll",)
+# Fields that trade precision for speed: allowed too, and the row is named after them (`impl_suffix`).
+PRECISION_FIELDS = ("compute_dtype",)
+
+
+def impl_suffix(fields: dict[str, Any]) -> str:
+    """"-bfloat16" for `compute_dtype="bfloat16"`, "" for float32: a row that rounds differently says so."""
+    dtype = fields.get("compute_dtype", "float32")
+    return "" if dtype == "float32" else f"-{dtype}"
 
 
 def parse_speed_config(text: str) -> dict[str, Any]:
-    """The JSON object of `--pgjax-config`, checked to set only `SPEED_FIELDS`; ValueError otherwise."""
+    """The JSON object of `--pgjax-config`, checked to set only `SPEED_FIELDS` and `PRECISION_FIELDS`;
+    ValueError otherwise."""
     try:
         fields = json.loads(text)
     except ValueError as e:
         raise ValueError(f"--pgjax-config must be a JSON object such as '{{\"unroll\": 8}}': {e}") from None
-    if not isinstance(fields, dict) or not set(fields) <= set(SPEED_FIELDS):
-        raise ValueError(f"--pgjax-config may set only {list(SPEED_FIELDS)} (the comparison fixes every other field); got {text!r}")
+    allowed = SPEED_FIELDS + PRECISION_FIELDS
+    if not isinstance(fields, dict) or not set(fields) <= set(allowed):
+        raise ValueError(f"--pgjax-config may set only {list(allowed)} (the comparison fixes every other field); got {text!r}")
     return fields
 
 

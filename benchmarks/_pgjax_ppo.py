@@ -89,7 +89,7 @@ def run_ppo(args, info):
             returns = np.asarray(jax.jit(jax.vmap(evaluate_one))(params, eval_keys))
         returns = [float(r) for r in returns]
 
-    split = "-split" if args.split_actor_critic else ""
+    split = bc.impl_suffix(speed_fields) + ("-split" if args.split_actor_critic else "")
     return {
         "impl": f"pgjax{split}" if args.cpu_devices == 1 else f"pgjax{split}-{devices}dev",
         "steps_per_seed": steps,

@@ -8,10 +8,10 @@
 # Needs, relative to the repository root:
 #   .whl/               gymnax 1.0.1, gymnasium, Farama-Notifications (pgjax's missing dependencies)
 #   benchmarks/wheels/  the nine rejax wheels listed in benchmarks/README.md
-# Usage:  OUT=/some/dir [STEPS=probe,bench,flags,precision,columns,constlr,rscale,offline,tests] bash benchmarks/gpu_session.sh
+# Usage:  OUT=/some/dir [STEPS=probe,bench,flags,precision,columns,constlr,rscale,bf16,offline,tests] bash benchmarks/gpu_session.sh
 # The steps take about 13 minutes on an H100 (probe ~2.5, bench ~4, flags ~1.5, precision ~1.5, tests ~4) plus
-# constlr, rscale and offline (not yet run; ~1 min each expected), more than one 10-minute device call: name the
-# steps a call should run in STEPS. The next session's suggestion: STEPS=columns,rscale,constlr,bench.
+# constlr, rscale, bf16 (~4 min) and offline (not yet run; ~1 min each expected otherwise), more than one 10-minute
+# device call: name the steps a call should run in STEPS. The next session's suggestion: STEPS=bf16,bench,rscale.
 set -u
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
@@ -21,7 +21,7 @@ PROBE_STEPS=${PROBE_STEPS:-32768}
 BENCH_SEEDS=${BENCH_SEEDS:-1 256 2048}
 BENCH_STEPS=${BENCH_STEPS:-500000}
 PYTHON=${PYTHON:-python3}  # the interpreter with CUDA jax
-STEPS=${STEPS:-probe,bench,flags,precision,columns,constlr,rscale,offline,tests}
+STEPS=${STEPS:-probe,bench,flags,precision,columns,constlr,rscale,bf16,offline,tests}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 case $PYTHON in  # an absolute path: the wrapper scripts below run from anywhere
     */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;;
@@ -114,6 +114,22 @@ if want rscale; then
 # On the CPU rewards scaled by 0.1 left no seed behind either, with the annealed schedule kept (1024 of 1024, every
 # seed at 500.0; unscaled on the same VM: benchmarks/README.md, thirteenth session). And on 2048 GPU seeds?
 sweep2048 "rewards scaled by 0.1" '{"reward_scale": 0.1}' reward_scale
+fi
+
+if want bf16; then
+# At 2048 seeds both pgjax and rejax are bound by memory traffic over [2048, 128, 64] activations (fifth session's
+# trace); bfloat16 hidden layers (PPOConfig.compute_dtype, parameters and heads float32) halve it. Speed per update
+# against float32 (probe, same unroll), then the comparison's 2048 seeds with evaluation: faster, and does every
+# seed still learn? Compare its run time with the bench step's rejax row (same call) or the README's.
+for dtype in float32 bfloat16; do
+    echo "== probe: $dtype hidden layers ($PROBE_SEEDS seeds, unroll $UNROLL)"
+    timeout 90 /tmp/pgjax-python benchmarks/ppo_speed_probe.py --seeds "$PROBE_SEEDS" --total-timesteps "$PROBE_STEPS" \
+        --unroll $UNROLL --compute-dtype $dtype --label "$dtype" --json "$OUT/probe_$dtype.json"
+done
+echo "== pgjax at 2048 seeds with bfloat16 hidden layers (ppo_vs_rejax.py, rows pgjax-bfloat16)"
+timeout 150 "$PYTHON" benchmarks/ppo_vs_rejax.py --seeds 2048 --skip-rejax --skip-ceiling --eval-episodes 32 \
+    --pgjax-python /tmp/pgjax-python --pgjax-config "{\"unroll\": $UNROLL, \"compute_dtype\": \"bfloat16\"}" \
+    --worker-timeout 140 --retries 0 --out "$OUT/ppo_bfloat16.csv"
 fi
 
 if want offline; then

@@ -55,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dense-columns", choices=("auto", "on", "off"), default="auto",
                    help="2-3-wide layers (the policy head) by columns: 'auto' = pgjax's choice (on a CPU only), "
                         "'on' / 'off' force it on any backend (pgjax.nets.COLUMN_BACKENDS)")
+    p.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="PPOConfig.compute_dtype: the networks' hidden-layer dtype (bfloat16: mixed precision)")
     p.add_argument("--label", default="", help="a name for this process's settings (e.g. the XLA_FLAGS used)")
     p.add_argument("--json", default=None, help="write the records here")
     a = p.parse_args()
@@ -65,8 +67,8 @@ def parse_args() -> argparse.Namespace:
     return a
 
 
-def config_for(total_timesteps: int, unroll: int):
-    return bc.pgjax_ppo_config(total_timesteps, unroll=unroll)
+def config_for(total_timesteps: int, unroll: int, compute_dtype: str = "float32"):
+    return bc.pgjax_ppo_config(total_timesteps, unroll=unroll, compute_dtype=compute_dtype)
 
 
 def timed(fn, arg, repeats: int) -> dict:
@@ -178,10 +180,11 @@ def main() -> None:
     info = bc.system_info(("jax", "jaxlib", "flax", "optax", "gymnax"))
     info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     info["dense_columns"] = args.dense_columns
+    info["compute_dtype"] = args.compute_dtype
     n_updates = bc.num_updates(args.total_timesteps)
     env_steps = args.seeds * n_updates * bc.BATCH
     bc.log(f"[probe{':' + args.label if args.label else ''}] {info['device']}, jax {info['jax']}, {args.seeds} seeds x "
-           f"{n_updates} updates; XLA_FLAGS={info['xla_flags']!r}")
+           f"{n_updates} updates, {args.compute_dtype}; XLA_FLAGS={info['xla_flags']!r}")
     records = []
 
     def record(name: str, unroll: int, shuffle: str, t: dict) -> None:
@@ -201,11 +204,11 @@ def main() -> None:
             records.append({"variant": what, "label": args.label, "error": f"{type(e).__name__}: {str(e)[:300]}"})
 
     for unroll in args.unroll:
-        config = config_for(args.total_timesteps, unroll)
+        config = config_for(args.total_timesteps, unroll, args.compute_dtype)
         guarded(f"whole unroll={unroll}", lambda: record(f"whole unroll={unroll}", unroll, "packed",
                                                          timed(*whole_run(config, args.seeds), args.repeats)))
 
-    first = config_for(args.total_timesteps, args.unroll[0])
+    first = config_for(args.total_timesteps, args.unroll[0], args.compute_dtype)
     if args.shuffle_sort:
         def sorted_shuffle():
             packed = common.random_permutation
@@ -226,7 +229,7 @@ def main() -> None:
         guarded("phases", phases)
 
     if args.trace:
-        short = config_for(args.trace_updates * bc.BATCH, first.unroll)
+        short = config_for(args.trace_updates * bc.BATCH, first.unroll, args.compute_dtype)
         guarded("trace", lambda: bc.log("  " + write_trace(*whole_run(short, args.seeds), args.trace)))
 
     if args.json:

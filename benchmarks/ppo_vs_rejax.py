@@ -88,7 +88,9 @@ def parse_args() -> argparse.Namespace:
         "XLA:CPU thread-pool hang seen with jax 0.10.2); default: leave XLA_FLAGS as it is",
     )
     p.add_argument("--pgjax-config", default="{}",
-                   help="JSON object of pgjax PPOConfig speed fields (results unchanged), e.g. '{\"unroll\": 8}' on a GPU")
+                   help="JSON object of pgjax PPOConfig speed fields (results unchanged), e.g. '{\"unroll\": 8}' on a GPU, "
+                        "and compute_dtype ('{\"compute_dtype\": \"bfloat16\"}': mixed precision, rows named "
+                        "pgjax-bfloat16)")
     p.add_argument("--cpu-devices", default="auto",
                    help="on a CPU backend, also run pgjax with its seeds split over this many CPU devices (seeds > 1; "
                         "row pgjax-Ndev) and, for 1 seed, its update split over 2 (row pgjax-split-2dev): 'auto' = one "
@@ -111,7 +113,8 @@ def parse_args() -> argparse.Namespace:
     if a.rounds < 1 or a.repeats < 1:
         p.error("--rounds and --repeats must be positive")
     try:
-        bc.parse_speed_config(a.pgjax_config)
+        # pgjax's row name: "pgjax", or "pgjax-bfloat16" where compute_dtype trades precision for speed
+        a.pgjax_impl = "pgjax" + bc.impl_suffix(bc.parse_speed_config(a.pgjax_config))
     except ValueError as e:
         p.error(str(e))
     if a.total_timesteps < 512:
@@ -335,12 +338,12 @@ def run_round(args: argparse.Namespace, seeds: int, rejax_python: str | None, pg
         worker("rejax", rejax_python, [])
     if not args.skip_pgjax:
         extra = ["--mode", "ppo", "--pgjax-config", args.pgjax_config]
-        worker("pgjax", args.pgjax_python, extra)
+        worker(args.pgjax_impl, args.pgjax_python, extra)
         if seeds > 1 and args.cpu_devices > 1 and pgjax_backend == "cpu":
-            worker(f"pgjax-{args.cpu_devices}dev", args.pgjax_python, extra + ["--cpu-devices", str(args.cpu_devices)])
+            worker(f"{args.pgjax_impl}-{args.cpu_devices}dev", args.pgjax_python, extra + ["--cpu-devices", str(args.cpu_devices)])
         if seeds == 1 and args.cpu_devices > 1 and pgjax_backend == "cpu":
             # One seed has no seeds to split: split its update (actor on one core, critic on the other).
-            worker("pgjax-split-2dev", args.pgjax_python, extra + ["--cpu-devices", "2", "--split-actor-critic"])
+            worker(f"{args.pgjax_impl}-split-2dev", args.pgjax_python, extra + ["--cpu-devices", "2", "--split-actor-critic"])
     return records
 
 
@@ -440,7 +443,7 @@ def main() -> None:
         for (impl, seeds), times in run_times.items():
             say(f"{impl} x {seeds}: run s by round {', '.join(f'{t:.2f}' for t in times)}")
     for (backend, seeds), target in TARGETS.items():
-        for impl in ("pgjax", f"pgjax-{args.cpu_devices}dev", "pgjax-split-2dev"):
+        for impl in (args.pgjax_impl, f"{args.pgjax_impl}-{args.cpu_devices}dev", f"{args.pgjax_impl}-split-2dev"):
             r = by.get((impl, seeds))
             if r and r["backend"] == backend and r["ratio_pgjax_rejax"] is not None:
                 per_round = round_ratios(all_records, impl, seeds)
@@ -470,7 +473,8 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "records": all_records}, indent=1))
     say(f"\nwrote {out} and {out.with_suffix('.json')}")
     say(f"load average at end {load()}; total wall time {time.time() - started:.0f} s")
-    missing = [(i, s) for s in args.seeds for i in (["rejax"] if rejax_python else []) + ([] if args.skip_pgjax else ["pgjax"]) if (i, s) not in by]
+    expected = (["rejax"] if rejax_python else []) + ([] if args.skip_pgjax else [args.pgjax_impl])
+    missing = [(i, s) for s in args.seeds for i in expected if (i, s) not in by]
     if rejax_error:
         say(f"!! rejax did not run: {rejax_error}")
     if missing:

@@ -3,6 +3,12 @@
 Every module maps observations [..., obs_dim] (a single [obs_dim] included) to outputs with the same
 leading axes: a distribution over actions (`pgjax.distributions`) and/or a value [...].
 
+Mixed precision: `dtype` (None or e.g. `jnp.bfloat16`) is the dtype the hidden layers compute and
+store their activations in; parameters stay float32 (the optimiser updates float32 weights), and the
+output layers (policy head, value head) compute in float32 from the cast-up features, so logits,
+log-probabilities and values keep float32 precision. None (default) computes everything in the
+parameters' dtype, as `nn.Dense` does.
+
 Initialisation follows the PPO implementation details (Huang et al., 2022): orthogonal weights with
 gain sqrt(2) in hidden layers, 0.01 for the policy head (an almost uniform / zero-mean initial
 policy), 1.0 for the value head; zero biases; a state-independent log-std initialised to 0.
@@ -11,7 +17,7 @@ policy), 1.0 for the value head; zero biases; a state-independent log-std initia
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -60,18 +66,20 @@ class Dense(nn.Module):
     The same layer as `nn.Dense` (same parameter names and shapes, so checkpoints and parameter
     paths such as `["head"]["Dense_0"]` are unchanged); only how the product is computed differs
     where `dense_as_columns` says so: y_j = x W[:, j] + b_j for each output j, stacked, equal to the
-    dot to float rounding, and so are its gradients.
+    dot to float rounding, and so are its gradients. `dtype` (as `nn.Dense`'s): x, W and b are cast to
+    it and y is computed and returned in it; None promotes them to the widest of their dtypes.
     """
 
     features: int
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
         bias = self.param("bias", self.bias_init, (self.features,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)  # as nn.Dense: compute in the widest dtype
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)  # as nn.Dense
         if dense_as_columns(self.features):
             y = jnp.stack([x @ kernel[:, j] for j in range(self.features)], axis=-1)
         else:
@@ -79,8 +87,8 @@ class Dense(nn.Module):
         return y + bias
 
 
-def _dense(features: int, gain: float, name: str | None = None) -> Dense:
-    return Dense(features, kernel_init=nn.initializers.orthogonal(gain), bias_init=nn.initializers.zeros, name=name)
+def _dense(features: int, gain: float, name: str | None = None, dtype: Any = None) -> Dense:
+    return Dense(features, nn.initializers.orthogonal(gain), nn.initializers.zeros, dtype, name=name)
 
 
 class MLP(nn.Module):
@@ -91,18 +99,21 @@ class MLP(nn.Module):
       activation: "tanh" or "relu".
       output_dim: if given, a final linear layer of this width (orthogonal init with `output_gain`).
       output_gain: gain of the output layer.
+      dtype: the hidden layers' computation dtype (None: the parameters'); the output layer computes in
+        the parameters' dtype (float32) whatever `dtype` is.
     """
 
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
     output_dim: int | None = None
     output_gain: float = 1.0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         act = activation_fn(self.activation)
         for width in self.hidden_sizes:
-            x = act(_dense(width, HIDDEN_GAIN)(x))
+            x = act(_dense(width, HIDDEN_GAIN, dtype=self.dtype)(x))
         if self.output_dim is not None:
             x = _dense(self.output_dim, self.output_gain)(x)
         return x
@@ -135,10 +146,11 @@ class Actor(nn.Module):
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
     log_std_init: float = 0.0
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, obs: Array) -> Categorical | DiagGaussian:
-        features = MLP(self.hidden_sizes, self.activation, name="torso")(obs)
+        features = MLP(self.hidden_sizes, self.activation, dtype=self.dtype, name="torso")(obs)
         return PolicyHead(self.action_dim, self.discrete, self.log_std_init, name="head")(features)
 
 
@@ -147,10 +159,12 @@ class Critic(nn.Module):
 
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, obs: Array) -> Array:
-        return MLP(self.hidden_sizes, self.activation, output_dim=1, output_gain=VALUE_GAIN, name="mlp")(obs)[..., 0]
+        mlp = MLP(self.hidden_sizes, self.activation, output_dim=1, output_gain=VALUE_GAIN, dtype=self.dtype, name="mlp")
+        return mlp(obs)[..., 0]
 
 
 class ActorCritic(nn.Module):
@@ -159,7 +173,7 @@ class ActorCritic(nn.Module):
     With `shared=False` (default) the actor and critic are separate towers, parameters
     {"actor": ..., "critic": ...}, so `params["actor"]` also works with `Actor` of the same
     settings. With `shared=True` one torso feeds both heads (parameters {"torso", "policy_head",
-    "value_head"}).
+    "value_head"}). `dtype`: the hidden layers' computation dtype (module docstring: mixed precision).
 
     `apply(params, obs, method="policy")` and `method="value"` compute one output alone: a rollout
     needs only the policy at each step, and the values of all its observations in one batched pass.
@@ -171,14 +185,17 @@ class ActorCritic(nn.Module):
     activation: str = "tanh"
     shared: bool = False
     log_std_init: float = 0.0
+    dtype: Any = None
 
     def setup(self):
         # Attribute names are the parameter names (flax), the same as the towers' compact names.
         if not self.shared:
-            self.actor = Actor(self.action_dim, self.discrete, self.hidden_sizes, self.activation, self.log_std_init)
-            self.critic = Critic(self.hidden_sizes, self.activation)
+            self.actor = Actor(
+                self.action_dim, self.discrete, self.hidden_sizes, self.activation, self.log_std_init, self.dtype
+            )
+            self.critic = Critic(self.hidden_sizes, self.activation, self.dtype)
         else:
-            self.torso = MLP(self.hidden_sizes, self.activation)
+            self.torso = MLP(self.hidden_sizes, self.activation, dtype=self.dtype)
             self.policy_head = PolicyHead(self.action_dim, self.discrete, self.log_std_init)
             self.value_head = _dense(1, VALUE_GAIN)
 

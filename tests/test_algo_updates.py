@@ -14,22 +14,52 @@ from pgjax import tabular as T
 from pgjax.envs import make as make_env
 
 
+def _small_config(name, **changes):
+    config_cls, _ = algos.get(name)
+    small = dict(total_timesteps=512, num_envs=4, num_steps=64, unroll=1)
+    small.update(dict(num_minibatches=2, num_epochs=2) if name == "ppo" else dict(vf_minibatches=2, vf_epochs=2))
+    return config_cls(**{**small, **changes})
+
+
+@pytest.fixture(scope="module")
+def rolled_run():
+    """rolled_run(name): the small config's run at unroll 1 in float32, key 5 (compiled once per module)."""
+    runs_ = {}
+
+    def get(name):
+        if name not in runs_:
+            runs_[name] = jax.jit(algos.get(name)[1](_small_config(name)))(jax.random.key(5))
+        return runs_[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", ["ppo", "trpo"])
-def test_unroll_changes_speed_not_results(name):
+def test_unroll_changes_speed_not_results(name, rolled_run):
     # The rollout, GAE and minibatch scans unrolled (4: the 2 minibatches whole, so the 2 epochs unrolled too)
     # compute the same run as unroll 1, up to float32 rounding of differently fused kernels. (4 minibatches at
     # unroll 8 cover the same paths and took 16.4 / 20.0 s to compile against 10.9 / 15.6 s: PPO / TRPO.)
-    config_cls, make_train = algos.get(name)
-    small = dict(total_timesteps=512, num_envs=4, num_steps=64)
-    small.update(dict(num_minibatches=2, num_epochs=2) if name == "ppo" else dict(vf_minibatches=2, vf_epochs=2))
-    base = config_cls(**small, unroll=1)
-    runs_ = [jax.jit(make_train(base.replace(unroll=u)))(jax.random.key(5)) for u in (1, 4)]
+    runs_ = [rolled_run(name), jax.jit(algos.get(name)[1](_small_config(name, unroll=4)))(jax.random.key(5))]
     np.testing.assert_allclose(
         np.asarray(runs_[0].metrics["loss" if name == "ppo" else "value_loss"]),
         np.asarray(runs_[1].metrics["loss" if name == "ppo" else "value_loss"]), rtol=1e-4, atol=1e-6,
     )
     for x, y in zip(jax.tree_util.tree_leaves(runs_[0].agent.params), jax.tree_util.tree_leaves(runs_[1].agent.params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+
+
+def test_bfloat16_networks_follow_the_float32_run(rolled_run):
+    """compute_dtype="bfloat16" (hidden layers only) keeps float32 parameters and follows the float32 run to
+    bfloat16 rounding: same episodes, losses within 1e-3, parameters within 1e-3, but not equal."""
+    f32 = rolled_run("ppo")
+    bf16 = jax.jit(algos.get("ppo")[1](_small_config("ppo", compute_dtype="bfloat16")))(jax.random.key(5))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(bf16.agent.params))
+    for metric in ("loss", "value_loss", "entropy"):
+        np.testing.assert_allclose(np.asarray(bf16.metrics[metric]), np.asarray(f32.metrics[metric]), rtol=1e-3)
+    np.testing.assert_array_equal(np.asarray(bf16.metrics["episode_return"]), np.asarray(f32.metrics["episode_return"]))
+    diffs = [np.abs(np.asarray(a) - np.asarray(b)).max()
+             for a, b in zip(jax.tree_util.tree_leaves(bf16.agent.params), jax.tree_util.tree_leaves(f32.agent.params))]
+    assert 1e-7 < max(diffs) < 1e-3
 
 
 def test_split_actor_critic_is_two_separately_clipped_adams():

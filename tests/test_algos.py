@@ -96,6 +96,7 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.PPOConfig, dict(total_timesteps=100), r"PPOConfig.total_timesteps \(100\) must be at least"),
         (algos.PPOConfig, dict(learning_rate=-1.0), r"PPOConfig.learning_rate must be a positive number"),
         (algos.PPOConfig, dict(activation="gelu"), r"PPOConfig.activation"),
+        (algos.TRPOConfig, dict(compute_dtype="float16"), r"TRPOConfig.compute_dtype must be one of"),
         (algos.PPOConfig, dict(clip_eps=0.0), r"PPOConfig.clip_eps"),
         (algos.A2CConfig, dict(advantage_method="td"), r"A2CConfig.advantage_method"),
         (algos.A2CConfig, dict(advantage_method="nstep", n_steps_return=100, num_steps=16), r"A2CConfig.n_steps_return"),

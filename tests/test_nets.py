@@ -149,3 +149,41 @@ def test_dense_is_nn_dense_computed_column_by_column_where_that_is_faster(featur
     dots = _dot_shapes(lambda p, x: ours.apply(p, x), jax.tree.map(lambda p: p.astype(jnp.float32), params), x.astype(jnp.float32))
     if jax.default_backend() == "cpu":
         assert dots == ([((6, 5, 7), (7,))] * features if columns else [((6, 5, 7), (7, features))])
+
+
+@pytest.mark.parametrize("discrete, shared", [(True, False), (False, True)])
+def test_bfloat16_hidden_layers_keep_float32_parameters_heads_and_gradients(obs, discrete, shared):
+    """dtype=bfloat16: hidden activations are bfloat16, parameters (same init), logits/means and values
+    float32; outputs and gradients follow the float32 network to bfloat16 precision, but are not float32's."""
+    f32 = ActorCritic(action_dim=2, discrete=discrete, hidden_sizes=(64, 64), shared=shared)
+    bf16 = f32.clone(dtype=jnp.bfloat16)
+    x = 3.0 * obs
+    params = f32.init(jax.random.key(4), x)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(bf16.init(jax.random.key(4), x))):
+        assert b.dtype == jnp.float32
+        np.testing.assert_array_equal(a, b)
+    (dist32, v32), (dist16, v16) = f32.apply(params, x), bf16.apply(params, x)
+    out32, out16 = jax.tree.leaves(dist32)[0], jax.tree.leaves(dist16)[0]
+    assert out16.dtype == v16.dtype == jnp.float32
+    _, state = bf16.apply(params, x, capture_intermediates=True, mutable=["intermediates"])
+    hidden_dtypes = {
+        leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+        if "Dense_0" in jax.tree_util.keystr(path) and "head" not in jax.tree_util.keystr(path)
+    }
+    assert hidden_dtypes == {jnp.dtype(jnp.bfloat16)}
+    # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ~ 2e-3 per operation).
+    scale = lambda a: float(np.abs(a).max())  # noqa: E731
+    for a, b in ((out32, out16), (v32, v16)):
+        err = float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        assert 1e-6 * scale(a) < err < 3e-2 * scale(a)
+
+    def loss(net, p):
+        dist, value = net.apply(p, x)
+        return jnp.mean(jax.tree.leaves(dist)[0] ** 2) * 100.0 + jnp.mean((value - 1.0) ** 2)
+
+    g32, g16 = jax.grad(loss, 1)(f32, params), jax.grad(loss, 1)(bf16, params)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(g16))
+    flat32 = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g32)])
+    flat16 = np.concatenate([np.ravel(a) for a in jax.tree.leaves(g16)])
+    cosine = flat32 @ flat16 / np.linalg.norm(flat32) / np.linalg.norm(flat16)
+    assert 0.999 < cosine < 1.0 - 1e-9

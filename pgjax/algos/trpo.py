@@ -86,8 +86,8 @@ def _join(actor, critic):
 def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm:
     """TRPO as (init, act, value, update) for `common.make_on_policy_train`."""
     # The ActorCritic's towers, applied alone to their halves of the parameters.
-    actor = Actor(network.action_dim, network.discrete, network.hidden_sizes, network.activation)
-    critic = Critic(network.hidden_sizes, network.activation)
+    actor = Actor(network.action_dim, network.discrete, network.hidden_sizes, network.activation, dtype=network.dtype)
+    critic = Critic(network.hidden_sizes, network.activation, dtype=network.dtype)
 
     def vf_optimizer(hp):
         return common.optimizer(config, hp, config.vf_epochs * config.vf_minibatches)
