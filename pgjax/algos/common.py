@@ -75,8 +75,9 @@ class OnPolicyConfig:
 
     `compute_dtype` ("float32" default, or "bfloat16") is the dtype the networks' hidden layers compute
     and store activations in (mixed precision, `pgjax.nets`): parameters, optimiser state, heads,
-    log-probabilities, values and losses stay float32. It halves the activation memory traffic that
-    bounds wide seed sweeps on a GPU; on a CPU bfloat16 matmuls are slower, not faster.
+    log-probabilities, values and losses stay float32. It halves the bytes of the activations whose
+    memory traffic bounds wide seed sweeps on a GPU (the speed-up there is not yet measured); on a CPU
+    it runs 2x slower (benchmarks/README.md, twentieth session).
     """
 
     env_id: str = "CartPole-v1"
