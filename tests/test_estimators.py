@@ -64,7 +64,8 @@ def test_truncated_estimator_is_measurably_biased_towards_the_truncated_objectiv
 
 def test_variance_reduction_ordering(results):
     var = {name: float(results[name][1].total_variance) for name in results}
-    # (total return vs rewards-to-go is not ordered in general: it depends on the reward structure)
+    # (total return vs rewards-to-go is not ordered in general: it depends on the reward structure). The ratios over
+    # the MDPs of key offsets 0-29: total return 380-14478x, rewards-to-go 13.5-438x the baseline's variance.
     assert var["reinforce"] > 10 * var["value_baseline"]
     assert var["rewards_to_go"] > 10 * var["value_baseline"]
 
@@ -73,11 +74,11 @@ def test_rollout_q_adds_zero_mean_uncorrelated_noise_to_exact_q(results):
     """Rao-Blackwell: E[G_t | s_t, a_t] = Q(s_t, a_t), so on the same draws (the two forms share a key) the
     rollout form is the exact-Q form plus noise N of mean zero, uncorrelated with it: tr Var[rollout] =
     tr Var[exact] + tr Var[N], larger. The sample variances themselves are not reliably ordered: N adds only
-    0.2-2.7% here (key offsets 0-29), less than their sampling noise, and at offset 14 the rollout's came out lower."""
+    0.2-4.0% here (key offsets 0-29), less than their sampling noise, and at offset 14 the rollout's came out lower."""
     rollout, exact = (np.asarray(results[name][0]) for name in ("theorem_rollout_q", "theorem_exact_q"))
     noise = rollout - exact
     k = len(noise)
-    assert noise.var(0).sum() > 1e-3 * exact.var(0).sum()  # the rollout does add noise (0.2-2.7%)
+    assert noise.var(0).sum() > 1e-3 * exact.var(0).sum()  # the rollout does add noise (0.2-4.0%)
     z_mean = noise.mean(0) / (noise.std(0, ddof=1) / np.sqrt(k))
     assert np.max(np.abs(z_mean)) < 4.5, z_mean  # max |z| 0.6-2.7 over key offsets 0-29
     cross = ((exact - exact.mean(0)) * (noise - noise.mean(0))).sum(1)  # per draw; its mean is tr Cov(exact, N)
