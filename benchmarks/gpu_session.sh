@@ -79,22 +79,30 @@ XLA_FLAGS="--xla_gpu_enable_command_buffer=$CB_ALL --xla_gpu_graph_min_graph_siz
     benchmarks/ppo_speed_probe.py --seeds "$PROBE_SEEDS" --total-timesteps "$PROBE_STEPS" --unroll $UNROLLS \
     --label cmdbuf-while --json "$OUT/probe_cmdbuf_while.json"
 fi
+pgjax2048() {  # pgjax2048 LIMIT_S CONFIG_JSON NAME: ppo_vs_rejax.py's pgjax row alone at 2048 seeds -> $OUT/NAME.csv
+    timeout "$1" "$PYTHON" benchmarks/ppo_vs_rejax.py --seeds 2048 --skip-rejax --skip-ceiling --eval-episodes 32 \
+        --pgjax-python /tmp/pgjax-python --pgjax-config "$2" --worker-timeout $(($1 - 10)) --retries 0 --out "$OUT/$3.csv"
+}
+
+probe_variant() {  # probe_variant LABEL NAME ARGS...: ppo_speed_probe.py at the chosen unroll -> $OUT/probe_NAME.json
+    local label=$1 name=$2; shift 2
+    echo "== probe: $label ($PROBE_SEEDS seeds, unroll $UNROLL)"
+    timeout 90 /tmp/pgjax-python benchmarks/ppo_speed_probe.py --seeds "$PROBE_SEEDS" --total-timesteps "$PROBE_STEPS" \
+        --unroll $UNROLL --label "$label" --json "$OUT/probe_$name.json" "$@"
+}
+
 if want precision; then
 # On the CPU (full float32 matmuls) 1024 of 1024 seeds reach 475 (benchmarks/ppo_seed_sweep.py); on the GPU,
 # whose default float32 matmul is TF32, 2043 of 2048 did. Is TF32 what leaves seeds behind?
 echo "== pgjax at 2048 seeds with full float32 matmuls (JAX_DEFAULT_MATMUL_PRECISION=highest)"
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout 200 "$PYTHON" benchmarks/ppo_vs_rejax.py --seeds 2048 --skip-rejax \
-    --skip-ceiling --eval-episodes 32 --pgjax-python /tmp/pgjax-python --pgjax-config "{\"unroll\": $UNROLL}" \
-    --worker-timeout 190 --retries 0 --out "$OUT/ppo_highest_precision.csv"
+JAX_DEFAULT_MATMUL_PRECISION=highest pgjax2048 200 "{\"unroll\": $UNROLL}" ppo_highest_precision
 fi
 
 if want columns; then
 # On a CPU a 2-wide policy head runs 4x faster as two matrix-vector products than as one matmul, vmapped over 32
 # seeds (pgjax.nets.Dense, fourteenth session); on a GPU pgjax keeps the matmul. Does the GPU gain too?
 for cols in off on; do
-    echo "== probe: 2-3-wide layers by columns $cols ($PROBE_SEEDS seeds)"
-    timeout 90 /tmp/pgjax-python benchmarks/ppo_speed_probe.py --seeds "$PROBE_SEEDS" --total-timesteps "$PROBE_STEPS" \
-        --unroll $UNROLL --dense-columns $cols --label "columns-$cols" --json "$OUT/probe_columns_$cols.json"
+    probe_variant "columns-$cols" "columns_$cols" --dense-columns $cols
 done
 fi
 
@@ -118,18 +126,14 @@ fi
 
 if want bf16; then
 # At 2048 seeds both pgjax and rejax are bound by memory traffic over [2048, 128, 64] activations (fifth session's
-# trace); bfloat16 hidden layers (PPOConfig.compute_dtype, parameters and heads float32) halve it. Speed per update
+# trace); bfloat16 hidden layers (PPOConfig.compute_dtype, parameters and heads float32) halve its bytes. Speed per update
 # against float32 (probe, same unroll), then the comparison's 2048 seeds with evaluation: faster, and does every
 # seed still learn? Compare its run time with the bench step's rejax row (same call) or the README's.
 for dtype in float32 bfloat16; do
-    echo "== probe: $dtype hidden layers ($PROBE_SEEDS seeds, unroll $UNROLL)"
-    timeout 90 /tmp/pgjax-python benchmarks/ppo_speed_probe.py --seeds "$PROBE_SEEDS" --total-timesteps "$PROBE_STEPS" \
-        --unroll $UNROLL --compute-dtype $dtype --label "$dtype" --json "$OUT/probe_$dtype.json"
+    probe_variant "$dtype" "$dtype" --compute-dtype $dtype
 done
 echo "== pgjax at 2048 seeds with bfloat16 hidden layers (ppo_vs_rejax.py, rows pgjax-bfloat16)"
-timeout 150 "$PYTHON" benchmarks/ppo_vs_rejax.py --seeds 2048 --skip-rejax --skip-ceiling --eval-episodes 32 \
-    --pgjax-python /tmp/pgjax-python --pgjax-config "{\"unroll\": $UNROLL, \"compute_dtype\": \"bfloat16\"}" \
-    --worker-timeout 140 --retries 0 --out "$OUT/ppo_bfloat16.csv"
+pgjax2048 150 "{\"unroll\": $UNROLL, \"compute_dtype\": \"bfloat16\"}" ppo_bfloat16
 fi
 
 if want offline; then
