@@ -1,6 +1,5 @@
 """pgjax.runs utilities around training runs: progress bars, seed keys and replays, divergence reports."""
 
-import os
 import subprocess
 import sys
 
