@@ -157,7 +157,9 @@ def estimate_values(args, data, target_probs, target_log_probs, key_dice, key_fq
     start = time.perf_counter()
     dice_params, dice_info = neural.neural_dualdice(key_dice, data, target_probs, config)
     seconds = time.perf_counter() - start
-    out["neural DualDICE"] = (float(dice_info["value"]), seconds, f"mean ratio {float(dice_info['mean_ratio']):.3f}")
+    settled = f"saddle gap {float(dice_info['saddle_gap']):.3f} (unsettled above {neural.SADDLE_GAP_WARNING})"
+    out["neural DualDICE"] = (float(dice_info["value"]), seconds,
+                              f"mean ratio {float(dice_info['mean_ratio']):.3f}, {settled}")
     out["neural DualDICE (normalised)"] = (
         float(dice_info["value_normalised"]), seconds,
         "biased when pi terminates (E_D[w] < 1); constant 1/(1-gamma) when r = 1 on every step")

@@ -429,7 +429,7 @@ def test_estimators_on_policy_with_terminal_states(random_cartpole):
     mc = returns.mean()  # 19.42 +- 0.28
     _, _, fqe_info = N.fitted_q_evaluation(jax.random.key(0), data, uniform_probs, 0.99, FQE)
     dice_config = N.NeuralDualDICEConfig(discount=0.99, hidden_sizes=(32, 32), num_steps=30_000)
-    _, dice_info = N.neural_dualdice(jax.random.key(0), data, uniform_probs, dice_config)
+    dice_params, dice_info = N.neural_dualdice(jax.random.key(0), data, uniform_probs, dice_config)
     # Ignoring terminals would bootstrap to ~1/(1-gamma) = 100. The tolerances are the estimators' spread,
     # measured on the CPU over 2 datasets x 6 keys (jax 0.9.2): FQE within -0.9%..+0.9%; DualDICE
     # -7.8%..-1.0% (mean -3.8%) at 30k steps, but -14.6%..+0.8% at 10k steps, where an 8% tolerance
@@ -438,6 +438,28 @@ def test_estimators_on_policy_with_terminal_states(random_cartpole):
     assert abs(float(dice_info["value"]) - mc) / mc < 0.12, (float(dice_info["value"]), mc)
     # With terminations E_D[w] = (1 - gamma) J < 1 (CartPole's reward is 1 on every step, so this is the value check again).
     np.testing.assert_allclose(float(dice_info["mean_ratio"]), 0.01 * mc, rtol=0.12)
+    # The saddle check, recomputed from the trained nu: mean over the valid transitions of
+    # nu(s,a) - gamma (1 - terminal) E_pi nu(s',.), with nu = network output / (1 - gamma).
+    t = N.valid_transitions(data)
+    nu = lambda obs: np.asarray(N._apply((32, 32), "relu", 2, dice_params.nu, obs), np.float64) / 0.01  # noqa: E731
+    residual = (np.take_along_axis(nu(t.observations), np.asarray(t.actions)[:, None], 1)[:, 0]
+                - 0.99 * (1.0 - np.asarray(t.terminals)) * nu(t.next_observations).mean(-1))
+    np.testing.assert_allclose(float(dice_info["mean_residual"]), residual.mean(), rtol=1e-3)
+    # Converged (gaps <= 0.011 over 2 datasets x 4 keys): the two estimates of mean_D[w] agree.
+    assert float(dice_info["saddle_gap"]) < 0.05, float(dice_info["saddle_gap"])
+
+
+def test_dualdice_warns_when_nu_drifts_off_the_saddle(random_cartpole):
+    # A large constant step size for nu on small minibatches: nu random-walks where zeta cannot follow, the
+    # value estimate is off by orders of magnitude (|J_hat| 5e3-2.4e4 against 19.4, 4 keys) and the residual's
+    # mean parts from zeta's (saddle_gap 0.19-1.94 over those keys). The run must say so, not return it silently.
+    _, _, data, returns = random_cartpole
+    config = N.NeuralDualDICEConfig(discount=0.99, hidden_sizes=(32, 32), nu_learning_rate=1e-2,
+                                    zeta_learning_rate=1e-2, num_steps=3000, batch_size=64, anneal_lr=False)
+    with pytest.warns(RuntimeWarning, match="did not settle on a saddle point.*num_steps or nu_learning_rate"):
+        _, info = N.neural_dualdice(jax.random.key(0), data, uniform_probs, config)
+    assert float(info["saddle_gap"]) > N.SADDLE_GAP_WARNING
+    assert abs(float(info["value"]) - returns.mean()) > returns.mean()  # and the estimate is indeed unreliable
 
 
 # ---------------------------------------------------------------------------
