@@ -80,10 +80,11 @@ __all__ = [
 ]
 
 
-# `neural_dualdice` warns above this saddle_gap. On random CartPole (2 datasets x 4 keys, 30k steps) converged
-# runs had gaps <= 0.011 and value errors -1% to -8%; run 100k steps at the same step sizes, nu drifted in 5 of 8
-# (gaps 0.21-1.65, value errors down to -67%).
-SADDLE_GAP_WARNING = 0.1
+# `neural_dualdice` warns above this saddle_gap. On random CartPole (gamma 0.99, 2 datasets x 4 keys, batch 256):
+# 30k steps: gaps <= 0.037, value errors -1% to -8%; 10k (the default): <= 0.107; 100k at the same step sizes:
+# nu drifted in 5 of 8 runs (gaps 0.21-1.65, value errors down to -67%); a constant nu step size of 1e-2 blew
+# both networks up (gaps 271-3792, values in the thousands).
+SADDLE_GAP_WARNING = 0.2
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -427,17 +428,22 @@ def _train_dualdice(key, data: Transitions, next_probs, num_valid, initial_obser
     mean_over_data = lambda x: jnp.sum(jnp.where(valid, x, 0.0)) / num_valid  # noqa: E731
     mean_w = mean_over_data(w)
     mean_wr = mean_over_data(w * data.rewards)
-    # At a stationary point of the zeta player its output bias makes mean_D[zeta] = mean_D[nu - gamma P^pi nu]:
-    # the Bellman residual's mean is a second estimate of mean_D[w], and the two part when training has not
-    # settled on a saddle (nu drifting where zeta cannot follow).
-    residual = _take(nu_of(params.nu, data.observations), data.actions) - gamma * (
-        1.0 - data.terminals.astype(w.dtype)) * jnp.sum(next_probs * nu_of(params.nu, data.next_observations), -1)
+    # Two conditions every saddle point meets, through the output biases of the two networks (summed over
+    # actions): zeta's stationarity makes mean_D[zeta] = mean_D[nu - gamma (1 - term) P^pi nu], and nu's makes
+    # mean_D[zeta (1 - gamma (1 - term))] = 1 - gamma (the flow of occupancy mass, which the true ratio obeys too).
+    # They fail when training has not settled (nu drifting where zeta cannot follow, or both blown up).
+    continuing = gamma * (1.0 - data.terminals.astype(w.dtype))
+    residual = _take(nu_of(params.nu, data.observations), data.actions) - continuing * jnp.sum(
+        next_probs * nu_of(params.nu, data.next_observations), -1)
     mean_residual = mean_over_data(residual)
+    mass_flow = mean_over_data(w * (1.0 - continuing)) / (1.0 - gamma)
+    dual_gap = jnp.abs(mean_w - mean_residual) / jnp.maximum(jnp.abs(mean_w), jnp.abs(mean_residual))
     info = {
         "loss": losses,
         "mean_ratio": mean_w,
         "mean_residual": mean_residual,
-        "saddle_gap": jnp.abs(mean_w - mean_residual) / jnp.maximum(jnp.abs(mean_w), jnp.abs(mean_residual)),
+        "mass_flow": mass_flow,
+        "saddle_gap": jnp.maximum(dual_gap, jnp.abs(mass_flow - 1.0)),
         "value": mean_wr / (1.0 - gamma),
         "value_normalised": mean_wr / mean_w / (1.0 - gamma),
     }
@@ -460,9 +466,12 @@ def neural_dualdice(
       (params, info): `DualDICEParams` for `neural_dualdice_ratio` / `neural_dualdice_value`, and a
       dict with "loss" [num_steps] (the minibatch objective per step), "mean_ratio" (mean_D w_hat,
       ~1 without terminal states), "value" and "value_normalised" (J_hat over the valid transitions),
-      "mean_residual" (mean_D[nu - gamma (1 - terminal) E_pi nu(s', .)], equal to mean_ratio at a
-      saddle point) and "saddle_gap" = |mean_ratio - mean_residual| / max(|mean_ratio|, |mean_residual|)
-      (a convergence check: large when training has not settled, e.g. nu drifting under minibatch noise).
+      and two conditions every saddle point meets: "mean_residual" (mean_D[nu - gamma (1 - terminal)
+      E_pi nu(s', .)], equal to mean_ratio) and "mass_flow" (mean_D[w_hat (1 - gamma (1 - terminal))] /
+      (1 - gamma), equal to 1, as for the true ratio); "saddle_gap" is the larger of
+      |mean_ratio - mean_residual| / max(|mean_ratio|, |mean_residual|) and |mass_flow - 1|. A convergence
+      check, not an accuracy bound: large when training has not settled (nu drifting under minibatch noise,
+      or both networks blown up); `neural_dualdice` warns above SADDLE_GAP_WARNING.
 
     Raises:
       ValueError: bad data or batch_size larger than the number of valid transitions.
@@ -480,11 +489,12 @@ def neural_dualdice(
     gap = float(info["saddle_gap"])
     if gap > SADDLE_GAP_WARNING:
         warnings.warn(
-            f"neural_dualdice did not settle on a saddle point: mean_D[zeta] = {float(info['mean_ratio']):.4g} but "
-            f"the Bellman residual of nu averages {float(info['mean_residual']):.4g} (saddle_gap {gap:.3f} > "
-            f"{SADDLE_GAP_WARNING}), so the ratio and value estimates are unreliable. nu drifts under minibatch noise "
-            "while the step size is large: lower NeuralDualDICEConfig.num_steps or nu_learning_rate (with anneal_lr), "
-            "or raise batch_size.",
+            f"neural_dualdice did not settle on a saddle point (saddle_gap {gap:.3f} > {SADDLE_GAP_WARNING}): "
+            f"mean_D[zeta] = {float(info['mean_ratio']):.4g} against nu's mean Bellman residual "
+            f"{float(info['mean_residual']):.4g} (equal at a saddle), mass_flow {float(info['mass_flow']):.4g} "
+            "(1 at a saddle); the ratio and value estimates are unreliable. nu drifts under minibatch noise while "
+            "the step size is large: lower NeuralDualDICEConfig.num_steps or nu_learning_rate (with anneal_lr), or "
+            "raise batch_size.",
             RuntimeWarning,
             stacklevel=2,
         )
