@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -26,7 +27,9 @@ def read_csv(path):
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("offline-gymnax"))
-    assert offline_gymnax.main([*TINY, "--out", out]) == 0
+    # 20 DualDICE steps cannot settle on a saddle point: the run says so (and records each gap in its table).
+    with pytest.warns(RuntimeWarning, match="neural_dualdice did not settle on a saddle point"):
+        assert offline_gymnax.main([*TINY, "--out", out]) == 0
     return out
 
 
@@ -45,6 +48,8 @@ def test_every_estimate_is_written_finite_and_scored_against_monte_carlo(out):
         np.testing.assert_allclose(float(r["relative_error"]), (estimate - truth) / truth, rtol=1e-9, atol=1e-12)
     for r in gradients:
         assert np.isfinite(float(r["estimate"])) and -1 <= float(r["cosine"]) <= 1, r
+    assert re.fullmatch(r"mean ratio \d+\.\d{3}, saddle gap \d+\.\d{3} \(unsettled above 0\.2\)",
+                        values["neural DualDICE"]["note"]), values["neural DualDICE"]["note"]
     # CartPole pays r = 1 on every step, so the self-normalised DualDICE value is 1 / (1 - gamma) whatever w is.
     np.testing.assert_allclose(float(values["neural DualDICE (normalised)"]["estimate"]), 100.0, rtol=1e-5)
 

@@ -459,7 +459,7 @@ def test_dualdice_warns_when_nu_drifts_off_the_saddle(random_cartpole):
     _, _, data, returns = random_cartpole
     config = N.NeuralDualDICEConfig(discount=0.99, hidden_sizes=(32, 32), nu_learning_rate=1e-2,
                                     zeta_learning_rate=1e-2, num_steps=3000, batch_size=64, anneal_lr=False)
-    message = "did not settle on a saddle point.*mass_flow.*num_steps or nu_learning_rate"
+    message = "did not settle on a saddle point.*mass_flow.*raise NeuralDualDICEConfig.num_steps.*nu_learning_rate"
     with pytest.warns(RuntimeWarning, match=message):
         _, info = N.neural_dualdice(jax.random.key(0), data, uniform_probs, config)
     assert float(info["saddle_gap"]) > N.SADDLE_GAP_WARNING

@@ -492,9 +492,9 @@ def neural_dualdice(
             f"neural_dualdice did not settle on a saddle point (saddle_gap {gap:.3f} > {SADDLE_GAP_WARNING}): "
             f"mean_D[zeta] = {float(info['mean_ratio']):.4g} against nu's mean Bellman residual "
             f"{float(info['mean_residual']):.4g} (equal at a saddle), mass_flow {float(info['mass_flow']):.4g} "
-            "(1 at a saddle); the ratio and value estimates are unreliable. nu drifts under minibatch noise while "
-            "the step size is large: lower NeuralDualDICEConfig.num_steps or nu_learning_rate (with anneal_lr), or "
-            "raise batch_size.",
+            "(1 at a saddle); the ratio and value estimates are unreliable. Either training stopped before it "
+            "settled (raise NeuralDualDICEConfig.num_steps) or nu drifted under minibatch noise while the step size "
+            "was large (lower nu_learning_rate, keep anneal_lr, raise batch_size, or train fewer steps).",
             RuntimeWarning,
             stacklevel=2,
         )
