@@ -48,7 +48,7 @@ def test_every_estimate_is_written_finite_and_scored_against_monte_carlo(out):
         np.testing.assert_allclose(float(r["relative_error"]), (estimate - truth) / truth, rtol=1e-9, atol=1e-12)
     for r in gradients:
         assert np.isfinite(float(r["estimate"])) and -1 <= float(r["cosine"]) <= 1, r
-    assert re.fullmatch(r"mean ratio \d+\.\d{3}, saddle gap \d+\.\d{3} \(unsettled above 0\.2\)",
+    assert re.fullmatch(r"mean ratio -?\d+\.\d{3}, saddle gap \d+\.\d{3} \(unsettled above 0\.2\)",
                         values["neural DualDICE"]["note"]), values["neural DualDICE"]["note"]
     # CartPole pays r = 1 on every step, so the self-normalised DualDICE value is 1 / (1 - gamma) whatever w is.
     np.testing.assert_allclose(float(values["neural DualDICE (normalised)"]["estimate"]), 100.0, rtol=1e-5)
