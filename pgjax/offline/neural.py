@@ -330,6 +330,11 @@ def _apply(hidden_sizes, activation, num_actions: int, params: Any, observations
     return _mlp(hidden_sizes, activation, num_actions).apply(params, observations)
 
 
+def _bellman_residual(nu_sa: Array, nu_next: Array, terminals: Array, discount) -> Array:
+    """nu(s,a) - gamma (1 - terminal) E_{a'~pi} nu(s',a'): [B] each -> [B] (zeta's maximiser, pointwise)."""
+    return nu_sa - discount * (1.0 - terminals.astype(nu_sa.dtype)) * nu_next
+
+
 def dualdice_loss(
     nu_sa: Array, nu_next: Array, zeta_sa: Array, terminals: Array, nu_initial: Array, discount
 ) -> Array:
@@ -350,7 +355,7 @@ def dualdice_loss(
       A scalar; minimise over nu, maximise over zeta (the zeta maximiser is nu - gamma P^pi nu).
     """
     chex.assert_equal_shape([nu_sa, nu_next, zeta_sa, terminals])
-    residual = nu_sa - discount * (1.0 - terminals.astype(nu_sa.dtype)) * nu_next
+    residual = _bellman_residual(nu_sa, nu_next, terminals, discount)
     return jnp.mean(residual * zeta_sa - 0.5 * jnp.square(zeta_sa)) - (1.0 - discount) * jnp.mean(nu_initial)
 
 
@@ -399,10 +404,13 @@ def _train_dualdice(key, data: Transitions, next_probs, num_valid, initial_obser
         # Adam's ~learning-rate-sized steps would take 1 / (1 - gamma) times longer to cover.
         return net.apply(nu, observations) / (1.0 - gamma)
 
+    def nu_pair(nu, obs, actions, next_obs, probs_next):
+        """(nu(s,a), E_{a'~pi} nu(s',a')) on transitions: [B] each."""
+        return _take(nu_of(nu, obs), actions), jnp.sum(probs_next * nu_of(nu, next_obs), axis=-1)
+
     def loss_fn(nu, zeta, batch, initial):
         (obs, actions, _, next_obs, terminals, probs_next), (obs0, probs0) = batch, initial
-        nu_sa = _take(nu_of(nu, obs), actions)
-        nu_next = jnp.sum(probs_next * nu_of(nu, next_obs), axis=-1)
+        nu_sa, nu_next = nu_pair(nu, obs, actions, next_obs, probs_next)
         zeta_sa = _take(net.apply(zeta, obs), actions)
         nu_initial = jnp.sum(probs0 * nu_of(nu, obs0), axis=-1)
         return dualdice_loss(nu_sa, nu_next, zeta_sa, terminals, nu_initial, gamma)
@@ -432,11 +440,9 @@ def _train_dualdice(key, data: Transitions, next_probs, num_valid, initial_obser
     # actions): zeta's stationarity makes mean_D[zeta] = mean_D[nu - gamma (1 - term) P^pi nu], and nu's makes
     # mean_D[zeta (1 - gamma (1 - term))] = 1 - gamma (the flow of occupancy mass, which the true ratio obeys too).
     # They fail when training has not settled (nu drifting where zeta cannot follow, or both blown up).
-    continuing = gamma * (1.0 - data.terminals.astype(w.dtype))
-    residual = _take(nu_of(params.nu, data.observations), data.actions) - continuing * jnp.sum(
-        next_probs * nu_of(params.nu, data.next_observations), -1)
-    mean_residual = mean_over_data(residual)
-    mass_flow = mean_over_data(w * (1.0 - continuing)) / (1.0 - gamma)
+    nu_sa, nu_next = nu_pair(params.nu, data.observations, data.actions, data.next_observations, next_probs)
+    mean_residual = mean_over_data(_bellman_residual(nu_sa, nu_next, data.terminals, gamma))
+    mass_flow = mean_over_data(w * (1.0 - gamma * (1.0 - data.terminals.astype(w.dtype)))) / (1.0 - gamma)
     dual_gap = jnp.abs(mean_w - mean_residual) / jnp.maximum(jnp.abs(mean_w), jnp.abs(mean_residual))
     info = {
         "loss": losses,
