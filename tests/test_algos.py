@@ -211,6 +211,26 @@ def test_continuous_actions_on_pendulum(name):
     assert np.asarray(output.metrics["env_steps"])[-1] == 4_096
 
 
+def test_normalized_rewards_change_what_is_learned_not_what_is_reported():
+    """normalize_rewards puts NormalizeReward in the stack: the first rollout (same key, same initial policy) reports
+    the same raw episode returns, the losses differ, and the statistics cover every step of the run."""
+    from pgjax import runs
+
+    base = algos.A2CConfig(env_id="Pendulum-v1", total_timesteps=3200, num_envs=4, num_steps=200,
+                           normalize_observations=True)  # one 200-step episode per environment and update
+    plain, scaled = (jax.jit(algos.a2c.make_train(base.replace(normalize_rewards=flag)))(jax.random.key(0))
+                     for flag in (False, True))
+    first = np.asarray(plain.metrics["episode_return"])[0]
+    assert first < -500  # Pendulum's raw returns: hundreds to thousands below zero
+    np.testing.assert_array_equal(np.asarray(scaled.metrics["episode_return"])[0], first)
+    assert not np.allclose(np.asarray(scaled.metrics["loss"]), np.asarray(plain.metrics["loss"]))
+    stats = scaled.env_state.return_statistics
+    np.testing.assert_array_equal(stats.count, [3200] * 4)  # every step of every environment, shared
+    assert np.all(np.asarray(stats.var) > 1.0)
+    # The observation statistics are still found below the reward normaliser (saved with the run).
+    assert int(runs.observation_statistics(scaled.env_state).count[0]) == 4 + 3200
+
+
 def test_progress_callback_every_kth_update_and_the_last(monkeypatch):
     """The loop reports to the host every num_updates // PROGRESS_CALLS updates and after the last one."""
     monkeypatch.setattr(algos.common, "PROGRESS_CALLS", 4)

@@ -14,6 +14,7 @@ from pgjax.envs import (
     EpisodeStatistics,
     FlattenObservation,
     NormalizeObservation,
+    NormalizeReward,
     PredrawnResets,
     ResetDraw,
     RunningStatistics,
@@ -251,6 +252,73 @@ def test_shared_normalisation_outside_vmap_raises_a_clear_error():
     env, params = envs.make("tabular:chain")
     with pytest.raises(ValueError, match="axis_name=None"):
         jax.eval_shape(NormalizeObservation(env, axis_name=ENV_AXIS).reset, jax.random.PRNGKey(0), params)
+
+
+def _normalised_rewards_np(reward, done, discount, shared, clip=10.0, epsilon=1e-8):
+    """The reference for NormalizeReward: G_t = r_t + gamma G_{t-1}, restarted after every episode end; each step
+    divides r_t by the standard deviation of every G seen so far (the batch's, or each environment's own)."""
+    returns = np.zeros_like(reward)
+    g = np.zeros(reward.shape[1])
+    for t in range(reward.shape[0]):
+        g = reward[t] + discount * g
+        returns[t] = g
+        g = np.where(done[t], 0.0, g)
+    if shared:
+        var = np.array([returns[: t + 1].var() for t in range(len(returns))])[:, None]
+    else:
+        var = np.stack([returns[: t + 1].var(axis=0) for t in range(len(returns))])
+    return np.clip(reward / np.sqrt(var + epsilon), -clip, clip), returns
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "tabular:random"])
+def test_normalize_reward_equals_numpy_and_keeps_raw_episode_returns(env_id, cartpole_raw):
+    discount = 0.9
+    if env_id == "CartPole-v1":
+        base, params, _, raw = cartpole_raw
+    else:  # random rewards of both signs, every episode truncated after 7 steps
+        base, params = envs.make(env_id, seed=1, max_steps_in_episode=7)
+        env = VecEnv(EpisodeStatistics(FlattenObservation(base)), NUM_ENVS)
+        raw = jax.tree_util.tree_map(np.asarray, rollout(env, params, jax.random.PRNGKey(3), NUM_STEPS)[-1])
+    done = raw["terminated"] | raw["truncated"]
+    assert done.sum() >= 10
+    for shared in (True, False):
+        axis = ENV_AXIS if shared else None
+        env = VecEnv(NormalizeReward(EpisodeStatistics(FlattenObservation(base)), discount, axis_name=axis), NUM_ENVS)
+        _, _, traj = rollout(env, params, jax.random.PRNGKey(3), NUM_STEPS)
+        traj = jax.tree_util.tree_map(np.asarray, traj)
+        expected, returns = _normalised_rewards_np(raw["reward"].astype(np.float64), done, discount, shared)
+        np.testing.assert_allclose(traj["reward"], expected, rtol=2e-4, atol=1e-5)
+        stats = traj["state"].return_statistics
+        np.testing.assert_allclose(stats.var[-1], returns.var() if shared else returns.var(axis=0), rtol=1e-4)
+        np.testing.assert_array_equal(stats.count[-1], NUM_STEPS * (NUM_ENVS if shared else 1))
+        # The same episodes, and EpisodeStatistics below the wrapper still reports their raw returns.
+        np.testing.assert_array_equal(traj["obs"], raw["obs"])
+        np.testing.assert_allclose(traj["info"]["episode_return"], raw["info"]["episode_return"], rtol=1e-6)
+    if env_id == "CartPole-v1":
+        # r = 1 on every step: the first step's returns are all 1, Var[G] = 0, and the clip bounds the reward.
+        np.testing.assert_array_equal(traj["reward"][0], 10.0)
+        assert 0.1 < traj["reward"][-1].min() < 1.0  # returns of ~10 steps: std ~2-3 later on
+    else:
+        # Rewards in (0, 1): a rescaling keeps them positive where a centring normaliser would not.
+        assert (raw["reward"] > 0).all() and (traj["reward"] > 0).all()
+
+
+def test_normalize_reward_frozen_statistics_and_bad_arguments():
+    base, params = envs.make("tabular:random", seed=1, max_steps_in_episode=7)
+    frozen = RunningStatistics(jnp.array(3.0), jnp.array(4.0), jnp.array(11))
+    env = VecEnv(NormalizeReward(EpisodeStatistics(base), 0.99, update=False, initial_statistics=frozen), NUM_ENVS)
+    _, _, traj = rollout(env, params, jax.random.PRNGKey(5), 20)
+    inner = VecEnv(EpisodeStatistics(base), NUM_ENVS)
+    _, _, raw = rollout(inner, params, jax.random.PRNGKey(5), 20)
+    np.testing.assert_allclose(traj["reward"], np.asarray(raw["reward"]) / 2.0, rtol=1e-6)  # sqrt(4) = 2
+    np.testing.assert_array_equal(traj["state"].return_statistics.count, 11)
+    for bad, match in [(dict(discount=0.0), "discount"), (dict(discount=1.5), "discount"),
+                       (dict(discount=0.9, clip=0.0), "clip"), (dict(discount=0.9, epsilon=-1.0), "epsilon")]:
+        with pytest.raises(ValueError, match=f"NormalizeReward: {match}"):
+            NormalizeReward(base, **bad)
+    with pytest.raises(ValueError, match="NormalizeReward\\(axis_name='envs'\\).*axis_name=None"):
+        obs, state = NormalizeReward(base, 0.9, axis_name=ENV_AXIS).reset(jax.random.PRNGKey(0), params)
+        jax.eval_shape(NormalizeReward(base, 0.9, axis_name=ENV_AXIS).step, jax.random.PRNGKey(0), state, 0, params)
 
 
 def test_merge_statistics_is_exact_for_any_split():

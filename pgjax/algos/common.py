@@ -73,6 +73,11 @@ class OnPolicyConfig:
     CartPole-v1 (normalised advantages): 1020 of 1024 at 1, 1024 of 1024 at 0.1. The presets
     (`pgjax/algos/presets.py`) use 0.1 for those and for A2C and REINFORCE on Pendulum-v1.
 
+    `normalize_rewards` (default False) divides the rewards the algorithm learns from by the running standard
+    deviation of the discounted return (`pgjax.envs.NormalizeReward`, statistics shared by a seed's environments,
+    clipped to +-10), as gymnasium, Stable-Baselines3, CleanRL's continuous PPO and PureJaxRL do; `reward_scale`
+    then multiplies the normalised rewards. Reported episode returns stay raw.
+
     `compute_dtype` ("float32" default, or "bfloat16") is the dtype the networks' hidden layers compute
     and store activations in (mixed precision, `pgjax.nets`): parameters, optimiser state, heads,
     log-probabilities, values and losses stay float32. It halves the bytes of the activations whose
@@ -94,6 +99,7 @@ class OnPolicyConfig:
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     normalize_observations: bool = False
+    normalize_rewards: bool = False
     env_kwargs: tuple[tuple[str, Any], ...] = ()
     unroll: int = 0
     compute_dtype: str = "float32"
@@ -224,7 +230,8 @@ class EnvSpec(NamedTuple):
 
 
 def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_update: bool = True) -> EnvSpec:
-    """[PredrawnResets] -> FlattenObservation -> EpisodeStatistics -> [NormalizeObservation] -> [ClipAction] -> VecEnv.
+    """[PredrawnResets] -> FlattenObservation -> EpisodeStatistics -> [NormalizeObservation] -> [NormalizeReward]
+    -> [ClipAction] -> VecEnv.
 
     Episode statistics sit below normalisation so they report the raw returns; statistics of
     the observation normaliser are shared over the vectorised batch.
@@ -239,6 +246,8 @@ def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_upda
     env = envs.EpisodeStatistics(envs.FlattenObservation(env))
     if config.normalize_observations:
         env = envs.NormalizeObservation(env, update=normalize_update, axis_name=envs.ENV_AXIS)
+    if config.normalize_rewards:
+        env = envs.NormalizeReward(env, config.discount, update=normalize_update, axis_name=envs.ENV_AXIS)
     if not discrete:
         env = envs.ClipAction(env)
     env = envs.VecEnv(env, num_envs or config.num_envs)

@@ -27,6 +27,8 @@ from pgjax.envs.wrappers import (
     FlattenObservation,
     NormalizeObservation,
     NormalizeObservationState,
+    NormalizeReward,
+    NormalizeRewardState,
     PredrawnResets,
     ResetDraw,
     RunningStatistics,
@@ -39,6 +41,7 @@ from pgjax.envs.wrappers import (
     init_statistics,
     merge_statistics,
     normalize,
+    observe,
 )
 
 __all__ = [
@@ -50,6 +53,8 @@ __all__ = [
     "FlattenObservation",
     "NormalizeObservation",
     "NormalizeObservationState",
+    "NormalizeReward",
+    "NormalizeRewardState",
     "PredrawnResets",
     "ResetDraw",
     "RunningStatistics",
@@ -71,6 +76,7 @@ __all__ = [
     "make",
     "merge_statistics",
     "normalize",
+    "observe",
     "observation_size",
     "truncation_bias_bound",
 ]

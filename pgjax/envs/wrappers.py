@@ -16,6 +16,7 @@ A typical stack, inner to outer:
     env = FlattenObservation(env)
     env = EpisodeStatistics(env)                       # raw returns, before any scaling
     env = NormalizeObservation(env, axis_name=ENV_AXIS)  # statistics shared by the batch
+    env = NormalizeReward(env, discount=0.99, axis_name=ENV_AXIS)  # optional: r / std of the return
     env = ClipAction(env)
     env = VecEnv(env, num_envs=8)                      # vmaps with axis name ENV_AXIS
 
@@ -303,6 +304,28 @@ def normalize(x: Array, statistics: RunningStatistics, epsilon: float = 1e-8, cl
     return z if clip is None else jnp.clip(z, -clip, clip)
 
 
+def observe(statistics: RunningStatistics, x: Array, axis_name: str | None, owner: str = "observe") -> RunningStatistics:
+    """Merge one sample x [*shape] into `statistics`; with `axis_name`, the batch of samples of that vmap axis.
+
+    With `axis_name=None` x counts as one sample. Under `jax.vmap(..., axis_name=axis_name)` every lane
+    merges the mean and variance of the whole axis (`lax.pmean`), so all lanes hold identical statistics.
+    `owner` names the wrapper in the error raised when the axis is not bound.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    if axis_name is None:
+        return merge_statistics(statistics, RunningStatistics(x, jnp.zeros_like(x), jnp.ones((), jnp.int32)))
+    try:
+        mean = jax.lax.pmean(x, axis_name)
+    except NameError:
+        raise ValueError(
+            f"{owner}(axis_name={axis_name!r}) must run under jax.vmap(..., axis_name={axis_name!r}) (VecEnv, "
+            f"batch_reset and batch_step bind ENV_AXIS={ENV_AXIS!r}); use axis_name=None for a single environment."
+        ) from None
+    var = jax.lax.pmean(jnp.square(x - mean), axis_name)
+    count = jax.lax.psum(jnp.ones((), jnp.int32), axis_name)
+    return merge_statistics(statistics, RunningStatistics(mean, var, count))
+
+
 @struct.dataclass
 class NormalizeObservationState:
     """State of `NormalizeObservation`: the inner state and the running statistics."""
@@ -371,22 +394,7 @@ class NormalizeObservation(Wrapper):
     def _observe(self, statistics: RunningStatistics, obs: Array) -> RunningStatistics:
         if not self.update:
             return statistics
-        obs = jnp.asarray(obs, jnp.float32)
-        if self.axis_name is None:
-            batch = RunningStatistics(obs, jnp.zeros_like(obs), jnp.ones((), jnp.int32))
-        else:
-            try:
-                mean = jax.lax.pmean(obs, self.axis_name)
-            except NameError:
-                raise ValueError(
-                    f"NormalizeObservation(axis_name={self.axis_name!r}) must run under "
-                    f"jax.vmap(..., axis_name={self.axis_name!r}) (VecEnv, batch_reset and batch_step bind "
-                    f"ENV_AXIS={ENV_AXIS!r}); use axis_name=None for a single environment."
-                ) from None
-            var = jax.lax.pmean(jnp.square(obs - mean), self.axis_name)
-            count = jax.lax.psum(jnp.ones((), jnp.int32), self.axis_name)
-            batch = RunningStatistics(mean, var, count)
-        return merge_statistics(statistics, batch)
+        return observe(statistics, obs, self.axis_name, "NormalizeObservation")
 
     def _normalize(self, x: Array, statistics: RunningStatistics) -> Array:
         return normalize(x, statistics, self.epsilon, self.clip)
@@ -403,6 +411,96 @@ class NormalizeObservation(Wrapper):
         info = {**info, "final_observation": self._normalize(info["final_observation"], statistics)}
         state = NormalizeObservationState(env_state, statistics)
         return self._normalize(obs, statistics), state, reward, terminated, truncated, info
+
+
+# ---------------------------------------------------------------------------
+# Reward normalisation by the running scale of the discounted return.
+# ---------------------------------------------------------------------------
+
+
+@struct.dataclass
+class NormalizeRewardState:
+    """State of `NormalizeReward`: the inner state, the running discounted return G of the current
+    episode (a scalar per environment) and the running statistics of G."""
+
+    env_state: Any
+    discounted_return: Array
+    return_statistics: RunningStatistics
+
+
+class NormalizeReward(Wrapper):
+    """Rewards divided by the running standard deviation of the discounted return (not centred):
+
+        G_t = r_t + gamma G_{t-1}   (G = 0 before an episode's first reward),
+        r_t -> clip(r_t / sqrt(Var[G] + epsilon), -clip, clip),
+
+    Var[G] over every G_t seen so far (all environments of the batch with `axis_name`). The discounted
+    return then has roughly unit scale whatever the environment's reward scale, which keeps value
+    targets and advantages in the range Adam and gradient clipping are tuned for; it is the reward
+    normaliser of gymnasium, Stable-Baselines3 (`VecNormalize`), CleanRL's continuous-action PPO and
+    PureJaxRL. A rescaling, not a shift: the optimal policy and the sign of every advantage are kept.
+    The scale changes as the statistics grow, so the critic chases a slowly moving target.
+
+    G restarts at every episode boundary, terminated or truncated: it tracks the return of the episode
+    under way (gymnasium 1.x restarts it on termination only). Place `EpisodeStatistics` below this
+    wrapper so it reports raw returns. The wrapper's `discount` is a Python float (static): under a
+    vmapped `discount` hyperparameter the normaliser keeps the config's.
+
+    Args:
+      env: the inner environment.
+      discount: gamma of the running return.
+      update: merge returns into the statistics (False freezes them at `initial_statistics`).
+      axis_name: a vmap axis name to share statistics over (`ENV_AXIS` under `VecEnv`), or None.
+      epsilon: added to the variance.
+      clip: normalised rewards are clipped to [-clip, clip]; None for no clipping.
+      initial_statistics: statistics `reset` starts from (default: empty; then the first steps' Var[G]
+        is small and their rewards large, up to the clip, as in the libraries above).
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        discount: float,
+        *,
+        update: bool = True,
+        axis_name: str | None = None,
+        epsilon: float = 1e-8,
+        clip: float | None = 10.0,
+        initial_statistics: RunningStatistics | None = None,
+    ):
+        super().__init__(env)
+        if isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0.0 < discount <= 1.0:
+            raise ValueError(f"NormalizeReward: discount must be a number in (0, 1]; got {discount!r}.")
+        if epsilon < 0:
+            raise ValueError(f"NormalizeReward: epsilon must be >= 0; got {epsilon}.")
+        if clip is not None and clip <= 0:
+            raise ValueError(f"NormalizeReward: clip must be > 0 or None; got {clip}.")
+        self.discount = float(discount)
+        self.update = update
+        self.axis_name = axis_name
+        self.epsilon = epsilon
+        self.clip = clip
+        self.initial_statistics = initial_statistics
+
+    def reset(self, key: Array, params: Any = None) -> tuple[Array, NormalizeRewardState]:
+        obs, env_state = self._env.reset(key, params)
+        statistics = init_statistics(jnp.zeros(())) if self.initial_statistics is None else self.initial_statistics
+        return obs, NormalizeRewardState(env_state, jnp.zeros((), jnp.float32), statistics)
+
+    def step(self, key: Array, state: NormalizeRewardState, action: Any, params: Any = None) -> tuple:
+        obs, env_state, reward, terminated, truncated, info = self._env.step(key, state.env_state, action, params)
+        reward = jnp.asarray(reward, jnp.float32)
+        discounted_return = reward + self.discount * state.discounted_return
+        statistics = state.return_statistics
+        if self.update:
+            statistics = observe(statistics, discounted_return, self.axis_name, "NormalizeReward")
+        scaled = reward / jnp.sqrt(statistics.var + self.epsilon)
+        if self.clip is not None:
+            scaled = jnp.clip(scaled, -self.clip, self.clip)
+        # The next reward belongs to a new episode (gymnax has already reset the inner state).
+        discounted_return = jnp.where(terminated | truncated, 0.0, discounted_return)
+        state = NormalizeRewardState(env_state, discounted_return, statistics)
+        return obs, state, scaled, terminated, truncated, info
 
 
 # ---------------------------------------------------------------------------
