@@ -304,7 +304,9 @@ def normalize(x: Array, statistics: RunningStatistics, epsilon: float = 1e-8, cl
     return z if clip is None else jnp.clip(z, -clip, clip)
 
 
-def observe(statistics: RunningStatistics, x: Array, axis_name: str | None, owner: str = "observe") -> RunningStatistics:
+def observe(
+    statistics: RunningStatistics, x: Array, axis_name: str | None, owner: str = "observe"
+) -> RunningStatistics:
     """Merge one sample x [*shape] into `statistics`; with `axis_name`, the batch of samples of that vmap axis.
 
     With `axis_name=None` x counts as one sample. Under `jax.vmap(..., axis_name=axis_name)` every lane
