@@ -467,6 +467,13 @@ def test_dualdice_warns_when_training_leaves_the_saddle(random_cartpole):
     assert abs(float(info["value"]) - returns.mean()) > returns.mean()  # and the estimate is indeed unreliable
 
 
+def test_saddle_gap_relative_difference_is_defined_when_both_means_vanish():
+    gap = lambda a, b: float(N._relative_gap(jnp.float32(a), jnp.float32(b)))  # noqa: E731
+    assert gap(0.0, 0.0) == 0.0  # agreeing means: no gap (a plain division gave NaN, read as a divergence)
+    np.testing.assert_allclose([gap(1.0, 0.9), gap(0.9, 1.0), gap(-2.0, 2.0), gap(0.0, 3.0)], [0.1, 0.1, 2.0, 1.0],
+                               rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # The offline policy-gradient loss (float64; x64 stays on to the end of the module, so these come last).
 # ---------------------------------------------------------------------------

@@ -335,6 +335,12 @@ def _bellman_residual(nu_sa: Array, nu_next: Array, terminals: Array, discount) 
     return nu_sa - discount * (1.0 - terminals.astype(nu_sa.dtype)) * nu_next
 
 
+def _relative_gap(a: Array, b: Array) -> Array:
+    """|a - b| / max(|a|, |b|) for scalars, 0 where both are 0 (they agree; a plain division would give NaN)."""
+    scale = jnp.maximum(jnp.abs(a), jnp.abs(b))
+    return jnp.where(scale > 0, jnp.abs(a - b) / jnp.where(scale > 0, scale, 1.0), 0.0)
+
+
 def dualdice_loss(
     nu_sa: Array, nu_next: Array, zeta_sa: Array, terminals: Array, nu_initial: Array, discount
 ) -> Array:
@@ -443,7 +449,7 @@ def _train_dualdice(key, data: Transitions, next_probs, num_valid, initial_obser
     nu_sa, nu_next = nu_pair(params.nu, data.observations, data.actions, data.next_observations, next_probs)
     mean_residual = mean_over_data(_bellman_residual(nu_sa, nu_next, data.terminals, gamma))
     mass_flow = mean_over_data(w * (1.0 - gamma * (1.0 - data.terminals.astype(w.dtype)))) / (1.0 - gamma)
-    dual_gap = jnp.abs(mean_w - mean_residual) / jnp.maximum(jnp.abs(mean_w), jnp.abs(mean_residual))
+    dual_gap = _relative_gap(mean_w, mean_residual)
     info = {
         "loss": losses,
         "mean_ratio": mean_w,
