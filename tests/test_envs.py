@@ -316,6 +316,8 @@ def test_normalize_reward_frozen_statistics_and_bad_arguments():
                        (dict(discount=0.9, clip=0.0), "clip"), (dict(discount=0.9, epsilon=-1.0), "epsilon")]:
         with pytest.raises(ValueError, match=f"NormalizeReward: {match}"):
             NormalizeReward(base, **bad)
+    with pytest.raises(ValueError, match="NormalizeObservation: clip must be > 0"):  # the check both normalisers share
+        NormalizeObservation(base, clip=0.0)
     with pytest.raises(ValueError, match="NormalizeReward\\(axis_name='envs'\\).*axis_name=None"):
         obs, state = NormalizeReward(base, 0.9, axis_name=ENV_AXIS).reset(jax.random.PRNGKey(0), params)
         jax.eval_shape(NormalizeReward(base, 0.9, axis_name=ENV_AXIS).step, jax.random.PRNGKey(0), state, 0, params)

@@ -328,6 +328,13 @@ def observe(
     return merge_statistics(statistics, RunningStatistics(mean, var, count))
 
 
+def _check_epsilon_and_clip(owner: str, epsilon: float, clip: float | None) -> None:
+    if epsilon < 0:
+        raise ValueError(f"{owner}: epsilon must be >= 0; got {epsilon}.")
+    if clip is not None and clip <= 0:
+        raise ValueError(f"{owner}: clip must be > 0 or None; got {clip}.")
+
+
 @struct.dataclass
 class NormalizeObservationState:
     """State of `NormalizeObservation`: the inner state and the running statistics."""
@@ -378,10 +385,7 @@ class NormalizeObservation(Wrapper):
         initial_statistics: RunningStatistics | None = None,
     ):
         super().__init__(env)
-        if epsilon < 0:
-            raise ValueError(f"NormalizeObservation: epsilon must be >= 0; got {epsilon}.")
-        if clip is not None and clip <= 0:
-            raise ValueError(f"NormalizeObservation: clip must be > 0 or None; got {clip}.")
+        _check_epsilon_and_clip("NormalizeObservation", epsilon, clip)
         self.update = update
         self.axis_name = axis_name
         self.epsilon = epsilon
@@ -473,10 +477,7 @@ class NormalizeReward(Wrapper):
         super().__init__(env)
         if isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0.0 < discount <= 1.0:
             raise ValueError(f"NormalizeReward: discount must be a number in (0, 1]; got {discount!r}.")
-        if epsilon < 0:
-            raise ValueError(f"NormalizeReward: epsilon must be >= 0; got {epsilon}.")
-        if clip is not None and clip <= 0:
-            raise ValueError(f"NormalizeReward: clip must be > 0 or None; got {clip}.")
+        _check_epsilon_and_clip("NormalizeReward", epsilon, clip)
         self.discount = float(discount)
         self.update = update
         self.axis_name = axis_name
