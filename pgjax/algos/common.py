@@ -78,7 +78,7 @@ class OnPolicyConfig:
     clipped to +-10), as gymnasium, Stable-Baselines3, CleanRL's continuous PPO and PureJaxRL do; `reward_scale`
     then multiplies the normalised rewards. Reported episode returns stay raw. Untuned (scale 1) against the
     presets' tuned 0.1 (8 seeds, median / worst): REINFORCE Acrobot-v1 -84.1 / -86.5 (tuned -83.8 / -87.1, neither
-    -91.3 / -250.9), A2C Pendulum-v1 -246.7 / -646.9 (tuned -205.2 / -244.6, neither -357.3 / -677.6); with
+    -91.3 / -250.9), A2C Pendulum-v1 over 32 seeds -239.4 / -796.8 (tuned -236.2 / -706.1, neither -384.0 / -1050.7); with
     normalised advantages it changes only the critic's targets (benchmarks/README.md, twenty-second session).
 
     `compute_dtype` ("float32" default, or "bfloat16") is the dtype the networks' hidden layers compute
