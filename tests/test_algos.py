@@ -229,6 +229,12 @@ def test_normalized_rewards_change_what_is_learned_not_what_is_reported():
     assert np.all(np.asarray(stats.var) > 1.0)
     # The observation statistics are still found below the reward normaliser (saved with the run).
     assert int(runs.observation_statistics(scaled.env_state).count[0]) == 4 + 3200
+    # Under an outer vmap each seed keeps its own statistics (pmean runs over a seed's environments only): seed 0
+    # of two is the run above (to float32 rounding of batched kernels), seed 1 another.
+    train = algos.a2c.make_train(base.replace(normalize_rewards=True))
+    both = jax.jit(jax.vmap(train))(jax.numpy.stack([jax.random.key(0), jax.random.key(1)])).env_state.return_statistics
+    np.testing.assert_allclose(np.asarray(both.var[0]), np.asarray(stats.var), rtol=1e-4)
+    assert abs(float(both.var[1, 0]) / float(both.var[0, 0]) - 1.0) > 1e-3
 
 
 def test_progress_callback_every_kth_update_and_the_last(monkeypatch):
