@@ -275,7 +275,7 @@ def test_normalize_reward_equals_numpy_and_keeps_raw_episode_returns(env_id, car
     discount = 0.9
     if env_id == "CartPole-v1":
         base, params, _, raw = cartpole_raw
-    else:  # random rewards of both signs, every episode truncated after 7 steps
+    else:  # random rewards in (0, 1), every episode truncated after 7 steps
         base, params = envs.make(env_id, seed=1, max_steps_in_episode=7)
         env = VecEnv(EpisodeStatistics(FlattenObservation(base)), NUM_ENVS)
         raw = jax.tree_util.tree_map(np.asarray, rollout(env, params, jax.random.PRNGKey(3), NUM_STEPS)[-1])
@@ -318,9 +318,10 @@ def test_normalize_reward_frozen_statistics_and_bad_arguments():
             NormalizeReward(base, **bad)
     with pytest.raises(ValueError, match="NormalizeObservation: clip must be > 0"):  # the check both normalisers share
         NormalizeObservation(base, clip=0.0)
+    unbound = NormalizeReward(base, 0.9, axis_name=ENV_AXIS)  # the statistics merge at the first step, not at reset
+    _, state = unbound.reset(jax.random.PRNGKey(0), params)
     with pytest.raises(ValueError, match="NormalizeReward\\(axis_name='envs'\\).*axis_name=None"):
-        obs, state = NormalizeReward(base, 0.9, axis_name=ENV_AXIS).reset(jax.random.PRNGKey(0), params)
-        jax.eval_shape(NormalizeReward(base, 0.9, axis_name=ENV_AXIS).step, jax.random.PRNGKey(0), state, 0, params)
+        jax.eval_shape(unbound.step, jax.random.PRNGKey(0), state, 0, params)
 
 
 def test_merge_statistics_is_exact_for_any_split():
