@@ -328,11 +328,38 @@ def observe(
     return merge_statistics(statistics, RunningStatistics(mean, var, count))
 
 
-def _check_epsilon_and_clip(owner: str, epsilon: float, clip: float | None) -> None:
-    if epsilon < 0:
-        raise ValueError(f"{owner}: epsilon must be >= 0; got {epsilon}.")
-    if clip is not None and clip <= 0:
-        raise ValueError(f"{owner}: clip must be > 0 or None; got {clip}.")
+class _RunningStatisticsWrapper(Wrapper):
+    """What both normalisers share: the settings of their running statistics and how a sample is merged in."""
+
+    def __init__(
+        self,
+        env: Any,
+        *,
+        update: bool = True,
+        axis_name: str | None = None,
+        epsilon: float = 1e-8,
+        clip: float | None = 10.0,
+        initial_statistics: RunningStatistics | None = None,
+    ):
+        super().__init__(env)
+        owner = type(self).__name__
+        if epsilon < 0:
+            raise ValueError(f"{owner}: epsilon must be >= 0; got {epsilon}.")
+        if clip is not None and clip <= 0:
+            raise ValueError(f"{owner}: clip must be > 0 or None; got {clip}.")
+        self.update = update
+        self.axis_name = axis_name
+        self.epsilon = epsilon
+        self.clip = clip
+        self.initial_statistics = initial_statistics
+
+    def _initial(self, like: Array) -> RunningStatistics:
+        return init_statistics(like) if self.initial_statistics is None else self.initial_statistics
+
+    def _observe(self, statistics: RunningStatistics, x: Array) -> RunningStatistics:
+        if not self.update:
+            return statistics
+        return observe(statistics, x, self.axis_name, type(self).__name__)
 
 
 @struct.dataclass
@@ -343,7 +370,7 @@ class NormalizeObservationState:
     statistics: RunningStatistics
 
 
-class NormalizeObservation(Wrapper):
+class NormalizeObservation(_RunningStatisticsWrapper):
     """Observations normalised by running statistics carried in the state.
 
     Each `reset`/`step` first merges the returned observation into the statistics
@@ -374,41 +401,17 @@ class NormalizeObservation(Wrapper):
       initial_statistics: statistics `reset` starts from (default: empty).
     """
 
-    def __init__(
-        self,
-        env: Any,
-        *,
-        update: bool = True,
-        axis_name: str | None = None,
-        epsilon: float = 1e-8,
-        clip: float | None = 10.0,
-        initial_statistics: RunningStatistics | None = None,
-    ):
-        super().__init__(env)
-        _check_epsilon_and_clip("NormalizeObservation", epsilon, clip)
-        self.update = update
-        self.axis_name = axis_name
-        self.epsilon = epsilon
-        self.clip = clip
-        self.initial_statistics = initial_statistics
-
     def observation_space(self, params: Any = None) -> spaces.Box:
         inner = self._env.observation_space(self._env.default_params if params is None else params)
         bound = jnp.inf if self.clip is None else self.clip
         return spaces.Box(-bound, bound, inner.shape, jnp.float32)
-
-    def _observe(self, statistics: RunningStatistics, obs: Array) -> RunningStatistics:
-        if not self.update:
-            return statistics
-        return observe(statistics, obs, self.axis_name, "NormalizeObservation")
 
     def _normalize(self, x: Array, statistics: RunningStatistics) -> Array:
         return normalize(x, statistics, self.epsilon, self.clip)
 
     def reset(self, key: Array, params: Any = None) -> tuple[Array, NormalizeObservationState]:
         obs, env_state = self._env.reset(key, params)
-        statistics = init_statistics(obs) if self.initial_statistics is None else self.initial_statistics
-        statistics = self._observe(statistics, obs)
+        statistics = self._observe(self._initial(obs), obs)
         return self._normalize(obs, statistics), NormalizeObservationState(env_state, statistics)
 
     def step(self, key: Array, state: NormalizeObservationState, action: Any, params: Any = None) -> tuple:
@@ -434,7 +437,7 @@ class NormalizeRewardState:
     return_statistics: RunningStatistics
 
 
-class NormalizeReward(Wrapper):
+class NormalizeReward(_RunningStatisticsWrapper):
     """Rewards divided by the running standard deviation of the discounted return (not centred):
 
         G_t = r_t + gamma G_{t-1}   (G = 0 before an episode's first reward),
@@ -463,40 +466,21 @@ class NormalizeReward(Wrapper):
         is small and their rewards large, up to the clip, as in the libraries above).
     """
 
-    def __init__(
-        self,
-        env: Any,
-        discount: float,
-        *,
-        update: bool = True,
-        axis_name: str | None = None,
-        epsilon: float = 1e-8,
-        clip: float | None = 10.0,
-        initial_statistics: RunningStatistics | None = None,
-    ):
-        super().__init__(env)
+    def __init__(self, env: Any, discount: float, **statistics_settings: Any):
         if isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0.0 < discount <= 1.0:
             raise ValueError(f"NormalizeReward: discount must be a number in (0, 1]; got {discount!r}.")
-        _check_epsilon_and_clip("NormalizeReward", epsilon, clip)
+        super().__init__(env, **statistics_settings)
         self.discount = float(discount)
-        self.update = update
-        self.axis_name = axis_name
-        self.epsilon = epsilon
-        self.clip = clip
-        self.initial_statistics = initial_statistics
 
     def reset(self, key: Array, params: Any = None) -> tuple[Array, NormalizeRewardState]:
         obs, env_state = self._env.reset(key, params)
-        statistics = init_statistics(jnp.zeros(())) if self.initial_statistics is None else self.initial_statistics
-        return obs, NormalizeRewardState(env_state, jnp.zeros((), jnp.float32), statistics)
+        return obs, NormalizeRewardState(env_state, jnp.zeros((), jnp.float32), self._initial(jnp.zeros(())))
 
     def step(self, key: Array, state: NormalizeRewardState, action: Any, params: Any = None) -> tuple:
         obs, env_state, reward, terminated, truncated, info = self._env.step(key, state.env_state, action, params)
         reward = jnp.asarray(reward, jnp.float32)
         discounted_return = reward + self.discount * state.discounted_return
-        statistics = state.return_statistics
-        if self.update:
-            statistics = observe(statistics, discounted_return, self.axis_name, "NormalizeReward")
+        statistics = self._observe(state.return_statistics, discounted_return)
         scaled = reward / jnp.sqrt(statistics.var + self.epsilon)
         if self.clip is not None:
             scaled = jnp.clip(scaled, -self.clip, self.clip)
