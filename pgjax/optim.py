@@ -43,6 +43,7 @@ def clipped_adam(
     anneal_steps: int | None = None,
     *,
     final_fraction: float | Array = 0.0,
+    schedule_offset: int | Array = 0,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-5,
@@ -52,6 +53,9 @@ def clipped_adam(
     Step k uses lr_k = learning_rate * (1 - (1 - final_fraction) * min(k, anneal_steps) / anneal_steps):
     from `learning_rate` down to `final_fraction * learning_rate` (0, the default, anneals to zero, as
     `optax.linear_schedule(learning_rate, 0.0, anneal_steps)`). `final_fraction` may be traced too.
+    The schedule reads step k + `schedule_offset` (may be traced), while Adam's bias correction counts the
+    steps taken: an update whose steps stopped early (PPO's target_kl) keeps the schedule on the run's
+    progress by passing the steps it skipped.
 
     `learning_rate` and `max_grad_norm` may be traced (vmapped hyperparameters). Works on any pytree; on
     one flat vector (`ravel_params`) every step is a few fused operations.
@@ -75,7 +79,8 @@ def clipped_adam(
         count = state.count + 1
         t = count.astype(jnp.float32)
         if anneal_steps:
-            lr = learning_rate * (1.0 - (1.0 - final_fraction) * (jnp.minimum(state.count, anneal_steps) / anneal_steps))
+            progress = jnp.minimum(state.count + schedule_offset, anneal_steps) / anneal_steps
+            lr = learning_rate * (1.0 - (1.0 - final_fraction) * progress)
         else:
             lr = learning_rate
         mu_scale, nu_scale = 1.0 / (1.0 - b1**t), 1.0 / (1.0 - b2**t)

@@ -66,37 +66,53 @@ def test_bfloat16_networks_follow_the_float32_run(rolled_run):
     assert 1e-7 < max(diffs) < 1e-3
 
 
+def _ppo_minibatch_problem(config, old_log_prob=None):
+    """(spec, network, hp, agent, keys, data): a fresh PPO agent and a 64-transition batch of random (obs, action,
+    old log-prob, old value, advantage, target); `old_log_prob="policy"` takes the agent's own log-probabilities."""
+    spec = algos.common.make_env(config)
+    network = algos.common.actor_critic(config, spec)
+    hp = config.hyperparams()
+    agent = algos.ppo.make_algorithm(config, network).init(jax.random.key(0), spec, hp)
+    k = jax.random.split(jax.random.key(1), 7)
+    obs, action = jax.random.normal(k[0], (64, 4)), jax.random.bernoulli(k[1], 0.5, (64,)).astype(jnp.int32)
+    if old_log_prob == "policy":  # as if these parameters had collected the batch
+        old_log_prob = network.apply(agent.params, obs, method="policy").log_prob(action)
+    else:
+        old_log_prob = -0.7 + 0.1 * jax.random.normal(k[2], (64,))
+    data = (obs, action, old_log_prob, jax.random.normal(k[3], (64,)), jax.random.normal(k[4], (64,)),
+            jax.random.normal(k[5], (64,)))
+    return spec, network, hp, agent, k, data
+
+
+def _shuffled_minibatches(key, data, num_epochs, num_minibatches):
+    """The minibatches `common.minibatch_epochs` takes, in order (its shuffles)."""
+    batch = data[0].shape[0]
+    size = batch // num_minibatches
+    minibatches = []
+    for epoch_key in jax.random.split(key, num_epochs):
+        perm = algos.common.random_permutation(epoch_key, batch)
+        minibatches += [tuple(x[perm][i * size:(i + 1) * size] for x in data) for i in range(num_minibatches)]
+    return minibatches
+
+
 def test_split_actor_critic_is_two_separately_clipped_adams():
     """split_actor_critic: each network takes optax's clip_by_global_norm + adam on its own part of the loss,
     over the same shuffled minibatches; without clipping it is the joint optimiser's run."""
     import optax
 
-    from pgjax.algos import common, ppo
+    from pgjax.algos import ppo
 
     config = ppo.PPOConfig(
         total_timesteps=512, num_envs=4, num_steps=16, num_epochs=2, num_minibatches=2, max_grad_norm=0.05,
         anneal_lr=False, learning_rate=1e-2, split_actor_critic=True,
     )
-    spec = common.make_env(config)
-    network = common.actor_critic(config, spec)
-    hp = config.hyperparams()
-    agent = ppo.make_algorithm(config, network).init(jax.random.key(0), spec, hp)
-    k = jax.random.split(jax.random.key(1), 7)
-    batch = 64
-    data = (
-        jax.random.normal(k[0], (batch, 4)), jax.random.bernoulli(k[1], 0.5, (batch,)).astype(jnp.int32),
-        -0.7 + 0.1 * jax.random.normal(k[2], (batch,)), jax.random.normal(k[3], (batch,)),
-        jax.random.normal(k[4], (batch,)), jax.random.normal(k[5], (batch,)),
-    )
+    spec, network, hp, agent, k, data = _ppo_minibatch_problem(config)
     params, opt_state, metrics = jax.jit(
         lambda p, o: ppo._split_descent(config, network, k[6], hp, p, o, data)
     )(agent.params, agent.opt_state)
 
     # Reference: the same minibatches (minibatch_epochs' shuffles), one optax optimiser per network.
-    minibatches = []
-    for epoch_key in jax.random.split(k[6], config.num_epochs):
-        perm = common.random_permutation(epoch_key, batch)
-        minibatches += [tuple(x[perm][i * 32:(i + 1) * 32] for x in data) for i in range(2)]
+    minibatches = _shuffled_minibatches(k[6], data, config.num_epochs, config.num_minibatches)
     parts = {"actor": ppo.ppo_policy_loss, "critic": ppo.ppo_value_loss}
     for name, part_loss in parts.items():
         tower = agent.params["params"][name]
@@ -122,12 +138,84 @@ def test_split_actor_critic_is_two_separately_clipped_adams():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     # each optimiser reports its own pre-clip norm (the joint one reports one norm of both)
     assert set(runs_[0].metrics) - set(runs_[1].metrics) == {"actor_grad_norm", "critic_grad_norm"}
-    assert set(runs_[1].metrics) - set(runs_[0].metrics) == {"grad_norm"}
+    assert set(runs_[1].metrics) - set(runs_[0].metrics) == {"grad_norm", "steps_taken"}
     joint_norm = np.hypot(np.asarray(runs_[0].metrics["actor_grad_norm"]), np.asarray(runs_[0].metrics["critic_grad_norm"]))
     # mean_t ||(a_t, c_t)|| >= ||(mean a, mean c)|| (the triangle inequality), equality only if the steps align
     np.testing.assert_array_less(joint_norm * (1 - 1e-4), np.asarray(runs_[1].metrics["grad_norm"]))
     for name in set(runs_[1].metrics) & set(runs_[0].metrics):
         np.testing.assert_allclose(np.asarray(runs_[0].metrics[name]), np.asarray(runs_[1].metrics[name]), rtol=1e-4, atol=1e-6)
+
+
+def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
+    """PPO's early stopping against the same steps taken one by one: the KL each minibatch step sees before it
+    moves, the first step over target_kl and every later one skipped (parameters and Adam state as they were)."""
+    from pgjax import optim
+    from pgjax.algos import common, ppo
+
+    config = ppo.PPOConfig(total_timesteps=512, num_envs=4, num_steps=16, num_epochs=4, num_minibatches=2,
+                           learning_rate=3e-3)
+    spec, network, hp, agent, k, data = _ppo_minibatch_problem(config, old_log_prob="policy")
+    tx = ppo._optimizer(config, hp)
+    loss_fn = lambda params, mb, hp=hp: ppo.ppo_loss(params, network, mb, hp, config)  # noqa: E731
+
+    @jax.jit
+    def descend(target_kl):
+        return common.minibatch_descent(k[6], tx, loss_fn, agent.params, agent.opt_state, data, config.num_epochs,
+                                        config.num_minibatches, target_kl=target_kl)
+
+    # Reference: the same minibatches (minibatch_epochs' shuffles), every step taken, each one's KL recorded.
+    flat, unravel = optim.ravel_params(agent.params)
+    step = jax.jit(optim.flat_gradient_step(tx, loss_fn, unravel))
+    states, kls = [(flat, agent.opt_state)], []
+    for minibatch in _shuffled_minibatches(k[6], data, config.num_epochs, config.num_minibatches):
+        state, aux = step(states[-1], minibatch)
+        states.append(state)
+        kls.append(float(aux["approx_kl"]))
+    assert kls[0] < 1e-6 and max(kls) > 1e-3, kls  # the first step starts at the rollout's policy; later ones move
+    # a step past the first few whose KL exceeds every earlier one's by a margin: a target between them stops there
+    stop = next(i for i in range(3, len(kls)) if kls[i] > 1.2 * max(kls[:i]))
+    target = 1.1 * max(kls[:stop])
+
+    params, opt_state, metrics = descend(jnp.float32(target))
+    expected_flat, expected_opt = states[stop]
+    np.testing.assert_allclose(optim.ravel_params(params)[0], expected_flat, rtol=1e-5, atol=1e-7)
+    assert int(opt_state.count) == stop  # skipped steps leave Adam's count (and so the anneal) where it was
+    for a, b in zip(jax.tree_util.tree_leaves(opt_state), jax.tree_util.tree_leaves(expected_opt)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+    assert float(metrics["steps_taken"]) == stop / len(kls)
+
+    # 0 never stops: the same steps as without early stopping, bit for bit, and all of them taken.
+    plain = jax.jit(lambda: common.minibatch_descent(k[6], tx, loss_fn, agent.params, agent.opt_state, data,
+                                                     config.num_epochs, config.num_minibatches))()
+    off = descend(jnp.float32(0.0))
+    for a, b in zip(jax.tree_util.tree_leaves(off[:2]), jax.tree_util.tree_leaves(plain[:2])):
+        np.testing.assert_array_equal(a, b)
+    assert float(off[2]["steps_taken"]) == 1.0 and "steps_taken" not in plain[2]
+    # vmapped targets: each lane is its own run
+    lanes = jax.vmap(descend)(jnp.array([0.0, target], jnp.float32))
+    np.testing.assert_array_equal(lanes[2]["steps_taken"], [1.0, stop / len(kls)])
+    np.testing.assert_allclose(optim.ravel_params(jax.tree_util.tree_map(lambda x: x[1], lanes[0]))[0], expected_flat,
+                               rtol=1e-5, atol=1e-7)
+
+    # The annealed rate follows the update index, not the steps taken: an agent that took no steps, updated at
+    # the run's last update index + 1, where the schedule has reached 0, keeps its parameters (16 steps counted).
+    algorithm = ppo.make_algorithm(config, network)
+    obs0, env_state = spec.env.reset(k[2], spec.params)
+    batch = common.rollout(k[3], spec, agent, algorithm.act, algorithm.value, env_state, obs0, config.num_steps)[2]
+    past_end = jax.jit(algorithm.update)(agent, batch, k[4], hp, jnp.int32(config.num_updates))[0]
+    np.testing.assert_array_equal(optim.ravel_params(past_end.params)[0], flat)
+    assert int(past_end.opt_state.count) == config.num_epochs * config.num_minibatches
+
+    # Once stopped, an update stays stopped, even where a later minibatch's KL is back under the target.
+    scripted = common.kl_early_stopping(lambda n, kl: (n + 1, {"approx_kl": kl}), jnp.float32(1.0))
+    (count, stopped), taken = jax.lax.scan(scripted, (0, jnp.array(False)), jnp.array([0.0, 0.5, 2.0, 0.1, 0.3]))
+    assert int(count) == 2 and bool(stopped)
+    np.testing.assert_array_equal(taken["steps_taken"], [1, 1, 0, 0, 0])
+
+    with pytest.raises(ValueError, match="target_kl"):
+        config.replace(target_kl=-0.01)
+    with pytest.raises(ValueError, match="split_actor_critic"):
+        config.replace(target_kl=0.01, split_actor_critic=True)
 
 
 def _exact_objective(network, mdp):

@@ -62,6 +62,28 @@ def test_annealed_rate_reaches_zero():
     assert steps[0] < steps[1] < steps[2] < 0 and steps[3] == steps[4] == 0.0  # rates 0.1, 2/30, 1/30, 0, 0
 
 
+def test_schedule_offset_shifts_the_rate_not_the_bias_correction():
+    """schedule_offset o: step k uses the annealed rate of step k + o, with Adam's bias correction still at step k
+    (optax: adam over the schedule shifted by o steps)."""
+    params = _params(jax.random.key(2))
+    grads = [_params(k) for k in jax.random.split(jax.random.key(3), 6)]
+    shifted = lambda k: optax.linear_schedule(1e-2, 0.0, 10)(k + 3)  # noqa: E731
+    ref, ours = optax.chain(optax.clip_by_global_norm(0.3), optax.adam(shifted, eps=1e-5)), optim.clipped_adam(
+        1e-2, 0.3, 10, schedule_offset=jnp.int32(3))
+    p_ref, s_ref, p_ours, s_ours = params, ref.init(params), params, ours.init(params)
+    for g in grads:
+        u, s_ref = ref.update(g, s_ref, p_ref)
+        p_ref = optax.apply_updates(p_ref, u)
+        u, s_ours = ours.update(g, s_ours, p_ours)
+        p_ours = optax.apply_updates(p_ours, u)
+    for a, b in zip(jax.tree_util.tree_leaves(p_ours), jax.tree_util.tree_leaves(p_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert int(s_ours.count) == 6
+    unshifted = optim.clipped_adam(1e-2, 0.3, 10)
+    u0 = unshifted.update(grads[0], unshifted.init(params), params)[0]
+    assert not np.allclose(optim.ravel_params(u0)[0], optim.ravel_params(ours.update(grads[0], ours.init(params))[0])[0])
+
+
 def test_anneal_to_a_floor_equals_optax_linear_schedule():
     """final_fraction f: the rate goes from lr to f * lr over anneal_steps, as optax.linear_schedule(lr, f * lr, n),
     then stays there; vmapped over f, each entry equals its own run."""

@@ -453,15 +453,19 @@ class AgentState:
     opt_state: optax.OptState
 
 
-def optimizer(config: OnPolicyConfig, hp: HParams, steps_per_update: int = 1) -> optax.GradientTransformation:
+def optimizer(
+    config: OnPolicyConfig, hp: HParams, steps_per_update: int = 1, schedule_offset: int | Array = 0
+) -> optax.GradientTransformation:
     """`optim.clipped_adam` with the config's (possibly vmapped) `hp`.
 
     With `config.anneal_lr` the rate decays over all num_updates * steps_per_update gradient steps, from
     learning_rate to final_lr_fraction * learning_rate; `steps_per_update` is 1 for A2C and REINFORCE,
-    epochs x minibatches for PPO and TRPO's value function.
+    epochs x minibatches for PPO and TRPO's value function. `schedule_offset`: steps skipped so far (PPO's
+    early stopping), so that the rate follows the update index rather than the steps taken.
     """
     steps = config.num_updates * steps_per_update if config.anneal_lr else None
-    return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], steps, final_fraction=hp["final_lr_fraction"])
+    return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], steps, final_fraction=hp["final_lr_fraction"],
+                              schedule_offset=schedule_offset)
 
 
 def init_agent(network: ActorCritic, spec: EnvSpec, tx: optax.GradientTransformation, key: Array) -> AgentState:
@@ -479,6 +483,32 @@ def one_step_update(
     return AgentState(unravel(flat), opt_state), aux
 
 
+def kl_early_stopping(
+    step: Callable[[Any, Any], tuple[Any, dict[str, Array]]], target_kl: Array, kl_name: str = "approx_kl"
+) -> Callable[[tuple[Any, Array], Any], tuple[tuple[Any, Array], dict[str, Array]]]:
+    """`step` that stops for the rest of the update once the policy has moved `target_kl` from the rollout's.
+
+    The wrapped step carries `(state, stopped)`. Before each step, `metrics[kl_name]` (the minibatch's
+    estimate of KL(pi_old || pi_theta) at the current parameters, e.g. PPO's approx_kl) is compared with
+    `target_kl`; from the first minibatch where it exceeds it, every remaining step of the update keeps
+    `state` as it is (the optimiser's state too: Adam's step count counts the steps taken; pass the skipped
+    ones as `optimizer`'s schedule_offset to keep an annealed rate on the run's progress). `target_kl <= 0`
+    never stops, and may be traced (a vmapped hyperparameter). The
+    metric `steps_taken` is 1 for an applied step and 0 for a skipped one (its mean over an update is
+    the fraction applied). Stable-Baselines3 stops the same way at 1.5 x its target_kl; CleanRL checks
+    at the end of each epoch.
+    """
+
+    def stopping_step(carry, minibatch):
+        state, stopped = carry
+        new_state, metrics = step(state, minibatch)
+        stopped = stopped | ((target_kl > 0) & (metrics[kl_name] > target_kl))
+        state = jax.tree_util.tree_map(lambda new, old: jnp.where(stopped, old, new), new_state, state)
+        return (state, stopped), {**metrics, "steps_taken": 1.0 - stopped.astype(jnp.float32)}
+
+    return stopping_step
+
+
 def minibatch_descent(
     key: Array,
     tx: optax.GradientTransformation,
@@ -490,13 +520,22 @@ def minibatch_descent(
     num_minibatches: int,
     unroll: int = 1,
     norm_name: str = "grad_norm",
+    target_kl: Array | None = None,
 ) -> tuple[Any, optax.OptState, dict[str, Array]]:
     """`minibatch_epochs` of `tx` steps on `loss_fn(params, minibatch) -> (loss, metrics)`, taken on the flat
     parameter vector (one fused optimiser step each); returns (params, opt_state, mean metrics), the metrics
-    including `norm_name`: the mean pre-clip gradient norm over the steps."""
+    including `norm_name`: the mean pre-clip gradient norm over the steps. With `target_kl` the steps stop
+    early as `kl_early_stopping` says (the loss's metrics must then hold `approx_kl`)."""
     flat, unravel = optim.ravel_params(params)
     step = optim.flat_gradient_step(tx, loss_fn, unravel, norm_name)
-    (flat, opt_state), metrics = minibatch_epochs(key, (flat, opt_state), data, num_epochs, num_minibatches, step, unroll)
+    state = (flat, opt_state)
+    if target_kl is None:
+        state, metrics = minibatch_epochs(key, state, data, num_epochs, num_minibatches, step, unroll)
+    else:
+        stopping = kl_early_stopping(step, target_kl)
+        (state, _), metrics = minibatch_epochs(key, (state, jnp.array(False)), data, num_epochs, num_minibatches,
+                                               stopping, unroll)
+    flat, opt_state = state
     return unravel(flat), opt_state, metrics
 
 

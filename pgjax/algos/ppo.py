@@ -6,6 +6,9 @@ steps on
 
     L = -E[min(rho A, clip(rho, 1-eps, 1+eps) A)] + c_v L_V - c_H E[H(pi(.|s))],
     rho = pi_theta(a|s) / pi_old(a|s).
+
+With target_kl > 0 an update stops early: its remaining minibatch steps are skipped from the first
+minibatch on which mean((rho - 1) - log rho) > target_kl (`common.kl_early_stopping`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ class PPOConfig(common.OnPolicyConfig):
       ent_coef: entropy bonus coefficient c_H.
       vf_coef: value loss coefficient c_v.
       normalize_advantages: standardise advantages within each minibatch.
+      target_kl: early stopping: the update's remaining minibatch steps are skipped from the first one whose
+        approx_kl (KL(pi_old || pi_theta) estimated on its minibatch before the step) exceeds target_kl;
+        0 (default) never stops. Vmappable, so a grid can hold 0. `steps_taken` reports the fraction of
+        steps applied. Skipped steps leave Adam's state as it is (its bias correction counts the steps taken),
+        while the annealed learning rate follows the update index, as in Stable-Baselines3 and CleanRL. Not
+        with split_actor_critic (its two Adams share one step count).
       split_actor_critic: give the actor and the critic each its own clipped Adam: their gradients are
         clipped to max_grad_norm by their own norms (rejax's PPO also optimises them separately), not by
         one joint norm. Every minibatch step then updates the two independently, so under
@@ -47,8 +56,9 @@ class PPOConfig(common.OnPolicyConfig):
     vf_coef: float = 0.5
     normalize_advantages: bool = True
     split_actor_critic: bool = False
+    target_kl: float = 0.0
 
-    HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("clip_eps", "ent_coef", "vf_coef")
+    HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("clip_eps", "ent_coef", "vf_coef", "target_kl")
 
     def validate(self) -> None:
         super().validate()
@@ -57,10 +67,14 @@ class PPOConfig(common.OnPolicyConfig):
         common._positive("PPOConfig", "clip_eps", self.clip_eps)
         common._non_negative("PPOConfig", "ent_coef", self.ent_coef)
         common._non_negative("PPOConfig", "vf_coef", self.vf_coef)
+        common._non_negative("PPOConfig", "target_kl", self.target_kl)
+        if self.target_kl and self.split_actor_critic:
+            raise ValueError("PPOConfig.target_kl (early stopping) is not supported with split_actor_critic=True, whose "
+                             "actor and critic share one Adam step count; set target_kl=0 or split_actor_critic=False.")
 
 
-def _optimizer(config: PPOConfig, hp: common.HParams) -> optax.GradientTransformation:
-    return common.optimizer(config, hp, config.num_epochs * config.num_minibatches)
+def _optimizer(config: PPOConfig, hp: common.HParams, schedule_offset=0) -> optax.GradientTransformation:
+    return common.optimizer(config, hp, config.num_epochs * config.num_minibatches, schedule_offset)
 
 
 def ppo_policy_loss(params, network, minibatch, hp, config: PPOConfig):
@@ -164,9 +178,12 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
         if config.split_actor_critic:
             params, opt_state, metrics = _split_descent(config, network, key, hp, agent.params, agent.opt_state, data)
         else:
+            # Steps skipped by early stopping in earlier updates: the annealed rate follows the update index.
+            skipped = update_idx * config.num_epochs * config.num_minibatches - agent.opt_state.count
             params, opt_state, metrics = common.minibatch_descent(
-                key, _optimizer(config, hp), lambda params, mb: ppo_loss(params, network, mb, hp, config),
+                key, _optimizer(config, hp, skipped), lambda params, mb: ppo_loss(params, network, mb, hp, config),
                 agent.params, agent.opt_state, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
+                target_kl=hp["target_kl"],
             )
         metrics["explained_variance"] = losses.explained_variance(batch.value, target)
         return common.AgentState(params, opt_state), metrics
