@@ -172,9 +172,11 @@ def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
         states.append(state)
         kls.append(float(aux["approx_kl"]))
     assert kls[0] < 1e-6 and max(kls) > 1e-3, kls  # the first step starts at the rollout's policy; later ones move
-    # a step past the first few whose KL exceeds every earlier one's by a margin: a target between them stops there
-    stop = next(i for i in range(3, len(kls)) if kls[i] > 1.2 * max(kls[:i]))
-    target = 1.1 * max(kls[:stop])
+    # a step past the first few whose KL exceeds every earlier one's by the widest margin: a target between them
+    # stops there
+    stop = max(range(3, len(kls)), key=lambda i: kls[i] / max(kls[:i]))
+    assert kls[stop] > 1.1 * max(kls[:stop]), kls
+    target = (kls[stop] + max(kls[:stop])) / 2
 
     params, opt_state, metrics = descend(jnp.float32(target))
     expected_flat, expected_opt = states[stop]
