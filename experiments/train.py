@@ -62,7 +62,7 @@ if __name__ == "__main__":
     setup_cpu_devices(_cpu_devices_arg(sys.argv[1:]))
 
 from pgjax import algos, runs  # noqa: E402
-from pgjax.algos import presets  # noqa: E402
+from pgjax.algos import common, presets  # noqa: E402
 
 
 def _parse_bool(text: str) -> bool:
@@ -73,8 +73,18 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def build_parser(algo: str) -> argparse.ArgumentParser:
+def _show(value) -> str:
+    """A field value as the command line writes it (lists space-separated)."""
+    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def build_parser(algo: str, env_id: str | None = None) -> argparse.ArgumentParser:
+    """The CLI for `algo`; each config field's help is its documentation (`common.field_docs`), its default and,
+    when `env_id`'s preset sets it, the preset's value."""
     config_cls, _ = algos.get(algo)
+    docs = common.field_docs(config_cls)
+    env_id = env_id or config_cls.env_id
+    preset = presets.preset(algo, env_id)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", default="ppo", choices=sorted(algos.ALGORITHMS))
     p.add_argument("--env", dest="env_id", default=None, help="environment id (config field env_id)")
@@ -102,22 +112,27 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
             continue
         default = field.default
         flag = "--" + field.name.replace("_", "-")
+        note = f"default {_show(default)}"
+        if field.name in preset:
+            note += f"; {env_id} preset: {_show(preset[field.name])}"
+        help_text = f"{docs.get(field.name, '')} ({note})".strip()
         if isinstance(default, bool):
-            group.add_argument(flag, type=_parse_bool, default=None, help=f"(default {default})")
+            group.add_argument(flag, type=_parse_bool, default=None, help=help_text)
         elif isinstance(default, tuple) and field.name == "hidden_sizes":
-            group.add_argument(flag, type=int, nargs="+", default=None, help=f"(default {' '.join(map(str, default))})")
+            group.add_argument(flag, type=int, nargs="+", default=None, help=help_text)
         elif isinstance(default, (int, float, str)):
-            group.add_argument(flag, type=type(default), default=None, help=f"(default {default})")
+            group.add_argument(flag, type=type(default), default=None, help=help_text)
     return p
 
 
 def parse_args(argv=None):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--algo", default="ppo")
+    pre.add_argument("--env", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.algo not in algos.ALGORITHMS:
         raise SystemExit(f"--algo must be one of {sorted(algos.ALGORITHMS)}; got {known.algo!r}")
-    parser = build_parser(known.algo)
+    parser = build_parser(known.algo, known.env)
     args = parser.parse_args(argv)
     if args.num_seeds < 1:
         parser.error(f"--num-seeds must be >= 1; got {args.num_seeds}")

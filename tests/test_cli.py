@@ -105,6 +105,28 @@ def test_bad_flags_fail_clearly(capsys):
         train_cli.main(["--algo", "nope"])
 
 
+def test_every_config_field_is_documented_and_the_help_shows_the_preset(capsys):
+    """`common.field_docs` finds a description for every field of every algorithm's config (and none for a field
+    that does not exist), and `train.py --help` shows it with the default and the environment's preset value."""
+    import dataclasses
+
+    for name in sorted(algos.ALGORITHMS):
+        config_cls, _ = algos.get(name)
+        docs = algos.common.field_docs(config_cls)
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        assert {f for f in fields if not docs.get(f)} == set(), name
+        assert set(docs) <= fields, (name, set(docs) - fields)
+    trpo_docs = algos.common.field_docs(algos.TRPOConfig)  # "a, b: text" documents both fields
+    assert trpo_docs["vf_epochs"] == trpo_docs["vf_minibatches"] == "value-function fitting passes and minibatches per pass."
+    assert trpo_docs["normalize_advantages"] == "standardise advantages over the batch."
+    with pytest.raises(SystemExit):
+        train_cli.parse_args(["--algo", "ppo", "--env", "Pendulum-v1", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--target-kl TARGET_KL early stopping:" in text
+    assert "(default 0.0; Pendulum-v1 preset: 0.02)" in text and "(default 4; Pendulum-v1 preset: 16)" in text
+    assert "parallel environments per seed" in text
+
+
 def test_an_environment_that_cannot_be_built_fails_clearly(gymnax_offline, tmp_path):
     # MNISTBandit-bsuite downloads MNIST inside gymnax.make: offline, train.py says so instead of a traceback.
     with pytest.raises(SystemExit, match=r"error: make\('MNISTBandit-bsuite'\).*network access"):

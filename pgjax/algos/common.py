@@ -16,6 +16,7 @@ batches over seeds (keys) and over numeric hyperparameters (`hparams`, a dict of
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -50,6 +51,26 @@ class OnPolicyConfig:
 
     Numeric fields listed in `HYPERPARAMS` become the `hparams` dict of `train(key, hparams)`,
     so they can be vmapped; the others fix array shapes or code paths and are static.
+
+    Attributes (`field_docs` reads these one-line summaries, e.g. for `train.py --help`; more below):
+      env_id: a gymnax id or tabular:chain / tabular:gridworld / tabular:random (`pgjax.envs.env_ids()`).
+      total_timesteps: env steps per seed; the run makes total_timesteps // (num_envs * num_steps) updates.
+      num_envs: parallel environments per seed.
+      num_steps: rollout length per environment per update.
+      learning_rate: Adam's step size (its start, when annealed).
+      anneal_lr: decay the step size linearly over the run.
+      final_lr_fraction: where the anneal ends, as a fraction of learning_rate (0: at zero).
+      max_grad_norm: global-norm gradient clip before Adam.
+      discount: gamma in (0, 1].
+      gae_lambda: GAE's lambda in [0, 1] (1: Monte Carlo returns minus values).
+      reward_scale: multiplies the rewards learned from, never the reported returns.
+      hidden_sizes: hidden layer widths of the actor and of the critic (separate towers).
+      activation: hidden-layer nonlinearity, "tanh" or "relu".
+      normalize_observations: running mean/std observation normalisation (statistics in the env state).
+      normalize_rewards: divide the rewards learned from by the running std of the discounted return.
+      env_kwargs: keyword arguments for the environment (e.g. a tabular MDP's num_states).
+      unroll: scan unroll factor inside each update (speed only; 0 picks per backend).
+      compute_dtype: "float32" or "bfloat16" for the networks' hidden layers.
 
     `unroll` is a speed knob that changes results only by float rounding: the `lax.scan` unroll
     factor of the loops inside each update (rollout steps, the advantage scan, minibatch steps).
@@ -189,6 +210,30 @@ class OnPolicyConfig:
         out = dataclasses.asdict(self)
         out["env_kwargs"] = dict(self.env_kwargs)
         return out
+
+
+def field_docs(config_cls: type) -> dict[str, str]:
+    """{field: one-line description} from the "Attributes" sections of `config_cls`'s docstring and its bases'
+    (the subclass's wins). An entry "a, b: text" documents both fields; indented lines continue an entry."""
+    docs: dict[str, str] = {}
+    for cls in reversed(config_cls.__mro__):
+        lines = inspect.cleandoc(cls.__dict__.get("__doc__") or "").splitlines()
+        start = next((i for i, line in enumerate(lines) if line.startswith("Attributes")), None)
+        if start is None:
+            continue
+        names: list[str] = []
+        for line in lines[start + 1:]:
+            if not line.startswith("  "):
+                break  # the section ends at the first line back at the docstring's margin
+            if not line.startswith("    ") and ":" in line:
+                head, _, text = line.strip().partition(":")
+                names = [name.strip() for name in head.split(",")]
+                for name in names:
+                    docs[name] = text.strip()
+            else:
+                for name in names:
+                    docs[name] += " " + line.strip()
+    return docs
 
 
 def _positive_int(cls: str, field: str, value: Any) -> None:
