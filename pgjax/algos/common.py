@@ -538,10 +538,9 @@ def kl_early_stopping(
     `target_kl`; from the first minibatch where it exceeds it, every remaining step of the update keeps
     `state` as it is (the optimiser's state too: Adam's step count counts the steps taken; pass the skipped
     ones as `optimizer`'s schedule_offset to keep an annealed rate on the run's progress). `target_kl <= 0`
-    never stops, and may be traced (a vmapped hyperparameter). The
-    metric `steps_taken` is 1 for an applied step and 0 for a skipped one (its mean over an update is
-    the fraction applied). Stable-Baselines3 stops the same way at 1.5 x its target_kl; CleanRL checks
-    at the end of each epoch.
+    never stops, and may be traced (a vmapped hyperparameter). The metric `steps_taken` is 1 for an applied
+    step and 0 for a skipped one (its mean over an update is the fraction applied). Stable-Baselines3 stops
+    the same way at 1.5 x its target_kl; CleanRL checks at the end of each epoch.
     """
 
     def stopping_step(carry, minibatch):

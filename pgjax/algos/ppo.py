@@ -73,7 +73,8 @@ class PPOConfig(common.OnPolicyConfig):
                              "actor and critic share one Adam step count; set target_kl=0 or split_actor_critic=False.")
 
 
-def _optimizer(config: PPOConfig, hp: common.HParams, schedule_offset=0) -> optax.GradientTransformation:
+def _optimizer(config: PPOConfig, hp: common.HParams, schedule_offset: int | jnp.ndarray = 0
+               ) -> optax.GradientTransformation:
     return common.optimizer(config, hp, config.num_epochs * config.num_minibatches, schedule_offset)
 
 
