@@ -181,7 +181,7 @@ def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
     params, opt_state, metrics = descend(jnp.float32(target))
     expected_flat, expected_opt = states[stop]
     np.testing.assert_allclose(optim.ravel_params(params)[0], expected_flat, rtol=1e-5, atol=1e-7)
-    assert int(opt_state.count) == stop  # skipped steps leave Adam's count (and so the anneal) where it was
+    assert int(opt_state.count) == stop  # skipped steps leave Adam's count where it was (the anneal: below)
     for a, b in zip(jax.tree_util.tree_leaves(opt_state), jax.tree_util.tree_leaves(expected_opt)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
     assert float(metrics["steps_taken"]) == stop / len(kls)

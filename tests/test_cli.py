@@ -117,7 +117,8 @@ def test_every_config_field_is_documented_and_the_help_shows_the_preset(capsys):
         assert {f for f in fields if not docs.get(f)} == set(), name
         assert set(docs) <= fields, (name, set(docs) - fields)
     trpo_docs = algos.common.field_docs(algos.TRPOConfig)  # "a, b: text" documents both fields
-    assert trpo_docs["vf_epochs"] == trpo_docs["vf_minibatches"] == "value-function fitting passes and minibatches per pass."
+    both = "value-function fitting passes and minibatches per pass."
+    assert trpo_docs["vf_epochs"] == trpo_docs["vf_minibatches"] == both
     assert trpo_docs["normalize_advantages"] == "standardise advantages over the batch."
     with pytest.raises(SystemExit):
         train_cli.parse_args(["--algo", "ppo", "--env", "Pendulum-v1", "--help"])

@@ -69,8 +69,9 @@ class PPOConfig(common.OnPolicyConfig):
         common._non_negative("PPOConfig", "vf_coef", self.vf_coef)
         common._non_negative("PPOConfig", "target_kl", self.target_kl)
         if self.target_kl and self.split_actor_critic:
-            raise ValueError("PPOConfig.target_kl (early stopping) is not supported with split_actor_critic=True, whose "
-                             "actor and critic share one Adam step count; set target_kl=0 or split_actor_critic=False.")
+            raise ValueError("PPOConfig.target_kl (early stopping) is not supported with split_actor_critic=True, "
+                             "whose actor and critic share one Adam step count; set target_kl=0 or "
+                             "split_actor_critic=False.")
 
 
 def _optimizer(config: PPOConfig, hp: common.HParams, schedule_offset: int | jnp.ndarray = 0
