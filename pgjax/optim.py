@@ -37,6 +37,11 @@ def global_norm(tree: Any) -> Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(tree)))
 
 
+def linear_anneal(learning_rate: float | Array, progress: Array, final_fraction: float | Array = 0.0) -> Array:
+    """lr_0 (1 - (1 - f) p): the annealed step size after a fraction p in [0, 1] of the schedule (f at p = 1)."""
+    return learning_rate * (1.0 - (1.0 - final_fraction) * progress)
+
+
 def clipped_adam(
     learning_rate: float | Array,
     max_grad_norm: float | Array,
@@ -79,8 +84,8 @@ def clipped_adam(
         count = state.count + 1
         t = count.astype(jnp.float32)
         if anneal_steps:
-            progress = jnp.minimum(state.count + schedule_offset, anneal_steps) / anneal_steps
-            lr = learning_rate * (1.0 - (1.0 - final_fraction) * progress)
+            lr = linear_anneal(learning_rate, jnp.minimum(state.count + schedule_offset, anneal_steps) / anneal_steps,
+                               final_fraction)
         else:
             lr = learning_rate
         mu_scale, nu_scale = 1.0 / (1.0 - b1**t), 1.0 / (1.0 - b2**t)

@@ -51,6 +51,21 @@ def test_gradient_norm_metrics(cartpole_runs):
         assert norms[:, :3].mean() > 0.5, (name, norms[:, :3].mean())
 
 
+def test_lr_metric_is_the_annealed_schedule(cartpole_runs):
+    """Every algorithm reports the step size of each update's first gradient step: lr_0 (1 - u / num_updates)."""
+    for name, (config, _, output) in cartpole_runs.items():
+        u = np.arange(config.num_updates)
+        expected = config.learning_rate * (1.0 - u / config.num_updates)
+        np.testing.assert_allclose(np.asarray(output.metrics["lr"]), np.stack([expected] * 2), rtol=1e-6,
+                                   atol=1e-6 * config.learning_rate, err_msg=name)  # float32: 1 - u/U near U
+    hp = algos.PPOConfig().hyperparams()
+    floor = algos.common.update_learning_rate(algos.PPOConfig(final_lr_fraction=0.1), hp | {"final_lr_fraction": 0.1},
+                                              jnp.int32(976))
+    assert abs(float(floor) - 2.5e-5) < 1e-10  # the last of 976 updates + 1: the floor, 10% of 2.5e-4
+    constant = algos.PPOConfig(anneal_lr=False)
+    assert float(algos.common.update_learning_rate(constant, hp, jnp.int32(500))) == np.float32(2.5e-4)
+
+
 def test_same_seed_same_result_and_vmap_equals_single(cartpole_runs):
     config, train, output = cartpole_runs["ppo"]
     again = train(jax.random.split(jax.random.key(0), 2))

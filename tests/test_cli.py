@@ -128,6 +128,14 @@ def test_every_config_field_is_documented_and_the_help_shows_the_preset(capsys):
     assert "parallel environments per seed" in text
 
 
+def test_a_grid_field_named_like_a_metric_is_refused(tmp_path):
+    """metrics.csv holds a grid's cell values and the run's metrics side by side: a shared name would lose one."""
+    fake = algos.common.TrainOutput(None, None, {"env_steps": np.zeros((2, 3)), "lr": np.zeros((2, 3))})
+    with pytest.raises(ValueError, match=r"grid fields \['lr'\] are also metric names"):
+        runs.save_grid(str(tmp_path / "grid"), "ppo", algos.PPOConfig(), [{"lr": 1.0}, {"lr": 2.0}], fake, 0)
+    assert not (tmp_path / "grid").exists()
+
+
 def test_an_environment_that_cannot_be_built_fails_clearly(gymnax_offline, tmp_path):
     # MNISTBandit-bsuite downloads MNIST inside gymnax.make: offline, train.py says so instead of a traceback.
     with pytest.raises(SystemExit, match=r"error: make\('MNISTBandit-bsuite'\).*network access"):

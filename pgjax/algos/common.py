@@ -513,6 +513,18 @@ def optimizer(
                               schedule_offset=schedule_offset)
 
 
+def update_learning_rate(config: OnPolicyConfig, hp: HParams, update_idx: Array) -> Array:
+    """The step size of update `update_idx`'s first gradient step (TRPO: its value function's), a scalar.
+
+    With `config.anneal_lr`: lr_0 (1 - (1 - f) u / num_updates), f = final_lr_fraction, whatever the steps per
+    update (`optimizer` anneals over num_updates * steps_per_update steps, and PPO's early stopping keeps the
+    schedule on the update index); without it, lr_0.
+    """
+    if not config.anneal_lr:
+        return jnp.asarray(hp["learning_rate"], jnp.float32)
+    return optim.linear_anneal(hp["learning_rate"], update_idx / config.num_updates, hp["final_lr_fraction"])
+
+
 def init_agent(network: ActorCritic, spec: EnvSpec, tx: optax.GradientTransformation, key: Array) -> AgentState:
     """Fresh network parameters and the optimiser state for their flat vector."""
     params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
@@ -602,9 +614,9 @@ class TrainOutput(NamedTuple):
     Attributes:
       agent: final agent state (its `.params` are the network parameters).
       env_state: final environment state (holds observation-normaliser statistics).
-      metrics: dict of [num_updates] arrays: `env_steps`, `episode_return` (mean return of the
-        episodes finished during the update, NaN if none did), `episode_length`,
-        `episodes_finished`, plus the algorithm's own (losses, entropy, KL, ...).
+      metrics: dict of [num_updates] arrays: `env_steps`, `lr` (`update_learning_rate`),
+        `episode_return` (mean return of the episodes finished during the update, NaN if none did),
+        `episode_length`, `episodes_finished`, plus the algorithm's own (losses, entropy, KL, ...).
     """
 
     agent: Any
@@ -662,6 +674,7 @@ def make_on_policy_train(
             agent, metrics = algorithm.update(agent, learn_batch, key_update, hp, update_idx)
             metrics = {
                 "env_steps": (update_idx + 1) * config.batch_size,
+                "lr": update_learning_rate(config, hp, update_idx),  # "learning_rate" names a grid cell's field
                 **episode_metrics(batch),
                 **metrics,
             }
