@@ -6,7 +6,8 @@
 Every field of the algorithm's config is a flag (`--algo ppo --env Pendulum-v1 --help` describes them, with the
 preset's values). Writes DIR/config.json, DIR/metrics.csv (one row per update per seed: returns, losses, entropy,
 KL, PPO's clip fraction and `steps_taken`, explained variance, the pre-clip gradient norm `grad_norm`, the update's
-learning rate `lr`, wall time), DIR/learning_curve.png and DIR/params.msgpack; `python experiments/evaluate.py DIR` reloads and evaluates the policies.
+learning rate `lr`, wall time), DIR/learning_curve.png and DIR/params.msgpack; `python experiments/evaluate.py DIR`
+reloads and evaluates the policies.
 
 A seeds x hyperparameters grid in the same one compiled call (`--grid`, repeatable; vmappable fields only):
 

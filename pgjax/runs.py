@@ -485,7 +485,7 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
     cell_outputs = grid_cell_outputs(output, len(cells))
     num_seeds = int(np.asarray(cell_outputs[0].metrics["env_steps"]).shape[0])
     clash = sorted(set(cells[0]) & set(output.metrics))
-    if clash:  # metrics.csv holds both, one column each
+    if clash:  # metrics.csv names its columns by cell field and by metric: one would overwrite the other
         raise ValueError(f"save_grid: grid fields {clash} are also metric names; rename the metric.")
     os.makedirs(out_dir, exist_ok=True)
     rows, curves = [], {}
