@@ -520,9 +520,8 @@ def update_learning_rate(config: OnPolicyConfig, hp: HParams, update_idx: Array)
     update (`optimizer` anneals over num_updates * steps_per_update steps, and PPO's early stopping keeps the
     schedule on the update index); without it, lr_0.
     """
-    if not config.anneal_lr:
-        return jnp.asarray(hp["learning_rate"], jnp.float32)
-    return optim.linear_anneal(hp["learning_rate"], update_idx / config.num_updates, hp["final_lr_fraction"])
+    progress = update_idx / config.num_updates if config.anneal_lr else 0.0
+    return optim.linear_anneal(hp["learning_rate"], progress, hp["final_lr_fraction"])
 
 
 def init_agent(network: ActorCritic, spec: EnvSpec, tx: optax.GradientTransformation, key: Array) -> AgentState:
