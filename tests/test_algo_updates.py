@@ -108,7 +108,7 @@ def test_split_actor_critic_is_two_separately_clipped_adams():
     )
     spec, network, hp, agent, k, data = _ppo_minibatch_problem(config)
     params, opt_state, metrics = jax.jit(
-        lambda p, o: ppo._split_descent(config, network, k[6], hp, p, o, data)
+        lambda p, o: ppo._split_descent(config, network, k[6], hp, p, o, data, 0)
     )(agent.params, agent.opt_state)
 
     # Reference: the same minibatches (minibatch_epochs' shuffles), one optax optimiser per network.
@@ -129,21 +129,36 @@ def test_split_actor_critic_is_two_separately_clipped_adams():
             tower, state = reference_step(tower, state, mb)
         for a, b in zip(jax.tree_util.tree_leaves(params["params"][name]), jax.tree_util.tree_leaves(tower)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    assert int(opt_state.count) == 4 and set(metrics) >= {"loss", "policy_loss", "value_loss", "entropy"}
+    assert int(opt_state.actor.count) == int(opt_state.critic.count) == 4
+    assert set(metrics) >= {"loss", "policy_loss", "value_loss", "entropy", "steps_taken"}
 
     # Without clipping the two optimisers are one Adam: split and joint runs agree.
     unclipped = config.replace(max_grad_norm=1e6, total_timesteps=256)
     runs_ = [jax.jit(ppo.make_train(unclipped.replace(split_actor_critic=s)))(jax.random.key(2)) for s in (True, False)]
-    for a, b in zip(jax.tree_util.tree_leaves(runs_[0].agent), jax.tree_util.tree_leaves(runs_[1].agent)):
+    split_adam, joint_adam = runs_[0].agent.opt_state, runs_[1].agent.opt_state
+    split_moments = [jnp.concatenate([split_adam.actor.mu, split_adam.critic.mu]),  # ravel order: actor, critic
+                     jnp.concatenate([split_adam.actor.nu, split_adam.critic.nu])]
+    for a, b in zip(jax.tree_util.tree_leaves((runs_[0].agent.params, split_moments)),
+                    jax.tree_util.tree_leaves((runs_[1].agent.params, [joint_adam.mu, joint_adam.nu]))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert int(split_adam.actor.count) == int(split_adam.critic.count) == int(joint_adam.count)
     # each optimiser reports its own pre-clip norm (the joint one reports one norm of both)
     assert set(runs_[0].metrics) - set(runs_[1].metrics) == {"actor_grad_norm", "critic_grad_norm"}
-    assert set(runs_[1].metrics) - set(runs_[0].metrics) == {"grad_norm", "steps_taken"}
+    assert set(runs_[1].metrics) - set(runs_[0].metrics) == {"grad_norm"}
     joint_norm = np.hypot(np.asarray(runs_[0].metrics["actor_grad_norm"]), np.asarray(runs_[0].metrics["critic_grad_norm"]))
     # mean_t ||(a_t, c_t)|| >= ||(mean a, mean c)|| (the triangle inequality), equality only if the steps align
     np.testing.assert_array_less(joint_norm * (1 - 1e-4), np.asarray(runs_[1].metrics["grad_norm"]))
     for name in set(runs_[1].metrics) & set(runs_[0].metrics):
         np.testing.assert_allclose(np.asarray(runs_[0].metrics[name]), np.asarray(runs_[1].metrics[name]), rtol=1e-4, atol=1e-6)
+
+
+def _target_kl_stopping_at(kls):
+    """(stop, target): for the KLs a run's minibatch steps saw before moving, a step past the first few whose KL
+    exceeds every earlier one's by the widest margin, and a target between the two, which stops there."""
+    assert kls[0] < 1e-6 and max(kls) > 1e-3, kls  # the first step starts at the rollout's policy; later ones move
+    stop = max(range(3, len(kls)), key=lambda i: kls[i] / max(kls[:i]))
+    assert kls[stop] > 1.1 * max(kls[:stop]), kls
+    return stop, (kls[stop] + max(kls[:stop])) / 2
 
 
 def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
@@ -171,12 +186,7 @@ def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
         state, aux = step(states[-1], minibatch)
         states.append(state)
         kls.append(float(aux["approx_kl"]))
-    assert kls[0] < 1e-6 and max(kls) > 1e-3, kls  # the first step starts at the rollout's policy; later ones move
-    # a step past the first few whose KL exceeds every earlier one's by the widest margin: a target between them
-    # stops there
-    stop = max(range(3, len(kls)), key=lambda i: kls[i] / max(kls[:i]))
-    assert kls[stop] > 1.1 * max(kls[:stop]), kls
-    target = (kls[stop] + max(kls[:stop])) / 2
+    stop, target = _target_kl_stopping_at(kls)
 
     params, opt_state, metrics = descend(jnp.float32(target))
     expected_flat, expected_opt = states[stop]
@@ -216,8 +226,56 @@ def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
 
     with pytest.raises(ValueError, match="target_kl"):
         config.replace(target_kl=-0.01)
-    with pytest.raises(ValueError, match="split_actor_critic"):
-        config.replace(target_kl=0.01, split_actor_critic=True)
+
+
+def test_split_target_kl_stops_the_actor_and_lets_the_critic_fit():
+    """split_actor_critic with target_kl: the actor stops at its first minibatch over the target (parameters and
+    Adam state those of its steps taken one by one), the critic takes every step, and each network's count
+    counts its own steps while its annealed rate follows the update index."""
+    from pgjax import optim
+    from pgjax.algos import ppo
+
+    config = ppo.PPOConfig(total_timesteps=512, num_envs=4, num_steps=16, num_epochs=4, num_minibatches=2,
+                           learning_rate=3e-3, split_actor_critic=True, target_kl=0.01)
+    spec, network, hp, agent, k, data = _ppo_minibatch_problem(config, old_log_prob="policy")
+
+    @jax.jit
+    def descend(target_kl, opt_state, update_idx):
+        hp_ = {**hp, "target_kl": target_kl}
+        return ppo._split_descent(config, network, k[6], hp_, agent.params, opt_state, data, update_idx)
+
+    # Reference: the actor's steps one by one on the same minibatches, each one's KL recorded.
+    actor_loss = lambda tower, mb: ppo.ppo_policy_loss({"params": {"actor": tower}}, network, mb, hp, config)  # noqa: E731
+    flat, unravel = optim.ravel_params(agent.params["params"]["actor"])
+    step = jax.jit(optim.flat_gradient_step(ppo._optimizer(config, hp), actor_loss, unravel))
+    states, kls = [(flat, agent.opt_state.actor)], []
+    for minibatch in _shuffled_minibatches(k[6], data, config.num_epochs, config.num_minibatches):
+        state, aux = step(states[-1], minibatch)
+        states.append(state)
+        kls.append(float(aux["approx_kl"]))
+    stop, target = _target_kl_stopping_at(kls)
+
+    params, opt_state, metrics = descend(jnp.float32(target), agent.opt_state, 0)
+    full_params, full_opt, _ = descend(jnp.float32(0.0), agent.opt_state, 0)
+    for (got_params, got_adam), (expected_flat, expected_adam) in zip(
+        [(params, opt_state.actor), (full_params, full_opt.actor)], [states[stop], states[-1]]
+    ):
+        np.testing.assert_allclose(optim.ravel_params(got_params["params"]["actor"])[0], expected_flat, rtol=1e-5,
+                                   atol=1e-7)
+        for a, b in zip(jax.tree_util.tree_leaves(got_adam), jax.tree_util.tree_leaves(expected_adam)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
+    assert int(opt_state.actor.count) == stop and int(opt_state.critic.count) == len(kls)
+    assert float(metrics["steps_taken"]) == stop / len(kls)
+    # The critic fits as without early stopping, bit for bit.
+    for a, b in zip(jax.tree_util.tree_leaves((params["params"]["critic"], opt_state.critic)),
+                    jax.tree_util.tree_leaves((full_params["params"]["critic"], full_opt.critic))):
+        np.testing.assert_array_equal(a, b)
+
+    # Past the run's last update, where the schedule has reached 0, neither network moves, although the actor has
+    # counted fewer steps than the critic (its rate follows the update index, not its count).
+    past_end = descend(jnp.float32(0.0), opt_state, config.num_updates)[0]
+    for a, b in zip(jax.tree_util.tree_leaves(past_end), jax.tree_util.tree_leaves(agent.params)):
+        np.testing.assert_array_equal(a, b)
 
 
 def _exact_objective(network, mdp):

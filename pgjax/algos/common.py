@@ -492,7 +492,8 @@ def critic_value(network: ActorCritic) -> ValueFn:
 @struct.dataclass
 class AgentState:
     """Network parameters (a pytree) and one optimiser state, kept over the parameters raveled into one
-    vector (`optim.ravel_params`): the agent of PPO, A2C and REINFORCE."""
+    vector (`optim.ravel_params`): the agent of PPO, A2C and REINFORCE (PPO with split_actor_critic: one
+    state per network, `ppo.SplitAdamState`)."""
 
     params: dict
     opt_state: optax.OptState

@@ -14,6 +14,7 @@ minibatch on which mean((rho - 1) - log rho) > target_kl (`common.kl_early_stopp
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import optax
@@ -40,8 +41,8 @@ class PPOConfig(common.OnPolicyConfig):
         approx_kl (KL(pi_old || pi_theta) estimated on its minibatch before the step) exceeds target_kl;
         0 (default) never stops. Vmappable, so a grid can hold 0. `steps_taken` reports the fraction of
         steps applied. Skipped steps leave Adam's state as it is (its bias correction counts the steps taken),
-        while the annealed learning rate follows the update index, as in Stable-Baselines3 and CleanRL. Not
-        with split_actor_critic (its two Adams share one step count).
+        while the annealed learning rate follows the update index, as in Stable-Baselines3 and CleanRL. With
+        split_actor_critic only the actor stops; the critic, whose Adam is its own, fits every minibatch.
       split_actor_critic: give the actor and the critic each its own clipped Adam: their gradients are
         clipped to max_grad_norm by their own norms (rejax's PPO also optimises them separately), not by
         one joint norm. Every minibatch step then updates the two independently, so under
@@ -68,10 +69,6 @@ class PPOConfig(common.OnPolicyConfig):
         common._non_negative("PPOConfig", "ent_coef", self.ent_coef)
         common._non_negative("PPOConfig", "vf_coef", self.vf_coef)
         common._non_negative("PPOConfig", "target_kl", self.target_kl)
-        if self.target_kl and self.split_actor_critic:
-            raise ValueError("PPOConfig.target_kl (early stopping) is not supported with split_actor_critic=True, "
-                             "whose actor and critic share one Adam step count; set target_kl=0 or "
-                             "split_actor_critic=False.")
 
 
 def _optimizer(config: PPOConfig, hp: common.HParams, schedule_offset: int | jnp.ndarray = 0
@@ -115,61 +112,74 @@ def ppo_loss(params, network, minibatch, hp, config: PPOConfig):
     return loss, {"loss": loss, **policy_metrics, **value_metrics}
 
 
-def _split_descent(config: PPOConfig, network: ActorCritic, key, hp, params, opt_state, data):
+class SplitAdamState(NamedTuple):
+    """split_actor_critic's optimiser state: each network's own clipped Adam over its raveled parameters."""
+
+    actor: optim.ClippedAdamState
+    critic: optim.ClippedAdamState
+
+
+def _split_adam_init(config: PPOConfig, hp: common.HParams, params) -> SplitAdamState:
+    tx = _optimizer(config, hp)
+    return SplitAdamState(*(tx.init(optim.ravel_params(params["params"][name])[0]) for name in ("actor", "critic")))
+
+
+def _split_descent(config: PPOConfig, network: ActorCritic, key, hp, params, opt_state: SplitAdamState, data,
+                   update_idx):
     """The minibatch epochs of the actor and of the critic, each with its own clipped Adam.
 
-    Both use the same shuffles (`key`). The optimiser state stays one `ClippedAdamState` over the
-    raveled parameters (actor first, then critic: `optim.ravel_params` order), sliced per network.
+    Both use the same shuffles (`key`). Early stopping (target_kl) stops the actor's steps only: the KL is
+    the policy's, and the critic's Adam, unlike the joint optimiser's, does not have to stop with it.
     Under `parallel.ACTOR_CRITIC_AXIS` device 0 runs the actor's epochs and device 1 the critic's,
     and one `psum` of the packed results (each device's zeros for the other's) gives both devices
     everything; otherwise the two run one after the other.
     """
-    tx = _optimizer(config, hp)
     towers = params["params"]
-    flat_actor, unravel_actor = optim.ravel_params(towers["actor"])
-    flat_critic, unravel_critic = optim.ravel_params(towers["critic"])
-    split = flat_actor.size
+    steps = config.num_epochs * config.num_minibatches
 
-    def epochs(part_loss, name, flat, unravel, moments):
+    def epochs(part_loss, name, adam, target_kl=None):
         loss_fn = lambda tower, mb: part_loss({"params": {name: tower}}, network, mb, hp, config)  # noqa: E731
-        state = optim.ClippedAdamState(opt_state.count, *moments)
-        step = optim.flat_gradient_step(tx, loss_fn, unravel, f"{name}_grad_norm")  # each clipped by its own norm
-        (flat, state), metrics = common.minibatch_epochs(
-            key, (flat, state), data, config.num_epochs, config.num_minibatches, step, config.scan_unroll
+        # The steps this network skipped in earlier updates: its annealed rate follows the update index.
+        tx = _optimizer(config, hp, update_idx * steps - adam.count)
+        tower, adam, metrics = common.minibatch_descent(  # each clipped by its own norm
+            key, tx, loss_fn, towers[name], adam, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
+            f"{name}_grad_norm", target_kl,
         )
-        return flat, state.mu, state.nu, metrics
+        return tower, adam.mu, adam.nu, metrics  # float32 only, for one_part_per_device (counts: below)
 
     def actor():
-        moments = (opt_state.mu[:split], opt_state.nu[:split])
-        return epochs(ppo_policy_loss, "actor", flat_actor, unravel_actor, moments)
+        return epochs(ppo_policy_loss, "actor", opt_state.actor, hp["target_kl"])
 
     def critic():
-        moments = (opt_state.mu[split:], opt_state.nu[split:])
-        return epochs(ppo_value_loss, "critic", flat_critic, unravel_critic, moments)
+        return epochs(ppo_value_loss, "critic", opt_state.critic)
 
     if parallel.axis_index_or_none(parallel.ACTOR_CRITIC_AXIS) is None:
         actor_out, critic_out = actor(), critic()
     else:
         actor_out, critic_out = parallel.one_part_per_device((actor, critic), parallel.ACTOR_CRITIC_AXIS)
-    (flat_actor, mu_actor, nu_actor, actor_metrics) = actor_out
-    (flat_critic, mu_critic, nu_critic, critic_metrics) = critic_out
-    count = opt_state.count + config.num_epochs * config.num_minibatches
-    opt_state = optim.ClippedAdamState(
-        count, jnp.concatenate([mu_actor, mu_critic]), jnp.concatenate([nu_actor, nu_critic])
+    (actor_tower, mu_actor, nu_actor, actor_metrics) = actor_out
+    (critic_tower, mu_critic, nu_critic, critic_metrics) = critic_out
+    # steps_taken is the mean of 0/1 flags over the update's steps, so this product is an exact count.
+    actor_steps = jnp.round(actor_metrics["steps_taken"] * steps).astype(opt_state.actor.count.dtype)
+    opt_state = SplitAdamState(
+        optim.ClippedAdamState(opt_state.actor.count + actor_steps, mu_actor, nu_actor),
+        optim.ClippedAdamState(opt_state.critic.count + steps, mu_critic, nu_critic),
     )
-    towers = {**towers, "actor": unravel_actor(flat_actor), "critic": unravel_critic(flat_critic)}
     metrics = {**actor_metrics, **critic_metrics}
     metrics["loss"] = (
         metrics["policy_loss"] - hp["ent_coef"] * metrics["entropy"] + hp["vf_coef"] * metrics["value_loss"]
     )
-    return {**params, "params": towers}, opt_state, metrics
+    return {**params, "params": {**towers, "actor": actor_tower, "critic": critic_tower}}, opt_state, metrics
 
 
 def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
     """PPO as (init, act, value, update) for `common.make_on_policy_train`."""
 
     def init(key, spec, hp):
-        return common.init_agent(network, spec, _optimizer(config, hp), key)
+        agent = common.init_agent(network, spec, _optimizer(config, hp), key)
+        if config.split_actor_critic:  # one Adam per network instead of one over both
+            agent = agent.replace(opt_state=_split_adam_init(config, hp, agent.params))
+        return agent
 
     def update(agent, batch, key, hp, update_idx):
         advantage, target = adv.gae(
@@ -178,7 +188,8 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
         )
         data = common.flatten_batch((batch.obs, batch.action, batch.log_prob, batch.value, advantage, target))
         if config.split_actor_critic:
-            params, opt_state, metrics = _split_descent(config, network, key, hp, agent.params, agent.opt_state, data)
+            params, opt_state, metrics = _split_descent(config, network, key, hp, agent.params, agent.opt_state, data,
+                                                        update_idx)
         else:
             # Steps skipped by early stopping in earlier updates: the annealed rate follows the update index.
             skipped = update_idx * config.num_epochs * config.num_minibatches - agent.opt_state.count
