@@ -6,7 +6,8 @@
 Every field of the algorithm's config is a flag (`--algo ppo --env Pendulum-v1 --help` describes them, with the
 preset's values). Writes DIR/config.json, DIR/metrics.csv (one row per update per seed: returns, losses, entropy,
 KL, PPO's clip fraction and `steps_taken`, explained variance, the pre-clip gradient norm `grad_norm`, the update's
-learning rate `lr`, wall time), DIR/learning_curve.png and DIR/params.msgpack; `python experiments/evaluate.py DIR`
+learning rate `lr`, wall time; with --eval-every K, `eval_return`: the policy's mode evaluated inside the run after
+every K-th update and the last), DIR/learning_curve.png and DIR/params.msgpack; `python experiments/evaluate.py DIR`
 reloads and evaluates the policies.
 
 A seeds x hyperparameters grid in the same one compiled call (`--grid`, repeatable; vmappable fields only):
@@ -253,6 +254,11 @@ def main(argv=None) -> int:
     print(f"final mean episode return (last 10% of updates) per seed: {np.round(final, 1).tolist()}")
     if not np.isnan(final).all():
         print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}")
+    if "eval_return" in output.metrics:  # --eval-every: the last evaluation is after the last update
+        last_eval = np.asarray(output.metrics["eval_return"])[:, -1]
+        print(f"evaluation after the last update ({config.eval_episodes} episodes, the policy's mode) per seed: "
+              f"{np.round(last_eval, 1).tolist()}")
+        print(f"median {np.nanmedian(last_eval):.1f}, worst {np.nanmin(last_eval):.1f}")
     runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices)
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
     return report_divergence(runs.non_finite_seeds(output, seed_indices), len(seed_indices))

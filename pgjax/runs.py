@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
-from jax import lax
 from tqdm.std import TqdmWarning
 
 with warnings.catch_warnings():
@@ -39,7 +38,8 @@ with warnings.catch_warnings():
     from tqdm.auto import tqdm
 
 from pgjax import envs, parallel, tables
-from pgjax.algos import common, get
+from pgjax.algos import common, evaluation, get
+from pgjax.algos.evaluation import observation_statistics
 
 FIRST_COLUMNS = ("seed", "update", "env_steps", "episode_return")
 
@@ -113,7 +113,8 @@ def plot_learning_curve(path: str, metrics: dict[str, Any], title: str) -> None:
 
 def plot_learning_curves(path: str, curves: dict[str, dict[str, Any]], title: str) -> None:
     """One mean episode return over seeds per entry of `curves` ({label: metrics [seeds, updates]}) against env
-    steps, each with its 95% normal interval of the mean."""
+    steps, each with its 95% normal interval of the mean; where the metrics hold `eval_return` (in-run
+    evaluations), its mean and interval at the evaluated updates as points with error bars in the same colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,6 +126,11 @@ def plot_learning_curves(path: str, curves: dict[str, dict[str, Any]], title: st
         mean, half = mean_and_interval(smoothed_returns(np.asarray(metrics["episode_return"])))
         (line,) = ax.plot(steps, mean, label=label)
         ax.fill_between(steps, mean - half, mean + half, alpha=0.2, color=line.get_color())
+        if "eval_return" in metrics:
+            evaluated = ~np.all(np.isnan(np.asarray(metrics["eval_return"], dtype=float)), axis=0)
+            eval_mean, eval_half = mean_and_interval(np.asarray(metrics["eval_return"])[:, evaluated])
+            ax.errorbar(steps[evaluated], eval_mean, yerr=eval_half, fmt="o", ms=3, capsize=2,
+                        color=line.get_color(), label=f"{label}: evaluation, policy's mode")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
     ax.set_title(title)
@@ -145,22 +151,6 @@ class _quiet_nan_warnings:
 
     def __exit__(self, *exc):
         self._ctx.__exit__(*exc)
-
-
-def observation_statistics(env_state: Any) -> Any:
-    """The observation-normaliser statistics inside a (batched) env state, or None."""
-    found = []
-
-    def visit(node):
-        if isinstance(node, envs.NormalizeObservationState):
-            found.append(node.statistics)
-            return
-        if hasattr(node, "__dataclass_fields__"):
-            for name in node.__dataclass_fields__:
-                visit(getattr(node, name))
-
-    visit(env_state)
-    return found[0] if found else None
 
 
 def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: common.TrainOutput, seed: int,
@@ -256,36 +246,11 @@ def _without_hyperparams(config: common.OnPolicyConfig) -> common.OnPolicyConfig
 @functools.lru_cache(maxsize=16)
 def _evaluation_program(config: common.OnPolicyConfig, num_episodes: int, deterministic: bool):
     env, env_params = envs.make(config.env_id, **dict(config.env_kwargs))
-    discrete = envs.is_discrete(env, env_params)
-    network = common.actor_critic(config, common.EnvSpec(None, None, discrete, envs.action_dim(env, env_params), 0, None, None))
-    tracked = envs.EpisodeStatistics(envs.FlattenObservation(env))
-    max_steps = int(env_params.max_steps_in_episode)
-
-    def run(key, params, obs_statistics):
-        env = tracked
-        if config.normalize_observations:  # built here: the statistics are an argument of the program
-            env = envs.NormalizeObservation(env, update=False, initial_statistics=obs_statistics)
-        if not discrete:
-            env = envs.ClipAction(env)
-        env = envs.VecEnv(env, num_episodes)
-        key_reset, key_loop = jax.random.split(key)
-        obs, state = env.reset(key_reset, env_params)
-
-        def step(carry, step_key):
-            obs, state, returns, done = carry
-            key_act, key_env = jax.random.split(step_key)
-            dist, _ = network.apply(params, obs)
-            action = dist.mode() if deterministic else dist.sample(key_act)
-            obs, state, _, _, _, info = env.step(key_env, state, action, env_params)
-            first_end = info["returned_episode"] & ~done
-            returns = jnp.where(first_end, info["episode_return"], returns)
-            return (obs, state, returns, done | info["returned_episode"]), None
-
-        init = (obs, state, jnp.zeros(num_episodes), jnp.zeros(num_episodes, bool))
-        (_, _, returns, done), _ = lax.scan(step, init, jax.random.split(key_loop, max_steps + 1))
-        return jnp.where(done, returns, jnp.nan)
-
-    return jax.jit(run)
+    spec = common.EnvSpec(None, None, envs.is_discrete(env, env_params), envs.action_dim(env, env_params), 0, None, None)
+    return jax.jit(evaluation.make_episode_returns(
+        config.env_id, config.env_kwargs, common.actor_critic(config, spec), num_episodes, deterministic,
+        config.normalize_observations,
+    ))
 
 
 class Progress:
@@ -377,7 +342,7 @@ def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any
 
 
 # Metrics that are NaN by definition at times: no episode finished in the update, or constant value targets.
-MAY_BE_NAN = ("episode_return", "episode_length", "explained_variance")
+MAY_BE_NAN = ("episode_return", "episode_length", "explained_variance", "eval_return")
 
 
 def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> list[str]:

@@ -125,11 +125,38 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.TRPOConfig, dict(final_lr_fraction=-0.1), r"TRPOConfig.final_lr_fraction must lie in \[0, 1\]"),
         (algos.PPOConfig, dict(final_lr_fraction=0.1, anneal_lr=False), r"only applies with anneal_lr=True"),
         (algos.A2CConfig, dict(reward_scale=0.0), r"A2CConfig.reward_scale must be a positive number"),
+        (algos.PPOConfig, dict(eval_every=-1), r"PPOConfig.eval_every must be an int >= 0"),
+        (algos.A2CConfig, dict(eval_episodes=0), r"A2CConfig.eval_episodes must be a positive int"),
     ],
 )
 def test_config_validation(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+def test_in_run_evaluation_evaluates_the_updated_policy_and_leaves_training_unchanged():
+    """eval_every: after every eval_every-th update and the last, eval_return is the mean return of eval_episodes
+    episodes of the parameters just updated, observation statistics frozen at their training values (the same
+    episodes as `runs.evaluate` with the run's evaluation key); NaN between; the training run is unchanged."""
+    config = algos.PPOConfig(total_timesteps=2560, num_steps=64, normalize_observations=True, eval_every=4,
+                             eval_episodes=3)  # 10 updates: evaluations after updates 3, 7 and 9
+    key = jax.random.key(3)
+    with_eval = jax.jit(algos.ppo.make_train(config))(key)
+    without = jax.jit(algos.ppo.make_train(config.replace(eval_every=0)))(key)
+    trained = {k: v for k, v in with_eval.metrics.items() if k != "eval_return"}
+    assert set(trained) == set(without.metrics)
+    for a, b in zip(jax.tree_util.tree_leaves((with_eval.agent, with_eval.env_state, trained)),
+                    jax.tree_util.tree_leaves((without.agent, without.env_state, without.metrics))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    evals = np.asarray(with_eval.metrics["eval_return"])
+    np.testing.assert_array_equal(np.flatnonzero(~np.isnan(evals)), [3, 7, 9])
+    stats = jax.tree_util.tree_map(lambda x: x[0], runs.observation_statistics(with_eval.env_state))
+    assert float(stats.count) > config.total_timesteps / config.num_envs  # trained statistics, not the initial ones
+    eval_key = jax.random.fold_in(jax.random.fold_in(key, algos.common.EVAL_KEY_STREAM), 9)
+    direct = np.asarray(runs.evaluate(eval_key, config, with_eval.agent.params, stats, num_episodes=3))
+    np.testing.assert_allclose(evals[9], direct.mean(), rtol=1e-6)
+    assert evals[9] != evals[3]  # later parameters: other episodes
 
 
 def test_unroll_default_picks_per_backend(monkeypatch):

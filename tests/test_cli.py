@@ -14,12 +14,14 @@ import train as train_cli
 from pgjax import algos, runs
 
 
+RUN_FLAGS = ["--algo", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--total-timesteps", "4096",
+             "--num-steps", "64", "--eval-every", "6", "--eval-episodes", "2", "--no-progress"]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "ppo")
-    argv = ["--algo", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--total-timesteps", "4096",
-            "--num-steps", "64", "--no-progress", "--out", out]
-    assert train_cli.main(argv) == 0
+    assert train_cli.main(RUN_FLAGS + ["--out", out]) == 0
     return out
 
 
@@ -41,6 +43,9 @@ def test_files_and_schema(run_dir):
     assert {r["seed"] for r in rows} == {"0", "1"}
     wall = [float(r["wall_time"]) for r in rows[:num_updates]]
     assert all(b >= a for a, b in zip(wall, wall[1:]))
+    # --eval-every 6 of 16 updates: evaluated after updates 5, 11 and the last, 15; empty cells between
+    evaluated = [int(r["update"]) for r in rows if r["seed"] == "1" and r["eval_return"] not in ("", "nan")]
+    assert evaluated == [5, 11, 15] and all(float(r["eval_return"]) >= 1 for r in rows if r["update"] in ("5", "15"))
 
 
 def test_reload_and_evaluate(run_dir, capsys, tmp_path):
@@ -152,9 +157,7 @@ def test_replayed_seed_reproduces_its_row_of_the_sweep(run_dir, tmp_path):
     # A seed run alone compiles differently and drifts from its row of a sweep (here from the first updates);
     # replayed as a lane of the sweep's program (train.py --seed-indices, runs.replay_seeds) it reproduces the row.
     replay = str(tmp_path / "replay")
-    argv = ["--algo", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--total-timesteps", "4096",
-            "--num-steps", "64", "--no-progress", "--seed-indices", "1", "--out", replay]  # run_dir's flags
-    assert train_cli.main(argv) == 0
+    assert train_cli.main(RUN_FLAGS + ["--seed-indices", "1", "--out", replay]) == 0  # run_dir's flags
 
     def rows(run, seed):
         table = runs.read_metrics_csv(os.path.join(run, "metrics.csv"))

@@ -27,6 +27,7 @@ from flax import struct
 from jax import lax
 
 from pgjax import distributions, envs, losses, optim, parallel
+from pgjax.algos import evaluation
 from pgjax.nets import ActorCritic
 
 Array = jax.Array
@@ -71,6 +72,9 @@ class OnPolicyConfig:
       env_kwargs: keyword arguments for the environment (e.g. a tabular MDP's num_states).
       unroll: scan unroll factor inside each update (speed only; 0 picks per backend).
       compute_dtype: "float32" or "bfloat16" for the networks' hidden layers.
+      eval_every: evaluate the policy every this many updates and after the last, inside the compiled run
+        (metric eval_return; 0: never).
+      eval_episodes: episodes per evaluation, one per fresh environment, actions by the policy's mode.
 
     `unroll` is a speed knob that changes results only by float rounding: the `lax.scan` unroll
     factor of the loops inside each update (rollout steps, the advantage scan, minibatch steps).
@@ -107,6 +111,12 @@ class OnPolicyConfig:
     log-probabilities, values and losses stay float32. It halves the bytes of the activations whose
     memory traffic bounds wide seed sweeps on a GPU (the speed-up there is not yet measured); on a CPU
     it runs 2x slower (benchmarks/README.md, twentieth session).
+
+    `eval_every` (default 0: off) evaluates the current policy inside the compiled run after every
+    `eval_every`-th update and after the last: `eval_episodes` whole episodes on fresh environments, actions by
+    the policy's mode, observation statistics frozen at their training values (`algos.evaluation`). The metric
+    `eval_return` is their mean undiscounted return at those updates and NaN at the others. Evaluation draws
+    its randomness from its own key stream, so turning it on leaves the training run unchanged.
     """
 
     env_id: str = "CartPole-v1"
@@ -127,6 +137,8 @@ class OnPolicyConfig:
     env_kwargs: tuple[tuple[str, Any], ...] = ()
     unroll: int = 0
     compute_dtype: str = "float32"
+    eval_every: int = 0
+    eval_episodes: int = 10
 
     HYPERPARAMS = ("learning_rate", "final_lr_fraction", "max_grad_norm", "discount", "gae_lambda", "reward_scale")
 
@@ -139,8 +151,11 @@ class OnPolicyConfig:
 
     def validate(self) -> None:
         name = type(self).__name__
-        for field in ("total_timesteps", "num_envs", "num_steps"):
+        for field in ("total_timesteps", "num_envs", "num_steps", "eval_episodes"):
             _positive_int(name, field, getattr(self, field))
+        if not isinstance(self.eval_every, int) or isinstance(self.eval_every, bool) or self.eval_every < 0:
+            raise ValueError(f"{name}.eval_every must be an int >= 0 (updates between evaluations; 0: none); "
+                             f"got {self.eval_every!r}.")
         if not isinstance(self.unroll, int) or isinstance(self.unroll, bool) or self.unroll < 0:
             raise ValueError(f"{name}.unroll must be an int >= 1, or 0 to pick per backend; got {self.unroll!r}.")
         if self.num_updates < 1:
@@ -616,7 +631,9 @@ class TrainOutput(NamedTuple):
       env_state: final environment state (holds observation-normaliser statistics).
       metrics: dict of [num_updates] arrays: `env_steps`, `lr` (`update_learning_rate`),
         `episode_return` (mean return of the episodes finished during the update, NaN if none did),
-        `episode_length`, `episodes_finished`, plus the algorithm's own (losses, entropy, KL, ...).
+        `episode_length`, `episodes_finished`, plus the algorithm's own (losses, entropy, KL, ...), and with
+        `config.eval_every` `eval_return` (mean return of the evaluation episodes after that update, NaN
+        between evaluations).
     """
 
     agent: Any
@@ -625,6 +642,9 @@ class TrainOutput(NamedTuple):
 
 
 ProgressFn = Callable[[Array, dict[str, Array]], None]
+
+# fold_in(key, EVAL_KEY_STREAM) seeds the in-run evaluations (eval_every), apart from split(key, 3)'s training keys.
+EVAL_KEY_STREAM = 0x6576616C
 
 PROGRESS_CALLS = 100  # progress callbacks per run (at most; plus the last update): a 1% progress bar
 
@@ -657,10 +677,29 @@ def make_on_policy_train(
     spec = make_env(config) if spec is None else spec
     num_updates = config.num_updates
     every = max(1, num_updates // PROGRESS_CALLS)
+    if config.eval_every:
+        episode_returns = evaluation.make_episode_returns(
+            config.env_id, config.env_kwargs, actor_critic(config, spec), config.eval_episodes,
+            normalize_observations=config.normalize_observations,
+        )
+
+        def evaluate(key, agent, env_state, update_idx):
+            """Mean return of `eval_episodes` episodes after every eval_every-th and the last update, else NaN."""
+            stats = evaluation.observation_statistics(env_state)  # [num_envs, ...], the same in every env
+            stats = None if stats is None else jax.tree_util.tree_map(lambda x: x[0], stats)
+            due = ((update_idx + 1) % config.eval_every == 0) | (update_idx == num_updates - 1)
+            # The predicate is the update index, never batched, so under vmap this stays a branch: the
+            # episodes run only at the evaluations.
+            return lax.cond(
+                due,
+                lambda: jnp.nanmean(episode_returns(jax.random.fold_in(key, update_idx), agent.params, stats)),
+                lambda: jnp.float32(jnp.nan),
+            )
 
     def train(key: Array, hparams: HParams | None = None) -> TrainOutput:
         hp = config.hyperparams() if hparams is None else hparams
         key_init, key_reset, key_loop = jax.random.split(key, 3)
+        key_eval = jax.random.fold_in(key, EVAL_KEY_STREAM)  # its own stream: the training keys stay as they were
         agent = algorithm.init(key_init, spec, hp)
         obs, env_state = spec.env.reset(key_reset, spec.params)
 
@@ -678,6 +717,8 @@ def make_on_policy_train(
                 **episode_metrics(batch),
                 **metrics,
             }
+            if config.eval_every:
+                metrics["eval_return"] = evaluate(key_eval, agent, env_state, update_idx)
             if progress is not None:
                 report = (update_idx % every == 0) | (update_idx == num_updates - 1)
                 side = parallel.axis_index_or_none(parallel.ACTOR_CRITIC_AXIS)

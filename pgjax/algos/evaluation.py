@@ -1,0 +1,85 @@
+"""Evaluating a policy: whole episodes on fresh environments, observation statistics frozen, actions by the
+policy's mode (or sampled).
+
+    returns = make_episode_returns(env_id, env_kwargs, network, num_episodes)(key, params, obs_statistics)
+
+The same pure function runs after training (`pgjax.runs.evaluate`, `experiments/evaluate.py`) and inside the
+compiled training run every `eval_every` updates (`OnPolicyConfig.eval_every`, the metric `eval_return`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from pgjax import envs
+from pgjax.nets import ActorCritic
+
+Array = jax.Array
+
+
+def observation_statistics(env_state: Any) -> Any:
+    """The observation-normaliser statistics inside a (batched) env state, or None."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, envs.NormalizeObservationState):
+            found.append(node.statistics)
+            return
+        if hasattr(node, "__dataclass_fields__"):
+            for name in node.__dataclass_fields__:
+                visit(getattr(node, name))
+
+    visit(env_state)
+    return found[0] if found else None
+
+
+def make_episode_returns(
+    env_id: str,
+    env_kwargs: Any,
+    network: ActorCritic,
+    num_episodes: int,
+    deterministic: bool = True,
+    normalize_observations: bool = False,
+) -> Callable[[Array, Any, Any], Array]:
+    """`episode_returns(key, params, obs_statistics=None) -> [num_episodes]`: undiscounted returns of one policy.
+
+    Runs `num_episodes` environments of `env_id` (one episode each, from fresh resets) for the environment's
+    step limit + 1 steps and keeps each one's first episode: G = sum_t r_t, NaN for an episode that never ended.
+    Actions are the policy's mode (`deterministic`) or samples. With `normalize_observations`, observations are
+    normalised by `obs_statistics` (`envs.RunningStatistics`, e.g. `observation_statistics` of a training env
+    state), frozen. Pure and jit/vmap-able; `params` and `obs_statistics` may be traced.
+    """
+    env, env_params = envs.make(env_id, **dict(env_kwargs))
+    discrete = envs.is_discrete(env, env_params)
+    tracked = envs.EpisodeStatistics(envs.FlattenObservation(env))
+    max_steps = int(env_params.max_steps_in_episode)
+
+    def episode_returns(key: Array, params: Any, obs_statistics: Any = None) -> Array:
+        env = tracked
+        if normalize_observations:  # built here: the statistics are an argument
+            env = envs.NormalizeObservation(env, update=False, initial_statistics=obs_statistics)
+        if not discrete:
+            env = envs.ClipAction(env)
+        env = envs.VecEnv(env, num_episodes)
+        key_reset, key_loop = jax.random.split(key)
+        obs, state = env.reset(key_reset, env_params)
+
+        def step(carry, step_key):
+            obs, state, returns, done = carry
+            key_act, key_env = jax.random.split(step_key)
+            dist, _ = network.apply(params, obs)
+            action = dist.mode() if deterministic else dist.sample(key_act)
+            obs, state, _, _, _, info = env.step(key_env, state, action, env_params)
+            first_end = info["returned_episode"] & ~done
+            returns = jnp.where(first_end, info["episode_return"], returns)
+            return (obs, state, returns, done | info["returned_episode"]), None
+
+        init = (obs, state, jnp.zeros(num_episodes), jnp.zeros(num_episodes, bool))
+        (_, _, returns, done), _ = lax.scan(step, init, jax.random.split(key_loop, max_steps + 1))
+        return jnp.where(done, returns, jnp.nan)
+
+    return episode_returns
