@@ -289,6 +289,10 @@ def run_grid(args, config, train, progress, keys, out) -> int:
         print(f"  {row['cell']:4d}  " + "".join(f"{row[n]:16g}" for n in names)
               + f"{row['median']:9.1f}{row['mean']:9.1f}{row['ci95']:8.1f}{row['worst']:9.1f}{row['best']:9.1f}"
               + f"{row['vs_best']:12.1f} +-{row['vs_best_ci95']:6.1f}")
+    if "eval_median" in summary[0]:
+        print(f"last in-run evaluation ({config.eval_episodes} episodes, the policy's mode) over seeds, per cell: "
+              + "; ".join(f"cell {row['cell']} median {row['eval_median']:.1f}, worst {row['eval_worst']:.1f}"
+                          for row in summary))
     print(f"wrote {out}/summary.csv, metrics.csv, learning_curves.png, config.json, "
           f"cell-0 .. cell-{len(cells) - 1}/")
     diverged = [f"cell {index} ({runs.cell_label(cell)}), {line}"

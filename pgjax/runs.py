@@ -413,8 +413,12 @@ def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list
     finished (seeds that finished an episode in that window), and the paired comparison with the cell of the
     highest mean: vs_best = mean over seeds of (this cell's return - the best cell's, the same seed), vs_best_ci95
     its interval. Every cell runs the same seeds, so the pairs share their randomness and vs_best is usually far
-    tighter than the two cells' own intervals. metrics: leaves [C * S, updates]."""
+    tighter than the two cells' own intervals. With in-run evaluations (`eval_return`, config.eval_every) the
+    rows add eval_median, eval_mean and eval_worst: the last evaluation's (after the last update) over the
+    cell's seeds. metrics: leaves [C * S, updates]."""
     returns = final_returns(metrics).reshape(len(cells), -1)
+    last_eval = np.asarray(metrics["eval_return"], float)[:, -1].reshape(len(cells), -1) if "eval_return" in metrics \
+        else None
     with _quiet_nan_warnings():
         best = returns[int(np.nanargmax(np.nanmean(returns, axis=1)))] if not np.isnan(returns).all() else None
     rows = []
@@ -428,8 +432,12 @@ def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list
         difference = values - best if best is not None else np.full_like(values, np.nan)
         diff_mean, diff_half = mean_and_interval(difference[:, None])
         pairs = int(np.sum(~np.isnan(difference)))
-        rows.append({**row, "vs_best": float(diff_mean[0]), "vs_best_ci95": float(diff_half[0]) if pairs > 1
-                     else float("nan")})
+        row = {**row, "vs_best": float(diff_mean[0]), "vs_best_ci95": float(diff_half[0]) if pairs > 1 else float("nan")}
+        if last_eval is not None:
+            with _quiet_nan_warnings():
+                row.update(eval_median=float(np.nanmedian(last_eval[index])), eval_mean=float(np.nanmean(last_eval[index])),
+                           eval_worst=float(np.nanmin(last_eval[index])))
+        rows.append(row)
     return rows
 
 

@@ -175,7 +175,8 @@ def test_replayed_seed_reproduces_its_row_of_the_sweep(run_dir, tmp_path):
 # ---------------------------------------------------------------------------
 
 GRID_FLAGS = ["--algo", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--total-timesteps", "4096",
-              "--num-steps", "64", "--no-progress", "--grid", "learning_rate=1e-3,2.5e-4"]
+              "--num-steps", "64", "--eval-every", "8", "--eval-episodes", "2", "--no-progress",
+              "--grid", "learning_rate=1e-3,2.5e-4"]
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,7 @@ def test_grid_summary_and_metrics_agree_and_cells_share_their_seeds(grid_dir):
     for r in metrics:
         assert float(r["learning_rate"]) == [1e-3, 2.5e-4][int(r["cell"])]
         returns.setdefault((int(r["cell"]), int(r["seed"])), []).append(float(r["episode_return"] or "nan"))
+    last_eval = {(int(r["cell"]), int(r["seed"])): float(r["eval_return"]) for r in metrics if r["update"] == "15"}
     # Every cell runs the same seed keys: the first rollout (before any update) is the same in both cells.
     assert returns[0, 0][0] == returns[1, 0][0] and returns[0, 1][0] == returns[1, 1][0]
     assert returns[0, 0][0] != returns[0, 1][0]
@@ -213,6 +215,9 @@ def test_grid_summary_and_metrics_agree_and_cells_share_their_seeds(grid_dir):
             [float(row[k]) for k in ("median", "mean", "worst", "best", "vs_best", "vs_best_ci95")],
             [np.median(values), values.mean(), values.min(), values.max(), difference.mean(),
              1.96 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-9)
+        evals = [last_eval[int(row["cell"]), seed] for seed in range(2)]  # the evaluation after the last update
+        np.testing.assert_allclose([float(row[k]) for k in ("eval_median", "eval_mean", "eval_worst")],
+                                   [np.median(evals), np.mean(evals), np.min(evals)], rtol=1e-6)
     with open(os.path.join(grid_dir, "config.json")) as f:
         assert json.load(f)["grid"] == {"learning_rate": [1e-3, 2.5e-4]}
     with pytest.raises(ValueError, match="hyperparameter grid"):
