@@ -76,6 +76,13 @@ def _optimizer(config: PPOConfig, hp: common.HParams, schedule_offset: int | jnp
     return common.optimizer(config, hp, config.num_epochs * config.num_minibatches, schedule_offset)
 
 
+def _update_optimizer(config: PPOConfig, hp: common.HParams, update_idx, adam: optim.ClippedAdamState
+                      ) -> optax.GradientTransformation:
+    """The optimiser of update `update_idx` for an Adam that has taken `adam.count` steps: the steps early stopping
+    skipped in earlier updates are its schedule offset, so the annealed rate follows the update index."""
+    return _optimizer(config, hp, update_idx * config.num_epochs * config.num_minibatches - adam.count)
+
+
 def ppo_policy_loss(params, network, minibatch, hp, config: PPOConfig):
     """The actor's part of the PPO loss on a minibatch (fields [B, ...]), -L_clip - c_H H; returns (loss, metrics).
 
@@ -139,10 +146,8 @@ def _split_descent(config: PPOConfig, network: ActorCritic, key, hp, params, opt
 
     def epochs(part_loss, name, adam, target_kl=None):
         loss_fn = lambda tower, mb: part_loss({"params": {name: tower}}, network, mb, hp, config)  # noqa: E731
-        # The steps this network skipped in earlier updates: its annealed rate follows the update index.
-        tx = _optimizer(config, hp, update_idx * steps - adam.count)
         tower, adam, metrics = common.minibatch_descent(  # each clipped by its own norm
-            key, tx, loss_fn, towers[name], adam, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
+            key, _update_optimizer(config, hp, update_idx, adam), loss_fn, towers[name], adam, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
             f"{name}_grad_norm", target_kl,
         )
         return tower, adam.mu, adam.nu, metrics  # float32 only, for one_part_per_device (counts: below)
@@ -191,10 +196,8 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
             params, opt_state, metrics = _split_descent(config, network, key, hp, agent.params, agent.opt_state, data,
                                                         update_idx)
         else:
-            # Steps skipped by early stopping in earlier updates: the annealed rate follows the update index.
-            skipped = update_idx * config.num_epochs * config.num_minibatches - agent.opt_state.count
             params, opt_state, metrics = common.minibatch_descent(
-                key, _optimizer(config, hp, skipped), lambda params, mb: ppo_loss(params, network, mb, hp, config),
+                key, _update_optimizer(config, hp, update_idx, agent.opt_state), lambda params, mb: ppo_loss(params, network, mb, hp, config),
                 agent.params, agent.opt_state, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
                 target_kl=hp["target_kl"],
             )
