@@ -6,7 +6,10 @@
 
 Reports, per run, the median and the worst seed's final mean episode return (mean over the
 episodes finished in the last 10% of updates, stochastic policy, raw rewards), against the
-target, with compile and run time and env-steps/second. Writes runs/bench/quality.csv.
+target, with compile and run time and env-steps/second; then the median and worst seed of an
+evaluation of the final policy's mode (`--eval-episodes` episodes per seed, inside the same
+compiled run: `eval_every` = the run's updates, which leaves training unchanged bit for bit).
+Writes runs/bench/quality.csv.
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ TARGETS = [
 ]
 
 
-def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int) -> dict:
+def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int, eval_episodes: int = 10) -> dict:
     config_cls, make_train = algos.get(algo)
     config = config_cls(**{**presets.preset(algo, env_id), "env_id": env_id, "total_timesteps": steps})
+    config = config.replace(eval_every=config.num_updates, eval_episodes=eval_episodes)  # one, after the last update
     train = parallel.vmap_sharded(make_train(config))  # seeds split over the devices
     keys = train.place(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(np.arange(seeds)))[0]
     t0 = time.perf_counter()
@@ -60,9 +64,11 @@ def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int) -> dict:
     out = jax.block_until_ready(compiled(keys))
     run_s = time.perf_counter() - t0
     final = runs.final_returns(out.metrics)
+    evaluation = np.asarray(out.metrics["eval_return"])[:, -1]
     return dict(
         algo=algo, env=env_id, seeds=seeds, env_steps=config.num_updates * config.batch_size,
         median=float(np.nanmedian(final)), worst=float(np.nanmin(final)), best=float(np.nanmax(final)),
+        eval_median=float(np.nanmedian(evaluation)), eval_worst=float(np.nanmin(evaluation)),
         compile_s=round(compile_s, 1), run_s=round(run_s, 1),
         steps_per_s=round(seeds * config.num_updates * config.batch_size / run_s),
         per_seed=" ".join(f"{x:.1f}" for x in final),
@@ -98,24 +104,30 @@ def main(argv=None) -> int:
                         "total_timesteps (or the config default) and reports no target")
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-episodes", type=int, default=10,
+                   help="episodes per seed of the final policy's mode (reported as eval median / eval worst)")
     p.add_argument("--out", default="runs/bench/quality.csv")
     args = p.parse_args(argv)
+    if args.eval_episodes < 1 or args.seeds < 1:
+        p.error(f"--seeds and --eval-episodes must be >= 1; got {args.seeds} and {args.eval_episodes}")
     try:
         todo = plan(args.only)
     except ValueError as err:
         p.error(str(err))
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {len(jax.devices())} x {jax.devices()[0].device_kind} (seeds split over them)")
-    header = f"{'algo':<10}{'env':<26}{'steps':>9}{'median':>9}{'worst':>9}{'target':>8}{'met':>5}{'compile s':>10}{'run s':>8}{'steps/s':>11}"
+    header = (f"{'algo':<10}{'env':<26}{'steps':>9}{'median':>9}{'worst':>9}{'target':>8}{'met':>5}{'compile s':>10}"
+              f"{'run s':>8}{'steps/s':>11}{'eval median':>12}{'eval worst':>11}")
     print(header)
     rows = []
     for algo, env_id, steps, target in todo:
-        row = run_one(algo, env_id, steps, args.seeds, args.seed)
+        row = run_one(algo, env_id, steps, args.seeds, args.seed, args.eval_episodes)
         row["target"] = "" if target is None else target
         row["met"] = "" if target is None else bool(row["median"] >= target and row["worst"] >= target)
         rows.append(row)
         print(f"{algo:<10}{env_id:<26}{row['env_steps']:>9}{row['median']:>9.1f}{row['worst']:>9.1f}"
-              f"{str(row['target']):>8}{str(row['met']):>5}{row['compile_s']:>10}{row['run_s']:>8}{row['steps_per_s']:>11,}",
-              flush=True)
+              f"{str(row['target']):>8}{str(row['met']):>5}{row['compile_s']:>10}{row['run_s']:>8}"
+              f"{row['steps_per_s']:>11,}"
+              f"{row['eval_median']:>12.1f}{row['eval_worst']:>11.1f}", flush=True)
     tables.write_csv(args.out, rows)
     print(f"wrote {args.out}")
     return 0

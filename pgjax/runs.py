@@ -246,7 +246,8 @@ def _without_hyperparams(config: common.OnPolicyConfig) -> common.OnPolicyConfig
 @functools.lru_cache(maxsize=16)
 def _evaluation_program(config: common.OnPolicyConfig, num_episodes: int, deterministic: bool):
     env, env_params = envs.make(config.env_id, **dict(config.env_kwargs))
-    spec = common.EnvSpec(None, None, envs.is_discrete(env, env_params), envs.action_dim(env, env_params), 0, None, None)
+    discrete, action_dim = envs.is_discrete(env, env_params), envs.action_dim(env, env_params)
+    spec = common.EnvSpec(None, None, discrete, action_dim, 0, None, None)
     return jax.jit(evaluation.make_episode_returns(
         config.env_id, config.env_kwargs, common.actor_critic(config, spec), num_episodes, deterministic,
         config.normalize_observations,
@@ -417,8 +418,9 @@ def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list
     rows add eval_median, eval_mean and eval_worst: the last evaluation's (after the last update) over the
     cell's seeds. metrics: leaves [C * S, updates]."""
     returns = final_returns(metrics).reshape(len(cells), -1)
-    last_eval = np.asarray(metrics["eval_return"], float)[:, -1].reshape(len(cells), -1) if "eval_return" in metrics \
-        else None
+    last_eval = None
+    if "eval_return" in metrics:  # the evaluation after the last update, [cells, seeds]
+        last_eval = np.asarray(metrics["eval_return"], float)[:, -1].reshape(len(cells), -1)
     with _quiet_nan_warnings():
         best = returns[int(np.nanargmax(np.nanmean(returns, axis=1)))] if not np.isnan(returns).all() else None
     rows = []
@@ -432,11 +434,13 @@ def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list
         difference = values - best if best is not None else np.full_like(values, np.nan)
         diff_mean, diff_half = mean_and_interval(difference[:, None])
         pairs = int(np.sum(~np.isnan(difference)))
-        row = {**row, "vs_best": float(diff_mean[0]), "vs_best_ci95": float(diff_half[0]) if pairs > 1 else float("nan")}
+        row["vs_best"] = float(diff_mean[0])
+        row["vs_best_ci95"] = float(diff_half[0]) if pairs > 1 else float("nan")
         if last_eval is not None:
             with _quiet_nan_warnings():
-                row.update(eval_median=float(np.nanmedian(last_eval[index])), eval_mean=float(np.nanmean(last_eval[index])),
-                           eval_worst=float(np.nanmin(last_eval[index])))
+                evals = last_eval[index]
+                row.update(eval_median=float(np.nanmedian(evals)), eval_mean=float(np.nanmean(evals)),
+                           eval_worst=float(np.nanmin(evals)))
         rows.append(row)
     return rows
 

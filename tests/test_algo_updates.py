@@ -245,7 +245,9 @@ def test_split_target_kl_stops_the_actor_and_lets_the_critic_fit():
         return ppo._split_descent(config, network, k[6], hp_, agent.params, opt_state, data, update_idx)
 
     # Reference: the actor's steps one by one on the same minibatches, each one's KL recorded.
-    actor_loss = lambda tower, mb: ppo.ppo_policy_loss({"params": {"actor": tower}}, network, mb, hp, config)  # noqa: E731
+    def actor_loss(tower, minibatch):
+        return ppo.ppo_policy_loss({"params": {"actor": tower}}, network, minibatch, hp, config)
+
     flat, unravel = optim.ravel_params(agent.params["params"]["actor"])
     step = jax.jit(optim.flat_gradient_step(ppo._optimizer(config, hp), actor_loss, unravel))
     states, kls = [(flat, agent.opt_state.actor)], []

@@ -146,8 +146,9 @@ def _split_descent(config: PPOConfig, network: ActorCritic, key, hp, params, opt
 
     def epochs(part_loss, name, adam, target_kl=None):
         loss_fn = lambda tower, mb: part_loss({"params": {name: tower}}, network, mb, hp, config)  # noqa: E731
+        tx = _update_optimizer(config, hp, update_idx, adam)
         tower, adam, metrics = common.minibatch_descent(  # each clipped by its own norm
-            key, _update_optimizer(config, hp, update_idx, adam), loss_fn, towers[name], adam, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
+            key, tx, loss_fn, towers[name], adam, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
             f"{name}_grad_norm", target_kl,
         )
         return tower, adam.mu, adam.nu, metrics  # float32 only, for one_part_per_device (counts: below)
@@ -196,8 +197,9 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
             params, opt_state, metrics = _split_descent(config, network, key, hp, agent.params, agent.opt_state, data,
                                                         update_idx)
         else:
+            tx = _update_optimizer(config, hp, update_idx, agent.opt_state)
             params, opt_state, metrics = common.minibatch_descent(
-                key, _update_optimizer(config, hp, update_idx, agent.opt_state), lambda params, mb: ppo_loss(params, network, mb, hp, config),
+                key, tx, lambda params, mb: ppo_loss(params, network, mb, hp, config),
                 agent.params, agent.opt_state, data, config.num_epochs, config.num_minibatches, config.scan_unroll,
                 target_kl=hp["target_kl"],
             )
