@@ -71,7 +71,10 @@ TWO_DEVICES = textwrap.dedent(
     assert float(second[1]) == 7.0
 
     # One seed, its update split between the devices: the actor's epochs on one, the critic's on the other.
-    split = ppo.PPOConfig(total_timesteps=1024, num_steps=32, num_epochs=2, num_minibatches=2, split_actor_critic=True)
+    # target_kl small enough to stop the actor's steps in the first update (its KLs are ~5e-6): the stop, too, runs
+    # on the actor's device alone.
+    split = ppo.PPOConfig(total_timesteps=1024, num_steps=32, num_epochs=2, num_minibatches=2, split_actor_critic=True,
+                          target_kl=1e-5)
     seen = []
     sharded_run = parallel.actor_critic_sharded(ppo.make_train(split, progress=lambda i, m: seen.append(int(i))))
     one = sharded_run(jax.random.key(7))
@@ -79,6 +82,8 @@ TWO_DEVICES = textwrap.dedent(
     ref = jax.jit(ppo.make_train(split))(jax.random.key(7))
     assert len(one.metrics["loss"].sharding.device_set) == 2
     assert seen == list(range(split.num_updates)), seen  # reported by one device only, once per update
+    assert float(ref.metrics["steps_taken"][0]) < 1.0 and int(ref.agent.opt_state.actor.count) < int(
+        ref.agent.opt_state.critic.count), ref.metrics["steps_taken"]
     for a, b in zip(jax.tree_util.tree_leaves(one.agent), jax.tree_util.tree_leaves(ref.agent)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     for name in ref.metrics:
