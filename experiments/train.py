@@ -256,12 +256,16 @@ def main(argv=None) -> int:
         print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}")
     if "eval_return" in output.metrics:  # --eval-every: the last evaluation is after the last update
         last_eval = np.asarray(output.metrics["eval_return"])[:, -1]
-        print(f"evaluation after the last update ({config.eval_episodes} episodes, the policy's mode) per seed: "
+        print(f"evaluation after the last update ({config.eval_episodes} episodes, {_eval_actions(config)}) per seed: "
               f"{np.round(last_eval, 1).tolist()}")
         print(f"median {np.nanmedian(last_eval):.1f}, worst {np.nanmin(last_eval):.1f}")
     runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices)
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
     return report_divergence(runs.non_finite_seeds(output, seed_indices), len(seed_indices))
+
+
+def _eval_actions(config) -> str:
+    return "sampled actions" if config.eval_stochastic else "the policy's mode"
 
 
 def run_grid(args, config, train, progress, keys, out) -> int:
@@ -290,7 +294,7 @@ def run_grid(args, config, train, progress, keys, out) -> int:
               + f"{row['median']:9.1f}{row['mean']:9.1f}{row['ci95']:8.1f}{row['worst']:9.1f}{row['best']:9.1f}"
               + f"{row['vs_best']:12.1f} +-{row['vs_best_ci95']:6.1f}")
     if "eval_median" in summary[0]:
-        print(f"last in-run evaluation ({config.eval_episodes} episodes, the policy's mode) over seeds, per cell: "
+        print(f"last in-run evaluation ({config.eval_episodes} episodes, {_eval_actions(config)}) over seeds, per cell: "
               + "; ".join(f"cell {row['cell']} median {row['eval_median']:.1f}, worst {row['eval_worst']:.1f}"
                           for row in summary))
     print(f"wrote {out}/summary.csv, metrics.csv, learning_curves.png, config.json, "

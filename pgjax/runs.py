@@ -130,7 +130,7 @@ def plot_learning_curves(path: str, curves: dict[str, dict[str, Any]], title: st
             evaluated = ~np.all(np.isnan(np.asarray(metrics["eval_return"], dtype=float)), axis=0)
             eval_mean, eval_half = mean_and_interval(np.asarray(metrics["eval_return"])[:, evaluated])
             ax.errorbar(steps[evaluated], eval_mean, yerr=eval_half, fmt="o", ms=3, capsize=2,
-                        color=line.get_color(), label=f"{label}: evaluation, policy's mode")
+                        color=line.get_color(), label=f"{label}: evaluation")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
     ax.set_title(title)

@@ -159,6 +159,29 @@ def test_in_run_evaluation_evaluates_the_updated_policy_and_leaves_training_unch
     assert evals[9] != evals[3]  # later parameters: other episodes
 
 
+def test_evaluation_takes_the_mode_or_samples(monkeypatch):
+    """A CartPole policy that ignores the state, pi(left) = 0.52: its mode pushes left every step and the pole falls
+    in ~9-10 steps, while its samples move almost like a random policy (~22 steps on average). eval_stochastic
+    reaches the in-run evaluation as deterministic=False."""
+    config = algos.PPOConfig()
+    spec = algos.common.make_env(config)
+    network = algos.common.actor_critic(config, spec)
+    params = network.init(jax.random.key(0), jnp.zeros((spec.observation_size,)))
+    head = {"kernel": jnp.zeros((64, 2)), "bias": jnp.array([0.08, 0.0])}  # logits (0.08, 0) in every state
+    params = {"params": {**params["params"], "actor": {**params["params"]["actor"], "head": {"Dense_0": head}}}}
+    mode = np.asarray(runs.evaluate(jax.random.key(1), config, params, num_episodes=64, deterministic=True))
+    sampled = np.asarray(runs.evaluate(jax.random.key(1), config, params, num_episodes=64, deterministic=False))
+    assert mode.mean() < 12 and sampled.mean() > 16, (mode.mean(), sampled.mean())
+
+    seen = []
+    build = algos.evaluation.make_episode_returns
+    monkeypatch.setattr(algos.evaluation, "make_episode_returns",
+                        lambda *args, **kwargs: seen.append(kwargs["deterministic"]) or build(*args, **kwargs))
+    for stochastic in (False, True):
+        algos.ppo.make_train(config.replace(eval_every=5, eval_stochastic=stochastic))  # builds, compiles nothing
+    assert seen == [True, False]
+
+
 def test_unroll_default_picks_per_backend(monkeypatch):
     config = algos.PPOConfig()
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")

@@ -75,6 +75,7 @@ class OnPolicyConfig:
       eval_every: evaluate the policy every this many updates and after the last, inside the compiled run
         (metric eval_return; 0: never).
       eval_episodes: episodes per evaluation, one per fresh environment, actions by the policy's mode.
+      eval_stochastic: sample the evaluations' actions from the policy instead of taking its mode.
 
     `unroll` is a speed knob that changes results only by float rounding: the `lax.scan` unroll
     factor of the loops inside each update (rollout steps, the advantage scan, minibatch steps).
@@ -114,7 +115,8 @@ class OnPolicyConfig:
 
     `eval_every` (default 0: off) evaluates the current policy inside the compiled run after every
     `eval_every`-th update and after the last: `eval_episodes` whole episodes on fresh environments, actions by
-    the policy's mode, observation statistics frozen at their training values (`algos.evaluation`). The metric
+    the policy's mode (sampled with `eval_stochastic`), observation statistics frozen at their training values
+    (`algos.evaluation`). The metric
     `eval_return` is their mean undiscounted return at those updates and NaN at the others. Evaluation draws
     its randomness from its own key stream, so turning it on leaves the training run unchanged.
     """
@@ -139,6 +141,7 @@ class OnPolicyConfig:
     compute_dtype: str = "float32"
     eval_every: int = 0
     eval_episodes: int = 10
+    eval_stochastic: bool = False
 
     HYPERPARAMS = ("learning_rate", "final_lr_fraction", "max_grad_norm", "discount", "gae_lambda", "reward_scale")
 
@@ -680,7 +683,7 @@ def make_on_policy_train(
     if config.eval_every:
         episode_returns = evaluation.make_episode_returns(
             config.env_id, config.env_kwargs, actor_critic(config, spec), config.eval_episodes,
-            normalize_observations=config.normalize_observations,
+            deterministic=not config.eval_stochastic, normalize_observations=config.normalize_observations,
         )
 
         def evaluate(key, agent, env_state, update_idx):
