@@ -203,11 +203,13 @@ def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
     for a, b in zip(jax.tree_util.tree_leaves(off[:2]), jax.tree_util.tree_leaves(plain[:2])):
         np.testing.assert_array_equal(a, b)
     assert float(off[2]["steps_taken"]) == 1.0 and "steps_taken" not in plain[2]
-    # vmapped targets: each lane is its own run
+    # vmapped targets: each lane is its own run. Batched kernels round differently from unbatched ones: under
+    # jax 0.11.2 one parameter of 6.3e-4 differed by 1.1e-7, hence atol 1e-6; a step lost or taken twice moves
+    # parameters by about the learning rate, 3e-3.
     lanes = jax.vmap(descend)(jnp.array([0.0, target], jnp.float32))
     np.testing.assert_array_equal(lanes[2]["steps_taken"], [1.0, stop / len(kls)])
     np.testing.assert_allclose(optim.ravel_params(jax.tree_util.tree_map(lambda x: x[1], lanes[0]))[0], expected_flat,
-                               rtol=1e-5, atol=1e-7)
+                               rtol=1e-5, atol=1e-6)
 
     # The annealed rate follows the update index, not the steps taken: an agent that took no steps, updated at
     # the run's last update index + 1, where the schedule has reached 0, keeps its parameters (16 steps counted).
