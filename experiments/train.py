@@ -258,7 +258,7 @@ def main(argv=None) -> int:
         last_eval = np.asarray(output.metrics["eval_return"])[:, -1]
         print(f"evaluation after the last update ({config.eval_episodes} episodes, {_eval_actions(config)}) per seed: "
               f"{np.round(last_eval, 1).tolist()}")
-        print(f"median {np.nanmedian(last_eval):.1f}, worst {np.nanmin(last_eval):.1f}")
+        print(f"evaluation median {np.nanmedian(last_eval):.1f}, worst {np.nanmin(last_eval):.1f}")
     runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices)
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
     return report_divergence(runs.non_finite_seeds(output, seed_indices), len(seed_indices))
