@@ -64,7 +64,7 @@ def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int, eval_epis
     out = jax.block_until_ready(compiled(keys))
     run_s = time.perf_counter() - t0
     final = runs.final_returns(out.metrics)
-    evaluation = np.asarray(out.metrics["eval_return"])[:, -1]
+    evaluation = runs.last_evaluation(out.metrics)
     return dict(
         algo=algo, env=env_id, seeds=seeds, env_steps=config.num_updates * config.batch_size,
         median=float(np.nanmedian(final)), worst=float(np.nanmin(final)), best=float(np.nanmax(final)),

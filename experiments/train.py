@@ -254,8 +254,8 @@ def main(argv=None) -> int:
     print(f"final mean episode return (last 10% of updates) per seed: {np.round(final, 1).tolist()}")
     if not np.isnan(final).all():
         print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}")
-    if "eval_return" in output.metrics:  # --eval-every: the last evaluation is after the last update
-        last_eval = np.asarray(output.metrics["eval_return"])[:, -1]
+    last_eval = runs.last_evaluation(output.metrics)  # --eval-every: the last evaluation is after the last update
+    if last_eval is not None:
         print(f"evaluation after the last update ({config.eval_episodes} episodes, {_eval_actions(config)}) per seed: "
               f"{np.round(last_eval, 1).tolist()}")
         print(f"evaluation median {np.nanmedian(last_eval):.1f}, worst {np.nanmin(last_eval):.1f}")

@@ -418,9 +418,9 @@ def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list
     rows add eval_median, eval_mean and eval_worst: the last evaluation's (after the last update) over the
     cell's seeds. metrics: leaves [C * S, updates]."""
     returns = final_returns(metrics).reshape(len(cells), -1)
-    last_eval = None
-    if "eval_return" in metrics:  # the evaluation after the last update, [cells, seeds]
-        last_eval = np.asarray(metrics["eval_return"], float)[:, -1].reshape(len(cells), -1)
+    last_eval = last_evaluation(metrics)
+    if last_eval is not None:
+        last_eval = last_eval.reshape(len(cells), -1)
     with _quiet_nan_warnings():
         best = returns[int(np.nanargmax(np.nanmean(returns, axis=1)))] if not np.isnan(returns).all() else None
     rows = []
@@ -483,6 +483,14 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(meta, f, indent=2, default=str)
     return summary
+
+
+def last_evaluation(metrics: dict[str, Any]) -> np.ndarray | None:
+    """Per seed, the in-run evaluation after the last update (`eval_return`, config.eval_every): [seeds]; None for
+    a run without in-run evaluations."""
+    if "eval_return" not in metrics:
+        return None
+    return np.asarray(metrics["eval_return"], dtype=float)[:, -1]
 
 
 def final_returns(metrics: dict[str, Any], fraction: float = 0.1) -> np.ndarray:

@@ -116,9 +116,9 @@ class OnPolicyConfig:
     `eval_every` (default 0: off) evaluates the current policy inside the compiled run after every
     `eval_every`-th update and after the last: `eval_episodes` whole episodes on fresh environments, actions by
     the policy's mode (sampled with `eval_stochastic`), observation statistics frozen at their training values
-    (`algos.evaluation`). The metric
-    `eval_return` is their mean undiscounted return at those updates and NaN at the others. Evaluation draws
-    its randomness from its own key stream, so turning it on leaves the training run unchanged.
+    (`algos.evaluation`). The metric `eval_return` is their mean undiscounted return at those updates and NaN at
+    the others. Evaluation draws its randomness from its own key stream, so turning it on leaves the training
+    run unchanged.
     """
 
     env_id: str = "CartPole-v1"
