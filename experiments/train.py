@@ -21,12 +21,22 @@ from the best cell, seed by seed, with its 95% interval), DIR/metrics.csv (one r
 per cell, seed and update, the cell's values first), DIR/learning_curves.png (one curve per cell) and DIR/cell-K/,
 a run directory per cell for evaluate.py (`pgjax.runs.save_grid`). The same flags with --seed-indices replay
 those seeds in every cell, bit for bit.
+
+Long runs in segments, with a checkpoint after each (`--checkpoint-every K` updates; DIR/checkpoint.npz):
+
+    python experiments/train.py --algo ppo --env Acrobot-v1 --num-seeds 64 --checkpoint-every 100 --out runs/long
+    python experiments/train.py --resume runs/long      # after an interruption: continues where it stopped
+
+Each segment is one compiled call (segments of equal length share one compile); the segments compute the same
+updates as the one-call run, bit for bit on the same machine, and so does a resumed run. The checkpoint is removed
+once the run's files are written.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -59,11 +69,42 @@ def setup_cpu_devices(requested: str) -> None:
             print(f"note: JAX already started with {len(jax.devices('cpu'))} CPU device(s); --cpu-devices ignored")
 
 
+CHECKPOINT = "checkpoint.npz"
+
+
+def expand_resume(argv: list[str]) -> list[str]:
+    """argv itself, or for `--resume DIR [--no-progress]` the flags DIR's run was started with (from its
+    checkpoint), so that the resumed run rebuilds the same programs."""
+    if "--resume" not in argv and not any(a.startswith("--resume=") for a in argv):
+        return argv
+    rest = [a for a in argv if a != "--no-progress"]
+    if len(rest) == 2 and rest[0] == "--resume":
+        run_dir = rest[1]
+    elif len(rest) == 1 and rest[0].startswith("--resume="):
+        run_dir = rest[0].split("=", 1)[1]
+    else:
+        raise SystemExit("error: --resume DIR takes no other flags (but --no-progress): the run continues with the "
+                         f"flags it was started with; got {argv}")
+    path = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        done = os.path.exists(os.path.join(run_dir, "metrics.csv"))
+        raise SystemExit(f"error: no {CHECKPOINT} in {run_dir!r}: "
+                         + ("the run finished (its files are there)." if done else
+                            "a run saves one only with --checkpoint-every K, after its first segment."))
+    from pgjax import checkpoints
+
+    try:
+        saved = checkpoints.read_meta(path)["argv"]
+    except (KeyError, ValueError) as err:
+        raise SystemExit(f"error: {path}: {err}") from None
+    return saved + ["--resume-from", path] + (["--no-progress"] if "--no-progress" in argv else [])
+
+
 if __name__ == "__main__":
     # JAX fixes its CPU device count when it starts, and importing gymnax (below) starts it.
-    setup_cpu_devices(_cpu_devices_arg(sys.argv[1:]))
+    setup_cpu_devices(_cpu_devices_arg(expand_resume(sys.argv[1:])))
 
-from pgjax import algos, runs  # noqa: E402
+from pgjax import algos, checkpoints, runs  # noqa: E402
 from pgjax.algos import common, presets  # noqa: E402
 
 
@@ -103,6 +144,13 @@ def build_parser(algo: str, env_id: str | None = None) -> argparse.ArgumentParse
                         f"{', '.join(config_cls.HYPERPARAMS)}")
     p.add_argument("--out", default=None, help="run directory (default runs/<algo>-<env>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                   help="train in segments of K updates, each one compiled call, saving DIR/checkpoint.npz after "
+                        "each (0: the whole run in one call); the same updates bit for bit. Not with --seed-indices")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue an interrupted --checkpoint-every run from DIR/checkpoint.npz, with the flags it "
+                        "was started with (give no others but --no-progress)")
+    p.add_argument("--resume-from", default=None, help=argparse.SUPPRESS)  # set by expand_resume
     p.add_argument("--cpu-devices", default="auto",
                    help="CPU devices to split the seeds over: 'auto' (one per core), or a count (1: one device). "
                         "Results are bit for bit the same for any count that leaves each device as many seeds "
@@ -143,6 +191,13 @@ def parse_args(argv=None):
                 len(set(args.seed_indices)) != len(args.seed_indices):
             parser.error(f"--seed-indices must be distinct ints in [0, --num-seeds={args.num_seeds}) (pass the "
                          f"sweep's --num-seeds); got {args.seed_indices}")
+    if args.resume is not None:
+        parser.error("--resume DIR takes no other flags (but --no-progress)")
+    if args.checkpoint_every < 0:
+        parser.error(f"--checkpoint-every must be >= 0 (0: no checkpoints); got {args.checkpoint_every}")
+    if args.checkpoint_every and args.seed_indices is not None:
+        parser.error("--checkpoint-every does not combine with --seed-indices (a replay reruns a few seeds of a "
+                     "sweep; run it in one call)")
     if args.cpu_devices != "auto" and not (args.cpu_devices.isdigit() and int(args.cpu_devices) >= 1):
         parser.error(f"--cpu-devices must be 'auto' or a positive int; got {args.cpu_devices!r}")
     config_cls, _ = algos.get(args.algo)
@@ -186,31 +241,97 @@ def parse_grid(parser, config, specs: list[str], overrides: dict) -> dict[str, t
     return grid
 
 
-def run_sweep(config, train, progress, keys, hparams=None):
-    """All lanes (keys [n], with hparams {name: [n]} for a grid) in one compiled call, split over the CPU devices;
-    prints compile and run times."""
-    num_lanes = keys.shape[0]
-    args = (keys,) if hparams is None else (keys, hparams)
+def lanes_program(config, fn, num_lanes: int, in_axes):
+    """(program, place, device count): `fn` vmapped over `num_lanes` lanes (in_axes: 0 or None per argument) as a
+    sweep runs it: the lanes split over the devices, or, for a split-actor-critic config whose lanes cannot be split,
+    each update split between two devices. `place(*args)` puts the arguments where the program wants them."""
     if getattr(config, "split_actor_critic", False) and len(parallel.devices_for(num_lanes)) < 2 <= len(jax.devices()):
         # The seeds cannot be split over the devices (one seed, or a count no device count divides): split each
         # update instead, the actor's minibatch epochs on one device and the critic's on another.
-        train = parallel.actor_critic_sharded(jax.vmap(train))
-        num_devices = 2
-    else:
-        train = parallel.vmap_sharded(train)  # seeds split over the devices
-        args = train.place(*args)
-        num_devices = len(args[0].sharding.device_set)
+        return parallel.actor_critic_sharded(jax.vmap(fn, in_axes=in_axes)), (lambda *args: args), 2
+    program = parallel.vmap_sharded(fn, in_axes=in_axes)  # seeds split over the devices
+    return program, program.place, len(parallel.devices_for(num_lanes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Segments:
+    """--checkpoint-every: segments of `every` updates, a checkpoint at `path` after each (`meta`: what resuming
+    needs), resuming from `resume_from` when set."""
+
+    every: int
+    path: str
+    meta: dict
+    resume_from: str | None = None
+
+
+def run_sweep(config, train, progress, keys, hparams=None, segments: Segments | None = None):
+    """All lanes (keys [n], with hparams {name: [n]} for a grid) in one compiled call, split over the CPU devices
+    (or in segments with checkpoints); prints compile and run times."""
+    num_lanes = keys.shape[0]
+    args = (keys,) if hparams is None else (keys, hparams)
+    if segments is not None:
+        return run_segments(config, train, progress, args, segments)
+    program, place, num_devices = lanes_program(config, train, num_lanes, 0)
+    args = place(*args)
     t0 = time.perf_counter()
-    compiled = train.lower(*args).compile()
+    compiled = program.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     progress.start = time.perf_counter()
     output = jax.block_until_ready(compiled(*args))
     run_s = time.perf_counter() - progress.start
     progress.close()
-    total_steps = num_lanes * config.num_updates * config.batch_size
-    print(f"compile {compile_s:.1f} s, run {run_s:.1f} s, {total_steps / run_s:,.0f} env steps/s "
-          f"({num_devices} {jax.default_backend()} device{'s' if num_devices > 1 else ''})")
+    _print_speed(config, num_lanes * config.num_updates, compile_s, run_s, num_devices)
     return output
+
+
+def _print_speed(config, lane_updates: int, compile_s: float, run_s: float, num_devices: int) -> None:
+    print(f"compile {compile_s:.1f} s, run {run_s:.1f} s, {lane_updates * config.batch_size / run_s:,.0f} env steps/s "
+          f"({num_devices} {jax.default_backend()} device{'s' if num_devices > 1 else ''})")
+
+
+def run_segments(config, train, progress, args, segments: Segments):
+    """The run of run_sweep in segments of `segments.every` updates (`train.advance`), each one compiled call,
+    saving a checkpoint after each; from `segments.resume_from`'s checkpoint when set. The same updates as the
+    one-call run, bit for bit (tested)."""
+    keys, hp = args[0], args[1:]  # hp: () or (hparams,), mapped like the keys
+    num_lanes, num_updates, every = keys.shape[0], config.num_updates, segments.every
+    hp_axes = (0,) * len(hp)
+    t0 = time.perf_counter()
+    if segments.resume_from is not None:
+        try:
+            saved = checkpoints.load(segments.resume_from, jax.eval_shape(jax.vmap(train.start), *args))
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        state, first, done_metrics = saved.state, saved.next_update, [saved.metrics]
+        print(f"resuming at update {first} of {num_updates} from {segments.resume_from}")
+    else:
+        start, place, _ = lanes_program(config, train.start, num_lanes, (0,) + hp_axes)
+        state, first, done_metrics = start(*place(*args)), 0, []
+    programs = {}  # segment length -> (compiled program, place)
+    for count in sorted({min(every, num_updates - f) for f in range(first, num_updates, every)}):
+        program, place, num_devices = lanes_program(
+            config, functools.partial(train.advance, count=count), num_lanes, (0, None) + hp_axes)
+        programs[count] = (program.lower(*place(state, np.int32(first), *hp)).compile(), place)
+    compile_s = time.perf_counter() - t0
+    if segments.resume_from is not None:
+        progress.resume_at(first, saved.wall_time)
+    else:
+        progress.start = time.perf_counter()
+    run_start = time.perf_counter()
+    for f in range(first, num_updates, every):
+        count = min(every, num_updates - f)
+        compiled, place = programs[count]
+        state, metrics = compiled(*place(state, np.int32(f), *hp))
+        done_metrics.append(jax.device_get(metrics))
+        progress.mark_done(f + count)
+        merged = {k: np.concatenate([m[k] for m in done_metrics], axis=1) for k in done_metrics[0]}
+        done_metrics = [merged]
+        checkpoints.save(segments.path, state, merged, f + count, progress.wall_time[:f + count], segments.meta)
+    run_s = time.perf_counter() - run_start
+    progress.close()
+    if num_updates > first:
+        _print_speed(config, num_lanes * (num_updates - first), compile_s, run_s, num_devices)
+    return common.TrainOutput(state.agent, state.env_state, done_metrics[0])
 
 
 def run_replay(train, progress, keys, sweep_lanes, what, hparams=None):
@@ -226,10 +347,20 @@ def run_replay(train, progress, keys, sweep_lanes, what, hparams=None):
 
 
 def main(argv=None) -> int:
+    argv = expand_resume(list(sys.argv[1:] if argv is None else argv))
     args, config = parse_args(argv)
     setup_cpu_devices(args.cpu_devices)
     _, make_train = algos.get(args.algo)
     out = args.out or os.path.join("runs", f"{args.algo}-{config.env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
+    segments = None
+    if args.checkpoint_every:
+        # What --resume needs: these flags (the run directory fixed, the progress bar left to the resumed command).
+        flags = [a for a in argv if a != "--no-progress"]
+        if args.resume_from is not None:
+            flags = flags[:flags.index("--resume-from")]
+        meta = {"argv": flags + ([] if args.out else ["--out", out]), "versions": {"jax": jax.__version__}}
+        os.makedirs(out, exist_ok=True)
+        segments = Segments(args.checkpoint_every, os.path.join(out, CHECKPOINT), meta, args.resume_from)
     progress = runs.Progress(config.num_updates, config.batch_size, show=not args.no_progress)
     seed_indices = args.seed_indices or list(range(args.num_seeds))
     keys = runs.seed_keys(args.seed, seed_indices)
@@ -239,7 +370,9 @@ def main(argv=None) -> int:
         progress.close()
         raise SystemExit(f"error: {err}") from None
     if args.grid:
-        return run_grid(args, config, train, progress, keys, out)
+        status = run_grid(args, config, train, progress, keys, out, segments)
+        _remove_checkpoint(segments)
+        return status
     if args.seed_indices is not None:
         output = run_replay(train, progress, keys, args.num_seeds,
                             f"{args.algo.upper()} on {config.env_id}: replaying seeds {seed_indices} of "
@@ -247,7 +380,7 @@ def main(argv=None) -> int:
     else:
         print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
               f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
-        output = run_sweep(config, train, progress, keys)
+        output = run_sweep(config, train, progress, keys, segments=segments)
     final = runs.final_returns(output.metrics)
     if np.isnan(final).any():
         print(f"warning: {int(np.isnan(final).sum())} seed(s) finished no episode in the last 10% of updates")
@@ -261,14 +394,21 @@ def main(argv=None) -> int:
         print(f"evaluation median {np.nanmedian(last_eval):.1f}, worst {np.nanmin(last_eval):.1f}")
     runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices)
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
+    _remove_checkpoint(segments)
     return report_divergence(runs.non_finite_seeds(output, seed_indices), len(seed_indices))
+
+
+def _remove_checkpoint(segments: Segments | None) -> None:
+    """The run's files are written: its checkpoint has nothing left to resume."""
+    if segments is not None and os.path.exists(segments.path):
+        os.remove(segments.path)
 
 
 def _eval_actions(config) -> str:
     return "sampled actions" if config.eval_stochastic else "the policy's mode"
 
 
-def run_grid(args, config, train, progress, keys, out) -> int:
+def run_grid(args, config, train, progress, keys, out, segments: Segments | None = None) -> int:
     """Every cell of --grid on the same seeds, all lanes in one compiled call (or, with --seed-indices, those seeds
     of every cell replayed as lanes of the grid's per-device program); prints the per-cell summary."""
     cells = runs.grid_cells(args.grid)
@@ -282,7 +422,7 @@ def run_grid(args, config, train, progress, keys, out) -> int:
         steps = lane_keys.shape[0] * config.num_updates * config.batch_size
         print(f"{args.algo.upper()} on {config.env_id}: {len(cells)} cells x {num_seeds} seeds x "
               f"{config.num_updates} updates x {config.batch_size} steps = {steps:,} env steps")
-        output = run_sweep(config, train, progress, lane_keys, hparams)
+        output = run_sweep(config, train, progress, lane_keys, hparams, segments)
     seed_indices = args.seed_indices or list(range(num_seeds))
     summary = runs.save_grid(out, args.algo, config, cells, output, args.seed, progress.wall_time, seed_indices)
     names = list(args.grid)

@@ -159,7 +159,9 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
     (`seed_indices`: which seeds of the base `seed` the rows are, default 0..seeds-1)."""
     os.makedirs(out_dir, exist_ok=True)
     num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0])
-    devices = output.metrics["env_steps"].sharding.device_set if isinstance(output.metrics["env_steps"], jax.Array) else ()
+    # The devices that ran it (a run in segments hands its metrics over as NumPy; its agent stays on them).
+    placed = [x for x in jax.tree_util.tree_leaves(output) if isinstance(x, jax.Array)]
+    devices = placed[0].sharding.device_set if placed else ()
     meta = {
         "algo": algo,
         "num_seeds": num_seeds,
@@ -283,14 +285,29 @@ class Progress:
         if np.isnan(self.wall_time[i]):  # called once per seed under vmap: keep the first
             self.wall_time[i] = time.perf_counter() - self.start
         if self.bar is None:
-            self.bar = tqdm(total=self.total, unit="step", unit_scale=True, disable=not self.show, mininterval=0.5,
-                            desc="env steps per seed")
+            self.bar = tqdm(total=self.total, initial=self.done * self.steps_per_update, unit="step",
+                            unit_scale=True, disable=not self.show, mininterval=0.5, desc="env steps per seed")
         if i + 1 > self.done:
             self.bar.update((i + 1 - self.done) * self.steps_per_update)
             self.done = i + 1
             ret = float(np.asarray(metrics["episode_return"]))
             if not np.isnan(ret):
                 self.bar.set_postfix(episode_return=f"{ret:.1f}", refresh=False)
+
+    def mark_done(self, num_done: int) -> None:
+        """Record the wall time of update num_done - 1 (the end of a segment) if no callback reported it."""
+        with self.lock:
+            if np.isnan(self.wall_time[num_done - 1]):
+                self.wall_time[num_done - 1] = time.perf_counter() - self.start
+
+    def resume_at(self, first_update: int, wall_time: np.ndarray) -> None:
+        """Continue a resumed run: its first `first_update` updates are done, at `wall_time` [first_update]
+        (seconds since the run started; the last one measured); the clock goes on from there."""
+        with self.lock:
+            self.wall_time[:first_update] = wall_time
+            self.done = first_update
+            measured = np.asarray(wall_time)[~np.isnan(wall_time)]
+            self.start = time.perf_counter() - (float(measured[-1]) if measured.size else 0.0)
 
     def close(self):
         if self.bar is not None:

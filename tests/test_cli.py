@@ -159,15 +159,62 @@ def test_replayed_seed_reproduces_its_row_of_the_sweep(run_dir, tmp_path):
     replay = str(tmp_path / "replay")
     assert train_cli.main(RUN_FLAGS + ["--seed-indices", "1", "--out", replay]) == 0  # run_dir's flags
 
-    def rows(run, seed):
-        table = runs.read_metrics_csv(os.path.join(run, "metrics.csv"))
-        return [{k: v for k, v in r.items() if k != "wall_time"} for r in table if r["seed"] == seed]
-
+    rows = _rows_without_wall_time
     assert len(rows(run_dir, "1")) == 16 and rows(replay, "1") == rows(run_dir, "1")
     (_, _, sweep_params, _), (_, _, replay_params, _) = runs.load_run(run_dir), runs.load_run(replay)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[1], b[0]), sweep_params, replay_params)
     with open(os.path.join(replay, "config.json")) as f:
         assert json.load(f)["seed_indices"] == [1]
+
+
+def _rows_without_wall_time(run, seed=None):
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in runs.read_metrics_csv(os.path.join(run, "metrics.csv"))
+            if seed is None or r["seed"] == seed]
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_path, monkeypatch, capsys):
+    """--checkpoint-every 6 of 16 updates: segments of 6, 6 and 4 updates. Interrupted after its second checkpoint
+    and resumed with --resume, the run writes run_dir's files (one compiled call) bit for bit: metrics (the in-run
+    evaluations after updates 5 and 11 included), parameters."""
+    out = str(tmp_path / "long")
+    saved = []
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        saved.append(args[3])  # next_update
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    real_save = train_cli.checkpoints.save
+    monkeypatch.setattr(train_cli.checkpoints, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_cli.main(RUN_FLAGS + ["--checkpoint-every", "6", "--out", out])
+    assert saved == [6, 12] and os.listdir(out) == ["checkpoint.npz"]
+    monkeypatch.setattr(train_cli.checkpoints, "save", real_save)
+    capsys.readouterr()
+
+    assert train_cli.main(["--resume", out]) == 0
+    assert "resuming at update 12 of 16" in capsys.readouterr().out
+    assert "checkpoint.npz" not in os.listdir(out)  # the run's files are written: nothing left to resume
+    assert _rows_without_wall_time(out) == _rows_without_wall_time(run_dir)
+    with open(os.path.join(out, "params.msgpack"), "rb") as a, open(os.path.join(run_dir, "params.msgpack"), "rb") as b:
+        assert a.read() == b.read()
+    wall = [float(r["wall_time"]) for r in runs.read_metrics_csv(os.path.join(out, "metrics.csv")) if r["seed"] == "0"]
+    assert all(b >= a for a, b in zip(wall, wall[1:])), wall  # the resumed clock goes on from the checkpoint's
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["config"] == json.load(open(os.path.join(run_dir, "config.json")))["config"]
+
+    with pytest.raises(SystemExit, match="the run finished"):
+        train_cli.main(["--resume", out])
+    with pytest.raises(SystemExit, match="takes no other flags"):
+        train_cli.main(["--resume", out, "--num-seeds", "3"])
+    with pytest.raises(SystemExit, match="only with --checkpoint-every"):
+        train_cli.main(["--resume", str(tmp_path)])
+    for flags, message in [(["--checkpoint-every", "-1"], "must be >= 0"),
+                           (["--checkpoint-every", "4", "--seed-indices", "0"], "does not combine with --seed-indices")]:
+        with pytest.raises(SystemExit):
+            train_cli.parse_args(RUN_FLAGS + flags)
+        assert message in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,68 @@
+"""pgjax.checkpoints: a run's state and metrics written and read back exactly; a checkpoint that does not fit the
+run, or is not one, is refused with a message (the bit-for-bit resume of a training run is in test_cli.py)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pgjax import checkpoints
+from pgjax.algos import common
+
+
+def _state(num_lanes=3):
+    keys = jax.random.split(jax.random.key(5), num_lanes)
+    return common.RunState(
+        agent={"w": jnp.arange(num_lanes * 4, dtype=jnp.float32).reshape(num_lanes, 4), "count": jnp.ones(num_lanes, jnp.int32)},
+        env_state=(jnp.zeros((num_lanes, 2), jnp.bool_),),
+        obs=jnp.full((num_lanes, 2, 3), 0.5, jnp.float32),
+        key=keys,
+        eval_key=jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys),
+    )
+
+
+def test_round_trip_is_exact(tmp_path):
+    path = str(tmp_path / "checkpoint.npz")
+    state = _state()
+    metrics = {"loss": np.random.default_rng(0).normal(size=(3, 7)).astype(np.float32), "env_steps": np.arange(21).reshape(3, 7)}
+    wall = np.array([0.1, np.nan, 0.3, 0.4, np.nan, 0.6, 0.7])
+    checkpoints.save(path, state, metrics, 7, wall, {"argv": ["--algo", "ppo"]})
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]  # the temporary file was renamed
+    assert checkpoints.read_meta(path) == {"argv": ["--algo", "ppo"]}
+    loaded = checkpoints.load(path, jax.eval_shape(lambda: state))
+    assert loaded.next_update == 7 and loaded.meta == {"argv": ["--algo", "ppo"]}
+    np.testing.assert_array_equal(loaded.wall_time, wall)
+    for name, value in metrics.items():
+        np.testing.assert_array_equal(loaded.metrics[name], value)
+        assert loaded.metrics[name].dtype == value.dtype
+    assert jax.tree_util.tree_structure(loaded.state) == jax.tree_util.tree_structure(state)
+    for got, want in zip(jax.tree_util.tree_leaves(loaded.state), jax.tree_util.tree_leaves(state)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        if jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
+            got, want = jax.random.key_data(got), jax.random.key_data(want)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # The keys work as keys: the same draws as the originals.
+    np.testing.assert_array_equal(jax.vmap(jax.random.normal)(loaded.state.key), jax.vmap(jax.random.normal)(state.key))
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
+    path = str(tmp_path / "checkpoint.npz")
+    checkpoints.save(path, _state(3), {}, 2, np.zeros(2))
+    with pytest.raises(ValueError, match=r"state leaf 0 is int32\[3\]; this run needs int32\[4\]"):
+        checkpoints.load(path, jax.eval_shape(lambda: _state(4)))  # another seed count
+    other_keys = jax.eval_shape(lambda: _state(3)._replace(key=jax.random.split(jax.random.key(0), 4)))
+    with pytest.raises(ValueError, match=r"is a key array key<fry>\[3\]; this run needs key<fry>\[4\]"):
+        checkpoints.load(path, other_keys)
+    fewer = jax.eval_shape(lambda: _state(3)._replace(env_state=()))
+    with pytest.raises(ValueError, match="holds 6 state arrays, this run's state has 5"):
+        checkpoints.load(path, fewer)
+    other_dtype = jax.eval_shape(lambda: _state(3)._replace(obs=jnp.zeros((3, 2, 3), jnp.int32)))
+    with pytest.raises(ValueError, match="this run needs int32"):
+        checkpoints.load(path, other_dtype)
+    with pytest.raises(ValueError, match="no checkpoint at"):
+        checkpoints.load(str(tmp_path / "missing.npz"), fewer)
+    np.savez(str(tmp_path / "other.npz"), x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a pgjax checkpoint"):
+        checkpoints.read_meta(str(tmp_path / "other.npz"))
