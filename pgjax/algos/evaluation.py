@@ -47,8 +47,8 @@ def make_episode_returns(
 ) -> Callable[[Array, Any, Any], Array]:
     """`episode_returns(key, params, obs_statistics=None) -> [num_episodes]`: undiscounted returns of one policy.
 
-    Runs `num_episodes` environments of `env_id` (one episode each, from fresh resets) for the environment's
-    step limit + 1 steps and keeps each one's first episode: G = sum_t r_t, NaN for an episode that never ended.
+    Runs `num_episodes` environments of `env_id` (one episode each, from fresh resets) until every one has ended,
+    for at most the environment's step limit + 1 steps, and keeps each one's first episode: G = sum_t r_t, NaN for an episode that never ended.
     Actions are the policy's mode (`deterministic`) or samples. With `normalize_observations`, observations are
     normalised by `obs_statistics` (`envs.RunningStatistics`, e.g. `observation_statistics` of a training env
     state), frozen. Pure and jit/vmap-able; `params` and `obs_statistics` may be traced.
@@ -68,18 +68,26 @@ def make_episode_returns(
         key_reset, key_loop = jax.random.split(key)
         obs, state = env.reset(key_reset, env_params)
 
-        def step(carry, step_key):
-            obs, state, returns, done = carry
-            key_act, key_env = jax.random.split(step_key)
+        step_keys = jax.random.split(key_loop, max_steps + 1)
+
+        def step(carry):
+            t, obs, state, returns, done = carry
+            key_act, key_env = jax.random.split(step_keys[t])
             dist, _ = network.apply(params, obs)
             action = dist.mode() if deterministic else dist.sample(key_act)
             obs, state, _, _, _, info = env.step(key_env, state, action, env_params)
             first_end = info["returned_episode"] & ~done
             returns = jnp.where(first_end, info["episode_return"], returns)
-            return (obs, state, returns, done | info["returned_episode"]), None
+            return t + 1, obs, state, returns, done | info["returned_episode"]
 
-        init = (obs, state, jnp.zeros(num_episodes), jnp.zeros(num_episodes, bool))
-        (_, _, returns, done), _ = lax.scan(step, init, jax.random.split(key_loop, max_steps + 1))
+        def running(carry):
+            t, _, _, _, done = carry
+            return (t <= max_steps) & ~jnp.all(done)
+
+        # Stops once every episode has ended (Acrobot's take ~80 steps of its 500): the returns are those of
+        # max_steps + 1 steps, whose later steps only play the next episodes.
+        init = (jnp.int32(0), obs, state, jnp.zeros(num_episodes), jnp.zeros(num_episodes, bool))
+        _, _, _, returns, done = lax.while_loop(running, step, init)
         return jnp.where(done, returns, jnp.nan)
 
     return episode_returns
