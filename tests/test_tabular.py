@@ -406,7 +406,7 @@ def _property_values(num_states, num_actions, dim, key, discount, concentration)
     return pi, T.occupancy(mdp, pi), v, g, g_auto
 
 
-@settings(max_examples=15, deadline=None)  # each new shape compiles (~3 s): 15 draws cover most of the 24
+@settings(max_examples=10, deadline=None, derandomize=True, database=None)  # fixed draws; each new shape compiles (~3 s)
 @given(
     num_states=st.sampled_from([1, 2, 5, 8]),
     num_actions=st.sampled_from([1, 2, 4]),
