@@ -317,7 +317,7 @@ def run_segments(config, train, progress, args, segments: Segments):
         progress.resume_at(first, saved.wall_time)
     else:
         progress.start = time.perf_counter()
-    run_start = time.perf_counter()
+    run_start, reported = time.perf_counter(), 0
     for f in range(first, num_updates, every):
         count = min(every, num_updates - f)
         compiled, place = programs[count]
@@ -327,6 +327,11 @@ def run_segments(config, train, progress, args, segments: Segments):
         merged = {k: np.concatenate([m[k] for m in done_metrics], axis=1) for k in done_metrics[0]}
         done_metrics = [merged]
         checkpoints.save(segments.path, state, merged, f + count, progress.wall_time[:f + count], segments.meta)
+        diverged = sum(~np.isfinite(v).all(axis=1) for k, v in merged.items() if k not in runs.MAY_BE_NAN)
+        if np.count_nonzero(diverged) > reported:  # say so now, not only when a long run ends
+            reported = np.count_nonzero(diverged)
+            print(f"warning: after update {f + count}, {reported} of {num_lanes} runs have diverged (NaN or inf); "
+                  "training goes on (the end of the run names them)", file=sys.stderr)
     run_s = time.perf_counter() - run_start
     progress.close()
     if num_updates > first:

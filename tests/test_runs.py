@@ -74,10 +74,15 @@ def test_diverged_training_exits_with_an_error(tmp_path, capsys):
 
 def test_diverged_grid_cell_is_named(tmp_path, capsys):
     # A grid where only the lr = 1000 cell diverges: the report names that cell and its seeds, not the stable one.
+    # Trained in two segments of 16 updates (--checkpoint-every, a grid's hyperparameters passed to each segment):
+    # the divergence is reported after the first segment already, and the stable cell still trains.
     argv = ["--algo", "a2c", "--env", "Pendulum-v1", "--total-timesteps", "2048", "--num-seeds", "2", "--no-progress",
             "--grid", "learning_rate=1000,1e-5", "--max-grad-norm", "1e9", "--reward-scale", "1e6",
-            "--out", str(tmp_path / "grid")]
+            "--checkpoint-every", "16", "--out", str(tmp_path / "grid")]
     assert train_cli.main(argv) == 1
     err = capsys.readouterr().err
+    assert "warning: after update 16, 2 of 4 runs have diverged" in err and "after update 32" not in err, err
     assert "of 4 seeds diverged (NaN or inf)" in err and "cell 0 (learning_rate=1000), seed " in err, err
     assert "cell 1" not in err, err
+    rows = [r for r in runs.read_metrics_csv(str(tmp_path / "grid" / "metrics.csv")) if r["cell"] == "1"]
+    assert len(rows) == 2 * 32 and all(np.isfinite(float(r["loss"])) for r in rows)
