@@ -43,6 +43,21 @@ TWO_DEVICES = textwrap.dedent(
     # Same devices, same seed: the same bits (the same compiled program: a new wrapper would compile it again, ~8 s).
     again = run(keys)
     np.testing.assert_array_equal(np.asarray(again.metrics["loss"]), np.asarray(sharded.metrics["loss"]))
+    # In segments (train.py --checkpoint-every: train.start, then train.advance with the update index replicated),
+    # split over the devices the same way: the same bits as the one-call run.
+    import functools
+    state = parallel.vmap_sharded(train.start)(keys)
+    advance = parallel.vmap_sharded(functools.partial(train.advance, count=config.num_updates // 2), in_axes=(0, None))
+    parts = []
+    for first in (0, config.num_updates // 2):
+        state, part = advance(state, np.int32(first))
+        parts.append(part)
+    assert len(jax.tree_util.tree_leaves(state.agent.params)[0].sharding.device_set) == 2
+    for name in sharded.metrics:
+        np.testing.assert_array_equal(np.concatenate([np.asarray(p[name]) for p in parts], axis=1),
+                                      np.asarray(sharded.metrics[name]), err_msg=name)
+    for a, b in zip(jax.tree_util.tree_leaves(state.agent), jax.tree_util.tree_leaves(sharded.agent)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     # A hyperparameter sweep: the mapped dict is split, the shared key replicated. Point 0 has the config's own
     # values and keys[0], so it is plain's seed 0; point 1 a larger learning rate. One run per device compiles to
