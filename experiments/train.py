@@ -40,6 +40,7 @@ import functools
 import os
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -290,53 +291,26 @@ def _print_speed(config, lane_updates: int, compile_s: float, run_s: float, num_
 
 
 def run_segments(config, train, progress, args, segments: Segments):
-    """The run of run_sweep in segments of `segments.every` updates (`train.advance`), each one compiled call,
-    saving a checkpoint after each; from `segments.resume_from`'s checkpoint when set. The same updates as the
-    one-call run, bit for bit (tested)."""
-    keys, hp = args[0], args[1:]  # hp: () or (hparams,), mapped like the keys
-    num_lanes, num_updates, every = keys.shape[0], config.num_updates, segments.every
-    hp_axes = (0,) * len(hp)
-    t0 = time.perf_counter()
+    """The run of run_sweep in segments of `segments.every` updates with a checkpoint after each
+    (`runs.train_in_segments`), resumed from `segments.resume_from` when set; prints compile and run times."""
     if segments.resume_from is not None:
+        print(f"resuming from {segments.resume_from}")
+    with warnings.catch_warnings():
+        # Each segment's divergence warning as it comes, on one line.
+        warnings.simplefilter("always", RuntimeWarning)
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
         try:
-            saved = checkpoints.load(segments.resume_from, jax.eval_shape(jax.vmap(train.start), *args))
-        except ValueError as err:
+            done = runs.train_in_segments(
+                train, args[0], segments.every, segments.path, *args[1:], resume=segments.resume_from is not None,
+                progress=progress, meta=segments.meta, lanes_program=functools.partial(lanes_program, config))
+        except ValueError as err:  # a checkpoint of another run
             raise SystemExit(f"error: {err}") from None
-        state, first, done_metrics = saved.state, saved.next_update, [saved.metrics]
-        print(f"resuming at update {first} of {num_updates} from {segments.resume_from}")
-    else:
-        start, place, _ = lanes_program(config, train.start, num_lanes, (0,) + hp_axes)
-        state, first, done_metrics = start(*place(*args)), 0, []
-    programs = {}  # segment length -> (compiled program, place)
-    for count in sorted({min(every, num_updates - f) for f in range(first, num_updates, every)}):
-        program, place, num_devices = lanes_program(
-            config, functools.partial(train.advance, count=count), num_lanes, (0, None) + hp_axes)
-        programs[count] = (program.lower(*place(state, np.int32(first), *hp)).compile(), place)
-    compile_s = time.perf_counter() - t0
     if segments.resume_from is not None:
-        progress.resume_at(first, saved.wall_time)
-    else:
-        progress.start = time.perf_counter()
-    run_start, reported = time.perf_counter(), 0
-    for f in range(first, num_updates, every):
-        count = min(every, num_updates - f)
-        compiled, place = programs[count]
-        state, metrics = compiled(*place(state, np.int32(f), *hp))
-        done_metrics.append(jax.device_get(metrics))
-        progress.mark_done(f + count)
-        merged = {k: np.concatenate([m[k] for m in done_metrics], axis=1) for k in done_metrics[0]}
-        done_metrics = [merged]
-        checkpoints.save(segments.path, state, merged, f + count, progress.wall_time[:f + count], segments.meta)
-        diverged = sum(~np.isfinite(v).all(axis=1) for k, v in merged.items() if k not in runs.MAY_BE_NAN)
-        if np.count_nonzero(diverged) > reported:  # say so now, not only when a long run ends
-            reported = np.count_nonzero(diverged)
-            print(f"warning: after update {f + count}, {reported} of {num_lanes} runs have diverged (NaN or inf); "
-                  "training goes on (the end of the run names them)", file=sys.stderr)
-    run_s = time.perf_counter() - run_start
-    progress.close()
-    if num_updates > first:
-        _print_speed(config, num_lanes * (num_updates - first), compile_s, run_s, num_devices)
-    return common.TrainOutput(state.agent, state.env_state, done_metrics[0])
+        print(f"resumed at update {done.first_update} of {config.num_updates}")
+    if config.num_updates > done.first_update:
+        lane_updates = args[0].shape[0] * (config.num_updates - done.first_update)
+        _print_speed(config, lane_updates, done.compile_s, done.run_s, done.num_devices)
+    return done.output
 
 
 def run_replay(train, progress, keys, sweep_lanes, what, hparams=None):

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", TqdmWarning)
     from tqdm.auto import tqdm
 
-from pgjax import envs, parallel, tables
+from pgjax import checkpoints, envs, parallel, tables
 from pgjax.algos import common, evaluation, get
 from pgjax.algos.evaluation import observation_statistics
 
@@ -361,6 +361,97 @@ def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any
 
 # Metrics that are NaN by definition at times: no episode finished in the update, or constant value targets.
 MAY_BE_NAN = ("episode_return", "episode_length", "explained_variance", "eval_return")
+
+
+class SegmentedRun(NamedTuple):
+    """What `train_in_segments` returns: the run's `output` ([lanes, ...] leaves; metrics as NumPy), the update it
+    resumed at (`first_update`, 0 for a fresh run), the seconds spent compiling and running, and the device count."""
+
+    output: common.TrainOutput
+    first_update: int
+    compile_s: float
+    run_s: float
+    num_devices: int
+
+
+def split_over_devices(fn: Any, num_lanes: int, in_axes: Any) -> tuple[Any, Any, int]:
+    """(program, place, device count) for `fn` vmapped over `num_lanes` lanes, split over the local devices
+    (`parallel.vmap_sharded`); the default of `train_in_segments`."""
+    program = parallel.vmap_sharded(fn, in_axes=in_axes)
+    return program, program.place, len(parallel.devices_for(num_lanes))
+
+
+def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparams: dict[str, Any] | None = None, *,
+                      resume: bool = False, progress: Progress | None = None, meta: dict[str, Any] | None = None,
+                      lanes_program: Any = split_over_devices) -> SegmentedRun:
+    """`jax.vmap(train)(keys, hparams)` in segments of `every` updates, each one compiled call, with the loop's
+    state saved to the checkpoint `path` after each (`pgjax.checkpoints`; `meta` goes into it).
+
+    train: from an algorithm's `make_train(config)` (it has `.start`, `.advance` and `.num_updates`); keys: [n];
+    hparams: optional {name: [n]} per-lane hyperparameters (a grid). With `resume`, the run continues from the
+    checkpoint at `path`, which must be this run's (same config, lanes and grid; ValueError naming the first array
+    that differs otherwise); without, a checkpoint there is overwritten. The segments compute the updates of the
+    one-call run, so the output equals `jax.vmap(train)(keys)`'s bit for bit on the same machine and devices, resumed
+    or not (tested). In Colab, a `path` on Google Drive lets a run outlive a disconnected runtime:
+
+        out = runs.train_in_segments(train, keys, 100, "/content/drive/MyDrive/ppo.npz", resume=True).output
+
+    (with `resume=True` and no file yet, the run starts afresh). `progress` (a `Progress` the train was built with)
+    continues its bar and wall times across a resume; `lanes_program(fn, num_lanes, in_axes) -> (program, place,
+    device count)` places the lanes (default `split_over_devices`). A segment in which more lanes diverge (a
+    non-finite loss, KL or gradient norm) raises a RuntimeWarning right away; training goes on.
+    """
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"train_in_segments: every (updates per segment) must be a positive int; got {every!r}.")
+    if not all(hasattr(train, name) for name in ("start", "advance", "num_updates")):
+        raise ValueError("train_in_segments: train must come from an algorithm's make_train(config) (it needs "
+                         "train.start, train.advance and train.num_updates).")
+    args = (keys,) if hparams is None else (keys, hparams)
+    hp = args[1:]  # () or (hparams,), mapped like the keys
+    num_lanes, num_updates = keys.shape[0], train.num_updates
+    hp_axes = (0,) * len(hp)
+    t0 = time.perf_counter()
+    if resume and os.path.exists(path):
+        saved = checkpoints.load(path, jax.eval_shape(jax.vmap(train.start), *args))
+        state, first, done_metrics = saved.state, saved.next_update, [saved.metrics]
+    else:
+        start, place, _ = lanes_program(train.start, num_lanes, (0,) + hp_axes)
+        state, first, done_metrics, saved = start(*place(*args)), 0, [], None
+    programs, num_devices = {}, 0  # segment length -> (compiled program, place)
+    for count in sorted({min(every, num_updates - f) for f in range(first, num_updates, every)}):
+        program, place, num_devices = lanes_program(
+            functools.partial(train.advance, count=count), num_lanes, (0, None) + hp_axes)
+        programs[count] = (program.lower(*place(state, np.int32(first), *hp)).compile(), place)
+    compile_s = time.perf_counter() - t0
+    if progress is not None:
+        if saved is not None:
+            progress.resume_at(first, saved.wall_time)
+        else:
+            progress.start = time.perf_counter()
+    run_start, reported = time.perf_counter(), 0
+    for f in range(first, num_updates, every):
+        count = min(every, num_updates - f)
+        compiled, place = programs[count]
+        state, metrics = compiled(*place(state, np.int32(f), *hp))
+        done_metrics.append(jax.device_get(metrics))
+        merged = {k: np.concatenate([m[k] for m in done_metrics], axis=1) for k in done_metrics[0]}
+        done_metrics = [merged]
+        if progress is not None:
+            progress.mark_done(f + count)
+            wall_time = progress.wall_time[:f + count]
+        else:
+            wall_time = np.full(f + count, np.nan)
+        checkpoints.save(path, state, merged, f + count, wall_time, meta)
+        diverged = np.count_nonzero(sum(~np.isfinite(v).all(axis=1) for k, v in merged.items() if k not in MAY_BE_NAN))
+        if diverged > reported:  # say so now, not only when a long run ends
+            reported = diverged
+            warnings.warn(f"after update {f + count}, {diverged} of {num_lanes} runs have diverged (NaN or inf); "
+                          "training goes on", RuntimeWarning, stacklevel=2)
+    run_s = time.perf_counter() - run_start
+    if progress is not None:
+        progress.close()
+    return SegmentedRun(common.TrainOutput(state.agent, state.env_state, done_metrics[0]), first, compile_s, run_s,
+                        num_devices)
 
 
 def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> list[str]:

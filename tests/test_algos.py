@@ -311,3 +311,28 @@ def test_progress_callback_every_kth_update_and_the_last(monkeypatch):
     out = jax.block_until_ready(jax.jit(train)(jax.random.key(0)))
     assert [i for i, _ in seen] == [0, 3, 6, 9, 12, 13]
     np.testing.assert_allclose([loss for _, loss in seen], np.asarray(out.metrics["loss"])[[0, 3, 6, 9, 12, 13]], rtol=1e-6)
+
+
+def test_train_in_segments_equals_the_one_call_run_and_resumes(cartpole_runs, tmp_path):
+    """runs.train_in_segments: two segments of 40 updates give the one-call run's metrics and agent bit for bit;
+    resume=True with no file starts afresh, with a finished run's file returns it as saved; a checkpoint of
+    another run and bad arguments raise."""
+    config, _, output = cartpole_runs["ppo"]
+    train = algos.ppo.make_train(config)
+    keys = jax.random.split(jax.random.key(0), 2)
+    path = str(tmp_path / "ppo.npz")
+    done = runs.train_in_segments(train, keys, 40, path, resume=True)
+    assert done.first_update == 0 and config.num_updates == 80
+    for name, value in output.metrics.items():
+        np.testing.assert_array_equal(done.output.metrics[name], np.asarray(value), err_msg=name)
+    for a, b in zip(jax.tree_util.tree_leaves(done.output.agent), jax.tree_util.tree_leaves(output.agent)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    again = runs.train_in_segments(train, keys, 40, path, resume=True)  # the checkpoint after the last update
+    assert again.first_update == 80
+    np.testing.assert_array_equal(again.output.metrics["loss"], done.output.metrics["loss"])
+    with pytest.raises(ValueError, match="this run needs"):
+        runs.train_in_segments(train, jax.random.split(jax.random.key(0), 3), 40, path, resume=True)
+    with pytest.raises(ValueError, match="every .* must be a positive int"):
+        runs.train_in_segments(train, keys, 0, path)
+    with pytest.raises(ValueError, match="must come from an algorithm's make_train"):
+        runs.train_in_segments(lambda key: train(key), keys, 40, path)

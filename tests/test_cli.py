@@ -194,7 +194,7 @@ def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_pa
     capsys.readouterr()
 
     assert train_cli.main(["--resume", out]) == 0
-    assert "resuming at update 8 of 16" in capsys.readouterr().out
+    assert "resumed at update 8 of 16" in capsys.readouterr().out
     assert "checkpoint.npz" not in os.listdir(out)  # the run's files are written: nothing left to resume
     assert _rows_without_wall_time(out) == _rows_without_wall_time(run_dir)
     with open(os.path.join(out, "params.msgpack"), "rb") as a, open(os.path.join(run_dir, "params.msgpack"), "rb") as b:
