@@ -95,9 +95,13 @@ def expand_resume(argv: list[str]) -> list[str]:
     from pgjax import checkpoints
 
     try:
-        saved = checkpoints.read_meta(path)["argv"]
+        meta = checkpoints.read_meta(path)
+        saved = meta["argv"]
     except (KeyError, ValueError) as err:
         raise SystemExit(f"error: {path}: {err}") from None
+    if meta.get("versions", {}).get("jax") != jax.__version__:
+        print(f"note: the run started under jax {meta.get('versions', {}).get('jax')}, this is jax {jax.__version__}: "
+              "the resumed updates may round differently from an uninterrupted run")
     return saved + ["--resume-from", path] + (["--no-progress"] if "--no-progress" in argv else [])
 
 
@@ -250,8 +254,7 @@ def lanes_program(config, fn, num_lanes: int, in_axes):
         # The seeds cannot be split over the devices (one seed, or a count no device count divides): split each
         # update instead, the actor's minibatch epochs on one device and the critic's on another.
         return parallel.actor_critic_sharded(jax.vmap(fn, in_axes=in_axes)), (lambda *args: args), 2
-    program = parallel.vmap_sharded(fn, in_axes=in_axes)  # seeds split over the devices
-    return program, program.place, len(parallel.devices_for(num_lanes))
+    return runs.split_over_devices(fn, num_lanes, in_axes)  # seeds split over the devices
 
 
 @dataclasses.dataclass(frozen=True)

@@ -374,6 +374,33 @@ class SegmentedRun(NamedTuple):
     num_devices: int
 
 
+def _run_identity(train: Any, keys: jax.Array, hparams: dict[str, Any] | None) -> dict[str, Any]:
+    """The config, the keys and the per-lane hyperparameters of a run, as JSON values (a checkpoint's meta)."""
+    identity = {
+        "config": train.config.to_dict(),
+        "keys": np.asarray(jax.random.key_data(keys)).tolist(),
+        "hparams": None if hparams is None else {k: np.asarray(v).tolist() for k, v in sorted(hparams.items())},
+    }
+    return json.loads(json.dumps(identity, default=str))
+
+
+def _check_same_run(path: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """ValueError naming what differs when a checkpoint was written by another run: arrays of the same shapes
+    would otherwise resume silently under another config, other seeds or another grid."""
+    fix = "; pass resume=False to start afresh (it overwrites the file), or another path"
+    if not saved:
+        raise ValueError(f"{path}: the checkpoint does not say which run wrote it{fix}.")
+    fields = sorted(k for k in set(saved["config"]) | set(current["config"])
+                    if saved["config"].get(k) != current["config"].get(k))
+    if fields:
+        shown = ", ".join(f"{k} {saved['config'].get(k)!r} there, {current['config'].get(k)!r} here" for k in fields[:4])
+        raise ValueError(f"{path}: the checkpoint was written by a run with another config ({shown}){fix}.")
+    if saved["keys"] != current["keys"]:
+        raise ValueError(f"{path}: the checkpoint was written by a run with other seeds (keys){fix}.")
+    if saved["hparams"] != current["hparams"]:
+        raise ValueError(f"{path}: the checkpoint was written by a run with other per-lane hyperparameters{fix}.")
+
+
 def split_over_devices(fn: Any, num_lanes: int, in_axes: Any) -> tuple[Any, Any, int]:
     """(program, place, device count) for `fn` vmapped over `num_lanes` lanes, split over the local devices
     (`parallel.vmap_sharded`); the default of `train_in_segments`."""
@@ -389,8 +416,9 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
 
     train: from an algorithm's `make_train(config)` (it has `.start`, `.advance` and `.num_updates`); keys: [n];
     hparams: optional {name: [n]} per-lane hyperparameters (a grid). With `resume`, the run continues from the
-    checkpoint at `path`, which must be this run's (same config, lanes and grid; ValueError naming the first array
-    that differs otherwise); without, a checkpoint there is overwritten. The segments compute the updates of the
+    checkpoint at `path`, which must be this run's: the same config, keys and hyperparameters (the checkpoint
+    records them) and state shapes; ValueError naming what differs otherwise. Without, a checkpoint there is
+    overwritten. The segments compute the updates of the
     one-call run, so the output equals `jax.vmap(train)(keys)`'s bit for bit on the same machine and devices, resumed
     or not (tested). In Colab, a `path` on Google Drive lets a run outlive a disconnected runtime:
 
@@ -403,15 +431,18 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
     """
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ValueError(f"train_in_segments: every (updates per segment) must be a positive int; got {every!r}.")
-    if not all(hasattr(train, name) for name in ("start", "advance", "num_updates")):
+    if not all(hasattr(train, name) for name in ("start", "advance", "num_updates", "config")):
         raise ValueError("train_in_segments: train must come from an algorithm's make_train(config) (it needs "
-                         "train.start, train.advance and train.num_updates).")
+                         "train.start, train.advance, train.num_updates and train.config).")
     args = (keys,) if hparams is None else (keys, hparams)
     hp = args[1:]  # () or (hparams,), mapped like the keys
     num_lanes, num_updates = keys.shape[0], train.num_updates
     hp_axes = (0,) * len(hp)
     t0 = time.perf_counter()
+    identity = _run_identity(train, keys, hparams)  # what a resumed run must share with the saved one
+    meta = {**(meta or {}), "run": identity}
     if resume and os.path.exists(path):
+        _check_same_run(path, checkpoints.read_meta(path).get("run", {}), identity)
         saved = checkpoints.load(path, jax.eval_shape(jax.vmap(train.start), *args))
         state, first, done_metrics = saved.state, saved.next_update, [saved.metrics]
     else:

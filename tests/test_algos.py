@@ -316,7 +316,7 @@ def test_progress_callback_every_kth_update_and_the_last(monkeypatch):
 def test_train_in_segments_equals_the_one_call_run_and_resumes(cartpole_runs, tmp_path):
     """runs.train_in_segments: two segments of 40 updates give the one-call run's metrics and agent bit for bit;
     resume=True with no file starts afresh, with a finished run's file returns it as saved; a checkpoint of
-    another run and bad arguments raise."""
+    another run (other seeds, config or hyperparameters, arrays of the same shapes) and bad arguments raise."""
     config, _, output = cartpole_runs["ppo"]
     train = algos.ppo.make_train(config)
     keys = jax.random.split(jax.random.key(0), 2)
@@ -330,8 +330,15 @@ def test_train_in_segments_equals_the_one_call_run_and_resumes(cartpole_runs, tm
     again = runs.train_in_segments(train, keys, 40, path, resume=True)  # the checkpoint after the last update
     assert again.first_update == 80
     np.testing.assert_array_equal(again.output.metrics["loss"], done.output.metrics["loss"])
-    with pytest.raises(ValueError, match="this run needs"):
-        runs.train_in_segments(train, jax.random.split(jax.random.key(0), 3), 40, path, resume=True)
+    # Another run's checkpoint is refused, even where every array has the same shape.
+    with pytest.raises(ValueError, match="other seeds"):
+        runs.train_in_segments(train, jax.random.split(jax.random.key(1), 2), 40, path, resume=True)
+    other = algos.ppo.make_train(config.replace(learning_rate=1e-3))
+    with pytest.raises(ValueError, match=r"another config \(learning_rate 0.0025 there, 0.001 here\)"):
+        runs.train_in_segments(other, keys, 40, path, resume=True)
+    hp = {k: jnp.stack([v, v]) for k, v in config.hyperparams().items()}
+    with pytest.raises(ValueError, match="other per-lane hyperparameters"):
+        runs.train_in_segments(train, keys, 40, path, hp, resume=True)
     with pytest.raises(ValueError, match="every .* must be a positive int"):
         runs.train_in_segments(train, keys, 0, path)
     with pytest.raises(ValueError, match="must come from an algorithm's make_train"):

@@ -698,7 +698,8 @@ def make_on_policy_train(
 
     The same run in segments (checkpoints): `train.start(key, hparams=None) -> RunState` and
     `train.advance(state, first_update, hparams=None, count=num_updates) -> (RunState, metrics [count])` (count
-    static; first_update may be traced, so equal-length segments share one compile; `train.num_updates`). Segments
+    static; first_update may be traced, so equal-length segments share one compile; `train.num_updates`,
+    `train.config`). Segments
     of any lengths in turn compute train(key)'s run: `pgjax.runs.train_in_segments` (and `experiments/train.py
     --checkpoint-every`) saves the `RunState` between them.
     """
@@ -779,6 +780,7 @@ def make_on_policy_train(
     train.start = start  # type: ignore[attr-defined]
     train.advance = advance  # type: ignore[attr-defined]
     train.num_updates = num_updates  # type: ignore[attr-defined]
+    train.config = config  # type: ignore[attr-defined]
     return train
 
 
