@@ -393,7 +393,8 @@ def _check_same_run(path: str, saved: dict[str, Any], current: dict[str, Any]) -
     fields = sorted(k for k in set(saved["config"]) | set(current["config"])
                     if saved["config"].get(k) != current["config"].get(k))
     if fields:
-        shown = ", ".join(f"{k} {saved['config'].get(k)!r} there, {current['config'].get(k)!r} here" for k in fields[:4])
+        shown = ", ".join(f"{k} {saved['config'].get(k)!r} there, {current['config'].get(k)!r} here"
+                          for k in fields[:4])
         raise ValueError(f"{path}: the checkpoint was written by a run with another config ({shown}){fix}.")
     if saved["keys"] != current["keys"]:
         raise ValueError(f"{path}: the checkpoint was written by a run with other seeds (keys){fix}.")

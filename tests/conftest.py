@@ -9,7 +9,8 @@ import sys
 # as the demo and the benchmarks do; the suite passes both ways. Set before JAX's backend starts (it reads XLA_FLAGS
 # once); subprocesses and notebook kernels inherit it.
 if os.environ.get("PGJAX_TEST_FULL_OPT", "0") != "1":
-    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
+    _flags = [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, _flags))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -15,7 +15,8 @@ from pgjax.algos import common
 def _state(num_lanes=3):
     keys = jax.random.split(jax.random.key(5), num_lanes)
     return common.RunState(
-        agent={"w": jnp.arange(num_lanes * 4, dtype=jnp.float32).reshape(num_lanes, 4), "count": jnp.ones(num_lanes, jnp.int32)},
+        agent={"w": jnp.arange(num_lanes * 4, dtype=jnp.float32).reshape(num_lanes, 4),
+               "count": jnp.ones(num_lanes, jnp.int32)},
         env_state=(jnp.zeros((num_lanes, 2), jnp.bool_),),
         obs=jnp.full((num_lanes, 2, 3), 0.5, jnp.float32),
         key=keys,
@@ -26,7 +27,8 @@ def _state(num_lanes=3):
 def test_round_trip_is_exact(tmp_path):
     path = str(tmp_path / "checkpoint.npz")
     state = _state()
-    metrics = {"loss": np.random.default_rng(0).normal(size=(3, 7)).astype(np.float32), "env_steps": np.arange(21).reshape(3, 7)}
+    metrics = {"loss": np.random.default_rng(0).normal(size=(3, 7)).astype(np.float32),
+               "env_steps": np.arange(21).reshape(3, 7)}
     wall = np.array([0.1, np.nan, 0.3, 0.4, np.nan, 0.6, 0.7])
     checkpoints.save(path, state, metrics, 7, wall, {"argv": ["--algo", "ppo"]})
     assert os.listdir(tmp_path) == ["checkpoint.npz"]  # the temporary file was renamed

@@ -168,8 +168,8 @@ def test_replayed_seed_reproduces_its_row_of_the_sweep(run_dir, tmp_path):
 
 
 def _rows_without_wall_time(run, seed=None):
-    return [{k: v for k, v in r.items() if k != "wall_time"} for r in runs.read_metrics_csv(os.path.join(run, "metrics.csv"))
-            if seed is None or r["seed"] == seed]
+    table = runs.read_metrics_csv(os.path.join(run, "metrics.csv"))
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in table if seed is None or r["seed"] == seed]
 
 
 def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_path, monkeypatch, capsys):
@@ -210,8 +210,10 @@ def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_pa
         train_cli.main(["--resume", out, "--num-seeds", "3"])
     with pytest.raises(SystemExit, match="only with --checkpoint-every"):
         train_cli.main(["--resume", str(tmp_path)])
-    for flags, message in [(["--checkpoint-every", "-1"], "must be >= 0"),
-                           (["--checkpoint-every", "4", "--seed-indices", "0"], "does not combine with --seed-indices")]:
+    for flags, message in [
+        (["--checkpoint-every", "-1"], "must be >= 0"),
+        (["--checkpoint-every", "4", "--seed-indices", "0"], "does not combine with --seed-indices"),
+    ]:
         with pytest.raises(SystemExit):
             train_cli.parse_args(RUN_FLAGS + flags)
         assert message in capsys.readouterr().err

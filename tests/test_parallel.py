@@ -132,7 +132,8 @@ TWO_DEVICES = textwrap.dedent(
 def test_two_cpu_devices_match_one_device():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # Other XLA flags (a device count) out; conftest's optimisation level kept.
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f.startswith("--xla_backend_optimization_level"))
+    kept = [f for f in env.get("XLA_FLAGS", "").split() if f.startswith("--xla_backend_optimization_level")]
+    env["XLA_FLAGS"] = " ".join(kept)
     env["JAX_PLATFORMS"] = "cpu"  # a test of CPU devices: on a GPU machine jax.devices() would be the one GPU
     done = subprocess.run([sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]

@@ -406,7 +406,8 @@ def _property_values(num_states, num_actions, dim, key, discount, concentration)
     return pi, T.occupancy(mdp, pi), v, g, g_auto
 
 
-@settings(max_examples=10, deadline=None, derandomize=True, database=None)  # fixed draws; each new shape compiles (~3 s)
+# Fixed draws (derandomize, no example database): deterministic. Each new shape compiles (~3 s).
+@settings(max_examples=10, deadline=None, derandomize=True, database=None)
 @given(
     num_states=st.sampled_from([1, 2, 5, 8]),
     num_actions=st.sampled_from([1, 2, 4]),

@@ -48,7 +48,8 @@ def make_episode_returns(
     """`episode_returns(key, params, obs_statistics=None) -> [num_episodes]`: undiscounted returns of one policy.
 
     Runs `num_episodes` environments of `env_id` (one episode each, from fresh resets) until every one has ended,
-    for at most the environment's step limit + 1 steps, and keeps each one's first episode: G = sum_t r_t, NaN for an episode that never ended.
+    for at most the environment's step limit + 1 steps, and keeps each one's first episode: G = sum_t r_t, NaN for
+    an episode that never ended.
     Actions are the policy's mode (`deterministic`) or samples. With `normalize_observations`, observations are
     normalised by `obs_statistics` (`envs.RunningStatistics`, e.g. `observation_statistics` of a training env
     state), frozen. Pure and jit/vmap-able; `params` and `obs_statistics` may be traced.
