@@ -343,6 +343,9 @@ def main(argv=None) -> int:
         meta = {"argv": flags + ([] if args.out else ["--out", out]), "versions": {"jax": jax.__version__}}
         os.makedirs(out, exist_ok=True)
         segments = Segments(args.checkpoint_every, os.path.join(out, CHECKPOINT), meta, args.resume_from)
+        if args.resume_from is None and os.path.exists(segments.path):  # rerunning the command would lose it
+            raise SystemExit(f"error: {segments.path} holds an interrupted run's checkpoint: continue it with "
+                             f"`train.py --resume {out}`, or remove it (or choose another --out) to start afresh")
     progress = runs.Progress(config.num_updates, config.batch_size, show=not args.no_progress)
     seed_indices = args.seed_indices or list(range(args.num_seeds))
     keys = runs.seed_keys(args.seed, seed_indices)

@@ -191,6 +191,8 @@ def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_pa
         train_cli.main(RUN_FLAGS + ["--checkpoint-every", "8", "--out", out])
     assert saved == [8] and os.listdir(out) == ["checkpoint.npz"]
     monkeypatch.setattr(train_cli.checkpoints, "save", real_save)
+    with pytest.raises(SystemExit, match="holds an interrupted run's checkpoint: continue it with"):
+        train_cli.main(RUN_FLAGS + ["--checkpoint-every", "8", "--out", out])  # the same command again
     capsys.readouterr()
 
     assert train_cli.main(["--resume", out]) == 0
