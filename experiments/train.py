@@ -102,7 +102,8 @@ def expand_resume(argv: list[str]) -> list[str]:
     if meta.get("versions", {}).get("jax") != jax.__version__:
         print(f"note: the run started under jax {meta.get('versions', {}).get('jax')}, this is jax {jax.__version__}: "
               "the resumed updates may round differently from an uninterrupted run")
-    return saved + ["--resume-from", path] + (["--no-progress"] if "--no-progress" in argv else [])
+    # The run continues in DIR itself: a relative --out among the saved flags may name another directory from here.
+    return saved + ["--resume-from", path, "--out", run_dir] + (["--no-progress"] if "--no-progress" in argv else [])
 
 
 if __name__ == "__main__":

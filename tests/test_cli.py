@@ -187,9 +187,12 @@ def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_pa
 
     real_save = train_cli.checkpoints.save
     monkeypatch.setattr(train_cli.checkpoints, "save", save_then_stop)
+    monkeypatch.chdir(tmp_path)  # started with a relative --out ...
     with pytest.raises(KeyboardInterrupt):
-        train_cli.main(RUN_FLAGS + ["--checkpoint-every", "8", "--out", out])
+        train_cli.main(RUN_FLAGS + ["--checkpoint-every", "8", "--out", "long"])
     assert saved == [8] and os.listdir(out) == ["checkpoint.npz"]
+    os.makedirs(tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path / "elsewhere")  # ... and resumed from another directory: it continues in `out`
     monkeypatch.setattr(train_cli.checkpoints, "save", real_save)
     with pytest.raises(SystemExit, match="holds an interrupted run's checkpoint: continue it with"):
         train_cli.main(RUN_FLAGS + ["--checkpoint-every", "8", "--out", out])  # the same command again
