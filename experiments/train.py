@@ -261,12 +261,12 @@ def lanes_program(config, fn, num_lanes: int, in_axes):
 @dataclasses.dataclass(frozen=True)
 class Segments:
     """--checkpoint-every: segments of `every` updates, a checkpoint at `path` after each (`meta`: what resuming
-    needs), resuming from `resume_from` when set."""
+    needs), continuing from it with `resume`."""
 
     every: int
     path: str
     meta: dict
-    resume_from: str | None = None
+    resume: bool = False
 
 
 def run_sweep(config, train, progress, keys, hparams=None, segments: Segments | None = None):
@@ -296,20 +296,21 @@ def _print_speed(config, lane_updates: int, compile_s: float, run_s: float, num_
 
 def run_segments(config, train, progress, args, segments: Segments):
     """The run of run_sweep in segments of `segments.every` updates with a checkpoint after each
-    (`runs.train_in_segments`), resumed from `segments.resume_from` when set; prints compile and run times."""
-    if segments.resume_from is not None:
-        print(f"resuming from {segments.resume_from}")
+    (`runs.train_in_segments`), continued from that checkpoint with `segments.resume`; prints compile and run
+    times."""
+    if segments.resume:
+        print(f"resuming from {segments.path}")
     with warnings.catch_warnings():
         # Each segment's divergence warning as it comes, on one line.
         warnings.simplefilter("always", RuntimeWarning)
         warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
         try:
             done = runs.train_in_segments(
-                train, args[0], segments.every, segments.path, *args[1:], resume=segments.resume_from is not None,
+                train, args[0], segments.every, segments.path, *args[1:], resume=segments.resume,
                 progress=progress, meta=segments.meta, lanes_program=functools.partial(lanes_program, config))
         except ValueError as err:  # a checkpoint of another run
             raise SystemExit(f"error: {err}") from None
-    if segments.resume_from is not None:
+    if segments.resume:
         print(f"resumed at update {done.first_update} of {config.num_updates}")
     if config.num_updates > done.first_update:
         lane_updates = args[0].shape[0] * (config.num_updates - done.first_update)
@@ -343,8 +344,9 @@ def main(argv=None) -> int:
             flags = flags[:flags.index("--resume-from")]
         meta = {"argv": flags + ([] if args.out else ["--out", out]), "versions": {"jax": jax.__version__}}
         os.makedirs(out, exist_ok=True)
-        segments = Segments(args.checkpoint_every, os.path.join(out, CHECKPOINT), meta, args.resume_from)
-        if args.resume_from is None and os.path.exists(segments.path):  # rerunning the command would lose it
+        resume = args.resume_from is not None
+        segments = Segments(args.checkpoint_every, os.path.join(out, CHECKPOINT), meta, resume)
+        if not resume and os.path.exists(segments.path):  # rerunning the command would lose it
             raise SystemExit(f"error: {segments.path} holds an interrupted run's checkpoint: continue it with "
                              f"`train.py --resume {out}`, or remove it (or choose another --out) to start afresh")
     progress = runs.Progress(config.num_updates, config.batch_size, show=not args.no_progress)

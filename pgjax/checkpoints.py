@@ -63,7 +63,8 @@ def save(path: str, state: Any, metrics: dict[str, Any], next_update: int, wall_
 
 def read_meta(path: str) -> dict[str, Any]:
     """The `meta` dict of a checkpoint file (without loading its state)."""
-    return _header(path, np.load(path))["meta"]
+    with np.load(path) as data:
+        return _header(path, data)["meta"]
 
 
 def _header(path: str, data: Any) -> dict[str, Any]:

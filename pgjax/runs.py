@@ -415,13 +415,13 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
     """`jax.vmap(train)(keys, hparams)` in segments of `every` updates, each one compiled call, with the loop's
     state saved to the checkpoint `path` after each (`pgjax.checkpoints`; `meta` goes into it).
 
-    train: from an algorithm's `make_train(config)` (it has `.start`, `.advance` and `.num_updates`); keys: [n];
+    train: from an algorithm's `make_train(config)` (it has `.start`, `.advance` and `.config`); keys: [n];
     hparams: optional {name: [n]} per-lane hyperparameters (a grid). With `resume`, the run continues from the
     checkpoint at `path`, which must be this run's: the same config, keys and hyperparameters (the checkpoint
     records them) and state shapes; ValueError naming what differs otherwise. Without, a checkpoint there is
-    overwritten. The segments compute the updates of the
-    one-call run, so the output equals `jax.vmap(train)(keys)`'s bit for bit on the same machine and devices, resumed
-    or not (tested). In Colab, a `path` on Google Drive lets a run outlive a disconnected runtime:
+    overwritten. The segments compute the updates of the one-call run, so the output equals
+    `jax.vmap(train)(keys)`'s bit for bit on the same machine and devices, resumed or not (tested). In Colab, a
+    `path` on Google Drive lets a run outlive a disconnected runtime:
 
         out = runs.train_in_segments(train, keys, 100, "/content/drive/MyDrive/ppo.npz", resume=True).output
 
@@ -432,12 +432,12 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
     """
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ValueError(f"train_in_segments: every (updates per segment) must be a positive int; got {every!r}.")
-    if not all(hasattr(train, name) for name in ("start", "advance", "num_updates", "config")):
+    if not all(hasattr(train, name) for name in ("start", "advance", "config")):
         raise ValueError("train_in_segments: train must come from an algorithm's make_train(config) (it needs "
-                         "train.start, train.advance, train.num_updates and train.config).")
+                         "train.start, train.advance and train.config).")
     args = (keys,) if hparams is None else (keys, hparams)
     hp = args[1:]  # () or (hparams,), mapped like the keys
-    num_lanes, num_updates = keys.shape[0], train.num_updates
+    num_lanes, num_updates = keys.shape[0], train.config.num_updates
     hp_axes = (0,) * len(hp)
     t0 = time.perf_counter()
     identity = _run_identity(train, keys, hparams)  # what a resumed run must share with the saved one

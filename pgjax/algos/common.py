@@ -698,10 +698,9 @@ def make_on_policy_train(
 
     The same run in segments (checkpoints): `train.start(key, hparams=None) -> RunState` and
     `train.advance(state, first_update, hparams=None, count=num_updates) -> (RunState, metrics [count])` (count
-    static; first_update may be traced, so equal-length segments share one compile; `train.num_updates`,
-    `train.config`). Segments
-    of any lengths in turn compute train(key)'s run: `pgjax.runs.train_in_segments` (and `experiments/train.py
-    --checkpoint-every`) saves the `RunState` between them.
+    static; first_update may be traced, so equal-length segments share one compile; `train.config` is the config).
+    Segments of any lengths in turn compute train(key)'s run: `pgjax.runs.train_in_segments` (and
+    `experiments/train.py --checkpoint-every`) saves the `RunState` between them.
     """
     spec = make_env(config) if spec is None else spec
     num_updates = config.num_updates
@@ -775,11 +774,8 @@ def make_on_policy_train(
         state, metrics = advance(start(key, hparams), 0, hparams)
         return TrainOutput(state.agent, state.env_state, metrics)
 
-    # The same run in segments (checkpoints, experiments/train.py --checkpoint-every): advance(start(key), 0, hp,
-    # count=k), then advance(state, k, hp, count=...), ... computes train(key, hp)'s updates in turn.
     train.start = start  # type: ignore[attr-defined]
     train.advance = advance  # type: ignore[attr-defined]
-    train.num_updates = num_updates  # type: ignore[attr-defined]
     train.config = config  # type: ignore[attr-defined]
     return train
 
