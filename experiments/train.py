@@ -12,7 +12,7 @@ reloads and evaluates the policies.
 
 A seeds x hyperparameters grid in the same one compiled call (`--grid`, repeatable; vmappable fields only):
 
-    python experiments/train.py --algo ppo --env CartPole-v1 --num-seeds 8 \
+    python experiments/train.py --algo ppo --env CartPole-v1 --num-seeds 8 \\
         --grid learning_rate=1e-4,2.5e-4,1e-3 --grid ent_coef=0,0.01
 
 trains every combination (a cell) on the same --num-seeds seeds (paired comparisons) and writes DIR/summary.csv

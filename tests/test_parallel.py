@@ -4,7 +4,6 @@ The CPU device count is fixed when JAX's backend starts, so the two-device check
 interpreter; the rest runs here.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,8 +13,8 @@ import numpy as np
 import pytest
 
 from pgjax import parallel
+from subprocess_env import cpu_subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TWO_DEVICES = textwrap.dedent(
     """
@@ -130,12 +129,8 @@ TWO_DEVICES = textwrap.dedent(
 
 
 def test_two_cpu_devices_match_one_device():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    # Other XLA flags (a device count) out; conftest's optimisation level kept.
-    kept = [f for f in env.get("XLA_FLAGS", "").split() if f.startswith("--xla_backend_optimization_level")]
-    env["XLA_FLAGS"] = " ".join(kept)
-    env["JAX_PLATFORMS"] = "cpu"  # a test of CPU devices: on a GPU machine jax.devices() would be the one GPU
-    done = subprocess.run([sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True,
+                          env=cpu_subprocess_env(), timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
 
 

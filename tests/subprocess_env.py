@@ -1,0 +1,14 @@
+"""The environment for tests that run Python in a fresh process: pgjax importable, on the CPU, with conftest's
+XLA optimisation level and no other XLA flag (the child chooses its own CPU device count)."""
+
+import os
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def cpu_subprocess_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    kept = [f for f in env.get("XLA_FLAGS", "").split() if f.startswith("--xla_backend_optimization_level")]
+    env["XLA_FLAGS"] = " ".join(kept)
+    env["JAX_PLATFORMS"] = "cpu"  # tests of CPU devices: on a GPU machine jax.devices() would be the one GPU
+    return env
