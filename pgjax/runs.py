@@ -81,6 +81,33 @@ def read_metrics_csv(path: str) -> list[dict[str, str]]:
     return rows
 
 
+def read_metrics(path: str) -> tuple[list[int], dict[str, np.ndarray], np.ndarray]:
+    """A run's metrics.csv (or its directory) back as arrays, the inverse of `metrics_rows`.
+
+    Returns (seed labels [S] in the file's order, {column: [S, U] float64, NaN where empty}, wall_time [U] seconds,
+    NaN where not measured). ValueError for a grid's metrics.csv (read its cell-K/ directories) and for rows that
+    do not form every seed's updates 0..U-1.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.csv")
+    if not os.path.exists(path):
+        raise ValueError(f"no metrics.csv at {path!r}: give a run directory of experiments/train.py.")
+    rows = read_metrics_csv(path)
+    if "cell" in rows[0]:
+        raise ValueError(f"{path} is a hyperparameter grid's: read its cells' directories, cell-K/metrics.csv.")
+    seeds = list(dict.fromkeys(int(r["seed"]) for r in rows))
+    num_updates = len(rows) // len(seeds)
+    expected = [(seed, update) for seed in seeds for update in range(num_updates)]
+    if [(int(r["seed"]), int(r["update"])) for r in rows] != expected:
+        raise ValueError(f"{path}: its {len(rows)} rows are not the same updates 0..U-1 of each of its {len(seeds)} "
+                         "seeds in turn, as pgjax writes them (a truncated or edited file?).")
+    to_float = lambda value: float(value) if value != "" else np.nan  # noqa: E731
+    columns = [c for c in rows[0] if c not in ("seed", "update", "wall_time")]
+    metrics = {c: np.array([to_float(r[c]) for r in rows]).reshape(len(seeds), num_updates) for c in columns}
+    wall_time = np.array([to_float(r.get("wall_time", "")) for r in rows[:num_updates]])
+    return seeds, metrics, wall_time
+
+
 def smoothed_returns(episode_return: np.ndarray) -> np.ndarray:
     """Carry the last finished episode's mean return forward over updates where none finished ([seeds, updates])."""
     out = np.array(episode_return, dtype=float)
@@ -549,40 +576,64 @@ def cell_label(cell: dict[str, float]) -> str:
 
 
 def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per cell of a grid's final returns (`final_returns`, the last 10% of updates) over its seeds:
-    the cell's values, then median, mean, ci95 (half-width of a 95% normal interval of the mean), worst, best,
-    finished (seeds that finished an episode in that window), and the paired comparison with the cell of the
-    highest mean: vs_best = mean over seeds of (this cell's return - the best cell's, the same seed), vs_best_ci95
-    its interval. Every cell runs the same seeds, so the pairs share their randomness and vs_best is usually far
-    tighter than the two cells' own intervals. With in-run evaluations (`eval_return`, config.eval_every) the
-    rows add eval_median, eval_mean and eval_worst: the last evaluation's (after the last update) over the
-    cell's seeds. metrics: leaves [C * S, updates]."""
+    """One row per cell of a grid's final returns (`final_returns`, the last 10% of updates) over its seeds: the
+    cell's number and values, then `summarize_final_returns`'s columns, paired (every cell runs the same seeds, so
+    the pairs share their randomness and vs_best is usually far tighter than the two cells' own intervals).
+    metrics: leaves [C * S, updates]."""
     returns = final_returns(metrics).reshape(len(cells), -1)
     last_eval = last_evaluation(metrics)
-    if last_eval is not None:
-        last_eval = last_eval.reshape(len(cells), -1)
+    evals = [None] * len(cells) if last_eval is None else list(last_eval.reshape(len(cells), -1))
+    rows = summarize_final_returns(list(returns), evals, paired=True)
+    return [{"cell": index, **cell, **row} for index, (cell, row) in enumerate(zip(cells, rows))]
+
+
+def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarray | None],
+                            paired: bool) -> list[dict[str, Any]]:
+    """One row per group of seeds' final returns (returns[i]: [S_i], NaN for a seed without a finished episode):
+    median, mean, ci95 (half-width of a 95% normal interval of the mean), worst, best, finished (seeds with a
+    value), seeds, and the comparison with the group of the highest mean: vs_best = this mean - the best's, with
+    vs_best_ci95 its interval; `paired` (groups of equal size whose i-th seeds share their keys) takes the mean
+    and interval of the per-seed differences, otherwise the two means' intervals combine as independent
+    (sqrt(se_a^2 + se_b^2)). With last_evals[i] ([S_i], the in-run evaluation after the last update) the row adds
+    eval_median, eval_mean and eval_worst."""
     with _quiet_nan_warnings():
-        best = returns[int(np.nanargmax(np.nanmean(returns, axis=1)))] if not np.isnan(returns).all() else None
+        means = [np.nanmean(values) if not np.isnan(values).all() else np.nan for values in returns]
+    best_index = None if np.isnan(means).all() else int(np.nanargmax(means))
     rows = []
-    for index, (cell, values) in enumerate(zip(cells, returns)):
+    for index, (values, evals) in enumerate(zip(returns, last_evals)):
+        values = np.asarray(values, dtype=float)
         finished = values[~np.isnan(values)]
         mean, half = mean_and_interval(values[:, None])
         stat = (lambda f: float(f(finished))) if finished.size else (lambda f: float("nan"))
-        row = {"cell": index, **cell, "median": stat(np.median), "mean": float(mean[0]),
+        row = {"median": stat(np.median), "mean": float(mean[0]),
                "ci95": float(half[0]) if finished.size > 1 else float("nan"), "worst": stat(np.min),
                "best": stat(np.max), "finished": int(finished.size), "seeds": int(values.size)}
-        difference = values - best if best is not None else np.full_like(values, np.nan)
-        diff_mean, diff_half = mean_and_interval(difference[:, None])
-        pairs = int(np.sum(~np.isnan(difference)))
-        row["vs_best"] = float(diff_mean[0])
-        row["vs_best_ci95"] = float(diff_half[0]) if pairs > 1 else float("nan")
-        if last_eval is not None:
+        row["vs_best"], row["vs_best_ci95"] = _difference(values, None if best_index is None else
+                                                          np.asarray(returns[best_index], dtype=float),
+                                                          paired, index == best_index)
+        if evals is not None:
             with _quiet_nan_warnings():
-                evals = last_eval[index]
                 row.update(eval_median=float(np.nanmedian(evals)), eval_mean=float(np.nanmean(evals)),
                            eval_worst=float(np.nanmin(evals)))
         rows.append(row)
     return rows
+
+
+def _difference(values: np.ndarray, best: np.ndarray | None, paired: bool, is_best: bool) -> tuple[float, float]:
+    """(mean difference from `best`, half-width of its 95% interval), NaN where it cannot be formed."""
+    if best is None:
+        return float("nan"), float("nan")
+    if paired:
+        difference = values - best
+        diff_mean, diff_half = mean_and_interval(difference[:, None])
+        pairs = int(np.sum(~np.isnan(difference)))
+        return float(diff_mean[0]), float(diff_half[0]) if pairs > 1 else float("nan")
+    if is_best:
+        return 0.0, 0.0
+    (mean_a,), (half_a,) = mean_and_interval(values[:, None])
+    (mean_b,), (half_b,) = mean_and_interval(best[:, None])
+    enough = np.sum(~np.isnan(values)) > 1 and np.sum(~np.isnan(best)) > 1
+    return float(mean_a - mean_b), float(np.hypot(half_a, half_b)) if enough else float("nan")
 
 
 def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: list[dict[str, float]],

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+import compare as compare_cli
 import evaluate as evaluate_cli
 import train as train_cli
 
@@ -321,3 +322,64 @@ def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_pat
         assert float(row["median"]) == pytest.approx(np.median(means)) and float(row["worst"]) == pytest.approx(
             min(means)) and float(row["best"]) == pytest.approx(max(means)) and row["seeds"] == "2"
     assert [(r["cell"], r["learning_rate"]) for r in summary] == [("0", "0.001"), ("1", "0.00025")]
+
+
+def _final_returns_from_csv(run):
+    """Each seed's mean episode return over the last 10% of updates (2 of 16), from metrics.csv: {seed: value}."""
+    returns = {}
+    for r in _csv(os.path.join(run, "metrics.csv")):
+        returns.setdefault(r["seed"], []).append(float(r["episode_return"] or "nan"))
+    return {seed: np.nanmean(values[-2:]) for seed, values in returns.items()}
+
+
+def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
+    out = str(tmp_path / "cmp")
+    assert compare_cli.main([run_dir, grid_dir, "--labels", "single", "grid", "--out", out]) == 0
+    rows = _csv(os.path.join(out, "comparison.csv"))
+    assert os.path.getsize(os.path.join(out, "learning_curves.png")) > 0
+    assert [r["label"] for r in rows] == ["single", "grid: learning_rate=0.001", "grid: learning_rate=0.00025"]
+    assert all(r["paired"] == "True" for r in rows)  # the same --seed and seeds 0, 1 in every run
+    finals = [_final_returns_from_csv(run) for run in (run_dir, *(os.path.join(grid_dir, f"cell-{k}") for k in (0, 1)))]
+    values = np.array([[f["0"], f["1"]] for f in finals])
+    best = values[np.argmax(values.mean(axis=1))]
+    for row, own in zip(rows, values):
+        difference = own - best
+        np.testing.assert_allclose(
+            [float(row[k]) for k in ("median", "mean", "worst", "best", "vs_best", "vs_best_ci95")],
+            [np.median(own), own.mean(), own.min(), own.max(), difference.mean(),
+             1.96 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-9)
+    # Every run has in-run evaluations: the last one's median over seeds, as in the grid's own summary.
+    summary = _csv(os.path.join(grid_dir, "summary.csv"))
+    for row, cell in zip(rows[1:], summary):
+        for k in ("median", "mean", "worst", "eval_median", "eval_worst"):
+            assert float(row[k]) == pytest.approx(float(cell[k]), rel=1e-6), k
+    assert "vs best: paired by seed" in capsys.readouterr().out
+
+
+def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("metrics.csv", "config.json"):
+        (other / name).write_text(open(os.path.join(run_dir, name)).read())
+    meta = json.loads((other / "config.json").read_text())
+    meta["seed"] = 7  # another base seed: its seeds are not the run's, so no pairing
+    (other / "config.json").write_text(json.dumps(meta))
+    out = str(tmp_path / "cmp")
+    assert compare_cli.main([run_dir, str(other), "--out", out]) == 0
+    rows = _csv(os.path.join(out, "comparison.csv"))
+    assert [r["paired"] for r in rows] == ["False", "False"]
+    # The same numbers under another seed label: equal means, and the interval of two independent means.
+    own = np.array(list(_final_returns_from_csv(run_dir).values()))
+    half = 1.96 * own.std(ddof=1) / np.sqrt(2)
+    assert float(rows[1]["vs_best"]) == 0.0 and float(rows[1]["vs_best_ci95"]) == pytest.approx(np.hypot(half, half))
+    assert "independent" in capsys.readouterr().out
+
+    meta["config"]["env_id"] = "Acrobot-v1"
+    (other / "config.json").write_text(json.dumps(meta))
+    for argv, message in (([run_dir, str(other)], "different environments"),
+                          ([run_dir, run_dir], "share a label"),
+                          ([run_dir, "--labels", "a", "b"], "one label per RUN"),
+                          ([str(tmp_path)], "config.json is missing")):
+        with pytest.raises(SystemExit) as exit_info:
+            compare_cli.main([*argv, "--out", out])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, argv

@@ -87,3 +87,42 @@ def test_diverged_grid_cell_is_named(tmp_path, capsys):
     assert "cell 1" not in err, err
     rows = [r for r in runs.read_metrics_csv(str(tmp_path / "grid" / "metrics.csv")) if r["cell"] == "1"]
     assert len(rows) == 2 * 32 and all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_read_metrics_inverts_the_written_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    metrics = {"env_steps": np.tile(np.arange(1, 6) * 512.0, (3, 1)), "episode_return": rng.normal(size=(3, 5)),
+               "loss": rng.normal(size=(3, 5)).astype(np.float32)}
+    metrics["episode_return"][1, 2] = np.nan  # no episode finished in that update: an empty cell
+    wall_time = np.array([0.5, 1.0, np.nan, 2.0, 2.5])
+    path = str(tmp_path / "metrics.csv")
+    runs.write_metrics_csv(path, runs.metrics_rows(metrics, wall_time, seed_indices=[4, 0, 9]))
+    seeds, read, read_wall = runs.read_metrics(str(tmp_path))  # a run directory, or the file itself
+    assert seeds == [4, 0, 9] and sorted(read) == sorted(metrics)
+    for name, values in metrics.items():  # exact: the CSV holds each float's shortest repr
+        np.testing.assert_array_equal(read[name], np.asarray(values, dtype=np.float64))
+    np.testing.assert_array_equal(read_wall, wall_time)
+
+    with open(path) as f:
+        lines = f.readlines()
+    (tmp_path / "cut.csv").write_text("".join(lines[:-1]))  # the last row of the last seed missing
+    with pytest.raises(ValueError, match="its 14 rows are not the same updates 0..U-1 of each of its 3 seeds"):
+        runs.read_metrics(str(tmp_path / "cut.csv"))
+    (tmp_path / "grid.csv").write_text("cell," + lines[0] + "".join("0," + line for line in lines[1:]))
+    with pytest.raises(ValueError, match="hyperparameter grid"):
+        runs.read_metrics(str(tmp_path / "grid.csv"))
+    with pytest.raises(ValueError, match="no metrics.csv"):
+        runs.read_metrics(str(tmp_path / "missing"))
+
+
+def test_summarize_final_returns_pairs_or_combines_independent_intervals():
+    a, b = np.array([1.0, 2.0, 4.0, np.nan]), np.array([3.0, 3.5, 7.0, 2.0])
+    paired, independent = (runs.summarize_final_returns([a, b], [None, None], p) for p in (True, False))
+    assert paired[1]["vs_best"] == independent[1]["vs_best_ci95"] == 0.0  # b has the higher mean: the best
+    diff = (a - b)[:3]  # the pairs where both seeds finished an episode
+    assert paired[0]["vs_best"] == pytest.approx(diff.mean())
+    assert paired[0]["vs_best_ci95"] == pytest.approx(1.96 * diff.std(ddof=1) / np.sqrt(3))
+    assert independent[0]["vs_best"] == pytest.approx(a[:3].mean() - b.mean())
+    assert independent[0]["vs_best_ci95"] == pytest.approx(
+        1.96 * np.sqrt(a[:3].var(ddof=1) / 3 + b.var(ddof=1) / 4))
+    assert paired[0]["finished"] == 3 and paired[0]["seeds"] == 4 and paired[0]["worst"] == 1.0

@@ -1,0 +1,118 @@
+"""Compare saved training runs: learning curves on one plot and a table of final returns.
+
+    python experiments/compare.py runs/ppo-CartPole-v1-... runs/trpo-CartPole-v1-... [--labels PPO TRPO]
+    python experiments/compare.py runs/ppo-grid runs/a2c-run --out runs/compare-cartpole
+
+Each RUN is a run directory of experiments/train.py, or a grid's (train.py --grid), which adds one entry per
+cell. All runs must be on the same environment. Reads each run's metrics.csv and config.json (nothing is
+recomputed) and writes to --out (default runs/compare-<time>):
+
+    comparison.csv       one row per run (or cell): label, algo, env steps, seeds, then the final return over
+                         seeds (each seed's mean episode return over the last 10% of updates): median, mean,
+                         ci95 (half-width of a 95% interval of the mean), worst, best, finished, and vs_best /
+                         vs_best_ci95, the difference of means from the run with the highest mean and its 95%
+                         interval: paired seed by seed when all runs share the base --seed and seed indices
+                         (the `paired` column), independent otherwise; with in-run evaluations (--eval-every),
+                         eval_median, eval_mean and eval_worst of the last one
+    learning_curves.png  mean episode return over seeds against env steps, one curve per run, 95% intervals
+
+Runs of different algorithms started from the same --seed share their seeds' keys but use them differently, so
+pairing there gains little precision; the interval is valid either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from pgjax import runs, tables
+
+
+def load_entries(run_dir: str, name: str | None = None) -> list[dict]:
+    """The run (or each cell of a grid) in `run_dir`: label (`name`, default the directory's name; a cell's adds
+    its values), algo, env, base seed, seed labels, metrics."""
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise ValueError(f"{run_dir!r} is not a pgjax run directory: config.json is missing.")
+    try:
+        with open(config_path) as f:
+            meta = json.load(f)
+        algo, env_id, seed = meta["algo"], meta["config"]["env_id"], meta["seed"]
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{config_path}: not a run config written by experiments/train.py ({err}).") from None
+    name = name or os.path.basename(os.path.normpath(run_dir))
+    cells = meta.get("cells")
+    parts = ([(os.path.join(run_dir, f"cell-{k}"), f"{name}: {runs.cell_label(cell)}") for k, cell in enumerate(cells)]
+             if cells else [(run_dir, name)])
+    entries = []
+    for directory, label in parts:
+        seeds, metrics, _ = runs.read_metrics(directory)
+        entries.append(dict(label=label, algo=algo, env_id=env_id, seed=seed, seeds=seeds, metrics=metrics))
+    return entries
+
+
+def comparison_rows(entries: list[dict]) -> tuple[list[dict], bool]:
+    """`runs.summarize_final_returns` over the entries' final returns, paired when every entry has the same
+    base seed and seed labels; returns (rows, paired)."""
+    paired = len({(e["seed"], tuple(e["seeds"])) for e in entries}) == 1
+    returns = [runs.final_returns(e["metrics"]) for e in entries]
+    evals = [runs.last_evaluation(e["metrics"]) for e in entries]
+    rows = runs.summarize_final_returns(returns, evals, paired)
+    head = [{"label": e["label"], "algo": e["algo"], "env_steps": int(np.nanmax(e["metrics"]["env_steps"][:, -1])),
+             "paired": paired} for e in entries]
+    # Not every run has in-run evaluations: the evaluation columns are empty for those that have none.
+    eval_columns = dict.fromkeys(c for row in rows for c in row if c.startswith("eval_"))
+    return [{**h, **row, **{c: "" for c in eval_columns if c not in row}} for h, row in zip(head, rows)], paired
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories of train.py (a grid adds its cells)")
+    p.add_argument("--labels", nargs="+", default=None,
+                   help="one label per RUN (default: the directory names; a grid's cells add their values)")
+    p.add_argument("--out", default=None, help="output directory (default runs/compare-<time>)")
+    p.add_argument("--title", default=None, help="the plot's title (default: the environment)")
+    args = p.parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.runs):
+        p.error(f"--labels needs one label per RUN: {len(args.runs)} runs, {len(args.labels)} labels")
+    entries = []
+    try:
+        for index, run_dir in enumerate(args.runs):
+            entries += load_entries(run_dir, None if args.labels is None else args.labels[index])
+    except ValueError as err:
+        p.error(str(err))
+    envs = dict.fromkeys(e["env_id"] for e in entries)
+    if len(envs) > 1:
+        p.error("the runs are on different environments ("
+                + ", ".join(f"{e['label']}: {e['env_id']}" for e in entries) + "); compare runs of one environment")
+    labels = [e["label"] for e in entries]
+    if len(set(labels)) < len(labels):
+        p.error(f"two runs share a label ({labels}): name them with --labels")
+
+    rows, paired = comparison_rows(entries)
+    env_id = next(iter(envs))
+    print(f"{len(entries)} runs on {env_id}; final return = each seed's mean episode return over the last 10% of "
+          f"updates; vs best: {'paired by seed' if paired else 'independent (the runs do not share their seeds)'}")
+    width = max(len(label) for label in labels)
+    for row in rows:
+        evaluation = (f", evaluation median {row['eval_median']:.1f} worst {row['eval_worst']:.1f}"
+                      if row.get("eval_median", "") != "" else "")
+        print(f"  {row['label']:<{width}}  {row['seeds']:>4} seeds  median {row['median']:8.1f}  mean "
+              f"{row['mean']:8.1f} +- {row['ci95']:5.1f}  worst {row['worst']:8.1f}  vs best {row['vs_best']:+8.1f} "
+              f"+- {row['vs_best_ci95']:5.1f}{evaluation}")
+    out = args.out or os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(out, exist_ok=True)
+    tables.write_csv(os.path.join(out, "comparison.csv"), rows)
+    runs.plot_learning_curves(os.path.join(out, "learning_curves.png"), {e["label"]: e["metrics"] for e in entries},
+                              args.title or env_id)
+    print(f"wrote {out}/comparison.csv, learning_curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
