@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import numpy as np
@@ -82,7 +83,8 @@ def test_offline_example_runs_as_documented(tmp_path, monkeypatch):
     code = _shrink(_block("import jax, optax, pgjax.offline as off"),
                    ("optax.adam(0.5), 150)", "optax.adam(0.5), 20)"))
     scope: dict = {}
-    with pytest.warns(off.CoverageWarning):  # 7 of the 3000 pairs are never logged (0.06% of pi's occupancy)
+    with warnings.catch_warnings():  # a few of the 3000 pairs may never be logged (at key 0: 0.06% of pi's occupancy)
+        warnings.simplefilter("ignore", off.CoverageWarning)
         exec(code, scope)
     assert os.path.exists(tmp_path / "taxi.npz")
     mdp, pi, data = scope["mdp"], scope["pi"], scope["data"]
