@@ -13,7 +13,11 @@ recomputed) and writes to --out (default runs/compare-<time>):
                          vs_best_ci95, the difference of means from the run with the highest mean and its 95%
                          interval: paired seed by seed when all runs share the base --seed and seed indices
                          (the `paired` column), independent otherwise; with in-run evaluations (--eval-every),
-                         eval_median, eval_mean and eval_worst of the last one
+                         eval_median, eval_mean and eval_worst of the last one; auc / auc_ci95, the mean over
+                         seeds of each seed's mean return over all updates (the area under its learning curve per
+                         env step: how fast as well as how far); with --threshold X, reached (seeds whose mean
+                         return over 10 updates reached X) and steps_to_threshold_median (their median env steps to
+                         get there)
     learning_curves.png  mean episode return over seeds against env steps, one curve per run, 95% intervals
 
 Runs of different algorithms started from the same --seed share their seeds' keys but use them differently, so
@@ -56,18 +60,30 @@ def load_entries(run_dir: str, name: str | None = None) -> list[dict]:
     return entries
 
 
-def comparison_rows(entries: list[dict]) -> tuple[list[dict], bool]:
+def comparison_rows(entries: list[dict], threshold: float | None = None) -> tuple[list[dict], bool]:
     """`runs.summarize_final_returns` over the entries' final returns, paired when every entry has the same
-    base seed and seed labels; returns (rows, paired)."""
+    base seed and seed labels, plus the area under each learning curve (`runs.area_under_curve`: auc, auc_ci95
+    over seeds) and, with a threshold, how many seeds reached it and the median env steps they took
+    (`runs.steps_to_threshold`); returns (rows, paired)."""
     paired = len({(e["seed"], tuple(e["seeds"])) for e in entries}) == 1
     returns = [runs.final_returns(e["metrics"]) for e in entries]
     evals = [runs.last_evaluation(e["metrics"]) for e in entries]
     rows = runs.summarize_final_returns(returns, evals, paired)
-    head = [{"label": e["label"], "algo": e["algo"], "env_steps": int(np.nanmax(e["metrics"]["env_steps"][:, -1])),
-             "paired": paired} for e in entries]
     # Not every run has in-run evaluations: the evaluation columns are empty for those that have none.
     eval_columns = dict.fromkeys(c for row in rows for c in row if c.startswith("eval_"))
-    return [{**h, **row, **{c: "" for c in eval_columns if c not in row}} for h, row in zip(head, rows)], paired
+    table = []
+    for e, row in zip(entries, rows):
+        auc, auc_half = runs.mean_and_interval(runs.area_under_curve(e["metrics"])[:, None])
+        table.append({"label": e["label"], "algo": e["algo"], "paired": paired,
+                      "env_steps": int(np.nanmax(e["metrics"]["env_steps"][:, -1])), **row,
+                      **{c: "" for c in eval_columns if c not in row}, "auc": float(auc[0]),
+                      "auc_ci95": float(auc_half[0])})
+        if threshold is not None:
+            steps = runs.steps_to_threshold(e["metrics"], threshold)
+            reached = steps[~np.isnan(steps)]
+            table[-1].update(threshold=threshold, reached=int(reached.size),
+                             steps_to_threshold_median=float(np.median(reached)) if reached.size else float("nan"))
+    return table, paired
 
 
 def main(argv=None) -> int:
@@ -77,6 +93,9 @@ def main(argv=None) -> int:
                    help="one label per RUN (default: the directory names; a grid's cells add their values)")
     p.add_argument("--out", default=None, help="output directory (default runs/compare-<time>)")
     p.add_argument("--title", default=None, help="the plot's title (default: the environment)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="also report how many seeds reached this mean episode return (over 10 updates) and the "
+                        "median env steps they took (e.g. 475 on CartPole-v1)")
     args = p.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.runs):
         p.error(f"--labels needs one label per RUN: {len(args.runs)} runs, {len(args.labels)} labels")
@@ -94,7 +113,7 @@ def main(argv=None) -> int:
     if len(set(labels)) < len(labels):
         p.error(f"two runs share a label ({labels}): name them with --labels")
 
-    rows, paired = comparison_rows(entries)
+    rows, paired = comparison_rows(entries, args.threshold)
     env_id = next(iter(envs))
     print(f"{len(entries)} runs on {env_id}; final return = each seed's mean episode return over the last 10% of "
           f"updates; vs best: {'paired by seed' if paired else 'independent (the runs do not share their seeds)'}")
@@ -102,9 +121,11 @@ def main(argv=None) -> int:
     for row in rows:
         evaluation = (f", evaluation median {row['eval_median']:.1f} worst {row['eval_worst']:.1f}"
                       if row.get("eval_median", "") != "" else "")
+        reached = (f", {row['reached']}/{row['seeds']} reached {args.threshold:g} (median "
+                   f"{row['steps_to_threshold_median']:,.0f} steps)" if args.threshold is not None else "")
         print(f"  {row['label']:<{width}}  {row['seeds']:>4} seeds  median {row['median']:8.1f}  mean "
               f"{row['mean']:8.1f} +- {row['ci95']:5.1f}  worst {row['worst']:8.1f}  vs best {row['vs_best']:+8.1f} "
-              f"+- {row['vs_best_ci95']:5.1f}{evaluation}")
+              f"+- {row['vs_best_ci95']:5.1f}, auc {row['auc']:.1f} +- {row['auc_ci95']:.1f}{reached}{evaluation}")
     out = args.out or os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out, exist_ok=True)
     tables.write_csv(os.path.join(out, "comparison.csv"), rows)

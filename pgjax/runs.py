@@ -690,3 +690,29 @@ def final_returns(metrics: dict[str, Any], fraction: float = 0.1) -> np.ndarray:
     tail = max(1, int(round(returns.shape[1] * fraction)))
     with _quiet_nan_warnings():
         return np.nanmean(returns[:, -tail:], axis=1)
+
+
+def area_under_curve(metrics: dict[str, Any]) -> np.ndarray:
+    """Per seed, the mean over updates of `smoothed_returns` (each update's mean episode return, the last one
+    carried over updates where no episode finished): the area under the learning curve per env step, which ranks
+    how fast a run learned as well as how far ([seeds]; updates before the first finished episode are left out)."""
+    with _quiet_nan_warnings():
+        return np.nanmean(smoothed_returns(np.asarray(metrics["episode_return"], dtype=float)), axis=1)
+
+
+def steps_to_threshold(metrics: dict[str, Any], threshold: float, window: int = 10) -> np.ndarray:
+    """Per seed, `env_steps` at the first update where the mean episode return over the last `window` updates
+    (those with finished episodes; fewer at the start) reached `threshold` ([seeds]; NaN for a seed that never
+    did). The window keeps one lucky update from counting as learned."""
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"steps_to_threshold: window must be a positive int; got {window!r}.")
+    returns = np.asarray(metrics["episode_return"], dtype=float)
+    finished = ~np.isnan(returns)
+    sums, counts = np.cumsum(np.where(finished, returns, 0.0), axis=1), np.cumsum(finished, axis=1)
+    sums[:, window:] -= sums[:, :-window].copy()
+    counts[:, window:] -= counts[:, :-window].copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reached = np.where(counts > 0, sums / np.maximum(counts, 1), -np.inf) >= threshold
+    first = np.argmax(reached, axis=1)
+    steps = np.asarray(metrics["env_steps"], dtype=float)[np.arange(len(first)), first]
+    return np.where(reached.any(axis=1), steps, np.nan)

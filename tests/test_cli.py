@@ -324,17 +324,41 @@ def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_pat
     assert [(r["cell"], r["learning_rate"]) for r in summary] == [("0", "0.001"), ("1", "0.00025")]
 
 
-def _final_returns_from_csv(run):
-    """Each seed's mean episode return over the last 10% of updates (2 of 16), from metrics.csv: {seed: value}."""
+def _returns_from_csv(run):
+    """{seed: [episode_return per update]} from a run's metrics.csv (NaN where no episode finished)."""
     returns = {}
     for r in _csv(os.path.join(run, "metrics.csv")):
         returns.setdefault(r["seed"], []).append(float(r["episode_return"] or "nan"))
-    return {seed: np.nanmean(values[-2:]) for seed, values in returns.items()}
+    return returns
+
+
+def _final_returns_from_csv(run):
+    """Each seed's mean episode return over the last 10% of updates (2 of 16): {seed: value}."""
+    return {seed: np.nanmean(values[-2:]) for seed, values in _returns_from_csv(run).items()}
+
+
+def _auc_and_steps_from_csv(run, threshold, window=10):
+    """Per seed: the mean over updates of the return carried forward, and the env steps (256 per update) at the
+    first update whose last `window` updates' finished episodes average >= threshold (None if never)."""
+    out = {}
+    for seed, values in _returns_from_csv(run).items():
+        carried, last = [], float("nan")
+        for v in values:
+            last = last if np.isnan(v) else v
+            carried.append(last)
+        steps = None
+        for u in range(len(values)):
+            recent = [v for v in values[max(0, u - window + 1):u + 1] if not np.isnan(v)]
+            if recent and np.mean(recent) >= threshold:
+                steps = 256 * (u + 1)
+                break
+        out[seed] = (np.nanmean(carried), steps)
+    return out
 
 
 def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
     out = str(tmp_path / "cmp")
-    assert compare_cli.main([run_dir, grid_dir, "--labels", "single", "grid", "--out", out]) == 0
+    assert compare_cli.main([run_dir, grid_dir, "--labels", "single", "grid", "--out", out, "--threshold", "30"]) == 0
     rows = _csv(os.path.join(out, "comparison.csv"))
     assert os.path.getsize(os.path.join(out, "learning_curves.png")) > 0
     assert [r["label"] for r in rows] == ["single", "grid: learning_rate=0.001", "grid: learning_rate=0.00025"]
@@ -342,12 +366,22 @@ def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
     finals = [_final_returns_from_csv(run) for run in (run_dir, *(os.path.join(grid_dir, f"cell-{k}") for k in (0, 1)))]
     values = np.array([[f["0"], f["1"]] for f in finals])
     best = values[np.argmax(values.mean(axis=1))]
-    for row, own in zip(rows, values):
+    runs_dirs = (run_dir, *(os.path.join(grid_dir, f"cell-{k}") for k in (0, 1)))
+    for row, own, run in zip(rows, values, runs_dirs):
+        per_seed = _auc_and_steps_from_csv(run, 30.0)
+        aucs = np.array([per_seed[s][0] for s in ("0", "1")])
+        steps = [per_seed[s][1] for s in ("0", "1") if per_seed[s][1] is not None]
+        assert float(row["auc"]) == pytest.approx(aucs.mean(), rel=1e-9)
+        assert float(row["auc_ci95"]) == pytest.approx(1.96 * aucs.std(ddof=1) / np.sqrt(2), rel=1e-9)
+        assert int(row["reached"]) == len(steps) and float(row["threshold"]) == 30.0
+        if steps:
+            assert float(row["steps_to_threshold_median"]) == np.median(steps)
         difference = own - best
         np.testing.assert_allclose(
             [float(row[k]) for k in ("median", "mean", "worst", "best", "vs_best", "vs_best_ci95")],
             [np.median(own), own.mean(), own.min(), own.max(), difference.mean(),
              1.96 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-9)
+    assert any(int(row["reached"]) > 0 for row in rows)  # (the step counts above were compared, not all NaN)
     # Every run has in-run evaluations: the last one's median over seeds, as in the grid's own summary.
     summary = _csv(os.path.join(grid_dir, "summary.csv"))
     for row, cell in zip(rows[1:], summary):

@@ -126,3 +126,23 @@ def test_summarize_final_returns_pairs_or_combines_independent_intervals():
     assert independent[0]["vs_best_ci95"] == pytest.approx(
         1.96 * np.sqrt(a[:3].var(ddof=1) / 3 + b.var(ddof=1) / 4))
     assert paired[0]["finished"] == 3 and paired[0]["seeds"] == 4 and paired[0]["worst"] == 1.0
+
+
+def test_area_under_curve_and_steps_to_threshold():
+    nan = np.nan
+    metrics = {"env_steps": np.tile(np.arange(1.0, 7.0) * 100, (3, 1)),
+               "episode_return": np.array([[nan, 10.0, nan, 30.0, 30.0, 50.0],   # 10 carried over update 2
+                                           [40.0, 0.0, 60.0, 60.0, 60.0, 60.0],
+                                           [nan, nan, nan, nan, nan, nan]])}
+    auc = runs.area_under_curve(metrics)
+    np.testing.assert_allclose(auc[:2], [(10 + 10 + 30 + 30 + 50) / 5, (40 + 0 + 60 * 4) / 6])
+    assert np.isnan(auc[2])
+    # window 1: the first update at >= 40; window 2: the first whose last two finished updates average >= 40
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 40.0, window=1), [600.0, 100.0, nan])
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 40.0, window=2), [600.0, 100.0, nan])
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 45.0, window=2), [nan, 400.0, nan])
+    # seed 1 first reaches 50 at update 2 (60), but its 3-update mean reaches 50 only at update 4 (0, 60, 60 is 40)
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 50.0, window=1), [600.0, 300.0, nan])
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 50.0, window=3), [nan, 500.0, nan])
+    with pytest.raises(ValueError, match="window must be a positive int"):
+        runs.steps_to_threshold(metrics, 1.0, window=0)
