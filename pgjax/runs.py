@@ -599,6 +599,7 @@ def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarr
     with _quiet_nan_warnings():
         means = [np.nanmean(values) if not np.isnan(values).all() else np.nan for values in returns]
     best_index = None if np.isnan(means).all() else int(np.nanargmax(means))
+    best = None if best_index is None else np.asarray(returns[best_index], dtype=float)
     rows = []
     for index, (values, evals) in enumerate(zip(returns, last_evals)):
         values = np.asarray(values, dtype=float)
@@ -608,9 +609,7 @@ def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarr
         row = {"median": stat(np.median), "mean": float(mean[0]),
                "ci95": float(half[0]) if finished.size > 1 else float("nan"), "worst": stat(np.min),
                "best": stat(np.max), "finished": int(finished.size), "seeds": int(values.size)}
-        row["vs_best"], row["vs_best_ci95"] = _difference(values, None if best_index is None else
-                                                          np.asarray(returns[best_index], dtype=float),
-                                                          paired, index == best_index)
+        row["vs_best"], row["vs_best_ci95"] = _difference(values, best, paired, index == best_index)
         if evals is not None:
             with _quiet_nan_warnings():
                 row.update(eval_median=float(np.nanmedian(evals)), eval_mean=float(np.nanmean(evals)),
