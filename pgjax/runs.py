@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import itertools
 import json
-import math
 import os
 import threading
 import time
@@ -49,28 +48,36 @@ def _seed_labels(num_seeds: int, seed_indices: Any) -> list[int]:
     return list(range(num_seeds)) if seed_indices is None else [int(i) for i in seed_indices]
 
 
-def metrics_rows(metrics: dict[str, Any], wall_time: np.ndarray | None = None,
-                 seed_indices: Any = None) -> list[dict[str, Any]]:
-    """Flatten metrics of shape [seeds, updates] into CSV rows (`wall_time` [updates] seconds, optional;
-    `seed_indices` [seeds] the `seed` column, default 0..seeds-1)."""
+def metrics_columns(metrics: dict[str, Any], wall_time: np.ndarray | None = None,
+                    seed_indices: Any = None) -> dict[str, np.ndarray]:
+    """Metrics of shape [seeds, updates] as metrics.csv's columns, one row per (seed, update), seed-major: seed,
+    update, env_steps, episode_return, the other metrics by name, wall_time (`wall_time` [updates] seconds,
+    optional; `seed_indices` [seeds] the `seed` column, default 0..seeds-1). Each column is an object array
+    [seeds * updates] of Python numbers, None where a value is NaN (an empty cell)."""
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
     num_seeds, num_updates = arrays["env_steps"].shape
-    seed_indices = _seed_labels(num_seeds, seed_indices)
-    columns = list(FIRST_COLUMNS[2:]) + sorted(k for k in arrays if k not in FIRST_COLUMNS)
-    rows = []
-    for row_idx, seed in enumerate(seed_indices):
-        for update in range(num_updates):
-            row = {"seed": seed, "update": update}
-            for k in columns:
-                value = arrays[k][row_idx, update].item()
-                row[k] = "" if isinstance(value, float) and math.isnan(value) else value
-            row["wall_time"] = "" if wall_time is None or np.isnan(wall_time[update]) else round(float(wall_time[update]), 4)
-            rows.append(row)
-    return rows
+    names = list(FIRST_COLUMNS[2:]) + sorted(k for k in arrays if k not in FIRST_COLUMNS)
+    wall = [None if wall_time is None or np.isnan(w) else round(float(w), 4) for w in
+            (wall_time if wall_time is not None else range(num_updates))]
+    columns = {"seed": np.repeat(np.array(_seed_labels(num_seeds, seed_indices), dtype=object), num_updates),
+               "update": np.tile(np.arange(num_updates, dtype=object), num_seeds)}
+    for name in names:
+        values = arrays[name].reshape(-1)
+        cells = values.astype(object)  # Python ints, floats and bools: the csv module writes their repr
+        if values.dtype.kind == "f":
+            cells[np.isnan(values)] = None
+        columns[name] = cells
+    columns["wall_time"] = np.tile(np.array(wall, dtype=object), num_seeds)
+    return columns
 
 
-def write_metrics_csv(path: str, rows: list[dict[str, Any]]) -> None:
-    tables.write_csv(path, rows)
+def write_metrics_csv(path: str, columns: dict[str, np.ndarray]) -> None:
+    """Write `metrics_columns` (or any equal-length columns) to `path`: a header, then one line per row."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(list(columns))
+        writer.writerows(zip(*columns.values()))
 
 
 def read_metrics_csv(path: str) -> list[dict[str, str]]:
@@ -82,7 +89,7 @@ def read_metrics_csv(path: str) -> list[dict[str, str]]:
 
 
 def read_metrics(path: str) -> tuple[list[int], dict[str, np.ndarray], np.ndarray]:
-    """A run's metrics.csv (or its directory) back as arrays, the inverse of `metrics_rows`.
+    """A run's metrics.csv (or its directory) back as arrays, the inverse of `metrics_columns`.
 
     Returns (seed labels [S] in the file's order, {column: [S, U] float64, NaN where empty}, wall_time [U] seconds,
     NaN where not measured). ValueError for a grid's metrics.csv (read its cell-K/ directories) and for rows that
@@ -202,7 +209,7 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
     }
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(meta, f, indent=2, default=str)
-    write_metrics_csv(os.path.join(out_dir, "metrics.csv"), metrics_rows(output.metrics, wall_time, seed_indices))
+    write_metrics_csv(os.path.join(out_dir, "metrics.csv"), metrics_columns(output.metrics, wall_time, seed_indices))
     plot_learning_curve(
         os.path.join(out_dir, "learning_curve.png"), output.metrics, f"{algo.upper()} on {config.env_id}"
     )
@@ -655,13 +662,17 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
     if clash:  # metrics.csv names its columns by cell field and by metric: one would overwrite the other
         raise ValueError(f"save_grid: grid fields {clash} are also metric names; rename the metric.")
     os.makedirs(out_dir, exist_ok=True)
-    rows, curves = [], {}
+    parts, curves = [], {}
     for index, (cell, cell_output) in enumerate(zip(cells, cell_outputs)):
         save_run(os.path.join(out_dir, f"cell-{index}"), algo, config.replace(**cell), cell_output, seed, wall_time,
                  seed_indices)
-        rows += [{"cell": index, **cell, **row} for row in metrics_rows(cell_output.metrics, wall_time, seed_indices)]
+        columns = metrics_columns(cell_output.metrics, wall_time, seed_indices)
+        rows = len(columns["seed"])
+        parts.append({"cell": np.full(rows, index, dtype=object),
+                      **{k: np.full(rows, v, dtype=object) for k, v in cell.items()}, **columns})
         curves[cell_label(cell)] = cell_output.metrics
-    write_metrics_csv(os.path.join(out_dir, "metrics.csv"), rows)
+    write_metrics_csv(os.path.join(out_dir, "metrics.csv"),
+                      {k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
     summary = grid_summary(cells, output.metrics)
     tables.write_csv(os.path.join(out_dir, "summary.csv"), summary)
     plot_learning_curves(os.path.join(out_dir, "learning_curves.png"), curves,

@@ -96,7 +96,7 @@ def test_read_metrics_inverts_the_written_csv(tmp_path):
     metrics["episode_return"][1, 2] = np.nan  # no episode finished in that update: an empty cell
     wall_time = np.array([0.5, 1.0, np.nan, 2.0, 2.5])
     path = str(tmp_path / "metrics.csv")
-    runs.write_metrics_csv(path, runs.metrics_rows(metrics, wall_time, seed_indices=[4, 0, 9]))
+    runs.write_metrics_csv(path, runs.metrics_columns(metrics, wall_time, seed_indices=[4, 0, 9]))
     seeds, read, read_wall = runs.read_metrics(str(tmp_path))  # a run directory, or the file itself
     assert seeds == [4, 0, 9] and sorted(read) == sorted(metrics)
     for name, values in metrics.items():  # exact: the CSV holds each float's shortest repr
