@@ -363,11 +363,10 @@ def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
     assert os.path.getsize(os.path.join(out, "learning_curves.png")) > 0
     assert [r["label"] for r in rows] == ["single", "grid: learning_rate=0.001", "grid: learning_rate=0.00025"]
     assert all(r["paired"] == "True" for r in rows)  # the same --seed and seeds 0, 1 in every run
-    finals = [_final_returns_from_csv(run) for run in (run_dir, *(os.path.join(grid_dir, f"cell-{k}") for k in (0, 1)))]
-    values = np.array([[f["0"], f["1"]] for f in finals])
+    run_dirs = (run_dir, *(os.path.join(grid_dir, f"cell-{k}") for k in (0, 1)))
+    values = np.array([[f["0"], f["1"]] for f in map(_final_returns_from_csv, run_dirs)])
     best = values[np.argmax(values.mean(axis=1))]
-    runs_dirs = (run_dir, *(os.path.join(grid_dir, f"cell-{k}") for k in (0, 1)))
-    for row, own, run in zip(rows, values, runs_dirs):
+    for row, own, run in zip(rows, values, run_dirs):
         per_seed = _auc_and_steps_from_csv(run, 30.0)
         aucs = np.array([per_seed[s][0] for s in ("0", "1")])
         steps = [per_seed[s][1] for s in ("0", "1") if per_seed[s][1] is not None]

@@ -14,8 +14,8 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from subprocess_env import ROOT, cpu_subprocess_env
 
+from subprocess_env import ROOT, cpu_subprocess_env
 
 
 def _python_blocks() -> list[str]:
