@@ -116,16 +116,13 @@ def read_metrics(path: str) -> tuple[list[int], dict[str, np.ndarray], np.ndarra
 
 
 def smoothed_returns(episode_return: np.ndarray) -> np.ndarray:
-    """Carry the last finished episode's mean return forward over updates where none finished ([seeds, updates])."""
+    """Carry the last finished episode's mean return forward over updates where none finished ([seeds, updates];
+    NaN before a seed's first finished episode)."""
     out = np.array(episode_return, dtype=float)
-    for row in out:
-        last = np.nan
-        for i, v in enumerate(row):
-            if np.isnan(v):
-                row[i] = last
-            else:
-                last = v
-    return out
+    # For each update, the index of the latest update up to it with a value (0 before the first: NaN stays NaN).
+    latest = np.where(np.isnan(out), 0, np.arange(out.shape[1]))
+    np.maximum.accumulate(latest, axis=1, out=latest)
+    return np.take_along_axis(out, latest, axis=1)
 
 
 def mean_and_interval(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

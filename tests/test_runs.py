@@ -146,3 +146,15 @@ def test_area_under_curve_and_steps_to_threshold():
     np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 50.0, window=3), [nan, 500.0, nan])
     with pytest.raises(ValueError, match="window must be a positive int"):
         runs.steps_to_threshold(metrics, 1.0, window=0)
+
+
+def test_smoothed_returns_carries_the_last_value_forward():
+    nan = np.nan
+    returns = np.array([[nan, 1.0, nan, nan, 4.0, nan],
+                        [2.0, nan, 3.0, nan, nan, nan],
+                        [nan, nan, nan, nan, nan, nan]])
+    expected = np.array([[nan, 1.0, 1.0, 1.0, 4.0, 4.0],
+                         [2.0, 2.0, 3.0, 3.0, 3.0, 3.0],
+                         [nan, nan, nan, nan, nan, nan]])
+    np.testing.assert_array_equal(runs.smoothed_returns(returns), expected)
+    np.testing.assert_array_equal(returns[0, :2], [nan, 1.0])  # the input is left as it was
