@@ -372,18 +372,29 @@ def main(argv=None) -> int:
     final = runs.final_returns(output.metrics)
     if np.isnan(final).any():
         print(f"warning: {int(np.isnan(final).sum())} seed(s) finished no episode in the last 10% of updates")
-    print(f"final mean episode return (last 10% of updates) per seed: {np.round(final, 1).tolist()}")
+    print(f"final mean episode return (last 10% of updates) per seed: {per_seed(final, seed_indices)}")
     if not np.isnan(final).all():
         print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}")
     last_eval = runs.last_evaluation(output.metrics)  # --eval-every: the last evaluation is after the last update
     if last_eval is not None:
         print(f"evaluation after the last update ({config.eval_episodes} episodes, {_eval_actions(config)}) per seed: "
-              f"{np.round(last_eval, 1).tolist()}")
+              f"{per_seed(last_eval, seed_indices)}")
         print(f"evaluation median {np.nanmedian(last_eval):.1f}, worst {np.nanmin(last_eval):.1f}")
     runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices)
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
     _remove_checkpoint(segments)
     return report_divergence(runs.non_finite_seeds(output, seed_indices), len(seed_indices))
+
+
+def per_seed(values: np.ndarray, labels: list[int], most: int = 16) -> str:
+    """Every seed's value (up to `most` seeds); for more, the five lowest with their seed numbers and the quartiles,
+    so that a sweep of thousands of seeds prints a line, not thousands of numbers (each seed's are in metrics.csv)."""
+    if len(values) <= most:
+        return str(np.round(values, 1).tolist())
+    lowest = np.argsort(np.nan_to_num(values, nan=-np.inf), kind="stable")[:5]  # seeds without a value first
+    q25, q75 = np.nanpercentile(values, [25, 75]) if not np.isnan(values).all() else (np.nan, np.nan)
+    return (f"lowest {', '.join(f'seed {labels[i]}: {values[i]:.1f}' for i in lowest)}; quartiles {q25:.1f} / "
+            f"{q75:.1f} over {len(values)} seeds (each seed's in metrics.csv)")
 
 
 def _remove_checkpoint(segments: Segments | None) -> None:

@@ -416,3 +416,13 @@ def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             compare_cli.main([*argv, "--out", out])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, argv
+
+
+def test_many_seeds_print_their_lowest_and_quartiles_not_every_value():
+    values = np.arange(40, dtype=float) * 10.0
+    values[[7, 30]] = [-5.0, np.nan]
+    assert train_cli.per_seed(values[:3], [4, 5, 6]) == "[0.0, 10.0, 20.0]"
+    text = train_cli.per_seed(values, list(range(100, 140)))
+    q25, q75 = np.nanpercentile(values, [25, 75])
+    assert text == (f"lowest seed 130: nan, seed 107: -5.0, seed 100: 0.0, seed 101: 10.0, seed 102: 20.0; "
+                    f"quartiles {q25:.1f} / {q75:.1f} over 40 seeds (each seed's in metrics.csv)")
