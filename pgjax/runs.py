@@ -57,8 +57,8 @@ def metrics_columns(metrics: dict[str, Any], wall_time: np.ndarray | None = None
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
     num_seeds, num_updates = arrays["env_steps"].shape
     names = list(FIRST_COLUMNS[2:]) + sorted(k for k in arrays if k not in FIRST_COLUMNS)
-    wall = [None if wall_time is None or np.isnan(w) else round(float(w), 4) for w in
-            (wall_time if wall_time is not None else range(num_updates))]
+    wall = ([None] * num_updates if wall_time is None else
+            [None if np.isnan(w) else round(float(w), 4) for w in wall_time])
     columns = {"seed": np.repeat(np.array(_seed_labels(num_seeds, seed_indices), dtype=object), num_updates),
                "update": np.tile(np.arange(num_updates, dtype=object), num_seeds)}
     for name in names:
@@ -476,10 +476,10 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
     if resume and os.path.exists(path):
         _check_same_run(path, checkpoints.read_meta(path).get("run", {}), identity)
         saved = checkpoints.load(path, jax.eval_shape(jax.vmap(train.start), *args))
-        state, first, done_metrics = saved.state, saved.next_update, [saved.metrics]
+        state, first, merged = saved.state, saved.next_update, saved.metrics
     else:
         start, place, _ = lanes_program(train.start, num_lanes, (0,) + hp_axes)
-        state, first, done_metrics, saved = start(*place(*args)), 0, [], None
+        state, first, merged, saved = start(*place(*args)), 0, None, None
     programs, num_devices = {}, 0  # segment length -> (compiled program, place)
     for count in sorted({min(every, num_updates - f) for f in range(first, num_updates, every)}):
         program, place, num_devices = lanes_program(
@@ -496,9 +496,8 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
         count = min(every, num_updates - f)
         compiled, place = programs[count]
         state, metrics = compiled(*place(state, np.int32(f), *hp))
-        done_metrics.append(jax.device_get(metrics))
-        merged = {k: np.concatenate([m[k] for m in done_metrics], axis=1) for k in done_metrics[0]}
-        done_metrics = [merged]
+        metrics = jax.device_get(metrics)
+        merged = metrics if merged is None else {k: np.concatenate([merged[k], metrics[k]], axis=1) for k in merged}
         if progress is not None:
             progress.mark_done(f + count)
             wall_time = progress.wall_time[:f + count]
@@ -513,8 +512,7 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
     run_s = time.perf_counter() - run_start
     if progress is not None:
         progress.close()
-    return SegmentedRun(common.TrainOutput(state.agent, state.env_state, done_metrics[0]), first, compile_s, run_s,
-                        num_devices)
+    return SegmentedRun(common.TrainOutput(state.agent, state.env_state, merged), first, compile_s, run_s, num_devices)
 
 
 def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> list[str]:
