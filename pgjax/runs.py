@@ -53,7 +53,9 @@ def metrics_columns(metrics: dict[str, Any], wall_time: np.ndarray | None = None
     """Metrics of shape [seeds, updates] as metrics.csv's columns, one row per (seed, update), seed-major: seed,
     update, env_steps, episode_return, the other metrics by name, wall_time (`wall_time` [updates] seconds,
     optional; `seed_indices` [seeds] the `seed` column, default 0..seeds-1). Each column is an object array
-    [seeds * updates] of Python numbers, None where a value is NaN (an empty cell)."""
+    [seeds * updates]: Python ints, floats as the shortest text that rounds back to the same value in their own
+    dtype ('0.1' for a float32 0.1, not its float64 expansion '0.10000000149011612'), None where NaN (an empty
+    cell)."""
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
     num_seeds, num_updates = arrays["env_steps"].shape
     names = list(FIRST_COLUMNS[2:]) + sorted(k for k in arrays if k not in FIRST_COLUMNS)
@@ -63,9 +65,11 @@ def metrics_columns(metrics: dict[str, Any], wall_time: np.ndarray | None = None
                "update": np.tile(np.arange(num_updates, dtype=object), num_seeds)}
     for name in names:
         values = arrays[name].reshape(-1)
-        cells = values.astype(object)  # Python ints, floats and bools: the csv module writes their repr
         if values.dtype.kind == "f":
+            cells = values.astype(str).astype(object)  # NumPy's shortest round-trip text in the value's own dtype
             cells[np.isnan(values)] = None
+        else:
+            cells = values.astype(object)  # Python ints and bools: the csv module writes their repr
         columns[name] = cells
     columns["wall_time"] = np.tile(np.array(wall, dtype=object), num_seeds)
     return columns
@@ -92,8 +96,8 @@ def read_metrics(path: str) -> tuple[list[int], dict[str, np.ndarray], np.ndarra
     """A run's metrics.csv (or its directory) back as arrays, the inverse of `metrics_columns`.
 
     Returns (seed labels [S] in the file's order, {column: [S, U] float64, NaN where empty}, wall_time [U] seconds,
-    NaN where not measured). ValueError for a grid's metrics.csv (read its cell-K/ directories) and for rows that
-    do not form every seed's updates 0..U-1.
+    NaN where not measured); a float32 metric is exact once cast back to float32. ValueError for a grid's
+    metrics.csv (read its cell-K/ directories) and for rows that do not form every seed's updates 0..U-1.
     """
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.csv")

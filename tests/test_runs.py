@@ -93,18 +93,21 @@ def test_read_metrics_inverts_the_written_csv(tmp_path):
     rng = np.random.default_rng(0)
     metrics = {"env_steps": np.tile(np.arange(1, 6) * 512.0, (3, 1)), "episode_return": rng.normal(size=(3, 5)),
                "loss": rng.normal(size=(3, 5)).astype(np.float32)}
+    metrics["loss"][0, 0] = 0.1
     metrics["episode_return"][1, 2] = np.nan  # no episode finished in that update: an empty cell
     wall_time = np.array([0.5, 1.0, np.nan, 2.0, 2.5])
     path = str(tmp_path / "metrics.csv")
     runs.write_metrics_csv(path, runs.metrics_columns(metrics, wall_time, seed_indices=[4, 0, 9]))
     seeds, read, read_wall = runs.read_metrics(str(tmp_path))  # a run directory, or the file itself
     assert seeds == [4, 0, 9] and sorted(read) == sorted(metrics)
-    for name, values in metrics.items():  # exact: the CSV holds each float's shortest repr
-        np.testing.assert_array_equal(read[name], np.asarray(values, dtype=np.float64))
+    for name, values in metrics.items():  # exact in each metric's dtype: the CSV holds the shortest round-trip text
+        np.testing.assert_array_equal(read[name].astype(values.dtype), values)
     np.testing.assert_array_equal(read_wall, wall_time)
 
     with open(path) as f:
         lines = f.readlines()
+    # float32 values as their own shortest text; float64 ones as theirs (the 7-digit float32 text would lose them)
+    assert lines[1].split(",")[3:5] == [repr(float(metrics["episode_return"][0, 0])), "0.1"], lines[1]
     (tmp_path / "cut.csv").write_text("".join(lines[:-1]))  # the last row of the last seed missing
     with pytest.raises(ValueError, match="its 14 rows are not the same updates 0..U-1 of each of its 3 seeds"):
         runs.read_metrics(str(tmp_path / "cut.csv"))
