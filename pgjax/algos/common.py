@@ -543,9 +543,14 @@ def update_learning_rate(config: OnPolicyConfig, hp: HParams, update_idx: Array)
     return optim.linear_anneal(hp["learning_rate"], progress, hp["final_lr_fraction"])
 
 
+def init_params(network: ActorCritic, spec: EnvSpec, key: Array) -> Any:
+    """Fresh network parameters for `spec`'s flat observations."""
+    return network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
+
+
 def init_agent(network: ActorCritic, spec: EnvSpec, tx: optax.GradientTransformation, key: Array) -> AgentState:
     """Fresh network parameters and the optimiser state for their flat vector."""
-    params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
+    params = init_params(network, spec, key)
     return AgentState(params, tx.init(optim.ravel_params(params)[0]))
 
 

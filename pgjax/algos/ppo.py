@@ -182,10 +182,10 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
     """PPO as (init, act, value, update) for `common.make_on_policy_train`."""
 
     def init(key, spec, hp):
-        agent = common.init_agent(network, spec, _optimizer(config, hp), key)
-        if config.split_actor_critic:  # one Adam per network instead of one over both
-            agent = agent.replace(opt_state=_split_adam_init(config, hp, agent.params))
-        return agent
+        if not config.split_actor_critic:
+            return common.init_agent(network, spec, _optimizer(config, hp), key)
+        params = common.init_params(network, spec, key)
+        return common.AgentState(params, _split_adam_init(config, hp, params))  # one Adam per network
 
     def update(agent, batch, key, hp, update_idx):
         advantage, target = adv.gae(

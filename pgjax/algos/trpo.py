@@ -93,7 +93,7 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
         return common.optimizer(config, hp, config.vf_epochs * config.vf_minibatches)
 
     def init(key, spec, hp):
-        params = network.init(key, jnp.zeros((spec.observation_size,), jnp.float32))
+        params = common.init_params(network, spec, key)
         return TRPOState(params, vf_optimizer(hp).init(optim.ravel_params(_split(params)[1])[0]))
 
     def policy_step(actor_params, obs, action, old_log_prob, advantage, hp):
