@@ -15,10 +15,15 @@ recomputed) and writes to --out (default runs/compare-<time>):
                          (the `paired` column), independent otherwise; with in-run evaluations (--eval-every),
                          eval_median, eval_mean and eval_worst of the last one; auc / auc_ci95, the mean over
                          seeds of each seed's mean return over all updates (the area under its learning curve per
-                         env step: how fast as well as how far); with --threshold X, reached (seeds whose mean
-                         return over 10 updates reached X) and steps_to_threshold_median (their median env steps to
-                         get there)
+                         env step: how fast as well as how far); iqm, iqm_low, iqm_high, the interquartile mean
+                         of the final returns (the middle 50% of seeds) and its 95% bootstrap interval;
+                         p_improve_vs_best, the probability that a seed of this run ends above a seed of the best
+                         run (0.5: indistinguishable; `pgjax.score_stats`); with --threshold X, reached (seeds
+                         whose mean return over 10 updates reached X) and steps_to_threshold_median (their median
+                         env steps to get there)
     learning_curves.png  mean episode return over seeds against env steps, one curve per run, 95% intervals
+    score_profiles.png   the fraction of each run's seeds whose final return is >= tau, against tau: the seeds left
+                         behind are its left tail
 
 Runs of different algorithms started from the same --seed share their seeds' keys but use them differently, so
 pairing there gains little precision; the interval is valid either way.
@@ -34,7 +39,7 @@ import time
 
 import numpy as np
 
-from pgjax import runs, tables
+from pgjax import runs, score_stats, tables
 
 
 def load_entries(run_dir: str, name: str | None = None) -> list[dict]:
@@ -56,34 +61,70 @@ def load_entries(run_dir: str, name: str | None = None) -> list[dict]:
     entries = []
     for directory, label in parts:
         seeds, metrics, _ = runs.read_metrics(directory)
-        entries.append(dict(label=label, algo=algo, env_id=env_id, seed=seed, seeds=seeds, metrics=metrics))
+        entries.append(dict(label=label, algo=algo, env_id=env_id, seed=seed, seeds=seeds, metrics=metrics,
+                            final=runs.final_returns(metrics)))
     return entries
 
 
-def comparison_rows(entries: list[dict], threshold: float | None = None) -> tuple[list[dict], bool]:
+def comparison_rows(entries: list[dict], threshold: float | None = None,
+                    resamples: int = 2000) -> tuple[list[dict], bool]:
     """`runs.summarize_final_returns` over the entries' final returns, paired when every entry has the same
     base seed and seed labels, plus the area under each learning curve (`runs.area_under_curve`: auc, auc_ci95
-    over seeds) and, with a threshold, how many seeds reached it and the median env steps they took
-    (`runs.steps_to_threshold`); returns (rows, paired)."""
+    over seeds), the interquartile mean with its bootstrap interval (`resamples` resamples of the seeds) and the
+    probability of improvement over the best run (`pgjax.score_stats`) and, with a threshold, how many seeds
+    reached it and the median env steps they took (`runs.steps_to_threshold`); returns (rows, paired)."""
     paired = len({(e["seed"], tuple(e["seeds"])) for e in entries}) == 1
-    returns = [runs.final_returns(e["metrics"]) for e in entries]
+    returns = [e["final"] for e in entries]
     evals = [runs.last_evaluation(e["metrics"]) for e in entries]
     rows = runs.summarize_final_returns(returns, evals, paired)
+    means = [row["mean"] for row in rows]
+    best = returns[int(np.nanargmax(means))] if not np.isnan(means).all() else None  # the vs_best run
     # Not every run has in-run evaluations: the evaluation columns are empty for those that have none.
     eval_columns = dict.fromkeys(c for row in rows for c in row if c.startswith("eval_"))
     table = []
-    for e, row in zip(entries, rows):
+    for e, row, final in zip(entries, rows, returns):
         auc, auc_half = runs.mean_and_interval(runs.area_under_curve(e["metrics"])[:, None])
+        robust = dict.fromkeys(("iqm", "iqm_low", "iqm_high", "p_improve_vs_best"), float("nan"))
+        if not np.isnan(final).all():
+            low, high = score_stats.bootstrap_interval(final, num_resamples=resamples)
+            robust.update(iqm=score_stats.iqm(final), iqm_low=low, iqm_high=high,
+                          p_improve_vs_best=score_stats.probability_of_improvement(final, best))
         table.append({"label": e["label"], "algo": e["algo"], "paired": paired,
                       "env_steps": int(np.nanmax(e["metrics"]["env_steps"][:, -1])), **row,
                       **{c: "" for c in eval_columns if c not in row}, "auc": float(auc[0]),
-                      "auc_ci95": float(auc_half[0])})
+                      "auc_ci95": float(auc_half[0]), **robust})
         if threshold is not None:
             steps = runs.steps_to_threshold(e["metrics"], threshold)
             reached = steps[~np.isnan(steps)]
             table[-1].update(threshold=threshold, reached=int(reached.size),
                              steps_to_threshold_median=float(np.median(reached)) if reached.size else float("nan"))
     return table, paired
+
+
+def plot_score_profiles(path: str, finals: dict[str, np.ndarray], title: str) -> None:
+    """Per run ({label: final returns [seeds]}), the fraction of its seeds whose final return is >= tau
+    (`score_stats.performance_profile`), over tau from the lowest to the highest final return of all runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.concatenate(list(finals.values()))
+    values = values[~np.isnan(values)]
+    low, high = (values.min(), values.max()) if values.size else (0.0, 1.0)
+    taus = np.linspace(low, high, 200) if high > low else np.array([low - 1.0, low, low + 1.0])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, final in finals.items():
+        ax.step(taus, score_stats.performance_profile(final, taus), where="post", label=label)
+    ax.set_xlabel("final return tau")
+    ax.set_ylabel("fraction of seeds with final return >= tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -96,7 +137,11 @@ def main(argv=None) -> int:
     p.add_argument("--threshold", type=float, default=None,
                    help="also report how many seeds reached this mean episode return (over 10 updates) and the "
                         "median env steps they took (e.g. 475 on CartPole-v1)")
+    p.add_argument("--resamples", type=int, default=2000,
+                   help="bootstrap resamples of the seeds for the interquartile mean's interval (default 2000)")
     args = p.parse_args(argv)
+    if args.resamples < 1:
+        p.error(f"--resamples must be >= 1; got {args.resamples}")
     if args.labels is not None and len(args.labels) != len(args.runs):
         p.error(f"--labels needs one label per RUN: {len(args.runs)} runs, {len(args.labels)} labels")
     entries = []
@@ -113,7 +158,7 @@ def main(argv=None) -> int:
     if len(set(labels)) < len(labels):
         p.error(f"two runs share a label ({labels}): name them with --labels")
 
-    rows, paired = comparison_rows(entries, args.threshold)
+    rows, paired = comparison_rows(entries, args.threshold, args.resamples)
     env_id = next(iter(envs))
     print(f"{len(entries)} runs on {env_id}; final return = each seed's mean episode return over the last 10% of "
           f"updates; vs best: {'paired by seed' if paired else 'independent (the runs do not share their seeds)'}")
@@ -125,13 +170,17 @@ def main(argv=None) -> int:
                    f"{row['steps_to_threshold_median']:,.0f} steps)" if args.threshold is not None else "")
         print(f"  {row['label']:<{width}}  {row['seeds']:>4} seeds  median {row['median']:8.1f}  mean "
               f"{row['mean']:8.1f} +- {row['ci95']:5.1f}  worst {row['worst']:8.1f}  vs best {row['vs_best']:+8.1f} "
-              f"+- {row['vs_best_ci95']:5.1f}, auc {row['auc']:.1f} +- {row['auc_ci95']:.1f}{reached}{evaluation}")
+              f"+- {row['vs_best_ci95']:5.1f}, IQM {row['iqm']:.1f} [{row['iqm_low']:.1f}, {row['iqm_high']:.1f}], "
+              f"P(> best) {row['p_improve_vs_best']:.2f}, auc {row['auc']:.1f} +- {row['auc_ci95']:.1f}"
+              f"{reached}{evaluation}")
     out = args.out or os.path.join("runs", f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out, exist_ok=True)
     tables.write_csv(os.path.join(out, "comparison.csv"), rows)
     runs.plot_learning_curves(os.path.join(out, "learning_curves.png"), {e["label"]: e["metrics"] for e in entries},
                               args.title or env_id)
-    print(f"wrote {out}/comparison.csv, learning_curves.png")
+    plot_score_profiles(os.path.join(out, "score_profiles.png"), {e["label"]: e["final"] for e in entries},
+                        args.title or env_id)
+    print(f"wrote {out}/comparison.csv, learning_curves.png, score_profiles.png")
     return 0
 
 

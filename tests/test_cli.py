@@ -360,7 +360,8 @@ def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
     out = str(tmp_path / "cmp")
     assert compare_cli.main([run_dir, grid_dir, "--labels", "single", "grid", "--out", out, "--threshold", "30"]) == 0
     rows = _csv(os.path.join(out, "comparison.csv"))
-    assert os.path.getsize(os.path.join(out, "learning_curves.png")) > 0
+    for name in ("learning_curves.png", "score_profiles.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert [r["label"] for r in rows] == ["single", "grid: learning_rate=0.001", "grid: learning_rate=0.00025"]
     assert all(r["paired"] == "True" for r in rows)  # the same --seed and seeds 0, 1 in every run
     run_dirs = (run_dir, *(os.path.join(grid_dir, f"cell-{k}") for k in (0, 1)))
@@ -375,6 +376,11 @@ def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
         assert int(row["reached"]) == len(steps) and float(row["threshold"]) == 30.0
         if steps:
             assert float(row["steps_to_threshold_median"]) == np.median(steps)
+        # 2 seeds: the IQM cuts none (n // 4 = 0); P(> best) counts the 4 seed pairs, ties half.
+        pairs = [1.0 if a > b else 0.5 if a == b else 0.0 for a in own for b in best]
+        assert float(row["iqm"]) == pytest.approx(own.mean(), rel=1e-9)
+        assert float(row["p_improve_vs_best"]) == np.mean(pairs)
+        assert own.min() <= float(row["iqm_low"]) <= float(row["iqm"]) <= float(row["iqm_high"]) <= own.max()
         difference = own - best
         np.testing.assert_allclose(
             [float(row[k]) for k in ("median", "mean", "worst", "best", "vs_best", "vs_best_ci95")],
@@ -412,7 +418,8 @@ def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):
     for argv, message in (([run_dir, str(other)], "different environments"),
                           ([run_dir, run_dir], "share a label"),
                           ([run_dir, "--labels", "a", "b"], "one label per RUN"),
-                          ([str(tmp_path)], "config.json is missing")):
+                          ([str(tmp_path)], "config.json is missing"),
+                          ([run_dir, "--resamples", "0"], "--resamples must be >= 1")):
         with pytest.raises(SystemExit) as exit_info:
             compare_cli.main([*argv, "--out", out])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, argv
