@@ -69,30 +69,22 @@ def load_entries(run_dir: str, name: str | None = None) -> list[dict]:
 def comparison_rows(entries: list[dict], threshold: float | None = None,
                     resamples: int = 2000) -> tuple[list[dict], bool]:
     """`runs.summarize_final_returns` over the entries' final returns, paired when every entry has the same
-    base seed and seed labels, plus the area under each learning curve (`runs.area_under_curve`: auc, auc_ci95
-    over seeds), the interquartile mean with its bootstrap interval (`resamples` resamples of the seeds) and the
-    probability of improvement over the best run (`pgjax.score_stats`) and, with a threshold, how many seeds
+    base seed and seed labels (its IQM intervals from `resamples` bootstrap resamples), plus the area under each
+    learning curve (`runs.area_under_curve`: auc, auc_ci95 over seeds) and, with a threshold, how many seeds
     reached it and the median env steps they took (`runs.steps_to_threshold`); returns (rows, paired)."""
     paired = len({(e["seed"], tuple(e["seeds"])) for e in entries}) == 1
     returns = [e["final"] for e in entries]
     evals = [runs.last_evaluation(e["metrics"]) for e in entries]
-    rows = runs.summarize_final_returns(returns, evals, paired)
-    means = [row["mean"] for row in rows]
-    best = returns[int(np.nanargmax(means))] if not np.isnan(means).all() else None  # the vs_best run
+    rows = runs.summarize_final_returns(returns, evals, paired, resamples)
     # Not every run has in-run evaluations: the evaluation columns are empty for those that have none.
     eval_columns = dict.fromkeys(c for row in rows for c in row if c.startswith("eval_"))
     table = []
-    for e, row, final in zip(entries, rows, returns):
+    for e, row in zip(entries, rows):
         auc, auc_half = runs.mean_and_interval(runs.area_under_curve(e["metrics"])[:, None])
-        robust = dict.fromkeys(("iqm", "iqm_low", "iqm_high", "p_improve_vs_best"), float("nan"))
-        if not np.isnan(final).all():
-            low, high = score_stats.bootstrap_interval(final, num_resamples=resamples)
-            robust.update(iqm=score_stats.iqm(final), iqm_low=low, iqm_high=high,
-                          p_improve_vs_best=score_stats.probability_of_improvement(final, best))
         table.append({"label": e["label"], "algo": e["algo"], "paired": paired,
                       "env_steps": int(np.nanmax(e["metrics"]["env_steps"][:, -1])), **row,
                       **{c: "" for c in eval_columns if c not in row}, "auc": float(auc[0]),
-                      "auc_ci95": float(auc_half[0]), **robust})
+                      "auc_ci95": float(auc_half[0])})
         if threshold is not None:
             steps = runs.steps_to_threshold(e["metrics"], threshold)
             reached = steps[~np.isnan(steps)]

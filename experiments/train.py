@@ -17,7 +17,8 @@ A seeds x hyperparameters grid in the same one compiled call (`--grid`, repeatab
 
 trains every combination (a cell) on the same --num-seeds seeds (paired comparisons) and writes DIR/summary.csv
 (per cell: median, mean with its 95% interval, worst and best final return over seeds, and the paired difference
-from the best cell, seed by seed, with its 95% interval), DIR/metrics.csv (one row
+from the best cell, seed by seed, with its 95% interval; the interquartile mean with its bootstrap interval and
+the probability of improvement over the best cell: pgjax.score_stats), DIR/metrics.csv (one row
 per cell, seed and update, the cell's values first), DIR/learning_curves.png (one curve per cell) and DIR/cell-K/,
 a run directory per cell for evaluate.py (`pgjax.runs.save_grid`). The same flags with --seed-indices replay
 those seeds in every cell, bit for bit.

@@ -36,7 +36,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", TqdmWarning)
     from tqdm.auto import tqdm
 
-from pgjax import checkpoints, envs, parallel, tables
+from pgjax import checkpoints, envs, parallel, score_stats, tables
 from pgjax.algos import common, evaluation, get
 from pgjax.algos.evaluation import observation_statistics
 
@@ -594,14 +594,16 @@ def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list
 
 
 def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarray | None],
-                            paired: bool) -> list[dict[str, Any]]:
+                            paired: bool, resamples: int = 2000) -> list[dict[str, Any]]:
     """One row per group of seeds' final returns (returns[i]: [S_i], NaN for a seed without a finished episode):
     median, mean, ci95 (half-width of a 95% normal interval of the mean), worst, best, finished (seeds with a
     value), seeds, and the comparison with the group of the highest mean: vs_best = this mean - the best's, with
     vs_best_ci95 its interval; `paired` (groups of equal size whose i-th seeds share their keys) takes the mean
     and interval of the per-seed differences, otherwise the two means' intervals combine as independent
-    (sqrt(se_a^2 + se_b^2)). With last_evals[i] ([S_i], the in-run evaluation after the last update) the row adds
-    eval_median, eval_mean and eval_worst."""
+    (sqrt(se_a^2 + se_b^2)); iqm, the interquartile mean, with iqm_low / iqm_high its 95% percentile-bootstrap
+    interval (`resamples` resamples of the seeds) and p_improve_vs_best, P(a seed of this group ends above one of
+    the best's) (`score_stats`; NaN for a group without a value). With last_evals[i] ([S_i], the in-run
+    evaluation after the last update) the row adds eval_median, eval_mean and eval_worst."""
     with _quiet_nan_warnings():
         means = [np.nanmean(values) if not np.isnan(values).all() else np.nan for values in returns]
     best_index = None if np.isnan(means).all() else int(np.nanargmax(means))
@@ -616,6 +618,11 @@ def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarr
                "ci95": float(half[0]) if finished.size > 1 else float("nan"), "worst": stat(np.min),
                "best": stat(np.max), "finished": int(finished.size), "seeds": int(values.size)}
         row["vs_best"], row["vs_best_ci95"] = _difference(values, best, paired, index == best_index)
+        row.update(dict.fromkeys(("iqm", "iqm_low", "iqm_high", "p_improve_vs_best"), float("nan")))
+        if finished.size:
+            row["iqm"] = score_stats.iqm(finished)
+            row["iqm_low"], row["iqm_high"] = score_stats.bootstrap_interval(finished, num_resamples=resamples)
+            row["p_improve_vs_best"] = score_stats.probability_of_improvement(finished, best)
         if evals is not None:
             with _quiet_nan_warnings():
                 row.update(eval_median=float(np.nanmedian(evals)), eval_mean=float(np.nanmean(evals)),

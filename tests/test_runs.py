@@ -129,6 +129,12 @@ def test_summarize_final_returns_pairs_or_combines_independent_intervals():
     assert independent[0]["vs_best_ci95"] == pytest.approx(
         1.96 * np.sqrt(a[:3].var(ddof=1) / 3 + b.var(ddof=1) / 4))
     assert paired[0]["finished"] == 3 and paired[0]["seeds"] == 4 and paired[0]["worst"] == 1.0
+    # The robust columns use the finished seeds only: a's 3 (no cut at n = 3) against b's 4 (one cut each end).
+    assert paired[0]["iqm"] == pytest.approx(7 / 3) and paired[1]["iqm"] == pytest.approx((3.0 + 3.5) / 2)
+    pairs = [1.0 if x > y else 0.5 if x == y else 0.0 for x in a[:3] for y in b]
+    assert paired[0]["p_improve_vs_best"] == independent[0]["p_improve_vs_best"] == np.mean(pairs)  # 4 / 12
+    assert paired[1]["p_improve_vs_best"] == 0.5
+    assert paired[0]["iqm_low"] <= paired[0]["iqm"] <= paired[0]["iqm_high"]
 
 
 def test_area_under_curve_and_steps_to_threshold():
