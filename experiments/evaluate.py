@@ -6,8 +6,10 @@ Prints each seed's mean return and writes every episode's return to RUN_DIR/eval
 columns seed, episode, episode_return, actions ("deterministic" or "stochastic").
 
 RUN_DIR may also be a hyperparameter grid (train.py --grid): every cell's seeds are evaluated, one compile for
-all of them, with the cell's number and values as the first columns, and a summary per cell (median, mean, worst
-and best of its seeds' mean returns) is printed and written next to it (evaluation_summary.csv).
+all of them, with the cell's number and values as the first columns, and a summary per cell of its seeds' mean
+returns (`runs.summarize_final_returns`'s columns: median, mean with its 95% interval, worst, best, the paired
+difference from the best cell, the interquartile mean with its bootstrap interval, P(> best)) is printed and
+written next to it (evaluation_summary.csv).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import jax
 import numpy as np
 
-from pgjax import runs, tables
+from pgjax import runs, score_stats, tables
 
 
 def evaluate_seeds(run, labels: list[int], args) -> tuple[list[float], list[dict]]:
@@ -69,19 +71,22 @@ def main(argv=None) -> int:
           f"({'stochastic' if args.stochastic else 'deterministic'} actions)")
     if not cells:
         means, rows = evaluate_seeds(loaded[0], labels, args)
-        print(f"median over seeds {np.median(means):.1f}, worst {np.min(means):.1f}")
+        print(f"median over seeds {np.median(means):.1f}, worst {np.min(means):.1f}, IQM {score_stats.iqm(means):.1f}")
     else:
-        rows, summary = [], []
+        rows, cell_means = [], []
         for index, (cell, run) in enumerate(zip(cells, loaded)):
             print(f"cell {index} ({runs.cell_label(cell)}):")
             means, cell_rows = evaluate_seeds(run, labels, args)
             rows += [{"cell": index, **cell, **row} for row in cell_rows]
-            summary.append({"cell": index, **cell, "median": float(np.median(means)), "mean": float(np.mean(means)),
-                            "worst": float(np.min(means)), "best": float(np.max(means)), "seeds": len(means)})
+            cell_means.append(np.array(means))
+        # Every cell evaluates the same seeds with the same keys: paired, like the training summary.
+        stats = runs.summarize_final_returns(cell_means, [None] * len(cells), paired=True)
+        summary = [{"cell": index, **cell, **row} for index, (cell, row) in enumerate(zip(cells, stats))]
         print("over each cell's seeds' mean returns:")
         for row in summary:
             print(f"  cell {row['cell']} ({runs.cell_label(cells[row['cell']])}): median {row['median']:.1f}, "
-                  f"mean {row['mean']:.1f}, worst {row['worst']:.1f}, best {row['best']:.1f}")
+                  f"mean {row['mean']:.1f}, worst {row['worst']:.1f}, best {row['best']:.1f}, IQM {row['iqm']:.1f}, "
+                  f"vs best {row['vs_best']:+.1f} +- {row['vs_best_ci95']:.1f}")
     path = args.csv or os.path.join(args.run_dir, "evaluation.csv")
     tables.write_csv(path, rows)
     print(f"wrote {path}")

@@ -321,6 +321,9 @@ def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_pat
                  for s in ("0", "1")]
         assert float(row["median"]) == pytest.approx(np.median(means)) and float(row["worst"]) == pytest.approx(
             min(means)) and float(row["best"]) == pytest.approx(max(means)) and row["seeds"] == "2"
+        assert float(row["iqm"]) == pytest.approx(np.mean(means))  # 2 seeds: nothing cut
+    best = max(summary, key=lambda r: float(r["mean"]))
+    assert float(best["vs_best"]) == 0.0 and float(best["p_improve_vs_best"]) == 0.5
     assert [(r["cell"], r["learning_rate"]) for r in summary] == [("0", "0.001"), ("1", "0.00025")]
 
 
