@@ -8,9 +8,10 @@ moves with those few and the median ignores everything but the middle seed. Thes
     P(X > Y)      = 1/(n m) sum_i sum_j [x_i > y_j] + 1/2 [x_i = y_j]      (probability of improvement)
     profile(tau)  = 1/n sum_i [x_i >= tau]                                  (fraction of seeds reaching tau)
 
-and a percentile bootstrap over seeds for the interval of any of them. Host-side NumPy: these summarise finished
-runs (`experiments/compare.py`), they are not on the training path. NaN scores (a seed without a finished
-episode) are dropped first.
+and a percentile bootstrap over seeds for the interval of a statistic such as the IQM. Host-side NumPy: these
+summarise finished runs (`runs.summarize_final_returns`, `experiments/compare.py`), they are not on the training
+path. NaN scores (a seed without a finished episode) are dropped first; the profile counts them as reaching
+nothing.
 """
 
 from __future__ import annotations
