@@ -70,6 +70,10 @@ def main() -> None:
         return report(a.report)
     if a.seeds < 1 or a.chunk < 1 or a.eval_episodes < 1:
         p.error("--seeds, --chunk and --eval-episodes must be positive")
+    if os.path.isdir(a.out):
+        p.error(f"--out {a.out!r} is a directory; give the .npz file to write, e.g. {os.path.join(a.out, 'sweep.npz')}")
+    if not a.out.endswith(".npz"):
+        a.out += ".npz"  # what np.savez writes, so that the report at the end reads the same file
     try:
         override = json.loads(a.override)
     except ValueError as e:
