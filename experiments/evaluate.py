@@ -80,8 +80,8 @@ def main(argv=None) -> int:
             rows += [{"cell": index, **cell, **row} for row in cell_rows]
             cell_means.append(np.array(means))
         # Every cell evaluates the same seeds with the same keys: paired, like the training summary.
-        stats = runs.summarize_final_returns(cell_means, [None] * len(cells), paired=True)
-        summary = [{"cell": index, **cell, **row} for index, (cell, row) in enumerate(zip(cells, stats))]
+        cell_stats = runs.summarize_final_returns(cell_means, [None] * len(cells), paired=True)
+        summary = [{"cell": index, **cell, **row} for index, (cell, row) in enumerate(zip(cells, cell_stats))]
         print("over each cell's seeds' mean returns:")
         for row in summary:
             print(f"  cell {row['cell']} ({runs.cell_label(cells[row['cell']])}): median {row['median']:.1f}, "

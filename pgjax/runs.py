@@ -618,11 +618,9 @@ def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarr
                "ci95": float(half[0]) if finished.size > 1 else float("nan"), "worst": stat(np.min),
                "best": stat(np.max), "finished": int(finished.size), "seeds": int(values.size)}
         row["vs_best"], row["vs_best_ci95"] = _difference(values, best, paired, index == best_index)
-        row.update(dict.fromkeys(("iqm", "iqm_low", "iqm_high", "p_improve_vs_best"), float("nan")))
-        if finished.size:
-            row["iqm"] = score_stats.iqm(finished)
-            row["iqm_low"], row["iqm_high"] = score_stats.bootstrap_interval(finished, num_resamples=resamples)
-            row["p_improve_vs_best"] = score_stats.probability_of_improvement(finished, best)
+        robust = ((score_stats.iqm(finished), *score_stats.bootstrap_interval(finished, num_resamples=resamples),
+                   score_stats.probability_of_improvement(finished, best)) if finished.size else (float("nan"),) * 4)
+        row.update(zip(("iqm", "iqm_low", "iqm_high", "p_improve_vs_best"), robust))
         if evals is not None:
             with _quiet_nan_warnings():
                 row.update(eval_median=float(np.nanmedian(evals)), eval_mean=float(np.nanmean(evals)),
