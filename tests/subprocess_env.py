@@ -2,6 +2,8 @@
 XLA optimisation level and no other XLA flag (the child chooses its own CPU device count)."""
 
 import os
+import subprocess
+import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -12,3 +14,9 @@ def cpu_subprocess_env() -> dict[str, str]:
     env["XLA_FLAGS"] = " ".join(kept)
     env["JAX_PLATFORMS"] = "cpu"  # tests of CPU devices: on a GPU machine jax.devices() would be the one GPU
     return env
+
+
+def run_cpu_python(script: str) -> subprocess.CompletedProcess:
+    """`python -c script` in a fresh process with `cpu_subprocess_env()`; its output captured as text."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cpu_subprocess_env(),
+                          timeout=600)

@@ -4,8 +4,6 @@ The CPU device count is fixed when JAX's backend starts, so the two-device check
 interpreter; the rest runs here.
 """
 
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 
 from pgjax import parallel
-from subprocess_env import cpu_subprocess_env
+from subprocess_env import run_cpu_python
 
 
 TWO_DEVICES = textwrap.dedent(
@@ -129,8 +127,7 @@ TWO_DEVICES = textwrap.dedent(
 
 
 def test_two_cpu_devices_match_one_device():
-    done = subprocess.run([sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True,
-                          env=cpu_subprocess_env(), timeout=600)
+    done = run_cpu_python(TWO_DEVICES)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
 
 

@@ -6,8 +6,6 @@ which must match the README exactly once, so an example that changes makes this 
 
 import os
 import re
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -15,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from subprocess_env import ROOT, cpu_subprocess_env
+from subprocess_env import ROOT, run_cpu_python
 
 
 def _python_blocks() -> list[str]:
@@ -69,8 +67,7 @@ def test_training_examples_run_as_documented():
     )
     script = "\n".join(["import os", "import numpy as np", head, training, "one_device = out", tail,
                         "sharded = out", "U, learning_rate = config.num_updates, config.learning_rate", split, checks])
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cpu_subprocess_env(),
-                          timeout=600)
+    done = run_cpu_python(script)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
 
 
