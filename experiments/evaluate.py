@@ -10,6 +10,13 @@ all of them, with the cell's number and values as the first columns, and a summa
 returns (`runs.summarize_final_returns`'s columns: median, mean with its 95% interval, worst, best, the paired
 difference from the best cell, the interquartile mean with its bootstrap interval, P(> best)) is printed and
 written next to it (evaluation_summary.csv).
+
+Policies can be evaluated on another variant of their environment (a transfer or robustness test): each
+`--env-kwarg KEY=VALUE` (repeatable) replaces one of the environment's keywords, e.g.
+
+    python experiments/evaluate.py runs/ppo-CartPole-v1-... --env-kwarg length=1.0 --env-kwarg gravity=12
+
+(the default CSV is then RUN_DIR/evaluation_length=1.0_gravity=12.csv, so the training variant's stays).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import sys
 import jax
 import numpy as np
 
-from pgjax import runs, score_stats, tables
+from pgjax import envs, runs, score_stats, tables
 
 
 def evaluate_seeds(run, labels: list[int], args) -> tuple[list[float], list[dict]]:
@@ -49,9 +56,16 @@ def main(argv=None) -> int:
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--csv", default=None, help="where to write the episodes' returns (default RUN_DIR/evaluation.csv)")
+    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="evaluate on a variant of the environment: this keyword replaces the run's (repeatable; e.g. "
+                        "length=1.0 for CartPole's pole); the value is read as JSON, else as text")
     args = p.parse_args(argv)
     if args.episodes < 1:
         p.error(f"--episodes must be >= 1; got {args.episodes}")
+    try:
+        variant = runs.parse_env_kwargs(args.env_kwarg)
+    except ValueError as err:
+        p.error(str(err))
     config_path = os.path.join(args.run_dir, "config.json")
     try:  # (a malformed config.json is a ValueError too)
         meta = {}
@@ -61,13 +75,18 @@ def main(argv=None) -> int:
         cells = meta.get("cells")  # a grid (train.py --grid): cell-K/ are its run directories
         dirs = [os.path.join(args.run_dir, f"cell-{k}") for k in range(len(cells))] if cells else [args.run_dir]
         loaded = [runs.load_run(d) for d in dirs]
+        if variant:  # every run's own keywords, then the variant's
+            loaded = [(algo, config.replace(env_kwargs={**dict(config.env_kwargs), **variant}), params, stats)
+                      for algo, config, params, stats in loaded]
+            envs.make(loaded[0][1].env_id, **dict(loaded[0][1].env_kwargs))  # an unknown keyword fails here
     except ValueError as err:
         p.error(f"{config_path}: {err}" if isinstance(err, json.JSONDecodeError) else str(err))
     algo, config, params, _ = loaded[0]
     num_seeds = jax.tree_util.tree_leaves(params)[0].shape[0]
     labels = meta.get("seed_indices", list(range(num_seeds)))  # a replay's seeds
     what = f"{len(cells)} cells x {num_seeds} seeds" if cells else f"{num_seeds} seeds"
-    print(f"{algo.upper()} on {config.env_id}, {what}, {args.episodes} episodes each "
+    on = f" ({', '.join(f'{k}={v}' for k, v in variant.items())})" if variant else ""
+    print(f"{algo.upper()} on {config.env_id}{on}, {what}, {args.episodes} episodes each "
           f"({'stochastic' if args.stochastic else 'deterministic'} actions)")
     if not cells:
         means, rows = evaluate_seeds(loaded[0], labels, args)
@@ -87,7 +106,8 @@ def main(argv=None) -> int:
             print(f"  cell {row['cell']} ({runs.cell_label(cells[row['cell']])}): median {row['median']:.1f}, "
                   f"mean {row['mean']:.1f}, worst {row['worst']:.1f}, best {row['best']:.1f}, IQM {row['iqm']:.1f}, "
                   f"vs best {row['vs_best']:+.1f} +- {row['vs_best_ci95']:.1f}")
-    path = args.csv or os.path.join(args.run_dir, "evaluation.csv")
+    name = "evaluation" + "".join(f"_{k}={v}" for k, v in variant.items()) + ".csv"
+    path = args.csv or os.path.join(args.run_dir, name)
     tables.write_csv(path, rows)
     print(f"wrote {path}")
     if cells:

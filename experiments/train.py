@@ -111,7 +111,7 @@ if __name__ == "__main__":
     # JAX fixes its CPU device count when it starts, and importing gymnax (below) starts it.
     setup_cpu_devices(_cpu_devices_arg(expand_resume(sys.argv[1:])))
 
-from pgjax import algos, checkpoints, runs  # noqa: E402
+from pgjax import algos, checkpoints, envs, runs  # noqa: E402
 from pgjax.algos import common, presets  # noqa: E402
 
 
@@ -147,8 +147,13 @@ def build_parser(algo: str, env_id: str | None = None) -> argparse.ArgumentParse
                         "seeds in every cell of the grid)")
     p.add_argument("--grid", action="append", default=None, metavar="FIELD=V1,V2,...",
                    help=f"train every combination of these values (a cell), --num-seeds seeds each, in one compiled "
-                        f"call; repeat for more fields. Only vmappable hyperparameters: "
-                        f"{', '.join(config_cls.HYPERPARAMS)}")
+                        f"call; repeat for more fields. Only vmappable hyperparameters "
+                        f"({', '.join(config_cls.HYPERPARAMS)}) and the environment's numeric params fields as "
+                        f"env.FIELD (e.g. env.length=0.25,0.5,1 for CartPole's pole, env.max_steps_in_episode)")
+    p.add_argument("--env-kwarg", action="append", default=None, metavar="KEY=VALUE",
+                   help="a keyword for the environment (config field env_kwargs; repeatable): a field of its params "
+                        "(e.g. gravity=12, max_steps_in_episode=200) or of its constructor (e.g. num_states=20 for "
+                        "tabular:random); the value is read as JSON (numbers, true/false, lists), else as text")
     p.add_argument("--out", default=None, help="run directory (default runs/<algo>-<env>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
@@ -214,25 +219,37 @@ def parse_args(argv=None):
     # The documented preset for (algo, env) first, then the flags given.
     settings = {**presets.preset(args.algo, overrides.get("env_id", config_cls.env_id)), **overrides}
     try:
+        if args.env_kwarg:
+            settings["env_kwargs"] = {**dict(settings.get("env_kwargs", ())), **runs.parse_env_kwargs(args.env_kwarg)}
         config = config_cls(**settings)
+        envs.make(config.env_id, **dict(config.env_kwargs))  # unknown keywords fail here, before any compile
     except ValueError as err:
         parser.error(str(err))
     args.grid = parse_grid(parser, config, args.grid or [], overrides)
     return args, config
 
 
+
+
+
 def parse_grid(parser, config, specs: list[str], overrides: dict) -> dict[str, tuple[float, ...]]:
     """{field: values} from --grid FIELD=V1,V2,... flags, each value checked by the config's own validation."""
     grid = {}
+    env_fields = common.env_grid_fields(config)
     for spec in specs:
         name, _, text = spec.partition("=")
-        name = name.strip().lstrip("-").replace("-", "_")
-        if name not in type(config).HYPERPARAMS:
-            parser.error(f"--grid {spec!r}: only the vmappable hyperparameters can be gridded "
-                         f"({', '.join(type(config).HYPERPARAMS)}); the other fields fix array shapes or code paths, "
-                         "so each of their values needs its own run")
-        if name in grid or name in overrides:
-            parser.error(f"--grid {spec!r}: {name} is set twice (another --grid or its own flag); give it once")
+        name = name.strip().lstrip("-")
+        env_field = name.startswith(common.ENV_PARAM_PREFIX)
+        if not env_field:
+            name = name.replace("-", "_")
+        if name not in type(config).HYPERPARAMS and name not in env_fields:
+            parser.error(f"--grid {spec!r}: only the vmappable hyperparameters ({', '.join(type(config).HYPERPARAMS)}) "
+                         f"and the environment's numeric params fields ({', '.join(env_fields)}) can be gridded; the "
+                         "other fields fix array shapes or code paths, so each of their values needs its own run")
+        given = name[len(common.ENV_PARAM_PREFIX):] in dict(config.env_kwargs) if env_field else name in overrides
+        if name in grid or given:
+            parser.error(f"--grid {spec!r}: {name} is set twice (another --grid, its own flag or --env-kwarg); "
+                         "give it once")
         try:
             values = tuple(float(v) for v in text.split(","))
         except ValueError:
@@ -241,11 +258,27 @@ def parse_grid(parser, config, specs: list[str], overrides: dict) -> dict[str, t
             parser.error(f"--grid {spec!r}: a value is repeated")
         for value in values:
             try:
-                config.replace(**{name: value})
+                if env_field:
+                    check_env_value(name, env_fields[name], value)
+                else:
+                    config.replace(**{name: value})
             except ValueError as err:
                 parser.error(f"--grid {spec!r}: {err}")
+        if env_field and isinstance(env_fields[name], int):
+            values = tuple(int(v) for v in values)
         grid[name] = values
     return grid
+
+
+def check_env_value(name: str, default, value: float) -> None:
+    """ValueError unless `value` can stand in for the environment field's `default`: finite, whole for an int field,
+    and >= 1 for the step limit."""
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value}")
+    if isinstance(default, int) and value != int(value):
+        raise ValueError(f"{name} is an int field (default {default}); got {value}")
+    if name.endswith("max_steps_in_episode") and value < 1:
+        raise ValueError(f"{name} (the episode's step limit) must be >= 1; got {value}")
 
 
 def lanes_program(config, fn, num_lanes: int, in_axes):
@@ -426,11 +459,12 @@ def run_grid(args, config, train, progress, keys, out, segments: Segments | None
     seed_indices = args.seed_indices or list(range(num_seeds))
     summary = runs.save_grid(out, args.algo, config, cells, output, args.seed, progress.wall_time, seed_indices)
     names = list(args.grid)
+    widths = [max(16, len(n) + 2) for n in names]  # env.max_steps_in_episode is longer than 16
     print("final mean episode return (last 10% of updates) over seeds, per cell:")
-    print("  cell  " + "".join(f"{n:>16s}" for n in names)
+    print("  cell  " + "".join(f"{n:>{w}s}" for n, w in zip(names, widths))
           + f"{'median':>9s}{'mean':>9s}{'+-95%':>8s}{'worst':>9s}{'best':>9s}{'vs best (paired)':>20s}")
     for row in summary:
-        print(f"  {row['cell']:4d}  " + "".join(f"{row[n]:16g}" for n in names)
+        print(f"  {row['cell']:4d}  " + "".join(f"{row[n]:{w}g}" for n, w in zip(names, widths))
               + f"{row['median']:9.1f}{row['mean']:9.1f}{row['ci95']:8.1f}{row['worst']:9.1f}{row['best']:9.1f}"
               + f"{row['vs_best']:12.1f} +-{row['vs_best_ci95']:6.1f}")
     if "eval_median" in summary[0]:

@@ -263,10 +263,16 @@ def evaluate(
 ) -> jax.Array:
     """Undiscounted returns of `num_episodes` episodes (one per vectorised env) of one seed's policy.
 
+    The episodes run on the config's environment (`config.env_id` with `config.env_kwargs`): to evaluate a policy
+    on another variant (a longer pole, another step limit), pass a config with other `env_kwargs`.
     Observation statistics are frozen at their trained values. Returns [num_episodes] (NaN for an episode
     that did not end within the environment's step limit). The compiled program is shared by every call
     with the same (config, num_episodes, deterministic): params and statistics are its arguments, and the config's
-    `HYPERPARAMS` (training-only numbers) are not part of the key, so the cells of a grid share it too.
+    `HYPERPARAMS` (training-only numbers) are not part of the key, so the cells of a grid share it too. The
+    environment's params stay constants of the program, as in training: XLA folds constants into the step's
+    arithmetic, so passing them as arguments rounds differently, and CartPole's episodes under a trained policy
+    are chaotic enough to end a step apart (195.3 against the in-run evaluation's 195.0 in one test). Each
+    variant of the environment (a grid over env.<field>) therefore compiles its own program.
     """
     if num_episodes < 1:
         raise ValueError(f"evaluate: num_episodes must be >= 1; got {num_episodes}.")
@@ -278,6 +284,24 @@ def _without_hyperparams(config: common.OnPolicyConfig) -> common.OnPolicyConfig
     """`config` with its HYPERPARAMS at their defaults: they shape training only, never the policy's episodes."""
     defaults = {f.name: f.default for f in dataclasses.fields(config) if f.name in type(config).HYPERPARAMS}
     return config.replace(**defaults)
+
+
+def parse_env_kwargs(specs: list[str]) -> dict[str, Any]:
+    """{key: value} from command-line KEY=VALUE texts (`--env-kwarg`), each value read as JSON (numbers,
+    true/false, lists) or else kept as text. ValueError for a malformed or repeated key."""
+    kwargs: dict[str, Any] = {}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--env-kwarg {spec!r}: expected KEY=VALUE, e.g. gravity=12")
+        if key in kwargs:
+            raise ValueError(f"--env-kwarg {spec!r}: {key} is given twice")
+        try:
+            kwargs[key] = json.loads(text)
+        except ValueError:
+            kwargs[key] = text
+    return kwargs
 
 
 @functools.lru_cache(maxsize=16)
@@ -389,7 +413,8 @@ def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any
     for start in range(0, n, batch):
         lanes = np.arange(start, min(start + batch, n))
         lanes = np.concatenate([lanes, np.full(batch - lanes.size, lanes[0])])
-        args = [keys[lanes]] + ([] if hparams is None else [{k: jnp.asarray(v)[lanes] for k, v in hparams.items()}])
+        lane_hparams = jax.tree_util.tree_map(lambda v: jnp.asarray(v)[lanes], hparams)  # "env.mdp" is a pytree
+        args = [keys[lanes]] + ([] if hparams is None else [lane_hparams])
         chunks.append(program(*args))
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs)[:n], *chunks)
 
@@ -414,9 +439,15 @@ def _run_identity(train: Any, keys: jax.Array, hparams: dict[str, Any] | None) -
     identity = {
         "config": train.config.to_dict(),
         "keys": np.asarray(jax.random.key_data(keys)).tolist(),
-        "hparams": None if hparams is None else {k: np.asarray(v).tolist() for k, v in sorted(hparams.items())},
+        "hparams": None if hparams is None else {k: _lane_values(v) for k, v in sorted(hparams.items())},
     }
     return json.loads(json.dumps(identity, default=str))
+
+
+def _lane_values(value: Any) -> Any:
+    """A per-lane hyperparameter as JSON lists: [n] values, or one list per leaf of a pytree such as "env.mdp"."""
+    leaves = [np.asarray(x).tolist() for x in jax.tree_util.tree_leaves(value)]
+    return leaves[0] if len(leaves) == 1 else leaves
 
 
 def _check_same_run(path: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -555,19 +586,34 @@ def grid_lanes(config: common.OnPolicyConfig, cells: list[dict[str, float]], key
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The (keys, hparams) batch of a seeds x hyperparameters grid, for `jax.vmap(train)(keys, hparams)`.
 
-    keys: [S] seed keys; cells: C dicts of hyperparameter values (`grid_cells`), unnamed ones from `config`.
+    keys: [S] seed keys; cells: C dicts of hyperparameter values (`grid_cells`), unnamed ones from `config`. A cell
+    may also set the environment's numeric params fields as "env.<field>" (`common.env_grid_fields`, e.g.
+    "env.length" for CartPole's pole): every cell then trains on its own variant of the environment.
     Lane c * S + s is seed s in cell c: every cell runs the same S keys (paired comparisons between cells).
-    Returns keys [C * S] and hparams {name: float32 [C * S]} for every name in `config.HYPERPARAMS`.
+    Returns keys [C * S] and hparams {name: float32 [C * S]} for every name in `config.HYPERPARAMS` and every
+    "env.<field>" the cells set.
     """
-    unknown = sorted({k for cell in cells for k in cell} - set(config.HYPERPARAMS))
+    env_fields = common.env_grid_fields(config)
+    unknown = sorted({k for cell in cells for k in cell} - set(config.HYPERPARAMS) - set(env_fields))
     if unknown:
-        raise ValueError(f"grid_lanes: {unknown} are not vmappable hyperparameters of {type(config).__name__} "
-                         f"(those are {', '.join(config.HYPERPARAMS)}).")
+        raise ValueError(f"grid_lanes: {unknown} are neither vmappable hyperparameters of {type(config).__name__} "
+                         f"({', '.join(config.HYPERPARAMS)}) nor numeric params fields of {config.env_id} "
+                         f"({', '.join(env_fields)}).")
     num_seeds = keys.shape[0]
-    base = config.hyperparams()
+    values = {**config.hyperparams(), **{k: env_fields[k] for k in cells[0] if k in env_fields}}
     hparams = {k: jnp.repeat(jnp.asarray([cell.get(k, v) for cell in cells], jnp.float32), num_seeds)
-               for k, v in base.items()}
+               for k, v in values.items()}
     return jnp.concatenate([keys] * len(cells)), hparams
+
+
+def grid_cell_config(config: common.OnPolicyConfig, cell: dict[str, float]) -> common.OnPolicyConfig:
+    """The config of one grid cell: its hyperparameters set, and its "env.<field>" values in `env_kwargs`, so that
+    the cell's run directory reloads (and `evaluate.py` evaluates on) the environment the cell trained on."""
+    env_values = common.env_param_overrides(cell)
+    changes = {k: v for k, v in cell.items() if not k.startswith(common.ENV_PARAM_PREFIX)}
+    if env_values:
+        changes["env_kwargs"] = {**dict(config.env_kwargs), **env_values}
+    return config.replace(**changes)
 
 
 def grid_cell_outputs(output: Any, num_cells: int) -> list[Any]:
@@ -668,7 +714,7 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
     os.makedirs(out_dir, exist_ok=True)
     parts, curves = [], {}
     for index, (cell, cell_output) in enumerate(zip(cells, cell_outputs)):
-        save_run(os.path.join(out_dir, f"cell-{index}"), algo, config.replace(**cell), cell_output, seed, wall_time,
+        save_run(os.path.join(out_dir, f"cell-{index}"), algo, grid_cell_config(config, cell), cell_output, seed, wall_time,
                  seed_indices)
         columns = metrics_columns(cell_output.metrics, wall_time, seed_indices)
         rows = len(columns["seed"])

@@ -320,6 +320,55 @@ def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_upda
     return EnvSpec(env, params, discrete, action_dim, obs_size, low, high)
 
 
+# hparams entries "env.<field>" hold per-lane values of the environment's params fields.
+ENV_PARAM_PREFIX = "env."
+
+
+def env_param_overrides(hp: HParams) -> dict[str, Any]:
+    """{field: value} of the `env.<field>` entries of a hyperparameter dict (empty if none)."""
+    return {k[len(ENV_PARAM_PREFIX):]: v for k, v in hp.items() if k.startswith(ENV_PARAM_PREFIX)}
+
+
+def env_grid_fields(config: OnPolicyConfig) -> dict[str, Any]:
+    """{"env.<field>": default} for every numeric scalar field of the config's environment params: what a grid can
+    vary per lane besides `HYPERPARAMS` (CartPole-v1: gravity, masscart, masspole, length, ..., max_steps_in_episode;
+    a tabular environment: max_steps_in_episode, its MDP being an array field)."""
+    _, params = envs.make(config.env_id, **dict(config.env_kwargs))
+    fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    return {ENV_PARAM_PREFIX + name: value for name, value in fields.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def lane_env_params(env_id: str, params: Any, hp: HParams) -> Any:
+    """One lane's environment params: `params` (the config's) with its `env.<field>` hyperparameters in place.
+
+    Each value must have the default field's structure and shapes (a scalar for CartPole's `length`, an `MDP` with
+    the same S and A for a tabular environment's `mdp`); it is cast to the field's dtype (a grid's float32 200.0 for
+    `max_steps_in_episode` becomes int32 200), and fields derived from it follow (`envs.override_params`). Runs at
+    trace time, so a wrong name or shape raises ValueError before anything compiles.
+    """
+    overrides = env_param_overrides(hp)
+    if not overrides:
+        return params
+    field_names = [f.name for f in dataclasses.fields(params)]
+    conformed = {}
+    for name, value in overrides.items():
+        if name not in field_names:
+            raise ValueError(f"hparams[{ENV_PARAM_PREFIX + name!r}]: {env_id}'s params have no field {name!r}; "
+                             f"the fields are {', '.join(field_names)}.")
+        default_leaves, structure = jax.tree_util.tree_flatten(getattr(params, name))
+        leaves, value_structure = jax.tree_util.tree_flatten(value)
+        shapes = [jnp.shape(x) for x in leaves]
+        default_shapes = [jnp.shape(x) for x in default_leaves]
+        if value_structure != structure or shapes != default_shapes:
+            raise ValueError(f"hparams[{ENV_PARAM_PREFIX + name!r}]: one lane's value has leaf shapes {shapes}, but "
+                             f"{env_id}'s {name} has {default_shapes} ({structure}); give one value per lane along "
+                             "a leading axis that jax.vmap maps over.")
+        cast = [jnp.asarray(x, jnp.result_type(d)) for x, d in zip(leaves, default_leaves)]
+        conformed[name] = jax.tree_util.tree_unflatten(structure, cast)
+    return envs.override_params(env_id, params, conformed)
+
+
 # ---------------------------------------------------------------------------
 # Rollouts.
 # ---------------------------------------------------------------------------
@@ -716,7 +765,7 @@ def make_on_policy_train(
             deterministic=not config.eval_stochastic, normalize_observations=config.normalize_observations,
         )
 
-        def evaluate(key, agent, env_state, update_idx):
+        def evaluate(key, agent, env_state, env_params, update_idx):
             """Mean return of `eval_episodes` episodes after every eval_every-th and the last update, else NaN."""
             stats = evaluation.observation_statistics(env_state)  # [num_envs, ...], the same in every env
             stats = None if stats is None else jax.tree_util.tree_map(lambda x: x[0], stats)
@@ -725,9 +774,13 @@ def make_on_policy_train(
             # episodes run only at the evaluations.
             return lax.cond(
                 due,
-                lambda: jnp.nanmean(episode_returns(jax.random.fold_in(key, update_idx), agent.params, stats)),
+                lambda: jnp.nanmean(
+                    episode_returns(jax.random.fold_in(key, update_idx), agent.params, stats, env_params)),
                 lambda: jnp.float32(jnp.nan),
             )
+
+    def lane_spec(hp: HParams) -> EnvSpec:
+        return spec._replace(params=lane_env_params(config.env_id, spec.params, hp))
 
     def start(key: Array, hparams: HParams | None = None) -> RunState:
         """The run before its first update: initial agent, reset environments and the loop's keys."""
@@ -735,7 +788,7 @@ def make_on_policy_train(
         key_init, key_reset, key_loop = jax.random.split(key, 3)
         key_eval = jax.random.fold_in(key, EVAL_KEY_STREAM)  # its own stream: the training keys stay as they were
         agent = algorithm.init(key_init, spec, hp)
-        obs, env_state = spec.env.reset(key_reset, spec.params)
+        obs, env_state = spec.env.reset(key_reset, lane_spec(hp).params)
         return RunState(agent, env_state, obs, key_loop, key_eval)
 
     def advance(
@@ -745,12 +798,13 @@ def make_on_policy_train(
         dict of [count] arrays)."""
         hp = config.hyperparams() if hparams is None else hparams
         key_eval = state.eval_key
+        env = lane_spec(hp)
 
         def one_update(carry, update_idx):
             agent, env_state, obs, key = carry
             key, key_rollout, key_update = jax.random.split(key, 3)
             env_state, obs, batch = rollout(
-                key_rollout, spec, agent, algorithm.act, algorithm.value, env_state, obs, config.num_steps, config.scan_unroll
+                key_rollout, env, agent, algorithm.act, algorithm.value, env_state, obs, config.num_steps, config.scan_unroll
             )
             learn_batch = batch._replace(reward=batch.reward * hp["reward_scale"])
             agent, metrics = algorithm.update(agent, learn_batch, key_update, hp, update_idx)
@@ -761,7 +815,7 @@ def make_on_policy_train(
                 **metrics,
             }
             if config.eval_every:
-                metrics["eval_return"] = evaluate(key_eval, agent, env_state, update_idx)
+                metrics["eval_return"] = evaluate(key_eval, agent, env_state, env.params, update_idx)
             if progress is not None:
                 report = (update_idx % every == 0) | (update_idx == num_updates - 1)
                 side = parallel.axis_index_or_none(parallel.ACTOR_CRITIC_AXIS)

@@ -45,21 +45,25 @@ def make_episode_returns(
     deterministic: bool = True,
     normalize_observations: bool = False,
 ) -> Callable[[Array, Any, Any], Array]:
-    """`episode_returns(key, params, obs_statistics=None) -> [num_episodes]`: undiscounted returns of one policy.
+    """`episode_returns(key, params, obs_statistics=None, env_params=None) -> [num_episodes]`: undiscounted returns
+    of one policy.
 
     Runs `num_episodes` environments of `env_id` (one episode each, from fresh resets) until every one has ended,
     for at most the environment's step limit + 1 steps, and keeps each one's first episode: G = sum_t r_t, NaN for
     an episode that never ended.
     Actions are the policy's mode (`deterministic`) or samples. With `normalize_observations`, observations are
     normalised by `obs_statistics` (`envs.RunningStatistics`, e.g. `observation_statistics` of a training env
-    state), frozen. Pure and jit/vmap-able; `params` and `obs_statistics` may be traced.
+    state), frozen. `env_params` (default: those of `env_id` and `env_kwargs`) may be another variant of the
+    environment, e.g. a grid lane's (`common.lane_env_params`). Pure and jit/vmap-able; `params`, `obs_statistics`
+    and `env_params` may be traced.
     """
-    env, env_params = envs.make(env_id, **dict(env_kwargs))
-    discrete = envs.is_discrete(env, env_params)
+    env, default_params = envs.make(env_id, **dict(env_kwargs))
+    discrete = envs.is_discrete(env, default_params)
     tracked = envs.EpisodeStatistics(envs.FlattenObservation(env))
-    max_steps = int(env_params.max_steps_in_episode)
 
-    def episode_returns(key: Array, params: Any, obs_statistics: Any = None) -> Array:
+    def episode_returns(key: Array, params: Any, obs_statistics: Any = None, env_params: Any = None) -> Array:
+        env_params = default_params if env_params is None else env_params
+        max_steps = env_params.max_steps_in_episode  # may be traced: the loop below stops on a traced bound
         env = tracked
         if normalize_observations:  # built here: the statistics are an argument
             env = envs.NormalizeObservation(env, update=False, initial_statistics=obs_statistics)
@@ -69,11 +73,9 @@ def make_episode_returns(
         key_reset, key_loop = jax.random.split(key)
         obs, state = env.reset(key_reset, env_params)
 
-        step_keys = jax.random.split(key_loop, max_steps + 1)
-
         def step(carry):
             t, obs, state, returns, done = carry
-            key_act, key_env = jax.random.split(step_keys[t])
+            key_act, key_env = jax.random.split(jax.random.fold_in(key_loop, t))
             dist, _ = network.apply(params, obs)
             action = dist.mode() if deterministic else dist.sample(key_act)
             obs, state, _, _, _, info = env.step(key_env, state, action, env_params)

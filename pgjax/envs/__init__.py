@@ -10,7 +10,7 @@
 limit (bootstrap from V(info["final_observation"]), the observation before auto-reset).
 """
 
-from pgjax.envs.registry import TABULAR_PREFIX, env_ids, make
+from pgjax.envs.registry import TABULAR_PREFIX, env_ids, make, override_params
 from pgjax.envs.spaces import action_bounds, action_dim, is_discrete, observation_size
 from pgjax.envs.tabular_env import (
     TabularEnv,
@@ -78,5 +78,6 @@ __all__ = [
     "normalize",
     "observe",
     "observation_size",
+    "override_params",
     "truncation_bias_bound",
 ]

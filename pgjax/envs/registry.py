@@ -55,7 +55,8 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
         "tabular:chain", "tabular:gridworld", "tabular:random" (a `TabularEnv` over
         `pgjax.tabular.chain_mdp`, `gridworld_mdp` or `random_mdp`).
       **kwargs: a keyword naming a field of the params (e.g. `max_steps_in_episode`)
-        overrides that field; the others go to the gymnax constructor, or to the MDP builder
+        overrides that field (fields derived from it follow: `override_params`); the others go to the gymnax
+        constructor, or to the MDP builder
         for tabular ids ("tabular:random" takes `num_states=10, num_actions=3, seed=0` and
         `random_mdp`'s keywords).
 
@@ -83,7 +84,38 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
                 f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
                 f"Params fields that can be overridden: {', '.join(sorted(field_names))}."
             ) from None
-    return env, params.replace(**overrides)
+    return env, override_params(env_id, params, overrides)
+
+
+# gymnax's CartPole keeps two derived quantities as params fields of their own (its step reads them, never the
+# masses and length behind them), so overriding masspole alone would silently leave the old dynamics in place.
+# Each entry: derived field -> (the fields it derives from, how).
+_DERIVED_PARAMS: dict[str, dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]]] = {
+    "CartPole-v1": {
+        "total_mass": (("masscart", "masspole"), lambda p: p.masscart + p.masspole),
+        "polemass_length": (("masspole", "length"), lambda p: p.masspole * p.length),
+    },
+}
+
+
+def override_params(env_id: str, params: Any, overrides: dict[str, Any]) -> Any:
+    """`params` with the fields named in `overrides` replaced, and any field derived from them recomputed.
+
+    Derived fields (CartPole-v1: total_mass = masscart + masspole, polemass_length = masspole * length) follow
+    their inputs unless `overrides` names them too. Values may be traced (per-lane params under `jax.vmap`).
+
+    Raises:
+      ValueError: a name that is not a field of `params`.
+    """
+    fields = [f.name for f in dataclasses.fields(params)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"{env_id}: {unknown} are not fields of its params; the fields are {', '.join(fields)}.")
+    params = params.replace(**overrides)
+    for name, (inputs, derive) in _DERIVED_PARAMS.get(env_id, {}).items():
+        if name not in overrides and any(field in overrides for field in inputs):
+            params = params.replace(**{name: derive(params)})
+    return params
 
 
 def _gymnax_make(env_id: str, **kwargs):

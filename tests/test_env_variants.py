@@ -1,0 +1,178 @@
+"""Environment variants: params fields overridden per run (`env_kwargs`, `--env-kwarg`) and per lane of a vmapped run
+("env.<field>" hyperparameters, `--grid env.FIELD=...`), so many variants of an environment train in one compile."""
+
+import csv
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import evaluate as evaluate_cli
+import train as train_cli
+
+from pgjax import algos, envs, runs
+from pgjax.algos import common
+
+
+def _cartpole_step(state, action, p):
+    """One Euler step of the classic cart-pole equations (Barto, Sutton & Anderson 1983, as in gym), in NumPy,
+    from the masses and the pole's half-length alone: the reference for overridden params."""
+    x, x_dot, theta, theta_dot = state
+    force = p["force_mag"] if action == 1 else -p["force_mag"]
+    total_mass = p["masscart"] + p["masspole"]
+    polemass_length = p["masspole"] * p["length"]
+    cos, sin = np.cos(theta), np.sin(theta)
+    temp = (force + polemass_length * theta_dot**2 * sin) / total_mass
+    theta_acc = (p["gravity"] * sin - cos * temp) / (p["length"] * (4.0 / 3.0 - p["masspole"] * cos**2 / total_mass))
+    x_acc = temp - polemass_length * theta_acc * cos / total_mass
+    tau = p["tau"]
+    return np.array([x + tau * x_dot, x_dot + tau * x_acc, theta + tau * theta_dot, theta_dot + tau * theta_acc])
+
+
+def test_overriding_cartpole_masses_and_length_changes_its_dynamics_consistently():
+    """gymnax's CartPole reads total_mass and polemass_length, fields of their own: overriding masspole or length
+    must update them, or the dynamics stay those of the default pole."""
+    changes = {"masscart": 2.0, "masspole": 0.5, "length": 1.0}
+    env, params = envs.make("CartPole-v1", **changes)
+    assert params.total_mass == pytest.approx(2.5) and params.polemass_length == pytest.approx(0.5)
+    _, default = envs.make("CartPole-v1")
+    reference = {f: getattr(default, f) for f in ("force_mag", "gravity", "tau")} | changes
+    start = np.array([0.01, -0.2, 0.05, 0.3], np.float32)
+    state = env.reset_env(jax.random.key(0), params)[1].replace(
+        x=start[0], x_dot=start[1], theta=start[2], theta_dot=start[3])
+    obs = np.asarray(env.step_env(jax.random.key(1), state, 1, params)[0], np.float64)
+    np.testing.assert_allclose(obs, _cartpole_step(start.astype(np.float64), 1, reference), rtol=1e-5, atol=1e-7)
+    default_obs = np.asarray(env.step_env(jax.random.key(1), state, 1, default)[0])
+    assert np.abs(default_obs - obs).max() > 1e-3  # the override is felt
+    # A derived field given explicitly is kept; a name that is not a field fails, listing the fields.
+    assert envs.make("CartPole-v1", masspole=0.5, polemass_length=3.0)[1].polemass_length == 3.0
+    with pytest.raises(ValueError, match="'lenght'.*the fields are .*length"):
+        envs.override_params("CartPole-v1", params, {"lenght": 1.0})
+
+
+def test_lane_env_params_checks_names_and_shapes_before_compiling():
+    _, params = envs.make("CartPole-v1")
+    lane = common.lane_env_params("CartPole-v1", params, {"learning_rate": 1.0, "env.max_steps_in_episode": 20.0,
+                                                         "env.masspole": 0.3})
+    assert lane.max_steps_in_episode.dtype == jnp.int32 and int(lane.max_steps_in_episode) == 20
+    assert float(lane.total_mass) == pytest.approx(1.3) and float(lane.polemass_length) == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="no field 'lenght'"):
+        common.lane_env_params("CartPole-v1", params, {"env.lenght": 1.0})
+    with pytest.raises(ValueError, match="leaf shapes"):
+        common.lane_env_params("CartPole-v1", params, {"env.length": jnp.ones(3)})
+    _, tabular = envs.make("tabular:random", num_states=4, num_actions=2)
+    _, other = envs.make("tabular:random", num_states=5, num_actions=2)
+    with pytest.raises(ValueError, match="'env.mdp'.*leaf shapes"):
+        common.lane_env_params("tabular:random", tabular, {"env.mdp": other.mdp})
+    # Inside train: the error comes while tracing, before anything compiles.
+    config = algos.A2CConfig(total_timesteps=512, num_envs=4, num_steps=64)
+    with pytest.raises(ValueError, match="no field 'lenght'"):
+        jax.eval_shape(algos.a2c.make_train(config), jax.random.key(0), {**config.hyperparams(), "env.lenght": 1.0})
+    with pytest.raises(ValueError, match="neither vmappable hyperparameters.*env.length"):
+        runs.grid_lanes(config, [{"env.lenght": 1.0}], jax.random.split(jax.random.key(0), 2))
+
+
+def _metrics(output, lanes):
+    return {k: np.asarray(v)[lanes] for k, v in output.metrics.items()}
+
+
+def test_each_grid_cell_trains_on_its_own_variant():
+    """Two pole lengths and a 15-step limit as env.* grid cells, one compile: each cell's lanes equal a run whose
+    config holds that variant in env_kwargs (the cell's run-directory config), and the step limit holds in training
+    and in the in-run evaluation."""
+    config = algos.A2CConfig(total_timesteps=3 * 4 * 32, num_envs=4, num_steps=32, eval_every=3, eval_episodes=2)
+    cells = runs.grid_cells({"env.length": (0.25, 1.0), "env.max_steps_in_episode": (15,)})
+    keys = jax.random.split(jax.random.key(0), 2)
+    lane_keys, hparams = runs.grid_lanes(config, cells, keys)
+    grid = jax.jit(jax.vmap(algos.a2c.make_train(config)))(lane_keys, hparams)
+    for index, cell in enumerate(cells):
+        variant = runs.grid_cell_config(config, cell)
+        assert dict(variant.env_kwargs) == {"length": cell["env.length"], "max_steps_in_episode": 15}
+        alone = jax.jit(jax.vmap(algos.a2c.make_train(variant)))(jnp.concatenate([keys, keys]))  # as many lanes
+        got, want = _metrics(grid, slice(2 * index, 2 * index + 2)), _metrics(alone, slice(0, 2))
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=1e-6, err_msg=name)
+        lengths = got["episode_length"][~np.isnan(got["episode_length"])]
+        assert lengths.size and lengths.max() <= 15.0
+        assert np.all(got["eval_return"][:, -1] <= 15.0)
+    assert not np.allclose(grid.metrics["loss"][:2], grid.metrics["loss"][2:])  # the pole length mattered
+
+
+def test_a_batch_of_tabular_mdps_trains_in_one_call():
+    """hparams["env.mdp"]: a batch of random MDPs, one per lane, equals each MDP's own run."""
+    config = algos.REINFORCEConfig(env_id="tabular:random", env_kwargs={"num_states": 4, "num_actions": 2},
+                                   total_timesteps=3 * 2 * 16, num_envs=2, num_steps=16)
+    variants = [config.replace(env_kwargs={**dict(config.env_kwargs), "seed": seed}) for seed in (1, 2, 3)]
+    mdps = [envs.make(v.env_id, **dict(v.env_kwargs))[1].mdp for v in variants]
+    hparams = {k: jnp.stack([v] * 3) for k, v in config.hyperparams().items()}
+    hparams["env.mdp"] = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *mdps)
+    keys = jnp.stack([jax.random.key(7)] * 3)
+    batch = jax.jit(jax.vmap(algos.reinforce.make_train(config)))(keys, hparams)
+    for lane, variant in enumerate(variants):
+        alone = jax.jit(jax.vmap(algos.reinforce.make_train(variant)))(keys)
+        for name, value in _metrics(alone, 0).items():
+            np.testing.assert_allclose(_metrics(batch, lane)[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
+    returns = np.asarray(batch.metrics["episode_return"])
+    assert not np.allclose(returns[0], returns[1])  # other MDPs, other returns
+
+
+GRID_FLAGS = ["--algo", "a2c", "--env", "CartPole-v1", "--num-seeds", "2", "--total-timesteps", "1024",
+              "--num-steps", "32", "--eval-every", "4", "--eval-episodes", "2", "--no-progress",
+              "--grid", "env.max_steps_in_episode=12,500", "--env-kwarg", "gravity=12"]
+
+
+@pytest.fixture(scope="module")
+def env_grid_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("env-grid") / "a2c")
+    assert train_cli.main([*GRID_FLAGS, "--out", out]) == 0
+    return out
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_env_grid_writes_each_cell_with_its_variant(env_grid_dir, capsys):
+    rows = _csv(os.path.join(env_grid_dir, "metrics.csv"))
+    assert list(rows[0])[:2] == ["cell", "env.max_steps_in_episode"]
+    short = [float(r["episode_length"]) for r in rows if r["cell"] == "0" and r["episode_length"] not in ("", "nan")]
+    assert short and max(short) <= 12.0
+    long = [float(r["episode_length"]) for r in rows if r["cell"] == "1" and r["episode_length"] not in ("", "nan")]
+    assert max(long) > 12.0
+    with open(os.path.join(env_grid_dir, "cell-0", "config.json")) as f:
+        assert json.load(f)["config"]["env_kwargs"] == {"gravity": 12, "max_steps_in_episode": 12}
+    _, config, _, _ = runs.load_run(os.path.join(env_grid_dir, "cell-1"))
+    assert dict(config.env_kwargs) == {"gravity": 12, "max_steps_in_episode": 500}
+
+    assert evaluate_cli.main([env_grid_dir, "--episodes", "2"]) == 0
+    evaluated = _csv(os.path.join(env_grid_dir, "evaluation.csv"))
+    assert all(float(r["episode_return"]) <= 12 for r in evaluated if r["cell"] == "0")
+    assert max(float(r["episode_return"]) for r in evaluated if r["cell"] == "1") > 12
+    # Another variant of a cell's environment: the variant's episodes, in a CSV of its own.
+    assert evaluate_cli.main([os.path.join(env_grid_dir, "cell-1"), "--episodes", "2",
+                              "--env-kwarg", "max_steps_in_episode=7"]) == 0
+    assert "(max_steps_in_episode=7)" in capsys.readouterr().out
+    variant = _csv(os.path.join(env_grid_dir, "cell-1", "evaluation_max_steps_in_episode=7.csv"))
+    assert [float(r["episode_return"]) for r in variant] == [7.0] * 4  # 2 seeds x 2 episodes, all cut at 7
+
+
+def test_cli_env_flags_fail_clearly(capsys):
+    bad = {
+        ("--grid", "env.lenght=1,2"): "environment's numeric params fields",
+        ("--grid", "env.max_steps_in_episode=10.5"): "int field",
+        ("--grid", "env.max_steps_in_episode=0,10"): "must be >= 1",
+        ("--grid", "env.length=nan"): "finite",
+        ("--env-kwarg", "lenght=1"): "bad keyword arguments",
+        ("--env-kwarg", "length"): "expected KEY=VALUE",
+        ("--env-kwarg", "length=1", "--grid", "env.length=1,2"): "set twice",
+    }
+    for flags, message in bad.items():
+        with pytest.raises(SystemExit):
+            train_cli.parse_args(["--algo", "ppo", *flags])
+        assert message in capsys.readouterr().err, flags
+    args, config = train_cli.parse_args(["--env-kwarg", "gravity=12", "--env-kwarg", "length=0.25"])
+    assert dict(config.env_kwargs) == {"gravity": 12, "length": 0.25}
