@@ -10,7 +10,8 @@ learning rate `lr`, wall time; with --eval-every K, `eval_return`: the policy's 
 every K-th update and the last), DIR/learning_curve.png and DIR/params.msgpack; `python experiments/evaluate.py DIR`
 reloads and evaluates the policies.
 
-A seeds x hyperparameters grid in the same one compiled call (`--grid`, repeatable; vmappable fields only):
+A seeds x hyperparameters grid in the same one compiled call (`--grid`, repeatable; vmappable fields, and the
+environment's numeric params fields as env.FIELD, e.g. --grid env.length=0.25,0.5,1 for CartPole's pole):
 
     python experiments/train.py --algo ppo --env CartPole-v1 --num-seeds 8 \\
         --grid learning_rate=1e-4,2.5e-4,1e-3 --grid ent_coef=0,0.01
@@ -22,6 +23,9 @@ the probability of improvement over the best cell: pgjax.score_stats), DIR/metri
 per cell, seed and update, the cell's values first), DIR/learning_curves.png (one curve per cell) and DIR/cell-K/,
 a run directory per cell for evaluate.py (`pgjax.runs.save_grid`). The same flags with --seed-indices replay
 those seeds in every cell, bit for bit.
+
+Environment keywords (`--env-kwarg KEY=VALUE`, repeatable: a params field such as gravity=12, or a constructor
+keyword such as num_states=20 for tabular:random) set the variant every seed trains on.
 
 Long runs in segments, with a checkpoint after each (`--checkpoint-every K` updates; DIR/checkpoint.npz):
 

@@ -111,3 +111,16 @@ def test_tabular_example_and_its_error_message():
     with pytest.raises(ValueError) as err:
         exec(call, scope)
     assert str(err.value) == expected
+
+
+def test_batch_of_tabular_mdps_example():
+    """The environment-variants example (16 MDPs in one compile) as written, at 4 updates instead of 500:
+    one row of metrics per MDP, and other MDPs give other returns (test_env_variants checks each lane against its
+    MDP's own run)."""
+    code = _shrink(_block("import jax\nimport jax.numpy as jnp\nfrom pgjax import envs"),
+                   ('"num_actions": 2})', '"num_actions": 2}, total_timesteps=4 * 2000)'))
+    scope: dict = {}
+    exec(code, scope)
+    returns = np.asarray(scope["out"].metrics["episode_return"])
+    assert returns.shape == (16, 4) and np.all(np.isfinite(returns))
+    assert len(np.unique(returns[:, 0])) > 8
