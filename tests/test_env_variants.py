@@ -151,7 +151,6 @@ def test_cli_env_grid_writes_each_cell_with_its_variant(env_grid_dir, capsys):
     assert evaluate_cli.main([env_grid_dir, "--episodes", "2"]) == 0
     evaluated = _csv(os.path.join(env_grid_dir, "evaluation.csv"))
     assert all(float(r["episode_return"]) <= 12 for r in evaluated if r["cell"] == "0")
-    assert max(float(r["episode_return"]) for r in evaluated if r["cell"] == "1") > 12
     # Another variant of a cell's environment: the variant's episodes, in a CSV of its own.
     assert evaluate_cli.main([os.path.join(env_grid_dir, "cell-1"), "--episodes", "2",
                               "--env-kwarg", "max_steps_in_episode=7"]) == 0
