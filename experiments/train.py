@@ -25,7 +25,9 @@ a run directory per cell for evaluate.py (`pgjax.runs.save_grid`). The same flag
 those seeds in every cell, bit for bit.
 
 Environment keywords (`--env-kwarg KEY=VALUE`, repeatable: a params field such as gravity=12, or a constructor
-keyword such as num_states=20 for tabular:random) set the variant every seed trains on.
+keyword such as num_states=20 for tabular:random) set the variant every seed trains on; `--env-randomize
+FIELD=LOW:HIGH` (repeatable) draws a params field from U[LOW, HIGH] at every episode's reset instead (domain
+randomisation; evaluations stay on the nominal environment).
 
 Long runs in segments, with a checkpoint after each (`--checkpoint-every K` updates; DIR/checkpoint.npz):
 
@@ -158,6 +160,10 @@ def build_parser(algo: str, env_id: str | None = None) -> argparse.ArgumentParse
                    help="a keyword for the environment (config field env_kwargs; repeatable): a field of its params "
                         "(e.g. gravity=12, max_steps_in_episode=200) or of its constructor (e.g. num_states=20 for "
                         "tabular:random); the value is read as JSON (numbers, true/false, lists), else as text")
+    p.add_argument("--env-randomize", action="append", default=None, metavar="FIELD=LOW:HIGH",
+                   help="domain randomisation (config field env_randomize; repeatable): every episode draws this "
+                        "numeric params field from U[LOW, HIGH] (e.g. length=0.25:2 for CartPole's pole); "
+                        "evaluations use the nominal environment")
     p.add_argument("--out", default=None, help="run directory (default runs/<algo>-<env>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
@@ -225,8 +231,12 @@ def parse_args(argv=None):
     try:
         if args.env_kwarg:
             settings["env_kwargs"] = {**dict(settings.get("env_kwargs", ())), **runs.parse_env_kwargs(args.env_kwarg)}
+        if args.env_randomize:
+            settings["env_randomize"] = runs.parse_env_ranges(args.env_randomize)
         config = config_cls(**settings)
-        envs.make(config.env_id, **dict(config.env_kwargs))  # unknown keywords fail here, before any compile
+        _, env_params = envs.make(config.env_id, **dict(config.env_kwargs))  # unknown keywords fail here
+        if config.env_randomize:
+            envs.randomization.check_ranges(config.env_id, env_params, config.randomize_ranges)
     except ValueError as err:
         parser.error(str(err))
     args.grid = parse_grid(parser, config, args.grid or [], overrides)
@@ -250,10 +260,11 @@ def parse_grid(parser, config, specs: list[str], overrides: dict) -> dict[str, t
             parser.error(f"--grid {spec!r}: only the vmappable hyperparameters ({', '.join(type(config).HYPERPARAMS)}) "
                          f"and the environment's numeric params fields ({', '.join(env_fields)}) can be gridded; the "
                          "other fields fix array shapes or code paths, so each of their values needs its own run")
-        given = name[len(common.ENV_PARAM_PREFIX):] in dict(config.env_kwargs) if env_field else name in overrides
+        field = name[len(common.ENV_PARAM_PREFIX):]
+        given = field in dict(config.env_kwargs) or field in config.randomize_ranges if env_field else name in overrides
         if name in grid or given:
-            parser.error(f"--grid {spec!r}: {name} is set twice (another --grid, its own flag or --env-kwarg); "
-                         "give it once")
+            parser.error(f"--grid {spec!r}: {name} is set twice (another --grid, its own flag, --env-kwarg or "
+                         "--env-randomize); give it once")
         try:
             values = tuple(float(v) for v in text.split(","))
         except ValueError:

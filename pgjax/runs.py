@@ -286,6 +286,26 @@ def _without_hyperparams(config: common.OnPolicyConfig) -> common.OnPolicyConfig
     return config.replace(**defaults)
 
 
+def parse_env_ranges(specs: list[str]) -> dict[str, tuple[float, float]]:
+    """{field: (low, high)} from command-line FIELD=LOW:HIGH texts (`--env-randomize`). ValueError for a malformed
+    or repeated one (the config checks the ranges, the environment the fields)."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        name = name.strip()
+        low, colon, high = text.partition(":")
+        try:
+            bounds = (float(low), float(high))
+        except ValueError:
+            bounds = None
+        if not sep or not colon or not name.isidentifier() or bounds is None:
+            raise ValueError(f"--env-randomize {spec!r}: expected FIELD=LOW:HIGH, e.g. length=0.25:2")
+        if name in ranges:
+            raise ValueError(f"--env-randomize {spec!r}: {name} is given twice")
+        ranges[name] = bounds
+    return ranges
+
+
 def parse_env_kwargs(specs: list[str]) -> dict[str, Any]:
     """{key: value} from command-line KEY=VALUE texts (`--env-kwarg`), each value read as JSON (numbers,
     true/false, lists) or else kept as text. ValueError for a malformed or repeated key."""

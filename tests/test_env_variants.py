@@ -2,6 +2,7 @@
 ("env.<field>" hyperparameters, `--grid env.FIELD=...`), so many variants of an environment train in one compile."""
 
 import csv
+import functools
 import json
 import os
 
@@ -168,10 +169,101 @@ def test_cli_env_flags_fail_clearly(capsys):
         ("--env-kwarg", "lenght=1"): "bad keyword arguments",
         ("--env-kwarg", "length"): "expected KEY=VALUE",
         ("--env-kwarg", "length=1", "--grid", "env.length=1,2"): "set twice",
+        ("--env-randomize", "length=0.5:2", "--grid", "env.length=1,2"): "set twice",
+        ("--env-randomize", "length=0.5"): "expected FIELD=LOW:HIGH",
+        ("--env-randomize", "lenght=0.5:2"): "cannot randomise 'lenght'",
+        ("--env-randomize", "length=2:0.5"): "low 2.0 > high 0.5",
     }
     for flags, message in bad.items():
         with pytest.raises(SystemExit):
             train_cli.parse_args(["--algo", "ppo", *flags])
         assert message in capsys.readouterr().err, flags
-    args, config = train_cli.parse_args(["--env-kwarg", "gravity=12", "--env-kwarg", "length=0.25"])
+    args, config = train_cli.parse_args(["--env-kwarg", "gravity=12", "--env-kwarg", "length=0.25",
+                                         "--env-randomize", "masspole=0.05:0.5"])
     assert dict(config.env_kwargs) == {"gravity": 12, "length": 0.25}
+    assert config.env_randomize == (("masspole", 0.05, 0.5),)
+
+
+# ---------------------------------------------------------------------------
+# Domain randomisation: params drawn at every reset.
+# ---------------------------------------------------------------------------
+
+
+def test_randomized_params_draw_each_episode_from_its_range():
+    """64 CartPoles under random actions for 300 steps, pole half-length ~ U[0.25, 2] and step limit ~ U{20..39}:
+    the params hold within an episode and are redrawn at its reset, the draws are uniform (Kolmogorov-Smirnov),
+    the derived fields follow, truncation uses the episode's own limit, and drawing the resets ahead
+    (`PredrawnResets`) gives the same numbers as gymnax's step."""
+    from scipy import stats
+
+    base, params = envs.make("CartPole-v1")
+    env = envs.RandomizedParams(base, "CartPole-v1", {"length": (0.25, 2.0), "max_steps_in_episode": (20, 40)})
+    num_envs, num_steps = 64, 300
+    keys = jax.random.split(jax.random.key(0), (num_steps, num_envs))
+    actions = jax.random.bernoulli(jax.random.key(1), 0.5, (num_steps, num_envs)).astype(jnp.int32)
+    _, start = jax.vmap(env.reset, (0, None))(jax.random.split(jax.random.key(2), num_envs), params)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(step, step_randomness):
+        def body(state, inputs):
+            randomness, action = inputs
+            _, state, _, terminated, truncated, _ = jax.vmap(step, (0, 0, 0, None))(randomness, state, action, params)
+            return state, (state.params, state.env_state.time, terminated, truncated)
+
+        return jax.lax.scan(body, start, (step_randomness, actions))[1]
+
+    predrawn = envs.PredrawnResets(env)
+    plain = run(env.step, keys)
+    ahead = run(predrawn.step, predrawn.draw_resets(keys, params))
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(ahead)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    episode_params, time, terminated, truncated = plain
+    length = np.asarray(episode_params.length)
+    limit = np.asarray(episode_params.max_steps_in_episode)
+    done = np.asarray(terminated) | np.asarray(truncated)
+    # Within an episode the params hold; after each end (the state returned is the new episode's), new ones.
+    same = (length[1:] == length[:-1]) & (limit[1:] == limit[:-1])
+    assert np.all(same[~done[1:]])
+    assert np.mean(same[done[1:]]) < 0.01
+    starts = length[1:][done[1:]]  # one draw per new episode
+    assert starts.size > 500 and starts.min() >= 0.25 and starts.max() < 2.0
+    assert stats.kstest(starts, stats.uniform(0.25, 1.75).cdf).pvalue > 1e-3
+    assert set(np.unique(limit[1:][done[1:]])) == set(range(20, 40))
+    np.testing.assert_allclose(np.asarray(episode_params.polemass_length), 0.1 * length, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(episode_params.total_mass), 1.1, rtol=1e-6)
+    # A truncated episode ran exactly its own limit (time counts its steps; the returned state is the next one's).
+    ended_at = np.concatenate([np.zeros((1, num_envs), int), np.asarray(time)[:-1]])  # time before each step
+    t = np.asarray(truncated) & ~np.asarray(terminated)
+    assert t.sum() > 100
+    np.testing.assert_array_equal((ended_at + 1)[t], np.concatenate([limit[:1], limit[:-1]])[t])
+
+
+def test_domain_randomised_training_and_its_errors():
+    """env_randomize in a run: every environment of the run has its own draw, evaluation stays nominal; bad ranges
+    and fields fail before compiling, and so does a field both gridded per lane and randomised."""
+    config = algos.A2CConfig(total_timesteps=2 * 4 * 32, num_envs=4, num_steps=32, eval_every=2, eval_episodes=2,
+                             env_randomize=(("length", 0.5, 3.0),))
+    out = jax.jit(algos.a2c.make_train(config))(jax.random.key(0))
+    found = []
+    jax.tree_util.tree_map(lambda x: found.append(x) if isinstance(x, envs.RandomizedParamsState) else None,
+                           out.env_state, is_leaf=lambda x: isinstance(x, envs.RandomizedParamsState))
+    lengths = np.asarray(found[0].params.length)
+    assert lengths.shape == (4,) and len(set(lengths.tolist())) == 4 and np.all((lengths >= 0.5) & (lengths < 3))
+    # The in-run evaluation ran on the nominal environment: runs.evaluate's episodes with the run's evaluation key.
+    eval_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), common.EVAL_KEY_STREAM), 1)
+    nominal = np.asarray(runs.evaluate(eval_key, config, out.agent.params, None, num_episodes=2))
+    np.testing.assert_allclose(np.asarray(out.metrics["eval_return"])[-1], nominal.mean(), rtol=1e-6)
+    # The config round-trips through config.json's form.
+    assert config.to_dict()["env_randomize"] == {"length": [0.5, 3.0]}
+    assert algos.A2CConfig(**config.to_dict()) == config
+
+    for bad, message in [({"length": (3.0, 0.5)}, "low 3.0 > high 0.5"), ((("length", 1.0),), "triples"),
+                         ({"length": (0.5, float("inf"))}, "finite numbers")]:
+        with pytest.raises(ValueError, match=message):
+            algos.A2CConfig(env_randomize=bad)
+    with pytest.raises(ValueError, match="cannot randomise 'lenght'"):
+        algos.a2c.make_train(config.replace(env_randomize={"lenght": (0.5, 1.0)}))
+    train = algos.a2c.make_train(config)
+    with pytest.raises(ValueError, match="also in env_randomize"):
+        jax.eval_shape(train, jax.random.key(0), {**config.hyperparams(), "env.length": 1.0})

@@ -70,6 +70,8 @@ class OnPolicyConfig:
       normalize_observations: running mean/std observation normalisation (statistics in the env state).
       normalize_rewards: divide the rewards learned from by the running std of the discounted return.
       env_kwargs: keyword arguments for the environment (e.g. a tabular MDP's num_states).
+      env_randomize: domain randomisation: ((field, low, high), ...), each numeric params field drawn from
+        U[low, high] at every episode's reset (e.g. (("length", 0.25, 2.0),) for CartPole's pole; empty: off).
       unroll: scan unroll factor inside each update (speed only; 0 picks per backend).
       compute_dtype: "float32" or "bfloat16" for the networks' hidden layers.
       eval_every: evaluate the policy every this many updates and after the last, inside the compiled run
@@ -113,6 +115,12 @@ class OnPolicyConfig:
     memory traffic bounds wide seed sweeps on a GPU (the speed-up there is not yet measured); on a CPU
     it runs 2x slower (benchmarks/README.md, twentieth session).
 
+    `env_randomize` (default empty: off) trains on a distribution of environments: at every reset each listed
+    field of the environment's params is drawn from U[low, high] (`pgjax.envs.RandomizedParams`, drawn with the
+    reset states, so rollouts keep `PredrawnResets`), and the episode runs under the drawn params; the policy does
+    not see them. In-run evaluations (`eval_every`) and `runs.evaluate` use the nominal environment
+    (`env_id` with `env_kwargs`); evaluate variants with other `env_kwargs` (`evaluate.py --env-kwarg`).
+
     `eval_every` (default 0: off) evaluates the current policy inside the compiled run after every
     `eval_every`-th update and after the last: `eval_episodes` whole episodes on fresh environments, actions by
     the policy's mode (sampled with `eval_stochastic`), observation statistics frozen at their training values
@@ -137,6 +145,7 @@ class OnPolicyConfig:
     normalize_observations: bool = False
     normalize_rewards: bool = False
     env_kwargs: tuple[tuple[str, Any], ...] = ()
+    env_randomize: tuple[tuple[str, float, float], ...] = ()
     unroll: int = 0
     compute_dtype: str = "float32"
     eval_every: int = 0
@@ -150,6 +159,7 @@ class OnPolicyConfig:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
         if isinstance(self.env_kwargs, dict):
             object.__setattr__(self, "env_kwargs", tuple(sorted(self.env_kwargs.items())))
+        object.__setattr__(self, "env_randomize", _randomize_entries(type(self).__name__, self.env_randomize))
         self.validate()
 
     def validate(self) -> None:
@@ -224,10 +234,43 @@ class OnPolicyConfig:
     def replace(self, **changes) -> "OnPolicyConfig":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def randomize_ranges(self) -> dict[str, tuple[float, float]]:
+        """`env_randomize` as {field: (low, high)}."""
+        return {name: (low, high) for name, low, high in self.env_randomize}
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["env_kwargs"] = dict(self.env_kwargs)
+        out["env_randomize"] = {name: [low, high] for name, (low, high) in self.randomize_ranges.items()}
         return out
+
+
+def _randomize_entries(cls: str, value: Any) -> tuple[tuple[str, float, float], ...]:
+    """`env_randomize` as sorted (field, low, high) triples, from triples or {field: (low, high)} (a config.json's);
+    ValueError naming the entry for a malformed one. Whether the fields exist is checked with the environment
+    (`make_env`, `envs.randomization.check_ranges`)."""
+    example = "e.g. ('length', 0.25, 2.0)"
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (tuple, list)) and all(isinstance(e, (tuple, list)) and len(e) == 3 for e in value):
+        items = [(e[0], e[1:]) for e in value]
+    else:
+        raise ValueError(f"{cls}.env_randomize must be (field, low, high) triples, {example}; got {value!r}.")
+    entries = []
+    for name, bounds in items:
+        if (not isinstance(name, str) or not isinstance(bounds, (tuple, list)) or len(bounds) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
+                           for b in bounds)):
+            raise ValueError(f"{cls}.env_randomize entries must be (field, low, high) with finite numbers, "
+                             f"{example}; got {(name, bounds)!r}.")
+        if bounds[0] > bounds[1]:
+            raise ValueError(f"{cls}.env_randomize: the range of {name} has low {bounds[0]} > high {bounds[1]}; "
+                             "swap them.")
+        entries.append((name, float(bounds[0]), float(bounds[1])))
+    if len({e[0] for e in entries}) != len(entries):
+        raise ValueError(f"{cls}.env_randomize names a field twice: {[e[0] for e in entries]}.")
+    return tuple(sorted(entries))
 
 
 def field_docs(config_cls: type) -> dict[str, str]:
@@ -296,7 +339,7 @@ class EnvSpec(NamedTuple):
 
 
 def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_update: bool = True) -> EnvSpec:
-    """[PredrawnResets] -> FlattenObservation -> EpisodeStatistics -> [NormalizeObservation] -> [NormalizeReward]
+    """[RandomizedParams] -> [PredrawnResets] -> FlattenObservation -> EpisodeStatistics -> [NormalizeObservation] -> [NormalizeReward]
     -> [ClipAction] -> VecEnv.
 
     Episode statistics sit below normalisation so they report the raw returns; statistics of
@@ -307,6 +350,8 @@ def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_upda
     action_dim = envs.action_dim(env, params)
     obs_size = envs.observation_size(env, params)
     low, high = (None, None) if discrete else envs.action_bounds(env, params)
+    if config.env_randomize:  # below PredrawnResets: each drawn reset draws its episode's params too
+        env = envs.RandomizedParams(env, config.env_id, config.randomize_ranges)
     if envs.PredrawnResets.wraps_step_of(env):  # rollouts draw their reset states up front
         env = envs.PredrawnResets(env)
     env = envs.EpisodeStatistics(envs.FlattenObservation(env))
@@ -780,6 +825,10 @@ def make_on_policy_train(
             )
 
     def lane_spec(hp: HParams) -> EnvSpec:
+        clash = sorted(set(env_param_overrides(hp)) & set(config.randomize_ranges))
+        if clash:
+            raise ValueError(f"hparams: {[ENV_PARAM_PREFIX + name for name in clash]} are also in env_randomize, "
+                             "which redraws them at every reset; give each field one or the other.")
         return spec._replace(params=lane_env_params(config.env_id, spec.params, hp))
 
     def start(key: Array, hparams: HParams | None = None) -> RunState:

@@ -10,6 +10,7 @@
 limit (bootstrap from V(info["final_observation"]), the observation before auto-reset).
 """
 
+from pgjax.envs.randomization import RandomizedParams, RandomizedParamsState
 from pgjax.envs.registry import TABULAR_PREFIX, env_ids, make, override_params
 from pgjax.envs.spaces import action_bounds, action_dim, is_discrete, observation_size
 from pgjax.envs.tabular_env import (
@@ -56,6 +57,8 @@ __all__ = [
     "NormalizeReward",
     "NormalizeRewardState",
     "PredrawnResets",
+    "RandomizedParams",
+    "RandomizedParamsState",
     "ResetDraw",
     "RunningStatistics",
     "TabularEnv",

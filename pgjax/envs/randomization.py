@@ -1,0 +1,128 @@
+"""Domain randomisation: every episode draws its own environment params.
+
+    env = RandomizedParams(env, "CartPole-v1", {"length": (0.25, 2.0)})   # pole half-length ~ U[0.25, 2] per episode
+
+At each reset, each named field of the params is drawn uniformly from [low, high], independently, from the reset's
+key; the episode then runs under those params, carried in the state (`RandomizedParamsState.params`), and fields
+derived from them follow (`envs.override_params`: CartPole's total_mass and polemass_length). The policy does not
+observe the draws. `RandomizedParams` is a gymnax `Environment` built from `step_env`, `reset_env` and
+`is_truncated`, so gymnax's auto-resetting `step` draws a new episode's params with its reset state, and
+`PredrawnResets` can draw them ahead of a rollout like any reset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from gymnax.environments import environment
+
+from pgjax.envs.registry import override_params
+
+Array = jax.Array
+
+
+@struct.dataclass
+class RandomizedParamsState:
+    """State of `RandomizedParams`.
+
+    Attributes:
+      env_state: the inner environment's state.
+      params: the params of the current episode (drawn at its reset).
+    """
+
+    env_state: Any
+    params: Any
+
+
+class RandomizedParams(environment.Environment):
+    """`env` whose params are redrawn at every reset: field ~ U[low, high] for each entry of `ranges`.
+
+    Args:
+      env: a gymnax `Environment` (unwrapped: `step_env` / `reset_env` are used).
+      env_id: its id, for the derived fields of `envs.override_params`.
+      ranges: {field: (low, high)}, numeric scalar fields of the params with finite low <= high. An int field
+        (e.g. max_steps_in_episode) gets floor(u), so high itself is never drawn; float fields get u.
+
+    The params passed to `reset` / `step` give the other fields (e.g. a grid lane's `env.<field>` values).
+
+    Raises:
+      ValueError: a field that is not a numeric scalar field of the params, or a bad range.
+    """
+
+    def __init__(self, env: Any, env_id: str, ranges: dict[str, tuple[float, float]]):
+        super().__init__()
+        check_ranges(env_id, env.default_params, ranges)
+        self._env = env
+        self._env_id = env_id
+        self._ranges = {name: (float(low), float(high)) for name, (low, high) in ranges.items()}
+
+    @property
+    def default_params(self) -> Any:
+        return self._env.default_params
+
+    def draw_params(self, key: Array, params: Any) -> Any:
+        """`params` with every randomised field drawn from its range (one episode's params)."""
+        keys = jax.random.split(key, len(self._ranges))
+        drawn = {}
+        for k, (name, (low, high)) in zip(keys, self._ranges.items()):
+            default = getattr(params, name)
+            u = jax.random.uniform(k, (), jnp.float32, low, high)
+            drawn[name] = jnp.floor(u).astype(jnp.int32) if _is_int(default) else u
+        return override_params(self._env_id, params, drawn)
+
+    def reset_env(self, key: Array, params: Any) -> tuple[Any, RandomizedParamsState]:
+        key_params, key_reset = jax.random.split(key)
+        episode_params = self.draw_params(key_params, params)
+        obs, state = self._env.reset_env(key_reset, episode_params)
+        return obs, RandomizedParamsState(state, episode_params)
+
+    def step_env(self, key: Array, state: RandomizedParamsState, action: Any, params: Any) -> tuple:
+        obs, env_state, reward, terminated, info = self._env.step_env(key, state.env_state, action, state.params)
+        return obs, state.replace(env_state=env_state), reward, terminated, info
+
+    def is_truncated(self, state: RandomizedParamsState, params: Any) -> Array:
+        return self._env.is_truncated(state.env_state, state.params)
+
+    @property
+    def name(self) -> str:
+        return self._env.name
+
+    @property
+    def num_actions(self) -> int:
+        return self._env.num_actions
+
+    def action_space(self, params: Any = None):
+        return self._env.action_space(params)
+
+    def observation_space(self, params: Any = None):
+        return self._env.observation_space(params)
+
+
+def _is_int(value: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(value), jnp.integer)
+
+
+def check_ranges(env_id: str, params: Any, ranges: Any) -> None:
+    """ValueError naming the entry and the fix unless `ranges` is {field: (low, high)} over numeric scalar fields
+    of `params` with finite low <= high (and low >= 1 for the step limit)."""
+    fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    numeric = [name for name, value in fields.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if not isinstance(ranges, dict) or not ranges:
+        raise ValueError(f"{env_id}: the randomised ranges must be a non-empty {{field: (low, high)}}; got {ranges!r}.")
+    for name, bounds in ranges.items():
+        if name not in numeric:
+            raise ValueError(f"{env_id}: cannot randomise {name!r}: only the numeric fields of its params can be "
+                             f"({', '.join(numeric)}).")
+        if (not isinstance(bounds, (tuple, list)) or len(bounds) != 2
+                or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds)):
+            raise ValueError(f"{env_id}: the range of {name} must be (low, high), two finite numbers; got {bounds!r}.")
+        low, high = bounds
+        if low > high:
+            raise ValueError(f"{env_id}: the range of {name} has low {low} > high {high}; swap them.")
+        if name == "max_steps_in_episode" and low < 1:
+            raise ValueError(f"{env_id}: the step limit's range must start at >= 1; got low {low}.")
