@@ -17,6 +17,13 @@ Policies can be evaluated on another variant of their environment (a transfer or
     python experiments/evaluate.py runs/ppo-CartPole-v1-... --env-kwarg length=1.0 --env-kwarg gravity=12
 
 (the default CSV is then RUN_DIR/evaluation_length=1.0_gravity=12.csv, so the training variant's stays).
+`--env-sweep KEY=V1,V2,...` evaluates on each value of one keyword in turn, a robustness curve:
+
+    python experiments/evaluate.py runs/ppo-CartPole-v1-... --env-sweep length=0.25,0.5,1,2,4
+
+writes RUN_DIR/evaluation_sweep_length.csv (every episode, with the value as a column), robustness_length.csv (per
+value, and per cell of a grid: `runs.summarize_final_returns` over the seeds' mean returns, paired across values)
+and robustness_length.png (median and worst seed against the value).
 """
 
 from __future__ import annotations
@@ -32,9 +39,9 @@ import numpy as np
 from pgjax import envs, runs, score_stats, tables
 
 
-def evaluate_seeds(run, labels: list[int], args) -> tuple[list[float], list[dict]]:
+def evaluate_seeds(run, labels: list[int], args, quiet: bool = False) -> tuple[list[float], list[dict]]:
     """Every seed of one loaded run (`runs.load_run`'s tuple; labels: its seeds' indices in the sweep):
-    (mean return per seed, one row per episode)."""
+    (mean return per seed, one row per episode); prints a line per seed unless `quiet`."""
     _, config, params, stats = run
     actions = "stochastic" if args.stochastic else "deterministic"
     means, rows = [], []
@@ -45,8 +52,80 @@ def evaluate_seeds(run, labels: list[int], args) -> tuple[list[float], list[dict
                                            args.episodes, deterministic=not args.stochastic), np.float64)
         means.append(float(np.nanmean(returns)))
         rows += [dict(seed=seed, episode=i, episode_return=float(r), actions=actions) for i, r in enumerate(returns)]
-        print(f"  seed {seed}: mean return {means[-1]:.1f} (min {np.nanmin(returns):.1f}, max {np.nanmax(returns):.1f})")
+        if not quiet:
+            print(f"  seed {seed}: mean return {means[-1]:.1f} (min {np.nanmin(returns):.1f}, "
+                  f"max {np.nanmax(returns):.1f})")
     return means, rows
+
+
+def with_env_kwargs(loaded: list, variant: dict) -> list:
+    """The loaded runs with `variant`'s keywords over each run's own `env_kwargs`; ValueError for an unknown one."""
+    out = [(algo, config.replace(env_kwargs={**dict(config.env_kwargs), **variant}), params, stats)
+           for algo, config, params, stats in loaded]
+    envs.make(out[0][1].env_id, **dict(out[0][1].env_kwargs))  # an unknown keyword fails here, before compiling
+    return out
+
+
+def parse_sweep(text: str) -> tuple[str, list]:
+    """KEY, [V1, V2, ...] from --env-sweep KEY=V1,V2,... (each value read as JSON, else as text)."""
+    key, sep, values = text.partition("=")
+    if not sep or not values:
+        raise ValueError(f"--env-sweep {text!r}: expected KEY=V1,V2,..., e.g. length=0.25,0.5,1")
+    parsed = [runs.parse_env_kwargs([f"{key}={v}"])[key.strip()] for v in values.split(",")]
+    if len(set(map(str, parsed))) != len(parsed):
+        raise ValueError(f"--env-sweep {text!r}: a value is repeated")
+    return key.strip(), parsed
+
+
+def sweep(loaded: list, cells: list | None, labels: list[int], args, key: str, values: list) -> int:
+    """--env-sweep: every run (or grid cell) on every value of `key`; writes the episodes, the per-value summary
+    and the robustness plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = cells or [{}]
+    per_group_means = [[] for _ in groups]  # [group][value] -> seeds' mean returns
+    rows = []
+    for value in values:
+        variant = with_env_kwargs(loaded, {key: value})
+        for index, run in enumerate(variant):
+            means, run_rows = evaluate_seeds(run, labels, args, quiet=True)
+            cell = {"cell": index, **groups[index]} if cells else {}
+            rows += [{**cell, key: value, **row} for row in run_rows]
+            per_group_means[index].append(np.array(means))
+    summary = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for index, means in enumerate(per_group_means):
+        # The same policies and evaluation keys at every value: paired across values.
+        stats = runs.summarize_final_returns(means, [None] * len(values), paired=True)
+        cell = {"cell": index, **groups[index]} if cells else {}
+        summary += [{**cell, key: value, **row} for value, row in zip(values, stats)]
+        label = runs.cell_label(groups[index]) if cells else "median over seeds"
+        line = ax.plot(values, [row["median"] for row in stats], "-o", label=label)[0]
+        ax.plot(values, [row["worst"] for row in stats], ":", color=line.get_color())
+        heading = f"cell {index} ({runs.cell_label(groups[index])})" if cells else "over seeds"
+        print(f"{heading}: " + "; ".join(f"{key}={value}: median {row['median']:.1f}, worst {row['worst']:.1f}, "
+                                         f"IQM {row['iqm']:.1f}" for value, row in zip(values, stats)))
+    algo, config = loaded[0][0], loaded[0][1]
+    ax.set(xlabel=key, ylabel=f"mean return over {args.episodes} episodes",
+           title=f"{algo.upper()} on {config.env_id}: median (dotted: worst seed) over {len(labels)} seeds")
+    if all(isinstance(v, (int, float)) for v in values) and min(values) > 0 and max(values) / min(values) >= 8:
+        ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values])  # the values themselves, not powers of ten
+        ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths = [args.csv or os.path.join(args.run_dir, f"evaluation_sweep_{key}.csv"),
+             os.path.join(args.run_dir, f"robustness_{key}.csv"), os.path.join(args.run_dir, f"robustness_{key}.png")]
+    tables.write_csv(paths[0], rows)
+    tables.write_csv(paths[1], summary)
+    fig.savefig(paths[2], dpi=120)
+    plt.close(fig)
+    print("wrote " + ", ".join(paths))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -59,13 +138,19 @@ def main(argv=None) -> int:
     p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
                    help="evaluate on a variant of the environment: this keyword replaces the run's (repeatable; e.g. "
                         "length=1.0 for CartPole's pole); the value is read as JSON, else as text")
+    p.add_argument("--env-sweep", default=None, metavar="KEY=V1,V2,...",
+                   help="evaluate on each value of this environment keyword in turn (a robustness curve): writes "
+                        "evaluation_sweep_KEY.csv, robustness_KEY.csv and robustness_KEY.png")
     args = p.parse_args(argv)
     if args.episodes < 1:
         p.error(f"--episodes must be >= 1; got {args.episodes}")
     try:
         variant = runs.parse_env_kwargs(args.env_kwarg)
+        swept = parse_sweep(args.env_sweep) if args.env_sweep else None
     except ValueError as err:
         p.error(str(err))
+    if swept and swept[0] in variant:
+        p.error(f"--env-sweep {args.env_sweep!r}: {swept[0]} is also given by --env-kwarg; give it once")
     config_path = os.path.join(args.run_dir, "config.json")
     try:  # (a malformed config.json is a ValueError too)
         meta = {}
@@ -76,9 +161,10 @@ def main(argv=None) -> int:
         dirs = [os.path.join(args.run_dir, f"cell-{k}") for k in range(len(cells))] if cells else [args.run_dir]
         loaded = [runs.load_run(d) for d in dirs]
         if variant:  # every run's own keywords, then the variant's
-            loaded = [(algo, config.replace(env_kwargs={**dict(config.env_kwargs), **variant}), params, stats)
-                      for algo, config, params, stats in loaded]
-            envs.make(loaded[0][1].env_id, **dict(loaded[0][1].env_kwargs))  # an unknown keyword fails here
+            loaded = with_env_kwargs(loaded, variant)
+        if swept:
+            for value in swept[1]:
+                with_env_kwargs(loaded, {swept[0]: value})
     except ValueError as err:
         p.error(f"{config_path}: {err}" if isinstance(err, json.JSONDecodeError) else str(err))
     algo, config, params, _ = loaded[0]
@@ -87,7 +173,10 @@ def main(argv=None) -> int:
     what = f"{len(cells)} cells x {num_seeds} seeds" if cells else f"{num_seeds} seeds"
     on = f" ({', '.join(f'{k}={v}' for k, v in variant.items())})" if variant else ""
     print(f"{algo.upper()} on {config.env_id}{on}, {what}, {args.episodes} episodes each "
-          f"({'stochastic' if args.stochastic else 'deterministic'} actions)")
+          f"({'stochastic' if args.stochastic else 'deterministic'} actions)"
+          + (f", at {swept[0]} = {', '.join(map(str, swept[1]))}" if swept else ""))
+    if swept:
+        return sweep(loaded, cells, labels, args, *swept)
     if not cells:
         means, rows = evaluate_seeds(loaded[0], labels, args)
         print(f"median over seeds {np.median(means):.1f}, worst {np.min(means):.1f}, IQM {score_stats.iqm(means):.1f}")

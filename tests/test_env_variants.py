@@ -160,6 +160,33 @@ def test_cli_env_grid_writes_each_cell_with_its_variant(env_grid_dir, capsys):
     assert [float(r["episode_return"]) for r in variant] == [7.0] * 4  # 2 seeds x 2 episodes, all cut at 7
 
 
+def test_cli_env_sweep_evaluates_every_value_of_a_keyword(env_grid_dir, capsys):
+    """evaluate.py --env-sweep on a 2-cell grid: every cell at every step limit, the per-value summary equal to the
+    episodes' CSV, and a plot."""
+    assert evaluate_cli.main([env_grid_dir, "--episodes", "2", "--env-sweep", "max_steps_in_episode=5,9"]) == 0
+    episodes = _csv(os.path.join(env_grid_dir, "evaluation_sweep_max_steps_in_episode.csv"))
+    assert len(episodes) == 2 * 2 * 2 * 2  # values x cells x seeds x episodes
+    assert [float(r["episode_return"]) for r in episodes if r["max_steps_in_episode"] == "5"] == [5.0] * 8
+    assert all(float(r["episode_return"]) <= 9 for r in episodes)
+    summary = _csv(os.path.join(env_grid_dir, "robustness_max_steps_in_episode.csv"))
+    assert [(r["cell"], r["max_steps_in_episode"]) for r in summary] == [("0", "5"), ("0", "9"), ("1", "5"), ("1", "9")]
+    for row in summary:
+        means = [np.mean([float(r["episode_return"]) for r in episodes if r["cell"] == row["cell"]
+                          and r["max_steps_in_episode"] == row["max_steps_in_episode"] and r["seed"] == seed])
+                 for seed in ("0", "1")]
+        assert float(row["median"]) == pytest.approx(np.median(means))
+        assert float(row["worst"]) == pytest.approx(min(means))
+    assert os.path.getsize(os.path.join(env_grid_dir, "robustness_max_steps_in_episode.png")) > 0
+    assert "cell 1 (env.max_steps_in_episode=500): max_steps_in_episode=5: median 5.0" in capsys.readouterr().out
+    bad = {("--env-sweep", "length"): "expected KEY=V1,V2", ("--env-sweep", "length=1,1"): "repeated",
+           ("--env-sweep", "lenght=1,2"): "bad keyword arguments",
+           ("--env-sweep", "length=1,2", "--env-kwarg", "length=3"): "give it once"}
+    for flags, message in bad.items():
+        with pytest.raises(SystemExit):
+            evaluate_cli.main([env_grid_dir, *flags])
+        assert message in capsys.readouterr().err, flags
+
+
 def test_cli_env_flags_fail_clearly(capsys):
     bad = {
         ("--grid", "env.lenght=1,2"): "environment's numeric params fields",
