@@ -117,7 +117,7 @@ if __name__ == "__main__":
     # JAX fixes its CPU device count when it starts, and importing gymnax (below) starts it.
     setup_cpu_devices(_cpu_devices_arg(expand_resume(sys.argv[1:])))
 
-from pgjax import algos, checkpoints, envs, runs  # noqa: E402
+from pgjax import algos, checkpoints, runs  # noqa: E402
 from pgjax.algos import common, presets  # noqa: E402
 
 
@@ -234,9 +234,7 @@ def parse_args(argv=None):
         if args.env_randomize:
             settings["env_randomize"] = runs.parse_env_ranges(args.env_randomize)
         config = config_cls(**settings)
-        _, env_params = envs.make(config.env_id, **dict(config.env_kwargs))  # unknown keywords fail here
-        if config.env_randomize:
-            envs.randomization.check_ranges(config.env_id, env_params, config.randomize_ranges)
+        common.make_env(config)  # unknown environment keywords and randomised fields fail here, before compiling
     except ValueError as err:
         parser.error(str(err))
     args.grid = parse_grid(parser, config, args.grid or [], overrides)

@@ -250,24 +250,14 @@ def _randomize_entries(cls: str, value: Any) -> tuple[tuple[str, float, float], 
     """`env_randomize` as sorted (field, low, high) triples, from triples or {field: (low, high)} (a config.json's);
     ValueError naming the entry for a malformed one. Whether the fields exist is checked with the environment
     (`make_env`, `envs.randomization.check_ranges`)."""
-    example = "e.g. ('length', 0.25, 2.0)"
     if isinstance(value, dict):
         items = list(value.items())
     elif isinstance(value, (tuple, list)) and all(isinstance(e, (tuple, list)) and len(e) == 3 for e in value):
         items = [(e[0], e[1:]) for e in value]
     else:
-        raise ValueError(f"{cls}.env_randomize must be (field, low, high) triples, {example}; got {value!r}.")
-    entries = []
-    for name, bounds in items:
-        if (not isinstance(name, str) or not isinstance(bounds, (tuple, list)) or len(bounds) != 2
-                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
-                           for b in bounds)):
-            raise ValueError(f"{cls}.env_randomize entries must be (field, low, high) with finite numbers, "
-                             f"{example}; got {(name, bounds)!r}.")
-        if bounds[0] > bounds[1]:
-            raise ValueError(f"{cls}.env_randomize: the range of {name} has low {bounds[0]} > high {bounds[1]}; "
-                             "swap them.")
-        entries.append((name, float(bounds[0]), float(bounds[1])))
+        raise ValueError(f"{cls}.env_randomize must be (field, low, high) triples, e.g. ('length', 0.25, 2.0); "
+                         f"got {value!r}.")
+    entries = [(name, *envs.randomization.check_range(f"{cls}.env_randomize", name, bounds)) for name, bounds in items]
     if len({e[0] for e in entries}) != len(entries):
         raise ValueError(f"{cls}.env_randomize names a field twice: {[e[0] for e in entries]}.")
     return tuple(sorted(entries))

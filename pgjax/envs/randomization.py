@@ -107,6 +107,19 @@ def _is_int(value: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(value), jnp.integer)
 
 
+def check_range(owner: str, name: Any, bounds: Any) -> tuple[float, float]:
+    """(low, high) as floats; ValueError naming `owner` and the field unless `name` is a string and `bounds` two
+    finite numbers with low <= high."""
+    if (not isinstance(name, str) or not isinstance(bounds, (tuple, list)) or len(bounds) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)):
+        raise ValueError(f"{owner}: a randomised range must be (field, low, high) with finite numbers, e.g. "
+                         f"('length', 0.25, 2.0); got {(name, bounds)!r}.")
+    low, high = float(bounds[0]), float(bounds[1])
+    if low > high:
+        raise ValueError(f"{owner}: the range of {name} has low {low} > high {high}; swap them.")
+    return low, high
+
+
 def check_ranges(env_id: str, params: Any, ranges: Any) -> None:
     """ValueError naming the entry and the fix unless `ranges` is {field: (low, high)} over numeric scalar fields
     of `params` with finite low <= high (and low >= 1 for the step limit)."""
@@ -118,11 +131,6 @@ def check_ranges(env_id: str, params: Any, ranges: Any) -> None:
         if name not in numeric:
             raise ValueError(f"{env_id}: cannot randomise {name!r}: only the numeric fields of its params can be "
                              f"({', '.join(numeric)}).")
-        if (not isinstance(bounds, (tuple, list)) or len(bounds) != 2
-                or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds)):
-            raise ValueError(f"{env_id}: the range of {name} must be (low, high), two finite numbers; got {bounds!r}.")
-        low, high = bounds
-        if low > high:
-            raise ValueError(f"{env_id}: the range of {name} has low {low} > high {high}; swap them.")
+        low, _ = check_range(env_id, name, bounds)
         if name == "max_steps_in_episode" and low < 1:
             raise ValueError(f"{env_id}: the step limit's range must start at >= 1; got low {low}.")
