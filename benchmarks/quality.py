@@ -6,7 +6,8 @@
 
 Reports, per run, the median and the worst seed's final mean episode return (mean over the
 episodes finished in the last 10% of updates, stochastic policy, raw rewards), against the
-target, with compile and run time and env-steps/second; then the median and worst seed of an
+target; the interquartile mean over seeds with its 95% percentile-bootstrap interval
+(`pgjax.score_stats`); compile and run time and env-steps/second; then the median and worst seed of an
 evaluation of the final policy's mode (`--eval-episodes` episodes per seed, inside the same
 compiled run: `eval_every` = the run's updates, which leaves training unchanged bit for bit).
 Writes runs/bench/quality.csv.
@@ -21,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from pgjax import parallel, tables
+from pgjax import parallel, score_stats, tables
 
 if __name__ == "__main__":
     parallel.use_cpu_devices()  # seeds over every core; before importing gymnax, which starts JAX
@@ -65,9 +66,11 @@ def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int, eval_epis
     run_s = time.perf_counter() - t0
     final = runs.final_returns(out.metrics)
     evaluation = runs.last_evaluation(out.metrics)
+    iqm_low, iqm_high = score_stats.bootstrap_interval(final)
     return dict(
         algo=algo, env=env_id, seeds=seeds, env_steps=config.num_updates * config.batch_size,
         median=float(np.nanmedian(final)), worst=float(np.nanmin(final)), best=float(np.nanmax(final)),
+        iqm=score_stats.iqm(final), iqm_low=iqm_low, iqm_high=iqm_high,
         eval_median=float(np.nanmedian(evaluation)), eval_worst=float(np.nanmin(evaluation)),
         compile_s=round(compile_s, 1), run_s=round(run_s, 1),
         steps_per_s=round(seeds * config.num_updates * config.batch_size / run_s),
@@ -115,8 +118,9 @@ def main(argv=None) -> int:
     except ValueError as err:
         p.error(str(err))
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {len(jax.devices())} x {jax.devices()[0].device_kind} (seeds split over them)")
-    header = (f"{'algo':<10}{'env':<26}{'steps':>9}{'median':>9}{'worst':>9}{'target':>8}{'met':>5}{'compile s':>10}"
-              f"{'run s':>8}{'steps/s':>11}{'eval median':>12}{'eval worst':>11}")
+    header = (f"{'algo':<10}{'env':<26}{'steps':>9}{'median':>9}{'worst':>9}{'target':>8}{'met':>5}"
+              f"{'IQM [95% bootstrap]':>27}{'compile s':>10}{'run s':>8}{'steps/s':>11}{'eval median':>12}"
+              f"{'eval worst':>11}")
     print(header)
     rows = []
     for algo, env_id, steps, target in todo:
@@ -125,7 +129,9 @@ def main(argv=None) -> int:
         row["met"] = "" if target is None else bool(row["median"] >= target and row["worst"] >= target)
         rows.append(row)
         print(f"{algo:<10}{env_id:<26}{row['env_steps']:>9}{row['median']:>9.1f}{row['worst']:>9.1f}"
-              f"{str(row['target']):>8}{str(row['met']):>5}{row['compile_s']:>10}{row['run_s']:>8}"
+              f"{str(row['target']):>8}{str(row['met']):>5}"
+              f"{row['iqm']:>9.1f} [{row['iqm_low']:7.1f}, {row['iqm_high']:7.1f}]"
+              f"{row['compile_s']:>10}{row['run_s']:>8}"
               f"{row['steps_per_s']:>11,}"
               f"{row['eval_median']:>12.1f}{row['eval_worst']:>11.1f}", flush=True)
     tables.write_csv(args.out, rows)

@@ -329,8 +329,8 @@ class EnvSpec(NamedTuple):
 
 
 def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_update: bool = True) -> EnvSpec:
-    """[RandomizedParams] -> [PredrawnResets] -> FlattenObservation -> EpisodeStatistics -> [NormalizeObservation] -> [NormalizeReward]
-    -> [ClipAction] -> VecEnv.
+    """[RandomizedParams] -> [PredrawnResets] -> FlattenObservation -> EpisodeStatistics -> [NormalizeObservation]
+    -> [NormalizeReward] -> [ClipAction] -> VecEnv.
 
     Episode statistics sit below normalisation so they report the raw returns; statistics of
     the observation normaliser are shared over the vectorised batch.
@@ -365,13 +365,10 @@ def env_param_overrides(hp: HParams) -> dict[str, Any]:
 
 
 def env_grid_fields(config: OnPolicyConfig) -> dict[str, Any]:
-    """{"env.<field>": default} for every numeric scalar field of the config's environment params: what a grid can
-    vary per lane besides `HYPERPARAMS` (CartPole-v1: gravity, masscart, masspole, length, ..., max_steps_in_episode;
-    a tabular environment: max_steps_in_episode, its MDP being an array field)."""
+    """{"env.<field>": default} for every numeric scalar field of the config's environment params
+    (`envs.numeric_fields`): what a grid can vary per lane besides `HYPERPARAMS`."""
     _, params = envs.make(config.env_id, **dict(config.env_kwargs))
-    fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-    return {ENV_PARAM_PREFIX + name: value for name, value in fields.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {ENV_PARAM_PREFIX + name: value for name, value in envs.numeric_fields(params).items()}
 
 
 def lane_env_params(env_id: str, params: Any, hp: HParams) -> Any:

@@ -11,7 +11,7 @@ limit (bootstrap from V(info["final_observation"]), the observation before auto-
 """
 
 from pgjax.envs.randomization import RandomizedParams, RandomizedParamsState
-from pgjax.envs.registry import TABULAR_PREFIX, env_ids, make, override_params
+from pgjax.envs.registry import TABULAR_PREFIX, env_ids, make, numeric_fields, override_params
 from pgjax.envs.spaces import action_bounds, action_dim, is_discrete, observation_size
 from pgjax.envs.tabular_env import (
     TabularEnv,
@@ -79,6 +79,7 @@ __all__ = [
     "make",
     "merge_statistics",
     "normalize",
+    "numeric_fields",
     "observe",
     "observation_size",
     "override_params",

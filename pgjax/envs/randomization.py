@@ -12,7 +12,6 @@ observe the draws. `RandomizedParams` is a gymnax `Environment` built from `step
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment
 
-from pgjax.envs.registry import override_params
+from pgjax.envs.registry import numeric_fields, override_params
 
 Array = jax.Array
 
@@ -123,8 +122,7 @@ def check_range(owner: str, name: Any, bounds: Any) -> tuple[float, float]:
 def check_ranges(env_id: str, params: Any, ranges: Any) -> None:
     """ValueError naming the entry and the fix unless `ranges` is {field: (low, high)} over numeric scalar fields
     of `params` with finite low <= high (and low >= 1 for the step limit)."""
-    fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-    numeric = [name for name, value in fields.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    numeric = list(numeric_fields(params))
     if not isinstance(ranges, dict) or not ranges:
         raise ValueError(f"{env_id}: the randomised ranges must be a non-empty {{field: (low, high)}}; got {ranges!r}.")
     for name, bounds in ranges.items():

@@ -98,6 +98,14 @@ _DERIVED_PARAMS: dict[str, dict[str, tuple[tuple[str, ...], Callable[[Any], Any]
 }
 
 
+def numeric_fields(params: Any) -> dict[str, Any]:
+    """{field: value} of the params' numeric scalar fields (ints and floats, not bools): those a grid may vary per
+    lane (`env.<field>`) and domain randomisation may draw (CartPole-v1: gravity, masspole, length, ...,
+    max_steps_in_episode; a tabular environment: max_steps_in_episode, its MDP being arrays)."""
+    values = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def override_params(env_id: str, params: Any, overrides: dict[str, Any]) -> Any:
     """`params` with the fields named in `overrides` replaced, and any field derived from them recomputed.
 
