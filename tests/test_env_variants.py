@@ -118,6 +118,16 @@ def test_a_batch_of_tabular_mdps_trains_in_one_call():
             np.testing.assert_allclose(_metrics(batch, lane)[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
     returns = np.asarray(batch.metrics["episode_return"])
     assert not np.allclose(returns[0], returns[1])  # other MDPs, other returns
+    # A pytree per lane passes through a replay's lane selection and a checkpoint's record of the run.
+    train = algos.reinforce.make_train(config)
+    lanes = jnp.array([2, 0])
+    replay = runs.replay_seeds(train, keys[lanes], 3, jax.tree_util.tree_map(lambda x: x[lanes], hparams))
+    for name, value in replay.metrics.items():
+        np.testing.assert_allclose(np.asarray(value), np.asarray(batch.metrics[name])[np.asarray(lanes)],
+                                   rtol=2e-5, atol=1e-6, err_msg=name)
+    identity = runs._run_identity(train, keys, hparams)
+    assert len(identity["hparams"]["env.mdp"]) == 4  # transition, reward, initial, discount: [3, ...] each
+    assert identity["hparams"]["learning_rate"] == [pytest.approx(config.learning_rate)] * 3
 
 
 GRID_FLAGS = ["--algo", "a2c", "--env", "CartPole-v1", "--num-seeds", "2", "--total-timesteps", "1024",
@@ -178,6 +188,15 @@ def test_cli_env_sweep_evaluates_every_value_of_a_keyword(env_grid_dir, capsys):
         assert float(row["worst"]) == pytest.approx(min(means))
     assert os.path.getsize(os.path.join(env_grid_dir, "robustness_max_steps_in_episode.png")) > 0
     assert "cell 1 (env.max_steps_in_episode=500): max_steps_in_episode=5: median 5.0" in capsys.readouterr().out
+    # Seed 1 of both cells again, as lanes of the grid's per-device program: its rows, bit for bit.
+    replay = os.path.join(env_grid_dir, "..", "replay")
+    assert train_cli.main([*GRID_FLAGS, "--seed-indices", "1", "--out", replay]) == 0
+
+    def rows(run, seed=None):
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in _csv(os.path.join(run, "metrics.csv"))
+                if seed is None or r["seed"] == seed]
+
+    assert rows(replay) and rows(replay) == rows(env_grid_dir, "1")
     bad = {("--env-sweep", "length"): "expected KEY=V1,V2", ("--env-sweep", "length=1,1"): "repeated",
            ("--env-sweep", "lenght=1,2"): "bad keyword arguments",
            ("--env-sweep", "length=1,2", "--env-kwarg", "length=3"): "give it once"}
