@@ -258,8 +258,11 @@ def parse_grid(parser, config, specs: list[str], overrides: dict) -> dict[str, t
             parser.error(f"--grid {spec!r}: only the vmappable hyperparameters ({', '.join(type(config).HYPERPARAMS)}) "
                          f"and the environment's numeric params fields ({', '.join(env_fields)}) can be gridded; the "
                          "other fields fix array shapes or code paths, so each of their values needs its own run")
-        field = name[len(common.ENV_PARAM_PREFIX):]
-        given = field in dict(config.env_kwargs) or field in config.randomize_ranges if env_field else name in overrides
+        if env_field:  # a field set for every lane already (--env-kwarg) or drawn per episode (--env-randomize)
+            field = name[len(common.ENV_PARAM_PREFIX):]
+            given = field in dict(config.env_kwargs) or field in config.randomize_ranges
+        else:
+            given = name in overrides
         if name in grid or given:
             parser.error(f"--grid {spec!r}: {name} is set twice (another --grid, its own flag, --env-kwarg or "
                          "--env-randomize); give it once")

@@ -268,22 +268,23 @@ def evaluate(
     Observation statistics are frozen at their trained values. Returns [num_episodes] (NaN for an episode
     that did not end within the environment's step limit). The compiled program is shared by every call
     with the same (config, num_episodes, deterministic): params and statistics are its arguments, and the config's
-    `HYPERPARAMS` (training-only numbers) are not part of the key, so the cells of a grid share it too. The
-    environment's params stay constants of the program, as in training: XLA folds constants into the step's
-    arithmetic, so passing them as arguments rounds differently, and CartPole's episodes under a trained policy
-    are chaotic enough to end a step apart (195.3 against the in-run evaluation's 195.0 in one test). Each
+    `HYPERPARAMS` (training-only numbers) and `env_randomize` are not part of the key, so the cells of a grid share
+    it too. The environment's params stay constants of the program, as in training: XLA folds constants into the
+    step's arithmetic, so passing them as arguments rounds differently, and CartPole's episodes under a trained
+    policy are chaotic enough to end a step apart (195.3 against the in-run evaluation's 195.0 in one test). Each
     variant of the environment (a grid over env.<field>) therefore compiles its own program.
     """
     if num_episodes < 1:
         raise ValueError(f"evaluate: num_episodes must be >= 1; got {num_episodes}.")
-    program = _evaluation_program(_without_hyperparams(config), int(num_episodes), bool(deterministic))
+    program = _evaluation_program(_evaluation_config(config), int(num_episodes), bool(deterministic))
     return program(key, params, obs_statistics)
 
 
-def _without_hyperparams(config: common.OnPolicyConfig) -> common.OnPolicyConfig:
-    """`config` with its HYPERPARAMS at their defaults: they shape training only, never the policy's episodes."""
+def _evaluation_config(config: common.OnPolicyConfig) -> common.OnPolicyConfig:
+    """`config` without what only training reads, never the policy's episodes: its HYPERPARAMS at their defaults
+    and no `env_randomize` (evaluations run on the nominal environment)."""
     defaults = {f.name: f.default for f in dataclasses.fields(config) if f.name in type(config).HYPERPARAMS}
-    return config.replace(**defaults)
+    return config.replace(**defaults, env_randomize=())
 
 
 def parse_env_ranges(specs: list[str]) -> dict[str, tuple[float, float]]:

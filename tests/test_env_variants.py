@@ -298,8 +298,13 @@ def test_domain_randomised_training_and_its_errors():
     assert lengths.shape == (4,) and len(set(lengths.tolist())) == 4 and np.all((lengths >= 0.5) & (lengths < 3))
     # The in-run evaluation ran on the nominal environment: runs.evaluate's episodes with the run's evaluation key.
     eval_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), common.EVAL_KEY_STREAM), 1)
+    runs._evaluation_program.cache_clear()
     nominal = np.asarray(runs.evaluate(eval_key, config, out.agent.params, None, num_episodes=2))
     np.testing.assert_allclose(np.asarray(out.metrics["eval_return"])[-1], nominal.mean(), rtol=1e-6)
+    # The same episodes, and the same compiled program, as the config without randomisation.
+    unrandomized = config.replace(env_randomize=())
+    np.testing.assert_array_equal(runs.evaluate(eval_key, unrandomized, out.agent.params, None, 2), nominal)
+    assert runs._evaluation_program.cache_info().currsize == 1
     # The config round-trips through config.json's form.
     assert config.to_dict()["env_randomize"] == {"length": [0.5, 3.0]}
     assert algos.A2CConfig(**config.to_dict()) == config
