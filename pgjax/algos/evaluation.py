@@ -44,7 +44,7 @@ def make_episode_returns(
     num_episodes: int,
     deterministic: bool = True,
     normalize_observations: bool = False,
-) -> Callable[[Array, Any, Any], Array]:
+) -> Callable[..., Array]:
     """`episode_returns(key, params, obs_statistics=None, env_params=None) -> [num_episodes]`: undiscounted returns
     of one policy.
 
