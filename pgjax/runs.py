@@ -329,7 +329,7 @@ def parse_env_kwargs(specs: list[str]) -> dict[str, Any]:
 def _evaluation_program(config: common.OnPolicyConfig, num_episodes: int, deterministic: bool):
     env, env_params = envs.make(config.env_id, **dict(config.env_kwargs))
     discrete, action_dim = envs.is_discrete(env, env_params), envs.action_dim(env, env_params)
-    spec = common.EnvSpec(None, None, discrete, action_dim, 0, None, None)
+    spec = common.EnvSpec(None, None, discrete, action_dim, 0)
     return jax.jit(evaluation.make_episode_returns(
         config.env_id, config.env_kwargs, common.actor_critic(config, spec), num_episodes, deterministic,
         config.normalize_observations,

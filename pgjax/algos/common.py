@@ -317,15 +317,14 @@ def check_divides(cls: str, what: str, total: int, parts_field: str, parts: int)
 
 
 class EnvSpec(NamedTuple):
-    """The wrapped, vectorised environment of a config (static Python objects, not traced)."""
+    """The wrapped, vectorised environment of a config and its params, built outside any trace (inside `train`, a
+    lane's `env.<field>` hyperparameters replace fields of `params`: `lane_env_params`)."""
 
     env: Any
     params: Any
     discrete: bool
     action_dim: int
     observation_size: int
-    action_low: Any
-    action_high: Any
 
 
 def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_update: bool = True) -> EnvSpec:
@@ -339,7 +338,6 @@ def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_upda
     discrete = envs.is_discrete(env, params)
     action_dim = envs.action_dim(env, params)
     obs_size = envs.observation_size(env, params)
-    low, high = (None, None) if discrete else envs.action_bounds(env, params)
     if config.env_randomize:  # below PredrawnResets: each drawn reset draws its episode's params too
         env = envs.RandomizedParams(env, config.env_id, config.randomize_ranges)
     if envs.PredrawnResets.wraps_step_of(env):  # rollouts draw their reset states up front
@@ -352,7 +350,7 @@ def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_upda
     if not discrete:
         env = envs.ClipAction(env)
     env = envs.VecEnv(env, num_envs or config.num_envs)
-    return EnvSpec(env, params, discrete, action_dim, obs_size, low, high)
+    return EnvSpec(env, params, discrete, action_dim, obs_size)
 
 
 # hparams entries "env.<field>" hold per-lane values of the environment's params fields.
