@@ -85,8 +85,7 @@ def write_metrics_csv(path: str, columns: dict[str, np.ndarray]) -> None:
 
 
 def read_metrics_csv(path: str) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = tables.read_csv(path)
     if not rows or any(c not in rows[0] for c in FIRST_COLUMNS):
         raise ValueError(f"{path}: not a pgjax metrics.csv (needs columns {FIRST_COLUMNS}).")
     return rows

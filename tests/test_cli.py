@@ -1,6 +1,5 @@
 """The training CLI end to end: files written, CSV schema, reload and evaluation, bad flags."""
 
-import csv
 import json
 import os
 import re
@@ -13,7 +12,7 @@ import compare as compare_cli
 import evaluate as evaluate_cli
 import train as train_cli
 
-from pgjax import algos, runs
+from pgjax import algos, runs, tables
 
 
 RUN_FLAGS = ["--algo", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--total-timesteps", "4096",
@@ -35,7 +34,7 @@ def test_files_and_schema(run_dir):
     # The per-backend default, resolved: 1 on a CPU, ACCELERATOR_UNROLL elsewhere.
     expected_unroll = 1 if jax.default_backend() == "cpu" else algos.common.ACCELERATOR_UNROLL
     assert meta["config"]["unroll"] == 0 and meta["scan_unroll"] == expected_unroll
-    rows = list(csv.DictReader(open(os.path.join(run_dir, "metrics.csv"))))
+    rows = tables.read_csv(os.path.join(run_dir, "metrics.csv"))
     num_updates = 4096 // (4 * 64)
     assert len(rows) == 2 * num_updates
     for column in ("seed", "update", "env_steps", "episode_return", "loss", "entropy", "approx_kl",
@@ -57,8 +56,7 @@ def test_reload_and_evaluate(run_dir, capsys, tmp_path):
     assert evaluate_cli.main([run_dir, "--episodes", "2", "--csv", path]) == 0
     printed = capsys.readouterr().out
     assert "median over seeds" in printed
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
+    rows = tables.read_csv(path)
     assert [(r["seed"], r["episode"], r["actions"]) for r in rows] == [
         (str(s), str(e), "deterministic") for s in range(2) for e in range(2)
     ]
@@ -243,13 +241,8 @@ def grid_dir(tmp_path_factory):
     return out
 
 
-def _csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def test_grid_summary_and_metrics_agree_and_cells_share_their_seeds(grid_dir):
-    metrics = _csv(os.path.join(grid_dir, "metrics.csv"))
+    metrics = tables.read_csv(os.path.join(grid_dir, "metrics.csv"))
     assert [k for k in metrics[0]][:4] == ["cell", "learning_rate", "seed", "update"]
     assert len(metrics) == 2 * 2 * 16
     returns = {}  # (cell, seed) -> episode_return per update
@@ -261,7 +254,7 @@ def test_grid_summary_and_metrics_agree_and_cells_share_their_seeds(grid_dir):
     assert returns[0, 0][0] == returns[1, 0][0] and returns[0, 1][0] == returns[1, 1][0]
     assert returns[0, 0][0] != returns[0, 1][0]
     assert returns[0, 0] != returns[1, 0]  # the learning rate changed what was learned
-    summary = _csv(os.path.join(grid_dir, "summary.csv"))
+    summary = tables.read_csv(os.path.join(grid_dir, "summary.csv"))
     assert [float(r["learning_rate"]) for r in summary] == [1e-3, 2.5e-4]
     finals = np.array([[np.nanmean(returns[cell, seed][-2:]) for seed in range(2)] for cell in range(2)])
     best = finals[np.argmax(finals.mean(axis=1))]
@@ -287,7 +280,7 @@ def test_grid_cell_is_a_run_directory_and_its_seeds_replay_bit_for_bit(grid_dir,
     assert algo == "ppo" and config.learning_rate == 2.5e-4 and jax.tree_util.tree_leaves(params)[0].shape[0] == 2
 
     def rows(run, seed=None):
-        return [{k: v for k, v in r.items() if k != "wall_time"} for r in _csv(os.path.join(run, "metrics.csv"))
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in tables.read_csv(os.path.join(run, "metrics.csv"))
                 if seed is None or r["seed"] == seed]
 
     assert rows(cell) == [{k: v for k, v in r.items() if k not in ("cell", "learning_rate")}
@@ -296,7 +289,7 @@ def test_grid_cell_is_a_run_directory_and_its_seeds_replay_bit_for_bit(grid_dir,
     replay = str(tmp_path / "replay")
     assert train_cli.main([*GRID_FLAGS, "--seed-indices", "1", "--out", replay]) == 0
     assert len(rows(replay)) == 2 * 16 and rows(replay) == rows(grid_dir, "1")
-    assert [r["seeds"] for r in _csv(os.path.join(replay, "summary.csv"))] == ["1", "1"]
+    assert [r["seeds"] for r in tables.read_csv(os.path.join(replay, "summary.csv"))] == ["1", "1"]
 
 
 def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_path, capsys):
@@ -305,7 +298,7 @@ def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_pat
     assert evaluate_cli.main([grid_dir, "--episodes", "2", "--csv", path]) == 0
     # The cells differ only in HYPERPARAMS (training-only numbers): one compiled evaluation program serves them all.
     assert runs._evaluation_program.cache_info().currsize == 1
-    rows = _csv(path)
+    rows = tables.read_csv(path)
     assert [(r["cell"], r["learning_rate"], r["seed"], r["episode"]) for r in rows] == [
         (str(c), str(lr), str(s), str(e)) for c, lr in enumerate([1e-3, 2.5e-4]) for s in range(2) for e in range(2)]
     printed = capsys.readouterr().out
@@ -317,7 +310,7 @@ def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_pat
             logged = [float(r["episode_return"]) for r in rows if r["cell"] == str(cell) and r["seed"] == str(seed)]
             np.testing.assert_array_equal(logged, direct)
         assert f"cell {cell} (learning_rate=" in printed
-    summary = _csv(str(tmp_path / "eval_summary.csv"))
+    summary = tables.read_csv(str(tmp_path / "eval_summary.csv"))
     for row in summary:  # each cell's row summarises its seeds' mean returns in evaluation.csv
         means = [np.mean([float(r["episode_return"]) for r in rows if r["cell"] == row["cell"] and r["seed"] == s])
                  for s in ("0", "1")]
@@ -332,7 +325,7 @@ def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_pat
 def _returns_from_csv(run):
     """{seed: [episode_return per update]} from a run's metrics.csv (NaN where no episode finished)."""
     returns = {}
-    for r in _csv(os.path.join(run, "metrics.csv")):
+    for r in tables.read_csv(os.path.join(run, "metrics.csv")):
         returns.setdefault(r["seed"], []).append(float(r["episode_return"] or "nan"))
     return returns
 
@@ -364,7 +357,7 @@ def _auc_and_steps_from_csv(run, threshold, window=10):
 def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
     out = str(tmp_path / "cmp")
     assert compare_cli.main([run_dir, grid_dir, "--labels", "single", "grid", "--out", out, "--threshold", "30"]) == 0
-    rows = _csv(os.path.join(out, "comparison.csv"))
+    rows = tables.read_csv(os.path.join(out, "comparison.csv"))
     for name in ("learning_curves.png", "score_profiles.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert [r["label"] for r in rows] == ["single", "grid: learning_rate=0.001", "grid: learning_rate=0.00025"]
@@ -393,7 +386,7 @@ def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
              1.96 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-9)
     assert any(int(row["reached"]) > 0 for row in rows)  # (the step counts above were compared, not all NaN)
     # Every run has in-run evaluations: the last one's median over seeds, as in the grid's own summary.
-    summary = _csv(os.path.join(grid_dir, "summary.csv"))
+    summary = tables.read_csv(os.path.join(grid_dir, "summary.csv"))
     for row, cell in zip(rows[1:], summary):
         for k in ("median", "mean", "worst", "eval_median", "eval_worst"):
             assert float(row[k]) == pytest.approx(float(cell[k]), rel=1e-6), k
@@ -410,7 +403,7 @@ def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):
     (other / "config.json").write_text(json.dumps(meta))
     out = str(tmp_path / "cmp")
     assert compare_cli.main([run_dir, str(other), "--out", out]) == 0
-    rows = _csv(os.path.join(out, "comparison.csv"))
+    rows = tables.read_csv(os.path.join(out, "comparison.csv"))
     assert [r["paired"] for r in rows] == ["False", "False"]
     # The same numbers under another seed label: equal means, and the interval of two independent means.
     own = np.array(list(_final_returns_from_csv(run_dir).values()))

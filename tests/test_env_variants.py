@@ -1,7 +1,6 @@
 """Environment variants: params fields overridden per run (`env_kwargs`, `--env-kwarg`) and per lane of a vmapped run
 ("env.<field>" hyperparameters, `--grid env.FIELD=...`), so many variants of an environment train in one compile."""
 
-import csv
 import functools
 import json
 import os
@@ -14,7 +13,7 @@ import pytest
 import evaluate as evaluate_cli
 import train as train_cli
 
-from pgjax import algos, envs, runs
+from pgjax import algos, envs, runs, tables
 from pgjax.algos import common
 
 
@@ -142,13 +141,8 @@ def env_grid_dir(tmp_path_factory):
     return out
 
 
-def _csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
 def test_cli_env_grid_writes_each_cell_with_its_variant(env_grid_dir, capsys):
-    rows = _csv(os.path.join(env_grid_dir, "metrics.csv"))
+    rows = tables.read_csv(os.path.join(env_grid_dir, "metrics.csv"))
     assert list(rows[0])[:2] == ["cell", "env.max_steps_in_episode"]
     short = [float(r["episode_length"]) for r in rows if r["cell"] == "0" and r["episode_length"] not in ("", "nan")]
     assert short and max(short) <= 12.0
@@ -160,13 +154,13 @@ def test_cli_env_grid_writes_each_cell_with_its_variant(env_grid_dir, capsys):
     assert dict(config.env_kwargs) == {"gravity": 12, "max_steps_in_episode": 500}
 
     assert evaluate_cli.main([env_grid_dir, "--episodes", "2"]) == 0
-    evaluated = _csv(os.path.join(env_grid_dir, "evaluation.csv"))
+    evaluated = tables.read_csv(os.path.join(env_grid_dir, "evaluation.csv"))
     assert all(float(r["episode_return"]) <= 12 for r in evaluated if r["cell"] == "0")
     # Another variant of a cell's environment: the variant's episodes, in a CSV of its own.
     assert evaluate_cli.main([os.path.join(env_grid_dir, "cell-1"), "--episodes", "2",
                               "--env-kwarg", "max_steps_in_episode=7"]) == 0
     assert "(max_steps_in_episode=7)" in capsys.readouterr().out
-    variant = _csv(os.path.join(env_grid_dir, "cell-1", "evaluation_max_steps_in_episode=7.csv"))
+    variant = tables.read_csv(os.path.join(env_grid_dir, "cell-1", "evaluation_max_steps_in_episode=7.csv"))
     assert [float(r["episode_return"]) for r in variant] == [7.0] * 4  # 2 seeds x 2 episodes, all cut at 7
 
 
@@ -174,11 +168,11 @@ def test_cli_env_sweep_evaluates_every_value_of_a_keyword(env_grid_dir, capsys):
     """evaluate.py --env-sweep on a 2-cell grid: every cell at every step limit, the per-value summary equal to the
     episodes' CSV, and a plot."""
     assert evaluate_cli.main([env_grid_dir, "--episodes", "2", "--env-sweep", "max_steps_in_episode=5,9"]) == 0
-    episodes = _csv(os.path.join(env_grid_dir, "evaluation_sweep_max_steps_in_episode.csv"))
+    episodes = tables.read_csv(os.path.join(env_grid_dir, "evaluation_sweep_max_steps_in_episode.csv"))
     assert len(episodes) == 2 * 2 * 2 * 2  # values x cells x seeds x episodes
     assert [float(r["episode_return"]) for r in episodes if r["max_steps_in_episode"] == "5"] == [5.0] * 8
     assert all(float(r["episode_return"]) <= 9 for r in episodes)
-    summary = _csv(os.path.join(env_grid_dir, "robustness_max_steps_in_episode.csv"))
+    summary = tables.read_csv(os.path.join(env_grid_dir, "robustness_max_steps_in_episode.csv"))
     assert [(r["cell"], r["max_steps_in_episode"]) for r in summary] == [("0", "5"), ("0", "9"), ("1", "5"), ("1", "9")]
     for row in summary:
         means = [np.mean([float(r["episode_return"]) for r in episodes if r["cell"] == row["cell"]
@@ -193,7 +187,7 @@ def test_cli_env_sweep_evaluates_every_value_of_a_keyword(env_grid_dir, capsys):
     assert train_cli.main([*GRID_FLAGS, "--seed-indices", "1", "--out", replay]) == 0
 
     def rows(run, seed=None):
-        return [{k: v for k, v in r.items() if k != "wall_time"} for r in _csv(os.path.join(run, "metrics.csv"))
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in tables.read_csv(os.path.join(run, "metrics.csv"))
                 if seed is None or r["seed"] == seed]
 
     assert rows(replay) and rows(replay) == rows(env_grid_dir, "1")

@@ -1,6 +1,5 @@
 """experiments/offline_gymnax.py end to end at tiny sizes: every estimator runs, the files agree with each other."""
 
-import csv
 import json
 import os
 import re
@@ -10,6 +9,8 @@ import pytest
 
 import offline_gymnax
 
+from pgjax import tables
+
 VALUE_METHODS = [
     "on-policy Monte Carlo (reference)", "behaviour average (naive)", "neural DualDICE",
     "neural DualDICE (normalised)", "neural FQE", "DualDICE w + FQE Q (doubly robust)", "PDIS", "WIS",
@@ -17,11 +18,6 @@ VALUE_METHODS = [
 TINY = ["--ppo-steps", "2048", "--num-episodes", "8", "--horizon", "50", "--mc-episodes", "16",
         "--dualdice-steps", "20", "--dualdice-batch-size", "64", "--fqe-steps", "20", "--fqe-batch-size", "64",
         "--reference-episodes", "8", "--reference-chunks", "2", "--improve-steps", "1", "--datasets", "2"]
-
-
-def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +30,7 @@ def out(tmp_path_factory):
 
 
 def test_every_estimate_is_written_finite_and_scored_against_monte_carlo(out):
-    rows = read_csv(os.path.join(out, "results.csv"))
+    rows = tables.read_csv(os.path.join(out, "results.csv"))
     values = {r["method"]: r for r in rows if r["quantity"] == "value"}
     assert list(values)[: len(VALUE_METHODS)] == VALUE_METHODS
     assert any(m.startswith("pi + 1 Adam steps") for m in values)
@@ -55,10 +51,10 @@ def test_every_estimate_is_written_finite_and_scored_against_monte_carlo(out):
 
 
 def test_dataset_table_repeats_dataset_0_and_config_records_the_flags(out):
-    rows = read_csv(os.path.join(out, "datasets.csv"))
+    rows = tables.read_csv(os.path.join(out, "datasets.csv"))
     methods = VALUE_METHODS[1:]  # all but the reference
     assert [(int(r["dataset"]), r["method"]) for r in rows] == [(k, m) for k in range(2) for m in methods]
-    first = {r["method"]: float(r["estimate"]) for r in read_csv(os.path.join(out, "results.csv"))
+    first = {r["method"]: float(r["estimate"]) for r in tables.read_csv(os.path.join(out, "results.csv"))
              if r["quantity"] == "value"}
     for r in rows[: len(methods)]:
         assert float(r["estimate"]) == pytest.approx(first[r["method"]], rel=1e-12)
