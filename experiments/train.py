@@ -27,7 +27,8 @@ those seeds in every cell, bit for bit.
 Environment keywords (`--env-kwarg KEY=VALUE`, repeatable: a params field such as gravity=12, or a constructor
 keyword such as num_states=20 for tabular:random) set the variant every seed trains on; `--env-randomize
 FIELD=LOW:HIGH` (repeatable) draws a params field from U[LOW, HIGH] at every episode's reset instead (domain
-randomisation; evaluations stay on the nominal environment).
+randomisation; evaluations stay on the nominal environment); with `--env-randomize-observe true` the policy also
+observes each episode's draws, scaled to [-1, 1] over their ranges (a context-conditioned policy).
 
 Long runs in segments, with a checkpoint after each (`--checkpoint-every K` updates; DIR/checkpoint.npz):
 
@@ -163,7 +164,8 @@ def build_parser(algo: str, env_id: str | None = None) -> argparse.ArgumentParse
     p.add_argument("--env-randomize", action="append", default=None, metavar="FIELD=LOW:HIGH",
                    help="domain randomisation (config field env_randomize; repeatable): every episode draws this "
                         "numeric params field from U[LOW, HIGH] (e.g. length=0.25:2 for CartPole's pole); "
-                        "evaluations use the nominal environment")
+                        "evaluations use the nominal environment; --env-randomize-observe true lets the policy see "
+                        "each episode's draws")
     p.add_argument("--out", default=None, help="run directory (default runs/<algo>-<env>-<time>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",

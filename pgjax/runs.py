@@ -267,8 +267,8 @@ def evaluate(
     Observation statistics are frozen at their trained values. Returns [num_episodes] (NaN for an episode
     that did not end within the environment's step limit). The compiled program is shared by every call
     with the same (config, num_episodes, deterministic): params and statistics are its arguments, and the config's
-    `HYPERPARAMS` (training-only numbers) and `env_randomize` are not part of the key, so the cells of a grid share
-    it too. The environment's params stay constants of the program, as in training: XLA folds constants into the
+    `HYPERPARAMS` (training-only numbers) and `env_randomize` (unless the policy observes its fields) are not part
+    of the key, so the cells of a grid share it too. The environment's params stay constants of the program, as in training: XLA folds constants into the
     step's arithmetic, so passing them as arguments rounds differently, and CartPole's episodes under a trained
     policy are chaotic enough to end a step apart (195.3 against the in-run evaluation's 195.0 in one test). Each
     variant of the environment (a grid over env.<field>) therefore compiles its own program.
@@ -281,9 +281,10 @@ def evaluate(
 
 def _evaluation_config(config: common.OnPolicyConfig) -> common.OnPolicyConfig:
     """`config` without what only training reads, never the policy's episodes: its HYPERPARAMS at their defaults
-    and no `env_randomize` (evaluations run on the nominal environment)."""
+    and no `env_randomize` (evaluations run on the nominal environment) unless the policy observes its fields."""
     defaults = {f.name: f.default for f in dataclasses.fields(config) if f.name in type(config).HYPERPARAMS}
-    return config.replace(**defaults, env_randomize=())
+    observed = config.env_randomize if config.env_randomize_observe else ()
+    return config.replace(**defaults, env_randomize=observed)
 
 
 def parse_env_ranges(specs: list[str]) -> dict[str, tuple[float, float]]:
@@ -331,7 +332,7 @@ def _evaluation_program(config: common.OnPolicyConfig, num_episodes: int, determ
     spec = common.EnvSpec(None, None, discrete, action_dim, 0)
     return jax.jit(evaluation.make_episode_returns(
         config.env_id, config.env_kwargs, common.actor_critic(config, spec), num_episodes, deterministic,
-        config.normalize_observations,
+        config.normalize_observations, config.observed_ranges,
     ))
 
 

@@ -312,3 +312,83 @@ def test_domain_randomised_training_and_its_errors():
     train = algos.a2c.make_train(config)
     with pytest.raises(ValueError, match="also in env_randomize"):
         jax.eval_shape(train, jax.random.key(0), {**config.hyperparams(), "env.length": 1.0})
+
+
+def test_observed_params_are_each_episodes_draw_scaled_to_its_range():
+    """`ObserveParams` over randomised CartPoles: the observation is the inner one followed by (x - m) / h of the
+    episode's own draws (the new episode's after an auto-reset, the old one's in final_observation); over a fixed
+    environment, the given params' values (outside [-1, 1] beyond the range)."""
+    base, params = envs.make("CartPole-v1")
+    ranges = {"length": (0.25, 2.0), "max_steps_in_episode": (20, 40)}
+    randomized = envs.RandomizedParams(base, "CartPole-v1", ranges)
+    observed = envs.ObserveParams(randomized, ranges)
+    assert observed.observation_space(params).shape == (6,) and envs.observation_size(observed, params) == 6
+    num_envs, num_steps = 16, 120
+    keys = jax.random.split(jax.random.key(0), (num_steps, num_envs))
+    actions = jax.random.bernoulli(jax.random.key(1), 0.5, (num_steps, num_envs)).astype(jnp.int32)
+    reset_keys = jax.random.split(jax.random.key(2), num_envs)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(env):
+        obs, start = jax.vmap(env.reset, (0, None))(reset_keys, params)
+
+        def body(state, inputs):
+            key, action = inputs
+            obs, state, _, terminated, truncated, info = jax.vmap(env.step, (0, 0, 0, None))(key, state, action, params)
+            return state, (obs, info["final_observation"], state.params, terminated | truncated)
+
+        return obs, start.params, jax.lax.scan(body, start, (keys, actions))[1]
+
+    obs0, params0, (obs, final_obs, episode_params, done) = run(observed)
+    plain_obs0, _, (plain_obs, plain_final, _, plain_done) = run(randomized)
+    np.testing.assert_array_equal(np.asarray(obs0)[:, :4], np.asarray(plain_obs0))
+    np.testing.assert_array_equal(np.asarray(obs)[..., :4], np.asarray(plain_obs))
+    np.testing.assert_array_equal(np.asarray(final_obs)[..., :4], np.asarray(plain_final))
+    np.testing.assert_array_equal(np.asarray(done), np.asarray(plain_done))
+
+    def scaled(p):
+        return np.stack([(np.asarray(p.length) - 1.125) / 0.875, (np.asarray(p.max_steps_in_episode) - 30) / 10], -1)
+
+    np.testing.assert_allclose(np.asarray(obs0)[:, 4:], scaled(params0), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(obs)[..., 4:], scaled(episode_params), rtol=1e-6, atol=1e-7)
+    # final_observation carries the ended episode's params: those of the state before the step.
+    previous = jax.tree_util.tree_map(lambda first, rest: np.concatenate([np.asarray(first)[None], np.asarray(rest)[:-1]]),
+                                      params0, episode_params)
+    np.testing.assert_allclose(np.asarray(final_obs)[..., 4:], scaled(previous), rtol=1e-6, atol=1e-7)
+    assert np.asarray(done).sum() > 30 and np.all(np.abs(np.asarray(obs)[..., 4:]) <= 1)
+    # Over the fixed environment: the params given.
+    fixed = envs.ObserveParams(base, {"length": (0.25, 2.0)})
+    obs, _ = fixed.reset(jax.random.key(3), params.replace(length=4.0))
+    np.testing.assert_allclose(np.asarray(obs)[4], (4.0 - 1.125) / 0.875, rtol=1e-6)
+    with pytest.raises(ValueError, match="cannot randomise 'lenght'"):
+        envs.ObserveParams(base, {"lenght": (0.25, 2.0)})
+
+
+def test_training_and_evaluation_observe_the_randomised_fields():
+    """env_randomize_observe: the networks read 4 + 1 inputs; the in-run evaluation equals runs.evaluate's; an
+    evaluated variant (length 2) is shown as (2 - m) / h: the observing policy's returns equal those of a blind
+    policy whose first-layer biases absorb that feature's weights. Observing without randomising fails."""
+    config = algos.A2CConfig(total_timesteps=2 * 4 * 32, num_envs=4, num_steps=32, eval_every=2, eval_episodes=4,
+                             env_randomize=(("length", 0.5, 3.0),), env_randomize_observe=True)
+    out = jax.jit(algos.a2c.make_train(config))(jax.random.key(0))
+    params = out.agent.params
+    assert params["params"]["actor"]["torso"]["Dense_0"]["kernel"].shape == (5, 64)
+    eval_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), common.EVAL_KEY_STREAM), 1)
+    nominal = np.asarray(runs.evaluate(eval_key, config, params, None, num_episodes=4))
+    np.testing.assert_allclose(np.asarray(out.metrics["eval_return"])[-1], nominal.mean(), rtol=1e-6)
+
+    feature = (2.0 - 1.75) / 1.25
+    layers = {"actor": ("torso", "Dense_0"), "critic": ("mlp", "Dense_0")}
+    blind = jax.tree_util.tree_map(lambda x: x, params)
+    for tower, (group, layer) in layers.items():
+        dense = params["params"][tower][group][layer]
+        blind["params"][tower][group][layer] = {"kernel": dense["kernel"][:4],
+                                                "bias": dense["bias"] + feature * dense["kernel"][4]}
+    variant = (("length", 2.0),)
+    seen = runs.evaluate(eval_key, config.replace(env_kwargs=variant), params, None, num_episodes=4)
+    unseen = runs.evaluate(eval_key, config.replace(env_kwargs=variant, env_randomize=(), env_randomize_observe=False),
+                           blind, None, num_episodes=4)
+    np.testing.assert_array_equal(np.asarray(seen), np.asarray(unseen))
+    assert algos.A2CConfig(**config.to_dict()) == config
+    with pytest.raises(ValueError, match="env_randomize is empty"):
+        config.replace(env_randomize=())

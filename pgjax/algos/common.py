@@ -72,6 +72,8 @@ class OnPolicyConfig:
       env_kwargs: keyword arguments for the environment (e.g. a tabular MDP's num_states).
       env_randomize: domain randomisation: ((field, low, high), ...), each numeric params field drawn from
         U[low, high] at every episode's reset (e.g. (("length", 0.25, 2.0),) for CartPole's pole; empty: off).
+      env_randomize_observe: the policy and critic observe the episode's randomised fields, appended to the
+        observation, each scaled to [-1, 1] over its range (`pgjax.envs.ObserveParams`; needs env_randomize).
       unroll: scan unroll factor inside each update (speed only; 0 picks per backend).
       compute_dtype: "float32" or "bfloat16" for the networks' hidden layers.
       eval_every: evaluate the policy every this many updates and after the last, inside the compiled run
@@ -118,8 +120,12 @@ class OnPolicyConfig:
     `env_randomize` (default empty: off) trains on a distribution of environments: at every reset each listed
     field of the environment's params is drawn from U[low, high] (`pgjax.envs.RandomizedParams`, drawn with the
     reset states, so rollouts keep `PredrawnResets`), and the episode runs under the drawn params; the policy does
-    not see them. In-run evaluations (`eval_every`) and `runs.evaluate` use the nominal environment
-    (`env_id` with `env_kwargs`); evaluate variants with other `env_kwargs` (`evaluate.py --env-kwarg`).
+    not see them, unless `env_randomize_observe`: then the observation ends with one feature per randomised field,
+    (x - m) / h for the range's midpoint m and half-width h, so that the policy can adapt to the episode's draw
+    (a context-conditioned policy) instead of having to do well on average over the range. In-run evaluations
+    (`eval_every`) and `runs.evaluate` use the nominal environment (`env_id` with `env_kwargs`); evaluate variants
+    with other `env_kwargs` (`evaluate.py --env-kwarg`). An observing policy is shown the evaluated variant's
+    values, scaled by the training ranges (outside [-1, 1] beyond them).
 
     `eval_every` (default 0: off) evaluates the current policy inside the compiled run after every
     `eval_every`-th update and after the last: `eval_episodes` whole episodes on fresh environments, actions by
@@ -146,6 +152,7 @@ class OnPolicyConfig:
     normalize_rewards: bool = False
     env_kwargs: tuple[tuple[str, Any], ...] = ()
     env_randomize: tuple[tuple[str, float, float], ...] = ()
+    env_randomize_observe: bool = False
     unroll: int = 0
     compute_dtype: str = "float32"
     eval_every: int = 0
@@ -195,6 +202,9 @@ class OnPolicyConfig:
             raise ValueError(f"{name}.hidden_sizes must be a non-empty tuple of positive ints; got {self.hidden_sizes}.")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"{name}.activation must be one of {ACTIVATIONS}; got {self.activation!r}.")
+        if self.env_randomize_observe and not self.env_randomize:
+            raise ValueError(f"{name}.env_randomize_observe observes the randomised fields, but env_randomize is "
+                             "empty; randomise a field (e.g. env_randomize=(('length', 0.25, 2.0),)) or set it False.")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"{name}.compute_dtype must be one of {COMPUTE_DTYPES}; got {self.compute_dtype!r}.")
         if not isinstance(self.env_id, str) or not (
@@ -238,6 +248,11 @@ class OnPolicyConfig:
     def randomize_ranges(self) -> dict[str, tuple[float, float]]:
         """`env_randomize` as {field: (low, high)}."""
         return {name: (low, high) for name, low, high in self.env_randomize}
+
+    @property
+    def observed_ranges(self) -> dict[str, tuple[float, float]] | None:
+        """The ranges whose fields the policy observes (`env_randomize_observe`), else None."""
+        return self.randomize_ranges if self.env_randomize_observe else None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -328,7 +343,7 @@ class EnvSpec(NamedTuple):
 
 
 def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_update: bool = True) -> EnvSpec:
-    """[RandomizedParams] -> [PredrawnResets] -> FlattenObservation -> EpisodeStatistics -> [NormalizeObservation]
+    """[RandomizedParams] -> [ObserveParams] -> [PredrawnResets] -> FlattenObservation -> EpisodeStatistics -> [NormalizeObservation]
     -> [NormalizeReward] -> [ClipAction] -> VecEnv.
 
     Episode statistics sit below normalisation so they report the raw returns; statistics of
@@ -337,9 +352,11 @@ def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_upda
     env, params = envs.make(config.env_id, **dict(config.env_kwargs))
     discrete = envs.is_discrete(env, params)
     action_dim = envs.action_dim(env, params)
-    obs_size = envs.observation_size(env, params)
     if config.env_randomize:  # below PredrawnResets: each drawn reset draws its episode's params too
         env = envs.RandomizedParams(env, config.env_id, config.randomize_ranges)
+    if config.observed_ranges:
+        env = envs.ObserveParams(env, config.observed_ranges)
+    obs_size = envs.observation_size(env, params)
     if envs.PredrawnResets.wraps_step_of(env):  # rollouts draw their reset states up front
         env = envs.PredrawnResets(env)
     env = envs.EpisodeStatistics(envs.FlattenObservation(env))
@@ -793,6 +810,7 @@ def make_on_policy_train(
         episode_returns = evaluation.make_episode_returns(
             config.env_id, config.env_kwargs, actor_critic(config, spec), config.eval_episodes,
             deterministic=not config.eval_stochastic, normalize_observations=config.normalize_observations,
+            observed_ranges=config.observed_ranges,
         )
 
         def evaluate(key, agent, env_state, env_params, update_idx):

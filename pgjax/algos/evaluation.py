@@ -44,6 +44,7 @@ def make_episode_returns(
     num_episodes: int,
     deterministic: bool = True,
     normalize_observations: bool = False,
+    observed_ranges: dict[str, tuple[float, float]] | None = None,
 ) -> Callable[..., Array]:
     """`episode_returns(key, params, obs_statistics=None, env_params=None) -> [num_episodes]`: undiscounted returns
     of one policy.
@@ -54,11 +55,14 @@ def make_episode_returns(
     Actions are the policy's mode (`deterministic`) or samples. With `normalize_observations`, observations are
     normalised by `obs_statistics` (`envs.RunningStatistics`, e.g. `observation_statistics` of a training env
     state), frozen. `env_params` (default: those of `env_id` and `env_kwargs`) may be another variant of the
-    environment, e.g. a grid lane's (`common.lane_env_params`). Pure and jit/vmap-able; `params`, `obs_statistics`
-    and `env_params` may be traced.
+    environment, e.g. a grid lane's (`common.lane_env_params`). With `observed_ranges` (a policy trained with
+    `env_randomize_observe`) the observations end with those fields of `env_params`, scaled as in training
+    (`envs.ObserveParams`). Pure and jit/vmap-able; `params`, `obs_statistics` and `env_params` may be traced.
     """
     env, default_params = envs.make(env_id, **dict(env_kwargs))
     discrete = envs.is_discrete(env, default_params)
+    if observed_ranges:
+        env = envs.ObserveParams(env, observed_ranges)
     tracked = envs.EpisodeStatistics(envs.FlattenObservation(env))
 
     def episode_returns(key: Array, params: Any, obs_statistics: Any = None, env_params: Any = None) -> Array:

@@ -10,7 +10,7 @@
 limit (bootstrap from V(info["final_observation"]), the observation before auto-reset).
 """
 
-from pgjax.envs.randomization import RandomizedParams, RandomizedParamsState
+from pgjax.envs.randomization import ObserveParams, RandomizedParams, RandomizedParamsState
 from pgjax.envs.registry import TABULAR_PREFIX, env_ids, make, numeric_fields, override_params
 from pgjax.envs.spaces import action_bounds, action_dim, is_discrete, observation_size
 from pgjax.envs.tabular_env import (
@@ -57,6 +57,7 @@ __all__ = [
     "NormalizeReward",
     "NormalizeRewardState",
     "PredrawnResets",
+    "ObserveParams",
     "RandomizedParams",
     "RandomizedParamsState",
     "ResetDraw",

@@ -8,6 +8,14 @@ derived from them follow (`envs.override_params`: CartPole's total_mass and pole
 observe the draws. `RandomizedParams` is a gymnax `Environment` built from `step_env`, `reset_env` and
 `is_truncated`, so gymnax's auto-resetting `step` draws a new episode's params with its reset state, and
 `PredrawnResets` can draw them ahead of a rollout like any reset.
+
+To let the policy see them, `ObserveParams` appends the episode's fields to the observation, each scaled to
+[-1, 1] over its range:
+
+    env = ObserveParams(RandomizedParams(env, "CartPole-v1", ranges), ranges)   # obs [4] -> [5]
+
+Over a nominal (not randomised) environment it appends the fields of the params it is given, so a policy trained
+with observed draws can be evaluated on any fixed variant.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
-from gymnax.environments import environment
+from gymnax.environments import environment, spaces
 
 from pgjax.envs.registry import numeric_fields, override_params
 
@@ -100,6 +108,78 @@ class RandomizedParams(environment.Environment):
 
     def observation_space(self, params: Any = None):
         return self._env.observation_space(params)
+
+
+class ObserveParams(environment.Environment):
+    """`env`'s observation, flattened to float32 [D], followed by one feature per entry of `ranges`: the episode's
+    value x of that params field, scaled to (x - m) / h with m = (low + high) / 2, h = (high - low) / 2 (h = 1 for
+    a zero-width range), so draws from the range lie in [-1, 1]. Observation [D + len(ranges)].
+
+    The episode's params are `RandomizedParamsState.params` when `env` is a `RandomizedParams`, and otherwise the
+    params passed to `reset` / `step` (a nominal environment, a grid lane's variant, an evaluation's variant; values
+    outside the range give features outside [-1, 1]). Built from `step_env`, `reset_env` and `is_truncated` like
+    `RandomizedParams`, so gymnax's auto-reset selects the new episode's features with its observation.
+
+    Args:
+      env: a gymnax `Environment`: unwrapped, or a `RandomizedParams`.
+      ranges: {field: (low, high)} over numeric scalar fields of the params, usually the randomised ranges.
+
+    Raises:
+      ValueError: a bad range (`check_range`) or a field that is not a numeric scalar field of the params.
+    """
+
+    def __init__(self, env: Any, ranges: dict[str, tuple[float, float]]):
+        super().__init__()
+        check_ranges(env.name, env.default_params, ranges)
+        self._env = env
+        self._fields = tuple(ranges)
+        lows, highs = (jnp.asarray([float(ranges[n][i]) for n in self._fields], jnp.float32) for i in (0, 1))
+        self._center = (lows + highs) / 2
+        self._half_width = jnp.where(highs > lows, (highs - lows) / 2, 1.0)
+
+    @property
+    def default_params(self) -> Any:
+        return self._env.default_params
+
+    def features(self, episode_params: Any) -> Array:
+        """[len(ranges)] float32: the scaled fields of one episode's params."""
+        values = jnp.stack([jnp.asarray(getattr(episode_params, n), jnp.float32) for n in self._fields])
+        return (values - self._center) / self._half_width
+
+    def _observe(self, obs: Any, state: Any, params: Any) -> Array:
+        episode_params = state.params if isinstance(state, RandomizedParamsState) else params
+        return jnp.concatenate([jnp.reshape(obs, (-1,)).astype(jnp.float32), self.features(episode_params)])
+
+    def reset_env(self, key: Array, params: Any) -> tuple[Array, Any]:
+        obs, state = self._env.reset_env(key, params)
+        return self._observe(obs, state, params), state
+
+    def step_env(self, key: Array, state: Any, action: Any, params: Any) -> tuple:
+        obs, state, reward, terminated, info = self._env.step_env(key, state, action, params)
+        return self._observe(obs, state, params), state, reward, terminated, info
+
+    def is_truncated(self, state: Any, params: Any) -> Array:
+        return self._env.is_truncated(state, params)
+
+    @property
+    def name(self) -> str:
+        return self._env.name
+
+    @property
+    def num_actions(self) -> int:
+        return self._env.num_actions
+
+    def action_space(self, params: Any = None):
+        return self._env.action_space(params)
+
+    def observation_space(self, params: Any = None) -> spaces.Box:
+        inner = self._env.observation_space(params)
+        flat = lambda bound: jnp.reshape(  # noqa: E731
+            jnp.broadcast_to(jnp.asarray(bound, jnp.float32), inner.shape), (-1,))
+        extra = jnp.full((len(self._fields),), jnp.inf, jnp.float32)  # evaluated variants may lie outside [-1, 1]
+        low = jnp.concatenate([flat(inner.low), -extra])
+        high = jnp.concatenate([flat(inner.high), extra])
+        return spaces.Box(low, high, (low.shape[0],), jnp.float32)
 
 
 def _is_int(value: Any) -> bool:
