@@ -392,3 +392,33 @@ def test_training_and_evaluation_observe_the_randomised_fields():
     assert algos.A2CConfig(**config.to_dict()) == config
     with pytest.raises(ValueError, match="env_randomize is empty"):
         config.replace(env_randomize=())
+
+
+@pytest.mark.parametrize("env_id, ranges, bound, union", [
+    ("Pendulum-v1", {"max_torque": (3.0, 4.0)}, "max_torque", (-4.0, 4.0)),
+    ("MountainCarContinuous-v0", {"max_action": (1.5, 2.0), "power": (0.001, 0.002)}, "max_action", (-1.0, 2.0)),
+])
+def test_randomised_action_bounds_clip_to_each_episodes_own_box(env_id, ranges, bound, union):
+    """A randomised field that sets the action box: `ClipAction` clips to the union of the episodes' boxes and the
+    episode clips to its own, so an action of 3 under a drawn max_torque of 3.3 steps as 3 (not as the nominal 2)
+    and MountainCarContinuous's reward, which reads the action, sees the episode's clip."""
+    base, params = envs.make(env_id)
+    randomized = envs.RandomizedParams(base, env_id, ranges)
+    env = envs.ClipAction(randomized)
+    assert tuple(float(b[0]) for b in envs.action_bounds(env, params)) == union
+    keys = jax.random.split(jax.random.key(0), 16)
+    actions = jax.random.uniform(jax.random.key(1), (16, 1), minval=-6.0, maxval=6.0)
+    _, state = jax.vmap(env.reset, (0, None))(jax.random.split(jax.random.key(2), 16), params)
+    _, _, reward, _, _, _ = jax.vmap(env.step, (0, 0, 0, None))(keys, state, actions, params)
+
+    def reference(key, state, action):
+        episode = state.params
+        space = base.action_space(episode)
+        step_key, _ = jax.random.split(key)  # gymnax's step: (step key, reset key)
+        return base.step_env(step_key, state.env_state, jnp.clip(action, space.low, space.high), episode)[2]
+
+    expected = jax.vmap(reference)(keys, state, actions)
+    np.testing.assert_allclose(np.asarray(reward), np.asarray(expected), rtol=1e-6)
+    drawn = np.asarray(getattr(state.params, bound))
+    beyond_nominal = np.abs(np.asarray(actions[:, 0])) > float(getattr(params, bound))
+    assert np.any(beyond_nominal & (np.abs(np.asarray(actions[:, 0])) < drawn))  # actions the old clip cut short

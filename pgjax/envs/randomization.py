@@ -20,6 +20,7 @@ with observed draws can be evaluated on any fixed variant.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -89,6 +90,9 @@ class RandomizedParams(environment.Environment):
         return obs, RandomizedParamsState(state, episode_params)
 
     def step_env(self, key: Array, state: RandomizedParamsState, action: Any, params: Any) -> tuple:
+        space = self._env.action_space(state.params)
+        if isinstance(space, spaces.Box):  # the episode's own bounds (ClipAction above clips to their union)
+            action = jnp.clip(action, space.low, space.high)
         obs, env_state, reward, terminated, info = self._env.step_env(key, state.env_state, action, state.params)
         return obs, state.replace(env_state=env_state), reward, terminated, info
 
@@ -104,7 +108,21 @@ class RandomizedParams(environment.Environment):
         return self._env.num_actions
 
     def action_space(self, params: Any = None):
-        return self._env.action_space(params)
+        """The inner action space; a `Box` widened to the union of the episodes' boxes when a randomised field sets
+        its bounds (Pendulum's max_torque, MountainCarContinuous's min_action / max_action): the smallest low and
+        the largest high over the ranges' corners (bounds monotone in each field). `ClipAction` above clips to
+        it, and `step_env` clips again to the episode's own box."""
+        params = self.default_params if params is None else params
+        space = self._env.action_space(params)
+        if not isinstance(space, spaces.Box):
+            return space
+        low, high = jnp.asarray(space.low, jnp.float32), jnp.asarray(space.high, jnp.float32)
+        for corner in itertools.product(*self._ranges.values()):
+            drawn = {name: int(value) if _is_int(getattr(params, name)) else value
+                     for name, value in zip(self._ranges, corner)}
+            box = self._env.action_space(override_params(self._env_id, params, drawn))
+            low, high = jnp.minimum(low, box.low), jnp.maximum(high, box.high)
+        return spaces.Box(low, high, space.shape, space.dtype)
 
     def observation_space(self, params: Any = None):
         return self._env.observation_space(params)
