@@ -4,6 +4,7 @@
 import functools
 import json
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -422,3 +423,15 @@ def test_randomised_action_bounds_clip_to_each_episodes_own_box(env_id, ranges, 
     drawn = np.asarray(getattr(state.params, bound))
     beyond_nominal = np.abs(np.asarray(actions[:, 0])) > float(getattr(params, bound))
     assert np.any(beyond_nominal & (np.abs(np.asarray(actions[:, 0])) < drawn))  # actions the old clip cut short
+
+
+def test_a_tabular_learner_with_another_discount_than_its_mdp_is_warned():
+    """The MDP's discount defines its exact J; a config with another one learns another objective: warned, with
+    both values and both fixes, and silent when they agree."""
+    with pytest.warns(UserWarning, match=r"MDP's discount is 0.9, .* PPOConfig.discount is 0.99"):
+        common.make_env(algos.PPOConfig(env_id="tabular:chain"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        common.make_env(algos.PPOConfig(env_id="tabular:chain", discount=0.9))
+        common.make_env(algos.PPOConfig(env_id="tabular:chain", env_kwargs={"discount": 0.99}))
+        common.make_env(algos.PPOConfig(env_id="CartPole-v1", discount=0.5))

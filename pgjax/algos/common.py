@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -352,6 +353,7 @@ def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_upda
     env, params = envs.make(config.env_id, **dict(config.env_kwargs))
     discrete = envs.is_discrete(env, params)
     action_dim = envs.action_dim(env, params)
+    _warn_if_discounts_differ(config, params)
     if config.env_randomize:  # below PredrawnResets: each drawn reset draws its episode's params too
         env = envs.RandomizedParams(env, config.env_id, config.randomize_ranges)
     if config.observed_ranges:
@@ -368,6 +370,19 @@ def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_upda
         env = envs.ClipAction(env)
     env = envs.VecEnv(env, num_envs or config.num_envs)
     return EnvSpec(env, params, discrete, action_dim, obs_size)
+
+
+def _warn_if_discounts_differ(config: OnPolicyConfig, params: Any) -> None:
+    """A tabular MDP carries its own discount, which defines its exact V, J and J* (`pgjax.tabular`) and its
+    default episode length; a learner with another `discount` optimises another objective. That may be intended
+    (the discount as a hyperparameter), so it warns rather than fails."""
+    mdp = getattr(params, "mdp", None)
+    if mdp is not None and not math.isclose(float(mdp.discount), config.discount, rel_tol=1e-6):
+        warnings.warn(f"{config.env_id}: the MDP's discount is {float(mdp.discount):.6g}, which defines its exact "
+                      f"J(pi) and J*, but {type(config).__name__}.discount is {config.discount:.6g}: the algorithm "
+                      f"learns another objective. Set discount={float(mdp.discount):.6g} (--discount) to learn the "
+                      f"MDP's, or env_kwargs discount={config.discount:.6g} (--env-kwarg) to change the MDP's.",
+                      UserWarning, stacklevel=3)
 
 
 # hparams entries "env.<field>" hold per-lane values of the environment's params fields.
