@@ -24,7 +24,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 def categorical_kl(logits_p: Array, logits_q: Array) -> Array:
     """KL(p || q) = sum_a p(a) (log p(a) - log q(a)) for categoricals given by logits.
 
-    Terms with p(a) = 0 contribute 0 (also for logits of -inf).
+    Terms with p(a) = 0 contribute 0 (also for logits of -inf), to the value and to its gradient.
 
     Args:
       logits_p: [..., K].
@@ -37,7 +37,9 @@ def categorical_kl(logits_p: Array, logits_q: Array) -> Array:
     log_p = jax.nn.log_softmax(logits_p, axis=-1)
     log_q = jax.nn.log_softmax(logits_q, axis=-1)
     p = jnp.exp(log_p)
-    return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+    # Masking the logs, not the product, keeps the gradient finite too: 0 * log 0 would send 0 * inf = NaN back.
+    support = p > 0
+    return jnp.sum(p * (jnp.where(support, log_p, 0.0) - jnp.where(support, log_q, 0.0)), axis=-1)
 
 
 def diag_gaussian_kl(mean_p: Array, log_std_p: Array, mean_q: Array, log_std_q: Array) -> Array:
@@ -98,7 +100,7 @@ class Categorical(NamedTuple):
         """H(pi) = -sum_a pi(a) log pi(a), shape [...]."""
         log_p = self.log_probs
         p = jnp.exp(log_p)
-        return -jnp.sum(jnp.where(p > 0, p * log_p, 0.0), axis=-1)
+        return -jnp.sum(p * jnp.where(p > 0, log_p, 0.0), axis=-1)  # masked logs: finite gradients (categorical_kl)
 
     def kl(self, other: Categorical) -> Array:
         """KL(self || other), shape [...]."""

@@ -66,6 +66,32 @@ def test_categorical_log_prob_entropy_mode(categoricals):
     assert float(masked.entropy()) == pytest.approx(math.log(2))
 
 
+def test_masked_actions_leave_entropy_and_kl_gradients_finite(x64):
+    """A -inf logit (a masked action): the gradients of H and of KL equal those of the same quantities written over
+    the support only, and are 0 for the masked logit (0 log 0 must not send NaN back)."""
+    logits_p = jnp.array([0.3, 1.0, -jnp.inf])
+    logits_q = jnp.array([0.5, -1.0, 2.0])
+
+    def entropy_on_support(lp):
+        log_p = jax.nn.log_softmax(lp[:2])
+        return -jnp.sum(jnp.exp(log_p) * log_p)
+
+    def kl_on_support(lp, lq):
+        log_p = jax.nn.log_softmax(lp[:2])
+        return jnp.sum(jnp.exp(log_p) * (log_p - jax.nn.log_softmax(lq)[:2]))
+
+    grad_h = jax.grad(lambda lp: Categorical(lp).entropy())(logits_p)
+    np.testing.assert_allclose(grad_h[:2], jax.grad(entropy_on_support)(logits_p)[:2], rtol=1e-12)
+    assert float(grad_h[2]) == 0.0
+    grad_p, grad_q = jax.grad(lambda lp, lq: Categorical(lp).kl(Categorical(lq)), (0, 1))(logits_p, logits_q)
+    ref_p, ref_q = jax.grad(kl_on_support, (0, 1))(logits_p, logits_q)
+    np.testing.assert_allclose(grad_p[:2], ref_p[:2], rtol=1e-12)
+    np.testing.assert_allclose(grad_q, ref_q, rtol=1e-12)
+    assert float(grad_p[2]) == 0.0
+    np.testing.assert_allclose(Categorical(logits_p).kl(Categorical(logits_q)), kl_on_support(logits_p, logits_q),
+                               rtol=1e-12)
+
+
 def test_categorical_samples_follow_probs(categoricals):
     p, _ = categoricals
     samples = draw(p, jax.random.key(0), MC)  # [M, 3]
