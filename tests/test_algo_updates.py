@@ -195,6 +195,8 @@ def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
     for a, b in zip(jax.tree_util.tree_leaves(opt_state), jax.tree_util.tree_leaves(expected_opt)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
     assert float(metrics["steps_taken"]) == stop / len(kls)
+    # The metrics are those of the minibatches seen: the stop steps taken and the one over the target.
+    np.testing.assert_allclose(float(metrics["approx_kl"]), np.mean(kls[:stop + 1]), rtol=1e-4)
 
     # 0 never stops: the same steps as without early stopping, bit for bit, and all of them taken.
     plain = jax.jit(lambda: common.minibatch_descent(k[6], tx, loss_fn, agent.params, agent.opt_state, data,
@@ -225,6 +227,8 @@ def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
     (count, stopped), taken = jax.lax.scan(scripted, (0, jnp.array(False)), jnp.array([0.0, 0.5, 2.0, 0.1, 0.3]))
     assert int(count) == 2 and bool(stopped)
     np.testing.assert_array_equal(taken["steps_taken"], [1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(taken[common.STEPS_SEEN], [1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(taken["approx_kl"], [0.0, 0.5, 2.0, 0.0, 0.0])
 
     with pytest.raises(ValueError, match="target_kl"):
         config.replace(target_kl=-0.01)

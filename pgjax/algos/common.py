@@ -674,6 +674,10 @@ def one_step_update(
     return AgentState(unravel(flat), opt_state), aux
 
 
+STEPS_SEEN = "steps_seen"
+"""`kl_early_stopping`'s weight of a step's metrics (removed from them by `minibatch_descent`)."""
+
+
 def kl_early_stopping(
     step: Callable[[Any, Any], tuple[Any, dict[str, Array]]], target_kl: Array, kl_name: str = "approx_kl"
 ) -> Callable[[tuple[Any, Array], Any], tuple[tuple[Any, Array], dict[str, Array]]]:
@@ -685,16 +689,21 @@ def kl_early_stopping(
     `state` as it is (the optimiser's state too: Adam's step count counts the steps taken; pass the skipped
     ones as `optimizer`'s schedule_offset to keep an annealed rate on the run's progress). `target_kl <= 0`
     never stops, and may be traced (a vmapped hyperparameter). The metric `steps_taken` is 1 for an applied
-    step and 0 for a skipped one (its mean over an update is the fraction applied). Stable-Baselines3 stops
-    the same way at 1.5 x its target_kl; CleanRL checks at the end of each epoch.
+    step and 0 for a skipped one (its mean over an update is the fraction applied). The step's own metrics are
+    multiplied by `STEPS_SEEN` (also a metric): 1 for the steps taken and for the one that stopped the update,
+    0 for the later ones, whose minibatches were never looked at; `minibatch_descent` divides the means by its
+    mean, so an update's metrics are those of the minibatches it saw (as in Stable-Baselines3, which stops the
+    same way at 1.5 x its target_kl; CleanRL checks at the end of each epoch).
     """
 
     def stopping_step(carry, minibatch):
         state, stopped = carry
         new_state, metrics = step(state, minibatch)
+        seen = 1.0 - stopped.astype(jnp.float32)
         stopped = stopped | ((target_kl > 0) & (metrics[kl_name] > target_kl))
         state = jax.tree_util.tree_map(lambda new, old: jnp.where(stopped, old, new), new_state, state)
-        return (state, stopped), {**metrics, "steps_taken": 1.0 - stopped.astype(jnp.float32)}
+        metrics = {name: value * seen for name, value in metrics.items()}
+        return (state, stopped), {**metrics, "steps_taken": 1.0 - stopped.astype(jnp.float32), STEPS_SEEN: seen}
 
     return stopping_step
 
@@ -715,7 +724,8 @@ def minibatch_descent(
     """`minibatch_epochs` of `tx` steps on `loss_fn(params, minibatch) -> (loss, metrics)`, taken on the flat
     parameter vector (one fused optimiser step each); returns (params, opt_state, mean metrics), the metrics
     including `norm_name`: the mean pre-clip gradient norm over the steps. With `target_kl` the steps stop
-    early as `kl_early_stopping` says (the loss's metrics must then hold `approx_kl`)."""
+    early as `kl_early_stopping` says (the loss's metrics must then hold `approx_kl`), and the metrics are means
+    over the minibatches seen: the steps taken and the one that stopped the update."""
     flat, unravel = optim.ravel_params(params)
     step = optim.flat_gradient_step(tx, loss_fn, unravel, norm_name)
     state = (flat, opt_state)
@@ -725,6 +735,8 @@ def minibatch_descent(
         stopping = kl_early_stopping(step, target_kl)
         (state, _), metrics = minibatch_epochs(key, (state, jnp.array(False)), data, num_epochs, num_minibatches,
                                                stopping, unroll)
+        seen = metrics.pop(STEPS_SEEN)  # > 0: the first step always counts
+        metrics = {name: value if name == "steps_taken" else value / seen for name, value in metrics.items()}
     flat, opt_state = state
     return unravel(flat), opt_state, metrics
 
