@@ -612,7 +612,8 @@ def grid_lanes(config: common.OnPolicyConfig, cells: list[dict[str, float]], key
     "env.length" for CartPole's pole): every cell then trains on its own variant of the environment.
     Lane c * S + s is seed s in cell c: every cell runs the same S keys (paired comparisons between cells).
     Returns keys [C * S] and hparams {name: float32 [C * S]} for every name in `config.HYPERPARAMS` and every
-    "env.<field>" the cells set.
+    "env.<field>" the cells set. ValueError for an unknown name or a cell the config's validation rejects (a
+    negative learning rate, a final_lr_fraction without anneal_lr), before anything compiles.
     """
     env_fields = common.env_grid_fields(config)
     unknown = sorted({k for cell in cells for k in cell} - set(config.HYPERPARAMS) - set(env_fields))
@@ -620,6 +621,11 @@ def grid_lanes(config: common.OnPolicyConfig, cells: list[dict[str, float]], key
         raise ValueError(f"grid_lanes: {unknown} are neither vmappable hyperparameters of {type(config).__name__} "
                          f"({', '.join(config.HYPERPARAMS)}) nor numeric params fields of {config.env_id} "
                          f"({', '.join(env_fields)}).")
+    for cell in cells:  # each cell's values pass the config's own checks (e.g. final_lr_fraction needs anneal_lr)
+        try:
+            grid_cell_config(config, cell)
+        except ValueError as err:
+            raise ValueError(f"grid_lanes: cell {cell_label(cell)}: {err}") from None
     num_seeds = keys.shape[0]
     values = {**config.hyperparams(), **{k: env_fields[k] for k in cells[0] if k in env_fields}}
     hparams = {k: jnp.repeat(jnp.asarray([cell.get(k, v) for cell in cells], jnp.float32), num_seeds)

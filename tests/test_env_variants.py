@@ -74,6 +74,10 @@ def test_lane_env_params_checks_names_and_shapes_before_compiling():
         jax.eval_shape(algos.a2c.make_train(config), jax.random.key(0), {**config.hyperparams(), "env.lenght": 1.0})
     with pytest.raises(ValueError, match="neither vmappable hyperparameters.*env.length"):
         runs.grid_lanes(config, [{"env.lenght": 1.0}], jax.random.split(jax.random.key(0), 2))
+    # A cell's values pass the config's validation: a floor for a rate that is not annealed would be ignored.
+    with pytest.raises(ValueError, match="cell final_lr_fraction=0.1: .*only applies with anneal_lr=True"):
+        runs.grid_lanes(config.replace(anneal_lr=False), [{"final_lr_fraction": 0.0}, {"final_lr_fraction": 0.1}],
+                        jax.random.split(jax.random.key(0), 2))
 
 
 def _metrics(output, lanes):

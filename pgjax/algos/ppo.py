@@ -40,7 +40,8 @@ class PPOConfig(common.OnPolicyConfig):
       target_kl: early stopping: the update's remaining minibatch steps are skipped from the first one whose
         approx_kl (KL(pi_old || pi_theta) estimated on its minibatch before the step) exceeds target_kl;
         0 (default) never stops. Vmappable, so a grid can hold 0. `steps_taken` reports the fraction of
-        steps applied. Skipped steps leave Adam's state as it is (its bias correction counts the steps taken),
+        steps applied; the update's other metrics are means over the minibatches seen (those steps and the one
+        that stopped). Skipped steps leave Adam's state as it is (its bias correction counts the steps taken),
         while the annealed learning rate follows the update index, as in Stable-Baselines3 and CleanRL. With
         split_actor_critic only the actor stops; the critic, whose Adam is its own, fits every minibatch.
       split_actor_critic: give the actor and the critic each its own clipped Adam: their gradients are
