@@ -523,6 +523,17 @@ def test_make_overrides_params_and_rejects_unknown_ids():
         envs.make("tabular:chain", colour="red")
     with pytest.raises(ValueError, match="bad keyword"):
         envs.make("CartPole-v1", colour="red")
+    # Values of params fields are checked too (from --env-kwarg's JSON: NaN, Infinity, text, a fractional limit).
+    for kwargs, message in [({"gravity": float("nan")}, "gravity must be finite"),
+                            ({"gravity": float("inf")}, "gravity must be finite"),
+                            ({"gravity": "abc"}, "gravity must be a number"),
+                            ({"gravity": True}, "gravity must be a number"),
+                            ({"max_steps_in_episode": 12.5}, "max_steps_in_episode is an int field .* whole number"),
+                            ({"max_steps_in_episode": 0}, "max_steps_in_episode .the episode.s step limit. must be >= 1")]:
+        with pytest.raises(ValueError, match=f"CartPole-v1: {message}"):
+            envs.make("CartPole-v1", **kwargs)
+    _, params = envs.make("CartPole-v1", max_steps_in_episode=200.0)
+    assert params.max_steps_in_episode == 200 and isinstance(params.max_steps_in_episode, int)
 
 
 def test_make_reports_an_environment_that_cannot_fetch_its_data(gymnax_offline):

@@ -11,7 +11,7 @@ limit (bootstrap from V(info["final_observation"]), the observation before auto-
 """
 
 from pgjax.envs.randomization import ObserveParams, RandomizedParams, RandomizedParamsState
-from pgjax.envs.registry import TABULAR_PREFIX, env_ids, make, numeric_fields, override_params
+from pgjax.envs.registry import TABULAR_PREFIX, check_param_value, env_ids, make, numeric_fields, override_params
 from pgjax.envs.spaces import action_bounds, action_dim, is_discrete, observation_size
 from pgjax.envs.tabular_env import (
     TabularEnv,
@@ -56,8 +56,8 @@ __all__ = [
     "NormalizeObservationState",
     "NormalizeReward",
     "NormalizeRewardState",
-    "PredrawnResets",
     "ObserveParams",
+    "PredrawnResets",
     "RandomizedParams",
     "RandomizedParamsState",
     "ResetDraw",
@@ -72,6 +72,7 @@ __all__ = [
     "batch_reset",
     "batch_statistics",
     "batch_step",
+    "check_param_value",
     "default_horizon",
     "env_ids",
     "finished_episode_mean",

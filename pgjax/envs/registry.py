@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import gymnax
 import jax
+import numpy as np
 
 from pgjax.envs.tabular_env import TabularEnv, TabularEnvParams
 from pgjax.tabular.mdp import MDP, chain_mdp, gridworld_mdp, random_mdp
@@ -112,18 +113,43 @@ def override_params(env_id: str, params: Any, overrides: dict[str, Any]) -> Any:
     Derived fields (CartPole-v1: total_mass = masscart + masspole, polemass_length = masspole * length) follow
     their inputs unless `overrides` names them too. Values may be traced (per-lane params under `jax.vmap`).
 
+    Concrete values of numeric scalar fields are checked (`check_param_value`) and whole floats for int fields
+    become ints.
+
     Raises:
-      ValueError: a name that is not a field of `params`.
+      ValueError: a name that is not a field of `params`, or a value `check_param_value` rejects.
     """
     fields = [f.name for f in dataclasses.fields(params)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ValueError(f"{env_id}: {unknown} are not fields of its params; the fields are {', '.join(fields)}.")
+    numeric = numeric_fields(params)
+    overrides = dict(overrides)
+    for name, value in overrides.items():
+        if name in numeric and not isinstance(value, jax.core.Tracer) and np.ndim(value) == 0:
+            check_param_value(env_id, name, numeric[name], value)
+            if isinstance(numeric[name], int) and isinstance(value, (float, np.floating)):
+                overrides[name] = int(value)  # 200.0 from a float-typed source: the field's own type
     params = params.replace(**overrides)
     for name, (inputs, derive) in _DERIVED_PARAMS.get(env_id, {}).items():
         if name not in overrides and any(field in overrides for field in inputs):
             params = params.replace(**{name: derive(params)})
     return params
+
+
+def check_param_value(env_id: str, name: str, default: Any, value: Any) -> None:
+    """ValueError naming the field unless `value` can stand in for the numeric params field `name` (default
+    `default`): a finite real number, whole for an int field, and >= 1 for the step limit."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating, np.ndarray,
+                                                                       jax.Array)):
+        raise ValueError(f"{env_id}: {name} must be a number (default {default}); got {value!r}.")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{env_id}: {name} must be finite; got {value}.")
+    if isinstance(default, int) and value != int(value):
+        raise ValueError(f"{env_id}: {name} is an int field (default {default}); got {value}, give a whole number.")
+    if name == "max_steps_in_episode" and value < 1:
+        raise ValueError(f"{env_id}: {name} (the episode's step limit) must be >= 1; got {value:g}.")
 
 
 def _gymnax_make(env_id: str, **kwargs):
