@@ -127,6 +127,7 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.A2CConfig, dict(reward_scale=0.0), r"A2CConfig.reward_scale must be a positive number"),
         (algos.PPOConfig, dict(eval_every=-1), r"PPOConfig.eval_every must be an int >= 0"),
         (algos.A2CConfig, dict(eval_episodes=0), r"A2CConfig.eval_episodes must be a positive int"),
+        (algos.PPOConfig, dict(total_timesteps=2**31), r"PPOConfig.total_timesteps \(2,147,483,648\) runs more than"),
     ],
 )
 def test_config_validation(cls, kwargs, match):

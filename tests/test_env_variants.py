@@ -109,7 +109,7 @@ def test_each_grid_cell_trains_on_its_own_variant():
 def test_a_batch_of_tabular_mdps_trains_in_one_call():
     """hparams["env.mdp"]: a batch of random MDPs, one per lane, equals each MDP's own run."""
     config = algos.REINFORCEConfig(env_id="tabular:random", env_kwargs={"num_states": 4, "num_actions": 2},
-                                   total_timesteps=3 * 2 * 16, num_envs=2, num_steps=16)
+                                   total_timesteps=3 * 2 * 16, num_envs=2, num_steps=16, discount=0.9)
     variants = [config.replace(env_kwargs={**dict(config.env_kwargs), "seed": seed}) for seed in (1, 2, 3)]
     mdps = [envs.make(v.env_id, **dict(v.env_kwargs))[1].mdp for v in variants]
     hparams = {k: jnp.stack([v] * 3) for k, v in config.hyperparams().items()}

@@ -40,6 +40,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 # OnPolicyConfig.unroll=0 on a GPU/TPU. On an H100, PPO per update: 1 seed 5.40 / 2.93 / 2.41 ms at unroll 1 / 8 / 16,
 # 2048 seeds 32.8 / 28.5 / 28.0 ms; 16 doubles the compile time, which a 5e5-step run does not win back.
 ACCELERATOR_UNROLL = 8
+INT32_MAX = 2**31 - 1
 
 
 # ---------------------------------------------------------------------------
@@ -183,6 +184,12 @@ class OnPolicyConfig:
             raise ValueError(
                 f"{name}.total_timesteps ({self.total_timesteps}) must be at least num_envs * num_steps "
                 f"({self.batch_size}) for one update; raise total_timesteps or lower num_envs/num_steps."
+            )
+        if self.num_updates * self.batch_size > INT32_MAX:  # the env_steps metric is an int32 inside the run
+            raise ValueError(
+                f"{name}.total_timesteps ({self.total_timesteps:,}) runs more than 2**31 - 1 env steps per seed, "
+                "more than the run's int32 step count (the env_steps metric) holds; lower total_timesteps to at "
+                "most 2,147,483,647 per seed."
             )
         _positive(name, "learning_rate", self.learning_rate)
         _positive(name, "max_grad_norm", self.max_grad_norm)
