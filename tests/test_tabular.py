@@ -381,6 +381,25 @@ def test_valid_mdp_and_tracing_are_not_blocked():
     assert jnp.isfinite(build_and_use(jnp.full((2, 2, 2), 0.5)))
 
 
+@pytest.mark.parametrize("pi, match", [
+    (np.array([[0.3, 1.2], [0.0, 0.0]]), "rows must sum to 1"),        # logits-like weights
+    (np.ones((2, 2)), "rows must sum to 1.*off by 1"),                  # unnormalised
+    (np.array([[1.5, -0.5], [0.5, 0.5]]), "finite and non-negative"),   # sums to 1 but not a distribution
+    (np.full((2, 2), np.nan), "finite and non-negative"),
+    (np.full((1, 2), 0.5), r"table \[S, A\] = \(2, 2\).*got shape \(1, 2\)"),  # would broadcast
+])
+def test_exact_evaluations_reject_what_is_not_a_policy(pi, match):
+    """V, Q, J, d^pi and J_H of something that is not a policy would be numbers of no policy: every exact evaluation
+    (they all go through policy_transition / policy_reward) raises instead."""
+    mdp = T.MDP(*_valid_arrays())
+    for evaluate in (T.policy_evaluation, T.expected_return, T.occupancy, lambda m, p: T.finite_horizon_return(m, p, 3),
+                     T.values_and_occupancy):
+        with pytest.raises(ValueError, match=match):
+            evaluate(mdp, jnp.asarray(pi))
+    with pytest.raises(ValueError, match="horizon must be an int >= 0"):
+        T.finite_horizon_return(mdp, jnp.full((2, 2), 0.5), -1)
+
+
 def test_constructor_argument_errors():
     with pytest.raises(ValueError, match="discount"):
         T.random_mdp(jax.random.key(0), 3, 2, discount=1.5)

@@ -4,6 +4,7 @@ from pgjax.tabular.control import OptimalSolution, optimal_return, policy_iterat
 from pgjax.tabular.evaluation import (
     action_values,
     bellman_matrix,
+    check_policy,
     expected_return,
     finite_horizon_return,
     policy_evaluation,
@@ -41,6 +42,7 @@ __all__ = [
     "bellman_matrix",
     "advantage_policy_gradient",
     "chain_mdp",
+    "check_policy",
     "expected_return",
     "finite_horizon_return",
     "grad_log_policy",

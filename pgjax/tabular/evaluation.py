@@ -8,19 +8,43 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from pgjax.tabular.mdp import MDP
+from pgjax.tabular.mdp import MDP, _sum_tolerance
 
 Array = jax.Array
 
 
+def check_policy(mdp: MDP, pi: Array) -> None:
+    """ValueError naming the problem unless `pi` is a policy table of the MDP: shape [S, A] (the reward's), and,
+    when its values are known (not traced), finite, non-negative rows that sum to 1. Every exact evaluation goes
+    through `policy_transition` and `policy_reward`, which call it: logits or unnormalised weights passed as pi
+    would otherwise give values, occupancies and returns of no policy at all."""
+    shape = tuple(mdp.reward.shape[-2:])
+    if tuple(jnp.shape(pi)) != shape:
+        raise ValueError(f"pi must be a policy table [S, A] = {shape} (the MDP's reward shape); got shape "
+                         f"{tuple(jnp.shape(pi))}. Batched policies or MDPs: jax.vmap over the batch axis.")
+    if isinstance(pi, jax.core.Tracer):
+        return
+    table = np.asarray(pi, np.float64)
+    if not np.all(np.isfinite(table)) or np.any(table < 0):
+        raise ValueError("pi must be finite and non-negative (probabilities; for logits use "
+                         "pgjax.tabular.softmax_policy or jax.nn.softmax).")
+    worst = np.abs(table.sum(-1) - 1.0).max()
+    if worst > _sum_tolerance(np.asarray(pi).dtype, shape[1]):
+        raise ValueError(f"pi's rows must sum to 1 over the actions (a distribution per state); one is off by "
+                         f"{worst:.3g}. Normalise pi, e.g. pi / pi.sum(-1, keepdims=True).")
+
+
 def policy_transition(mdp: MDP, pi: Array) -> Array:
     """The state-to-state kernel under pi: P^pi(s'|s) = sum_a pi(a|s) P(s'|s,a), shape [S, S]."""
+    check_policy(mdp, pi)
     return jnp.einsum("sa,sat->st", pi, mdp.transition)
 
 
 def policy_reward(mdp: MDP, pi: Array) -> Array:
     """The expected one-step reward under pi: r^pi(s) = sum_a pi(a|s) R(s,a), shape [S]."""
+    check_policy(mdp, pi)
     return jnp.sum(pi * mdp.reward, axis=-1)
 
 
@@ -64,6 +88,8 @@ def finite_horizon_return(mdp: MDP, pi: Array, horizon: int) -> Array:
     The objective a rollout truncated at H actually estimates; grad J - grad J_H is the
     truncation bias of the estimator lab.
     """
+    if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 0:
+        raise ValueError(f"finite_horizon_return: horizon must be an int >= 0 (steps); got {horizon!r}.")
     p_pi = policy_transition(mdp, pi)
     r_pi = policy_reward(mdp, pi)
 
