@@ -6,7 +6,8 @@
 
 Reports, per run, the median and the worst seed's final mean episode return (mean over the
 episodes finished in the last 10% of updates, stochastic policy, raw rewards), against the
-target; the interquartile mean over seeds with its 95% percentile-bootstrap interval
+target (met only if every seed finished an episode in that window: `finished` counts them, and a seed that did
+not makes the worst NaN); the interquartile mean over seeds with its 95% percentile-bootstrap interval
 (`pgjax.score_stats`); compile and run time and env-steps/second; then the median and worst seed of an
 evaluation of the final policy's mode (`--eval-episodes` episodes per seed, inside the same
 compiled run: `eval_every` = the run's updates, which leaves training unchanged bit for bit).
@@ -69,13 +70,30 @@ def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int, eval_epis
     iqm_low, iqm_high = score_stats.bootstrap_interval(final)
     return dict(
         algo=algo, env=env_id, seeds=seeds, env_steps=config.num_updates * config.batch_size,
-        median=float(np.nanmedian(final)), worst=float(np.nanmin(final)), best=float(np.nanmax(final)),
-        iqm=score_stats.iqm(final), iqm_low=iqm_low, iqm_high=iqm_high,
+        **final_stats(final), iqm=score_stats.iqm(final), iqm_low=iqm_low, iqm_high=iqm_high,
         eval_median=float(np.nanmedian(evaluation)), eval_worst=float(np.nanmin(evaluation)),
         compile_s=round(compile_s, 1), run_s=round(run_s, 1),
         steps_per_s=round(seeds * config.num_updates * config.batch_size / run_s),
         per_seed=" ".join(f"{x:.1f}" for x in final),
     )
+
+
+def final_stats(final: np.ndarray) -> dict:
+    """median, worst, best over the seeds' final returns (final: [seeds], NaN for a seed that finished no episode
+    in the last 10% of updates) and finished, the seeds with a value. The median and best are over the finished
+    seeds; the worst is NaN if any seed did not finish: that seed has no return to pass a target with."""
+    final = np.asarray(final, dtype=float)
+    finished = int(np.sum(~np.isnan(final)))
+    over = (lambda f: float(f(final[~np.isnan(final)]))) if finished else (lambda f: float("nan"))
+    return dict(median=over(np.median), worst=float(np.min(final)), best=over(np.max), finished=finished)
+
+
+def target_met(row: dict, target: float | None) -> bool | str:
+    """Whether the median and the worst seed reach `target` ("" without one): False when a seed finished no episode
+    in the last 10% of updates (its worst is NaN), whatever the others reached."""
+    if target is None:
+        return ""
+    return bool(row["finished"] == row["seeds"] and row["median"] >= target and row["worst"] >= target)
 
 
 def plan(only: list[str] | None) -> list[tuple]:
@@ -118,7 +136,7 @@ def main(argv=None) -> int:
     except ValueError as err:
         p.error(str(err))
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {len(jax.devices())} x {jax.devices()[0].device_kind} (seeds split over them)")
-    header = (f"{'algo':<10}{'env':<26}{'steps':>9}{'median':>9}{'worst':>9}{'target':>8}{'met':>5}"
+    header = (f"{'algo':<10}{'env':<26}{'steps':>9}{'median':>9}{'worst':>9}{'done':>6}{'target':>8}{'met':>5}"
               f"{'IQM [95% bootstrap]':>27}{'compile s':>10}{'run s':>8}{'steps/s':>11}{'eval median':>12}"
               f"{'eval worst':>11}")
     print(header)
@@ -126,9 +144,10 @@ def main(argv=None) -> int:
     for algo, env_id, steps, target in todo:
         row = run_one(algo, env_id, steps, args.seeds, args.seed, args.eval_episodes)
         row["target"] = "" if target is None else target
-        row["met"] = "" if target is None else bool(row["median"] >= target and row["worst"] >= target)
+        row["met"] = target_met(row, target)
         rows.append(row)
         print(f"{algo:<10}{env_id:<26}{row['env_steps']:>9}{row['median']:>9.1f}{row['worst']:>9.1f}"
+              f"{row['finished']:>3}/{row['seeds']:<2}"
               f"{str(row['target']):>8}{str(row['met']):>5}"
               f"{row['iqm']:>9.1f} [{row['iqm_low']:7.1f}, {row['iqm_high']:7.1f}]"
               f"{row['compile_s']:>10}{row['run_s']:>8}"

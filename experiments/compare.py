@@ -9,19 +9,22 @@ recomputed) and writes to --out (default runs/compare-<time>):
 
     comparison.csv       one row per run (or cell): label, algo, env steps, seeds, then the final return over
                          seeds (each seed's mean episode return over the last 10% of updates): median, mean,
-                         ci95 (half-width of a 95% interval of the mean), worst, best, finished, and vs_best /
-                         vs_best_ci95, the difference of means from the run with the highest mean and its 95%
-                         interval: paired seed by seed when all runs share the base --seed and seed indices
-                         (the `paired` column), independent otherwise; with in-run evaluations (--eval-every),
+                         ci95 (half-width of a 95% Student-t interval of the mean), worst, best, finished
+                         (seeds with a final return: an episode ended in the last 10% of updates), and vs_best /
+                         vs_best_ci95, the difference of means from the best run (the highest mean among the
+                         runs whose seeds all finished; among all runs if none did) and its 95% t interval:
+                         paired seed by seed when all runs share the base --seed and seed indices (the `paired`
+                         column), Welch's for independent means otherwise; with in-run evaluations (--eval-every),
                          eval_median, eval_mean and eval_worst of the last one; auc / auc_ci95, the mean over
                          seeds of each seed's mean return over all updates (the area under its learning curve per
-                         env step: how fast as well as how far); iqm, iqm_low, iqm_high, the interquartile mean
-                         of the final returns (the middle 50% of seeds) and its 95% bootstrap interval;
+                         env step: how fast as well as how far), with its 95% t interval; iqm, iqm_low,
+                         iqm_high, the interquartile mean of the final returns (the middle 50% of seeds) and its
+                         95% bootstrap interval;
                          p_improve_vs_best, the probability that a seed of this run ends above a seed of the best
                          run (0.5: indistinguishable; `pgjax.score_stats`); with --threshold X, reached (seeds
                          whose mean return over 10 updates reached X) and steps_to_threshold_median (their median
                          env steps to get there)
-    learning_curves.png  mean episode return over seeds against env steps, one curve per run, 95% intervals
+    learning_curves.png  mean episode return over seeds against env steps, one curve per run, 95% t intervals
     score_profiles.png   the fraction of each run's seeds whose final return is >= tau, against tau: the seeds left
                          behind are its left tail
 
@@ -52,7 +55,7 @@ def load_entries(run_dir: str, name: str | None = None) -> list[dict]:
         with open(config_path) as f:
             meta = json.load(f)
         algo, env_id, seed = meta["algo"], meta["config"]["env_id"], meta["seed"]
-    except (ValueError, KeyError) as err:
+    except (ValueError, KeyError, TypeError) as err:  # (TypeError: JSON that is not an object of objects)
         raise ValueError(f"{config_path}: not a run config written by experiments/train.py ({err}).") from None
     name = name or os.path.basename(os.path.normpath(run_dir))
     cells = meta.get("cells")
@@ -60,7 +63,7 @@ def load_entries(run_dir: str, name: str | None = None) -> list[dict]:
              if cells else [(run_dir, name)])
     entries = []
     for directory, label in parts:
-        seeds, metrics, _ = runs.read_metrics(directory)
+        seeds, metrics, _ = runs.read_metrics(directory)  # ValueError naming the file, row and column if malformed
         entries.append(dict(label=label, algo=algo, env_id=env_id, seed=seed, seeds=seeds, metrics=metrics,
                             final=runs.final_returns(metrics)))
     return entries
@@ -160,7 +163,8 @@ def main(argv=None) -> int:
                       if row.get("eval_median", "") != "" else "")
         reached = (f", {row['reached']}/{row['seeds']} reached {args.threshold:g} (median "
                    f"{row['steps_to_threshold_median']:,.0f} steps)" if args.threshold is not None else "")
-        print(f"  {row['label']:<{width}}  {row['seeds']:>4} seeds  median {row['median']:8.1f}  mean "
+        unfinished = f" ({row['finished']} finished)" if row["finished"] < row["seeds"] else ""
+        print(f"  {row['label']:<{width}}  {row['seeds']:>4} seeds{unfinished}  median {row['median']:8.1f}  mean "
               f"{row['mean']:8.1f} +- {row['ci95']:5.1f}  worst {row['worst']:8.1f}  vs best {row['vs_best']:+8.1f} "
               f"+- {row['vs_best_ci95']:5.1f}, IQM {row['iqm']:.1f} [{row['iqm_low']:.1f}, {row['iqm_high']:.1f}], "
               f"P(> best) {row['p_improve_vs_best']:.2f}, auc {row['auc']:.1f} +- {row['auc_ci95']:.1f}"

@@ -7,7 +7,7 @@ columns seed, episode, episode_return, actions ("deterministic" or "stochastic")
 
 RUN_DIR may also be a hyperparameter grid (train.py --grid): every cell's seeds are evaluated, one compile for
 all of them, with the cell's number and values as the first columns, and a summary per cell of its seeds' mean
-returns (`runs.summarize_final_returns`'s columns: median, mean with its 95% interval, worst, best, the paired
+returns (`runs.summarize_final_returns`'s columns: median, mean with its 95% t interval, worst, best, the paired
 difference from the best cell, the interquartile mean with its bootstrap interval, P(> best)) is printed and
 written next to it (evaluation_summary.csv).
 
@@ -157,6 +157,9 @@ def main(argv=None) -> int:
         if os.path.exists(config_path):
             with open(config_path) as f:
                 meta = json.load(f)
+        if not isinstance(meta, dict):
+            raise ValueError(f"{config_path}: not a run config written by experiments/train.py (a JSON object "
+                             f"expected; got a {type(meta).__name__}).")
         cells = meta.get("cells")  # a grid (train.py --grid): cell-K/ are its run directories
         dirs = [os.path.join(args.run_dir, f"cell-{k}") for k in range(len(cells))] if cells else [args.run_dir]
         loaded = [runs.load_run(d) for d in dirs]
@@ -170,6 +173,13 @@ def main(argv=None) -> int:
     algo, config, params, _ = loaded[0]
     num_seeds = jax.tree_util.tree_leaves(params)[0].shape[0]
     labels = meta.get("seed_indices", list(range(num_seeds)))  # a replay's seeds
+    # One label per seed of every run's params: otherwise seeds would be skipped (or their keys mislabelled) silently.
+    for directory, (_, _, run_params, _) in zip(dirs, loaded):
+        seeds = jax.tree_util.tree_leaves(run_params)[0].shape[0]
+        if not isinstance(labels, list) or len(labels) != seeds:
+            p.error(f"{config_path}: seed_indices {labels!r} does not give one seed index per seed of "
+                    f"{os.path.join(directory, 'params.msgpack')} ({seeds} seeds): the run's files do not belong "
+                    "together; fix seed_indices or rewrite the run with experiments/train.py.")
     what = f"{len(cells)} cells x {num_seeds} seeds" if cells else f"{num_seeds} seeds"
     on = f" ({', '.join(f'{k}={v}' for k, v in variant.items())})" if variant else ""
     print(f"{algo.upper()} on {config.env_id}{on}, {what}, {args.episodes} episodes each "

@@ -17,12 +17,19 @@ environment's numeric params fields as env.FIELD, e.g. --grid env.length=0.25,0.
         --grid learning_rate=1e-4,2.5e-4,1e-3 --grid ent_coef=0,0.01
 
 trains every combination (a cell) on the same --num-seeds seeds (paired comparisons) and writes DIR/summary.csv
-(per cell: median, mean with its 95% interval, worst and best final return over seeds, and the paired difference
-from the best cell, seed by seed, with its 95% interval; the interquartile mean with its bootstrap interval and
+(per cell: median, mean with its 95% t interval, worst and best final return over seeds, and the paired difference
+from the best cell, seed by seed, with its 95% t interval (the best: the highest mean among the cells whose seeds
+all finished an episode in the last 10% of updates); the interquartile mean with its bootstrap interval and
 the probability of improvement over the best cell: pgjax.score_stats), DIR/metrics.csv (one row
 per cell, seed and update, the cell's values first), DIR/learning_curves.png (one curve per cell) and DIR/cell-K/,
 a run directory per cell for evaluate.py (`pgjax.runs.save_grid`). The same flags with --seed-indices replay
 those seeds in every cell, bit for bit.
+
+A replay (--seed-indices) runs its seeds as lanes of the sweep's per-device program, --num-seeds (times the grid's
+cells) over the --cpu-devices devices: it reproduces the sweep bit for bit only with the sweep's own --num-seeds and
+--cpu-devices (another split changes the program, which then agrees to float32 rounding only). Its config.json
+records what it assumed ("replay": the sweep's num_seeds per cell, its lanes, devices and lanes per device), to
+check against the sweep's config.json (num_seeds, devices).
 
 Environment keywords (`--env-kwarg KEY=VALUE`, repeatable: a params field such as gravity=12, or a constructor
 keyword such as num_states=20 for tabular:random) set the variant every seed trains on; `--env-randomize
@@ -149,9 +156,10 @@ def build_parser(algo: str, env_id: str | None = None) -> argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=0, help="base seed; seed i uses jax.random.fold_in(key(seed), i)")
     p.add_argument("--seed-indices", type=int, nargs="+", default=None, metavar="I",
                    help="rerun only these seeds of a sweep run with the same flags (--num-seeds: the sweep's "
-                        "count): they run as lanes of the sweep's per-device program (pgjax.runs.replay_seeds), "
-                        "so their rows reproduce the sweep's bit for bit on the same machine (with --grid: those "
-                        "seeds in every cell of the grid)")
+                        "count, and the sweep's --cpu-devices): they run as lanes of the sweep's per-device program "
+                        "(pgjax.runs.replay_seeds), so their rows reproduce the sweep's bit for bit on the same "
+                        "machine (with --grid: those seeds in every cell of the grid); config.json records the "
+                        "sweep's seeds and devices assumed")
     p.add_argument("--grid", action="append", default=None, metavar="FIELD=V1,V2,...",
                    help=f"train every combination of these values (a cell), --num-seeds seeds each, in one compiled "
                         f"call; repeat for more fields. Only vmappable hyperparameters "
@@ -372,14 +380,21 @@ def run_segments(config, train, progress, args, segments: Segments):
 
 def run_replay(train, progress, keys, sweep_lanes, what, hparams=None):
     """Replays lanes (keys [n], hparams {name: [n]} for a grid) as lanes of the sweep's per-device program, so they
-    equal their rows of the sweep of `sweep_lanes` lanes bit for bit; prints `what` and the time."""
-    per_device = sweep_lanes // len(parallel.devices_for(sweep_lanes))
-    print(f"{what} as lanes of a {per_device}-lane program (the sweep's lanes per device)")
+    equal their rows of the sweep of `sweep_lanes` lanes bit for bit; prints `what`, the compile and run times.
+    Returns (output, layout): `layout` {"sweep_lanes", "sweep_devices", "lanes_per_device"} is the sweep's split
+    it assumed (bit for bit only if the sweep ran with it), for the run's config.json. The wall times start after
+    compiling, as a sweep's."""
+    num_devices = len(parallel.devices_for(sweep_lanes))
+    per_device = sweep_lanes // num_devices
+    print(f"{what} as lanes of a {per_device}-lane program (the sweep's lanes per device: {sweep_lanes} lanes over "
+          f"{num_devices} device{'s' if num_devices > 1 else ''}; bit for bit with a sweep of the same --num-seeds "
+          "and --cpu-devices)")
     t0 = time.perf_counter()
-    output = jax.block_until_ready(runs.replay_seeds(train, keys, per_device, hparams))
+    output = jax.block_until_ready(runs.replay_seeds(train, keys, per_device, hparams, progress=progress))
+    run_s = time.perf_counter() - progress.start
     progress.close()
-    print(f"compile and run {time.perf_counter() - t0:.1f} s")
-    return output
+    print(f"compile {progress.start - t0:.1f} s, run {run_s:.1f} s")
+    return output, {"sweep_lanes": sweep_lanes, "sweep_devices": num_devices, "lanes_per_device": per_device}
 
 
 def main(argv=None) -> int:
@@ -413,10 +428,12 @@ def main(argv=None) -> int:
         status = run_grid(args, config, train, progress, keys, out, segments)
         _remove_checkpoint(segments)
         return status
+    replay = None
     if args.seed_indices is not None:
-        output = run_replay(train, progress, keys, args.num_seeds,
-                            f"{args.algo.upper()} on {config.env_id}: replaying seeds {seed_indices} of "
-                            f"{args.num_seeds}")
+        output, layout = run_replay(train, progress, keys, args.num_seeds,
+                                    f"{args.algo.upper()} on {config.env_id}: replaying seeds {seed_indices} of "
+                                    f"{args.num_seeds}")
+        replay = {"sweep_num_seeds": args.num_seeds, **layout}
     else:
         print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
               f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
@@ -432,7 +449,7 @@ def main(argv=None) -> int:
         print(f"evaluation after the last update ({config.eval_episodes} episodes, {_eval_actions(config)}) per seed: "
               f"{per_seed(last_eval, seed_indices)}")
         print(f"evaluation median {np.nanmedian(last_eval):.1f}, worst {np.nanmin(last_eval):.1f}")
-    runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices)
+    runs.save_run(out, args.algo, config, output, args.seed, progress.wall_time, seed_indices, replay)
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
     _remove_checkpoint(segments)
     return report_divergence(runs.non_finite_seeds(output, seed_indices), len(seed_indices))
@@ -465,17 +482,20 @@ def run_grid(args, config, train, progress, keys, out, segments: Segments | None
     cells = runs.grid_cells(args.grid)
     lane_keys, hparams = runs.grid_lanes(config, cells, keys)
     num_seeds = keys.shape[0]
+    replay = None
     if args.seed_indices is not None:
-        output = run_replay(train, progress, lane_keys, len(cells) * args.num_seeds,
-                            f"{args.algo.upper()} on {config.env_id}: replaying seeds {args.seed_indices} of "
-                            f"{args.num_seeds} in each of {len(cells)} cells", hparams)
+        output, layout = run_replay(train, progress, lane_keys, len(cells) * args.num_seeds,
+                                    f"{args.algo.upper()} on {config.env_id}: replaying seeds {args.seed_indices} of "
+                                    f"{args.num_seeds} in each of {len(cells)} cells", hparams)
+        replay = {"sweep_num_seeds": args.num_seeds, **layout}  # per cell, as the grid's config.json counts seeds
     else:
         steps = lane_keys.shape[0] * config.num_updates * config.batch_size
         print(f"{args.algo.upper()} on {config.env_id}: {len(cells)} cells x {num_seeds} seeds x "
               f"{config.num_updates} updates x {config.batch_size} steps = {steps:,} env steps")
         output = run_sweep(config, train, progress, lane_keys, hparams, segments)
     seed_indices = args.seed_indices or list(range(num_seeds))
-    summary = runs.save_grid(out, args.algo, config, cells, output, args.seed, progress.wall_time, seed_indices)
+    summary = runs.save_grid(out, args.algo, config, cells, output, args.seed, progress.wall_time, seed_indices,
+                             replay)
     names = list(args.grid)
     widths = [max(16, len(n) + 2) for n in names]  # env.max_steps_in_episode is longer than 16
     print("final mean episode return (last 10% of updates) over seeds, per cell:")
@@ -485,6 +505,12 @@ def run_grid(args, config, train, progress, keys, out, segments: Segments | None
         print(f"  {row['cell']:4d}  " + "".join(f"{row[n]:{w}g}" for n, w in zip(names, widths))
               + f"{row['median']:9.1f}{row['mean']:9.1f}{row['ci95']:8.1f}{row['worst']:9.1f}{row['best']:9.1f}"
               + f"{row['vs_best']:12.1f} +-{row['vs_best_ci95']:6.1f}")
+    unfinished = [row for row in summary if row["finished"] < row["seeds"]]
+    if unfinished:  # their means are over the finished seeds only: summarize_final_returns does not pick them best
+        print("note: " + "; ".join(f"cell {row['cell']}: {row['finished']} of {row['seeds']} seeds"
+                                   for row in unfinished)
+              + " finished an episode in the last 10% of updates (the others have no final return); the best cell "
+              "is chosen among the cells whose seeds all did")
     if "eval_median" in summary[0]:
         print(f"last in-run evaluation ({config.eval_episodes} episodes, {_eval_actions(config)}) over seeds, per cell: "
               + "; ".join(f"cell {row['cell']} median {row['eval_median']:.1f}, worst {row['eval_worst']:.1f}"

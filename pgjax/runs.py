@@ -4,7 +4,7 @@ A run directory holds:
 
     config.json         {"algo", "num_seeds", "seed", "config": {...}, "versions": {...}}
     metrics.csv         one row per (seed, update): seed, update, env_steps, episode_return, ..., wall_time
-    learning_curve.png  mean episode return over seeds with a 95% interval
+    learning_curve.png  mean episode return over seeds with a 95% Student-t interval of the mean
     params.msgpack      final parameters of every seed (and observation-normaliser statistics)
 
 A seeds x hyperparameters grid (`grid_cells`, `grid_lanes`, `save_grid`; experiments/train.py --grid) writes
@@ -55,9 +55,21 @@ def metrics_columns(metrics: dict[str, Any], wall_time: np.ndarray | None = None
     optional; `seed_indices` [seeds] the `seed` column, default 0..seeds-1). Each column is an object array
     [seeds * updates]: Python ints, floats as the shortest text that rounds back to the same value in their own
     dtype ('0.1' for a float32 0.1, not its float64 expansion '0.10000000149011612'), None where NaN (an empty
-    cell)."""
+    cell). ValueError when `wall_time` or `seed_indices` does not match the metrics' updates or seeds.
+    """
     arrays = {k: np.asarray(v) for k, v in metrics.items()}
     num_seeds, num_updates = arrays["env_steps"].shape
+    # The columns are zipped into rows: one of another length would silently cut or misalign them.
+    shapes = {k: v.shape for k, v in arrays.items() if v.shape != (num_seeds, num_updates)}
+    if shapes:
+        raise ValueError(f"metrics_columns: every metric must be [seeds, updates] = {(num_seeds, num_updates)} "
+                         f"like env_steps; got {shapes}.")
+    if wall_time is not None and np.shape(wall_time) != (num_updates,):
+        raise ValueError(f"metrics_columns: wall_time must be [updates] = [{num_updates}], one per update; got "
+                         f"shape {np.shape(wall_time)}.")
+    if seed_indices is not None and np.shape(seed_indices) != (num_seeds,):
+        raise ValueError(f"metrics_columns: seed_indices must be [seeds] = [{num_seeds}], one label per seed; got "
+                         f"{list(np.ravel(seed_indices))}.")
     names = list(FIRST_COLUMNS[2:]) + sorted(k for k in arrays if k not in FIRST_COLUMNS)
     wall = ([None] * num_updates if wall_time is None else
             [None if np.isnan(w) else round(float(w), 4) for w in wall_time])
@@ -76,7 +88,11 @@ def metrics_columns(metrics: dict[str, Any], wall_time: np.ndarray | None = None
 
 
 def write_metrics_csv(path: str, columns: dict[str, np.ndarray]) -> None:
-    """Write `metrics_columns` (or any equal-length columns) to `path`: a header, then one line per row."""
+    """Write `metrics_columns` (or any equal-length columns) to `path`: a header, then one line per row.
+    ValueError for columns of unequal lengths (zipped into rows, they would be cut to the shortest)."""
+    lengths = {k: len(v) for k, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"write_metrics_csv {path}: the columns have unequal lengths {lengths}.")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -95,8 +111,9 @@ def read_metrics(path: str) -> tuple[list[int], dict[str, np.ndarray], np.ndarra
     """A run's metrics.csv (or its directory) back as arrays, the inverse of `metrics_columns`.
 
     Returns (seed labels [S] in the file's order, {column: [S, U] float64, NaN where empty}, wall_time [U] seconds,
-    NaN where not measured); a float32 metric is exact once cast back to float32. ValueError for a grid's
-    metrics.csv (read its cell-K/ directories) and for rows that do not form every seed's updates 0..U-1.
+    NaN where not measured); a float32 metric is exact once cast back to float32. ValueError, naming the file (and
+    the row and column), for a grid's metrics.csv (read its cell-K/ directories), a row with more or fewer cells
+    than the header, a cell that is not a number, and rows that do not form every seed's updates 0..U-1.
     """
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.csv")
@@ -105,16 +122,33 @@ def read_metrics(path: str) -> tuple[list[int], dict[str, np.ndarray], np.ndarra
     rows = read_metrics_csv(path)
     if "cell" in rows[0]:
         raise ValueError(f"{path} is a hyperparameter grid's: read its cells' directories, cell-K/metrics.csv.")
-    seeds = list(dict.fromkeys(int(r["seed"]) for r in rows))
+    header = sum(k is not None for k in rows[0])
+    for index, row in enumerate(rows, start=1):  # csv.DictReader keys extra cells None and fills missing ones None
+        if None in row or None in row.values():
+            cells = header + len(row.get(None, [])) - sum(v is None for v in row.values())
+            raise ValueError(f"{path}: row {index} has {cells} cells, the header {header} (a truncated or edited "
+                             "file?).")
+
+    def number(row: int, column: str, integer: bool = False) -> int | float:
+        """rows[row][column] as an int (seed, update) or a float (NaN where empty); ValueError naming the cell."""
+        text = rows[row][column]
+        try:
+            return int(text) if integer else float(text) if text != "" else np.nan
+        except ValueError:
+            raise ValueError(f"{path}: row {row + 1}, column {column}: {text!r} is not "
+                             f"{'an int' if integer else 'a number'} (an edited file?).") from None
+
+    labels = [(number(i, "seed", True), number(i, "update", True)) for i in range(len(rows))]
+    seeds = list(dict.fromkeys(seed for seed, _ in labels))
     num_updates = len(rows) // len(seeds)
     expected = [(seed, update) for seed in seeds for update in range(num_updates)]
-    if [(int(r["seed"]), int(r["update"])) for r in rows] != expected:
+    if labels != expected:
         raise ValueError(f"{path}: its {len(rows)} rows are not the same updates 0..U-1 of each of its {len(seeds)} "
                          "seeds in turn, as pgjax writes them (a truncated or edited file?).")
-    to_float = lambda value: float(value) if value != "" else np.nan  # noqa: E731
     columns = [c for c in rows[0] if c not in ("seed", "update", "wall_time")]
-    metrics = {c: np.array([to_float(r[c]) for r in rows]).reshape(len(seeds), num_updates) for c in columns}
-    wall_time = np.array([to_float(r.get("wall_time", "")) for r in rows[:num_updates]])
+    metrics = {c: np.array([number(i, c) for i in range(len(rows))]).reshape(len(seeds), num_updates)
+               for c in columns}
+    wall_time = np.array([number(i, "wall_time") if "wall_time" in rows[0] else np.nan for i in range(num_updates)])
     return seeds, metrics, wall_time
 
 
@@ -128,27 +162,47 @@ def smoothed_returns(episode_return: np.ndarray) -> np.ndarray:
     return np.take_along_axis(out, latest, axis=1)
 
 
-def mean_and_interval(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NaN-aware mean over seeds (axis 0) of [seeds, ...] values and the half-width 1.96 s / sqrt(n) of a 95%
-    normal interval of that mean (0 for one seed; NaN where fewer than two seeds have a value)."""
+def t_quantile(dof: Any) -> np.ndarray:
+    """t_{0.975, dof}, the 97.5% quantile of Student's t with `dof` degrees of freedom (array-like; NaN where
+    dof < 1): the half-width of a two-sided 95% interval in standard errors (12.71 at 1, 2.36 at 7, 1.96 as
+    dof -> inf)."""
+    from scipy import special  # (scipy comes with jax; special alone imports in a fraction of scipy.stats' time)
+
+    dof = np.asarray(dof, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.where(dof >= 1, special.stdtrit(np.maximum(dof, 1), 0.975), np.nan)
+
+
+def _mean_and_standard_error(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NaN-aware (mean, standard error s / sqrt(n), n) over axis 0 of [seeds, ...] values, n the seeds with a
+    value in each column (the error NaN where n < 2)."""
     values = np.asarray(values, dtype=float)
-    with np.errstate(invalid="ignore"), _quiet_nan_warnings():
+    count = np.sum(~np.isnan(values), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"), _quiet_nan_warnings():
         mean = np.nanmean(values, axis=0)
-        count = np.sum(~np.isnan(values), axis=0)
-        sem = np.nanstd(values, axis=0, ddof=1) / np.sqrt(np.maximum(count, 1)) if values.shape[0] > 1 else 0 * mean
-    return mean, 1.96 * sem
+        std = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.full_like(mean, np.nan)
+        return mean, np.where(count > 1, std / np.sqrt(np.maximum(count, 1)), np.nan), count
+
+
+def mean_and_interval(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN-aware mean over seeds (axis 0) of [seeds, ...] values and the half-width t_{0.975, n-1} s / sqrt(n) of a
+    95% Student-t interval of that mean, n the seeds with a value in each column (NaN where n < 2). The normal
+    1.96 s / sqrt(n) covers only 91% at 8 seeds and 70% at 2; the t quantile is exact for normal values."""
+    mean, error, count = _mean_and_standard_error(values)
+    return mean, t_quantile(count - 1) * error
 
 
 def plot_learning_curve(path: str, metrics: dict[str, Any], title: str) -> None:
-    """Mean episode return over seeds against env steps, with a 95% normal interval of the mean."""
+    """Mean episode return over seeds against env steps, with a 95% Student-t interval of the mean."""
     seeds = np.asarray(metrics["env_steps"]).shape[0]
     plot_learning_curves(path, {f"mean over {seeds} seeds (95% interval)": metrics}, title)
 
 
 def plot_learning_curves(path: str, curves: dict[str, dict[str, Any]], title: str) -> None:
     """One mean episode return over seeds per entry of `curves` ({label: metrics [seeds, updates]}) against env
-    steps, each with its 95% normal interval of the mean; where the metrics hold `eval_return` (in-run
-    evaluations), its mean and interval at the evaluated updates as points with error bars in the same colour."""
+    steps, each with its 95% Student-t interval of the mean (`mean_and_interval`; none with one seed); where the
+    metrics hold `eval_return` (in-run evaluations), its mean and interval at the evaluated updates as points with
+    error bars in the same colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,9 +242,11 @@ class _quiet_nan_warnings:
 
 
 def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: common.TrainOutput, seed: int,
-             wall_time: np.ndarray | None = None, seed_indices: Any = None) -> None:
+             wall_time: np.ndarray | None = None, seed_indices: Any = None, replay: dict | None = None) -> None:
     """Write config.json, metrics.csv, learning_curve.png and params.msgpack for a vmapped-seeds run
-    (`seed_indices`: which seeds of the base `seed` the rows are, default 0..seeds-1)."""
+    (`seed_indices`: which seeds of the base `seed` the rows are, default 0..seeds-1; `replay`: for a replay of
+    some seeds of a sweep, what it assumed of that sweep, e.g. {"sweep_num_seeds", "sweep_devices"}, recorded
+    in config.json so that it can be checked against the sweep's own)."""
     os.makedirs(out_dir, exist_ok=True)
     num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0])
     # The devices that ran it (a run in segments hands its metrics over as NumPy; its agent stays on them).
@@ -204,6 +260,7 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
         # Bit-for-bit reproduction needs the same seeds per device (other layouts agree to float32 rounding).
         "devices": sorted(str(d) for d in devices),
         "scan_unroll": config.scan_unroll,  # the unroll factor in use (config "unroll": 0 picks it per backend)
+        **({} if replay is None else {"replay": replay}),
         "config": config.to_dict(),
         "versions": {"jax": jax.__version__, "pgjax": _pgjax_version()},
     }
@@ -238,7 +295,13 @@ def load_run(run_dir: str) -> tuple[str, common.OnPolicyConfig, dict, Any]:
         if not os.path.exists(path):
             raise ValueError(f"{run_dir!r} is not a complete pgjax run directory: {os.path.basename(path)} is missing.")
     with open(config_path) as f:
-        meta = json.load(f)
+        try:
+            meta = json.load(f)
+        except ValueError as err:  # json.JSONDecodeError names a line and column, not the file
+            raise ValueError(f"{config_path}: not valid JSON ({err}).") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{config_path}: malformed run config (a JSON object {{\"algo\", \"config\", ...}} "
+                         f"expected; got a {type(meta).__name__}).")
     try:
         config_cls, _ = get(meta["algo"])
         config = config_cls(**meta["config"])
@@ -408,12 +471,16 @@ def seed_keys(seed: int, indices: Any) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.asarray(indices, jnp.uint32))
 
 
-def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any] | None = None) -> Any:
+def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any] | None = None,
+                 progress: Progress | None = None) -> Any:
     """Rerun some seeds of a vmapped sweep so that they reproduce the sweep's rows bit for bit.
 
     keys: [n] keys of the seeds (e.g. `seed_keys(seed, [5, 17])`); batch: how many seeds each device ran in the
-    sweep (its seeds / its devices); hparams: optional dict of [n] per-seed hyperparameters (a grid's rows).
-    Returns train's output with a leading [n] axis.
+    sweep (its seeds / its devices); hparams: optional dict of [n] per-seed hyperparameters (a grid's rows);
+    progress: the `Progress` train was built with, if any: its clock restarts once the program is compiled, so its
+    wall times are the run's alone, as in a sweep (`progress.start` minus the call's start is the compile time).
+    Returns train's output with a leading [n] axis. The replay equals the sweep's rows only if `batch` is the
+    sweep's lanes per device: the same --num-seeds (and grid) and the same device count.
 
     Why not `jax.jit(train)(key)`: XLA compiles a batch of seeds differently from one run (on a CPU, most likely its
     choice between its own code for small dots and a library kernel for larger ones; not verified), so they round
@@ -430,13 +497,16 @@ def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any
         raise ValueError(f"replay_seeds: batch (the sweep's seeds per device) must be >= 1; got {batch}")
     n, batch = keys.shape[0], int(batch)
     program = parallel.vmap_sharded(train, devices=jax.devices()[:1])  # the sweep's per-device program
-    chunks = []
+    batches = []
     for start in range(0, n, batch):
         lanes = np.arange(start, min(start + batch, n))
         lanes = np.concatenate([lanes, np.full(batch - lanes.size, lanes[0])])
         lane_hparams = jax.tree_util.tree_map(lambda v: jnp.asarray(v)[lanes], hparams)  # "env.mdp" is a pytree
-        args = [keys[lanes]] + ([] if hparams is None else [lane_hparams])
-        chunks.append(program(*args))
+        batches.append([keys[lanes]] + ([] if hparams is None else [lane_hparams]))
+    compiled = program.lower(*batches[0]).compile()  # every chunk has the same shapes: one compile
+    if progress is not None:
+        progress.start = time.perf_counter()  # wall times from here: the run, not its compile (as run_sweep does)
+    chunks = [compiled(*program.place(*args)) for args in batches]
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs)[:n], *chunks)
 
 
@@ -644,8 +714,13 @@ def grid_cell_config(config: common.OnPolicyConfig, cell: dict[str, float]) -> c
 
 
 def grid_cell_outputs(output: Any, num_cells: int) -> list[Any]:
-    """A grid's output (leaves [C * S, ...], lanes as `grid_lanes` lays them out) split into its C cells' [S, ...]."""
-    num_seeds = int(np.shape(jax.tree_util.tree_leaves(output)[0])[0]) // num_cells
+    """A grid's output (leaves [C * S, ...], lanes as `grid_lanes` lays them out) split into its C cells' [S, ...].
+    ValueError when the lanes are not a multiple of C (not this grid's output: its split would drop lanes)."""
+    num_lanes = int(np.shape(jax.tree_util.tree_leaves(output)[0])[0])
+    if num_cells < 1 or num_lanes % num_cells:
+        raise ValueError(f"grid_cell_outputs: {num_lanes} lanes do not split into {num_cells} cells of equal seeds; "
+                         "pass the output of this grid's grid_lanes batch and its number of cells.")
+    num_seeds = num_lanes // num_cells
     return [jax.tree_util.tree_map(lambda x: x[c * num_seeds:(c + 1) * num_seeds], output) for c in range(num_cells)]
 
 
@@ -669,18 +744,29 @@ def grid_summary(cells: list[dict[str, float]], metrics: dict[str, Any]) -> list
 def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarray | None],
                             paired: bool, resamples: int = 2000) -> list[dict[str, Any]]:
     """One row per group of seeds' final returns (returns[i]: [S_i], NaN for a seed without a finished episode):
-    median, mean, ci95 (half-width of a 95% normal interval of the mean), worst, best, finished (seeds with a
-    value), seeds, and the comparison with the group of the highest mean: vs_best = this mean - the best's, with
-    vs_best_ci95 its interval; `paired` (groups of equal size whose i-th seeds share their keys) takes the mean
-    and interval of the per-seed differences, otherwise the two means' intervals combine as independent
-    (sqrt(se_a^2 + se_b^2)); iqm, the interquartile mean, with iqm_low / iqm_high its 95% percentile-bootstrap
-    interval (`resamples` resamples of the seeds) and p_improve_vs_best, P(a seed of this group ends above one of
-    the best's) (`score_stats`; NaN for a group without a value). With last_evals[i] ([S_i], the in-run
-    evaluation after the last update) the row adds eval_median, eval_mean and eval_worst."""
+    median, mean, ci95 (half-width of a 95% Student-t interval of the mean, `mean_and_interval`), worst, best,
+    finished (seeds with a value), seeds, and the comparison with the best group: vs_best = this mean - the best's,
+    with vs_best_ci95 the half-width of its 95% t interval. The best group is the one of the highest mean among
+    those whose seeds all have a value, or among all groups when none has: a mean over the finished seeds alone
+    would let a group whose other seeds never finished an episode be best (its vs_best is then positive). `paired`
+    (groups of equal size whose i-th seeds share their keys; ValueError for groups of unequal sizes) takes the
+    mean of the per-seed differences with its t interval at n - 1 degrees of freedom (n pairs where both have a
+    value); otherwise the two means' standard errors combine as independent, sqrt(se_a^2 + se_b^2), with
+    Welch-Satterthwaite degrees of freedom (Welch's unequal-variances interval); iqm, the interquartile mean, with
+    iqm_low / iqm_high its 95% percentile-bootstrap interval (`resamples` resamples of the seeds) and
+    p_improve_vs_best, P(a seed of this group ends above one of the best's) (`score_stats`; NaN for a group without
+    a value). With last_evals[i] ([S_i], the in-run evaluation after the last update) the row adds eval_median,
+    eval_mean and eval_worst."""
+    returns = [np.asarray(values, dtype=float) for values in returns]
+    if paired and len({values.shape for values in returns}) > 1:
+        raise ValueError(f"summarize_final_returns: paired groups need equal numbers of seeds (the i-th seeds share "
+                         f"their keys); got {[values.size for values in returns]}. Pass paired=False.")
     with _quiet_nan_warnings():
-        means = [np.nanmean(values) if not np.isnan(values).all() else np.nan for values in returns]
-    best_index = None if np.isnan(means).all() else int(np.nanargmax(means))
-    best = None if best_index is None else np.asarray(returns[best_index], dtype=float)
+        means = np.array([np.nanmean(values) if not np.isnan(values).all() else np.nan for values in returns])
+    complete = np.array([not np.isnan(values).any() for values in returns])
+    candidates = np.where(complete, means, np.nan) if (complete & ~np.isnan(means)).any() else means
+    best_index = None if np.isnan(candidates).all() else int(np.nanargmax(candidates))
+    best = None if best_index is None else returns[best_index]
     rows = []
     for index, (values, evals) in enumerate(zip(returns, last_evals)):
         values = np.asarray(values, dtype=float)
@@ -688,7 +774,7 @@ def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarr
         mean, half = mean_and_interval(values[:, None])
         stat = (lambda f: float(f(finished))) if finished.size else (lambda f: float("nan"))
         row = {"median": stat(np.median), "mean": float(mean[0]),
-               "ci95": float(half[0]) if finished.size > 1 else float("nan"), "worst": stat(np.min),
+               "ci95": float(half[0]), "worst": stat(np.min),
                "best": stat(np.max), "finished": int(finished.size), "seeds": int(values.size)}
         row["vs_best"], row["vs_best_ci95"] = _difference(values, best, paired, index == best_index)
         robust = ((score_stats.iqm(finished), *score_stats.bootstrap_interval(finished, num_resamples=resamples),
@@ -703,35 +789,42 @@ def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarr
 
 
 def _difference(values: np.ndarray, best: np.ndarray | None, paired: bool, is_best: bool) -> tuple[float, float]:
-    """(mean difference from `best`, half-width of its 95% interval), NaN where it cannot be formed."""
+    """(mean difference from `best`, half-width of its 95% t interval), NaN where it cannot be formed. Paired: the
+    differences' own interval, n - 1 degrees of freedom for n pairs. Independent: Welch's, the standard error
+    sqrt(se_a^2 + se_b^2) with the Welch-Satterthwaite degrees of freedom
+    (se_a^2 + se_b^2)^2 / (se_a^4 / (n_a - 1) + se_b^4 / (n_b - 1))."""
     if best is None:
         return float("nan"), float("nan")
     if paired:
-        difference = values - best
-        diff_mean, diff_half = mean_and_interval(difference[:, None])
-        pairs = int(np.sum(~np.isnan(difference)))
-        return float(diff_mean[0]), float(diff_half[0]) if pairs > 1 else float("nan")
+        (diff_mean,), (diff_half,) = mean_and_interval((values - best)[:, None])
+        return float(diff_mean), float(diff_half)
     if is_best:
         return 0.0, 0.0
-    (mean_a,), (half_a,) = mean_and_interval(values[:, None])
-    (mean_b,), (half_b,) = mean_and_interval(best[:, None])
-    enough = np.sum(~np.isnan(values)) > 1 and np.sum(~np.isnan(best)) > 1
-    return float(mean_a - mean_b), float(np.hypot(half_a, half_b)) if enough else float("nan")
+    (mean_a,), (se_a,), (n_a,) = _mean_and_standard_error(values[:, None])
+    (mean_b,), (se_b,), (n_b,) = _mean_and_standard_error(best[:, None])
+    if n_a < 2 or n_b < 2:
+        return float(mean_a - mean_b), float("nan")
+    variance = se_a ** 2 + se_b ** 2
+    if variance == 0:  # both groups constant: no spread, and the degrees of freedom are 0 / 0
+        return float(mean_a - mean_b), 0.0
+    dof = variance ** 2 / (se_a ** 4 / (n_a - 1) + se_b ** 4 / (n_b - 1))
+    return float(mean_a - mean_b), float(t_quantile(dof) * np.sqrt(variance))
 
 
 def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: list[dict[str, float]],
               output: common.TrainOutput, seed: int, wall_time: np.ndarray | None = None,
-              seed_indices: Any = None) -> list[dict[str, Any]]:
+              seed_indices: Any = None, replay: dict | None = None) -> list[dict[str, Any]]:
     """Write a seeds x hyperparameters grid run (`output` leaves [C * S, ...], lanes as `grid_lanes` lays them out):
 
         config.json           {"algo", "num_seeds", "seed", "grid": {name: values}, "cells", "config", "versions"}
         summary.csv           `grid_summary`: one row per cell
         metrics.csv           one row per (cell, seed, update): cell, the cell's values, then a run's columns
-        learning_curves.png   one mean curve (95% interval) per cell
+        learning_curves.png   one mean curve (95% t interval) per cell
         cell-K/               a run directory per cell (`save_run`, its config holding the cell's values),
                               so `load_run` / experiments/evaluate.py reload it
 
-    `seed_indices` labels each cell's seeds (a replay's), default 0..S-1. Returns the summary rows.
+    `seed_indices` labels each cell's seeds (a replay's), default 0..S-1; `replay` (a replay's assumptions about
+    its sweep, as for `save_run`) goes into config.json and each cell's. Returns the summary rows.
     """
     cell_outputs = grid_cell_outputs(output, len(cells))
     num_seeds = int(np.asarray(cell_outputs[0].metrics["env_steps"]).shape[0])
@@ -742,7 +835,7 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
     parts, curves = [], {}
     for index, (cell, cell_output) in enumerate(zip(cells, cell_outputs)):
         save_run(os.path.join(out_dir, f"cell-{index}"), algo, grid_cell_config(config, cell), cell_output, seed, wall_time,
-                 seed_indices)
+                 seed_indices, replay)
         columns = metrics_columns(cell_output.metrics, wall_time, seed_indices)
         rows = len(columns["seed"])
         parts.append({"cell": np.full(rows, index, dtype=object),
@@ -756,7 +849,7 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
                          f"{algo.upper()} on {config.env_id}, {num_seeds} seeds per cell")
     grid = {k: list(dict.fromkeys(cell[k] for cell in cells)) for k in cells[0]}
     meta = {"algo": algo, "num_seeds": num_seeds, "seed": seed, "seed_indices": _seed_labels(num_seeds, seed_indices),
-            "grid": grid, "cells": cells,
+            **({} if replay is None else {"replay": replay}), "grid": grid, "cells": cells,
             "config": config.to_dict(), "versions": {"jax": jax.__version__, "pgjax": _pgjax_version()}}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(meta, f, indent=2, default=str)

@@ -12,7 +12,11 @@ import compare as compare_cli
 import evaluate as evaluate_cli
 import train as train_cli
 
-from pgjax import algos, runs, tables
+from pgjax import algos, parallel, runs, tables
+
+# Half-widths of 95% Student-t intervals at 2 seeds: t_{0.975, 1} for one mean (or a paired difference), t_{0.975, 2}
+# for Welch's difference of two means of equal spread (Welch-Satterthwaite: (2 se^2)^2 / (2 se^4 / 1) = 2).
+T_1, T_2 = 12.706204736174694, 4.302652729749462
 
 
 RUN_FLAGS = ["--algo", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--total-timesteps", "4096",
@@ -67,6 +71,23 @@ def test_reload_and_evaluate(run_dir, capsys, tmp_path):
         logged = [float(r["episode_return"]) for r in rows if r["seed"] == str(seed)]
         np.testing.assert_allclose(logged, direct, rtol=1e-6)
         assert f"seed {seed}: mean return {direct.mean():.1f}" in printed
+
+
+def test_evaluate_refuses_a_config_that_does_not_match_its_params(run_dir, tmp_path, capsys):
+    """evaluate.py labels each seed of params.msgpack by config.json's seed_indices: one index per seed, or an error
+    (not the first few seeds evaluated silently); a config.json that is JSON but not an object is an error too."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "params.msgpack"):
+        (run / name).write_bytes(open(os.path.join(run_dir, name), "rb").read())
+    meta = json.loads((run / "config.json").read_text())
+    for text, message in ((json.dumps({**meta, "seed_indices": [0]}), "seed_indices [0] does not give one seed "
+                           "index per seed of"), ("[1, 2]", "a JSON object expected; got a list")):
+        (run / "config.json").write_text(text)
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate_cli.main([str(run), "--episodes", "1", "--csv", str(tmp_path / "eval.csv")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, text
+    assert not (tmp_path / "eval.csv").exists()
 
 
 def test_evaluate_is_consistent_with_trained_policy(run_dir):
@@ -154,18 +175,31 @@ def test_load_run_rejects_incomplete_dir(tmp_path):
         runs.load_run(str(tmp_path))
 
 
-def test_replayed_seed_reproduces_its_row_of_the_sweep(run_dir, tmp_path):
+def test_replayed_seed_reproduces_its_row_of_the_sweep(run_dir, tmp_path, capsys):
     # A seed run alone compiles differently and drifts from its row of a sweep (here from the first updates);
     # replayed as a lane of the sweep's program (train.py --seed-indices, runs.replay_seeds) it reproduces the row.
     replay = str(tmp_path / "replay")
+    capsys.readouterr()
     assert train_cli.main(RUN_FLAGS + ["--seed-indices", "1", "--out", replay]) == 0  # run_dir's flags
+    # Its wall times start after compiling, as a sweep's: the last update's is within the printed run time.
+    compile_s, run_s = map(float, re.search(r"compile ([\d.]+) s, run ([\d.]+) s", capsys.readouterr().out).groups())
+    wall = runs.read_metrics(replay)[2]
+    assert 0 <= wall[0] <= wall[-1] <= run_s + 0.06 and wall[-1] < compile_s, (wall, compile_s, run_s)
 
     rows = _rows_without_wall_time
     assert len(rows(run_dir, "1")) == 16 and rows(replay, "1") == rows(run_dir, "1")
     (_, _, sweep_params, _), (_, _, replay_params, _) = runs.load_run(run_dir), runs.load_run(replay)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[1], b[0]), sweep_params, replay_params)
     with open(os.path.join(replay, "config.json")) as f:
-        assert json.load(f)["seed_indices"] == [1]
+        meta = json.load(f)
+    assert meta["seed_indices"] == [1]
+    # What the replay assumed of its sweep, to check against the sweep's config.json (bit for bit needs both equal).
+    with open(os.path.join(run_dir, "config.json")) as f:
+        sweep = json.load(f)
+    devices = len(parallel.devices_for(2))
+    assert meta["replay"] == {"sweep_num_seeds": 2, "sweep_lanes": 2, "sweep_devices": devices,
+                              "lanes_per_device": 2 // devices}
+    assert (sweep["num_seeds"], len(sweep["devices"])) == (2, devices) and "replay" not in sweep
 
 
 def _rows_without_wall_time(run, seed=None):
@@ -264,7 +298,7 @@ def test_grid_summary_and_metrics_agree_and_cells_share_their_seeds(grid_dir):
         np.testing.assert_allclose(
             [float(row[k]) for k in ("median", "mean", "worst", "best", "vs_best", "vs_best_ci95")],
             [np.median(values), values.mean(), values.min(), values.max(), difference.mean(),
-             1.96 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-9)
+             T_1 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-9)
         evals = [last_eval[int(row["cell"]), seed] for seed in range(2)]  # the evaluation after the last update
         np.testing.assert_allclose([float(row[k]) for k in ("eval_median", "eval_mean", "eval_worst")],
                                    [np.median(evals), np.mean(evals), np.min(evals)], rtol=1e-6)
@@ -370,7 +404,7 @@ def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
         aucs = np.array([per_seed[s][0] for s in ("0", "1")])
         steps = [per_seed[s][1] for s in ("0", "1") if per_seed[s][1] is not None]
         assert float(row["auc"]) == pytest.approx(aucs.mean(), rel=1e-9)
-        assert float(row["auc_ci95"]) == pytest.approx(1.96 * aucs.std(ddof=1) / np.sqrt(2), rel=1e-9)
+        assert float(row["auc_ci95"]) == pytest.approx(T_1 * aucs.std(ddof=1) / np.sqrt(2), rel=1e-9)
         assert int(row["reached"]) == len(steps) and float(row["threshold"]) == 30.0
         if steps:
             assert float(row["steps_to_threshold_median"]) == np.median(steps)
@@ -383,7 +417,7 @@ def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
         np.testing.assert_allclose(
             [float(row[k]) for k in ("median", "mean", "worst", "best", "vs_best", "vs_best_ci95")],
             [np.median(own), own.mean(), own.min(), own.max(), difference.mean(),
-             1.96 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-9)
+             T_1 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-9)
     assert any(int(row["reached"]) > 0 for row in rows)  # (the step counts above were compared, not all NaN)
     # Every run has in-run evaluations: the last one's median over seeds, as in the grid's own summary.
     summary = tables.read_csv(os.path.join(grid_dir, "summary.csv"))
@@ -405,10 +439,11 @@ def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):
     assert compare_cli.main([run_dir, str(other), "--out", out]) == 0
     rows = tables.read_csv(os.path.join(out, "comparison.csv"))
     assert [r["paired"] for r in rows] == ["False", "False"]
-    # The same numbers under another seed label: equal means, and the interval of two independent means.
+    # The same numbers under another seed label: equal means, and Welch's interval of two independent means.
     own = np.array(list(_final_returns_from_csv(run_dir).values()))
-    half = 1.96 * own.std(ddof=1) / np.sqrt(2)
-    assert float(rows[1]["vs_best"]) == 0.0 and float(rows[1]["vs_best_ci95"]) == pytest.approx(np.hypot(half, half))
+    se = own.std(ddof=1) / np.sqrt(2)
+    assert float(rows[1]["vs_best"]) == 0.0 and float(rows[1]["vs_best_ci95"]) == pytest.approx(T_2 * np.hypot(se, se))
+    assert float(rows[0]["ci95"]) == pytest.approx(T_1 * se)
     assert "independent" in capsys.readouterr().out
 
     meta["config"]["env_id"] = "Acrobot-v1"
@@ -421,6 +456,18 @@ def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             compare_cli.main([*argv, "--out", out])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, argv
+    # A metrics.csv whose last row lost its last two cells, or holds text: an error naming the file, row and column.
+    meta["config"]["env_id"] = "CartPole-v1"
+    (other / "config.json").write_text(json.dumps(meta))
+    lines = open(os.path.join(run_dir, "metrics.csv")).read().splitlines()
+    path = os.path.join(str(other), "metrics.csv")
+    header = lines[0].split(",")
+    for edited, message in ((lines[:-1] + [lines[-1].rsplit(",", 2)[0]], f"row 32 has {len(header) - 2} cells"),
+                            ([*lines[:3], lines[3].replace(",", ",x", 1), *lines[4:]], "row 3, column update")):
+        (other / "metrics.csv").write_text("\n".join(edited) + "\n")
+        with pytest.raises(SystemExit) as exit_info:
+            compare_cli.main([run_dir, str(other), "--out", out])
+        assert exit_info.value.code == 2 and f"{path}: {message}" in capsys.readouterr().err, message
 
 
 def test_many_seeds_print_their_lowest_and_quartiles_not_every_value():

@@ -118,16 +118,44 @@ def test_read_metrics_inverts_the_written_csv(tmp_path):
         runs.read_metrics(str(tmp_path / "missing"))
 
 
+def test_mean_and_interval_is_a_student_t_interval_per_column():
+    from scipy import stats
+
+    mean, half = runs.mean_and_interval(np.array([[1.0], [3.0]]))  # s = sqrt(2), n = 2: t_{0.975, 1} s / sqrt(2)
+    assert mean[0] == 2.0 and half[0] == pytest.approx(12.706204736, rel=1e-9)  # (1.96 normal: 1.96)
+    values = np.random.default_rng(0).normal(size=(8, 3))
+    values[3:, 1] = np.nan  # column 1 has 3 seeds with a value: 2 degrees of freedom
+    values[1:, 2] = np.nan  # column 2 has one: no interval
+    mean, half = runs.mean_and_interval(values)
+    for column, n in ((0, 8), (1, 3)):
+        finite = values[:n, column]
+        low, high = stats.t.interval(0.95, n - 1, loc=finite.mean(), scale=stats.sem(finite))
+        assert mean[column] == pytest.approx(finite.mean()) and half[column] == pytest.approx((high - low) / 2)
+    assert mean[2] == values[0, 2] and np.isnan(half[2])
+    assert np.isnan(runs.mean_and_interval(np.array([[5.0]]))[1][0])  # one seed: no interval (was 0)
+    np.testing.assert_allclose(runs.t_quantile([1, 7, 1e9]), [stats.t.ppf(0.975, 1), stats.t.ppf(0.975, 7), 1.959964],
+                               rtol=1e-6)
+
+
 def test_summarize_final_returns_pairs_or_combines_independent_intervals():
+    from scipy import stats
+
     a, b = np.array([1.0, 2.0, 4.0, np.nan]), np.array([3.0, 3.5, 7.0, 2.0])
     paired, independent = (runs.summarize_final_returns([a, b], [None, None], p) for p in (True, False))
     assert paired[1]["vs_best"] == independent[1]["vs_best_ci95"] == 0.0  # b has the higher mean: the best
     diff = (a - b)[:3]  # the pairs where both seeds finished an episode
     assert paired[0]["vs_best"] == pytest.approx(diff.mean())
-    assert paired[0]["vs_best_ci95"] == pytest.approx(1.96 * diff.std(ddof=1) / np.sqrt(3))
+    # Paired: the t interval of the 3 differences (2 degrees of freedom), as scipy's paired t-test gives it.
+    low, high = stats.ttest_rel(a[:3], b[:3]).confidence_interval()
+    assert paired[0]["vs_best_ci95"] == pytest.approx((high - low) / 2)
     assert independent[0]["vs_best"] == pytest.approx(a[:3].mean() - b.mean())
-    assert independent[0]["vs_best_ci95"] == pytest.approx(
-        1.96 * np.sqrt(a[:3].var(ddof=1) / 3 + b.var(ddof=1) / 4))
+    # Independent: Welch's interval (unequal variances, Welch-Satterthwaite degrees of freedom), as scipy's.
+    low, high = stats.ttest_ind(a[:3], b, equal_var=False).confidence_interval()
+    assert independent[0]["vs_best_ci95"] == pytest.approx((high - low) / 2)
+    se2 = a[:3].var(ddof=1) / 3 + b.var(ddof=1) / 4
+    dof = se2 ** 2 / ((a[:3].var(ddof=1) / 3) ** 2 / 2 + (b.var(ddof=1) / 4) ** 2 / 3)
+    assert independent[0]["vs_best_ci95"] == pytest.approx(stats.t.ppf(0.975, dof) * np.sqrt(se2))
+    assert paired[0]["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * stats.sem(a[:3]))
     assert paired[0]["finished"] == 3 and paired[0]["seeds"] == 4 and paired[0]["worst"] == 1.0
     # The robust columns use the finished seeds only: a's 3 (no cut at n = 3) against b's 4 (one cut each end).
     assert paired[0]["iqm"] == pytest.approx(7 / 3) and paired[1]["iqm"] == pytest.approx((3.0 + 3.5) / 2)
@@ -167,3 +195,75 @@ def test_smoothed_returns_carries_the_last_value_forward():
                          [nan, nan, nan, nan, nan, nan]])
     np.testing.assert_array_equal(runs.smoothed_returns(returns), expected)
     np.testing.assert_array_equal(returns[0, :2], [nan, 1.0])  # the input is left as it was
+
+
+def test_best_group_is_not_one_whose_missing_seeds_left_only_its_lucky_ones():
+    # Group 0's mean over its finished seed is 500, but its other seed never finished an episode: the best is the
+    # highest mean among the groups whose seeds all finished (group 1); group 0's vs_best is then positive.
+    returns = [np.array([500.0, np.nan]), np.array([200.0, 300.0]), np.array([100.0, 150.0])]
+    for paired, ahead in ((True, 500.0 - 200.0), (False, 500.0 - 250.0)):  # paired: seed 0's difference alone
+        rows = runs.summarize_final_returns(returns, [None] * 3, paired)
+        assert [r["vs_best"] for r in rows] == [ahead, 0.0, -125.0], paired
+        assert rows[0]["finished"] == 1 and rows[0]["seeds"] == 2 and rows[0]["p_improve_vs_best"] == 1.0
+    # No group has all its seeds: the highest mean among all of them.
+    rows = runs.summarize_final_returns([np.array([1.0, np.nan]), np.array([np.nan, 3.0])], [None] * 2, False)
+    assert [r["vs_best"] for r in rows] == [-2.0, 0.0]
+
+
+def test_summaries_and_columns_reject_mismatched_lengths(tmp_path):
+    with pytest.raises(ValueError, match=r"paired groups need equal numbers of seeds .*\[1, 4\]"):
+        runs.summarize_final_returns([np.array([5.0]), np.array([1.0, 2.0, 3.0, 10.0])], [None, None], paired=True)
+    with pytest.raises(ValueError, match="7 lanes do not split into 3 cells"):
+        runs.grid_cell_outputs({"x": np.arange(7)}, 3)
+    assert [c["x"].tolist() for c in runs.grid_cell_outputs({"x": np.arange(6)}, 3)] == [[0, 1], [2, 3], [4, 5]]
+    metrics = {"env_steps": np.array([[512, 1024], [512, 1024]]), "episode_return": np.ones((2, 2), np.float32)}
+    with pytest.raises(ValueError, match=r"wall_time must be \[updates\] = \[2\]"):
+        runs.metrics_columns(metrics, wall_time=np.array([0.5]))  # was written as 2 rows, not 4
+    with pytest.raises(ValueError, match=r"seed_indices must be \[seeds\] = \[2\]"):
+        runs.metrics_columns(metrics, seed_indices=[7])  # was written as seed 7's rows only
+    with pytest.raises(ValueError, match="every metric must be"):
+        runs.metrics_columns({**metrics, "loss": np.ones((2, 3))})
+    with pytest.raises(ValueError, match="unequal lengths"):
+        runs.write_metrics_csv(str(tmp_path / "metrics.csv"), {"seed": [0, 0], "update": [0]})
+
+
+def test_malformed_metrics_and_config_files_name_the_file_and_place(tmp_path):
+    header = "seed,update,env_steps,episode_return,loss\n"
+    cases = {"0,0,512,1.5,0.1\n0,1,1024,abc,0.2\n": "row 2, column episode_return: 'abc' is not a number",
+             "0,0,512,1.5,0.1\n0,x,1024,2,0.2\n": "row 2, column update: 'x' is not an int",
+             "0,0,512,1.5,0.1\n0,1,1024,2\n": "row 2 has 4 cells, the header 5",
+             "0,0,512,1.5,0.1,9\n0,1,1024,2,0.2\n": "row 1 has 6 cells, the header 5"}
+    path = str(tmp_path / "metrics.csv")
+    for body, message in cases.items():
+        with open(path, "w") as f:
+            f.write(header + body)
+        with pytest.raises(ValueError) as info:
+            runs.read_metrics(path)
+        assert str(info.value).startswith(f"{path}: ") and message in str(info.value), (body, info.value)
+    with open(path, "w") as f:
+        f.write(header + "0,0,512,,0.1\n0,1,1024,2,0.2\n")
+    seeds, metrics, wall_time = runs.read_metrics(path)  # an empty cell is NaN; no wall_time column: NaN
+    assert seeds == [0] and np.isnan(metrics["episode_return"][0, 0]) and np.isnan(wall_time).all()
+
+    (tmp_path / "params.msgpack").write_bytes(b"")
+    config_path = str(tmp_path / "config.json")
+    for text, message in (("{bad json", "not valid JSON"), ("[1, 2]", "a JSON object")):
+        with open(config_path, "w") as f:
+            f.write(text)
+        with pytest.raises(ValueError, match=f"^{config_path}: .*{message}"):
+            runs.load_run(str(tmp_path))
+
+
+def test_quality_benchmark_fails_a_target_when_a_seed_has_no_final_return():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "quality.py")
+    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)  # (its main, the 10-minute benchmark, does not run)
+    row = {"seeds": 2, **quality.final_stats(np.array([500.0, np.nan]))}
+    assert row["finished"] == 1 and row["median"] == 500.0 and np.isnan(row["worst"])
+    assert quality.target_met(row, 475.0) is False and quality.target_met(row, None) == ""
+    row = {"seeds": 2, **quality.final_stats(np.array([500.0, 480.0]))}
+    assert row["worst"] == 480.0 and quality.target_met(row, 475.0) is True
