@@ -169,8 +169,23 @@ def test_occupancy_iterates_contract_at_rate_gamma(problem):
     pi = T.softmax_policy(theta, features)
     iterates = T.occupancy_iterates(mdp, pi, 50)
     err = jnp.abs(iterates - T.occupancy(mdp, pi)).sum(-1)
-    bound = mdp.discount ** jnp.arange(1, 51) * 2
-    assert bool(jnp.all(err <= bound + 1e-12))
+    # d_k misses exactly the mass gamma^(k+1) of the later steps (an off-by-one would show here).
+    np.testing.assert_allclose(err, mdp.discount ** jnp.arange(2, 52), rtol=1e-9, atol=1e-14)
+
+
+def test_lecture_value_gradient_recursion(problem):
+    """The lecture's Eq. (2): grad V(s) = sum_a pi(a|s) grad log pi(a|s) Q(s,a) + gamma sum_s' P^pi(s'|s) grad V(s'),
+    and grad Q(s,a) = gamma sum_s' P(s'|s,a) grad V(s'), for the Jacobians of the exact V and Q (autodiff)."""
+    mdp, theta, features = problem
+    pi = T.softmax_policy(theta, features)
+    values = lambda th: T.policy_evaluation(mdp, T.softmax_policy(th, features))  # noqa: E731
+    grad_v, grad_q = jax.jacobian(values)(theta)  # [S, D], [S, A, D]
+    _, q = values(theta)
+    score = T.grad_log_policy(theta, features)  # [S, A, D]
+    recursion = jnp.einsum("sa,sad,sa->sd", pi, score, q) + mdp.discount * T.policy_transition(mdp, pi) @ grad_v
+    np.testing.assert_allclose(grad_v, recursion, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad_q, mdp.discount * jnp.einsum("sat,td->sad", mdp.transition, grad_v),
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_unknown_occupancy_method(problem):

@@ -1,6 +1,12 @@
 """REINFORCE (Williams, 1992) with rewards-to-go and an optional learned state-value baseline.
 
-    grad J ~ (1/|V|) sum_{(t,i) in V} grad log pi(a_t|s_t) (G_t - b(s_t)),   G_t = sum_{k>=t} gamma^{k-t} r_k
+    g = (1/|V|) sum_{(t,i) in V} grad log pi(a_t|s_t) (G_t - b(s_t)),   G_t = sum_{k>=t} gamma^{k-t} r_k
+
+Like every deep-RL implementation (and pgjax's A2C, TRPO and PPO), the update drops the lecture's weight gamma^t
+on step t (grad J = E[sum_t gamma^t grad log pi(a_t|s_t) (G_t - b)]) and averages over steps, and by default it
+standardises G_t - b: g is a biased ascent direction, not an unbiased estimate of grad J (Nota and Thomas, 2020;
+its cosine with the exact gradient is measured in notebook 03). `pgjax.estimators` and
+`offline.on_policy_gradient_loss` keep gamma^t.
 
 Returns are Monte Carlo: G_t is summed to the end of the episode, so only steps whose episode
 ends inside the rollout (the valid set V) enter the loss; the steps after the last episode end of
@@ -26,7 +32,7 @@ from pgjax.nets import ActorCritic
 class REINFORCEConfig(common.OnPolicyConfig):
     """REINFORCE settings.
 
-    Attributes (beyond `OnPolicyConfig`; gae_lambda is unused):
+    Attributes (beyond `OnPolicyConfig`; gae_lambda is unused, and not among its HYPERPARAMS):
       use_baseline: learn V(s) and subtract it from G_t.
       vf_coef: baseline loss coefficient.
       ent_coef: entropy bonus coefficient.
@@ -42,7 +48,8 @@ class REINFORCEConfig(common.OnPolicyConfig):
     ent_coef: float = 0.0
     normalize_advantages: bool = True
 
-    HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("vf_coef", "ent_coef")
+    # gae_lambda left out: a grid over it would train identical cells.
+    HYPERPARAMS = tuple(h for h in common.OnPolicyConfig.HYPERPARAMS if h != "gae_lambda") + ("vf_coef", "ent_coef")
 
     def validate(self) -> None:
         super().validate()
