@@ -105,14 +105,16 @@ def geometric_time(key: Array, discount: Array) -> Array:
 
 
 def reinforce_total_return(key: Array, traj: Trajectory, problem: GradientProblem) -> Array:
-    """REINFORCE: (sum_t grad log pi(a_t|s_t)) * G_0."""
+    """REINFORCE: (sum_t grad log pi(a_t|s_t)) G_0, G_0 = sum_t gamma^t r_t; unbiased for grad J up to the horizon's
+    O(gamma^T) tail. traj: one trajectory of T steps; returns [D]."""
     del key
     scores = trajectory_scores(traj, problem.theta, problem.features)
     return total_return_gradient(scores, traj.rewards, problem.mdp.discount)
 
 
 def reinforce_rewards_to_go(key: Array, traj: Trajectory, problem: GradientProblem) -> Array:
-    """REINFORCE with rewards-to-go: sum_t gamma^t grad log pi(a_t|s_t) G_t."""
+    """REINFORCE with rewards-to-go: sum_t gamma^t grad log pi(a_t|s_t) G_t, G_t = sum_{k>=t} gamma^(k-t) r_k (a
+    score does not correlate with earlier rewards, so they drop out). traj: one trajectory of T steps; returns [D]."""
     del key
     scores = trajectory_scores(traj, problem.theta, problem.features)
     return rewards_to_go_gradient(scores, traj.rewards, problem.mdp.discount)
@@ -150,12 +152,15 @@ def _theorem_form(key: Array, traj: Trajectory, problem: GradientProblem, exact_
 
 
 def theorem_form_rollout_q(key: Array, traj: Trajectory, problem: GradientProblem) -> Array:
-    """Theorem form: (s,a) = (s_t, a_t) with t ~ Geometric(1-gamma), Q estimated by the rollout's G_t."""
+    """Theorem form: grad log pi(a|s) Q(s,a) / (1-gamma) at (s,a) = (s_t, a_t), t ~ Geometric(1-gamma) drawn from
+    `key` (so (s,a) ~ d^pi), Q estimated by the rollout's G_t. A draw t >= T (past the trajectory) gives 0: an
+    O(gamma^T) bias. Returns [D]."""
     return _theorem_form(key, traj, problem, exact_q=False)
 
 
 def theorem_form_exact_q(key: Array, traj: Trajectory, problem: GradientProblem) -> Array:
-    """Theorem form with the exact Q^pi: isolates the variance of sampling (s,a) ~ d^pi."""
+    """Theorem form with the exact Q^pi: grad log pi(a|s) Q^pi(s,a) / (1-gamma) at (s_t, a_t), t ~ Geometric(1-gamma)
+    from `key` (0 for t >= T); isolates the variance of sampling (s,a) ~ d^pi. Returns [D]."""
     return _theorem_form(key, traj, problem, exact_q=True)
 
 
@@ -307,7 +312,11 @@ def error_curve(
     horizon: int,
 ) -> list[EstimatorStats]:
     """Stats of M-trajectory estimates for each M in `batch_sizes`, from one batch of
-    num_estimates * max(M) trajectories (disjoint groups, so the estimates are independent)."""
+    num_estimates * max(M) trajectories (disjoint groups, so the estimates are independent).
+
+    Each estimate is the mean of M per-trajectory estimates of `horizon` steps; returns one `EstimatorStats` per M
+    (bias, variance, cosine and relative error sqrt(MSE) / ||grad J|| against the exact gradient), so the relative
+    error should fall as 1/sqrt(M) once the bias is small."""
     if min(batch_sizes) < 1:
         raise ValueError(f"error_curve: batch sizes must be >= 1; got {batch_sizes}.")
     samples = _per_trajectory_jit(key, problem, estimator, num_estimates * max(batch_sizes), horizon)

@@ -101,6 +101,8 @@ def write_metrics_csv(path: str, columns: dict[str, np.ndarray]) -> None:
 
 
 def read_metrics_csv(path: str) -> list[dict[str, str]]:
+    """The rows of a metrics.csv as {column: text} dicts (`tables.read_csv`); ValueError unless it has pgjax's first
+    columns (seed, update, env_steps, episode_return). `read_metrics` turns them into arrays."""
     rows = tables.read_csv(path)
     if not rows or any(c not in rows[0] for c in FIRST_COLUMNS):
         raise ValueError(f"{path}: not a pgjax metrics.csv (needs columns {FIRST_COLUMNS}).")
