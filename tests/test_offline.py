@@ -142,6 +142,103 @@ def test_collect_and_estimators_validate_arguments(problem):
     off.policy_value(unknown, pi, GAMMA, method="dualdice", on_uncovered="ignore")  # needs no mu
 
 
+def test_integer_rewards_are_rejected_and_never_round_pi_or_gamma(problem):
+    """Integer rewards once made pi and gamma integers (pi cast to the counts' dtype, gamma to the rewards'): every
+    estimate silently 0 or wrong. Datasets must hold floating rewards; the array functions compute in floating point."""
+    data = off.collect(jax.random.key(0), problem["mdp"], problem["mu"], 20, 6)
+    ints = data._replace(rewards=jnp.round(10 * data.rewards).astype(jnp.int32))
+    floats = ints._replace(rewards=ints.rewards.astype(jnp.float64))
+    message = r"rewards must be floating \(got int32\); cast with \.astype\(jnp\.float32\)"
+    with pytest.raises(off.DatasetError, match=message):
+        off.validate_dataset(ints)
+    for method in off.METHODS:
+        with pytest.raises(ValueError, match=message):
+            off.policy_value(ints, problem["pi"], GAMMA, method)
+    with pytest.raises(ValueError, match=message):
+        off.dualdice_tabular(ints, problem["pi"], GAMMA)
+    # The unvalidated (jit-able) functions give the float answers.
+    target_log_probs = off.safe_log(problem["pi"])[ints.observations, ints.actions]
+    for method in off.IS_METHODS:
+        args = (ints.mask, target_log_probs, ints.behaviour_log_probs, GAMMA, method)
+        np.testing.assert_allclose(off.importance_value(ints.rewards, *args),
+                                   off.importance_value(floats.rewards, *args), rtol=1e-12)
+    model = off.empirical_model(ints, S, A)
+    assert all(jnp.issubdtype(x.dtype, jnp.floating) for x in model)
+    np.testing.assert_allclose(off.model_value(model, problem["pi"], GAMMA),
+                               off.model_value(off.empirical_model(floats, S, A), problem["pi"], GAMMA), rtol=1e-12)
+
+
+def test_empirical_model_sums_are_accurate_in_float32():
+    """Counts and reward sums of 2^19 float32 transitions match float64 NumPy sums. One float32 scatter-add per
+    pair rounded every addition against a sum of up to 2^17 equal rewards, all the same way: relative errors of
+    1.3e-3 here (1e-2 at 4M transitions), enough to break the documented identity DualDICE = model at 1e-3."""
+    n, horizon, num_states = 2**17, 4, 2
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, num_states, (n, horizon)).astype(np.int32)
+    a = rng.integers(0, 2, (n, horizon)).astype(np.int32)
+    s_next = np.concatenate([s[:, 1:], rng.integers(0, num_states, (n, 1)).astype(np.int32)], axis=1)
+    reward_table = np.array([[0.1, 0.7], [0.3, 0.9]], np.float32)  # deterministic rewards: the worst case
+    rewards = reward_table[s, a]
+    data = off.Dataset(jnp.asarray(s), jnp.asarray(a), jnp.asarray(rewards), jnp.asarray(s_next),
+                       jnp.zeros((n, horizon), bool), jnp.ones((n, horizon), bool),
+                       jnp.full((n, horizon), np.log(0.5), jnp.float32), jnp.asarray(s[:, 0]))
+    model = off.empirical_model(data, num_states, 2)
+    assert model.reward_sums.dtype == jnp.float32
+    pair = (s * 2 + a).ravel()
+    counts = np.bincount(pair, minlength=4).reshape(2, 2)
+    sums = np.bincount(pair, weights=rewards.ravel().astype(np.float64), minlength=4).reshape(2, 2)
+    np.testing.assert_array_equal(model.counts, counts)
+    np.testing.assert_array_equal(model.transition_counts.sum(-1), counts)
+    np.testing.assert_allclose(model.reward_sums, sums, rtol=1e-6)
+    pi = jnp.array([[0.2, 0.8], [0.6, 0.4]])
+    np.testing.assert_allclose(off.policy_value(data, pi, GAMMA, "dualdice"),
+                               off.policy_value(data, pi, GAMMA, "model"), rtol=1e-5)
+
+
+def test_valid_steps_after_a_terminal_step_are_rejected(problem):
+    """A valid step after a terminal one in the same episode: the transition-level estimators would count it as more
+    data, the trajectory-level ones as the episode going on past its end (they disagreed silently)."""
+    data = off.collect(jax.random.key(0), problem["mdp"], problem["mu"], 6, 5)
+    terminal = data._replace(terminals=data.terminals.at[2, 1].set(True))
+    with pytest.raises(off.DatasetError, match=r"mask is True after a terminal step \(first: episode 2, step 2\)"):
+        off.validate_dataset(terminal)
+    for method in ("model", "pdis"):
+        with pytest.raises(off.DatasetError, match="after a terminal step"):
+            off.policy_value(terminal, problem["pi"], GAMMA, method)
+    off.validate_dataset(terminal._replace(mask=data.mask.at[2, 2:].set(False)))  # padding after it is fine
+
+
+def test_a_logged_action_the_behaviour_policy_cannot_take_is_reported_as_such(problem):
+    """log mu = -inf on a valid step made the ratio infinite, and WIS reported a target policy giving every episode
+    zero probability (PDIS returned nan or inf)."""
+    data = off.collect(jax.random.key(0), problem["mdp"], problem["mu"], 6, 5)
+    impossible = data._replace(behaviour_log_probs=data.behaviour_log_probs.at[1, 3].set(-jnp.inf))
+    for method in ("wis", "pdis", "dualdice"):
+        with pytest.raises(off.DatasetError, match="episode 1, step 3.*could not have taken the logged action"):
+            off.policy_value(impossible, problem["pi"], GAMMA, method)
+    padded = impossible._replace(mask=data.mask.at[1, 3:].set(False))
+    assert np.isfinite(float(off.policy_value(padded, problem["pi"], GAMMA, "wis")))  # padding is never read
+
+
+def test_importance_gradient_checks_what_policy_value_checks(problem):
+    """The discount, unknown behaviour log-probabilities (NaN gradients, and NaN thetas from the improvement loop)
+    and the dataset itself."""
+    mdp, mu, theta, features = problem["mdp"], problem["mu"], problem["theta_pi"], problem["features"]
+    data = off.collect(jax.random.key(0), mdp, mu, 6, 5)
+    with pytest.raises(ValueError, match="discount must be in"):
+        off.importance_policy_gradient(data, theta, features, 1.5)
+    unknown = data._replace(behaviour_log_probs=jnp.full_like(data.rewards, jnp.nan))
+    with pytest.raises(off.DatasetError, match="importance_policy_gradient.*NaN \\(unknown\\)"):
+        off.importance_policy_gradient(unknown, theta, features, GAMMA)
+    with pytest.raises(off.DatasetError, match="offline_policy_improvement.*NaN \\(unknown\\)"):
+        off.offline_policy_improvement(unknown, theta, features, GAMMA, optax.sgd(0.1), 2, method="pdis")
+    with pytest.raises(off.DatasetError, match="outside"):
+        off.importance_policy_gradient(data, theta, features[:2], GAMMA)
+    with pytest.raises(off.DatasetError, match="after a terminal step"):
+        off.importance_policy_gradient(data._replace(terminals=data.terminals.at[2, 1].set(True)), theta, features, GAMMA)
+    assert np.all(np.isfinite(np.asarray(off.importance_policy_gradient(data, theta, features, GAMMA))))
+
+
 # --- DualDICE -----------------------------------------------------------------------------------
 
 
@@ -314,6 +411,60 @@ def test_single_episode_wis_is_the_behaviour_return(problem, big_dataset):
     assert abs(z) < 4.0
 
 
+def _with_terminals(data, key, probability):
+    """Each episode ends (a terminal transition) at its first step where a coin with `probability` comes up (steps
+    after it become padding), independently of the actions: the data of the MDP `_sink_mdp(mdp, probability)`."""
+    n, horizon = data.rewards.shape
+    ends = np.asarray(jax.random.bernoulli(key, probability, (n, horizon)))
+    first = np.where(ends.any(1), ends.argmax(1), horizon)  # horizon: never ended, cut by the time limit
+    steps = np.arange(horizon)[None]
+    return data._replace(terminals=jnp.asarray(steps == first[:, None]), mask=jnp.asarray(steps <= first[:, None]))
+
+
+def _sink_mdp(mdp, probability):
+    """The MDP with an absorbing zero-reward state S that every transition enters with `probability`."""
+    p = np.zeros((S + 1, A, S + 1))
+    p[:S, :, :S] = (1.0 - probability) * np.asarray(mdp.transition)
+    p[:S, :, S] = probability
+    p[S, :, S] = 1.0
+    reward = np.concatenate([np.asarray(mdp.reward), np.zeros((1, A))])
+    return tab.MDP(jnp.asarray(p), jnp.asarray(reward), jnp.append(mdp.initial, 0.0), GAMMA)
+
+
+def test_wpdis_on_policy_with_episodes_of_different_lengths_is_the_mean_return(problem, big_dataset):
+    """On-policy every weight is 1, so every IS estimate is the sample mean of the discounted returns, however long
+    the episodes. WPDIS once normalised step t over the episodes still running, giving sum_t gamma^t E[r_t | running]:
+    1.75 instead of 1.375 below."""
+    r, mask, zero = jnp.ones((2, 3)), jnp.array([[1, 0, 0], [1, 1, 1]], bool), jnp.zeros((2, 3))
+    for method in off.IS_METHODS:  # returns 1 and 1 + 0.5 + 0.25
+        assert float(off.importance_value(r, mask, zero, zero, 0.5, method)) == pytest.approx(1.375, rel=1e-12)
+    data = _with_terminals(_first_steps(off.subset(big_dataset, 300), 8), jax.random.key(16), 0.2)
+    lengths = np.asarray(data.mask).sum(1)
+    assert lengths.min() < 4 and np.mean(lengths == 8) > 0.1  # short, long and cut episodes
+    mean_return = np.mean(np.sum(np.asarray(data.rewards) * np.asarray(data.mask) * GAMMA ** np.arange(8), axis=1))
+    for method in off.IS_METHODS:
+        np.testing.assert_allclose(off.policy_value(data, problem["mu"], GAMMA, method), mean_return, rtol=1e-12)
+
+
+def test_wpdis_with_terminal_states_estimates_the_horizon_return(problem, big_dataset):
+    """Off-policy with about 30% of the episodes ending at each step: WPDIS (consistent) is within 4 standard errors
+    of J_T(pi) of the MDP with the absorbing state (z = 0.9; the old per-step normalisation over the running
+    episodes gave 1.84 against 1.21, z = 58), and agrees with PDIS (unbiased) within their errors."""
+    data = _with_terminals(_first_steps(big_dataset, 4), jax.random.key(16), 0.3)
+    pi = problem["pi"]
+    pi_sink = jnp.concatenate([pi, jnp.full((1, A), 1.0 / A)])  # any row for the absorbing state
+    exact = float(tab.finite_horizon_return(_sink_mdp(problem["mdp"], 0.3), pi_sink, 4))
+    wpdis = float(off.policy_value(data, pi, GAMMA, "wpdis"))
+    # Standard error of the self-normalised estimate from 40 disjoint blocks of 100 episodes; PDIS's per episode.
+    blocks = jax.tree.map(lambda x: x.reshape(40, 100, *x.shape[1:]), data)
+    per_block = np.asarray(jax.vmap(lambda d: off.tabular_importance_value(d, pi, GAMMA, "wpdis"))(blocks))
+    se = per_block.std(ddof=1) / np.sqrt(40)
+    assert abs(wpdis - exact) < 4.0 * se, (wpdis, exact, se)
+    per_episode = _per_episode(data, pi, "pdis")
+    se_pdis = per_episode.std(ddof=1) / np.sqrt(len(per_episode))
+    assert abs(wpdis - per_episode.mean()) < 4.0 * np.hypot(se, se_pdis)
+
+
 # --- offline policy gradients -------------------------------------------------------------------
 
 
@@ -349,6 +500,33 @@ def test_dualdice_gradient_is_the_gradient_of_the_empirical_model(problem, big_d
     g_big = off.dualdice_policy_gradient(big_dataset, theta, features, GAMMA)
     cos = float(g_big @ exact / np.linalg.norm(g_big) / np.linalg.norm(exact))
     assert cos > 0.99 and np.linalg.norm(g_big - exact) < 0.1 * np.linalg.norm(exact)
+
+
+def test_model_gradient_is_the_gradient_of_the_model_value_for_any_unseen_value(problem):
+    """With unseen pairs worth u, the model value counts d_hat(s,a) u on the pairs the data never show, where the
+    data term has w = 0: the unseen pairs' term d_hat grad log pi u must be added (it was dropped: errors up to
+    |grad| itself). With the baseline only the data term is kept, which is the documented difference."""
+    mdp, theta, features = problem["mdp"], problem["theta_pi"], problem["features"]
+    mu = np.array(problem["mu"])
+    mu[:2, 2] = 0.0  # never action 2 in states 0 and 1
+    mu /= mu.sum(1, keepdims=True)
+    data = off.collect(jax.random.key(17), mdp, jnp.asarray(mu), 100, 10)
+    model = off.empirical_model(data, S, A)
+    unseen = np.asarray(model.counts) == 0
+    assert unseen[:2, 2].all()
+    score = np.asarray(tab.grad_log_policy(theta, features))
+    for u in (0.0, -5.0, 3.0, float(off.pessimistic_value(model, GAMMA))):
+        autodiff = jax.grad(lambda th: off.model_value(model, tab.softmax_policy(th, features), GAMMA, u))(theta)
+        g = off.model_policy_gradient(model, data, theta, features, GAMMA, unseen_value=u)
+        np.testing.assert_allclose(g, autodiff, rtol=1e-9, atol=1e-12)
+        solution = off.solve_empirical(model, tab.softmax_policy(theta, features), GAMMA, u)
+        v_hat = np.sum(np.asarray(tab.softmax_policy(theta, features)) * np.asarray(solution.q_values), -1)
+        dropped = np.where(unseen, np.asarray(solution.occupancy) * (u - v_hat[:, None]), 0.0)
+        expected = autodiff - np.einsum("sa,sad->d", dropped, score) / (1 - GAMMA)
+        np.testing.assert_allclose(off.model_policy_gradient(model, data, theta, features, GAMMA, True, u), expected,
+                                   rtol=1e-9, atol=1e-12)
+        if u != 0.0:
+            assert np.max(np.abs(np.asarray(autodiff) - expected)) > 1e-3  # the baseline differs where data are missing
 
 
 def test_importance_gradient_is_unbiased_for_the_horizon_gradient(problem, big_dataset):

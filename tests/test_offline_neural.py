@@ -265,6 +265,16 @@ def test_data_errors(problem):
         N.fitted_q_evaluation(jax.random.key(0), data, probs_fn, 1.0, FQE)
 
 
+def test_integer_rewards_are_refused_before_training(problem):
+    # They were accepted; the estimators compute in the rewards' dtype, where pi and gamma would round to 0 or 1.
+    data = problem["data"]
+    ints = data._replace(rewards=jnp.round(10 * data.rewards).astype(jnp.int32))
+    with pytest.raises(ValueError, match=r"rewards must be floating \(got int32\); cast with \.astype"):
+        N.neural_dualdice(jax.random.key(0), ints, problem["probs_fn"], DUALDICE)
+    with pytest.raises(ValueError, match=r"rewards must be floating \(got int32\)"):
+        N.fitted_q_evaluation(jax.random.key(0), ints, problem["probs_fn"], DISCOUNT, FQE)
+
+
 def test_divergence_raises_instead_of_returning_nan(problem):
     # Features of size 1e20 overflow float32 in zeta^2 within a step; the same config and shapes
     # as the `dualdice` fixture reuse its compiled loop.

@@ -78,9 +78,10 @@ class Dataset(NamedTuple):
 def validate_dataset(dataset: Dataset) -> None:
     """Raise `DatasetError` naming the field unless the arrays form a consistent `Dataset`.
 
-    Checks ranks and shapes against each other, dtypes, finiteness of rewards, that
-    behaviour log-probabilities are <= 0 (or NaN for unknown), and that masks are a prefix
-    (valid steps first, then padding) with at least one valid step per episode.
+    Checks ranks and shapes against each other, dtypes (floating rewards, bool terminals and
+    mask), finiteness of rewards, that behaviour log-probabilities are <= 0 and not -inf on
+    valid steps (or NaN for unknown), that masks are a prefix (valid steps first, then padding)
+    with at least one valid step per episode, and that no valid step follows a terminal one.
     """
     fields = {name: np.asarray(getattr(dataset, name)) for name in Dataset._fields}
     rewards = fields["rewards"]
@@ -109,6 +110,11 @@ def validate_dataset(dataset: Dataset) -> None:
     for name in ("terminals", "mask"):
         if fields[name].dtype != np.bool_:
             raise DatasetError(f"Dataset.{name} must be bool; got {fields[name].dtype}.")
+    # Integer rewards once made the estimators compute in an integer dtype, rounding pi and gamma to 0 or 1.
+    if not np.issubdtype(rewards.dtype, np.floating):
+        raise DatasetError(
+            f"Dataset.rewards must be floating (got {rewards.dtype}); cast with .astype(jnp.float32)."
+        )
     if not np.all(np.isfinite(rewards)):
         raise DatasetError("Dataset.rewards contains NaN or inf; drop or fix those transitions before estimating.")
     log_mu = fields["behaviour_log_probs"]
@@ -119,6 +125,31 @@ def validate_dataset(dataset: Dataset) -> None:
         raise DatasetError("Dataset.mask: every episode needs a valid first step (mask[:, 0] must be True).")
     if np.any(mask[:, 1:] & ~mask[:, :-1]):
         raise DatasetError("Dataset.mask must be a prefix per episode (valid steps, then padding); found a gap.")
+    impossible = np.argwhere(mask & (log_mu == -np.inf))
+    if impossible.size:
+        i, j = impossible[0]
+        raise DatasetError(
+            f"Dataset.behaviour_log_probs is -inf on {len(impossible)} valid step(s) (first: episode {i}, step {j}): "
+            "the behaviour policy could not have taken the logged action there. Log log mu(a_t|s_t) of the policy "
+            "that acted, or NaN where it is unknown."
+        )
+    # An episode ends at its terminal step: steps after it would be counted by the transition-level
+    # estimators as more data while the trajectory-level ones read them as the same episode going on.
+    after_terminal = mask[:, 1:] & (np.cumsum(fields["terminals"] & mask, axis=1)[:, :-1] > 0)
+    if np.any(after_terminal):
+        i, j = np.argwhere(after_terminal)[0]
+        raise DatasetError(
+            f"Dataset.mask is True after a terminal step (first: episode {i}, step {j + 1}): an episode ends at its "
+            "terminal transition. Set mask False on the steps after it (padding), or start a new episode (row)."
+        )
+
+
+def float_dtype(dtype) -> np.dtype:
+    """The dtype to estimate in for data of `dtype`: a floating dtype itself (at least float32), any other
+    (integer, bool) JAX's default float. Never an integer: pi or gamma cast to it would become 0 or 1."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.promote_types(dtype, jnp.float32)
+    return jnp.dtype(jnp.result_type(float))
 
 
 def validate_tabular_dataset(dataset: Dataset, num_states: int, num_actions: int) -> None:

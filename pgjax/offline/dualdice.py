@@ -33,6 +33,7 @@ from pgjax.offline.empirical import (
     coverage,
     data_distribution,
     empirical_occupancy,
+    policy_dtype,
     report_coverage,
     tabular_model,
 )
@@ -76,7 +77,7 @@ def dualdice_tabular(
     """
     check_discount(discount)
     model = tabular_model(dataset, target_pi)
-    target_pi = jnp.asarray(target_pi, model.counts.dtype)
+    target_pi = jnp.asarray(target_pi, policy_dtype(model))
     d_hat = empirical_occupancy(model, target_pi, discount)
     w = ratio_from_occupancy(model, d_hat)
     report = coverage(model, target_pi, discount, d_hat)

@@ -17,6 +17,7 @@ gap; `coverage` reports it, since there the ratio d^pi/d^D is not identifiable.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import NamedTuple
 
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgjax.offline.dataset import Dataset, check_tabular_policy, validate_tabular_dataset
+from pgjax.offline.dataset import Dataset, check_tabular_policy, float_dtype, validate_tabular_dataset
 from pgjax.tabular.gradient import values_and_occupancy
 from pgjax.tabular.mdp import MDP
 
@@ -82,18 +83,60 @@ class Coverage(NamedTuple):
     num_unseen: Array
 
 
+# `_pair_sums`: transitions per chunk, and the most chunk-by-pair cells (memory) it may use.
+_CHUNK = 32
+_MAX_CELLS = 2**22
+
+
+def _pair_sums(indices: tuple[Array, ...], values: Array, shape: tuple[int, ...]) -> Array:
+    """jnp.zeros(shape).at[indices].add(values) for values [M] and index arrays [M], accurate to a few roundings.
+
+    One scatter-add rounds each addition against the running sum: with a pair's sum
+    n r, adding r again loses up to half an ulp of n r, and with equal rewards the losses all have
+    one sign, so the relative error grows like n eps (2e-3 in float32 at 800k transitions).
+    Instead the transitions are scattered into per-chunk partial sums [C, *shape] (chunks of about
+    `_CHUNK` transitions, C a power of two with C prod(shape) <= `_MAX_CELLS`), which are then added
+    pairwise, with an error growing like log2(C) eps. Static shapes: jit/vmap-able.
+    """
+    m, size = values.shape[0], math.prod(shape)
+    chunks = 1
+    while chunks * _CHUNK < m and 2 * chunks * size <= _MAX_CELLS:
+        chunks *= 2
+    per_chunk = -(-m // chunks)
+    partial = jnp.zeros((chunks, *shape), values.dtype).at[(jnp.arange(m) // per_chunk, *indices)].add(values)
+    while partial.shape[0] > 1:
+        half = partial.shape[0] // 2
+        partial = partial[:half] + partial[half:]
+    return partial[0]
+
+
 def empirical_model(dataset: Dataset, num_states: int, num_actions: int) -> EmpiricalModel:
-    """Count the dataset's valid transitions into an `EmpiricalModel` (jit/vmap-able; S, A static)."""
+    """Count the dataset's valid transitions into an `EmpiricalModel` (jit/vmap-able; S, A static).
+
+    The fields are floating (`float_dtype` of the rewards': their own dtype, at least float32, if floating).
+    Counts are accumulated as int32, exactly; reward sums by `_pair_sums`, to a few float roundings.
+    """
     s, a, r = dataset.observations, dataset.actions, dataset.rewards
     s_next, terminal = dataset.next_observations, dataset.terminals
-    valid = dataset.mask.astype(r.dtype)
-    live = valid * (1.0 - terminal.astype(r.dtype))
-    counts = jnp.zeros((num_states, num_actions), r.dtype).at[s, a].add(valid)
-    transition_counts = jnp.zeros((num_states, num_actions, num_states), r.dtype).at[s, a, s_next].add(live)
+    # Never an integer dtype (integer rewards): pi cast to it would become 0 or 1.
+    dtype = float_dtype(r.dtype)
+    valid = dataset.mask.astype(bool)
+    live = valid & ~terminal.astype(bool)
+    counts = jnp.zeros((num_states, num_actions), jnp.int32).at[s, a].add(valid.astype(jnp.int32))
+    transition_counts = jnp.zeros((num_states, num_actions, num_states), jnp.int32).at[s, a, s_next].add(
+        live.astype(jnp.int32)
+    )
     terminal_counts = counts - jnp.sum(transition_counts, axis=-1)
-    reward_sums = jnp.zeros((num_states, num_actions), r.dtype).at[s, a].add(valid * r)
-    initial_counts = jnp.zeros((num_states,), r.dtype).at[dataset.initial_observations].add(1.0)
-    return EmpiricalModel(counts, transition_counts, terminal_counts, reward_sums, initial_counts)
+    rewards = jnp.where(valid, r, 0).astype(dtype).reshape(-1)
+    reward_sums = _pair_sums((s.reshape(-1), a.reshape(-1)), rewards, (num_states, num_actions))
+    initial_counts = jnp.zeros((num_states,), jnp.int32).at[dataset.initial_observations].add(1)
+    return EmpiricalModel(
+        counts.astype(dtype),
+        transition_counts.astype(dtype),
+        terminal_counts.astype(dtype),
+        reward_sums,
+        initial_counts.astype(dtype),
+    )
 
 
 def data_distribution(model: EmpiricalModel) -> Array:
@@ -194,6 +237,14 @@ def tabular_model(dataset: Dataset, target_pi: Array) -> EmpiricalModel:
     check_tabular_policy(target_pi, "target_pi")
     validate_tabular_dataset(dataset, *target_pi.shape)
     return empirical_model(dataset, *target_pi.shape)
+
+
+def policy_dtype(model: EmpiricalModel):
+    """The dtype to evaluate a policy on the model in (the model's: the linear solves need one dtype).
+
+    Floating even for a hand-made model with integer counts: pi cast to an integer dtype would become 0 or 1.
+    """
+    return float_dtype(model.counts.dtype)
 
 
 def pessimistic_value(model: EmpiricalModel, discount) -> Array:

@@ -16,17 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgjax.offline.dataset import Dataset, DatasetError
+from pgjax.offline.dataset import Dataset
 from pgjax.offline.dualdice import ratio_from_occupancy
 from pgjax.offline.empirical import (
     EmpiricalModel,
     check_discount,
     coverage,
+    policy_dtype,
     report_coverage,
     solve_empirical,
     tabular_model,
 )
-from pgjax.offline.importance import IS_METHODS, importance_value
+from pgjax.offline.importance import IS_METHODS, check_importance_data, importance_value
 from pgjax.trajectory import safe_log
 
 Array = jax.Array
@@ -36,8 +37,15 @@ METHODS = ("dualdice", "model") + IS_METHODS
 
 def ratio_weighted_value(dataset: Dataset, ratio: Array, discount, normalised: bool = False) -> Array:
     """1/(1 - gamma) E_D[w(s,a) r] over the valid transitions, with w [S, A]; or, `normalised`,
-    1/(1 - gamma) E_D[w r] / E_D[w] (self-normalised weights)."""
-    mask = dataset.mask.astype(dataset.rewards.dtype)
+    1/(1 - gamma) E_D[w r] / E_D[w] (self-normalised weights).
+
+    Self-normalising assumes E_D[w] = 1, which holds for w = d^pi / d^D only when d^pi lies on the data:
+    without terminal states and with pi covered. When pi reaches terminal states, d^pi puts mass
+    gamma f / (1 - gamma) on the absorbing state (f = the d^pi-probability of terminating), and pairs
+    the data never show carry d^pi while w = 0 there; either way E_D[w] < 1, and the normalised
+    value is inflated by 1 / E_D[w] (it is then not the "model" estimate, the plain one is).
+    """
+    mask = dataset.mask.astype(jnp.promote_types(ratio.dtype, jnp.float32))
     w = ratio[dataset.observations, dataset.actions] * mask
     total = jnp.sum(w * dataset.rewards)
     denominator = jnp.sum(w) if normalised else jnp.sum(mask)
@@ -73,13 +81,9 @@ def policy_value(dataset: Dataset, target_pi: Array, discount, method: str = "du
         raise ValueError(f"policy_value: method must be one of {METHODS}; got {method!r}.")
     check_discount(discount)
     model = tabular_model(dataset, target_pi)
-    target_pi = jnp.asarray(target_pi, model.counts.dtype)
+    target_pi = jnp.asarray(target_pi, policy_dtype(model))
     if method in IS_METHODS:
-        if np.any(np.isnan(np.asarray(dataset.behaviour_log_probs)[np.asarray(dataset.mask)])):
-            raise DatasetError(
-                f"policy_value(method={method!r}) needs the behaviour policy's log-probabilities, but "
-                "Dataset.behaviour_log_probs has NaN (unknown); use method='dualdice' or 'model', which do not."
-            )
+        check_importance_data(dataset, f"policy_value(method={method!r})")
         value = tabular_importance_value(dataset, target_pi, discount, method)
         if not np.isfinite(float(value)):
             raise ValueError(

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from pgjax.offline.dataset import Dataset
+from pgjax.offline.dataset import Dataset, validate_tabular_dataset
 from pgjax.offline.dualdice import ratio_from_occupancy
 from pgjax.offline.empirical import (
     EmpiricalModel,
@@ -33,7 +33,7 @@ from pgjax.offline.empirical import (
     solve_empirical,
     tabular_model,
 )
-from pgjax.offline.importance import IS_METHODS, importance_value
+from pgjax.offline.importance import IS_METHODS, check_importance_data, importance_value
 from pgjax.tabular.policy import grad_log_policy, log_policy, softmax_policy
 
 Array = jax.Array
@@ -82,9 +82,22 @@ def model_policy_gradient(
 ) -> Array:
     """The DualDICE-weighted offline gradient with tabular FQE: jit/vmap-able core of `dualdice_policy_gradient`.
 
+    `model` must be the `empirical_model` of `dataset`. Without `baseline` it is the exact gradient of
+    J_hat = `model_value(model, pi_theta, discount, unseen_value)`, the empirical MDP's value, for any
+    `unseen_value` u:
+
+        grad J_hat = 1/(1 - gamma) [E_D[w grad log pi Q_hat] + sum_{n(s,a) = 0} d_hat(s,a) grad log pi(a|s) u],
+
+    the data term over the pairs the data show (w = d_hat / d^D) and the unseen pairs' term from the
+    model's occupancy d_hat (w is 0 there, yet Q_hat = u; the term vanishes for u = 0).
+
     With `baseline`, Q_hat(s,a) - V_hat(s) replaces Q_hat, V_hat(s) = sum_a pi(a|s) Q_hat(s,a) over all
-    actions, unseen ones included: the same gradient when the data cover pi, and otherwise a pull
-    towards the actions the data show whenever they beat the value of the unseen ones.
+    actions, unseen ones included, and only the data term is kept:
+
+        grad J_hat - 1/(1 - gamma) sum_{n(s,a) = 0} d_hat(s,a) grad log pi(a|s) (u - V_hat(s)),
+
+    the same gradient when the data cover pi, and otherwise a pull towards the actions the data show
+    whenever they beat the value of the unseen ones (used by `offline_policy_improvement`).
     """
     pi = softmax_policy(theta, features)
     solution = solve_empirical(model, pi, discount, unseen_value)  # one LU for both w and Q_hat
@@ -92,7 +105,11 @@ def model_policy_gradient(
     q_values = solution.q_values
     if baseline:
         q_values = q_values - jnp.sum(pi * q_values, axis=-1, keepdims=True)
-    return offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
+        return offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
+    gradient = offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
+    # The data never show unseen pairs (w = 0), but J_hat counts them at Q_hat = u: add their share.
+    unseen_occupancy = jnp.where(model.counts > 0, 0.0, solution.occupancy)
+    return gradient + expected_offline_gradient(unseen_occupancy, 1.0, theta, features, q_values, discount)
 
 
 def dualdice_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, on_uncovered: str = "warn") -> Array:
@@ -113,9 +130,21 @@ def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, 
 
     "is" gives 1/N sum_i rho_i (sum_t grad log pi(a_t|s_t)) G_i and "pdis" its per-decision form;
     both are unbiased for grad J_T when mu covers pi.
+
+    Validates the dataset, the discount and the behaviour log-probabilities (as `policy_value` does)
+    when they are concrete; under `jit`/`vmap` (traced) the checks are skipped: validate first.
     """
     if method not in IS_METHODS:
         raise ValueError(f"importance_policy_gradient: method must be one of {IS_METHODS}; got {method!r}.")
+    if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((dataset, theta, features, discount))):
+        check_discount(discount)
+        validate_tabular_dataset(dataset, *features.shape[:2])
+        check_importance_data(dataset, f"importance_policy_gradient(method={method!r})")
+    return _importance_gradient(dataset, theta, features, discount, method)
+
+
+def _importance_gradient(dataset: Dataset, theta: Array, features: Array, discount, method: str) -> Array:
+    """The unvalidated core of `importance_policy_gradient` (jit/vmap-able)."""
 
     def value(th):
         target_log_probs = log_policy(th, features)[dataset.observations, dataset.actions]
@@ -161,7 +190,8 @@ def offline_policy_improvement(
     outcome the model cannot know (on Taxi, where rewards are mostly negative, an unseen pair
     worth 0 looks better than anything seen). `pessimistic` values unseen pairs at the worst
     return the data show, min R_hat / (1 - gamma), and `baseline` uses Q_hat - V_hat so that the
-    gradient at seen actions also pushes probability off the unseen ones. On Taxi with 300
+    gradient at seen actions also pushes probability off the unseen ones (without `baseline` the
+    step is the exact gradient of the pessimistic model value; see `model_policy_gradient`). On Taxi with 300
     logged episodes of a 30%-target/70%-uniform mixture, both together reach J* from the behaviour
     policy in 200 Adam steps; without them, the final policy is no better than the behaviour.
 
@@ -183,6 +213,8 @@ def offline_policy_improvement(
         raise ValueError(f"offline_policy_improvement: num_steps must be a positive int; got {num_steps!r}.")
     check_discount(discount)
     model = tabular_model(dataset, softmax_policy(theta, features))
+    if method in IS_METHODS:
+        check_importance_data(dataset, f"offline_policy_improvement(method={method!r})")
     unseen_value = pessimistic_value(model, discount) if pessimistic else 0.0
     return _improve(dataset, model, theta, features, discount, optimizer, num_steps, method, baseline, unseen_value)
 
@@ -191,7 +223,7 @@ def _improve(dataset, model, theta, features, discount, optimizer, num_steps, me
     def gradient(th):
         if method == "dualdice":
             return model_policy_gradient(model, dataset, th, features, discount, baseline, unseen_value)
-        return importance_policy_gradient(dataset, th, features, discount, method)
+        return _importance_gradient(dataset, th, features, discount, method)
 
     def diagnostics(th):
         pi = softmax_policy(th, features)

@@ -8,6 +8,13 @@ rho_{0:t} = prod_{k<=t} rho_k, over N episodes of T steps:
     WIS   J_hat = sum_i rho^i_{0:T-1} G^i / sum_i rho^i_{0:T-1}                      (self-normalised)
     WPDIS J_hat = sum_t gamma^t sum_i rho^i_{0:t} r^i_t / sum_i rho^i_{0:t}            (self-normalised)
 
+An episode that ended before T (mask False on its padding) keeps its final weight on the
+padding, rho^i_{0:t} = rho^i_{0:L_i-1} for t >= L_i, with r^i_t = 0 there: so WPDIS normalises
+every step over all N episodes, and on-policy (all rho = 1) it is the sample mean of the
+discounted returns, as IS, PDIS and WIS are. (Normalising step t over the episodes still
+running would estimate sum_t gamma^t E[r_t | running at t] instead, too large whenever
+episodes end with positive rewards left behind.)
+
 IS and PDIS are unbiased for the T-step return J_T(pi) = E_pi[sum_{t<T} gamma^t r_t] whenever
 mu covers pi; the weighted forms are biased (consistent) with lower variance. J_T differs
 from J by at most gamma^T max|r| / (1 - gamma). Products are formed in log space.
@@ -25,6 +32,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from pgjax.offline.dataset import Dataset, DatasetError, float_dtype
 
 Array = jax.Array
 
@@ -46,8 +56,10 @@ def cumulative_log_ratios(target_log_probs: Array, behaviour_log_probs: Array, m
 
 
 def discounted_rewards(rewards: Array, mask: Array, discount) -> Array:
-    """gamma^t r_t on valid steps, 0 on padding; [N, T]."""
-    powers = jnp.asarray(discount, rewards.dtype) ** jnp.arange(rewards.shape[-1], dtype=rewards.dtype)
+    """gamma^t r_t on valid steps, 0 on padding; [N, T] (floating, whatever the rewards' dtype)."""
+    # Never an integer dtype: integer rewards would turn gamma into int(gamma) = 0.
+    dtype = float_dtype(rewards.dtype)
+    powers = jnp.asarray(discount, dtype) ** jnp.arange(rewards.shape[-1], dtype=dtype)
     return jnp.where(mask, powers * rewards, 0.0)
 
 
@@ -66,8 +78,8 @@ def importance_value(
 ) -> Array:
     """An importance-sampling estimate of J_T(pi) on the `expected_return` scale; a scalar.
 
-    Weighted estimates are NaN when every episode (at some step, for "wpdis") has zero
-    probability under pi: they are undefined there; `policy_value` reports it.
+    Weighted estimates are NaN when every episode has zero probability under pi (its weight
+    rho_{0:T-1} is 0): they are undefined there; `policy_value` reports it.
 
     Args:
       rewards, mask, target_log_probs, behaviour_log_probs: [N, T] (see `Dataset`).
@@ -88,11 +100,25 @@ def importance_value(
     log_w = cumulative_log_ratios(target_log_probs, behaviour_log_probs, mask)
     if method == "pdis":
         return jnp.mean(jnp.sum(jnp.exp(log_w) * disc_r, axis=-1))
-    # Self-normalise each time step over the episodes still running at t (skip steps none reach).
-    log_w = jnp.where(mask, log_w, -jnp.inf)
-    running = jnp.any(mask, axis=0)
-    weights = jax.nn.softmax(jnp.where(running, log_w, 0.0), axis=0)
-    return jnp.sum(jnp.where(running, jnp.sum(weights * disc_r, axis=0), 0.0))
+    # Self-normalise each step over all episodes: the cumulative sum holds an ended episode's weight
+    # fixed over its padding (log rho = 0 there), where its reward is 0. Over the running episodes
+    # only, WPDIS would be sum_t gamma^t E[r_t | running at t], wrong even on-policy.
+    weights = jax.nn.softmax(log_w, axis=0)
+    return jnp.sum(weights * disc_r)
+
+
+def check_importance_data(dataset: Dataset, context: str) -> None:
+    """Raise `DatasetError` unless every valid step has a known behaviour log-probability (host-side).
+
+    IS divides by mu(a_t|s_t): NaN (unknown mu) would make every estimate NaN. (-inf, a logged action
+    mu could not take, is rejected by `validate_dataset`.)
+    """
+    log_mu = np.asarray(dataset.behaviour_log_probs)[np.asarray(dataset.mask)]
+    if np.any(np.isnan(log_mu)):
+        raise DatasetError(
+            f"{context} needs the behaviour policy's log-probabilities, but Dataset.behaviour_log_probs has NaN "
+            "(unknown) on valid steps; use method='dualdice' or 'model', which do not."
+        )
 
 
 def effective_sample_size(weights: Array) -> Array:
