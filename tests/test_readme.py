@@ -118,7 +118,7 @@ def test_batch_of_tabular_mdps_example():
     one row of metrics per MDP, and other MDPs give other returns (test_env_variants checks each lane against its
     MDP's own run)."""
     code = _shrink(_block("import jax\nimport jax.numpy as jnp\nfrom pgjax import envs"),
-                   ('"num_actions": 2})', '"num_actions": 2}, total_timesteps=4 * 2000)'))
+                   ('"num_actions": 2},', '"num_actions": 2}, total_timesteps=4 * 2000,'))
     scope: dict = {}
     exec(code, scope)
     returns = np.asarray(scope["out"].metrics["episode_return"])
