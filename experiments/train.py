@@ -125,7 +125,7 @@ if __name__ == "__main__":
     # JAX fixes its CPU device count when it starts, and importing gymnax (below) starts it.
     setup_cpu_devices(_cpu_devices_arg(expand_resume(sys.argv[1:])))
 
-from pgjax import algos, checkpoints, runs  # noqa: E402
+from pgjax import algos, checkpoints, envs, runs  # noqa: E402
 from pgjax.algos import common, presets  # noqa: E402
 
 
@@ -285,7 +285,7 @@ def parse_grid(parser, config, specs: list[str], overrides: dict) -> dict[str, t
         for value in values:
             try:
                 if env_field:
-                    check_env_value(name, env_fields[name], value)
+                    envs.check_param_value(config.env_id, name[len(common.ENV_PARAM_PREFIX):], env_fields[name], value)
                 else:
                     config.replace(**{name: value})
             except ValueError as err:
@@ -294,17 +294,6 @@ def parse_grid(parser, config, specs: list[str], overrides: dict) -> dict[str, t
             values = tuple(int(v) for v in values)
         grid[name] = values
     return grid
-
-
-def check_env_value(name: str, default, value: float) -> None:
-    """ValueError unless `value` can stand in for the environment field's `default`: finite, whole for an int field,
-    and >= 1 for the step limit."""
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite; got {value}")
-    if isinstance(default, int) and value != int(value):
-        raise ValueError(f"{name} is an int field (default {default}); got {value}")
-    if name.endswith("max_steps_in_episode") and value < 1:
-        raise ValueError(f"{name} (the episode's step limit) must be >= 1; got {value}")
 
 
 def lanes_program(config, fn, num_lanes: int, in_axes):

@@ -47,7 +47,43 @@ class RandomizedParamsState:
     params: Any
 
 
-class RandomizedParams(environment.Environment):
+class _InnerEnvironment(environment.Environment):
+    """A gymnax `Environment` built over another one's `step_env` / `reset_env` / `is_truncated` (so gymnax's
+    auto-resetting `step`, and `PredrawnResets`, work over it); forwards everything a subclass does not change."""
+
+    def __init__(self, env: Any):
+        super().__init__()
+        self._env = env
+
+    @property
+    def default_params(self) -> Any:
+        return self._env.default_params
+
+    def reset_env(self, key: Array, params: Any) -> tuple[Any, Any]:
+        return self._env.reset_env(key, params)
+
+    def step_env(self, key: Array, state: Any, action: Any, params: Any) -> tuple:
+        return self._env.step_env(key, state, action, params)
+
+    def is_truncated(self, state: Any, params: Any) -> Array:
+        return self._env.is_truncated(state, params)
+
+    @property
+    def name(self) -> str:
+        return self._env.name
+
+    @property
+    def num_actions(self) -> int:
+        return self._env.num_actions
+
+    def action_space(self, params: Any = None):
+        return self._env.action_space(params)
+
+    def observation_space(self, params: Any = None):
+        return self._env.observation_space(params)
+
+
+class RandomizedParams(_InnerEnvironment):
     """`env` whose params are redrawn at every reset: field ~ U[low, high] for each entry of `ranges`.
 
     Args:
@@ -63,15 +99,10 @@ class RandomizedParams(environment.Environment):
     """
 
     def __init__(self, env: Any, env_id: str, ranges: dict[str, tuple[float, float]]):
-        super().__init__()
         check_ranges(env_id, env.default_params, ranges)
-        self._env = env
+        super().__init__(env)
         self._env_id = env_id
         self._ranges = {name: (float(low), float(high)) for name, (low, high) in ranges.items()}
-
-    @property
-    def default_params(self) -> Any:
-        return self._env.default_params
 
     def draw_params(self, key: Array, params: Any) -> Any:
         """`params` with every randomised field drawn from its range (one episode's params)."""
@@ -99,14 +130,6 @@ class RandomizedParams(environment.Environment):
     def is_truncated(self, state: RandomizedParamsState, params: Any) -> Array:
         return self._env.is_truncated(state.env_state, state.params)
 
-    @property
-    def name(self) -> str:
-        return self._env.name
-
-    @property
-    def num_actions(self) -> int:
-        return self._env.num_actions
-
     def action_space(self, params: Any = None):
         """The inner action space; a `Box` widened to the union of the episodes' boxes when a randomised field sets
         its bounds (Pendulum's max_torque, MountainCarContinuous's min_action / max_action): the smallest low and
@@ -124,11 +147,8 @@ class RandomizedParams(environment.Environment):
             low, high = jnp.minimum(low, box.low), jnp.maximum(high, box.high)
         return spaces.Box(low, high, space.shape, space.dtype)
 
-    def observation_space(self, params: Any = None):
-        return self._env.observation_space(params)
 
-
-class ObserveParams(environment.Environment):
+class ObserveParams(_InnerEnvironment):
     """`env`'s observation, flattened to float32 [D], followed by one feature per entry of `ranges`: the episode's
     value x of that params field, scaled to (x - m) / h with m = (low + high) / 2, h = (high - low) / 2 (h = 1 for
     a zero-width range), so draws from the range lie in [-1, 1]. Observation [D + len(ranges)].
@@ -147,17 +167,12 @@ class ObserveParams(environment.Environment):
     """
 
     def __init__(self, env: Any, ranges: dict[str, tuple[float, float]]):
-        super().__init__()
         check_ranges(env.name, env.default_params, ranges)
-        self._env = env
+        super().__init__(env)
         self._fields = tuple(ranges)
         lows, highs = (jnp.asarray([float(ranges[n][i]) for n in self._fields], jnp.float32) for i in (0, 1))
         self._center = (lows + highs) / 2
         self._half_width = jnp.where(highs > lows, (highs - lows) / 2, 1.0)
-
-    @property
-    def default_params(self) -> Any:
-        return self._env.default_params
 
     def features(self, episode_params: Any) -> Array:
         """[len(ranges)] float32: the scaled fields of one episode's params."""
@@ -175,20 +190,6 @@ class ObserveParams(environment.Environment):
     def step_env(self, key: Array, state: Any, action: Any, params: Any) -> tuple:
         obs, state, reward, terminated, info = self._env.step_env(key, state, action, params)
         return self._observe(obs, state, params), state, reward, terminated, info
-
-    def is_truncated(self, state: Any, params: Any) -> Array:
-        return self._env.is_truncated(state, params)
-
-    @property
-    def name(self) -> str:
-        return self._env.name
-
-    @property
-    def num_actions(self) -> int:
-        return self._env.num_actions
-
-    def action_space(self, params: Any = None):
-        return self._env.action_space(params)
 
     def observation_space(self, params: Any = None) -> spaces.Box:
         inner = self._env.observation_space(params)
