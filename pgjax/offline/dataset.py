@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pgjax.tabular.evaluation import check_policy_table
 from pgjax.tabular.mdp import MDP
 from pgjax.trajectory import safe_log, sample_trajectories
 
@@ -213,16 +214,9 @@ def sample_dataset(key: Array, mdp: MDP, behaviour_pi: Array, num_trajectories: 
 
 
 def check_tabular_policy(pi: Array, name: str, shape=None) -> None:
-    """Raise `ValueError` naming `name` unless pi is a finite table [S, A] (of `shape`, if given) of distributions."""
-    pi = np.asarray(pi)
-    if shape is not None and pi.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape [S, A] = {tuple(shape)} (the MDP's reward shape); got {pi.shape}.")
-    if pi.ndim != 2:
-        raise ValueError(f"{name} must be a tabular policy [S, A]; got shape {pi.shape}.")
-    if not np.all(np.isfinite(pi)) or np.any(pi < 0):
-        raise ValueError(f"{name} must be finite and non-negative.")
-    if not np.allclose(pi.sum(-1), 1.0, atol=1e-5):
-        raise ValueError(f"{name} rows must sum to 1 (a distribution over actions per state).")
+    """Raise `ValueError` naming `name` unless pi is a finite table [S, A] (of `shape`, if given) of distributions
+    (`pgjax.tabular.check_policy_table`)."""
+    check_policy_table(pi, name, shape)
 
 
 def concatenate(datasets: list[Dataset]) -> Dataset:

@@ -15,25 +15,31 @@ from pgjax.tabular.mdp import MDP, _sum_tolerance
 Array = jax.Array
 
 
-def check_policy(mdp: MDP, pi: Array) -> None:
-    """ValueError naming the problem unless `pi` is a policy table of the MDP: shape [S, A] (the reward's), and,
-    when its values are known (not traced), finite, non-negative rows that sum to 1. Every exact evaluation goes
-    through `policy_transition` and `policy_reward`, which call it: logits or unnormalised weights passed as pi
-    would otherwise give values, occupancies and returns of no policy at all."""
-    shape = tuple(mdp.reward.shape[-2:])
-    if tuple(jnp.shape(pi)) != shape:
-        raise ValueError(f"pi must be a policy table [S, A] = {shape} (the MDP's reward shape); got shape "
+def check_policy_table(pi: Array, name: str = "pi", shape: tuple[int, ...] | None = None) -> None:
+    """ValueError naming `name` unless `pi` is a policy table [S, A] (of `shape`, if given), and, when its values are
+    known (not traced), finite, non-negative rows that sum to 1."""
+    if shape is not None and tuple(jnp.shape(pi)) != tuple(shape):
+        raise ValueError(f"{name} must have shape [S, A] = {tuple(shape)} (the MDP's reward shape); got shape "
                          f"{tuple(jnp.shape(pi))}. Batched policies or MDPs: jax.vmap over the batch axis.")
+    if jnp.ndim(pi) != 2:
+        raise ValueError(f"{name} must be a policy table [S, A]; got shape {tuple(jnp.shape(pi))}.")
     if isinstance(pi, jax.core.Tracer):
         return
     table = np.asarray(pi, np.float64)
     if not np.all(np.isfinite(table)) or np.any(table < 0):
-        raise ValueError("pi must be finite and non-negative (probabilities; for logits use "
+        raise ValueError(f"{name} must be finite and non-negative (probabilities; for logits use "
                          "pgjax.tabular.softmax_policy or jax.nn.softmax).")
     worst = np.abs(table.sum(-1) - 1.0).max()
-    if worst > _sum_tolerance(np.asarray(pi).dtype, shape[1]):
-        raise ValueError(f"pi's rows must sum to 1 over the actions (a distribution per state); one is off by "
-                         f"{worst:.3g}. Normalise pi, e.g. pi / pi.sum(-1, keepdims=True).")
+    if worst > max(1e-5, _sum_tolerance(np.asarray(pi).dtype, table.shape[1])):
+        raise ValueError(f"{name}'s rows must sum to 1 over the actions (a distribution per state); one is off by "
+                         f"{worst:.3g}. Normalise it, e.g. pi / pi.sum(-1, keepdims=True).")
+
+
+def check_policy(mdp: MDP, pi: Array) -> None:
+    """`check_policy_table` against the MDP's [S, A]. Every exact evaluation goes through `policy_transition` and
+    `policy_reward`, which call it: logits or unnormalised weights passed as pi would otherwise give values,
+    occupancies and returns of no policy at all."""
+    check_policy_table(pi, "pi", mdp.reward.shape[-2:])
 
 
 def policy_transition(mdp: MDP, pi: Array) -> Array:
