@@ -333,10 +333,11 @@ def evaluate(
     that did not end within the environment's step limit). The compiled program is shared by every call
     with the same (config, num_episodes, deterministic): params and statistics are its arguments, and the config's
     `HYPERPARAMS` (training-only numbers) and `env_randomize` (unless the policy observes its fields) are not part
-    of the key, so the cells of a grid share it too. The environment's params stay constants of the program, as in training: XLA folds constants into the
-    step's arithmetic, so passing them as arguments rounds differently, and CartPole's episodes under a trained
-    policy are chaotic enough to end a step apart (195.3 against the in-run evaluation's 195.0 in one test). Each
-    variant of the environment (a grid over env.<field>) therefore compiles its own program.
+    of the key, so the cells of a grid share it too. The environment's params stay constants of the program, as in
+    training: XLA folds constants into the step's arithmetic, so passing them as arguments rounds differently, and
+    CartPole's episodes under a trained policy are chaotic enough to end a step apart (195.3 against the in-run
+    evaluation's 195.0 in one test). Each variant of the environment (a grid over env.<field>) therefore compiles
+    its own program.
     """
     if num_episodes < 1:
         raise ValueError(f"evaluate: num_episodes must be >= 1; got {num_episodes}.")

@@ -357,8 +357,8 @@ def test_observed_params_are_each_episodes_draw_scaled_to_its_range():
     np.testing.assert_allclose(np.asarray(obs0)[:, 4:], scaled(params0), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(obs)[..., 4:], scaled(episode_params), rtol=1e-6, atol=1e-7)
     # final_observation carries the ended episode's params: those of the state before the step.
-    previous = jax.tree_util.tree_map(lambda first, rest: np.concatenate([np.asarray(first)[None], np.asarray(rest)[:-1]]),
-                                      params0, episode_params)
+    previous = jax.tree_util.tree_map(
+        lambda first, rest: np.concatenate([np.asarray(first)[None], np.asarray(rest)[:-1]]), params0, episode_params)
     np.testing.assert_allclose(np.asarray(final_obs)[..., 4:], scaled(previous), rtol=1e-6, atol=1e-7)
     assert np.asarray(done).sum() > 30 and np.all(np.abs(np.asarray(obs)[..., 4:]) <= 1)
     # Over the fixed environment: the params given.

@@ -351,8 +351,8 @@ class EnvSpec(NamedTuple):
 
 
 def make_env(config: OnPolicyConfig, num_envs: int | None = None, normalize_update: bool = True) -> EnvSpec:
-    """[RandomizedParams] -> [ObserveParams] -> [PredrawnResets] -> FlattenObservation -> EpisodeStatistics -> [NormalizeObservation]
-    -> [NormalizeReward] -> [ClipAction] -> VecEnv.
+    """[RandomizedParams] -> [ObserveParams] -> [PredrawnResets] -> FlattenObservation -> EpisodeStatistics
+    -> [NormalizeObservation] -> [NormalizeReward] -> [ClipAction] -> VecEnv.
 
     Episode statistics sit below normalisation so they report the raw returns; statistics of
     the observation normaliser are shared over the vectorised batch.
