@@ -8,13 +8,17 @@ One `.npz` file holds the state's leaves in `jax.tree_util` order (PRNG keys as 
 so far ([lanes, updates done] each), the per-update wall times and a JSON `meta` dict. Loading needs the state's
 structure (`jax.eval_shape` of the start function gives it without running anything) and checks every leaf's
 shape and dtype against it, so a checkpoint of another config fails with a message, not with wrong numbers.
-It is written to a temporary file first and renamed, so an interrupted save leaves the previous checkpoint intact.
+It is written to a temporary file first, synced to disk and renamed, so an interrupted save leaves the previous
+checkpoint intact; a truncated or corrupt file is reported as such (ValueError naming it), never read as numbers.
+Leaves of NumPy-unknown dtypes (bfloat16) are stored as their bits and viewed back; the leaves' tree paths are
+stored too, so a state of another structure with the same shapes is refused as well.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any, NamedTuple
 
 import jax
@@ -45,32 +49,58 @@ def _is_key(x: Any) -> bool:
     return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def _leaf_paths(tree: Any) -> list[str]:
+    """Each leaf's path in `tree` ("[0].agent.params['params']...", names only: the same in every process)."""
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _storable(x: Any) -> np.ndarray:
+    """A leaf as an array NumPy saves exactly: keys as their key data, bfloat16 (unknown to NumPy) as its bits."""
+    value = np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+    return value.view(f"u{value.dtype.itemsize}") if value.dtype.kind == "V" else value
+
+
 def save(path: str, state: Any, metrics: dict[str, Any], next_update: int, wall_time: Any,
          meta: dict[str, Any] | None = None) -> None:
     """Write the checkpoint of a run after its first `next_update` updates (state: any pytree, e.g. a vmapped
-    `RunState`; metrics {name: [lanes, next_update]}; wall_time [next_update]); atomic (temporary file, rename)."""
+    `RunState`; metrics {name: [lanes, next_update]}; wall_time [next_update]); atomic (temporary file, synced,
+    renamed)."""
     leaves = jax.tree_util.tree_leaves(state)
-    arrays = {f"state/{i:05d}": np.asarray(jax.random.key_data(x) if _is_key(x) else x) for i, x in enumerate(leaves)}
+    arrays = {f"state/{i:05d}": _storable(x) for i, x in enumerate(leaves)}
     arrays.update({f"metrics/{name}": np.asarray(value) for name, value in metrics.items()})
     arrays["wall_time"] = np.asarray(wall_time, np.float64)
-    header = {"format": FORMAT, "next_update": int(next_update), "meta": meta or {}}
+    header = {"format": FORMAT, "next_update": int(next_update), "meta": meta or {}, "paths": _leaf_paths(state),
+              "dtypes": [str(np.asarray(jax.random.key_data(x) if _is_key(x) else x).dtype) for x in leaves]}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename replaces the previous checkpoint
     os.replace(tmp, path)
 
 
+def _read(path: str) -> dict[str, np.ndarray]:
+    """Every array of a checkpoint file; ValueError naming the file if it is missing, truncated or corrupt."""
+    if not os.path.exists(path):
+        raise ValueError(f"no checkpoint at {path!r}.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, NotImplementedError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable or corrupt checkpoint ({type(err).__name__}: {err}); delete it to "
+                         "start the run over.") from None
+
+
 def read_meta(path: str) -> dict[str, Any]:
-    """The `meta` dict of a checkpoint file (without loading its state)."""
-    with np.load(path) as data:
-        return _header(path, data)["meta"]
+    """The `meta` dict of a checkpoint file (without checking its state)."""
+    return _header(path, _read(path))["meta"]
 
 
 def _header(path: str, data: Any) -> dict[str, Any]:
     try:
         header = json.loads(bytes(data["header"]).decode())
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise ValueError(f"{path}: not a pgjax checkpoint ({err}).") from None
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {header.get('format')!r}; this pgjax reads format {FORMAT}.")
@@ -81,31 +111,46 @@ def load(path: str, target: Any) -> Checkpoint:
     """Read a checkpoint written by `save` for a state shaped like `target` (a pytree of arrays or
     `jax.ShapeDtypeStruct`s, e.g. `jax.eval_shape(start, keys)`). ValueError naming the first leaf whose shape or
     dtype differs (another config, seed count or grid wrote it)."""
-    if not os.path.exists(path):
-        raise ValueError(f"no checkpoint at {path!r}.")
-    with np.load(path) as data:
-        header = _header(path, data)
-        target_leaves, treedef = jax.tree_util.tree_flatten(target)
-        names = sorted(k for k in data.files if k.startswith("state/"))
-        if len(names) != len(target_leaves):
-            raise ValueError(f"{path}: the checkpoint holds {len(names)} state arrays, this run's state has "
-                             f"{len(target_leaves)}: it was written by another algorithm or config.")
-        leaves = []
-        for i, (name, want) in enumerate(zip(names, target_leaves)):
-            value = data[name]
-            if _is_key(want):
+    data = _read(path)
+    header = _header(path, data)
+    target_leaves, treedef = jax.tree_util.tree_flatten(target)
+    names = sorted(k for k in data if k.startswith("state/"))
+    if len(names) != len(target_leaves):
+        raise ValueError(f"{path}: the checkpoint holds {len(names)} state arrays, this run's state has "
+                         f"{len(target_leaves)}: it was written by another algorithm or config.")
+    paths = _leaf_paths(target)
+    if "paths" in header and header["paths"] != paths:
+        first = next(i for i, (a, b) in enumerate(zip(header["paths"], paths)) if a != b)
+        raise ValueError(f"{path}: state leaf {first} is {header['paths'][first]} in the checkpoint, {paths[first]} "
+                         "in this run: another algorithm or config wrote it.")
+    leaves = []
+    for i, (name, want) in enumerate(zip(names, target_leaves)):
+        value = data[name]
+        stored = header.get("dtypes", [None] * len(names))[i]
+        if stored is not None and str(value.dtype) != stored:  # bfloat16 stored as its bits
+            value = value.view(jax.numpy.dtype(stored))
+        if _is_key(want):
+            try:
                 key = jax.random.wrap_key_data(value)
-                if key.shape != want.shape or key.dtype != want.dtype:
-                    raise ValueError(f"{path}: state leaf {i} is a key array {key.dtype}{list(key.shape)}; this run "
-                                     f"needs {want.dtype}{list(want.shape)} (another seed count or grid wrote it).")
-                leaves.append(key)
-                continue
-            if value.shape != tuple(want.shape) or value.dtype != np.dtype(want.dtype):
-                raise ValueError(f"{path}: state leaf {i} is {value.dtype}{list(value.shape)}; this run needs "
-                                 f"{np.dtype(want.dtype)}{list(want.shape)} (another config, seed count or grid "
-                                 "wrote it).")
-            leaves.append(value)
-        metrics = {k[len("metrics/"):]: data[k] for k in data.files if k.startswith("metrics/")}
-        wall_time = data["wall_time"]
-    return Checkpoint(jax.tree_util.tree_unflatten(treedef, leaves), metrics, header["next_update"], wall_time,
-                      header["meta"])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: state leaf {i} ({value.dtype}{list(value.shape)}) is not the key data "
+                                 f"this run needs, {want.dtype}{list(want.shape)} ({err}).") from None
+            if key.shape != want.shape or key.dtype != want.dtype:
+                raise ValueError(f"{path}: state leaf {i} is a key array {key.dtype}{list(key.shape)}; this run "
+                                 f"needs {want.dtype}{list(want.shape)} (another seed count or grid wrote it).")
+            leaves.append(key)
+            continue
+        if value.shape != tuple(want.shape) or value.dtype != np.dtype(want.dtype):
+            raise ValueError(f"{path}: state leaf {i} is {value.dtype}{list(value.shape)}; this run needs "
+                             f"{np.dtype(want.dtype)}{list(want.shape)} (another config, seed count or grid "
+                             "wrote it).")
+        leaves.append(value)
+    metrics = {k[len("metrics/"):]: data[k] for k in data if k.startswith("metrics/")}
+    wall_time = data.get("wall_time")
+    next_update = header["next_update"]
+    bad = {k: v.shape for k, v in metrics.items() if v.ndim != 2 or v.shape[1] != next_update}
+    if wall_time is None or wall_time.shape != (next_update,) or bad:
+        raise ValueError(f"{path}: corrupt checkpoint: its metrics {bad or ''} and wall times "
+                         f"{None if wall_time is None else wall_time.shape} do not cover its {next_update} updates; "
+                         "delete it to start the run over.")
+    return Checkpoint(jax.tree_util.tree_unflatten(treedef, leaves), metrics, next_update, wall_time, header["meta"])

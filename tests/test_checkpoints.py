@@ -68,3 +68,37 @@ def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
     np.savez(str(tmp_path / "other.npz"), x=np.zeros(3))
     with pytest.raises(ValueError, match="not a pgjax checkpoint"):
         checkpoints.read_meta(str(tmp_path / "other.npz"))
+
+
+def test_bfloat16_leaves_round_trip_and_other_structures_are_refused(tmp_path):
+    """bfloat16 (unknown to NumPy's savez) comes back bit for bit; a state with the same shapes in another structure
+    (swapped fields) is refused by its leaf paths, not loaded into the wrong places."""
+    path = str(tmp_path / "checkpoint.npz")
+    state = {"a": jnp.array([1.5, -2.25, 3e-3], jnp.bfloat16), "b": jnp.ones(3, jnp.bfloat16)}
+    checkpoints.save(path, state, {}, 0, np.zeros(0))
+    loaded = checkpoints.load(path, jax.eval_shape(lambda: state)).state
+    assert loaded["a"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(loaded["a"]).view(np.uint16), np.asarray(state["a"]).view(np.uint16))
+    with pytest.raises(ValueError, match=r"state leaf 0 is \['a'\] in the checkpoint, \['x'\] in this run"):
+        checkpoints.load(path, jax.eval_shape(lambda: {"x": state["a"], "y": state["b"]}))
+
+
+def test_a_truncated_or_corrupt_checkpoint_is_named_not_read(tmp_path):
+    """Half a file, an empty file, flipped bytes: each a ValueError naming the file (resuming reads the meta first),
+    never a raw zipfile error and never numbers."""
+    path = str(tmp_path / "checkpoint.npz")
+    checkpoints.save(path, _state(), {"loss": np.zeros((3, 2), np.float32)}, 2, np.zeros(2))
+    raw = open(path, "rb").read()
+    target = jax.eval_shape(lambda: _state())
+    flipped = bytearray(raw)
+    flipped[len(raw) // 3] ^= 0xFF
+    for name, content in [("half.npz", raw[: len(raw) // 2]), ("empty.npz", b""), ("flipped.npz", bytes(flipped))]:
+        bad = str(tmp_path / name)
+        open(bad, "wb").write(content)
+        for read in (lambda: checkpoints.read_meta(bad), lambda: checkpoints.load(bad, target)):
+            with pytest.raises(ValueError, match=f"{name}: (unreadable or corrupt checkpoint|not a pgjax checkpoint)"):
+                read()
+    # Metrics that do not cover the updates the header counts: corrupt, not a shorter run.
+    checkpoints.save(path, _state(), {"loss": np.zeros((3, 1), np.float32)}, 2, np.zeros(2))
+    with pytest.raises(ValueError, match="do not cover its 2 updates"):
+        checkpoints.load(path, target)
