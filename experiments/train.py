@@ -367,12 +367,12 @@ def run_segments(config, train, progress, args, segments: Segments):
     return done.output
 
 
-def run_replay(train, progress, keys, sweep_lanes, what, hparams=None):
+def run_replay(train, progress, keys, num_seeds, sweep_lanes, what, hparams=None):
     """Replays lanes (keys [n], hparams {name: [n]} for a grid) as lanes of the sweep's per-device program, so they
-    equal their rows of the sweep of `sweep_lanes` lanes bit for bit; prints `what`, the compile and run times.
-    Returns (output, layout): `layout` {"sweep_lanes", "sweep_devices", "lanes_per_device"} is the sweep's split
-    it assumed (bit for bit only if the sweep ran with it), for the run's config.json. The wall times start after
-    compiling, as a sweep's."""
+    equal their rows of the sweep of `sweep_lanes` lanes (`num_seeds` per cell) bit for bit; prints `what`, the
+    compile and run times. Returns (output, replay): `replay` {"sweep_num_seeds", "sweep_lanes", "sweep_devices",
+    "lanes_per_device"} is the sweep it assumed (bit for bit only if the sweep ran so), for the run's config.json.
+    The wall times start after compiling, as a sweep's."""
     num_devices = len(parallel.devices_for(sweep_lanes))
     per_device = sweep_lanes // num_devices
     print(f"{what} as lanes of a {per_device}-lane program (the sweep's lanes per device: {sweep_lanes} lanes over "
@@ -383,7 +383,8 @@ def run_replay(train, progress, keys, sweep_lanes, what, hparams=None):
     run_s = time.perf_counter() - progress.start
     progress.close()
     print(f"compile {progress.start - t0:.1f} s, run {run_s:.1f} s")
-    return output, {"sweep_lanes": sweep_lanes, "sweep_devices": num_devices, "lanes_per_device": per_device}
+    return output, {"sweep_num_seeds": num_seeds, "sweep_lanes": sweep_lanes, "sweep_devices": num_devices,
+                    "lanes_per_device": per_device}
 
 
 def main(argv=None) -> int:
@@ -419,10 +420,9 @@ def main(argv=None) -> int:
         return status
     replay = None
     if args.seed_indices is not None:
-        output, layout = run_replay(train, progress, keys, args.num_seeds,
+        output, replay = run_replay(train, progress, keys, args.num_seeds, args.num_seeds,
                                     f"{args.algo.upper()} on {config.env_id}: replaying seeds {seed_indices} of "
                                     f"{args.num_seeds}")
-        replay = {"sweep_num_seeds": args.num_seeds, **layout}
     else:
         print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
               f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
@@ -473,10 +473,9 @@ def run_grid(args, config, train, progress, keys, out, segments: Segments | None
     num_seeds = keys.shape[0]
     replay = None
     if args.seed_indices is not None:
-        output, layout = run_replay(train, progress, lane_keys, len(cells) * args.num_seeds,
+        output, replay = run_replay(train, progress, lane_keys, args.num_seeds, len(cells) * args.num_seeds,
                                     f"{args.algo.upper()} on {config.env_id}: replaying seeds {args.seed_indices} of "
                                     f"{args.num_seeds} in each of {len(cells)} cells", hparams)
-        replay = {"sweep_num_seeds": args.num_seeds, **layout}  # per cell, as the grid's config.json counts seeds
     else:
         steps = lane_keys.shape[0] * config.num_updates * config.batch_size
         print(f"{args.algo.upper()} on {config.env_id}: {len(cells)} cells x {num_seeds} seeds x "

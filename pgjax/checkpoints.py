@@ -54,9 +54,8 @@ def _leaf_paths(tree: Any) -> list[str]:
     return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def _storable(x: Any) -> np.ndarray:
-    """A leaf as an array NumPy saves exactly: keys as their key data, bfloat16 (unknown to NumPy) as its bits."""
-    value = np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+def _storable(value: np.ndarray) -> np.ndarray:
+    """An array as NumPy saves it exactly: bfloat16 (unknown to NumPy) as its bits."""
     return value.view(f"u{value.dtype.itemsize}") if value.dtype.kind == "V" else value
 
 
@@ -65,12 +64,13 @@ def save(path: str, state: Any, metrics: dict[str, Any], next_update: int, wall_
     """Write the checkpoint of a run after its first `next_update` updates (state: any pytree, e.g. a vmapped
     `RunState`; metrics {name: [lanes, next_update]}; wall_time [next_update]); atomic (temporary file, synced,
     renamed)."""
-    leaves = jax.tree_util.tree_leaves(state)
+    # One host copy per leaf (keys as their key data); its dtype goes in the header, its bits in the file.
+    leaves = [np.asarray(jax.random.key_data(x) if _is_key(x) else x) for x in jax.tree_util.tree_leaves(state)]
     arrays = {f"state/{i:05d}": _storable(x) for i, x in enumerate(leaves)}
     arrays.update({f"metrics/{name}": np.asarray(value) for name, value in metrics.items()})
     arrays["wall_time"] = np.asarray(wall_time, np.float64)
     header = {"format": FORMAT, "next_update": int(next_update), "meta": meta or {}, "paths": _leaf_paths(state),
-              "dtypes": [str(np.asarray(jax.random.key_data(x) if _is_key(x) else x).dtype) for x in leaves]}
+              "dtypes": [str(x.dtype) for x in leaves]}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
@@ -94,7 +94,7 @@ def _read(path: str) -> dict[str, np.ndarray]:
 
 def read_meta(path: str) -> dict[str, Any]:
     """The `meta` dict of a checkpoint file (without checking its state)."""
-    return _header(path, _read(path))["meta"]
+    return _header(path, _read(path))["meta"]  # every array read: a corrupt file fails here, not mid-resume
 
 
 def _header(path: str, data: Any) -> dict[str, Any]:
