@@ -50,7 +50,8 @@ Estimator = Callable[[Array, Trajectory, GradientProblem], Array]
 
 
 def trajectory_scores(traj: Trajectory, theta: Array, features: Array) -> Array:
-    """grad_theta log pi(a_t|s_t) along a trajectory, shape [T, D]."""
+    """grad_theta log pi(a_t|s_t) = phi(s_t,a_t) - E_pi phi(s_t,.) along a trajectory (fields [T]), theta [D],
+    features [S, A, D]; shape [T, D]."""
     return grad_log_policy(theta, features)[traj.states, traj.actions]
 
 
@@ -89,12 +90,15 @@ def rewards_to_go_gradient(scores: Array, rewards: Array, discount: Array, basel
 
 
 def theorem_sample_gradient(score: Array, q_value: Array, discount: Array) -> Array:
-    """One-sample theorem form: score(s,a) Q(s,a) / (1-gamma), for (s,a) ~ d^pi. Shape [D]."""
+    """One-sample theorem form: score(s,a) Q(s,a) / (1-gamma), for (s,a) ~ d^pi: score [D], Q a scalar -> [D]."""
     return score * q_value / (1.0 - discount)
 
 
 def geometric_time(key: Array, discount: Array) -> Array:
-    """t ~ Geometric: P(t = k) = (1-gamma) gamma^k, k = 0, 1, ...; then s_t ~ d^pi (the lecture's definition)."""
+    """t ~ Geometric: P(t = k) = (1-gamma) gamma^k, k = 0, 1, ...; then s_t ~ d^pi (the lecture's definition).
+
+    By inversion, t = floor(log u / log gamma) with u ~ U(0, 1); an int32 scalar.
+    """
     u = jax.random.uniform(key, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
     return jnp.floor(jnp.log(u) / jnp.log(discount)).astype(jnp.int32)
 
@@ -124,7 +128,7 @@ def reinforce_value_baseline(key: Array, traj: Trajectory, problem: GradientProb
     """Rewards-to-go with the exact state-value baseline: sum_t gamma^t score_t (G_t - V^pi(s_t)).
 
     V^pi is the oracle baseline (from `policy_evaluation`); a learned baseline plugs into
-    `rewards_to_go_gradient` the same way.
+    `rewards_to_go_gradient` the same way. traj: one trajectory of T steps; returns [D].
     """
     del key
     pi = softmax_policy(problem.theta, problem.features)
@@ -187,7 +191,8 @@ ESTIMATORS: dict[str, Estimator] = {
 
 
 def effective_horizon(discount: float, tail: float = 1e-8) -> int:
-    """The smallest T with gamma^T <= tail: rollouts this long make truncation bias negligible."""
+    """The smallest T with gamma^T <= tail, T = ceil(log(tail) / log(gamma)) (an int): rollouts this long make
+    truncation bias negligible."""
     if not 0.0 < discount < 1.0:
         raise ValueError(f"effective_horizon: discount must lie in (0, 1); got {discount}.")
     return int(np.ceil(np.log(tail) / np.log(discount)))
@@ -242,7 +247,7 @@ class EstimatorStats(NamedTuple):
 
 
 def estimator_stats(estimates: Array, exact: Array) -> EstimatorStats:
-    """Summarise estimates [K, D] against the exact gradient [D]."""
+    """Summarise estimates [K, D] against the exact gradient [D] (the formulas in `EstimatorStats`)."""
     k = estimates.shape[0]
     mean = estimates.mean(axis=0)
     bias = mean - exact

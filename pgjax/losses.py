@@ -105,12 +105,13 @@ def value_loss(
 
 
 def entropy_loss(dist: Categorical | DiagGaussian) -> Array:
-    """-mean_i H(pi(.|s_i)): add `entropy_coef * entropy_loss(dist)` to a loss to reward exploration."""
+    """-mean_i H(pi(.|s_i)), a scalar over the distribution's batch [...]: add `entropy_coef * entropy_loss(dist)`
+    to a loss to reward exploration."""
     return -jnp.mean(dist.entropy())
 
 
 def mean_kl(p: Categorical | DiagGaussian, q: Categorical | DiagGaussian) -> Array:
-    """mean_i KL(p(.|s_i) || q(.|s_i)), a scalar (closed form per state)."""
+    """mean_i KL(p(.|s_i) || q(.|s_i)), a scalar over the distributions' batch [...] (closed form per state)."""
     return jnp.mean(p.kl(q))
 
 

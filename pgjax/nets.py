@@ -92,7 +92,8 @@ def _dense(features: int, gain: float, name: str | None = None, dtype: Any = Non
 
 
 class MLP(nn.Module):
-    """x -> act(W_1 x + b_1) -> ... -> act(W_L h + b_L) [-> W_out h + b_out].
+    """x -> act(W_1 x + b_1) -> ... -> act(W_L h + b_L) [-> W_out h + b_out]: x [..., in] -> [..., output_dim],
+    or [..., hidden_sizes[-1]] without an output layer (x itself with neither).
 
     Attributes:
       hidden_sizes: widths of the hidden layers (may be empty).

@@ -456,6 +456,7 @@ class Progress:
             self.start = time.perf_counter() - (float(measured[-1]) if measured.size else 0.0)
 
     def close(self):
+        """Close the bar and fill `wall_time` [num_updates] between the reported updates by linear interpolation."""
         if self.bar is not None:
             self.bar.close()
         # The loop reports every k-th update (pgjax.algos.common.PROGRESS_CALLS per run): interpolate the rest.

@@ -36,12 +36,13 @@ class Trajectory(NamedTuple):
 
 
 def safe_log(p: Array) -> Array:
-    """log p with log 0 = -inf and no NaN gradient at 0."""
+    """log p elementwise (same shape as p), with log 0 = -inf and no NaN gradient at 0."""
     return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), -jnp.inf)
 
 
 def sample_index(key: Array, cdf: Array) -> Array:
-    """Draw i ~ p by inversion from the cumulative sums cdf [K] of p: the first i with u * cdf[-1] < cdf[i].
+    """Draw i ~ p by inversion from the cumulative sums cdf [K] of p: the first i with u * cdf[-1] < cdf[i],
+    u ~ U[0, 1); an int32 scalar in [0, K).
 
     O(log K) per draw (a binary search), against O(K) Gumbel draws for `jax.random.categorical`;
     indices with p_i = 0 are never returned.
@@ -120,7 +121,7 @@ def policy_log_likelihood(traj: Trajectory, pi: Array) -> Array:
 
 
 def discounted_return(rewards: Array, discount: Array) -> Array:
-    """G_0 = sum_{t=0}^{T-1} gamma^t r_t for rewards [T]; a scalar."""
+    """G_0 = sum_{t=0}^{T-1} gamma^t r_t for rewards [T]; a scalar (rewards [..., T] -> [...])."""
     powers = discount ** jnp.arange(rewards.shape[-1], dtype=rewards.dtype)
     return jnp.sum(powers * rewards, axis=-1)
 

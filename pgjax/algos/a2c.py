@@ -46,6 +46,7 @@ class A2CConfig(common.OnPolicyConfig):
     HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("ent_coef", "vf_coef")
 
     def validate(self) -> None:
+        """`OnPolicyConfig.validate` plus this algorithm's fields (`ValueError` naming the field)."""
         super().validate()
         if self.advantage_method not in ADVANTAGE_METHODS:
             raise ValueError(f"A2CConfig.advantage_method must be one of {ADVANTAGE_METHODS}; got {self.advantage_method!r}.")

@@ -172,6 +172,7 @@ class OnPolicyConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Raise `ValueError` naming the field and the fix unless every field is valid (called at construction)."""
         name = type(self).__name__
         for field in ("total_timesteps", "num_envs", "num_steps", "eval_episodes"):
             _positive_int(name, field, getattr(self, field))
@@ -250,6 +251,7 @@ class OnPolicyConfig:
         return {k: jnp.asarray(getattr(self, k), jnp.float32) for k in self.HYPERPARAMS}
 
     def replace(self, **changes) -> "OnPolicyConfig":
+        """A copy with the named fields replaced, validated again."""
         return dataclasses.replace(self, **changes)
 
     @property
@@ -263,6 +265,7 @@ class OnPolicyConfig:
         return self.randomize_ranges if self.env_randomize_observe else None
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-able values (env_kwargs as a dict, env_randomize as {field: [low, high]})."""
         out = dataclasses.asdict(self)
         out["env_kwargs"] = dict(self.env_kwargs)
         out["env_randomize"] = {name: [low, high] for name, (low, high) in self.randomize_ranges.items()}
@@ -755,6 +758,10 @@ def policy_shift_kl(network: ActorCritic, old_params: Any, new_params: Any, obs:
 
 
 class Algorithm(NamedTuple):
+    """An online algorithm as four pure functions (module docstring): init(key, spec, hp) -> agent,
+    act(agent, obs [N, D], noise) -> (action [N, ...], log_prob [N]), value(agent, obs [..., D]) -> V [...],
+    update(agent, batch [T, N], key, hp, update_idx) -> (agent, metrics dict of scalars)."""
+
     init: Callable[[Array, EnvSpec, HParams], Any]
     act: ActFn
     value: ValueFn
@@ -807,6 +814,8 @@ PROGRESS_CALLS = 100  # progress callbacks per run (at most; plus the last updat
 
 
 def episode_metrics(batch: Transition) -> dict[str, Array]:
+    """Means over the episodes that finished in a rollout (fields [T, N]): "episode_return" and "episode_length"
+    (NaN when none finished, `envs.finished_episode_mean`) and "episodes_finished" (an int32 count)."""
     info = {
         "returned_episode": batch.returned_episode,
         "episode_return": batch.episode_return,

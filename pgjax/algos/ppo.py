@@ -63,6 +63,7 @@ class PPOConfig(common.OnPolicyConfig):
     HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("clip_eps", "ent_coef", "vf_coef", "target_kl")
 
     def validate(self) -> None:
+        """`OnPolicyConfig.validate` plus this algorithm's fields (`ValueError` naming the field)."""
         super().validate()
         common._positive_int("PPOConfig", "num_epochs", self.num_epochs)
         common.check_divides("PPOConfig", "num_envs * num_steps", self.batch_size, "num_minibatches", self.num_minibatches)
@@ -102,7 +103,9 @@ def ppo_policy_loss(params, network, minibatch, hp, config: PPOConfig):
 
 
 def ppo_value_loss(params, network, minibatch, hp, config: PPOConfig):
-    """The critic's part of the PPO loss on a minibatch, c_v L_V (clipped when config.clip_value); returns (loss, metrics)."""
+    """The critic's part of the PPO loss on a minibatch (fields [B, ...]), c_v L_V with
+    L_V = 1/2 mean_i (V(s_i) - y_i)^2 (clipped around the rollout's values when config.clip_value, `losses.value_loss`);
+    returns (loss, metrics)."""
     obs, _, _, old_value, _, target = minibatch
     value = network.apply(params, obs, method="value")
     if config.clip_value:

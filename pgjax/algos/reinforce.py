@@ -52,6 +52,7 @@ class REINFORCEConfig(common.OnPolicyConfig):
     HYPERPARAMS = tuple(h for h in common.OnPolicyConfig.HYPERPARAMS if h != "gae_lambda") + ("vf_coef", "ent_coef")
 
     def validate(self) -> None:
+        """`OnPolicyConfig.validate` plus this algorithm's fields (`ValueError` naming the field)."""
         super().validate()
         common._non_negative("REINFORCEConfig", "vf_coef", self.vf_coef)
         common._non_negative("REINFORCEConfig", "ent_coef", self.ent_coef)
@@ -66,6 +67,7 @@ def completed_episode_mask(terminated, truncated):
 
 
 def masked_mean(x, mask):
+    """sum(x m) / max(sum(m), 1) over all elements of x and mask m (same shape, e.g. [T, N]); a scalar."""
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 

@@ -59,6 +59,7 @@ class TRPOConfig(common.OnPolicyConfig):
     HYPERPARAMS = common.OnPolicyConfig.HYPERPARAMS + ("max_kl", "cg_damping", "ent_coef")
 
     def validate(self) -> None:
+        """`OnPolicyConfig.validate` plus this algorithm's fields (`ValueError` naming the field)."""
         super().validate()
         common._positive("TRPOConfig", "max_kl", self.max_kl)
         common._non_negative("TRPOConfig", "cg_damping", self.cg_damping)
@@ -71,6 +72,9 @@ class TRPOConfig(common.OnPolicyConfig):
 
 @struct.dataclass
 class TRPOState:
+    """TRPO's agent: the actor-critic parameters and the value function's clipped Adam state (over the critic's
+    raveled parameters); the actor is moved by the natural-gradient step, which keeps no optimiser state."""
+
     params: dict  # ActorCritic parameters: {"params": {"actor": ..., "critic": ...}}
     vf_opt_state: optax.OptState
 

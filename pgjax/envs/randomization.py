@@ -115,12 +115,14 @@ class RandomizedParams(_InnerEnvironment):
         return override_params(self._env_id, params, drawn)
 
     def reset_env(self, key: Array, params: Any) -> tuple[Any, RandomizedParamsState]:
+        """Draw the episode's params (`draw_params`), then reset the inner environment under them."""
         key_params, key_reset = jax.random.split(key)
         episode_params = self.draw_params(key_params, params)
         obs, state = self._env.reset_env(key_reset, episode_params)
         return obs, RandomizedParamsState(state, episode_params)
 
     def step_env(self, key: Array, state: RandomizedParamsState, action: Any, params: Any) -> tuple:
+        """The inner `step_env` under the episode's params (a `Box` action clipped to the episode's bounds)."""
         space = self._env.action_space(state.params)
         if isinstance(space, spaces.Box):  # the episode's own bounds (ClipAction above clips to their union)
             action = jnp.clip(action, space.low, space.high)
@@ -128,6 +130,7 @@ class RandomizedParams(_InnerEnvironment):
         return obs, state.replace(env_state=env_state), reward, terminated, info
 
     def is_truncated(self, state: RandomizedParamsState, params: Any) -> Array:
+        """The inner time limit under the episode's params (a bool scalar)."""
         return self._env.is_truncated(state.env_state, state.params)
 
     def action_space(self, params: Any = None):
@@ -184,14 +187,17 @@ class ObserveParams(_InnerEnvironment):
         return jnp.concatenate([jnp.reshape(obs, (-1,)).astype(jnp.float32), self.features(episode_params)])
 
     def reset_env(self, key: Array, params: Any) -> tuple[Array, Any]:
+        """(concat(flat obs [D], `features` [len(ranges)]) float32, state)."""
         obs, state = self._env.reset_env(key, params)
         return self._observe(obs, state, params), state
 
     def step_env(self, key: Array, state: Any, action: Any, params: Any) -> tuple:
+        """The inner `step_env` with obs -> concat(flat obs [D], `features` [len(ranges)]), float32."""
         obs, state, reward, terminated, info = self._env.step_env(key, state, action, params)
         return self._observe(obs, state, params), state, reward, terminated, info
 
     def observation_space(self, params: Any = None) -> spaces.Box:
+        """Box of shape [D + len(ranges)]: the inner bounds, flattened, then (-inf, inf) for the features."""
         inner = self._env.observation_space(params)
         flat = lambda bound: jnp.reshape(  # noqa: E731
             jnp.broadcast_to(jnp.asarray(bound, jnp.float32), inner.shape), (-1,))

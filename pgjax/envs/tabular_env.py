@@ -112,12 +112,16 @@ class TabularEnv(environment.Environment[TabularEnvState, TabularEnvParams]):
 
     @property
     def default_params(self) -> TabularEnvParams:
+        """The constructor's MDP and time limit H."""
         return TabularEnvParams(mdp=self._mdp, max_steps_in_episode=self._max_steps)
 
     def step_env(
         self, key: Array, state: TabularEnvState, action: Any, params: TabularEnvParams
     ) -> tuple[Array, TabularEnvState, Array, Array, dict[str, Any]]:
-        """One transition: r = R(s, a), s' ~ P(.|s, a); never terminates."""
+        """One transition: r = R(s, a), s' ~ P(.|s, a); never terminates.
+
+        Returns (one-hot s' float32 [S], state, r (a scalar), terminated = False, {"discount": 1.0}).
+        """
         mdp = params.mdp
         s = state.mdp_state
         a = jnp.asarray(action, jnp.int32).reshape(())
@@ -128,7 +132,7 @@ class TabularEnv(environment.Environment[TabularEnvState, TabularEnvParams]):
         return self.get_obs(next_state), next_state, reward, terminated, {"discount": jnp.array(1.0, jnp.float32)}
 
     def reset_env(self, key: Array, params: TabularEnvParams) -> tuple[Array, TabularEnvState]:
-        """s_0 ~ mu0."""
+        """s_0 ~ mu0: (one-hot s_0 float32 [S], state at time 0)."""
         s0 = jax.random.categorical(key, safe_log(params.mdp.initial)).astype(jnp.int32)
         state = TabularEnvState(time=jnp.array(0, jnp.int32), mdp_state=s0)
         return self.get_obs(state), state
@@ -138,27 +142,34 @@ class TabularEnv(environment.Environment[TabularEnvState, TabularEnvParams]):
         return jax.nn.one_hot(state.mdp_state, self._num_states, dtype=jnp.float32)
 
     def is_terminated(self, state: TabularEnvState, params: TabularEnvParams) -> Array:
+        """Always False: the MDP is continuing (episodes end only at the time limit)."""
         return jnp.array(False)
 
     @property
     def name(self) -> str:
+        """"tabular:<name>"."""
         return f"tabular:{self._label}"
 
     @property
     def num_actions(self) -> int:
+        """A."""
         return self._num_actions
 
     @property
     def num_states(self) -> int:
+        """S."""
         return self._num_states
 
     def action_space(self, params: TabularEnvParams | None = None) -> spaces.Discrete:
+        """Discrete(A)."""
         return spaces.Discrete(self._num_actions)
 
     def observation_space(self, params: TabularEnvParams | None = None) -> spaces.Box:
+        """Box [0, 1] of shape [S] (one-hot states), float32."""
         return spaces.Box(0.0, 1.0, (self._num_states,), jnp.float32)
 
     def state_space(self, params: TabularEnvParams | None = None) -> spaces.Dict:
+        """{"mdp_state": Discrete(S), "time": Discrete(H)}."""
         params = self.default_params if params is None else params
         return spaces.Dict(
             {

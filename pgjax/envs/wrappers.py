@@ -62,9 +62,11 @@ class Wrapper:
         return env
 
     def reset(self, key: Array, params: Any = None) -> tuple[Any, Any]:
+        """(obs, state) of the inner environment."""
         return self._env.reset(key, params)
 
     def step(self, key: Array, state: Any, action: Any, params: Any = None) -> tuple:
+        """(obs, state, reward, terminated, truncated, info) of the inner environment."""
         return self._env.step(key, state, action, params)
 
 
@@ -136,6 +138,8 @@ class PredrawnResets(Wrapper):
         return one(keys)
 
     def step(self, key: Array | ResetDraw, state: Any, action: Any, params: Any = None) -> tuple:
+        """gymnax's auto-resetting step: with a `ResetDraw`, `step_env` then the drawn reset where the episode ended
+        (terminated or truncated); with a plain key, the inner `step`."""
         if not isinstance(key, ResetDraw):
             return self._env.step(key, state, action, params)
         params = self._env.default_params if params is None else params
@@ -171,10 +175,12 @@ class FlattenObservation(Wrapper):
         return spaces.Box(low, high, (size,), jnp.float32)
 
     def reset(self, key: Array, params: Any = None) -> tuple[Array, Any]:
+        """(obs float32 [D], state)."""
         obs, state = self._env.reset(key, params)
         return _flatten(obs), state
 
     def step(self, key: Array, state: Any, action: Any, params: Any = None) -> tuple:
+        """The inner step with obs and info["final_observation"] flattened to float32 [D]."""
         obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params)
         info = {**info, "final_observation": _flatten(info["final_observation"])}
         return _flatten(obs), state, reward, terminated, truncated, info
@@ -216,6 +222,7 @@ class EpisodeStatistics(Wrapper):
         return obs, state
 
     def step(self, key: Array, state: EpisodeStatisticsState, action: Any, params: Any = None) -> tuple:
+        """The inner step, with G = sum_t r_t and the step count of the running episode in `info` where it ended."""
         obs, env_state, reward, terminated, truncated, info = self._env.step(key, state.env_state, action, params)
         done = jnp.logical_or(terminated, truncated)
         episode_return = state.episode_return + jnp.asarray(reward, jnp.float32)
@@ -415,6 +422,8 @@ class NormalizeObservation(_RunningStatisticsWrapper):
         return self._normalize(obs, statistics), NormalizeObservationState(env_state, statistics)
 
     def step(self, key: Array, state: NormalizeObservationState, action: Any, params: Any = None) -> tuple:
+        """The inner step with obs (merged into the statistics first) and info["final_observation"] mapped to
+        (x - mean) / sqrt(var + epsilon), float32, clipped to [-clip, clip] unless clip is None."""
         obs, env_state, reward, terminated, truncated, info = self._env.step(key, state.env_state, action, params)
         statistics = self._observe(state.statistics, obs)
         info = {**info, "final_observation": self._normalize(info["final_observation"], statistics)}
@@ -477,6 +486,8 @@ class NormalizeReward(_RunningStatisticsWrapper):
         return obs, NormalizeRewardState(env_state, jnp.zeros((), jnp.float32), self._initial(jnp.zeros(())))
 
     def step(self, key: Array, state: NormalizeRewardState, action: Any, params: Any = None) -> tuple:
+        """The inner step with reward r_t -> r_t / sqrt(Var[G] + epsilon) (float32, clipped to [-clip, clip] unless
+        clip is None), G_t = r_t + gamma G_{t-1} merged into the statistics first."""
         obs, env_state, reward, terminated, truncated, info = self._env.step(key, state.env_state, action, params)
         reward = jnp.asarray(reward, jnp.float32)
         discounted_return = reward + self.discount * state.discounted_return
@@ -510,6 +521,7 @@ class ClipAction(Wrapper):
             raise ValueError(f"ClipAction: {env.name} has action space {space!r}; ClipAction needs a Box.")
 
     def step(self, key: Array, state: Any, action: Any, params: Any = None) -> tuple:
+        """The inner step with clip(action, low, high), the `Box` bounds of `action_space(params)`."""
         low, high = action_bounds(self._env, params)
         return self._env.step(key, state, jnp.clip(action, low, high), params)
 
@@ -596,7 +608,9 @@ class VecEnv(Wrapper):
         self.axis_name = axis_name
 
     def reset(self, key: Array, params: Any = None) -> tuple[Any, Any]:
+        """`batch_reset`: (obs [N, ...], state with leading axis N)."""
         return batch_reset(self._env, key, self.num_envs, params, axis_name=self.axis_name)
 
     def step(self, key: Array, state: Any, action: Any, params: Any = None) -> tuple:
+        """`batch_step`: obs [N, ...], state, reward [N], terminated [N], truncated [N], info (leading axis N)."""
         return batch_step(self._env, key, state, action, params, axis_name=self.axis_name)

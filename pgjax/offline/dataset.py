@@ -64,10 +64,12 @@ class Dataset(NamedTuple):
 
     @property
     def num_episodes(self) -> int:
+        """N, from rewards [N, T]."""
         return self.rewards.shape[0]
 
     @property
     def horizon(self) -> int:
+        """T, from rewards [N, T]."""
         return self.rewards.shape[1]
 
     @property
@@ -182,7 +184,7 @@ def collect(key: Array, mdp: MDP, behaviour_pi: Array, num_trajectories: int, ho
       horizon: T >= 1 (static).
 
     Returns:
-      A `Dataset` with fields [N, T].
+      A `Dataset` with fields [N, T] (int32 states and actions) and initial_observations [N].
     """
     behaviour_pi = jnp.asarray(behaviour_pi)
     if not isinstance(behaviour_pi, jax.core.Tracer):
@@ -220,7 +222,10 @@ def check_tabular_policy(pi: Array, name: str, shape=None) -> None:
 
 
 def concatenate(datasets: list[Dataset]) -> Dataset:
-    """Stack the episodes (and initial samples) of datasets with equal horizons."""
+    """Stack the episodes (and initial samples) of datasets with equal horizons T along axis 0.
+
+    Fields [N_k, T, ...] -> [sum_k N_k, T, ...]; initial_observations [M_k, ...] -> [sum_k M_k, ...].
+    """
     if not datasets:
         raise ValueError("concatenate: need at least one dataset.")
     horizons = {d.horizon for d in datasets}
@@ -230,7 +235,11 @@ def concatenate(datasets: list[Dataset]) -> Dataset:
 
 
 def subset(dataset: Dataset, num_episodes: int) -> Dataset:
-    """The first `num_episodes` episodes, with the matching initial samples when there is one per episode."""
+    """The first `num_episodes` episodes, with the matching initial samples when there is one per episode.
+
+    Fields [N, T, ...] -> [num_episodes, T, ...]; initial_observations [M, ...] -> [num_episodes, ...] when
+    M == N, else kept whole.
+    """
     init = dataset.initial_observations
     if init.shape[0] == dataset.num_episodes:
         init = init[:num_episodes]

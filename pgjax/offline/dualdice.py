@@ -48,9 +48,20 @@ def ratio_from_occupancy(model: EmpiricalModel, occupancy: Array) -> Array:
 
 
 def dualdice_ratio(model: EmpiricalModel, target_pi: Array, discount) -> Array:
-    """The DualDICE solution on the empirical distribution, w = d_hat^pi / d^D [S, A] (0 on unseen pairs).
+    """The DualDICE solution on the empirical distribution, w [S, A]:
 
-    Pure and jit/vmap-able (for use inside training loops); `dualdice_tabular` is the validated entry point.
+        w(s,a) = d_hat^pi(s,a) / d^D(s,a)   where n(s,a) > 0,   0 on unseen pairs,
+
+    with d^D(s,a) = n(s,a) / n (`data_distribution`) and d_hat^pi the target's normalised discounted occupancy
+    in the empirical MDP (`empirical_occupancy`): the saddle point zeta* of `dualdice_objective` on seen pairs.
+
+    Args:
+      model: the `EmpiricalModel` of the dataset (counts [S, A]).
+      target_pi: pi [S, A].
+      discount: gamma in (0, 1).
+
+    Pure and jit/vmap-able (for use inside training loops), with no validation or coverage check;
+    `dualdice_tabular` is the validated entry point.
     """
     return ratio_from_occupancy(model, empirical_occupancy(model, target_pi, discount))
 
@@ -86,10 +97,23 @@ def dualdice_tabular(
 
 
 def dualdice_objective(nu: Array, zeta: Array, model: EmpiricalModel, target_pi: Array, discount) -> Array:
-    """The empirical Fenchel-dual DualDICE objective L(nu, zeta) for tables nu, zeta [S, A]; a scalar.
+    """The empirical Fenchel-dual DualDICE objective L(nu, zeta) for tables nu, zeta [S, A]; a scalar:
 
-    Expectations over s' ~ P_hat and a' ~ pi are taken exactly; transitions to the sink
-    (terminal or unseen) contribute nu = 0. Its saddle point has zeta = `dualdice_ratio`.
+        L(nu, zeta) = sum_{s,a} d^D(s,a) [(B nu)(s,a) zeta(s,a) - zeta(s,a)^2 / 2]
+                      - (1 - gamma) sum_{s,a} mu0_hat(s) pi(a|s) nu(s,a),
+        (B nu)(s,a) = nu(s,a) - gamma sum_{s',a'} P_hat(s'|s,a) pi(a'|s') nu(s',a'),
+
+    with d^D = n(s,a) / n, P_hat(s'|s,a) = n(s,a,s') / n(s,a) over non-terminal transitions and mu0_hat
+    the initial counts, normalised (module docstring of `pgjax.offline.empirical`). Expectations over
+    s' ~ P_hat and a' ~ pi are taken exactly; transitions to the sink (terminal, or from an unseen pair)
+    contribute nu = 0, and unseen pairs (d^D = 0) leave zeta out. Minimise over nu, maximise over zeta:
+    at the saddle point, which exists when pi stays on the seen pairs, zeta = `dualdice_ratio` on seen pairs.
+
+    Args:
+      nu, zeta: [S, A].
+      model: the `EmpiricalModel` (counts [S, A]).
+      target_pi: pi [S, A].
+      discount: gamma.
     """
     n = jnp.where(model.counts > 0, model.counts, 1.0)
     p_hat = model.transition_counts / n[..., None]

@@ -59,10 +59,12 @@ class EmpiricalModel(NamedTuple):
 
     @property
     def num_states(self) -> int:
+        """S, from counts [..., S, A]."""
         return self.counts.shape[-2]
 
     @property
     def num_actions(self) -> int:
+        """A, from counts [..., S, A]."""
         return self.counts.shape[-1]
 
 
@@ -113,6 +115,11 @@ def _pair_sums(indices: tuple[Array, ...], values: Array, shape: tuple[int, ...]
 def empirical_model(dataset: Dataset, num_states: int, num_actions: int) -> EmpiricalModel:
     """Count the dataset's valid transitions into an `EmpiricalModel` (jit/vmap-able; S, A static).
 
+    From int states and actions [N, T] (and initial states [M]), over the steps with mask True:
+    n(s,a) = #{(s_i,a_i) = (s,a)} [S, A], n(s,a,s') over non-terminal steps [S, A, S],
+    n(s,a, terminal) = n(s,a) - sum_s' n(s,a,s') [S, A], reward sums sum_{(s_i,a_i) = (s,a)} r_i [S, A],
+    and the initial-state counts [S].
+
     The fields are floating (`float_dtype` of the rewards': their own dtype, at least float32, if floating).
     Counts are accumulated as int32, exactly; reward sums by `_pair_sums`, to a few float roundings.
     """
@@ -140,12 +147,20 @@ def empirical_model(dataset: Dataset, num_states: int, num_actions: int) -> Empi
 
 
 def data_distribution(model: EmpiricalModel) -> Array:
-    """d^D(s,a) = n(s,a) / n [S, A]."""
+    """d^D(s,a) = n(s,a) / n [S, A], n = sum_{s,a} n(s,a) the number of valid transitions; sums to 1."""
     return model.counts / jnp.sum(model.counts)
 
 
 def empirical_mdp(model: EmpiricalModel, discount, unseen_value=0.0) -> MDP:
     """The maximum-likelihood MDP with S + 1 states (the last one an absorbing, zero-reward sink).
+
+    transition [S + 1, A, S + 1], reward [S + 1, A], initial [S + 1], discount gamma; for a seen pair
+    (n(s,a) > 0)
+
+        P_hat(s'|s,a) = n(s,a,s') / n(s,a),   P_hat(sink|s,a) = n(s,a, terminal) / n(s,a),
+        R_hat(s,a) = (sum of r_i at (s,a)) / n(s,a),   mu0_hat(s) = initial_counts(s) / sum initial_counts,
+
+    and for an unseen pair P_hat(sink|s,a) = 1, R_hat(s,a) = `unseen_value`.
 
     Unseen pairs and terminal transitions move to the sink. An unseen pair pays `unseen_value`
     once, so that Q_hat(s,a) = unseen_value there: 0 credits unknown outcomes nothing, while
@@ -184,7 +199,12 @@ class EmpiricalSolution(NamedTuple):
 
 
 def solve_empirical(model: EmpiricalModel, target_pi: Array, discount, unseen_value=0.0) -> EmpiricalSolution:
-    """V_hat, Q_hat and d_hat of pi in `empirical_mdp(model, discount, unseen_value)` from one LU factorisation."""
+    """V_hat, Q_hat and d_hat of pi [S, A] in `empirical_mdp(model, discount, unseen_value)` from one LU factorisation.
+
+    With M = I - gamma P_hat^pi over the S + 1 states (pi extended to the sink by `extend_policy`):
+    M V_hat = R_hat^pi, Q_hat = R_hat + gamma P_hat V_hat, M^T d_hat = (1 - gamma) mu0_hat; returns
+    `EmpiricalSolution(mu0_hat . V_hat, Q_hat [S, A], d_hat(s) pi(a|s) [S, A])` with the sink dropped.
+    """
     mdp = empirical_mdp(model, discount, unseen_value)
     pi = extend_policy(target_pi)
     v, q, d = values_and_occupancy(mdp, pi)
@@ -192,14 +212,34 @@ def solve_empirical(model: EmpiricalModel, target_pi: Array, discount, unseen_va
 
 
 def empirical_occupancy(model: EmpiricalModel, target_pi: Array, discount) -> Array:
-    """d_hat^pi(s,a) [S, A]: the target's normalised discounted occupancy in the empirical MDP (sink dropped)."""
+    """d_hat^pi(s,a) [S, A]: the target's normalised discounted occupancy in the empirical MDP (sink dropped).
+
+        d_hat^pi(s,a) = d_hat(s) pi(a|s),   (I - gamma P_hat^pi)^T d_hat = (1 - gamma) mu0_hat   (over S + 1 states);
+
+    it sums to 1 minus the occupancy of the sink, which terminal transitions and unseen pairs lead to.
+    target_pi: pi [S, A]; discount: gamma in (0, 1).
+    """
     return solve_empirical(model, target_pi, discount).occupancy
 
 
 def coverage(model: EmpiricalModel, target_pi: Array, discount, occupancy: Array | None = None) -> Coverage:
     """The pairs the target policy can reach but the data never show, and its occupancy mass there.
 
-    `occupancy` is d_hat^pi [S, A] when the caller already has it (from `solve_empirical`).
+        unseen(s,a) = [n(s,a) = 0] [pi(a|s) > 0] [s reached],   mass = sum_{n(s,a) = 0} d_hat^pi(s,a) / (1 - gamma),
+
+    s reached when the data show it as a transition's state, a non-terminal next state or an initial state;
+    d_hat^pi the occupancy in the empirical MDP, whose unseen pairs lead to the sink, so that mass in [0, 1]
+    is sum_t gamma^t P(first step onto an unseen pair at t) (`Coverage`).
+
+    Args:
+      model: the `EmpiricalModel` (counts [S, A]).
+      target_pi: pi [S, A].
+      discount: gamma in (0, 1).
+      occupancy: d_hat^pi [S, A] of the same pi and gamma when the caller already has it (from
+        `solve_empirical`); computed otherwise.
+
+    Returns:
+      `Coverage(unseen [S, A] bool, mass (a scalar), num_unseen (an int scalar))`.
     """
     d_hat = empirical_occupancy(model, target_pi, discount) if occupancy is None else occupancy
     reached = (jnp.sum(model.counts, -1) > 0) | (jnp.sum(model.transition_counts, (0, 1)) > 0) | (model.initial_counts > 0)
@@ -248,13 +288,17 @@ def policy_dtype(model: EmpiricalModel):
 
 
 def pessimistic_value(model: EmpiricalModel, discount) -> Array:
-    """min_{seen (s,a)} R_hat(s,a) / (1 - gamma): the worst return the data show, for unseen pairs."""
+    """min_{seen (s,a)} R_hat(s,a) / (1 - gamma), a scalar: the worst return the data show, for unseen pairs.
+
+    R_hat(s,a) = (sum of rewards at (s,a)) / n(s,a) over the pairs with n(s,a) > 0.
+    """
     seen = model.counts > 0
     r_hat = model.reward_sums / jnp.where(seen, model.counts, 1.0)
     return jnp.min(jnp.where(seen, r_hat, jnp.inf)) / (1.0 - discount)
 
 
 def check_discount(discount) -> None:
+    """Raise `ValueError` unless 0 < gamma < 1 (host-side: `discount` must be concrete)."""
     d = float(discount)
     if not 0.0 < d < 1.0:
         raise ValueError(f"discount must be in (0, 1); got {d}.")

@@ -37,7 +37,12 @@ METHODS = ("dualdice", "model") + IS_METHODS
 
 def ratio_weighted_value(dataset: Dataset, ratio: Array, discount, normalised: bool = False) -> Array:
     """1/(1 - gamma) E_D[w(s,a) r] over the valid transitions, with w [S, A]; or, `normalised`,
-    1/(1 - gamma) E_D[w r] / E_D[w] (self-normalised weights).
+    1/(1 - gamma) E_D[w r] / E_D[w] (self-normalised weights). A scalar:
+
+        J_hat = 1/(1 - gamma) sum_{n,t} m_nt w(s_nt, a_nt) r_nt / sum_{n,t} m_nt        (plain)
+        J_hat = 1/(1 - gamma) sum_{n,t} m_nt w(s_nt, a_nt) r_nt / sum_{n,t} m_nt w(s_nt, a_nt)   (normalised)
+
+    over the tabular dataset's [N, T] steps, m = `mask`.
 
     Self-normalising assumes E_D[w] = 1, which holds for w = d^pi / d^D only when d^pi lies on the data:
     without terminal states and with pi covered. When pi reaches terminal states, d^pi puts mass
@@ -53,12 +58,32 @@ def ratio_weighted_value(dataset: Dataset, ratio: Array, discount, normalised: b
 
 
 def model_value(model: EmpiricalModel, target_pi: Array, discount, unseen_value=0.0) -> Array:
-    """J(pi) in the empirical MDP (a scalar; unseen pairs worth `unseen_value`); jit/vmap-able."""
+    """J_hat(pi) = mu0_hat . V_hat^pi in the empirical MDP `empirical_mdp(model, discount, unseen_value)`; a scalar.
+
+        V_hat^pi = (I - gamma P_hat^pi)^{-1} R_hat^pi   over the S + 1 states (the last one the zero-reward sink),
+
+    where unseen pairs pay `unseen_value` once (Q_hat = unseen_value there) and, like terminal transitions,
+    lead to the sink. On the scale of `pgjax.tabular.expected_return`.
+
+    Args:
+      model: the `EmpiricalModel` of the dataset (counts [S, A]).
+      target_pi: pi [S, A].
+      discount: gamma in (0, 1).
+      unseen_value: u, a scalar (0, or `pessimistic_value(model, discount)`).
+
+    jit/vmap-able, with no coverage check (`policy_value(method="model")` is the validated entry point).
+    """
     return solve_empirical(model, target_pi, discount, unseen_value).value
 
 
 def tabular_importance_value(dataset: Dataset, target_pi: Array, discount, method: str = "pdis") -> Array:
-    """`importance_value` with target log-probabilities log pi(a_t|s_t) read from a table pi [S, A]."""
+    """`importance_value` with target log-probabilities log pi(a_t|s_t) read from a table pi [S, A]; a scalar.
+
+    Over the dataset's [N, T] steps, log rho_t = log pi(a_t|s_t) - log mu(a_t|s_t) (log 0 = -inf: ratio 0),
+    e.g. for "pdis" J_hat = 1/N sum_i sum_t gamma^t rho^i_{0:t} r^i_t, an estimate of the T-step return J_T
+    (all four methods: `pgjax.offline.importance`). Unvalidated (jit/vmap-able): a NaN behaviour
+    log-probability on a valid step makes the estimate NaN; `policy_value` checks the data first.
+    """
     target_log_probs = safe_log(target_pi)[dataset.observations, dataset.actions]
     return importance_value(dataset.rewards, dataset.mask, target_log_probs, dataset.behaviour_log_probs, discount, method)
 

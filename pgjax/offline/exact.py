@@ -23,7 +23,15 @@ Array = jax.Array
 
 
 def logged_distribution(mdp: MDP, behaviour_pi: Array, horizon: int) -> Array:
-    """d^D(s,a) [S, A] of data logged by `collect(..., horizon)`: the time-average over t < T."""
+    """d^D(s,a) [S, A] of data logged by `collect(..., horizon)`: the time-average over t < T,
+
+        d^D(s,a) = (1/T) sum_{t<T} (mu0 (P^mu)^t)(s) mu(a|s),   summing to 1.
+
+    Args:
+      mdp: an unbatched `MDP` (mu0 [S], P [S, A, S]).
+      behaviour_pi: mu [S, A].
+      horizon: T >= 1, a static Python int (the scan length).
+    """
     p_mu = policy_transition(mdp, behaviour_pi)
 
     def step(state_dist, _):
@@ -34,7 +42,11 @@ def logged_distribution(mdp: MDP, behaviour_pi: Array, horizon: int) -> Array:
 
 
 def exact_ratio(mdp: MDP, target_pi: Array, data_distribution: Array) -> Array:
-    """w(s,a) = d^pi(s,a) / d^D(s,a) [S, A]; 0 where d^D = 0 (not identifiable there)."""
+    """w(s,a) = d^pi(s,a) / d^D(s,a) [S, A]; 0 where d^D = 0 (not identifiable there).
+
+    d^pi(s,a) = d^pi(s) pi(a|s) is the exact normalised discounted occupancy of target_pi [S, A]
+    (`state_action_occupancy`); data_distribution is d^D [S, A], e.g. `logged_distribution`.
+    """
     d_pi = state_action_occupancy(mdp, target_pi)
     positive = data_distribution > 0
     return jnp.where(positive, d_pi / jnp.where(positive, data_distribution, 1.0), 0.0)

@@ -44,8 +44,11 @@ GRADIENT_METHODS = ("dualdice",) + IS_METHODS
 def tabular_fqe(model: EmpiricalModel, target_pi: Array, discount, unseen_value=0.0) -> Array:
     """Fitted Q evaluation on a tabular dataset: Q_hat^pi [S, A] of the empirical MDP, by one linear solve.
 
-    This is the fixed point of Q <- R_hat + gamma P_hat pi Q that iterated FQE converges to
-    (terminal transitions are worth 0 after their reward, unseen pairs `unseen_value`).
+    This is the fixed point of Q <- R_hat + gamma P_hat pi Q that iterated FQE converges to,
+
+        Q_hat(s,a) = R_hat(s,a) + gamma sum_{s'} P_hat(s'|s,a) sum_{a'} pi(a'|s') Q_hat(s',a')
+
+    (terminal transitions are worth 0 after their reward, unseen pairs `unseen_value`). target_pi: pi [S, A].
     """
     return solve_empirical(model, target_pi, discount, unseen_value).q_values
 
@@ -71,6 +74,8 @@ def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, dis
 def expected_offline_gradient(data_distribution: Array, ratio: Array, theta: Array, features: Array, q_values: Array, discount) -> Array:
     """The population version 1/(1 - gamma) sum_{s,a} d^D(s,a) w(s,a) grad log pi(a|s) Q(s,a) [D].
 
+    data_distribution d^D, ratio w and q_values Q are [S, A] (w may be a scalar that broadcasts), theta [D],
+    features phi [S, A, D], with grad log pi(a|s) = phi(s,a) - sum_a' pi(a'|s) phi(s,a') (`grad_log_policy`).
     With the exact ratio and Q^pi it equals `pgjax.tabular.policy_gradient` (the theorem).
     """
     score = grad_log_policy(theta, features)
@@ -82,6 +87,7 @@ def model_policy_gradient(
 ) -> Array:
     """The DualDICE-weighted offline gradient with tabular FQE: jit/vmap-able core of `dualdice_policy_gradient`.
 
+    Returns [D] for theta [D] and features phi [S, A, D] (pi_theta [S, A] the softmax policy).
     `model` must be the `empirical_model` of `dataset`. Without `baseline` it is the exact gradient of
     J_hat = `model_value(model, pi_theta, discount, unseen_value)`, the empirical MDP's value, for any
     `unseen_value` u:
@@ -115,6 +121,12 @@ def model_policy_gradient(
 def dualdice_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, on_uncovered: str = "warn") -> Array:
     """grad J(theta) estimated from logged data with w from tabular DualDICE and Q_hat from tabular FQE; [D].
 
+        grad J_hat = 1/(1 - gamma) (1/n) sum_i w(s_i,a_i) grad log pi_theta(a_i|s_i) Q_hat(s_i,a_i),
+
+    over the n valid transitions, w = `dualdice_ratio` and Q_hat = `tabular_fqe` at pi_theta (unseen pairs worth 0),
+    for theta [D] and features phi [S, A, D]. Validates the data and warns (or raises, `on_uncovered`) when
+    pi_theta leaves the data's support.
+
     On the empirical distribution this equals the exact gradient of J in the empirical MDP
     (E_D[w f] = sum d_hat^pi f), the offline analogue of the policy gradient theorem.
     """
@@ -127,6 +139,9 @@ def dualdice_policy_gradient(dataset: Dataset, theta: Array, features: Array, di
 
 def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, method: str = "pdis") -> Array:
     """The gradient of an IS estimate of J_T(pi_theta) with respect to theta [D] ("is", "pdis", "wis", "wpdis").
+
+    theta [D], features phi [S, A, D]; the gradient of `importance_value` over the dataset's [N, T] steps with
+    log pi_theta(a_t|s_t) from `log_policy`.
 
     "is" gives 1/N sum_i rho_i (sum_t grad log pi(a_t|s_t)) G_i and "pdis" its per-decision form;
     both are unbiased for grad J_T when mu covers pi.
@@ -202,7 +217,8 @@ def offline_policy_improvement(
       optimizer: an optax transformation (e.g. `optax.adam(0.1)`); gradients are negated for ascent.
       num_steps: K >= 1.
       method: "dualdice" or one of the IS methods.
-      baseline, pessimistic: see above ("dualdice" only).
+      baseline, pessimistic: see above. `baseline` acts on "dualdice" only; `pessimistic` moves the "dualdice"
+        gradient and, for every method, the unseen-pair value of `estimated_values`.
 
     Returns:
       An `ImprovementResult`; `estimated_values` are computed with the same unseen-pair values.

@@ -51,7 +51,10 @@ def log_ratios(target_log_probs: Array, behaviour_log_probs: Array, mask: Array)
 
 
 def cumulative_log_ratios(target_log_probs: Array, behaviour_log_probs: Array, mask: Array) -> Array:
-    """log rho_{0:t} = sum_{k<=t} log rho_k, [N, T]."""
+    """log rho_{0:t} = sum_{k<=t} log rho_k: [N, T] -> [N, T] (cumulative over the time axis).
+
+    log rho_k is 0 on padding (`log_ratios`), so an episode that ended keeps its final value there.
+    """
     return jnp.cumsum(log_ratios(target_log_probs, behaviour_log_probs, mask), axis=-1)
 
 
@@ -64,7 +67,10 @@ def discounted_rewards(rewards: Array, mask: Array, discount) -> Array:
 
 
 def importance_weights(target_log_probs: Array, behaviour_log_probs: Array, mask: Array) -> Array:
-    """Trajectory weights rho^i_{0:T-1} [N] (the product over each episode's valid steps)."""
+    """Trajectory weights rho^i_{0:T-1} = exp(sum_t m^i_t log rho^i_t) [N] from [N, T] inputs.
+
+    The product of pi(a_t|s_t) / mu(a_t|s_t) over each episode's valid steps (m = mask); formed in log space.
+    """
     return jnp.exp(jnp.sum(log_ratios(target_log_probs, behaviour_log_probs, mask), axis=-1))
 
 
@@ -78,6 +84,12 @@ def importance_value(
 ) -> Array:
     """An importance-sampling estimate of J_T(pi) on the `expected_return` scale; a scalar.
 
+        "is"     1/N sum_i rho^i_{0:T-1} sum_t gamma^t r^i_t
+        "pdis"   1/N sum_i sum_t gamma^t rho^i_{0:t} r^i_t
+        "wis"    sum_i rho^i_{0:T-1} G^i / sum_i rho^i_{0:T-1},   G^i = sum_t gamma^t r^i_t
+        "wpdis"  sum_t gamma^t sum_i rho^i_{0:t} r^i_t / sum_i rho^i_{0:t}
+
+    with rho_t = pi(a_t|s_t) / mu(a_t|s_t), products over valid steps and r = 0 on padding (module docstring).
     Weighted estimates are NaN when every episode has zero probability under pi (its weight
     rho_{0:T-1} is 0): they are undefined there; `policy_value` reports it.
 

@@ -373,7 +373,8 @@ def neural_dualdice_ratio(params: DualDICEParams, observations: Array, actions: 
 def neural_dualdice_value(params: DualDICEParams, dataset: Dataset, discount, normalised: bool = False) -> Array:
     """J_hat(pi) = mean_D[w_hat r] / (1 - gamma), or mean_D[w_hat r] / mean_D[w_hat] / (1 - gamma) (normalised).
 
-    Means run over the dataset's valid steps (`mask`); jit-friendly. A scalar. Self-normalising
+    dataset: float observation features [N, T, obs_dim], int actions [N, T]. Means run over the dataset's
+    valid steps (`mask`); jit-friendly. A scalar. Self-normalising
     assumes E_D[w] = 1, true without terminal states. When pi reaches terminal states, d^pi puts
     mass gamma f / (1 - gamma) on the absorbing state (f = the d^pi-probability of terminating),
     so E_D[w] = 1 - gamma f / (1 - gamma) < 1 and only the plain estimate is consistent (with
@@ -534,7 +535,7 @@ class FQEParams:
 
 
 def fqe_q_values(params: FQEParams, observations: Array) -> Array:
-    """Q_hat(s, .): observations [..., obs_dim] -> [..., A]."""
+    """Q_hat(s, .) = net(s) / (1 - gamma), the network fitting (1 - gamma) Q: obs [..., obs_dim] -> [..., A]."""
     scaled = _apply(params.hidden_sizes, params.activation, params.num_actions, params.q, observations)
     return scaled / (1.0 - params.discount)
 
@@ -556,6 +557,9 @@ def fqe_loss(q_sa: Array, rewards: Array, terminals: Array, next_values: Array, 
       terminals: [B] bool.
       next_values: sum_a' pi(a'|s'_i) Q_target(s'_i, a') [B].
       discount: gamma.
+
+    Returns:
+      A scalar; only q_sa carries gradient.
     """
     chex.assert_equal_shape([q_sa, rewards, terminals, next_values])
     target = rewards + discount * (1.0 - terminals.astype(q_sa.dtype)) * next_values

@@ -20,7 +20,8 @@ Array = jax.Array
 
 
 def objective(mdp: MDP, theta: Array, features: Array) -> Array:
-    """J(theta) = mu0 . V^{pi_theta} for the softmax policy; differentiate it with `jax.grad`."""
+    """J(theta) = mu0 . V^{pi_theta}, a scalar, for the softmax policy of theta [D] and features phi [S, A, D];
+    differentiate it with `jax.grad` (grad [D])."""
     return expected_return(mdp, softmax_policy(theta, features))
 
 
@@ -62,6 +63,11 @@ def advantage_policy_gradient(mdp: MDP, theta: Array, features: Array) -> Array:
     """The same gradient with the advantage A = Q - V in place of Q (the baseline drops out).
 
         grad J = 1/(1-gamma) E_{d^pi}[ grad log pi(a|s) (Q^pi(s,a) - V^pi(s)) ]
+
+    Args:
+      mdp: an `MDP` with S states and A actions.
+      theta: parameters [D].
+      features: phi [S, A, D].
 
     Returns:
       grad J [D].

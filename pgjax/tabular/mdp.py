@@ -72,17 +72,21 @@ class MDP:
 
     @property
     def num_states(self) -> int:
+        """S, from reward [..., S, A]."""
         return self.reward.shape[-2]
 
     @property
     def num_actions(self) -> int:
+        """A, from reward [..., S, A]."""
         return self.reward.shape[-1]
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
+        """The leading batch axes [...] of reward [..., S, A] (() for one MDP)."""
         return tuple(self.reward.shape[:-2])
 
     def replace(self, **changes) -> "MDP":
+        """A copy with the named fields replaced (validated again when concrete)."""
         return dataclasses.replace(self, **changes)
 
     def tree_flatten(self):

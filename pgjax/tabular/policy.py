@@ -32,7 +32,8 @@ def softmax_policy(theta: Array, features: Array) -> Array:
 
 
 def log_policy(theta: Array, features: Array) -> Array:
-    """log pi_theta(a|s) [S, A], computed stably with log-softmax."""
+    """log pi_theta(a|s) = phi(s,a)^T theta - log sum_a' exp(phi(s,a')^T theta) [S, A], from theta [D] and
+    features [S, A, D]; computed stably with log-softmax."""
     return jax.nn.log_softmax(policy_logits(theta, features), axis=-1)
 
 
@@ -76,12 +77,13 @@ def logistic_features(state_features: Array) -> Array:
 
 
 def logistic_policy(theta: Array, state_features: Array) -> Array:
-    """pi [S, 2] with pi(1|s) = sigmoid(x_s^T theta), pi(0|s) = 1 - pi(1|s)."""
+    """pi [S, 2] with pi(1|s) = sigmoid(x_s^T theta), pi(0|s) = 1 - pi(1|s), from theta [D] and state features
+    x [S, D] (the softmax policy of `logistic_features(x)`)."""
     p1 = jax.nn.sigmoid(state_features @ theta)
     return jnp.stack([1.0 - p1, p1], axis=-1)
 
 
 def uniform_policy(num_states: int, num_actions: int, dtype=None) -> Array:
-    """pi(a|s) = 1/A, shape [S, A]."""
+    """pi(a|s) = 1/A, shape [S, A] (dtype: jax's default float unless given)."""
     dtype = dtype or jnp.result_type(float)
     return jnp.full((num_states, num_actions), 1.0 / num_actions, dtype)

@@ -36,12 +36,13 @@ TAXI_NUM_ACTIONS = 6
 
 
 def taxi_encode(row: int, col: int, passenger: int, destination: int) -> int:
-    """The state index of (taxi row, taxi col, passenger 0..4, destination 0..3)."""
+    """The state index ((row * 5 + col) * 5 + passenger) * 4 + destination in [0, 500) of (taxi row 0..4,
+    taxi col 0..4, passenger 0..4 (4: in the taxi), destination 0..3)."""
     return ((row * 5 + col) * 5 + passenger) * 4 + destination
 
 
 def taxi_decode(state: int) -> tuple[int, int, int, int]:
-    """(row, col, passenger, destination) of a state index."""
+    """(row, col, passenger, destination) of a state index in [0, 500): the inverse of `taxi_encode`."""
     state, destination = divmod(state, 4)
     state, passenger = divmod(state, 5)
     row, col = divmod(state, 5)
@@ -88,7 +89,8 @@ def taxi_initial_distribution() -> np.ndarray:
 
 
 def taxi_mdp(discount: float = 0.99) -> MDP:
-    """The continuing Taxi MDP (S = 500, A = 6); see the module docstring."""
+    """The continuing Taxi MDP (S = 500, A = 6): transition [500, 6, 500], reward [500, 6] in {-1, 20, -10},
+    initial [500] (`taxi_initial_distribution`), discount gamma in (0, 1); see the module docstring."""
     if not 0.0 < discount < 1.0:
         raise ValueError(f"taxi_mdp: discount must be in (0, 1); got {discount}.")
     mu0 = taxi_initial_distribution()
