@@ -22,6 +22,15 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 KERNEL_NAME = "python3"
 CELL_TIMEOUT_S = 600
+# Notebooks that assert bit-for-bit equality of separately compiled programs (03: training in segments against the
+# one-call run): marked exact_compiler (tests/conftest.py).
+EXACT_COMPILER = {"03_online_policy_gradient.ipynb"}
+
+
+def notebook_params(paths: list[Path]) -> list:
+    """pytest params for `paths`, with their ids and the exact_compiler mark where `EXACT_COMPILER` names them."""
+    return [pytest.param(p, id=p.name, marks=[pytest.mark.exact_compiler] if p.name in EXACT_COMPILER else [])
+            for p in paths]
 
 
 @contextlib.contextmanager

@@ -161,6 +161,7 @@ def _target_kl_stopping_at(kls):
     return stop, (kls[stop] + max(kls[:stop])) / 2
 
 
+@pytest.mark.exact_compiler
 def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
     """PPO's early stopping against the same steps taken one by one: the KL each minibatch step sees before it
     moves, the first step over target_kl and every later one skipped (parameters and Adam state as they were)."""
@@ -234,6 +235,7 @@ def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
         config.replace(target_kl=-0.01)
 
 
+@pytest.mark.exact_compiler
 def test_split_target_kl_stops_the_actor_and_lets_the_critic_fit():
     """split_actor_critic with target_kl: the actor stops at its first minibatch over the target (parameters and
     Adam state those of its steps taken one by one), the critic takes every step, and each network's count

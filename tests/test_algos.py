@@ -18,15 +18,21 @@ SHORT = {
 }
 
 
+class _CartPoleRuns(dict):
+    """name -> (config, jitted vmapped train, its run on 2 seeds), each run on first use (a test that needs PPO alone
+    compiles PPO alone)."""
+
+    def __missing__(self, name):
+        config_cls, make_train = algos.get(name)
+        config = config_cls(env_id="CartPole-v1", **SHORT[name])
+        train = jax.jit(jax.vmap(make_train(config)))
+        self[name] = (config, train, train(jax.random.split(jax.random.key(0), 2)))
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def cartpole_runs():
-    out = {}
-    for name, kwargs in SHORT.items():
-        config_cls, make_train = algos.get(name)
-        config = config_cls(env_id="CartPole-v1", **kwargs)
-        train = jax.jit(jax.vmap(make_train(config)))
-        out[name] = (config, train, train(jax.random.split(jax.random.key(0), 2)))
-    return out
+    return _CartPoleRuns()
 
 
 @pytest.mark.parametrize("name", list(SHORT))
@@ -135,6 +141,7 @@ def test_config_validation(cls, kwargs, match):
         cls(**kwargs)
 
 
+@pytest.mark.exact_compiler
 def test_in_run_evaluation_evaluates_the_updated_policy_and_leaves_training_unchanged():
     """eval_every: after every eval_every-th update and the last, eval_return is the mean return of eval_episodes
     episodes of the parameters just updated, observation statistics frozen at their training values (the same
@@ -277,6 +284,7 @@ def test_continuous_actions_on_pendulum(name):
     assert np.asarray(output.metrics["env_steps"])[-1] == 4_096
 
 
+@pytest.mark.exact_compiler
 def test_normalized_rewards_change_what_is_learned_not_what_is_reported():
     """normalize_rewards puts NormalizeReward in the stack: the first rollout (same key, same initial policy) reports
     the same raw episode returns, the losses differ, and the statistics cover every step of the run."""
@@ -314,6 +322,7 @@ def test_progress_callback_every_kth_update_and_the_last(monkeypatch):
     np.testing.assert_allclose([loss for _, loss in seen], np.asarray(out.metrics["loss"])[[0, 3, 6, 9, 12, 13]], rtol=1e-6)
 
 
+@pytest.mark.exact_compiler
 def test_train_in_segments_equals_the_one_call_run_and_resumes(cartpole_runs, tmp_path):
     """runs.train_in_segments: two segments of 40 updates give the one-call run's metrics and agent bit for bit;
     resume=True with no file starts afresh, with a finished run's file returns it as saved; a checkpoint of

@@ -207,6 +207,7 @@ def _rows_without_wall_time(run, seed=None):
     return [{k: v for k, v in r.items() if k != "wall_time"} for r in table if seed is None or r["seed"] == seed]
 
 
+@pytest.mark.exact_compiler
 def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_path, monkeypatch, capsys):
     """--checkpoint-every 8 of 16 updates: two segments. Interrupted after its first checkpoint and resumed with
     --resume, the run writes run_dir's files (one compiled call) bit for bit: metrics (the in-run evaluations after

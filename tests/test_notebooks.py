@@ -7,7 +7,7 @@ import sys
 
 import nbformat
 import pytest
-from notebook_runner import NOTEBOOK_DIR, NOTEBOOKS, execute
+from notebook_runner import NOTEBOOK_DIR, NOTEBOOKS, execute, notebook_params
 
 
 def test_kernel_runs_this_interpreter(kernel_env):
@@ -26,6 +26,6 @@ def test_notebook_outputs_are_stripped(path):
     assert not dirty, f"{path.name}: clear the outputs of code cells {dirty} before committing."
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS[0::2], ids=[p.name for p in NOTEBOOKS[0::2]])
+@pytest.mark.parametrize("path", notebook_params(NOTEBOOKS[0::2]))
 def test_notebook_executes(path, kernel_env):
     execute(nbformat.read(path, as_version=4))

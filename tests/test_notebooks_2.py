@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from notebook_runner import NOTEBOOKS, execute
+from notebook_runner import NOTEBOOKS, execute, notebook_params
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS[1::2], ids=[p.name for p in NOTEBOOKS[1::2]])
+@pytest.mark.parametrize("path", notebook_params(NOTEBOOKS[1::2]))
 def test_notebook_executes(path, kernel_env):
     execute(nbformat.read(path, as_version=4))

@@ -126,6 +126,7 @@ TWO_DEVICES = textwrap.dedent(
 )
 
 
+@pytest.mark.exact_compiler
 def test_two_cpu_devices_match_one_device():
     done = run_cpu_python(TWO_DEVICES)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
