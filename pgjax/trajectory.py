@@ -137,7 +137,9 @@ def rewards_to_go(rewards: Array, discount: Array) -> Array:
         g = r + discount * g_next
         return g, g
 
-    _, g = lax.scan(step, jnp.zeros((), rewards.dtype), rewards, reverse=True)
+    # Floating whatever the rewards' dtype (integer rewards: G is not an integer; the default float then).
+    dtype = jnp.result_type(rewards.dtype, discount, float)
+    _, g = lax.scan(step, jnp.zeros((), dtype), jnp.asarray(rewards, dtype), reverse=True)
     return g
 
 

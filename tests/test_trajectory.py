@@ -116,6 +116,10 @@ def test_rewards_to_go_and_return_match_numpy():
     np.testing.assert_allclose(tr.rewards_to_go(rewards, g), expected, rtol=1e-12)
     np.testing.assert_allclose(tr.discounted_return(rewards, g), expected[0], rtol=1e-12)
     np.testing.assert_allclose(jax.jit(tr.rewards_to_go)(rewards, g), expected, rtol=1e-12)
+    # Integer rewards give floating returns (the scan's carry was an integer zero: a type error).
+    ints = jnp.array([1, 0, 2, 3])
+    np.testing.assert_allclose(tr.rewards_to_go(ints, g), [1 + 0.7**2 * 2 + 0.7**3 * 3, 0.7 * 2 + 0.7**2 * 3,
+                                                            2 + 0.7 * 3, 3], rtol=1e-12)
 
 
 def test_vmapped_sampling_equals_one_at_a_time(setup):

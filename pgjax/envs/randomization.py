@@ -89,8 +89,9 @@ class RandomizedParams(_InnerEnvironment):
     Args:
       env: a gymnax `Environment` (unwrapped: `step_env` / `reset_env` are used).
       env_id: its id, for the derived fields of `envs.override_params`.
-      ranges: {field: (low, high)}, numeric scalar fields of the params with finite low <= high. An int field
-        (e.g. max_steps_in_episode) gets floor(u), so high itself is never drawn; float fields get u.
+      ranges: {field: (low, high)}, numeric scalar fields of the params with finite low <= high. Each episode draws
+        u ~ U[low, high): float fields get u, int fields (e.g. max_steps_in_episode) floor(u), so the integers
+        from floor(low) to ceil(high) - 1 (high itself only when low == high).
 
     The params passed to `reset` / `step` give the other fields (e.g. a grid lane's `env.<field>` values).
 

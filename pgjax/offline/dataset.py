@@ -190,7 +190,7 @@ def collect(key: Array, mdp: MDP, behaviour_pi: Array, num_trajectories: int, ho
     if not isinstance(behaviour_pi, jax.core.Tracer):
         check_tabular_policy(behaviour_pi, "behaviour_pi", mdp.reward.shape)
     for name, value in (("num_trajectories", num_trajectories), ("horizon", horizon)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"collect: {name} must be a positive int; got {value!r}.")
     return sample_dataset(key, mdp, behaviour_pi, int(num_trajectories), int(horizon))
 
