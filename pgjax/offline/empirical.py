@@ -112,6 +112,16 @@ def _pair_sums(indices: tuple[Array, ...], values: Array, shape: tuple[int, ...]
     return partial[0]
 
 
+def pair_totals(dataset: Dataset, shape: tuple[int, int], dtype) -> tuple[Array, Array]:
+    """Over the valid transitions: n(s,a), int32 and exact, and sum_{(s_i,a_i) = (s,a)} r_i in `dtype`, accurate to
+    a few roundings (`_pair_sums`); both [S, A] = `shape`. jit/vmap-able (shape and dtype static)."""
+    s, a = dataset.observations.reshape(-1), dataset.actions.reshape(-1)
+    valid = dataset.mask.astype(bool).reshape(-1)
+    counts = jnp.zeros(shape, jnp.int32).at[s, a].add(valid.astype(jnp.int32))
+    rewards = jnp.where(valid, dataset.rewards.reshape(-1), 0).astype(dtype)
+    return counts, _pair_sums((s, a), rewards, shape)
+
+
 def empirical_model(dataset: Dataset, num_states: int, num_actions: int) -> EmpiricalModel:
     """Count the dataset's valid transitions into an `EmpiricalModel` (jit/vmap-able; S, A static).
 
@@ -123,19 +133,15 @@ def empirical_model(dataset: Dataset, num_states: int, num_actions: int) -> Empi
     The fields are floating (`float_dtype` of the rewards': their own dtype, at least float32, if floating).
     Counts are accumulated as int32, exactly; reward sums by `_pair_sums`, to a few float roundings.
     """
-    s, a, r = dataset.observations, dataset.actions, dataset.rewards
-    s_next, terminal = dataset.next_observations, dataset.terminals
+    s, a, s_next = dataset.observations, dataset.actions, dataset.next_observations
     # Never an integer dtype (integer rewards): pi cast to it would become 0 or 1.
-    dtype = float_dtype(r.dtype)
-    valid = dataset.mask.astype(bool)
-    live = valid & ~terminal.astype(bool)
-    counts = jnp.zeros((num_states, num_actions), jnp.int32).at[s, a].add(valid.astype(jnp.int32))
+    dtype = float_dtype(dataset.rewards.dtype)
+    counts, reward_sums = pair_totals(dataset, (num_states, num_actions), dtype)
+    live = dataset.mask.astype(bool) & ~dataset.terminals.astype(bool)
     transition_counts = jnp.zeros((num_states, num_actions, num_states), jnp.int32).at[s, a, s_next].add(
         live.astype(jnp.int32)
     )
     terminal_counts = counts - jnp.sum(transition_counts, axis=-1)
-    rewards = jnp.where(valid, r, 0).astype(dtype).reshape(-1)
-    reward_sums = _pair_sums((s.reshape(-1), a.reshape(-1)), rewards, (num_states, num_actions))
     initial_counts = jnp.zeros((num_states,), jnp.int32).at[dataset.initial_observations].add(1)
     return EmpiricalModel(
         counts.astype(dtype),

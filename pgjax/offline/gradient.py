@@ -65,10 +65,13 @@ def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, dis
     Returns:
       The gradient estimate [D].
     """
-    mask = dataset.mask.astype(q_values.dtype)
-    # Sum the weights per pair first, so the cost is O(S A D) however many transitions there are.
-    counts = jnp.zeros(q_values.shape, q_values.dtype).at[dataset.observations, dataset.actions].add(mask)
-    return expected_offline_gradient(counts / jnp.sum(mask), ratio, theta, features, q_values, discount)
+    # Count per pair first, so the cost is O(S A D) however many transitions there are; int32 counts are exact.
+    counts = jnp.zeros(q_values.shape, jnp.int32).at[dataset.observations, dataset.actions].add(
+        dataset.mask.astype(jnp.int32)
+    )
+    distribution = counts.astype(q_values.dtype) / jnp.sum(counts).astype(q_values.dtype)
+    ratio = jnp.where(counts > 0, ratio, 0)  # pairs the data never show take no part (a ratio there may be inf)
+    return expected_offline_gradient(distribution, ratio, theta, features, q_values, discount)
 
 
 def expected_offline_gradient(data_distribution: Array, ratio: Array, theta: Array, features: Array, q_values: Array, discount) -> Array:
