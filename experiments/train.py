@@ -34,7 +34,7 @@ check against the sweep's config.json (num_seeds, devices).
 Environment keywords (`--env-kwarg KEY=VALUE`, repeatable: a params field such as gravity=12, or a constructor
 keyword such as num_states=20 for tabular:random) set the variant every seed trains on; `--env-randomize
 FIELD=LOW:HIGH` (repeatable) draws a params field from U[LOW, HIGH] at every episode's reset instead (domain
-randomisation; evaluations stay on the nominal environment); with `--env-randomize-observe true` the policy also
+randomisation; `FIELD=LOW:HIGH:log` log-uniformly; evaluations stay on the nominal environment); with `--env-randomize-observe true` the policy also
 observes each episode's draws, scaled to [-1, 1] over their ranges (a context-conditioned policy).
 
 Long runs in segments, with a checkpoint after each (`--checkpoint-every K` updates; DIR/checkpoint.npz):
@@ -169,9 +169,10 @@ def build_parser(algo: str, env_id: str | None = None) -> argparse.ArgumentParse
                    help="a keyword for the environment (config field env_kwargs; repeatable): a field of its params "
                         "(e.g. gravity=12, max_steps_in_episode=200) or of its constructor (e.g. num_states=20 for "
                         "tabular:random); the value is read as JSON (numbers, true/false, lists), else as text")
-    p.add_argument("--env-randomize", action="append", default=None, metavar="FIELD=LOW:HIGH",
+    p.add_argument("--env-randomize", action="append", default=None, metavar="FIELD=LOW:HIGH[:log]",
                    help="domain randomisation (config field env_randomize; repeatable): every episode draws this "
-                        "numeric params field from U[LOW, HIGH] (e.g. length=0.25:2 for CartPole's pole); "
+                        "numeric params field from U[LOW, HIGH] (e.g. length=0.25:2 for CartPole's pole), or "
+                        "log-uniformly with :log (e.g. masspole=0.02:0.5:log); "
                         "evaluations use the nominal environment; --env-randomize-observe true lets the policy see "
                         "each episode's draws")
     p.add_argument("--out", default=None, help="run directory (default runs/<algo>-<env>-<time>)")

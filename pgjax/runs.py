@@ -353,20 +353,25 @@ def _evaluation_config(config: common.OnPolicyConfig) -> common.OnPolicyConfig:
     return config.replace(**defaults, env_randomize=observed)
 
 
-def parse_env_ranges(specs: list[str]) -> dict[str, tuple[float, float]]:
-    """{field: (low, high)} from command-line FIELD=LOW:HIGH texts (`--env-randomize`). ValueError for a malformed
-    or repeated one (the config checks the ranges, the environment the fields)."""
-    ranges: dict[str, tuple[float, float]] = {}
+def parse_env_ranges(specs: list[str]) -> dict[str, tuple]:
+    """{field: (low, high)} from command-line FIELD=LOW:HIGH texts (`--env-randomize`), (low, high, "log") from
+    FIELD=LOW:HIGH:log (log-uniform draws). ValueError for a malformed or repeated one (the config checks the ranges,
+    the environment the fields)."""
+    ranges: dict[str, tuple] = {}
     for spec in specs:
         name, sep, text = spec.partition("=")
         name = name.strip()
-        low, colon, high = text.partition(":")
+        parts = text.split(":")
+        log = len(parts) == 3 and parts[2].strip() == envs.randomization.LOG_UNIFORM
         try:
-            bounds = (float(low), float(high))
+            bounds = (float(parts[0]), float(parts[1])) if len(parts) == 2 or log else None
         except ValueError:
             bounds = None
-        if not sep or not colon or not name.isidentifier() or bounds is None:
-            raise ValueError(f"--env-randomize {spec!r}: expected FIELD=LOW:HIGH, e.g. length=0.25:2")
+        if not sep or not name.isidentifier() or bounds is None:
+            raise ValueError(f"--env-randomize {spec!r}: expected FIELD=LOW:HIGH, e.g. length=0.25:2, or "
+                             f"FIELD=LOW:HIGH:log for log-uniform draws, e.g. length=0.25:2:log")
+        if log:
+            bounds = (*bounds, envs.randomization.LOG_UNIFORM)
         if name in ranges:
             raise ValueError(f"--env-randomize {spec!r}: {name} is given twice")
         ranges[name] = bounds

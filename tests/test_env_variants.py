@@ -369,6 +369,36 @@ def test_observed_params_are_each_episodes_draw_scaled_to_its_range():
         envs.ObserveParams(base, {"lenght": (0.25, 2.0)})
 
 
+def test_log_uniform_ranges_draw_log_uniformly_and_are_observed_in_log_space():
+    """(low, high, "log"): log x ~ U[log low, log high] at each reset (Kolmogorov-Smirnov over 4096 resets), int
+    fields floor the draw, ObserveParams scales log x to [-1, 1]; the config, its config.json form and the command
+    line carry the "log", and a range that reaches 0 is refused."""
+    from scipy import stats
+
+    base, params = envs.make("CartPole-v1")
+    ranges = {"length": (0.1, 10.0, "log"), "max_steps_in_episode": (10, 1000, "log")}
+    env = envs.ObserveParams(envs.RandomizedParams(base, "CartPole-v1", ranges), ranges)
+    obs, state = jax.jit(jax.vmap(env.reset, (0, None)))(jax.random.split(jax.random.key(0), 4096), params)
+    length, limit = np.asarray(state.params.length), np.asarray(state.params.max_steps_in_episode)
+    assert length.min() >= 0.1 and length.max() < 10.0 and limit.min() >= 10 and limit.max() < 1000
+    assert stats.kstest(np.log(length), stats.uniform(np.log(0.1), np.log(100.0)).cdf).pvalue > 1e-3
+    assert stats.kstest(length, stats.uniform(0.1, 9.9).cdf).pvalue < 1e-6  # not uniform on [0.1, 10]
+    assert np.all(limit == np.floor(limit)) and 0.45 < np.mean(limit < 100) < 0.55  # half the draws below 10^2
+    np.testing.assert_allclose(np.asarray(obs)[:, 4], np.log(length) / np.log(10.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(obs)[:, 5], (np.log(limit) - np.log(100.0)) / np.log(10.0), atol=1e-5)
+    config = algos.PPOConfig(env_randomize={"length": (0.1, 10.0, "log")}, env_randomize_observe=True)
+    assert config.env_randomize == (("length", 0.1, 10.0, "log"),)
+    assert config.to_dict()["env_randomize"] == {"length": [0.1, 10.0, "log"]}
+    assert algos.PPOConfig(**config.to_dict()) == config
+    assert runs.parse_env_ranges(["length=0.1:10:log", "gravity=5:15"]) == {"length": (0.1, 10.0, "log"),
+                                                                           "gravity": (5.0, 15.0)}
+    for bad, message in [({"length": (0.0, 2.0, "log")}, "must have low > 0"), ({"length": (0.5, 2.0, "lg")}, "log")]:
+        with pytest.raises(ValueError, match=message):
+            algos.PPOConfig(env_randomize=bad)
+    with pytest.raises(ValueError, match="FIELD=LOW:HIGH:log"):
+        runs.parse_env_ranges(["length=0.1:10:lg"])
+
+
 def test_training_and_evaluation_observe_the_randomised_fields():
     """env_randomize_observe: the networks read 4 + 1 inputs; the in-run evaluation equals runs.evaluate's; an
     evaluated variant (length 2) is shown as (2 - m) / h: the observing policy's returns equal those of a blind

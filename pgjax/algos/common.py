@@ -73,7 +73,8 @@ class OnPolicyConfig:
       normalize_rewards: divide the rewards learned from by the running std of the discounted return.
       env_kwargs: keyword arguments for the environment (e.g. a tabular MDP's num_states).
       env_randomize: domain randomisation: ((field, low, high), ...), each numeric params field drawn from
-        U[low, high] at every episode's reset (e.g. (("length", 0.25, 2.0),) for CartPole's pole; empty: off).
+        U[low, high] at every episode's reset (e.g. (("length", 0.25, 2.0),) for CartPole's pole; empty: off),
+        or log-uniformly for an entry (field, low, high, "log") (0 < low).
       env_randomize_observe: the policy and critic observe the episode's randomised fields, appended to the
         observation, each scaled to [-1, 1] over its range (`pgjax.envs.ObserveParams`; needs env_randomize).
       unroll: scan unroll factor inside each update (speed only; 0 picks per backend).
@@ -120,10 +121,11 @@ class OnPolicyConfig:
     it runs 2x slower (benchmarks/README.md, twentieth session).
 
     `env_randomize` (default empty: off) trains on a distribution of environments: at every reset each listed
-    field of the environment's params is drawn from U[low, high] (`pgjax.envs.RandomizedParams`, drawn with the
+    field of the environment's params is drawn from U[low, high], or log-uniformly for ("log")
+    (`pgjax.envs.RandomizedParams`, drawn with the
     reset states, so rollouts keep `PredrawnResets`), and the episode runs under the drawn params; the policy does
     not see them, unless `env_randomize_observe`: then the observation ends with one feature per randomised field,
-    (x - m) / h for the range's midpoint m and half-width h, so that the policy can adapt to the episode's draw
+    (x - m) / h for the range's midpoint m and half-width h (of log x for a log-uniform range), so that the policy can adapt to the episode's draw
     (a context-conditioned policy) instead of having to do well on average over the range. In-run evaluations
     (`eval_every`) and `runs.evaluate` use the nominal environment (`env_id` with `env_kwargs`); evaluate variants
     with other `env_kwargs` (`evaluate.py --env-kwarg`). An observing policy is shown the evaluated variant's
@@ -153,7 +155,7 @@ class OnPolicyConfig:
     normalize_observations: bool = False
     normalize_rewards: bool = False
     env_kwargs: tuple[tuple[str, Any], ...] = ()
-    env_randomize: tuple[tuple[str, float, float], ...] = ()
+    env_randomize: tuple[tuple, ...] = ()
     env_randomize_observe: bool = False
     unroll: int = 0
     compute_dtype: str = "float32"
@@ -255,34 +257,34 @@ class OnPolicyConfig:
         return dataclasses.replace(self, **changes)
 
     @property
-    def randomize_ranges(self) -> dict[str, tuple[float, float]]:
-        """`env_randomize` as {field: (low, high)}."""
-        return {name: (low, high) for name, low, high in self.env_randomize}
+    def randomize_ranges(self) -> dict[str, tuple]:
+        """`env_randomize` as {field: (low, high)}, or (low, high, "log") for a log-uniform field."""
+        return {name: tuple(bounds) for name, *bounds in self.env_randomize}
 
     @property
-    def observed_ranges(self) -> dict[str, tuple[float, float]] | None:
+    def observed_ranges(self) -> dict[str, tuple] | None:
         """The ranges whose fields the policy observes (`env_randomize_observe`), else None."""
         return self.randomize_ranges if self.env_randomize_observe else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON-able values (env_kwargs as a dict, env_randomize as {field: [low, high]})."""
+        """The fields as JSON-able values (env_kwargs as a dict, env_randomize as {field: [low, high(, "log")]})."""
         out = dataclasses.asdict(self)
         out["env_kwargs"] = dict(self.env_kwargs)
-        out["env_randomize"] = {name: [low, high] for name, (low, high) in self.randomize_ranges.items()}
+        out["env_randomize"] = {name: list(bounds) for name, bounds in self.randomize_ranges.items()}
         return out
 
 
-def _randomize_entries(cls: str, value: Any) -> tuple[tuple[str, float, float], ...]:
-    """`env_randomize` as sorted (field, low, high) triples, from triples or {field: (low, high)} (a config.json's);
-    ValueError naming the entry for a malformed one. Whether the fields exist is checked with the environment
+def _randomize_entries(cls: str, value: Any) -> tuple[tuple, ...]:
+    """`env_randomize` as sorted (field, low, high) or (field, low, high, "log") entries, from such entries or
+    {field: (low, high[, "log"])} (a config.json's); ValueError naming the entry for a malformed one. Whether the fields exist is checked with the environment
     (`make_env`, `envs.randomization.check_ranges`)."""
     if isinstance(value, dict):
         items = list(value.items())
-    elif isinstance(value, (tuple, list)) and all(isinstance(e, (tuple, list)) and len(e) == 3 for e in value):
+    elif isinstance(value, (tuple, list)) and all(isinstance(e, (tuple, list)) and len(e) in (3, 4) for e in value):
         items = [(e[0], e[1:]) for e in value]
     else:
-        raise ValueError(f"{cls}.env_randomize must be (field, low, high) triples, e.g. ('length', 0.25, 2.0); "
-                         f"got {value!r}.")
+        raise ValueError(f"{cls}.env_randomize must be (field, low, high) triples, e.g. ('length', 0.25, 2.0), or "
+                         f"(field, low, high, 'log') for log-uniform draws; got {value!r}.")
     entries = [(name, *envs.randomization.check_range(f"{cls}.env_randomize", name, bounds)) for name, bounds in items]
     if len({e[0] for e in entries}) != len(entries):
         raise ValueError(f"{cls}.env_randomize names a field twice: {[e[0] for e in entries]}.")

@@ -2,15 +2,16 @@
 
     env = RandomizedParams(env, "CartPole-v1", {"length": (0.25, 2.0)})   # pole half-length ~ U[0.25, 2] per episode
 
-At each reset, each named field of the params is drawn uniformly from [low, high], independently, from the reset's
-key; the episode then runs under those params, carried in the state (`RandomizedParamsState.params`), and fields
+At each reset, each named field of the params is drawn from its range, independently, from the reset's key:
+uniformly from [low, high], or log-uniformly for a range (low, high, "log") (log x ~ U[log low, log high], for
+scales such as masses and lengths, 0 < low); the episode then runs under those params, carried in the state (`RandomizedParamsState.params`), and fields
 derived from them follow (`envs.override_params`: CartPole's total_mass and polemass_length). The policy does not
 observe the draws. `RandomizedParams` is a gymnax `Environment` built from `step_env`, `reset_env` and
 `is_truncated`, so gymnax's auto-resetting `step` draws a new episode's params with its reset state, and
 `PredrawnResets` can draw them ahead of a rollout like any reset.
 
 To let the policy see them, `ObserveParams` appends the episode's fields to the observation, each scaled to
-[-1, 1] over its range:
+[-1, 1] over its range (a log-uniform one in log space):
 
     env = ObserveParams(RandomizedParams(env, "CartPole-v1", ranges), ranges)   # obs [4] -> [5]
 
@@ -32,6 +33,9 @@ from gymnax.environments import environment, spaces
 from pgjax.envs.registry import numeric_fields, override_params
 
 Array = jax.Array
+
+# The third element of a log-uniform range (low, high, LOG_UNIFORM); a range of two is uniform.
+LOG_UNIFORM = "log"
 
 
 @struct.dataclass
@@ -89,9 +93,10 @@ class RandomizedParams(_InnerEnvironment):
     Args:
       env: a gymnax `Environment` (unwrapped: `step_env` / `reset_env` are used).
       env_id: its id, for the derived fields of `envs.override_params`.
-      ranges: {field: (low, high)}, numeric scalar fields of the params with finite low <= high. Each episode draws
-        u ~ U[low, high): float fields get u, int fields (e.g. max_steps_in_episode) floor(u), so the integers
-        from floor(low) to ceil(high) - 1 (high itself only when low == high).
+      ranges: {field: (low, high)} or {field: (low, high, "log")}, numeric scalar fields of the params with finite
+        low <= high (0 < low for "log"). Each episode draws u ~ U[low, high), or u = exp(v), v ~ U[log low, log high),
+        for "log": float fields get u, int fields (e.g. max_steps_in_episode) floor(u), so the integers from
+        floor(low) to ceil(high) - 1 (high itself only when low == high).
 
     The params passed to `reset` / `step` give the other fields (e.g. a grid lane's `env.<field>` values).
 
@@ -103,15 +108,15 @@ class RandomizedParams(_InnerEnvironment):
         check_ranges(env_id, env.default_params, ranges)
         super().__init__(env)
         self._env_id = env_id
-        self._ranges = {name: (float(low), float(high)) for name, (low, high) in ranges.items()}
+        self._ranges = {name: check_range(env_id, name, bounds) for name, bounds in ranges.items()}
 
     def draw_params(self, key: Array, params: Any) -> Any:
         """`params` with every randomised field drawn from its range (one episode's params)."""
         keys = jax.random.split(key, len(self._ranges))
         drawn = {}
-        for k, (name, (low, high)) in zip(keys, self._ranges.items()):
+        for k, (name, bounds) in zip(keys, self._ranges.items()):
             default = getattr(params, name)
-            u = jax.random.uniform(k, (), jnp.float32, low, high)
+            u = _draw(k, bounds)
             drawn[name] = jnp.floor(u).astype(jnp.int32) if _is_int(default) else u
         return override_params(self._env_id, params, drawn)
 
@@ -144,7 +149,7 @@ class RandomizedParams(_InnerEnvironment):
         if not isinstance(space, spaces.Box):
             return space
         low, high = jnp.asarray(space.low, jnp.float32), jnp.asarray(space.high, jnp.float32)
-        for corner in itertools.product(*self._ranges.values()):
+        for corner in itertools.product(*(bounds[:2] for bounds in self._ranges.values())):
             drawn = {name: int(value) if _is_int(getattr(params, name)) else value
                      for name, value in zip(self._ranges, corner)}
             box = self._env.action_space(override_params(self._env_id, params, drawn))
@@ -155,7 +160,9 @@ class RandomizedParams(_InnerEnvironment):
 class ObserveParams(_InnerEnvironment):
     """`env`'s observation, flattened to float32 [D], followed by one feature per entry of `ranges`: the episode's
     value x of that params field, scaled to (x - m) / h with m = (low + high) / 2, h = (high - low) / 2 (h = 1 for
-    a zero-width range), so draws from the range lie in [-1, 1]. Observation [D + len(ranges)].
+    a zero-width range), so draws from the range lie in [-1, 1]; for a log-uniform range (low, high, "log") the same
+    with log x, log low and log high (x <= 0 counts as the smallest positive float32). Observation
+    [D + len(ranges)].
 
     The episode's params are `RandomizedParamsState.params` when `env` is a `RandomizedParams`, and otherwise the
     params passed to `reset` / `step` (a nominal environment, a grid lane's variant, an evaluation's variant; values
@@ -164,7 +171,8 @@ class ObserveParams(_InnerEnvironment):
 
     Args:
       env: a gymnax `Environment`: unwrapped, or a `RandomizedParams`.
-      ranges: {field: (low, high)} over numeric scalar fields of the params, usually the randomised ranges.
+      ranges: {field: (low, high)} or {field: (low, high, "log")} over numeric scalar fields of the params, usually
+        the randomised ranges.
 
     Raises:
       ValueError: a bad range (`check_range`) or a field that is not a numeric scalar field of the params.
@@ -174,13 +182,16 @@ class ObserveParams(_InnerEnvironment):
         check_ranges(env.name, env.default_params, ranges)
         super().__init__(env)
         self._fields = tuple(ranges)
-        lows, highs = (jnp.asarray([float(ranges[n][i]) for n in self._fields], jnp.float32) for i in (0, 1))
+        self._log = tuple(len(check_range(env.name, n, ranges[n])) == 3 for n in self._fields)
+        lows, highs = (jnp.asarray([_scale(float(ranges[n][i]), log) for n, log in zip(self._fields, self._log)],
+                                   jnp.float32) for i in (0, 1))
         self._center = (lows + highs) / 2
         self._half_width = jnp.where(highs > lows, (highs - lows) / 2, 1.0)
 
     def features(self, episode_params: Any) -> Array:
         """[len(ranges)] float32: the scaled fields of one episode's params."""
-        values = jnp.stack([jnp.asarray(getattr(episode_params, n), jnp.float32) for n in self._fields])
+        values = jnp.stack([_scale(jnp.asarray(getattr(episode_params, n), jnp.float32), log)
+                            for n, log in zip(self._fields, self._log)])
         return (values - self._center) / self._half_width
 
     def _observe(self, obs: Any, state: Any, params: Any) -> Array:
@@ -212,22 +223,45 @@ def _is_int(value: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(value), jnp.integer)
 
 
-def check_range(owner: str, name: Any, bounds: Any) -> tuple[float, float]:
-    """(low, high) as floats; ValueError naming `owner` and the field unless `name` is a string and `bounds` two
-    finite numbers with low <= high."""
-    if (not isinstance(name, str) or not isinstance(bounds, (tuple, list)) or len(bounds) != 2
-            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)):
+def _draw(key: Array, bounds: tuple) -> Array:
+    """One float32 draw from a checked range: U[low, high), or exp(U[log low, log high)) for (low, high, "log")."""
+    if len(bounds) == 3:
+        return jnp.exp(jax.random.uniform(key, (), jnp.float32, math.log(bounds[0]), math.log(bounds[1])))
+    return jax.random.uniform(key, (), jnp.float32, bounds[0], bounds[1])
+
+
+def _scale(x: Any, log: bool) -> Any:
+    """x, or log x for a log-uniform field (x <= 0 as the smallest positive float32, so the feature stays finite)."""
+    if not log:
+        return x
+    if isinstance(x, float):
+        return math.log(x)
+    return jnp.log(jnp.maximum(x, jnp.finfo(jnp.float32).tiny))
+
+
+def check_range(owner: str, name: Any, bounds: Any) -> tuple:
+    """(low, high) as floats, or (low, high, "log") for a log-uniform range; ValueError naming `owner` and the field
+    unless `name` is a string and `bounds` two finite numbers with low <= high, optionally followed by "log" (then
+    0 < low)."""
+    log = isinstance(bounds, (tuple, list)) and len(bounds) == 3 and bounds[2] == LOG_UNIFORM
+    numbers = bounds[:2] if log else bounds
+    if (not isinstance(name, str) or not isinstance(bounds, (tuple, list)) or len(numbers) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in numbers)):
         raise ValueError(f"{owner}: a randomised range must be (field, low, high) with finite numbers, e.g. "
-                         f"('length', 0.25, 2.0); got {(name, bounds)!r}.")
-    low, high = float(bounds[0]), float(bounds[1])
+                         f"('length', 0.25, 2.0), or (field, low, high, {LOG_UNIFORM!r}) for a log-uniform one; "
+                         f"got {(name, bounds)!r}.")
+    low, high = float(numbers[0]), float(numbers[1])
     if low > high:
         raise ValueError(f"{owner}: the range of {name} has low {low} > high {high}; swap them.")
-    return low, high
+    if log and low <= 0:
+        raise ValueError(f"{owner}: the log-uniform range of {name} must have low > 0; got low {low} (a uniform "
+                         f"range takes values down to 0 and below).")
+    return (low, high, LOG_UNIFORM) if log else (low, high)
 
 
 def check_ranges(env_id: str, params: Any, ranges: Any) -> None:
-    """ValueError naming the entry and the fix unless `ranges` is {field: (low, high)} over numeric scalar fields
-    of `params` with finite low <= high (and low >= 1 for the step limit)."""
+    """ValueError naming the entry and the fix unless `ranges` is {field: (low, high)} or {field: (low, high, "log")}
+    over numeric scalar fields of `params` with finite low <= high (and low >= 1 for the step limit)."""
     numeric = list(numeric_fields(params))
     if not isinstance(ranges, dict) or not ranges:
         raise ValueError(f"{env_id}: the randomised ranges must be a non-empty {{field: (low, high)}}; got {ranges!r}.")
@@ -235,6 +269,6 @@ def check_ranges(env_id: str, params: Any, ranges: Any) -> None:
         if name not in numeric:
             raise ValueError(f"{env_id}: cannot randomise {name!r}: only the numeric fields of its params can be "
                              f"({', '.join(numeric)}).")
-        low, _ = check_range(env_id, name, bounds)
+        low = check_range(env_id, name, bounds)[0]
         if name == "max_steps_in_episode" and low < 1:
             raise ValueError(f"{env_id}: the step limit's range must start at >= 1; got low {low}.")
