@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pgjax.distributions import Categorical, DiagGaussian, diag_gaussian
 
@@ -44,6 +45,13 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
 # Output widths `Dense` computes one matrix-vector product per column, on these backends (see `dense_as_columns`).
 COLUMN_FEATURES = (2, 3)
 COLUMN_BACKENDS = ("cpu",)
+
+
+def check_width(owner: str, name: str, value: Any) -> None:
+    """ValueError naming `owner.name` unless `value` is a positive int (a layer's width, a number of actions): a
+    zero-width layer would train nothing and output its bias alone, a zero-action head a NaN distribution."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{owner}.{name} must be a positive int; got {value!r}.")
 
 
 def dense_as_columns(features: int, backend: str | None = None) -> bool:
@@ -113,9 +121,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         act = activation_fn(self.activation)
-        for width in self.hidden_sizes:
+        for i, width in enumerate(self.hidden_sizes):
+            check_width("MLP", f"hidden_sizes[{i}]", width)
             x = act(_dense(width, HIDDEN_GAIN, dtype=self.dtype)(x))
         if self.output_dim is not None:
+            check_width("MLP", "output_dim", self.output_dim)
             x = _dense(self.output_dim, self.output_gain)(x)
         return x
 
@@ -132,6 +142,7 @@ class PolicyHead(nn.Module):
 
     @nn.compact
     def __call__(self, features: Array) -> Categorical | DiagGaussian:
+        check_width("PolicyHead", "action_dim", self.action_dim)
         out = _dense(self.action_dim, POLICY_GAIN)(features)
         if self.discrete:
             return Categorical(out)

@@ -94,6 +94,14 @@ def test_mlp_activation_choice_and_validation(obs):
     assert hidden.shape == (5, 3, 8) and np.all(np.asarray(hidden) >= 0)
     with pytest.raises(ValueError, match="activation"):
         ActorCritic(action_dim=2, discrete=True, activation="gelu").init(jax.random.key(0), obs)
+    # Widths and action counts: a zero-width layer initialised and output its bias alone, a zero-action head NaN.
+    for module, message in [(ActorCritic(action_dim=0, discrete=True), r"PolicyHead.action_dim .* got 0"),
+                            (ActorCritic(action_dim=2, discrete=False, hidden_sizes=(64, 0)), r"hidden_sizes\[1\]"),
+                            (ActorCritic(action_dim=2, discrete=True, shared=True, hidden_sizes=(True,)),
+                             r"hidden_sizes\[0\] must be a positive int; got True"),
+                            (MLP((8,), output_dim=-1), "output_dim")]:
+        with pytest.raises(ValueError, match=message):
+            module.init(jax.random.key(0), obs)
 
 
 def test_vmapped_apply_equals_one_seed_at_a_time(obs):
