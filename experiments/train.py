@@ -34,8 +34,9 @@ check against the sweep's config.json (num_seeds, devices).
 Environment keywords (`--env-kwarg KEY=VALUE`, repeatable: a params field such as gravity=12, or a constructor
 keyword such as num_states=20 for tabular:random) set the variant every seed trains on; `--env-randomize
 FIELD=LOW:HIGH` (repeatable) draws a params field from U[LOW, HIGH] at every episode's reset instead (domain
-randomisation; `FIELD=LOW:HIGH:log` log-uniformly; evaluations stay on the nominal environment); with `--env-randomize-observe true` the policy also
-observes each episode's draws, scaled to [-1, 1] over their ranges (a context-conditioned policy).
+randomisation; `FIELD=LOW:HIGH:log` log-uniformly; evaluations stay on the nominal environment); with
+`--env-randomize-observe true` the policy also observes each episode's draws, scaled to [-1, 1] over their ranges
+(a context-conditioned policy).
 
 Long runs in segments, with a checkpoint after each (`--checkpoint-every K` updates; DIR/checkpoint.npz):
 

@@ -13,10 +13,10 @@ from importlib.metadata import version
 # `PGJAX_TEST_FAST_COMPILE=1` (make test's first phase) adds `--xla_cpu_use_fusion_emitters=false` where jaxlib takes
 # it (0.9; 0.11 removed it and aborts on it as unknown): XLA:CPU's older kernel emitters, which compile the tests'
 # programs faster (a PPO run 2.7 s instead of 3.9-4.3 s, TRPO 3.2 s instead of 5.1-5.3 s; running as fast) and agree
-# with the default ones to float rounding, but round some differently fused programs apart. The tests marked `exact_compiler` assert bit-for-bit
-# equality between separately compiled programs (segments and one call, a resumed run, in-run and separate
-# evaluation), or tolerances measured under the default emitters, which users compile with: make test runs them in
-# a second phase without the flag.
+# with the default ones to float rounding, but round some differently fused programs apart. The tests marked
+# `exact_compiler` assert bit-for-bit equality between separately compiled programs (segments and one call, a resumed
+# run, in-run and separate evaluation), or tolerances measured under the default emitters, which users compile with:
+# make test runs them in a second phase without the flag.
 LEGACY_EMITTERS = False
 if os.environ.get("PGJAX_TEST_FULL_OPT", "0") != "1":
     _flags = [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]

@@ -122,11 +122,11 @@ class OnPolicyConfig:
 
     `env_randomize` (default empty: off) trains on a distribution of environments: at every reset each listed
     field of the environment's params is drawn from U[low, high], or log-uniformly for ("log")
-    (`pgjax.envs.RandomizedParams`, drawn with the
-    reset states, so rollouts keep `PredrawnResets`), and the episode runs under the drawn params; the policy does
-    not see them, unless `env_randomize_observe`: then the observation ends with one feature per randomised field,
-    (x - m) / h for the range's midpoint m and half-width h (of log x for a log-uniform range), so that the policy can adapt to the episode's draw
-    (a context-conditioned policy) instead of having to do well on average over the range. In-run evaluations
+    (`pgjax.envs.RandomizedParams`, drawn with the reset states, so rollouts keep `PredrawnResets`), and the episode
+    runs under the drawn params; the policy does not see them, unless `env_randomize_observe`: then the
+    observation ends with one feature per randomised field, (x - m) / h for the range's midpoint m and half-width
+    h (of log x for a log-uniform range), so that the policy can adapt to the episode's draw (a
+    context-conditioned policy) instead of having to do well on average over the range. In-run evaluations
     (`eval_every`) and `runs.evaluate` use the nominal environment (`env_id` with `env_kwargs`); evaluate variants
     with other `env_kwargs` (`evaluate.py --env-kwarg`). An observing policy is shown the evaluated variant's
     values, scaled by the training ranges (outside [-1, 1] beyond them).
@@ -276,8 +276,8 @@ class OnPolicyConfig:
 
 def _randomize_entries(cls: str, value: Any) -> tuple[tuple, ...]:
     """`env_randomize` as sorted (field, low, high) or (field, low, high, "log") entries, from such entries or
-    {field: (low, high[, "log"])} (a config.json's); ValueError naming the entry for a malformed one. Whether the fields exist is checked with the environment
-    (`make_env`, `envs.randomization.check_ranges`)."""
+    {field: (low, high[, "log"])} (a config.json's); ValueError naming the entry for a malformed one. Whether the
+    fields exist is checked with the environment (`make_env`, `envs.randomization.check_ranges`)."""
     if isinstance(value, dict):
         items = list(value.items())
     elif isinstance(value, (tuple, list)) and all(isinstance(e, (tuple, list)) and len(e) in (3, 4) for e in value):

@@ -4,11 +4,11 @@
 
 At each reset, each named field of the params is drawn from its range, independently, from the reset's key:
 uniformly from [low, high], or log-uniformly for a range (low, high, "log") (log x ~ U[log low, log high], for
-scales such as masses and lengths, 0 < low); the episode then runs under those params, carried in the state (`RandomizedParamsState.params`), and fields
-derived from them follow (`envs.override_params`: CartPole's total_mass and polemass_length). The policy does not
-observe the draws. `RandomizedParams` is a gymnax `Environment` built from `step_env`, `reset_env` and
-`is_truncated`, so gymnax's auto-resetting `step` draws a new episode's params with its reset state, and
-`PredrawnResets` can draw them ahead of a rollout like any reset.
+scales such as masses and lengths, 0 < low); the episode then runs under those params, carried in the state
+(`RandomizedParamsState.params`), and fields derived from them follow (`envs.override_params`: CartPole's
+total_mass and polemass_length). The policy does not observe the draws. `RandomizedParams` is a gymnax
+`Environment` built from `step_env`, `reset_env` and `is_truncated`, so gymnax's auto-resetting `step` draws a new
+episode's params with its reset state, and `PredrawnResets` can draw them ahead of a rollout like any reset.
 
 To let the policy see them, `ObserveParams` appends the episode's fields to the observation, each scaled to
 [-1, 1] over its range (a log-uniform one in log space):

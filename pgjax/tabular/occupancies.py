@@ -58,7 +58,8 @@ def occupancy_fixed_point(
 
     The map is a gamma-contraction in the l1 norm and d_0 = (1 - gamma) mu0 is within gamma of d^pi, so the
     l1 error of the k-th iterate is at most gamma^(k+1) (`occupancy_iterates`). Iteration stops when the
-    max-norm change ||d_k - d_{k-1}||_inf is <= tol or after `max_iterations`, whichever comes first (a `lax.while_loop`, so it jits and vmaps).
+    max-norm change ||d_k - d_{k-1}||_inf is <= tol or after `max_iterations`, whichever comes first (a
+    `lax.while_loop`, so it jits and vmaps).
     The stopping rule bounds the change, not the error: the l1 error can be up to
     S * tol * gamma / (1 - gamma) (e.g. ~10x tol at gamma = 0.9 in a small MDP).
 
