@@ -32,11 +32,19 @@ def _check(rewards: Array, *others: Array) -> None:
     chex.assert_equal_shape([rewards, *others])
 
 
-def _flags(terminated: Array, truncated: Array, dtype) -> tuple[Array, Array]:
-    """(1 - terminated, 1 - done) as floats, done = terminated OR truncated."""
+def _float(rewards: Array) -> Array:
+    """The rewards in the dtype the estimators compute in: theirs if at least float32 (float64 stays), else float32.
+    gamma and lambda are cast to it: integer rewards made them 0, bfloat16 rounded gamma = 0.999 to 1."""
+    rewards = jnp.asarray(rewards)
+    return rewards.astype(jnp.promote_types(rewards.dtype, jnp.float32))
+
+
+def _flags(terminated: Array, truncated: Array) -> tuple[Array, Array]:
+    """(terminated, done) as bools, done = terminated OR truncated. The estimators select with them (jnp.where)
+    rather than multiply by 0/1 flags, so a non-finite value where they do not bootstrap (the value of a diverged
+    terminal state, a later episode's return) cannot leak in as 0 * inf = NaN."""
     terminated = jnp.asarray(terminated).astype(bool)
-    done = terminated | jnp.asarray(truncated).astype(bool)
-    return 1.0 - terminated.astype(dtype), 1.0 - done.astype(dtype)
+    return terminated, terminated | jnp.asarray(truncated).astype(bool)
 
 
 def discounted_returns(
@@ -59,20 +67,22 @@ def discounted_returns(
       unroll: `lax.scan` unroll factor (speed only: results agree to float rounding).
 
     Returns:
-      G [T, B].
+      G [T, B], in the rewards' dtype if at least float32, else float32.
     """
     _check(rewards, next_values, terminated, truncated)
-    not_terminated, _ = _flags(terminated, truncated, rewards.dtype)
+    rewards = _float(rewards)
+    terminated, _ = _flags(terminated, truncated)
     truncated = jnp.asarray(truncated).astype(bool)
     discount = jnp.asarray(discount, rewards.dtype)
 
     def step(g_next, inputs):
-        r, v_next, nonterminal, trunc = inputs
-        g = r + discount * nonterminal * jnp.where(trunc, v_next, g_next)
+        r, v_next, term, trunc = inputs
+        g = r + jnp.where(term, 0.0, discount * jnp.where(trunc, v_next, g_next))
         return g, g
 
-    bootstrap = next_values[-1].astype(rewards.dtype)
-    _, returns = lax.scan(step, bootstrap, (rewards, next_values, not_terminated, truncated), reverse=True, unroll=unroll)
+    next_values = jnp.asarray(next_values).astype(rewards.dtype)  # the scan's carry keeps one dtype
+    _, returns = lax.scan(step, next_values[-1], (rewards, next_values, terminated, truncated), reverse=True,
+                          unroll=unroll)
     return returns
 
 
@@ -81,12 +91,14 @@ def td_errors(
 ) -> Array:
     """One-step TD errors delta_t = r_t + gamma (1 - term_t) V(s_{t+1}) - V(s_t), shape [T, B].
 
-    Truncation needs no flag here: a truncated step bootstraps like a non-terminal one.
+    Truncation needs no flag here: a truncated step bootstraps like a non-terminal one. A terminated step never
+    reads V(s_{t+1}) (even a non-finite one). In the rewards' dtype if at least float32, else float32.
     """
     _check(rewards, values, next_values, terminated)
-    not_terminated = 1.0 - jnp.asarray(terminated).astype(bool).astype(rewards.dtype)
+    rewards = _float(rewards)
+    terminated = jnp.asarray(terminated).astype(bool)
     discount = jnp.asarray(discount, rewards.dtype)
-    return rewards + discount * not_terminated * next_values - values
+    return rewards + jnp.where(terminated, 0.0, discount * next_values) - values
 
 
 def gae(
@@ -122,16 +134,16 @@ def gae(
       (advantages [T, B], value targets [T, B]).
     """
     _check(rewards, values, next_values, terminated, truncated)
-    _, not_done = _flags(terminated, truncated, rewards.dtype)
+    _, done = _flags(terminated, truncated)
     deltas = td_errors(rewards, values, next_values, terminated, discount)
-    trace_decay = jnp.asarray(discount, rewards.dtype) * jnp.asarray(gae_lambda, rewards.dtype)
+    trace_decay = jnp.asarray(discount, deltas.dtype) * jnp.asarray(gae_lambda, deltas.dtype)
 
     def step(a_next, inputs):
-        delta, nonterminal = inputs
-        a = delta + trace_decay * nonterminal * a_next
+        delta, episode_end = inputs
+        a = delta + jnp.where(episode_end, 0.0, trace_decay * a_next)
         return a, a
 
-    _, advantages = lax.scan(step, jnp.zeros_like(deltas[-1]), (deltas, not_done), reverse=True, unroll=unroll)
+    _, advantages = lax.scan(step, jnp.zeros_like(deltas[-1]), (deltas, done), reverse=True, unroll=unroll)
     return advantages, advantages + values
 
 
@@ -161,15 +173,16 @@ def n_step_returns(
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n_step_returns: n must be a Python int >= 1; got {n!r}.")
     _check(rewards, next_values, terminated, truncated)
-    not_terminated, not_done = _flags(terminated, truncated, rewards.dtype)
+    rewards = _float(rewards)
+    terminated, done = _flags(terminated, truncated)
     discount = jnp.asarray(discount, rewards.dtype)
     # Where the sum stops: an episode end, or the last step of the rollout.
-    stop = (not_done == 0).at[-1].set(True)
-    bootstrap = rewards + discount * not_terminated * next_values
+    stop = done.at[-1].set(True)
+    bootstrap = rewards + jnp.where(terminated, 0.0, discount * next_values)
     returns = bootstrap
     for _ in range(n - 1):
         shifted = jnp.concatenate([returns[1:], returns[-1:]], axis=0)
-        returns = jnp.where(stop, bootstrap, rewards + discount * not_terminated * shifted)
+        returns = jnp.where(stop, bootstrap, rewards + discount * shifted)  # not stopped: not terminated
     return returns
 
 
@@ -189,5 +202,12 @@ def n_step_advantages(
 
 
 def normalize(x: Array, eps: float = 1e-8) -> Array:
-    """(x - mean(x)) / (std(x) + eps) over all elements (advantage normalisation); same shape as x."""
-    return (x - jnp.mean(x)) / (jnp.std(x) + eps)
+    """(x - mean(x)) / (std(x) + eps) over all elements (advantage normalisation); same shape as x.
+
+    Zeros where std(x) is within rounding of the mean, std <= 4 sqrt(n) eps_f |mean| (eps_f the dtype's machine
+    epsilon): the advantages are then constant, and scaling the rounding noise of the mean up to unit size gave a
+    policy gradient out of nothing (float32 constants 0.1 came out as -0.427 everywhere).
+    """
+    mean, std = jnp.mean(x), jnp.std(x)
+    noise = 4.0 * jnp.sqrt(jnp.asarray(x.size, std.dtype)) * jnp.finfo(std.dtype).eps * jnp.abs(mean)
+    return jnp.where(std > noise, (x - mean) / (std + eps), 0.0).astype(std.dtype)

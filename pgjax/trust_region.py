@@ -47,36 +47,42 @@ def conjugate_gradient(
         alpha_k = r_k^T r_k / p_k^T A p_k;  x_{k+1} = x_k + alpha_k p_k;  r_{k+1} = r_k - alpha_k A p_k
         beta_k = r_{k+1}^T r_{k+1} / r_k^T r_k;  p_{k+1} = r_{k+1} + beta_k p_k
 
-    stopping after `num_iterations` steps or once r^T r < residual_tol (a `lax.while_loop`).
-    Exact after n iterations for an n x n system (in exact arithmetic).
+    stopping after `num_iterations` steps, once r^T r <= residual_tol b^T b (relative, so the solve does not depend
+    on the scale of b), or at a breakdown, p^T A p <= 0 or not finite (A singular or indefinite along p; the
+    iterate so far is returned, never a NaN) (a `lax.while_loop`). Exact after n iterations for an n x n system (in
+    exact arithmetic).
 
     Args:
       matvec: v -> A v on pytrees shaped like b (e.g. a Fisher-vector product).
       b: the right-hand side, a pytree (a flat [n] vector included).
       num_iterations: maximum number of CG iterations (static).
-      residual_tol: tolerance on the squared residual norm r^T r.
+      residual_tol: tolerance on the squared residual norm relative to the start's, r^T r / b^T b.
 
     Returns:
       x, shaped like b.
     """
     x0 = jax.tree.map(jnp.zeros_like, b)
     rdotr0 = tree_vdot(b, b)
+    tolerance = residual_tol * rdotr0
 
     def cond(carry):
-        i, _, _, _, rdotr = carry
-        return (i < num_iterations) & (rdotr >= residual_tol)
+        i, _, _, _, rdotr, curved = carry
+        return (i < num_iterations) & (rdotr > tolerance) & curved
 
     def body(carry):
-        i, x, r, p, rdotr = carry
+        i, x, r, p, rdotr, _ = carry
         ap = matvec(p)
-        alpha = rdotr / tree_vdot(p, ap)
+        pap = tree_vdot(p, ap)
+        curved = jnp.isfinite(pap) & (pap > 0)
+        alpha = jnp.where(curved, rdotr / jnp.where(curved, pap, 1.0), 0.0)
         x = _axpy(alpha, p, x)
         r = _axpy(-alpha, ap, r)
         new_rdotr = tree_vdot(r, r)
         p = _axpy(new_rdotr / rdotr, p, r)
-        return i + 1, x, r, p, new_rdotr
+        return i + 1, x, r, p, new_rdotr, curved
 
-    _, x, _, _, _ = lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), x0, b, b, rdotr0))
+    init = (jnp.zeros((), jnp.int32), x0, b, b, rdotr0, jnp.ones((), bool))
+    _, x, _, _, _, _ = lax.while_loop(cond, body, init)
     return x
 
 
@@ -137,12 +143,13 @@ def natural_gradient_step(
       num_iterations, residual_tol: passed to `conjugate_gradient`.
 
     Returns:
-      (step s shaped like grad, expected improvement g^T s, a scalar). A zero gradient gives a
-      zero step and zero expected improvement.
+      (step s shaped like grad, expected improvement g^T s, a scalar). A zero gradient, or no positive
+      finite curvature x^T F x, gives a zero step and zero expected improvement.
     """
     x = conjugate_gradient(fvp, grad, num_iterations, residual_tol)
     xfx = tree_vdot(x, fvp(x))
-    scale = jnp.where(xfx > 0, jnp.sqrt(2.0 * max_kl / jnp.where(xfx > 0, xfx, 1.0)), 0.0)
+    usable = jnp.isfinite(xfx) & (xfx > 0)  # else a zero step (no curvature along x), never a NaN one
+    scale = jnp.where(usable, jnp.sqrt(2.0 * max_kl / jnp.where(usable, xfx, 1.0)), 0.0)
     step = jax.tree.map(lambda xi: scale * xi, x)
     return step, tree_vdot(grad, step)
 

@@ -255,6 +255,46 @@ def test_dtype_follows_rewards(rollout):
     np.testing.assert_allclose(outputs[0], np_gae(*rollout, 0.9, 0.8), rtol=1e-4, atol=1e-5)
 
 
+def test_integer_and_bfloat16_rewards_keep_their_discount(rollout):
+    """Integer rewards cast gamma and lambda to integers (0: every estimate r - V), bfloat16 ones rounded 0.999 to 1:
+    the estimators compute in at least float32."""
+    r, v, nv, term, trunc = rollout
+    ints = np.round(4 * np.asarray(r)).astype(np.int32)
+    as_float = ints.astype(np.float64)
+    np.testing.assert_allclose(adv.gae(ints, v, nv, term, trunc, 0.9, 0.8)[0], np_gae(as_float, v, nv, term, trunc,
+                                                                                      0.9, 0.8), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(adv.discounted_returns(ints, nv, term, trunc, 0.9),
+                               adv.discounted_returns(as_float, nv, term, trunc, 0.9), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(adv.n_step_returns(ints, nv, term, trunc, 0.9, 3),
+                               adv.n_step_returns(as_float, nv, term, trunc, 0.9, 3), rtol=1e-5, atol=1e-5)
+    ones = jnp.ones((200, 1), jnp.bfloat16)
+    zeros = jnp.zeros((200, 1))
+    g0 = adv.discounted_returns(ones, zeros, zeros, zeros, 0.999)[0, 0]
+    assert g0.dtype == jnp.float32
+    np.testing.assert_allclose(float(g0), (1 - 0.999**200) / 0.001, rtol=1e-5)  # 181.35, not 200
+
+
+def test_a_non_finite_value_where_nothing_bootstraps_stays_out(x64):
+    """V(s_{t+1}) at a terminated step (a diverged terminal state: inf) is never read, and a later episode's NaN
+    stays in its episode: every estimator multiplied it by a 0 flag, 0 * inf = NaN, and the scans carried it back."""
+    r = jnp.ones((3, 1))
+    nv = jnp.array([[0.0], [0.0], [jnp.inf]])
+    term = jnp.array([[False], [False], [True]])
+    trunc = jnp.zeros((3, 1), bool)
+    expected = [[2.71], [1.9], [1.0]]
+    np.testing.assert_allclose(adv.discounted_returns(r, nv, term, trunc, 0.9), expected, rtol=1e-12)
+    np.testing.assert_allclose(adv.n_step_returns(r, nv, term, trunc, 0.9, 3), expected, rtol=1e-12)
+    np.testing.assert_allclose(adv.gae(r, jnp.zeros((3, 1)), nv, term, trunc, 0.9, 1.0)[0], expected, rtol=1e-12)
+    np.testing.assert_allclose(adv.td_errors(r, jnp.zeros((3, 1)), nv, term, 0.9), [[1.0], [1.0], [1.0]])
+    # A NaN in a later episode (its own step 2) does not reach the first episode (steps 0-1, terminated at 1).
+    later = jnp.array([[0.0], [jnp.nan], [jnp.nan]])
+    term = jnp.array([[False], [True], [False]])
+    values = jnp.array([[0.0], [0.0], [jnp.nan]])
+    advantages, _ = adv.gae(r, values, jnp.array([[0.0], [0.0], [jnp.nan]]), term, trunc, 0.9, 0.95)
+    np.testing.assert_allclose(np.asarray(advantages)[:2, 0], [1 + 0.9 * 0.95, 1.0], rtol=1e-12)
+    assert np.isnan(np.asarray(adv.discounted_returns(r, later, term, trunc, 0.9))[2, 0])
+
+
 def test_termination_and_truncation_on_same_step_is_termination(x64):
     r = jnp.array([1.0, 2.0])
     nv = jnp.array([10.0, 10.0])
@@ -318,3 +358,9 @@ def test_normalize(x64):
     assert float(jnp.mean(z)) == pytest.approx(0.0, abs=1e-12)
     assert float(jnp.std(z)) == pytest.approx(1.0, abs=1e-8)
     assert np.all(np.isfinite(adv.normalize(jnp.ones(5))))
+    # Constant advantages normalise to 0, not to the rounding noise of their mean scaled up (float32 0.1 gave -0.427
+    # everywhere); tiny but varied ones are still scaled to unit spread.
+    for constant in (0.1, 0.3, 1234.567):
+        np.testing.assert_array_equal(adv.normalize(jnp.full(64, constant, jnp.float32)), 0.0)
+    tiny = jnp.asarray(np.random.default_rng(4).normal(0.0, 1e-7, 64), jnp.float32)
+    np.testing.assert_allclose(float(jnp.std(adv.normalize(tiny))), 1.0, rtol=0.2)

@@ -180,3 +180,25 @@ def test_explained_variance(transform):
     assert float(fn(targets, targets)) == pytest.approx(1.0)
     assert float(fn(np.full(N, np.mean(targets)), targets)) == pytest.approx(0.0, abs=1e-12)
     assert np.isnan(float(fn(values, np.ones(N))))
+    # float32 constants leave a variance of ~1e-17 after the mean's rounding: still undefined (was 0.0, or -5e15).
+    assert np.isnan(float(fn(np.asarray(values, np.float32), np.full(N, 0.1, np.float32))))
+
+
+def test_reinforce_masked_explained_variance():
+    """REINFORCE's metric over the valid steps of its rollout: two-pass variances (E[y^2] - E[y]^2 cancelled to NaN
+    for float32 returns of ~1000 +- 0.1), the masked steps ignored, NaN for constant targets."""
+    from pgjax.algos.reinforce import masked_explained_variance
+
+    rng = np.random.default_rng(6)
+    targets = 1000.0 + 0.1 * rng.normal(size=(16, 4))
+    values = targets + 0.07 * rng.normal(size=(16, 4))
+    mask = np.ones((16, 4))
+    mask[10:, 1] = 0.0
+    valid = mask.astype(bool)
+    expected = 1 - np.var((targets - values)[valid]) / np.var(targets[valid])
+    garbage = np.where(valid, values, -1e4)  # what masked steps hold does not matter
+    got = masked_explained_variance(jnp.asarray(garbage, jnp.float32), jnp.asarray(targets, jnp.float32),
+                                    jnp.asarray(mask, jnp.float32))
+    np.testing.assert_allclose(float(got), expected, rtol=2e-3)
+    constant = jnp.full((16, 4), 0.1, jnp.float32)
+    assert np.isnan(float(masked_explained_variance(jnp.zeros((16, 4)), constant, jnp.asarray(mask, jnp.float32))))
