@@ -353,3 +353,11 @@ def test_train_in_segments_equals_the_one_call_run_and_resumes(cartpole_runs, tm
         runs.train_in_segments(train, keys, 0, path)
     with pytest.raises(ValueError, match="must come from an algorithm's make_train"):
         runs.train_in_segments(lambda key: train(key), keys, 40, path)
+
+
+def test_evaluating_a_normalising_policy_needs_its_statistics():
+    """Without the trained statistics an evaluation ran the policy on raw observations (empty statistics: mean 0,
+    var 1) and reported other returns without a word."""
+    config = algos.PPOConfig(normalize_observations=True)
+    with pytest.raises(ValueError, match="needs the trained observation statistics"):
+        runs.evaluate(jax.random.key(0), config, {}, None, 2)

@@ -367,6 +367,14 @@ def test_observed_params_are_each_episodes_draw_scaled_to_its_range():
     np.testing.assert_allclose(np.asarray(obs)[4], (4.0 - 1.125) / 0.875, rtol=1e-6)
     with pytest.raises(ValueError, match="cannot randomise 'lenght'"):
         envs.ObserveParams(base, {"lenght": (0.25, 2.0)})
+    # Both go below pgjax's wrappers, whose step_env / reset_env are the bare environment's (a wrapper given here was
+    # skipped without a word); and the derived fields follow the environment's own id (another id left them stale).
+    with pytest.raises(ValueError, match="goes below pgjax's wrappers"):
+        envs.ObserveParams(envs.NormalizeObservation(base), {"length": (0.25, 2.0)})
+    with pytest.raises(ValueError, match="goes below pgjax's wrappers"):
+        envs.RandomizedParams(envs.FlattenObservation(base), "CartPole-v1", {"length": (0.25, 2.0)})
+    with pytest.raises(ValueError, match="env_id 'cartpole' is not the environment's own id 'CartPole-v1'"):
+        envs.RandomizedParams(base, "cartpole", {"masspole": (1.0, 2.0)})
 
 
 def test_log_uniform_ranges_draw_log_uniformly_and_are_observed_in_log_space():

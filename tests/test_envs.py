@@ -133,6 +133,22 @@ def test_tabular_env_rejects_bad_arguments():
         TabularEnv(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), chain_mdp(), chain_mdp()))
     with pytest.raises(ValueError, match="max_steps_in_episode"):
         TabularEnv(chain_mdp(), max_steps_in_episode=0)
+    # Params carrying an MDP of another size: the larger MDP's extra states read as all-zero observations.
+    env, params = envs.make("tabular:chain", num_states=4)
+    larger = envs.make("tabular:chain", num_states=8)[1]
+    with pytest.raises(ValueError, match=r"transition shape \(8, 2, 8\), this environment \(4, 2, 4\)"):
+        env.reset(jax.random.key(0), larger)
+    _, state = env.reset(jax.random.key(0), params)
+    with pytest.raises(ValueError, match="same size"):
+        env.step(jax.random.key(1), state, 0, larger)
+    # The step limit is checked as for a gymnax id (True ran as 1), and a float32 gamma's default horizon is its
+    # decimal's (float32 0.99 gave 1001).
+    for bad, message in [(True, "must be a number"), (12.5, "whole number"), (0, ">= 1")]:
+        with pytest.raises(ValueError, match=message):
+            envs.make("tabular:chain", max_steps_in_episode=bad)
+    assert envs.make("tabular:chain", max_steps_in_episode=200.0)[1].max_steps_in_episode == 200
+    assert [envs.make("tabular:chain", discount=d)[1].max_steps_in_episode for d in (0.99, 0.995, 0.999)] == [
+        1000, 2000, 10000]
 
 
 # ---------------------------------------------------------------------------
@@ -313,7 +329,8 @@ def test_normalize_reward_frozen_statistics_and_bad_arguments():
     np.testing.assert_allclose(traj["reward"], np.asarray(raw["reward"]) / 2.0, rtol=1e-6)  # sqrt(4) = 2
     np.testing.assert_array_equal(traj["state"].return_statistics.count, 11)
     for bad, match in [(dict(discount=0.0), "discount"), (dict(discount=1.5), "discount"),
-                       (dict(discount=0.9, clip=0.0), "clip"), (dict(discount=0.9, epsilon=-1.0), "epsilon")]:
+                       (dict(discount=0.9, clip=0.0), "clip"), (dict(discount=0.9, epsilon=-1.0), "epsilon"),
+                       (dict(discount=0.9, epsilon=0.0), "epsilon must be > 0")]:  # 0 / 0 for a constant return
         with pytest.raises(ValueError, match=f"NormalizeReward: {match}"):
             NormalizeReward(base, **bad)
     with pytest.raises(ValueError, match="NormalizeObservation: clip must be > 0"):  # the check both normalisers share

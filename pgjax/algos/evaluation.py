@@ -70,6 +70,10 @@ def make_episode_returns(
         max_steps = env_params.max_steps_in_episode  # may be traced: the loop below stops on a traced bound
         env = tracked
         if normalize_observations:  # built here: the statistics are an argument
+            if obs_statistics is None:  # empty statistics (mean 0, var 1) would run the policy on raw observations
+                raise ValueError("episode_returns: normalize_observations needs the trained observation statistics "
+                                 "(obs_statistics: `observation_statistics` of the training env state, or the "
+                                 "checkpoint's); got None.")
             env = envs.NormalizeObservation(env, update=False, initial_statistics=obs_statistics)
         if not discrete:
             env = envs.ClipAction(env)

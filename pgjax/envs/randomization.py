@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from pgjax.envs.registry import numeric_fields, override_params
+from pgjax.envs.registry import derived_fields, numeric_fields, override_params
 
 Array = jax.Array
 
@@ -56,6 +56,11 @@ class _InnerEnvironment(environment.Environment):
     auto-resetting `step`, and `PredrawnResets`, work over it); forwards everything a subclass does not change."""
 
     def __init__(self, env: Any):
+        from pgjax.envs.wrappers import Wrapper
+
+        if isinstance(env, Wrapper):  # its step_env / reset_env are the bare environment's: the wrapper would be skipped
+            raise ValueError(f"{type(self).__name__} goes below pgjax's wrappers: pass the bare gymnax environment "
+                             f"(or a RandomizedParams), and wrap the result; got {type(env).__name__}.")
         super().__init__()
         self._env = env
 
@@ -106,6 +111,9 @@ class RandomizedParams(_InnerEnvironment):
 
     def __init__(self, env: Any, env_id: str, ranges: dict[str, tuple[float, float]]):
         check_ranges(env_id, env.default_params, ranges)
+        if env_id != env.name and (derived_fields(env_id) or derived_fields(env.name)):
+            raise ValueError(f"RandomizedParams: env_id {env_id!r} is not the environment's own id {env.name!r}, "
+                             "which selects the params fields derived from the drawn ones; pass env.name.")
         super().__init__(env)
         self._env_id = env_id
         self._ranges = {name: check_range(env_id, name, bounds) for name, bounds in ranges.items()}

@@ -11,7 +11,7 @@ import gymnax
 import jax
 import numpy as np
 
-from pgjax.envs.tabular_env import TabularEnv, TabularEnvParams
+from pgjax.envs.tabular_env import TabularEnv, TabularEnvParams, default_horizon
 from pgjax.tabular.mdp import MDP, chain_mdp, gridworld_mdp, random_mdp
 
 TABULAR_PREFIX = "tabular:"
@@ -99,6 +99,12 @@ _DERIVED_PARAMS: dict[str, dict[str, tuple[tuple[str, ...], Callable[[Any], Any]
 }
 
 
+def derived_fields(env_id: str) -> tuple[str, ...]:
+    """The params fields `override_params` recomputes from others for `env_id` (CartPole-v1: total_mass and
+    polemass_length); empty for most ids."""
+    return tuple(_DERIVED_PARAMS.get(env_id, {}))
+
+
 def numeric_fields(params: Any) -> dict[str, Any]:
     """{field: value} of the params' numeric scalar fields (ints and floats, not bools): those a grid may vary per
     lane (`env.<field>`) and domain randomisation may draw (CartPole-v1: gravity, masspole, length, ...,
@@ -176,5 +182,8 @@ def _make_tabular(env_id: str, kwargs: dict[str, Any]) -> tuple[TabularEnv, Tabu
             f"make({env_id!r}): bad keyword arguments {sorted(kwargs)} ({err}). "
             f"Accepted: max_steps_in_episode, {_accepted(builder)}."
         ) from None
+    if max_steps is not None:  # as for a gymnax id: a bool, fraction, NaN or value < 1 is refused; 200.0 is 200
+        check_param_value(env_id, "max_steps_in_episode", default_horizon(np.asarray(mdp.discount)), max_steps)
+        max_steps = int(max_steps)
     env = TabularEnv(mdp, max_steps_in_episode=max_steps, name=name)
     return env, env.default_params

@@ -69,9 +69,14 @@ class TabularEnvParams:
 
 
 def default_horizon(discount: float) -> int:
-    """H = ceil(10 / (1 - gamma)), so that gamma^H <= e^{-10}."""
+    """H = ceil(10 / (1 - gamma)), so that gamma^H <= e^{-10}.
+
+    A float32 gamma counts as the decimal it was written as (float32 0.99 is 0.9900000095, which gave 1001).
+    """
+    discount = np.asarray(discount)
+    gamma = float(str(discount[()])) if discount.dtype == np.float32 else float(discount)
     # Rounding first keeps 10 / (1 - 0.9) = 100.00000000000001 at 100.
-    return int(math.ceil(round(10.0 / (1.0 - float(discount)), 6)))
+    return int(math.ceil(round(10.0 / (1.0 - gamma), 6)))
 
 
 def truncation_bias_bound(mdp: MDP, horizon: int) -> Array:
@@ -110,6 +115,16 @@ class TabularEnv(environment.Environment[TabularEnvState, TabularEnvParams]):
         self._label = name
         self.obs_shape = (self._num_states,)
 
+    def _check_mdp(self, params: TabularEnvParams) -> MDP:
+        """params.mdp, refused unless it has this environment's S and A (the one-hot observation has S entries: a
+        larger MDP's extra states read as all-zero observations). Shapes are static: no cost under jit."""
+        shape = params.mdp.transition.shape[-3:]
+        if shape != (self._num_states, self._num_actions, self._num_states):
+            raise ValueError(f"{self.name}: the params' MDP has transition shape {shape}, this environment "
+                             f"{(self._num_states, self._num_actions, self._num_states)}; make the environment from "
+                             "an MDP of the same size (S and A).")
+        return params.mdp
+
     @property
     def default_params(self) -> TabularEnvParams:
         """The constructor's MDP and time limit H."""
@@ -122,7 +137,7 @@ class TabularEnv(environment.Environment[TabularEnvState, TabularEnvParams]):
 
         Returns (one-hot s' float32 [S], state, r (a scalar), terminated = False, {"discount": 1.0}).
         """
-        mdp = params.mdp
+        mdp = self._check_mdp(params)
         s = state.mdp_state
         a = jnp.asarray(action, jnp.int32).reshape(())
         reward = mdp.reward[s, a]
@@ -133,7 +148,7 @@ class TabularEnv(environment.Environment[TabularEnvState, TabularEnvParams]):
 
     def reset_env(self, key: Array, params: TabularEnvParams) -> tuple[Array, TabularEnvState]:
         """s_0 ~ mu0: (one-hot s_0 float32 [S], state at time 0)."""
-        s0 = jax.random.categorical(key, safe_log(params.mdp.initial)).astype(jnp.int32)
+        s0 = jax.random.categorical(key, safe_log(self._check_mdp(params).initial)).astype(jnp.int32)
         state = TabularEnvState(time=jnp.array(0, jnp.int32), mdp_state=s0)
         return self.get_obs(state), state
 

@@ -350,8 +350,8 @@ class _RunningStatisticsWrapper(Wrapper):
     ):
         super().__init__(env)
         owner = type(self).__name__
-        if epsilon < 0:
-            raise ValueError(f"{owner}: epsilon must be >= 0; got {epsilon}.")
+        if not epsilon > 0:  # 0 divides a constant feature's zero variance: 0 / 0 = NaN
+            raise ValueError(f"{owner}: epsilon must be > 0; got {epsilon}.")
         if clip is not None and clip <= 0:
             raise ValueError(f"{owner}: clip must be > 0 or None; got {clip}.")
         self.update = update
