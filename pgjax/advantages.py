@@ -39,12 +39,20 @@ def _float(rewards: Array) -> Array:
     return rewards.astype(jnp.promote_types(rewards.dtype, jnp.float32))
 
 
-def _flags(terminated: Array, truncated: Array) -> tuple[Array, Array]:
-    """(terminated, done) as bools, done = terminated OR truncated. The estimators select with them (jnp.where)
-    rather than multiply by 0/1 flags, so a non-finite value where they do not bootstrap (the value of a diverged
-    terminal state, a later episode's return) cannot leak in as 0 * inf = NaN."""
+def _flags(terminated: Array, truncated: Array, dtype) -> tuple[Array, Array, Array, Array]:
+    """(terminated, done) as bools and (1 - terminated, 1 - done) as floats, done = terminated OR truncated.
+
+    Where a flag stops the bootstrap, the estimators also zero the value it multiplies (`_cut`), so a non-finite
+    value there (the value of a diverged terminal state, a later episode's return) cannot leak in as 0 * inf = NaN;
+    for finite values the arithmetic, and so every rounding, is the multiplication's as before."""
     terminated = jnp.asarray(terminated).astype(bool)
-    return terminated, terminated | jnp.asarray(truncated).astype(bool)
+    done = terminated | jnp.asarray(truncated).astype(bool)
+    return terminated, done, 1.0 - terminated.astype(dtype), 1.0 - done.astype(dtype)
+
+
+def _cut(stop: Array, x: Array) -> Array:
+    """x with 0 where `stop`: what a 0 flag multiplies, so that 0 * x is 0 even for a non-finite x."""
+    return jnp.where(stop, jnp.zeros((), x.dtype), x)
 
 
 def discounted_returns(
@@ -71,18 +79,18 @@ def discounted_returns(
     """
     _check(rewards, next_values, terminated, truncated)
     rewards = _float(rewards)
-    terminated, _ = _flags(terminated, truncated)
+    terminated, _, not_terminated, _ = _flags(terminated, truncated, rewards.dtype)
     truncated = jnp.asarray(truncated).astype(bool)
     discount = jnp.asarray(discount, rewards.dtype)
 
     def step(g_next, inputs):
-        r, v_next, term, trunc = inputs
-        g = r + jnp.where(term, 0.0, discount * jnp.where(trunc, v_next, g_next))
+        r, v_next, term, nonterminal, trunc = inputs
+        g = r + discount * nonterminal * _cut(term, jnp.where(trunc, v_next, g_next))
         return g, g
 
     next_values = jnp.asarray(next_values).astype(rewards.dtype)  # the scan's carry keeps one dtype
-    _, returns = lax.scan(step, next_values[-1], (rewards, next_values, terminated, truncated), reverse=True,
-                          unroll=unroll)
+    inputs = (rewards, next_values, terminated, not_terminated, truncated)
+    _, returns = lax.scan(step, next_values[-1], inputs, reverse=True, unroll=unroll)
     return returns
 
 
@@ -96,9 +104,9 @@ def td_errors(
     """
     _check(rewards, values, next_values, terminated)
     rewards = _float(rewards)
-    terminated = jnp.asarray(terminated).astype(bool)
+    terminated, _, not_terminated, _ = _flags(terminated, jnp.zeros_like(terminated), rewards.dtype)
     discount = jnp.asarray(discount, rewards.dtype)
-    return rewards + jnp.where(terminated, 0.0, discount * next_values) - values
+    return rewards + discount * not_terminated * _cut(terminated, next_values) - values
 
 
 def gae(
@@ -134,16 +142,17 @@ def gae(
       (advantages [T, B], value targets [T, B]).
     """
     _check(rewards, values, next_values, terminated, truncated)
-    _, done = _flags(terminated, truncated)
     deltas = td_errors(rewards, values, next_values, terminated, discount)
+    _, done, _, not_done = _flags(terminated, truncated, deltas.dtype)
     trace_decay = jnp.asarray(discount, deltas.dtype) * jnp.asarray(gae_lambda, deltas.dtype)
 
     def step(a_next, inputs):
-        delta, episode_end = inputs
-        a = delta + jnp.where(episode_end, 0.0, trace_decay * a_next)
+        delta, episode_end, nonterminal = inputs
+        a = delta + trace_decay * nonterminal * _cut(episode_end, a_next)
         return a, a
 
-    _, advantages = lax.scan(step, jnp.zeros_like(deltas[-1]), (deltas, done), reverse=True, unroll=unroll)
+    inputs = (deltas, done, not_done)
+    _, advantages = lax.scan(step, jnp.zeros_like(deltas[-1]), inputs, reverse=True, unroll=unroll)
     return advantages, advantages + values
 
 
@@ -174,15 +183,15 @@ def n_step_returns(
         raise ValueError(f"n_step_returns: n must be a Python int >= 1; got {n!r}.")
     _check(rewards, next_values, terminated, truncated)
     rewards = _float(rewards)
-    terminated, done = _flags(terminated, truncated)
+    terminated, done, not_terminated, _ = _flags(terminated, truncated, rewards.dtype)
     discount = jnp.asarray(discount, rewards.dtype)
     # Where the sum stops: an episode end, or the last step of the rollout.
     stop = done.at[-1].set(True)
-    bootstrap = rewards + jnp.where(terminated, 0.0, discount * next_values)
+    bootstrap = rewards + discount * not_terminated * _cut(terminated, next_values)
     returns = bootstrap
     for _ in range(n - 1):
         shifted = jnp.concatenate([returns[1:], returns[-1:]], axis=0)
-        returns = jnp.where(stop, bootstrap, rewards + discount * shifted)  # not stopped: not terminated
+        returns = jnp.where(stop, bootstrap, rewards + discount * not_terminated * _cut(terminated, shifted))
     return returns
 
 

@@ -8,9 +8,8 @@ optax transformation, applied to the parameters raveled into one flat vector.
 
 `clipped_adam` computes exactly what `optax.chain(optax.clip_by_global_norm(c), optax.adam(schedule, eps=eps))`
 computes with the same eps (tests compare them; pgjax's default eps is 1e-5, optax.adam's 1e-8), in one pass over
-each leaf. On a flat vector that is a handful of fused
-operations per step instead of five to seven per parameter array: on one CPU core the PPO minibatch
-step went from about 145 us to about 125 us (benchmarks/README.md).
+each leaf. On a flat vector that is a handful of fused operations per step instead of five to seven per parameter
+array: on one CPU core the PPO minibatch step went from about 145 us to about 125 us (benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -47,37 +47,38 @@ def conjugate_gradient(
         alpha_k = r_k^T r_k / p_k^T A p_k;  x_{k+1} = x_k + alpha_k p_k;  r_{k+1} = r_k - alpha_k A p_k
         beta_k = r_{k+1}^T r_{k+1} / r_k^T r_k;  p_{k+1} = r_{k+1} + beta_k p_k
 
-    stopping after `num_iterations` steps, once r^T r <= residual_tol b^T b (relative, so the solve does not depend
-    on the scale of b), or at a breakdown, p^T A p <= 0 or not finite (A singular or indefinite along p; the
-    iterate so far is returned, never a NaN) (a `lax.while_loop`). Exact after n iterations for an n x n system (in
-    exact arithmetic).
+    stopping after `num_iterations` steps, once r^T r <= residual_tol, or at a breakdown, p^T A p <= 0 or not
+    finite (A singular or indefinite along p: the iterate so far is returned, never a NaN) (a `lax.while_loop`).
+    Exact after n iterations for an n x n system (in exact arithmetic). The tolerance is absolute: for
+    |b|^2 <= residual_tol no iteration runs and x = 0 (a natural-gradient step of 0 for |g| < 1e-5 at the default).
 
     Args:
       matvec: v -> A v on pytrees shaped like b (e.g. a Fisher-vector product).
       b: the right-hand side, a pytree (a flat [n] vector included).
       num_iterations: maximum number of CG iterations (static).
-      residual_tol: tolerance on the squared residual norm relative to the start's, r^T r / b^T b.
+      residual_tol: tolerance on the squared residual norm r^T r.
 
     Returns:
       x, shaped like b.
     """
     x0 = jax.tree.map(jnp.zeros_like, b)
     rdotr0 = tree_vdot(b, b)
-    tolerance = residual_tol * rdotr0
 
     def cond(carry):
         i, _, _, _, rdotr, curved = carry
-        return (i < num_iterations) & (rdotr > tolerance) & curved
+        return (i < num_iterations) & (rdotr > residual_tol) & curved
 
     def body(carry):
         i, x, r, p, rdotr, _ = carry
         ap = matvec(p)
         pap = tree_vdot(p, ap)
         curved = jnp.isfinite(pap) & (pap > 0)
-        alpha = jnp.where(curved, rdotr / jnp.where(curved, pap, 1.0), 0.0)
-        x = _axpy(alpha, p, x)
-        r = _axpy(-alpha, ap, r)
-        new_rdotr = tree_vdot(r, r)
+        alpha = rdotr / pap
+        # At a breakdown keep the iterate (the loop then stops); otherwise the plain CG step, rounding included.
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(curved, n, o), new, old)  # noqa: E731
+        x = keep(_axpy(alpha, p, x), x)
+        r = keep(_axpy(-alpha, ap, r), r)
+        new_rdotr = jnp.where(curved, tree_vdot(r, r), rdotr)
         p = _axpy(new_rdotr / rdotr, p, r)
         return i + 1, x, r, p, new_rdotr, curved
 

@@ -58,7 +58,7 @@ class _InnerEnvironment(environment.Environment):
     def __init__(self, env: Any):
         from pgjax.envs.wrappers import Wrapper
 
-        if isinstance(env, Wrapper):  # its step_env / reset_env are the bare environment's: the wrapper would be skipped
+        if isinstance(env, Wrapper):  # its step_env / reset_env are the bare environment's: it would be skipped
             raise ValueError(f"{type(self).__name__} goes below pgjax's wrappers: pass the bare gymnax environment "
                              f"(or a RandomizedParams), and wrap the result; got {type(env).__name__}.")
         super().__init__()
