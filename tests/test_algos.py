@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pgjax import algos, runs
+from pgjax import algos, envs, runs
 
 # Short CartPole runs that clearly improve (random policy: ~22).
 SHORT = {
@@ -361,3 +361,27 @@ def test_evaluating_a_normalising_policy_needs_its_statistics():
     config = algos.PPOConfig(normalize_observations=True)
     with pytest.raises(ValueError, match="needs the trained observation statistics"):
         runs.evaluate(jax.random.key(0), config, {}, None, 2)
+
+
+def test_normalized_rewards_use_each_lanes_discount():
+    """A discount swept per lane with normalize_rewards: each lane's normaliser runs its return at the lane's gamma
+    (it kept the config's, so lane 1 below learned from rewards scaled by a 0.99-return's spread), the same run as
+    that discount's own config (to batched-kernel rounding)."""
+    base = algos.A2CConfig(env_id="Pendulum-v1", total_timesteps=2 * 4 * 64, num_envs=4, num_steps=64,
+                           normalize_rewards=True)
+    hp = {k: jnp.stack([v, v]) for k, v in base.hyperparams().items()}
+    hp["discount"] = jnp.array([0.99, 0.9], jnp.float32)
+    keys = jnp.stack([jax.random.key(0)] * 2)
+    swept = jax.jit(jax.vmap(algos.a2c.make_train(base)))(keys, hp)
+    alone = jax.jit(jax.vmap(algos.a2c.make_train(base.replace(discount=0.9))))(keys[:1])
+
+    def return_variance(out):
+        found = []
+        jax.tree_util.tree_map(lambda x: found.append(x) if isinstance(x, envs.NormalizeRewardState) else None,
+                               out.env_state, is_leaf=lambda x: isinstance(x, envs.NormalizeRewardState))
+        return np.asarray(found[0].return_statistics.var)[..., 0]  # [lanes], shared over the lane's environments
+
+    np.testing.assert_allclose(return_variance(swept)[1], return_variance(alone)[0], rtol=1e-4)
+    assert not np.isclose(return_variance(swept)[0], return_variance(swept)[1], rtol=0.1)
+    np.testing.assert_allclose(np.asarray(swept.metrics["value_loss"])[1], np.asarray(alone.metrics["value_loss"])[0],
+                               rtol=1e-4)

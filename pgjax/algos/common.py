@@ -877,7 +877,10 @@ def make_on_policy_train(
         if clash:
             raise ValueError(f"hparams: {[ENV_PARAM_PREFIX + name for name in clash]} are also in env_randomize, "
                              "which redraws them at every reset; give each field one or the other.")
-        return spec._replace(params=lane_env_params(config.env_id, spec.params, hp))
+        env = spec.env
+        if config.normalize_rewards:  # the lane's discount (the wrapper was built with the config's)
+            env = envs.with_reward_discount(env, hp["discount"])
+        return spec._replace(env=env, params=lane_env_params(config.env_id, spec.params, hp))
 
     def start(key: Array, hparams: HParams | None = None) -> RunState:
         """The run before its first update: initial agent, reset environments and the loop's keys."""

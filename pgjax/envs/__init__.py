@@ -43,6 +43,7 @@ from pgjax.envs.wrappers import (
     merge_statistics,
     normalize,
     observe,
+    with_reward_discount,
 )
 
 __all__ = [
@@ -86,4 +87,5 @@ __all__ = [
     "observation_size",
     "override_params",
     "truncation_bias_bound",
+    "with_reward_discount",
 ]

@@ -27,6 +27,7 @@ adds "returned_episode", "episode_return" and "episode_length".
 
 from __future__ import annotations
 
+import copy
 from typing import Any, NamedTuple
 
 import jax
@@ -461,8 +462,9 @@ class NormalizeReward(_RunningStatisticsWrapper):
 
     G restarts at every episode boundary, terminated or truncated: it tracks the return of the episode
     under way (gymnasium 1.x restarts it on termination only). Place `EpisodeStatistics` below this
-    wrapper so it reports raw returns. The wrapper's `discount` is a Python float (static): under a
-    vmapped `discount` hyperparameter the normaliser keeps the config's.
+    wrapper so it reports raw returns. The wrapper is built with a Python float `discount`;
+    `with_reward_discount` gives a copy another one, also a traced one (the training loop gives each lane its
+    `discount` hyperparameter, so a discount sweep normalises each lane by its own return).
 
     Args:
       env: the inner environment.
@@ -499,6 +501,22 @@ class NormalizeReward(_RunningStatisticsWrapper):
         discounted_return = jnp.where(terminated | truncated, 0.0, discounted_return)
         state = NormalizeRewardState(env_state, discounted_return, statistics)
         return obs, state, scaled, terminated, truncated, info
+
+
+def with_reward_discount(env: Any, discount: Any) -> Any:
+    """The wrapper stack `env` with every `NormalizeReward` in it running its return G_t = r_t + gamma G_{t-1} at
+    gamma = `discount` (a float or a traced scalar, e.g. a lane's hyperparameter): copies of the wrappers down to
+    the last NormalizeReward, `env` itself unchanged (returned as is without one). The state is the same pytree."""
+    if not isinstance(env, Wrapper):
+        return env
+    inner = with_reward_discount(env._env, discount)
+    if inner is env._env and not isinstance(env, NormalizeReward):
+        return env
+    out = copy.copy(env)
+    out._env = inner
+    if isinstance(env, NormalizeReward):
+        out.discount = discount
+    return out
 
 
 # ---------------------------------------------------------------------------
