@@ -50,6 +50,13 @@ def _flags(terminated: Array, truncated: Array, dtype) -> tuple[Array, Array, Ar
     return terminated, done, 1.0 - terminated.astype(dtype), 1.0 - done.astype(dtype)
 
 
+def mean_rounding(size: Array, dtype) -> Array:
+    """4 sqrt(n) eps_f (eps_f the float dtype's machine epsilon): a bound on the relative spread that the rounding of
+    a mean over n values leaves in constant data, below which `normalize` and `losses.explained_variance` treat the
+    data as constant."""
+    return 4.0 * jnp.sqrt(jnp.asarray(size, dtype)) * jnp.finfo(dtype).eps
+
+
 def _cut(stop: Array, x: Array) -> Array:
     """x with 0 where `stop`: what a 0 flag multiplies, so that 0 * x is 0 even for a non-finite x."""
     return jnp.where(stop, jnp.zeros((), x.dtype), x)
@@ -104,8 +111,9 @@ def td_errors(
     """
     _check(rewards, values, next_values, terminated)
     rewards = _float(rewards)
-    terminated, _, not_terminated, _ = _flags(terminated, jnp.zeros_like(terminated), rewards.dtype)
+    terminated = jnp.asarray(terminated).astype(bool)
     discount = jnp.asarray(discount, rewards.dtype)
+    not_terminated = 1.0 - terminated.astype(rewards.dtype)
     return rewards + discount * not_terminated * _cut(terminated, next_values) - values
 
 
@@ -218,5 +226,5 @@ def normalize(x: Array, eps: float = 1e-8) -> Array:
     policy gradient out of nothing (float32 constants 0.1 came out as -0.427 everywhere).
     """
     mean, std = jnp.mean(x), jnp.std(x)
-    noise = 4.0 * jnp.sqrt(jnp.asarray(x.size, std.dtype)) * jnp.finfo(std.dtype).eps * jnp.abs(mean)
+    noise = mean_rounding(x.size, std.dtype) * jnp.abs(mean)
     return jnp.where(std > noise, (x - mean) / (std + eps), 0.0).astype(std.dtype)

@@ -11,6 +11,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from pgjax.advantages import mean_rounding
 from pgjax.distributions import Categorical, DiagGaussian, categorical_kl, diag_gaussian_kl
 
 Array = jax.Array
@@ -115,15 +116,23 @@ def mean_kl(p: Categorical | DiagGaussian, q: Categorical | DiagGaussian) -> Arr
     return jnp.mean(p.kl(q))
 
 
-def explained_variance(values: Array, targets: Array) -> Array:
-    """1 - Var[y - V] / Var[y] over all elements: 1 is a perfect fit, 0 no better than a constant.
+def explained_variance(values: Array, targets: Array, mask: Array | None = None) -> Array:
+    """1 - Var[y - V] / Var[y] over all elements, or over those where `mask` (same shape, 0/1) is 1: 1 is a perfect
+    fit, 0 no better than a constant. Masked variances are taken about their masked means (two passes: E[y^2] -
+    E[y]^2 cancelled to NaN for float32 returns of ~1000 +- 0.1).
 
     Returns NaN when the targets are constant, where the ratio is undefined: Var[y] <= (4 sqrt(n) eps_f)^2 E[y^2]
-    (eps_f the dtype's machine epsilon), what the rounding of the mean leaves of a constant's variance (float32
-    constants 0.1 gave Var[y] ~ 1e-17 and a finite ratio of rounding errors).
+    (`advantages.mean_rounding`), what the rounding of the mean leaves of a constant's variance (float32 constants
+    0.1 gave Var[y] ~ 1e-17 and a finite ratio of rounding errors).
     """
     chex.assert_equal_shape([values, targets])
-    var_targets = jnp.var(targets)
-    floor = jnp.square(4.0 * jnp.sqrt(jnp.asarray(targets.size, var_targets.dtype)) * jnp.finfo(var_targets.dtype).eps)
-    defined = var_targets > floor * jnp.mean(jnp.square(targets))
-    return jnp.where(defined, 1.0 - jnp.var(targets - values) / jnp.where(defined, var_targets, 1.0), jnp.nan)
+    if mask is None:
+        var_targets, var_residual = jnp.var(targets), jnp.var(targets - values)
+        size, mean_square = targets.size, jnp.mean(jnp.square(targets))
+    else:
+        mean = lambda x: jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)  # noqa: E731
+        variance = lambda x: mean(jnp.square(x - mean(x)))  # noqa: E731
+        var_targets, var_residual = variance(targets), variance(targets - values)
+        size, mean_square = jnp.sum(mask), mean(jnp.square(targets))
+    defined = var_targets > jnp.square(mean_rounding(size, var_targets.dtype)) * mean_square
+    return jnp.where(defined, 1.0 - var_residual / jnp.where(defined, var_targets, 1.0), jnp.nan)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pgjax import advantages as adv
+from pgjax import losses
 from pgjax.algos import common
 from pgjax.nets import ActorCritic
 
@@ -102,25 +103,10 @@ def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algo
         metrics["kl"] = common.policy_shift_kl(network, agent.params, new_agent.params, batch.obs)
         metrics["valid_fraction"] = jnp.mean(mask)
         if config.use_baseline:
-            metrics["explained_variance"] = masked_explained_variance(batch.value, returns, mask)
+            metrics["explained_variance"] = losses.explained_variance(batch.value, returns, mask)
         return new_agent, metrics
 
     return common.Algorithm(init, common.sampling_act(network), common.critic_value(network), update)
-
-
-def masked_explained_variance(values, targets, mask):
-    """`losses.explained_variance` over the steps where mask is 1: 1 - Var_m[y - V] / Var_m[y], variances about
-    their masked means (two passes: E[y^2] - E[y]^2 cancelled to NaN for returns of ~1000 +- 0.1 in float32), NaN
-    for constant targets (the same rounding floor)."""
-
-    def variance(x):
-        return masked_mean(jnp.square(x - masked_mean(x, mask)), mask)
-
-    var_targets = variance(targets)
-    size = jnp.sum(mask).astype(var_targets.dtype)
-    floor = jnp.square(4.0 * jnp.sqrt(size) * jnp.finfo(var_targets.dtype).eps) * masked_mean(jnp.square(targets), mask)
-    defined = var_targets > floor
-    return jnp.where(defined, 1.0 - variance(targets - values) / jnp.where(defined, var_targets, 1.0), jnp.nan)
 
 
 def make_train(config: REINFORCEConfig, progress: common.ProgressFn | None = None):

@@ -110,13 +110,13 @@ class RandomizedParams(_InnerEnvironment):
     """
 
     def __init__(self, env: Any, env_id: str, ranges: dict[str, tuple[float, float]]):
-        check_ranges(env_id, env.default_params, ranges)
+        checked = check_ranges(env_id, env.default_params, ranges)
         if env_id != env.name and (derived_fields(env_id) or derived_fields(env.name)):
             raise ValueError(f"RandomizedParams: env_id {env_id!r} is not the environment's own id {env.name!r}, "
                              "which selects the params fields derived from the drawn ones; pass env.name.")
         super().__init__(env)
         self._env_id = env_id
-        self._ranges = {name: check_range(env_id, name, bounds) for name, bounds in ranges.items()}
+        self._ranges = checked
 
     def draw_params(self, key: Array, params: Any) -> Any:
         """`params` with every randomised field drawn from its range (one episode's params)."""
@@ -187,11 +187,11 @@ class ObserveParams(_InnerEnvironment):
     """
 
     def __init__(self, env: Any, ranges: dict[str, tuple[float, float]]):
-        check_ranges(env.name, env.default_params, ranges)
+        checked = check_ranges(env.name, env.default_params, ranges)
         super().__init__(env)
-        self._fields = tuple(ranges)
-        self._log = tuple(len(check_range(env.name, n, ranges[n])) == 3 for n in self._fields)
-        lows, highs = (jnp.asarray([_scale(float(ranges[n][i]), log) for n, log in zip(self._fields, self._log)],
+        self._fields = tuple(checked)
+        self._log = tuple(len(checked[n]) == 3 for n in self._fields)
+        lows, highs = (jnp.asarray([_scale(checked[n][i], log) for n, log in zip(self._fields, self._log)],
                                    jnp.float32) for i in (0, 1))
         self._center = (lows + highs) / 2
         self._half_width = jnp.where(highs > lows, (highs - lows) / 2, 1.0)
@@ -267,16 +267,18 @@ def check_range(owner: str, name: Any, bounds: Any) -> tuple:
     return (low, high, LOG_UNIFORM) if log else (low, high)
 
 
-def check_ranges(env_id: str, params: Any, ranges: Any) -> None:
-    """ValueError naming the entry and the fix unless `ranges` is {field: (low, high)} or {field: (low, high, "log")}
-    over numeric scalar fields of `params` with finite low <= high (and low >= 1 for the step limit)."""
-    numeric = list(numeric_fields(params))
+def check_ranges(env_id: str, params: Any, ranges: Any) -> dict[str, tuple]:
+    """`ranges` with each range as `check_range` returns it; ValueError naming the entry and the fix unless `ranges`
+    is {field: (low, high)} or {field: (low, high, "log")} over numeric scalar fields of `params` with finite
+    low <= high (and low >= 1 for the step limit)."""
+    numeric, checked = list(numeric_fields(params)), {}
     if not isinstance(ranges, dict) or not ranges:
         raise ValueError(f"{env_id}: the randomised ranges must be a non-empty {{field: (low, high)}}; got {ranges!r}.")
     for name, bounds in ranges.items():
         if name not in numeric:
             raise ValueError(f"{env_id}: cannot randomise {name!r}: only the numeric fields of its params can be "
                              f"({', '.join(numeric)}).")
-        low = check_range(env_id, name, bounds)[0]
-        if name == "max_steps_in_episode" and low < 1:
-            raise ValueError(f"{env_id}: the step limit's range must start at >= 1; got low {low}.")
+        checked[name] = check_range(env_id, name, bounds)
+        if name == "max_steps_in_episode" and checked[name][0] < 1:
+            raise ValueError(f"{env_id}: the step limit's range must start at >= 1; got low {checked[name][0]}.")
+    return checked
