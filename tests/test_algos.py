@@ -125,6 +125,8 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.TRPOConfig, dict(ent_coef=-0.1), r"TRPOConfig.ent_coef"),
         (algos.TRPOConfig, dict(vf_minibatches=7), r"TRPOConfig.vf_minibatches \(7\) must divide"),
         (algos.REINFORCEConfig, dict(gae_lambda=2.0), r"REINFORCEConfig.gae_lambda"),
+        (algos.REINFORCEConfig, dict(discount_weighting=True), r"REINFORCEConfig.discount_weighting .* episodic=True"),
+        (algos.REINFORCEConfig, dict(episodic=True, normalize_observations=True), r"REINFORCEConfig.episodic resets"),
         (algos.PPOConfig, dict(unroll=-1), r"PPOConfig.unroll must be an int >= 1, or 0"),
         (algos.A2CConfig, dict(unroll=2.5), r"A2CConfig.unroll"),
         (algos.PPOConfig, dict(final_lr_fraction=1.5), r"PPOConfig.final_lr_fraction must lie in \[0, 1\]"),

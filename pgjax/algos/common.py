@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax import lax
@@ -235,6 +236,11 @@ class OnPolicyConfig:
     def num_updates(self) -> int:
         """total_timesteps // batch_size (the remainder is not run)."""
         return self.total_timesteps // self.batch_size
+
+    @property
+    def restarts_episodes(self) -> bool:
+        """Whether every update resets all environments before its rollout (REINFORCE's `episodic`)."""
+        return False
 
     @property
     def network_dtype(self) -> Any:
@@ -830,6 +836,26 @@ def episode_metrics(batch: Transition) -> dict[str, Array]:
     }
 
 
+def check_episodes_fit(config: OnPolicyConfig, spec: EnvSpec) -> None:
+    """For a config that resets every environment at each update (`restarts_episodes`): `ValueError` unless
+    `num_steps` covers the environment's step limit (its params' `max_steps_in_episode`, the top of its
+    `env_randomize` range if drawn), so that every environment's first episode ends inside the rollout."""
+    name = type(config).__name__
+    limit = getattr(spec.params, "max_steps_in_episode", None)
+    if limit is None:
+        raise ValueError(f"{name}: {config.env_id} has no step limit (params.max_steps_in_episode), so episodes that "
+                         "start at an update need not end inside its rollout; use episodic=False for this environment.")
+    limit = int(np.max(np.asarray(limit)))
+    if "max_steps_in_episode" in config.randomize_ranges:
+        limit = max(limit, int(config.randomize_ranges["max_steps_in_episode"][1]))
+    if config.num_steps < limit:
+        raise ValueError(
+            f"{name}.num_steps ({config.num_steps}) must be at least {config.env_id}'s step limit "
+            f"(max_steps_in_episode={limit}) with episodic=True, so that every environment's first episode ends inside "
+            f"the rollout; raise num_steps to {limit} or lower the limit (env_kwargs max_steps_in_episode)."
+        )
+
+
 def make_on_policy_train(
     config: OnPolicyConfig, algorithm: Algorithm, spec: EnvSpec | None = None, progress: ProgressFn | None = None
 ) -> Callable[..., TrainOutput]:
@@ -849,6 +875,8 @@ def make_on_policy_train(
     `experiments/train.py --checkpoint-every`) saves the `RunState` between them.
     """
     spec = make_env(config) if spec is None else spec
+    if config.restarts_episodes:
+        check_episodes_fit(config, spec)
     num_updates = config.num_updates
     every = max(1, num_updates // PROGRESS_CALLS)
     if config.eval_every:
@@ -903,6 +931,9 @@ def make_on_policy_train(
         def one_update(carry, update_idx):
             agent, env_state, obs, key = carry
             key, key_rollout, key_update = jax.random.split(key, 3)
+            if config.restarts_episodes:  # every environment on a fresh episode (checked: no running statistics)
+                key_rollout, key_reset = jax.random.split(key_rollout)
+                obs, env_state = env.env.reset(key_reset, env.params)
             env_state, obs, batch = rollout(
                 key_rollout, env, agent, algorithm.act, algorithm.value, env_state, obs, config.num_steps, config.scan_unroll
             )
