@@ -195,6 +195,8 @@ def effective_horizon(discount: float, tail: float = 1e-8) -> int:
     truncation bias negligible."""
     if not 0.0 < discount < 1.0:
         raise ValueError(f"effective_horizon: discount must lie in (0, 1); got {discount}.")
+    if not 0.0 < tail < 1.0:  # tail >= 1 gave T <= 0
+        raise ValueError(f"effective_horizon: tail must lie in (0, 1) (the discount weight gamma^T left); got {tail}.")
     return int(np.ceil(np.log(tail) / np.log(discount)))
 
 
@@ -216,6 +218,8 @@ def per_trajectory_estimates(
 
 def batch_means(samples: Array, batch_size: int) -> Array:
     """Average consecutive groups of `batch_size` one-trajectory estimates: [N, D] -> [N // batch_size, D]."""
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_means: batch_size must be a positive int; got {batch_size!r}.")
     num = (samples.shape[0] // batch_size) * batch_size
     if num == 0:
         raise ValueError(f"batch_means: batch_size {batch_size} exceeds the {samples.shape[0]} samples.")

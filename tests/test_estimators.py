@@ -133,5 +133,9 @@ def test_bad_arguments():
         E.truncated(E.reinforce_rewards_to_go, 0)
     with pytest.raises(ValueError, match="discount"):
         E.effective_horizon(1.0)
+    with pytest.raises(ValueError, match=r"tail must lie in \(0, 1\)"):  # gave a horizon of -1
+        E.effective_horizon(0.5, tail=2.0)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):  # a bare ZeroDivisionError
+        E.batch_means(jnp.zeros((4, 2)), 0)
     with pytest.raises(ValueError, match="batch sizes"):
         E.error_curve(jax.random.key(0), None, E.reinforce_rewards_to_go, (0, 2), 4, 4)

@@ -656,3 +656,30 @@ def test_baseline_and_unseen_value_change_nothing_on_covered_data(problem, big_d
     lowest = float(jnp.min(problem["mdp"].reward)) / (1 - GAMMA)
     # R_hat = reward sums / counts: the true minimum up to rounding (equal to it when rewards are deterministic).
     assert lowest - 1e-9 <= float(off.pessimistic_value(model, GAMMA)) <= lowest + 0.2 / (1 - GAMMA)
+
+
+def test_importance_weights_that_overflow_are_reported(problem):
+    """A target policy that takes, at every step, an action mu logged with probability e^-100: the episode's log
+    weight (~2000) overflows even float64, so IS / PDIS estimates and gradients are inf or NaN. Each entry point
+    says so (instead of a NaN gradient, or an error blaming zero weights); WIS, normalised in log space, is finite."""
+    dataset = off.collect(jax.random.key(5), problem["mdp"], problem["mu"], 4, 20)
+    dataset = dataset._replace(actions=jnp.ones_like(dataset.actions),
+                               behaviour_log_probs=jnp.full(dataset.rewards.shape, -100.0))
+    theta = jnp.zeros((S, A)).at[:, 1].set(5.0).ravel()
+    pi = tab.softmax_policy(theta, problem["features"])
+    overflow = r"overflows float64 \(the largest log weight is 2000, above log\(max\) = 709.8"
+    with pytest.raises(FloatingPointError, match=overflow):
+        off.importance_policy_gradient(dataset, theta, problem["features"], GAMMA, "is")
+    with pytest.raises(FloatingPointError, match=overflow):
+        off.policy_value(dataset, pi, GAMMA, "pdis")
+    with pytest.raises(FloatingPointError, match="the gradient at step 0 .*" + overflow):
+        off.offline_policy_improvement(dataset, theta, problem["features"], GAMMA, optax.sgd(0.01), 2, method="pdis")
+    assert np.isfinite(float(off.policy_value(dataset, pi, GAMMA, "wis")))
+    assert np.all(np.isfinite(np.asarray(off.importance_policy_gradient(dataset, theta, problem["features"], GAMMA,
+                                                                          "wis"))))
+
+
+def test_discount_must_be_one_number(problem, big_dataset):
+    assert np.isfinite(float(off.policy_value(big_dataset, problem["pi"], jnp.asarray(GAMMA), "model")))
+    with pytest.raises(ValueError, match=r"discount must be one number in \(0, 1\); got an array of shape \(2,\)"):
+        off.policy_value(big_dataset, problem["pi"], jnp.asarray([GAMMA, GAMMA]), "model")

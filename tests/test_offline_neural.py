@@ -87,7 +87,8 @@ def dualdice(problem):
 
 @pytest.fixture(scope="module")
 def fqe(problem):
-    return N.fitted_q_evaluation(jax.random.key(3), problem["data"], problem["probs_fn"], DISCOUNT, FQE)
+    # A 0-d array discount, as the tabular estimators take (it was refused: "must lie in (0, 1); got Array(0.9)").
+    return N.fitted_q_evaluation(jax.random.key(3), problem["data"], problem["probs_fn"], jnp.asarray(DISCOUNT), FQE)
 
 
 def test_problem_has_a_real_distribution_shift(problem):
@@ -263,6 +264,9 @@ def test_data_errors(problem):
         N.neural_dualdice(jax.random.key(0), raw, probs_fn, DUALDICE)
     with pytest.raises(ValueError, match="discount"):
         N.fitted_q_evaluation(jax.random.key(0), data, probs_fn, 1.0, FQE)
+    # one_hot maps a state outside [0, S) to an all-zero feature vector, a state of no MDP
+    with pytest.raises(ValueError, match=r"Dataset.observations holds states outside \[0, 3\)"):
+        N.one_hot_observations(raw, 3)
 
 
 def test_integer_rewards_are_refused_before_training(problem):

@@ -385,6 +385,29 @@ def test_validation_errors_name_the_field(mutate, match):
         T.MDP(*mutate(*_valid_arrays()))
 
 
+def test_batch_errors_name_the_failing_element():
+    mdps = jax.vmap(T.random_mdp, in_axes=(0, None, None))(jax.random.split(jax.random.key(0), 3), 3, 2)
+    initial = np.asarray(mdps.initial).copy()
+    initial[1] *= 1.5
+    with pytest.raises(ValueError, match=r"MDP.initial must sum to 1; in batch element \(1,\) it sums to 1.5"):
+        T.MDP(mdps.transition, mdps.reward, initial, mdps.discount)
+    transition = np.asarray(mdps.transition).copy()
+    transition[2, 1, 0] *= 0.5
+    with pytest.raises(ValueError, match=r"row \(s, a\) = \(1, 0\) in batch element \(2,\) sums to"):
+        T.MDP(transition, mdps.reward, mdps.initial, mdps.discount)
+
+
+def test_bfloat16_mdps_and_policies_are_accepted_at_their_precision():
+    """Rows of bfloat16 probabilities sum to 1 only to bfloat16's precision (eps 2^-7): the tolerance scales with
+    the dtype's eps (numpy's issubdtype does not count ml_dtypes' bfloat16 as floating, which left 1e-6)."""
+    mdp = T.random_mdp(jax.random.key(0), 4, 3, 0.9, dtype=jnp.bfloat16)
+    assert mdp.transition.dtype == jnp.bfloat16
+    values, _ = T.policy_evaluation(T.random_mdp(jax.random.key(0), 4, 3, 0.9), jnp.full((4, 3), 1 / 3, jnp.bfloat16))
+    assert np.all(np.isfinite(np.asarray(values, np.float32)))
+    with pytest.raises(ValueError, match="rows must sum to 1"):  # still refused when off by more than rounding
+        T.policy_evaluation(mdp, jnp.full((4, 3), 0.4, jnp.bfloat16))
+
+
 def test_valid_mdp_and_tracing_are_not_blocked():
     T.MDP(*_valid_arrays())
 

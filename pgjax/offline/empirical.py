@@ -305,6 +305,8 @@ def pessimistic_value(model: EmpiricalModel, discount) -> Array:
 
 def check_discount(discount) -> None:
     """Raise `ValueError` unless 0 < gamma < 1 (host-side: `discount` must be concrete)."""
-    d = float(discount)
+    if np.size(discount) != 1:
+        raise ValueError(f"discount must be one number in (0, 1); got an array of shape {np.shape(discount)}.")
+    d = float(np.asarray(discount).reshape(()))
     if not 0.0 < d < 1.0:
         raise ValueError(f"discount must be in (0, 1); got {d}.")

@@ -28,7 +28,7 @@ from pgjax.offline.empirical import (
     solve_empirical,
     tabular_model,
 )
-from pgjax.offline.importance import IS_METHODS, check_importance_data, importance_value
+from pgjax.offline.importance import IS_METHODS, check_importance_data, importance_value, nonfinite_error
 from pgjax.trajectory import safe_log
 
 Array = jax.Array
@@ -116,10 +116,9 @@ def policy_value(dataset: Dataset, target_pi: Array, discount, method: str = "du
         check_importance_data(dataset, f"policy_value(method={method!r})")
         value = tabular_importance_value(dataset, target_pi, discount, method)
         if not np.isfinite(float(value)):
-            raise ValueError(
-                f"policy_value(method={method!r}) is undefined on this dataset: every logged episode has zero "
-                "probability under the target policy (all importance weights are 0); use 'dualdice' or 'model'."
-            )
+            target_log_probs = safe_log(target_pi)[dataset.observations, dataset.actions]
+            raise nonfinite_error(f"policy_value(method={method!r})", target_log_probs, dataset.behaviour_log_probs,
+                                  dataset.mask)
         return value
     solution = solve_empirical(model, target_pi, discount)
     report = coverage(model, target_pi, discount, solution.occupancy)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -33,7 +34,7 @@ from pgjax.offline.empirical import (
     solve_empirical,
     tabular_model,
 )
-from pgjax.offline.importance import IS_METHODS, check_importance_data, importance_value
+from pgjax.offline.importance import IS_METHODS, check_importance_data, importance_value, nonfinite_error
 from pgjax.tabular.policy import grad_log_policy, log_policy, softmax_policy
 
 Array = jax.Array
@@ -158,15 +159,25 @@ def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, 
         check_discount(discount)
         validate_tabular_dataset(dataset, *features.shape[:2])
         check_importance_data(dataset, f"importance_policy_gradient(method={method!r})")
+        gradient = _importance_gradient(dataset, theta, features, discount, method)
+        if not np.all(np.isfinite(np.asarray(gradient))):
+            raise nonfinite_error(f"importance_policy_gradient(method={method!r})",
+                                  *_log_probs(dataset, theta, features))
+        return gradient
     return _importance_gradient(dataset, theta, features, discount, method)
+
+
+def _log_probs(dataset: Dataset, theta: Array, features: Array) -> tuple[Array, Array, Array]:
+    """(log pi_theta(a_t|s_t), log mu(a_t|s_t), mask), each [N, T], of the dataset's steps."""
+    return log_policy(theta, features)[dataset.observations, dataset.actions], dataset.behaviour_log_probs, dataset.mask
 
 
 def _importance_gradient(dataset: Dataset, theta: Array, features: Array, discount, method: str) -> Array:
     """The unvalidated core of `importance_policy_gradient` (jit/vmap-able)."""
 
     def value(th):
-        target_log_probs = log_policy(th, features)[dataset.observations, dataset.actions]
-        return importance_value(dataset.rewards, dataset.mask, target_log_probs, dataset.behaviour_log_probs, discount, method)
+        target_log_probs, behaviour_log_probs, mask = _log_probs(dataset, th, features)
+        return importance_value(dataset.rewards, mask, target_log_probs, behaviour_log_probs, discount, method)
 
     return jax.grad(value)(theta)
 
@@ -235,7 +246,15 @@ def offline_policy_improvement(
     if method in IS_METHODS:
         check_importance_data(dataset, f"offline_policy_improvement(method={method!r})")
     unseen_value = pessimistic_value(model, discount) if pessimistic else 0.0
-    return _improve(dataset, model, theta, features, discount, optimizer, num_steps, method, baseline, unseen_value)
+    result = _improve(dataset, model, theta, features, discount, optimizer, num_steps, method, baseline, unseen_value)
+    finite = np.isfinite(np.asarray(result.gradient_norms))
+    if not np.all(finite):
+        k = int(np.argmin(finite))
+        context = f"offline_policy_improvement(method={method!r}): the gradient at step {k}"
+        if method in IS_METHODS:
+            raise nonfinite_error(context, *_log_probs(dataset, result.thetas[k], features))
+        raise FloatingPointError(f"{context} is not finite; check the dataset's rewards and the optimiser's step size.")
+    return result
 
 
 def _improve(dataset, model, theta, features, discount, optimizer, num_steps, method, baseline, unseen_value):

@@ -213,12 +213,19 @@ class FQEConfig:
 def one_hot_observations(dataset: Dataset, num_states: int, dtype=jnp.float32) -> Dataset:
     """A tabular dataset (int32 states [N, T], initial states [M]) with one-hot float features instead.
 
-    observations [N, T] -> [N, T, S], next_observations likewise, initial_observations [M] -> [M, S].
+    observations [N, T] -> [N, T, S], next_observations likewise, initial_observations [M] -> [M, S]. States
+    outside [0, S) on valid steps or among the initial states raise `ValueError` (when concrete).
     """
     for name in ("observations", "next_observations", "initial_observations"):
         x = getattr(dataset, name)
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise ValueError(f"one_hot_observations: Dataset.{name} must hold int state indices; got {x.dtype}.")
+        concrete = not isinstance(x, jax.core.Tracer) and not isinstance(dataset.mask, jax.core.Tracer)
+        if concrete:  # jax.nn.one_hot maps a state outside [0, S) to all zeros, a state of no MDP
+            states = np.asarray(x) if name == "initial_observations" else np.asarray(x)[np.asarray(dataset.mask)]
+            if states.size and (states.min() < 0 or states.max() >= num_states):
+                raise ValueError(f"one_hot_observations: Dataset.{name} holds states outside [0, {num_states}) "
+                                 f"(min {states.min()}, max {states.max()}); pass the MDP's num_states.")
     encode = functools.partial(jax.nn.one_hot, num_classes=num_states, dtype=dtype)
     return dataset._replace(
         observations=encode(dataset.observations),
@@ -622,6 +629,8 @@ def fitted_q_evaluation(
     """
     if not isinstance(config, FQEConfig):
         raise ValueError(f"fitted_q_evaluation: config must be an FQEConfig; got {type(config).__name__}.")
+    if isinstance(discount, (jax.Array, np.ndarray)) and discount.shape == () and not isinstance(discount, jax.core.Tracer):
+        discount = discount.item()  # a 0-d array, as the tabular estimators accept
     if not _is_number(discount) or not 0.0 < float(discount) < 1.0:
         raise ValueError(f"fitted_q_evaluation: discount must lie in (0, 1); got {discount!r}.")
     data, next_probs, num_valid, initial, num_actions = _prepare("fitted_q_evaluation", dataset, config.batch_size,

@@ -28,9 +28,15 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _batch_element(index: tuple) -> str:
+    """"in batch element (i, ...) " for a batched MDP's index, "" for a single MDP's."""
+    return f"in batch element {tuple(int(i) for i in index)} " if index else ""
+
+
 def _sum_tolerance(dtype: Any, size: int) -> float:
     """Tolerance on a probability vector's sum: 1e-6, loosened for float32 rounding."""
-    eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0
+    # jnp's dtype tests know bfloat16 (an ml_dtypes type, which np.issubdtype does not count as floating).
+    eps = float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.floating) else 0.0
     return max(1e-6, 8.0 * np.sqrt(max(size, 1)) * eps)
 
 
@@ -141,12 +147,14 @@ def validate_mdp_arrays(transition: np.ndarray, reward: np.ndarray, initial: np.
         idx = np.unravel_index(np.abs(row_sums - 1.0).argmax(), row_sums.shape)
         raise ValueError(
             f"MDP.transition rows must sum to 1 over the next state (axis -1); row (s, a) = {tuple(int(i) for i in idx[-2:])} "
-            f"sums to {row_sums[idx]:.8g} (tolerance {tol:.1g}). Normalise P[s, a, :]."
+            f"{_batch_element(idx[:-2])}sums to {row_sums[idx]:.8g} (tolerance {tol:.1g}). Normalise P[s, a, :]."
         )
     init_sums = initial.astype(np.float64).sum(-1)
     if np.abs(init_sums - 1.0).max() > tol:
+        idx = np.unravel_index(np.abs(init_sums - 1.0).argmax(), init_sums.shape)
         raise ValueError(
-            f"MDP.initial must sum to 1; it sums to {np.atleast_1d(init_sums).flat[0]:.8g} (tolerance {tol:.1g}). Normalise mu0."
+            f"MDP.initial must sum to 1; {_batch_element(idx)}it sums to {init_sums[idx]:.8g} (tolerance {tol:.1g}). "
+            "Normalise mu0."
         )
     if np.any(discount <= 0) or np.any(discount >= 1):
         raise ValueError(
