@@ -377,11 +377,12 @@ def run_replay(train, progress, keys, num_seeds, sweep_lanes, what, hparams=None
     The wall times start after compiling, as a sweep's."""
     num_devices = len(parallel.devices_for(sweep_lanes))
     per_device = sweep_lanes // num_devices
-    print(f"{what} as lanes of a {per_device}-lane program (the sweep's lanes per device: {sweep_lanes} lanes over "
-          f"{num_devices} device{'s' if num_devices > 1 else ''}; bit for bit with a sweep of the same --num-seeds "
-          "and --cpu-devices)")
+    print(f"{what} as lanes of the sweep's program ({per_device} lanes on each of {num_devices} "
+          f"device{'s' if num_devices > 1 else ''}; bit for bit with a sweep of the same --num-seeds and "
+          "--cpu-devices)")
     t0 = time.perf_counter()
-    output = jax.block_until_ready(runs.replay_seeds(train, keys, per_device, hparams, progress=progress))
+    output = jax.block_until_ready(runs.replay_seeds(train, keys, per_device, hparams, progress=progress,
+                                                     num_devices=num_devices))
     run_s = time.perf_counter() - progress.start
     progress.close()
     print(f"compile {progress.start - t0:.1f} s, run {run_s:.1f} s")

@@ -231,6 +231,9 @@ def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
     np.testing.assert_array_equal(taken["steps_taken"], [1, 1, 0, 0, 0])
     np.testing.assert_array_equal(taken[common.STEPS_SEEN], [1, 1, 1, 0, 0])
     np.testing.assert_array_equal(taken["approx_kl"], [0.0, 0.5, 2.0, 0.0, 0.0])
+    # An unseen minibatch's inf metric is left out, not multiplied by 0 (NaN, which made the update's mean NaN).
+    (_, _), taken = jax.lax.scan(scripted, (0, jnp.array(False)), jnp.array([2.0, jnp.inf]))
+    np.testing.assert_array_equal(taken["approx_kl"], [2.0, 0.0])
 
     with pytest.raises(ValueError, match="target_kl"):
         config.replace(target_kl=-0.01)
@@ -407,18 +410,53 @@ def test_first_episode_mask_keeps_each_environment_first_whole_episode():
 
 
 def test_episodic_reinforce_restarts_every_environment_at_each_update():
-    """With a step limit H = 10 and rollouts of 13 steps, episodic training resets every environment before each
-    rollout: each update finishes exactly one episode per environment, of length H, and learns from it alone
-    (valid_fraction 10/13). Without resets the episodes drift across rollouts (0 to 2 ends per environment)."""
-    common = dict(env_id="tabular:random", env_kwargs=dict(num_states=4, num_actions=2, max_steps_in_episode=10),
-                  discount=0.9, num_envs=3, num_steps=13, total_timesteps=3 * 13 * 6, hidden_sizes=(8,))
+    """With a step limit H = 4 and rollouts of 10 steps, episodic training resets every environment before each
+    rollout and learns from each one's first episode (valid_fraction 4/10); the episode metrics count those N
+    first episodes alone (a second episode also ends, at step 7: counting it biases them to short episodes). Without
+    resets the episodes drift across rollouts (2 or 3 ends per environment)."""
+    common = dict(env_id="tabular:random", env_kwargs=dict(num_states=4, num_actions=2, max_steps_in_episode=4),
+                  discount=0.9, num_envs=3, num_steps=10, total_timesteps=3 * 10 * 6, hidden_sizes=(8,))
     episodic = jax.jit(algos.reinforce.make_train(algos.REINFORCEConfig(**common, episodic=True)))(jax.random.key(0))
     np.testing.assert_array_equal(np.asarray(episodic.metrics["episodes_finished"]), np.full(6, 3))
-    np.testing.assert_array_equal(np.asarray(episodic.metrics["episodes_used"]), np.full(6, 3))
-    np.testing.assert_array_equal(np.asarray(episodic.metrics["episode_length"]), np.full(6, 10.0))
-    np.testing.assert_allclose(np.asarray(episodic.metrics["valid_fraction"]), np.full(6, 10 / 13), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(episodic.metrics["episode_length"]), np.full(6, 4.0))
+    np.testing.assert_allclose(np.asarray(episodic.metrics["valid_fraction"]), np.full(6, 4 / 10), rtol=1e-6)
     carried = jax.jit(algos.reinforce.make_train(algos.REINFORCEConfig(**common)))(jax.random.key(0))
-    assert set(np.asarray(carried.metrics["episodes_finished"]).tolist()) != {3}
+    assert set(np.asarray(carried.metrics["episodes_finished"]).tolist()) == {6, 9}
+
+
+def test_reinforce_learns_nothing_from_a_rollout_without_a_finished_episode():
+    """Rollouts of 10 steps under a step limit of 35: only the fourth of five ends an episode. An update
+    with nothing to learn from keeps the agent (Adam's momentum moved it by ~0.7 lr per step), reports NaN losses
+    (they were 0: means over no steps), and leaves the annealed rate on the update index."""
+    config = algos.REINFORCEConfig(
+        env_id="tabular:random", env_kwargs=dict(num_states=4, num_actions=2, max_steps_in_episode=35), discount=0.9,
+        num_envs=2, num_steps=10, total_timesteps=2 * 10 * 5, hidden_sizes=(8,), learning_rate=1e-2)
+    key = jax.random.key(0)
+    spec = algos.common.make_env(config)
+    init = algos.reinforce.make_algorithm(config, algos.common.actor_critic(config, spec)).init(
+        jax.random.split(key, 3)[0], spec, config.hyperparams())
+    train = algos.reinforce.make_train(config)
+    after_three = jax.jit(train.advance, static_argnames="count")(train.start(key), 0, count=3)
+    for a, b in zip(jax.tree_util.tree_leaves(after_three[0].agent), jax.tree_util.tree_leaves(init)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    metrics = after_three[1]
+    np.testing.assert_array_equal(np.asarray(metrics["valid_fraction"]), np.zeros(3))
+    assert np.all(np.isnan(np.asarray(metrics["policy_loss"]))) and np.all(np.isnan(np.asarray(metrics["entropy"])))
+    output = jax.jit(train)(key)
+    assert int(output.agent.opt_state.count) == 1  # update 3 alone learned (steps 30-39 hold the end at 34)
+    valid = np.asarray(output.metrics["valid_fraction"])
+    assert valid[3] > 0 and np.all(valid[[0, 1, 2, 4]] == 0), valid
+
+
+def test_hyperparameter_names_are_checked():
+    config = algos.PPOConfig(total_timesteps=512)
+    train = algos.ppo.make_train(config)
+    hp = config.hyperparams()
+    with pytest.raises(ValueError, match=r"hparams must hold PPOConfig's vmappable .*; unknown \['learning_rat'\]"):
+        jax.jit(train)(jax.random.key(0), {**hp, "learning_rat": hp["learning_rate"]})  # was ignored
+    del hp["clip_eps"]
+    with pytest.raises(ValueError, match=r"; missing \['clip_eps'\]"):  # was a bare KeyError
+        jax.jit(train)(jax.random.key(0), hp)
 
 
 def test_episodic_reinforce_needs_rollouts_covering_the_step_limit():
@@ -426,3 +464,42 @@ def test_episodic_reinforce_needs_rollouts_covering_the_step_limit():
     with pytest.raises(ValueError, match=r"REINFORCEConfig.num_steps \(128\) must be at least CartPole-v1's step "
                                          r"limit \(max_steps_in_episode=500\)"):
         algos.reinforce.make_train(config)
+
+
+def test_trpo_fisher_subsample_keeps_every_environment():
+    """fisher_subsample=k builds the Fisher from every k-th rollout step, all environments' states. On a rollout
+    whose states do not change over time, k = num_steps must then give the update of k = 1 (the same states, each
+    repeated). It took every k-th row of the time-major flat batch: with k = num_envs = 4 environment 0's alone."""
+    base = algos.TRPOConfig(num_envs=4, num_steps=4, total_timesteps=16, vf_minibatches=2)
+    spec = algos.common.make_env(base)
+    network = algos.common.actor_critic(base, spec)
+    rng = np.random.default_rng(0)
+    shape = (4, 4)
+    obs = jnp.asarray(np.broadcast_to(rng.normal(size=(1, 4, 4)), (4, 4, 4)), jnp.float32)  # [T, N, D], constant in t
+    batch = algos.common.Transition(
+        obs=obs, action=jnp.asarray(rng.integers(0, 2, shape), jnp.int32), reward=jnp.asarray(rng.normal(size=shape)),
+        terminated=jnp.zeros(shape, bool), truncated=jnp.zeros(shape, bool), log_prob=jnp.full(shape, np.log(0.5)),
+        value=jnp.zeros(shape), next_obs=obs, next_value=jnp.zeros(shape), returned_episode=jnp.zeros(shape, bool),
+        episode_return=jnp.zeros(shape), episode_length=jnp.zeros(shape, jnp.int32),
+    )
+    actors = []
+    for k in (1, 4):
+        config = base.replace(fisher_subsample=k)
+        algorithm = algos.trpo.make_algorithm(config, network)
+        agent = algorithm.init(jax.random.key(0), spec, config.hyperparams())
+        new_agent, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), config.hyperparams(), 0)
+        assert float(metrics["step_accepted"]) == 1.0
+        actors.append(jax.tree_util.tree_leaves(new_agent.params["params"]["actor"]))
+    for a, b in zip(*actors):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_episodic_grid_cells_need_rollouts_covering_their_step_limits():
+    # A cell's env.max_steps_in_episode beyond num_steps trained (its unfinished first episodes dropped: a bias).
+    from pgjax import runs
+    config = algos.REINFORCEConfig(env_id="tabular:random", env_kwargs=dict(max_steps_in_episode=20), num_steps=20,
+                                   discount=0.9, total_timesteps=4 * 20, episodic=True)
+    keys = runs.seed_keys(0, [0])
+    runs.grid_lanes(config, [{"env.max_steps_in_episode": 20.0}], keys)
+    with pytest.raises(ValueError, match=r"cell env.max_steps_in_episode=200.*num_steps \(20\) must be at least"):
+        runs.grid_lanes(config, [{"env.max_steps_in_episode": 200.0}], keys)

@@ -126,6 +126,16 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.TRPOConfig, dict(vf_minibatches=7), r"TRPOConfig.vf_minibatches \(7\) must divide"),
         (algos.REINFORCEConfig, dict(gae_lambda=2.0), r"REINFORCEConfig.gae_lambda"),
         (algos.REINFORCEConfig, dict(discount_weighting=True), r"REINFORCEConfig.discount_weighting .* episodic=True"),
+        (algos.PPOConfig, dict(hidden_sizes="64"), r"PPOConfig.hidden_sizes must be a tuple of ints"),  # was (6, 4)
+        (algos.PPOConfig, dict(hidden_sizes=(64.7,)), r"PPOConfig.hidden_sizes must be a tuple of ints"),
+        (algos.PPOConfig, dict(anneal_lr="False"), r"PPOConfig.anneal_lr must be True or False; got 'False'"),
+        (algos.A2CConfig, dict(learning_rate=True), r"A2CConfig.learning_rate must be a number; got True"),
+        (algos.TRPOConfig, dict(discount="0.9"), r"TRPOConfig.discount must be a number"),  # was a TypeError
+        (algos.PPOConfig, dict(env_kwargs="x"), r"PPOConfig.env_kwargs must be a dict"),
+        (algos.PPOConfig, dict(env_id="tabular:nothing"), r"PPOConfig.env_id 'tabular:nothing' is not a known"),
+        (algos.PPOConfig, dict(num_envs=2, num_steps=4, num_minibatches=8),
+         r"PPOConfig.normalize_advantages standardises advantages over minibatches .* hold 1 sample"),
+        (algos.A2CConfig, dict(num_envs=1, num_steps=1, total_timesteps=8), r"A2CConfig.normalize_advantages"),
         (algos.REINFORCEConfig, dict(episodic=True, normalize_observations=True), r"REINFORCEConfig.episodic resets"),
         (algos.PPOConfig, dict(unroll=-1), r"PPOConfig.unroll must be an int >= 1, or 0"),
         (algos.A2CConfig, dict(unroll=2.5), r"A2CConfig.unroll"),

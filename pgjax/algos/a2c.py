@@ -48,6 +48,8 @@ class A2CConfig(common.OnPolicyConfig):
     def validate(self) -> None:
         """`OnPolicyConfig.validate` plus this algorithm's fields (`ValueError` naming the field)."""
         super().validate()
+        common.check_normalizable("A2CConfig", self.normalize_advantages, self.batch_size,
+                                  "the batch (num_envs * num_steps)")
         if self.advantage_method not in ADVANTAGE_METHODS:
             raise ValueError(f"A2CConfig.advantage_method must be one of {ADVANTAGE_METHODS}; got {self.advantage_method!r}.")
         common._positive_int("A2CConfig", "n_steps_return", self.n_steps_return)

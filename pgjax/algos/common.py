@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import numbers
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -168,9 +169,19 @@ class OnPolicyConfig:
 
     def __post_init__(self):
         # Lists from JSON or the CLI become tuples, so configs stay hashable (static under jit).
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        name = type(self).__name__
+        sizes = self.hidden_sizes
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (tuple, list)) or not all(
+                isinstance(h, numbers.Integral) and not isinstance(h, (bool, np.bool_)) for h in sizes):
+            raise ValueError(f"{name}.hidden_sizes must be a tuple of ints, e.g. (64, 64); got {sizes!r}.")
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in sizes))
         if isinstance(self.env_kwargs, dict):
             object.__setattr__(self, "env_kwargs", tuple(sorted(self.env_kwargs.items())))
+        if not isinstance(self.env_kwargs, tuple) or not all(
+                isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str) for e in self.env_kwargs):
+            raise ValueError(f"{name}.env_kwargs must be a dict of environment keywords, e.g. "
+                             f"{{'max_steps_in_episode': 200}}; got {self.env_kwargs!r}.")
+        _check_field_types(self)
         object.__setattr__(self, "env_randomize", _randomize_entries(type(self).__name__, self.env_randomize))
         self.validate()
 
@@ -219,9 +230,7 @@ class OnPolicyConfig:
                              "empty; randomise a field (e.g. env_randomize=(('length', 0.25, 2.0),)) or set it False.")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"{name}.compute_dtype must be one of {COMPUTE_DTYPES}; got {self.compute_dtype!r}.")
-        if not isinstance(self.env_id, str) or not (
-            self.env_id in envs.env_ids() or self.env_id.startswith(envs.TABULAR_PREFIX)
-        ):
+        if not isinstance(self.env_id, str) or self.env_id not in envs.env_ids():
             raise ValueError(
                 f"{name}.env_id {self.env_id!r} is not a known environment; try CartPole-v1, Acrobot-v1, "
                 f"Pendulum-v1, MountainCarContinuous-v0 or tabular:chain (pgjax.envs.env_ids() lists them all)."
@@ -280,6 +289,29 @@ class OnPolicyConfig:
         return out
 
 
+def _check_field_types(config: OnPolicyConfig) -> None:
+    """ValueError naming the field unless each bool / int / float / str field holds one (by its default's type):
+    a truthy "False" turned anneal_lr on, True passed as a learning rate of 1, a string discount a TypeError.
+    NumPy scalars become Python ones (config.json stays writable)."""
+    name = type(config).__name__
+    for field in dataclasses.fields(config):
+        value, default = getattr(config, field.name), field.default
+        is_bool = isinstance(value, (bool, np.bool_))
+        if isinstance(default, bool):
+            ok, what, cast = is_bool, "True or False", bool
+        elif isinstance(default, int):
+            ok, what, cast = isinstance(value, numbers.Integral) and not is_bool, "an int", int
+        elif isinstance(default, float):
+            ok, what, cast = isinstance(value, numbers.Real) and not is_bool, "a number", float
+        elif isinstance(default, str):
+            ok, what, cast = isinstance(value, str), "a string", str
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{name}.{field.name} must be {what}; got {value!r} ({type(value).__name__}).")
+        object.__setattr__(config, field.name, cast(value))
+
+
 def _randomize_entries(cls: str, value: Any) -> tuple[tuple, ...]:
     """`env_randomize` as sorted (field, low, high) or (field, low, high, "log") entries, from such entries or
     {field: (low, high[, "log"])} (a config.json's); ValueError naming the entry for a malformed one. Whether the
@@ -322,18 +354,32 @@ def field_docs(config_cls: type) -> dict[str, str]:
 
 
 def _positive_int(cls: str, field: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
         raise ValueError(f"{cls}.{field} must be a positive int; got {value!r}.")
 
 
+def _is_real(value: Any) -> bool:
+    """A real number, not a bool (numpy scalars included: a grid's np.float32 values)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _positive(cls: str, field: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not _is_real(value) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{cls}.{field} must be a positive number; got {value!r}.")
 
 
 def _non_negative(cls: str, field: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not _is_real(value) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{cls}.{field} must be a non-negative number; got {value!r}.")
+
+
+def check_normalizable(cls: str, normalize_advantages: bool, size: int, where: str) -> None:
+    """ValueError when advantages are standardised over groups of one sample: each becomes (A - A) / std = 0, and
+    the policy never moves."""
+    if normalize_advantages and size < 2:
+        raise ValueError(f"{cls}.normalize_advantages standardises advantages over {where}, which hold {size} sample: "
+                         "every advantage would be 0 and the policy would never move; use larger batches (or "
+                         "minibatches), or normalize_advantages=False.")
 
 
 def check_divides(cls: str, what: str, total: int, parts_field: str, parts: int) -> None:
@@ -410,6 +456,20 @@ ENV_PARAM_PREFIX = "env."
 def env_param_overrides(hp: HParams) -> dict[str, Any]:
     """{field: value} of the `env.<field>` entries of a hyperparameter dict (empty if none)."""
     return {k[len(ENV_PARAM_PREFIX):]: v for k, v in hp.items() if k.startswith(ENV_PARAM_PREFIX)}
+
+
+def check_hparam_names(config: OnPolicyConfig, hp: HParams) -> None:
+    """ValueError unless the hyperparameter dict has exactly the config's `HYPERPARAMS` (plus any "env.<field>"
+    entries, checked by `lane_env_params`): a misspelt or static name was ignored, a missing one a bare KeyError.
+    Names only (values may be traced): `pgjax.runs.grid_lanes` also checks the values."""
+    names = {k for k in hp if not k.startswith(ENV_PARAM_PREFIX)}
+    missing, unknown = sorted(set(config.HYPERPARAMS) - names), sorted(names - set(config.HYPERPARAMS))
+    if missing or unknown:
+        raise ValueError(
+            f"hparams must hold {type(config).__name__}'s vmappable hyperparameters {list(config.HYPERPARAMS)}"
+            f"{f'; missing {missing}' if missing else ''}{f'; unknown {unknown}' if unknown else ''} (other fields "
+            "are static: set them in the config). Build it from config.hyperparams(), or use pgjax.runs.grid_lanes."
+        )
 
 
 def env_grid_fields(config: OnPolicyConfig) -> dict[str, Any]:
@@ -717,10 +777,12 @@ def kl_early_stopping(
     def stopping_step(carry, minibatch):
         state, stopped = carry
         new_state, metrics = step(state, minibatch)
+        stopped_before = stopped
         seen = 1.0 - stopped.astype(jnp.float32)
         stopped = stopped | ((target_kl > 0) & (metrics[kl_name] > target_kl))
         state = jax.tree_util.tree_map(lambda new, old: jnp.where(stopped, old, new), new_state, state)
-        metrics = {name: value * seen for name, value in metrics.items()}
+        # Selected, not multiplied by seen: an inf metric of an unseen minibatch times 0 was NaN.
+        metrics = {name: jnp.where(stopped_before, 0.0, value) for name, value in metrics.items()}
         return (state, stopped), {**metrics, "steps_taken": 1.0 - stopped.astype(jnp.float32), STEPS_SEEN: seen}
 
     return stopping_step
@@ -821,18 +883,26 @@ EVAL_KEY_STREAM = 0x6576616C
 PROGRESS_CALLS = 100  # progress callbacks per run (at most; plus the last update): a 1% progress bar
 
 
-def episode_metrics(batch: Transition) -> dict[str, Array]:
+def first_episode_ends(returned_episode: Array) -> Array:
+    """The flags [T, N] of each environment's first episode end in a rollout (the others cleared)."""
+    return returned_episode & (jnp.cumsum(returned_episode, axis=0) == 1)
+
+
+def episode_metrics(batch: Transition, first_only: bool = False) -> dict[str, Array]:
     """Means over the episodes that finished in a rollout (fields [T, N]): "episode_return" and "episode_length"
-    (NaN when none finished, `envs.finished_episode_mean`) and "episodes_finished" (an int32 count)."""
+    (NaN when none finished, `envs.finished_episode_mean`) and "episodes_finished" (an int32 count). With
+    `first_only`, over each environment's first episode only (`restarts_episodes`: the episodes the update learns
+    from; the later ones that end before the rollout does are the shorter ones, a biased sample)."""
+    returned = first_episode_ends(batch.returned_episode) if first_only else batch.returned_episode
     info = {
-        "returned_episode": batch.returned_episode,
+        "returned_episode": returned,
         "episode_return": batch.episode_return,
         "episode_length": batch.episode_length,
     }
     return {
         "episode_return": envs.finished_episode_mean(info, "episode_return"),
         "episode_length": envs.finished_episode_mean(info, "episode_length"),
-        "episodes_finished": jnp.sum(batch.returned_episode).astype(jnp.int32),
+        "episodes_finished": jnp.sum(returned).astype(jnp.int32),
     }
 
 
@@ -901,6 +971,7 @@ def make_on_policy_train(
             )
 
     def lane_spec(hp: HParams) -> EnvSpec:
+        check_hparam_names(config, hp)
         clash = sorted(set(env_param_overrides(hp)) & set(config.randomize_ranges))
         if clash:
             raise ValueError(f"hparams: {[ENV_PARAM_PREFIX + name for name in clash]} are also in env_randomize, "
@@ -942,7 +1013,7 @@ def make_on_policy_train(
             metrics = {
                 "env_steps": (update_idx + 1) * config.batch_size,
                 "lr": update_learning_rate(config, hp, update_idx),  # "learning_rate" names a grid cell's field
-                **episode_metrics(batch),
+                **episode_metrics(batch, first_only=config.restarts_episodes),
                 **metrics,
             }
             if config.eval_every:

@@ -67,6 +67,8 @@ class PPOConfig(common.OnPolicyConfig):
         super().validate()
         common._positive_int("PPOConfig", "num_epochs", self.num_epochs)
         common.check_divides("PPOConfig", "num_envs * num_steps", self.batch_size, "num_minibatches", self.num_minibatches)
+        common.check_normalizable("PPOConfig", self.normalize_advantages, self.batch_size // self.num_minibatches,
+                                  "minibatches (num_envs * num_steps / num_minibatches)")
         common._positive("PPOConfig", "clip_eps", self.clip_eps)
         common._non_negative("PPOConfig", "ent_coef", self.ent_coef)
         common._non_negative("PPOConfig", "vf_coef", self.vf_coef)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -174,12 +175,17 @@ def make_algorithm(config: REINFORCEConfig, network: ActorCritic) -> common.Algo
     def update(agent, batch, key, hp, update_idx):
         del key
         returns, mask, weight = learning_targets(config, batch, hp)
-        tx = common.optimizer(config, hp)
+        # Updates skipped below keep Adam's count behind the update index: the annealed rate follows the index.
+        tx = common.optimizer(config, hp, schedule_offset=update_idx - agent.opt_state.count)
         new_agent, metrics = common.one_step_update(tx, loss_fn, agent, batch, returns, mask, weight, hp)
+        # A rollout in which no episode ended (num_steps below the step limit) has nothing to learn from: the
+        # gradient is 0, but Adam's momentum would still move the parameters. The agent is kept, and the loss
+        # metrics, means over no steps, are NaN.
+        learned = jnp.any(mask > 0)
+        new_agent = jax.tree_util.tree_map(lambda new, old: jnp.where(learned, new, old), new_agent, agent)
+        metrics = {name: jnp.where(learned, value, jnp.nan) for name, value in metrics.items()}
         metrics["kl"] = common.policy_shift_kl(network, agent.params, new_agent.params, batch.obs)
         metrics["valid_fraction"] = jnp.mean(mask)
-        if config.episodic:
-            metrics["episodes_used"] = jnp.sum(jnp.any(mask > 0, axis=0)).astype(jnp.int32)
         if config.use_baseline:
             metrics["explained_variance"] = losses.explained_variance(batch.value, returns, mask)
         return new_agent, metrics

@@ -39,7 +39,8 @@ class TRPOConfig(common.OnPolicyConfig):
       num_backtracks: line-search step sizes tried (1, 1/2, 1/4, ...).
       vf_epochs, vf_minibatches: value-function fitting passes and minibatches per pass.
       normalize_advantages: standardise advantages over the batch.
-      fisher_subsample: use every k-th state of the batch in the Fisher-vector product (1 = all).
+      fisher_subsample: the Fisher-vector product uses the states of every k-th rollout step, all environments'
+        (1 = every state; must divide num_steps).
     """
 
     num_envs: int = 8
@@ -61,13 +62,15 @@ class TRPOConfig(common.OnPolicyConfig):
     def validate(self) -> None:
         """`OnPolicyConfig.validate` plus this algorithm's fields (`ValueError` naming the field)."""
         super().validate()
+        common.check_normalizable("TRPOConfig", self.normalize_advantages, self.batch_size,
+                                  "the batch (num_envs * num_steps)")
         common._positive("TRPOConfig", "max_kl", self.max_kl)
         common._non_negative("TRPOConfig", "cg_damping", self.cg_damping)
         common._non_negative("TRPOConfig", "ent_coef", self.ent_coef)
         for field in ("cg_iterations", "num_backtracks", "vf_epochs"):
             common._positive_int("TRPOConfig", field, getattr(self, field))
         common.check_divides("TRPOConfig", "num_envs * num_steps", self.batch_size, "vf_minibatches", self.vf_minibatches)
-        common.check_divides("TRPOConfig", "num_envs * num_steps", self.batch_size, "fisher_subsample", self.fisher_subsample)
+        common.check_divides("TRPOConfig", "num_steps", self.num_steps, "fisher_subsample", self.fisher_subsample)
 
 
 @struct.dataclass
@@ -100,7 +103,7 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
         params = common.init_params(network, spec, key)
         return TRPOState(params, vf_optimizer(hp).init(optim.ravel_params(_split(params)[1])[0]))
 
-    def policy_step(actor_params, obs, action, old_log_prob, advantage, hp):
+    def policy_step(actor_params, obs, action, old_log_prob, advantage, fisher_obs, hp):
         def dist_fn(p):
             return actor.apply({"params": p}, obs)
 
@@ -109,7 +112,6 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
             ratio = jnp.exp(dist.log_prob(action) - old_log_prob)
             return jnp.mean(ratio * advantage) + hp["ent_coef"] * jnp.mean(dist.entropy())
 
-        fisher_obs = obs[:: config.fisher_subsample]
         kl_fisher = trust_region.policy_kl_fn(lambda p: actor.apply({"params": p}, fisher_obs), actor_params)
         kl_full = trust_region.policy_kl_fn(dist_fn, actor_params)
         grad = jax.grad(surrogate)(actor_params)
@@ -153,7 +155,10 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
             advantage = adv.normalize(advantage)
         actor_params, critic_params = _split(agent.params)
         old_dist = actor.apply({"params": actor_params}, obs)
-        actor_params, metrics = policy_step(actor_params, obs, action, old_log_prob, advantage, hp)
+        # Every k-th step of the rollout, all environments' states (every k-th row of the time-major flat batch
+        # would take only some environments' states: with k = num_envs, environment 0's alone).
+        fisher_obs = common.flatten_batch(batch.obs[:: config.fisher_subsample])
+        actor_params, metrics = policy_step(actor_params, obs, action, old_log_prob, advantage, fisher_obs, hp)
         critic_params, vf_opt_state, vf_metrics = fit_value(critic_params, agent.vf_opt_state, obs, target, key, hp)
         metrics.update(vf_metrics)
         metrics["entropy"] = jnp.mean(old_dist.entropy())
