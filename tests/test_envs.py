@@ -557,3 +557,15 @@ def test_make_reports_an_environment_that_cannot_fetch_its_data(gymnax_offline):
     # MNISTBandit-bsuite downloads MNIST inside gymnax.make; offline that was a bare URLError traceback.
     with pytest.raises(ValueError, match=r"'MNISTBandit-bsuite'.*URLError.*network access"):
         envs.make("MNISTBandit-bsuite")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(length=0.0), r"with \{'length': 0.0\} the environment's step 1 gives a non-finite observation"),
+    (dict(gravity=1e40), r"gravity = 1e\+40 overflows float32"),  # finite as a Python float, inf in the dynamics
+    (dict(length=[1.0, 2.0]), r"length must be a number"),  # was a TypeError from the derived fields
+    (dict(max_steps_in_episode=3_000_000_000), r"max_steps_in_episode is an int32 field; got 3e\+09"),
+])
+def test_environment_settings_the_dynamics_cannot_run_with_are_refused(kwargs, match):
+    """They gave NaN observations (length 0) or overflowed, and evaluations reported plausible returns (2.0)."""
+    with pytest.raises(ValueError, match=match):
+        envs.make("CartPole-v1", **kwargs)

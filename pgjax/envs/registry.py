@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 from typing import Any, Callable
 
 import gymnax
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pgjax.envs.tabular_env import TabularEnv, TabularEnvParams, default_horizon
@@ -85,7 +87,46 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
                 f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
                 f"Params fields that can be overridden: {', '.join(sorted(field_names))}."
             ) from None
-    return env, override_params(env_id, params, overrides)
+    params = override_params(env_id, params, overrides)
+    if overrides:
+        check_first_steps(env_id, env, params, overrides, constructor_kwargs)
+    return env, params
+
+
+def check_first_steps(env_id: str, env: Any, params: Any, overrides: dict[str, Any],
+                      constructor_kwargs: dict[str, Any] | None = None, num_steps: int = 3) -> None:
+    """ValueError naming the overridden fields when the environment's reset or first `num_steps` steps (random
+    actions, a fixed key) give a non-finite observation or reward: settings the dynamics cannot run with (CartPole
+    at length 0 divides by 0), which would otherwise train on NaN or evaluate to plausible-looking returns."""
+    cache_key = (env_id, repr(constructor_kwargs), num_steps)  # environments made alike step alike: one compile
+    if cache_key not in _FIRST_STEPS:
+        _FIRST_STEPS[cache_key] = jax.jit(functools.partial(_first_steps, env, num_steps))
+    finite = np.asarray(_FIRST_STEPS[cache_key](params))  # [num_steps + 1]: the reset, then each step
+    if not finite.all():
+        first = int(np.argmin(finite))
+        where = "reset" if first == 0 else f"step {first}"
+        raise ValueError(f"{env_id}: with {overrides} the environment's {where} gives a non-finite observation or "
+                         "reward: the dynamics cannot run with these values; choose others.")
+
+
+_FIRST_STEPS: dict[tuple, Callable[[Any], Any]] = {}  # the compiled checks, by id and constructor keywords
+
+
+def _first_steps(env: Any, num_steps: int, params: Any) -> Any:
+    """[num_steps + 1] flags: the reset's observation, then each random-action step's observation and reward,
+    finite."""
+    def finite(*values: Any) -> Any:
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(values)]))
+
+    key = jax.random.key(0)
+    obs, state = env.reset(key, params)
+    flags = [finite(obs)]
+    for _ in range(num_steps):
+        key, key_action, key_step = jax.random.split(key, 3)
+        action = env.action_space(params).sample(key_action)
+        obs, state, reward, *_ = env.step(key_step, state, action, params)
+        flags.append(finite(obs, reward))
+    return jnp.stack(flags)
 
 
 # gymnax's CartPole keeps two derived quantities as params fields of their own (its step reads them, never the
@@ -132,7 +173,9 @@ def override_params(env_id: str, params: Any, overrides: dict[str, Any]) -> Any:
     numeric = numeric_fields(params)
     overrides = dict(overrides)
     for name, value in overrides.items():
-        if name in numeric and not isinstance(value, jax.core.Tracer) and np.ndim(value) == 0:
+        # Lists and strings are checked too (refused): the derived fields' arithmetic raised a bare TypeError.
+        if name in numeric and not isinstance(value, jax.core.Tracer) and (
+                np.ndim(value) == 0 or isinstance(value, (list, tuple, str))):
             check_param_value(env_id, name, numeric[name], value)
             if isinstance(numeric[name], int) and isinstance(value, (float, np.floating)):
                 overrides[name] = int(value)  # 200.0 from a float-typed source: the field's own type
@@ -143,17 +186,29 @@ def override_params(env_id: str, params: Any, overrides: dict[str, Any]) -> Any:
     return params
 
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
 def check_param_value(env_id: str, name: str, default: Any, value: Any) -> None:
     """ValueError naming the field unless `value` can stand in for the numeric params field `name` (default
     `default`): a finite real number, whole for an int field, and >= 1 for the step limit."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating, np.ndarray,
                                                                        jax.Array)):
         raise ValueError(f"{env_id}: {name} must be a number (default {default}); got {value!r}.")
-    value = float(value)
+    if np.size(value) != 1:
+        raise ValueError(f"{env_id}: {name} must be one number (default {default}); got {value!r}.")
+    value = float(np.asarray(value).reshape(()))
     if not np.isfinite(value):
         raise ValueError(f"{env_id}: {name} must be finite; got {value}.")
     if isinstance(default, int) and value != int(value):
         raise ValueError(f"{env_id}: {name} is an int field (default {default}); got {value}, give a whole number.")
+    # The value as the environment computes with it: int32, or JAX's default float (float32 unless x64).
+    if isinstance(default, int) and not INT32_MIN <= value <= INT32_MAX:
+        raise ValueError(f"{env_id}: {name} is an int32 field; got {value:g}, beyond [{INT32_MIN}, {INT32_MAX}].")
+    float_max = float(jnp.finfo(jnp.result_type(float)).max)
+    if not isinstance(default, int) and abs(value) > float_max:
+        raise ValueError(f"{env_id}: {name} = {value:g} overflows {jnp.dtype(jnp.result_type(float)).name} "
+                         f"(max {float_max:.4g}), the dtype the environment computes in.")
     if name == "max_steps_in_episode" and value < 1:
         raise ValueError(f"{env_id}: {name} (the episode's step limit) must be >= 1; got {value:g}.")
 
