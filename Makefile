@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python experiments/train.py --algo ppo --env CartPole-v1 --num-seeds 8 --total-timesteps 500000 --out runs/demo-ppo-cartpole
+	$(BIN)/python experiments/train.py --algo ppo --env CartPole-v1 --num-seeds 8 --total-timesteps 500000 --out runs/demo-ppo-cartpole --overwrite
 
 theorem: $(STAMP)
 	$(BIN)/python experiments/policy_gradient_theorem.py

@@ -4,10 +4,11 @@
     python experiments/compare.py runs/ppo-grid runs/a2c-run --out runs/compare-cartpole
 
 Each RUN is a run directory of experiments/train.py, or a grid's (train.py --grid), which adds one entry per
-cell. All runs must be on the same environment. Reads each run's metrics.csv and config.json (nothing is
+cell. All runs must be on the same environment id; variants of it (env_kwargs, env_randomize, a grid's env.<field>
+cells) are named in the env_variant column and in a note. Reads each run's metrics.csv and config.json (nothing is
 recomputed) and writes to --out (default runs/compare-<time>):
 
-    comparison.csv       one row per run (or cell): label, algo, env steps, seeds, then the final return over
+    comparison.csv       one row per run (or cell): label, algo, env_variant, env steps, seeds, then the final return over
                          seeds (each seed's mean episode return over the last 10% of updates): median, mean,
                          ci95 (half-width of a 95% Student-t interval of the mean), worst, best, finished
                          (seeds with a final return: an episode ended in the last 10% of updates), and vs_best /
@@ -64,9 +65,24 @@ def load_entries(run_dir: str, name: str | None = None) -> list[dict]:
     entries = []
     for directory, label in parts:
         seeds, metrics, _ = runs.read_metrics(directory)  # ValueError naming the file, row and column if malformed
-        entries.append(dict(label=label, algo=algo, env_id=env_id, seed=seed, seeds=seeds, metrics=metrics,
-                            final=runs.final_returns(metrics)))
+        entries.append(dict(label=label, algo=algo, env_id=env_id, env_variant=env_variant(directory), seed=seed,
+                            seeds=seeds, metrics=metrics, final=runs.final_returns(metrics)))
     return entries
+
+
+def env_variant(run_dir: str) -> str:
+    """The environment settings a run trained with beyond its id, from its config.json (a grid cell's holds the
+    cell's "env.<field>" values): "length=2 randomize gravity=[9, 11]", or "" for the default environment."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    kwargs = config.get("env_kwargs") or {}
+    randomize = config.get("env_randomize") or {}
+    parts = [f"{k}={v}" for k, v in sorted(kwargs.items())]
+    parts += [f"randomize {k}={v}" for k, v in sorted(randomize.items())]
+    return " ".join(parts)
 
 
 def comparison_rows(entries: list[dict], threshold: float | None = None,
@@ -84,7 +100,7 @@ def comparison_rows(entries: list[dict], threshold: float | None = None,
     table = []
     for e, row in zip(entries, rows):
         auc, auc_half = runs.mean_and_interval(runs.area_under_curve(e["metrics"])[:, None])
-        table.append({"label": e["label"], "algo": e["algo"], "paired": paired,
+        table.append({"label": e["label"], "algo": e["algo"], "env_variant": e["env_variant"], "paired": paired,
                       "env_steps": int(np.nanmax(e["metrics"]["env_steps"][:, -1])), **row,
                       **{c: "" for c in eval_columns if c not in row}, "auc": float(auc[0]),
                       "auc_ci95": float(auc_half[0])})
@@ -157,6 +173,9 @@ def main(argv=None) -> int:
     env_id = next(iter(envs))
     print(f"{len(entries)} runs on {env_id}; final return = each seed's mean episode return over the last 10% of "
           f"updates; vs best: {'paired by seed' if paired else 'independent (the runs do not share their seeds)'}")
+    if len({e["env_variant"] for e in entries}) > 1:  # e.g. a robustness study, or a grid over env.<field>
+        print(f"note: the runs trained on different variants of {env_id} (column env_variant): "
+              + "; ".join(f"{e['label']}: {e['env_variant'] or 'default'}" for e in entries))
     width = max(len(label) for label in labels)
     for row in rows:
         evaluation = (f", evaluation median {row['eval_median']:.1f} worst {row['eval_worst']:.1f}"

@@ -72,7 +72,9 @@ def parse_sweep(text: str) -> tuple[str, list]:
     if not sep or not values:
         raise ValueError(f"--env-sweep {text!r}: expected KEY=V1,V2,..., e.g. length=0.25,0.5,1")
     parsed = [runs.parse_env_kwargs([f"{key}={v}"])[key.strip()] for v in values.split(",")]
-    if len(set(map(str, parsed))) != len(parsed):
+    # Compared as numbers where they are (1 and 1.0 name one variant: it was evaluated twice).
+    seen = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v) for v in parsed]
+    if len(set(seen)) != len(seen):
         raise ValueError(f"--env-sweep {text!r}: a value is repeated")
     return key.strip(), parsed
 

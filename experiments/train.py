@@ -177,6 +177,9 @@ def build_parser(algo: str, env_id: str | None = None) -> argparse.ArgumentParse
                         "evaluations use the nominal environment; --env-randomize-observe true lets the policy see "
                         "each episode's draws")
     p.add_argument("--out", default=None, help="run directory (default runs/<algo>-<env>-<time>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write over a run already in --out: its files (and grid cells, evaluations) are removed first; "
+                        "without it such an --out is refused")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="train in segments of K updates, each one compiled call, saving DIR/checkpoint.npz after "
@@ -396,6 +399,17 @@ def main(argv=None) -> int:
     setup_cpu_devices(args.cpu_devices)
     _, make_train = algos.get(args.algo)
     out = args.out or os.path.join("runs", f"{args.algo}-{config.env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume_from is None:  # a run written over another would mix the two (runs.clear_run)
+        checkpoint = os.path.join(out, CHECKPOINT)
+        if os.path.exists(checkpoint) and not args.overwrite:  # rerunning the command would lose it
+            raise SystemExit(f"error: {checkpoint} holds an interrupted run's checkpoint: continue it with "
+                             f"`train.py --resume {out}`, or add --overwrite (or choose another --out) to start afresh")
+        found = runs.run_files(out)
+        if found and not args.overwrite:
+            raise SystemExit(f"error: {out} already holds a run ({', '.join(found)}); choose another --out, or add "
+                             "--overwrite to replace it")
+        if found:
+            print(f"--overwrite: removed {', '.join(runs.clear_run(out))} from {out}")
     segments = None
     if args.checkpoint_every:
         # What --resume needs: these flags (the run directory fixed, the progress bar left to the resumed command).
@@ -406,9 +420,6 @@ def main(argv=None) -> int:
         os.makedirs(out, exist_ok=True)
         resume = args.resume_from is not None
         segments = Segments(args.checkpoint_every, os.path.join(out, CHECKPOINT), meta, resume)
-        if not resume and os.path.exists(segments.path):  # rerunning the command would lose it
-            raise SystemExit(f"error: {segments.path} holds an interrupted run's checkpoint: continue it with "
-                             f"`train.py --resume {out}`, or remove it (or choose another --out) to start afresh")
     progress = runs.Progress(config.num_updates, config.batch_size, show=not args.no_progress)
     seed_indices = args.seed_indices or list(range(args.num_seeds))
     keys = runs.seed_keys(args.seed, seed_indices)

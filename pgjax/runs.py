@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fnmatch
 import functools
 import itertools
 import json
 import os
+import re
+import shutil
 import threading
 import time
 import warnings
@@ -202,7 +205,8 @@ def plot_learning_curve(path: str, metrics: dict[str, Any], title: str) -> None:
 
 def plot_learning_curves(path: str, curves: dict[str, dict[str, Any]], title: str) -> None:
     """One mean episode return over seeds per entry of `curves` ({label: metrics [seeds, updates]}) against env
-    steps, each with its 95% Student-t interval of the mean (`mean_and_interval`; none with one seed); where the
+    steps (each seed's last value carried over updates where none of its episodes finished: `smoothed_returns`),
+    each with its 95% Student-t interval of the mean (`mean_and_interval`; none with one seed); where the
     metrics hold `eval_return` (in-run evaluations), its mean and interval at the evaluated updates as points with
     error bars in the same colour."""
     import matplotlib
@@ -251,16 +255,13 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
     in config.json so that it can be checked against the sweep's own)."""
     os.makedirs(out_dir, exist_ok=True)
     num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0])
-    # The devices that ran it (a run in segments hands its metrics over as NumPy; its agent stays on them).
-    placed = [x for x in jax.tree_util.tree_leaves(output) if isinstance(x, jax.Array)]
-    devices = placed[0].sharding.device_set if placed else ()
     meta = {
         "algo": algo,
         "num_seeds": num_seeds,
         "seed": seed,
         "seed_indices": _seed_labels(num_seeds, seed_indices),
         # Bit-for-bit reproduction needs the same seeds per device (other layouts agree to float32 rounding).
-        "devices": sorted(str(d) for d in devices),
+        "devices": _devices(output),
         "scan_unroll": config.scan_unroll,  # the unroll factor in use (config "unroll": 0 picks it per backend)
         **({} if replay is None else {"replay": replay}),
         "config": config.to_dict(),
@@ -280,17 +281,64 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
         f.write(serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(payload))))
 
 
+# What pgjax writes into a run directory (train.py, save_run / save_grid, the checkpoint, evaluate.py), by pattern.
+RUN_FILE_PATTERNS = ("config.json", "metrics.csv", "params.msgpack", "summary.csv", "checkpoint.npz",
+                     "learning_curve.png", "learning_curves.png", "evaluation*.csv", "robustness_*.csv",
+                     "robustness_*.png")
+
+
+def run_files(run_dir: str) -> list[str]:
+    """The names in `run_dir` that pgjax writes (`RUN_FILE_PATTERNS`, and grid cells' `cell-K` directories), sorted;
+    empty for a missing or unrelated directory."""
+    if not os.path.isdir(run_dir):
+        return []
+    names = [n for n in os.listdir(run_dir) if any(fnmatch.fnmatch(n, p) for p in RUN_FILE_PATTERNS)]
+    cells = [n for n in os.listdir(run_dir) if re.fullmatch(r"cell-\d+", n) and os.path.isdir(os.path.join(run_dir, n))]
+    return sorted(names + cells)
+
+
+def clear_run(run_dir: str) -> list[str]:
+    """Remove what pgjax wrote into `run_dir` (`run_files`: a former run's files, its cells), keeping anything
+    else; returns the names removed. A run written over another would otherwise keep the old one's leftovers (a
+    grid over a plain run: the old params.msgpack, which `load_run` would pair with the grid's config)."""
+    removed = run_files(run_dir)
+    for name in removed:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    return removed
+
+
+def _devices(output: Any) -> list[str]:
+    """The devices that ran an output (a run in segments hands its metrics over as NumPy; its agent stays on them),
+    for config.json: bit-for-bit reproduction needs the same seeds per device."""
+    placed = [x for x in jax.tree_util.tree_leaves(output) if isinstance(x, jax.Array)]
+    return sorted(str(d) for d in (placed[0].sharding.device_set if placed else ()))
+
+
 def _pgjax_version() -> str:
     import pgjax
 
     return pgjax.__version__
 
 
+def _is_grid(config_path: str) -> bool:
+    """Whether config.json is a grid's (it lists the cells; a cell's own run directory holds its parameters)."""
+    try:
+        with open(config_path) as f:
+            return "grid" in json.load(f)
+    except (OSError, ValueError):
+        return False  # missing or malformed: load_run reports it
+
+
 def load_run(run_dir: str) -> tuple[str, common.OnPolicyConfig, dict, Any]:
     """(algo, config, params with a leading seeds axis, observation statistics or None) of a saved run."""
     config_path = os.path.join(run_dir, "config.json")
     params_path = os.path.join(run_dir, "params.msgpack")
-    if os.path.exists(os.path.join(run_dir, "summary.csv")) and not os.path.exists(params_path):
+    grid_without_params = os.path.exists(os.path.join(run_dir, "summary.csv")) and not os.path.exists(params_path)
+    if grid_without_params or _is_grid(config_path):
         cell = os.path.join(run_dir, "cell-K")
         raise ValueError(f"{run_dir!r} is a hyperparameter grid: load one of its cells, {cell} (summary.csv lists them).")
     for path in (config_path, params_path):
@@ -867,7 +915,7 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
                          f"{algo.upper()} on {config.env_id}, {num_seeds} seeds per cell")
     grid = {k: list(dict.fromkeys(cell[k] for cell in cells)) for k in cells[0]}
     meta = {"algo": algo, "num_seeds": num_seeds, "seed": seed, "seed_indices": _seed_labels(num_seeds, seed_indices),
-            **({} if replay is None else {"replay": replay}), "grid": grid, "cells": cells,
+            "devices": _devices(output), **({} if replay is None else {"replay": replay}), "grid": grid, "cells": cells,
             "config": config.to_dict(), "versions": {"jax": jax.__version__, "pgjax": _pgjax_version()}}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(meta, f, indent=2, default=str)

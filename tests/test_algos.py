@@ -375,6 +375,22 @@ def test_evaluating_a_normalising_policy_needs_its_statistics():
         runs.evaluate(jax.random.key(0), config, {}, None, 2)
 
 
+def test_episodes_whose_dynamics_break_are_not_returns():
+    """Params the dynamics cannot run with (CartPole at length 0, reached through a grid lane's or randomised
+    params rather than envs.make, which checks) gave NaN observations, and each evaluation episode a plausible
+    return (2.0, as the observation thresholds never fire): now NaN, as an episode that never ended."""
+    from pgjax import envs
+    config = algos.PPOConfig(hidden_sizes=(8,))
+    spec = algos.common.make_env(config)
+    network = algos.common.actor_critic(config, spec)
+    params = algos.common.init_params(network, spec, jax.random.key(0))
+    episode_returns = algos.evaluation.make_episode_returns("CartPole-v1", (), network, 3)
+    healthy = episode_returns(jax.random.key(1), params)
+    assert np.all(np.isfinite(np.asarray(healthy)))
+    broken = envs.override_params("CartPole-v1", spec.params, {"length": 0.0})
+    assert np.all(np.isnan(np.asarray(episode_returns(jax.random.key(1), params, None, broken))))
+
+
 def test_normalized_rewards_use_each_lanes_discount():
     """A discount swept per lane with normalize_rewards: each lane's normaliser runs its return at the lane's gamma
     (it kept the config's, so lane 1 below learned from rewards scaled by a 0.99-return's spread), the same run as

@@ -170,6 +170,36 @@ def test_an_environment_that_cannot_be_built_fails_clearly(gymnax_offline, tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_an_out_directory_holding_a_run_is_refused_unless_overwritten(run_dir, tmp_path):
+    """A run written over another kept the other's leftovers: a grid over a plain run kept its params.msgpack,
+    which load_run paired with the grid's config; a finished run kept a stale checkpoint that --resume then
+    resumed over it. train.py refuses such an --out (before compiling); --overwrite removes pgjax's files first."""
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "checkpoint.npz").write_bytes(b"")
+    with pytest.raises(SystemExit, match="holds an interrupted run's checkpoint: continue it with .* or add --overwrite"):
+        train_cli.main(RUN_FLAGS + ["--out", str(out)])  # without --checkpoint-every too
+    (out / "checkpoint.npz").unlink()
+    for name in ("metrics.csv", "params.msgpack", "evaluation.csv", "notes.txt"):
+        (out / name).write_text("x")
+    (out / "cell-0").mkdir()
+    with pytest.raises(SystemExit, match=r"already holds a run \(cell-0, evaluation.csv, metrics.csv, "
+                                         r"params.msgpack\); choose another --out, or add --overwrite"):
+        train_cli.main(RUN_FLAGS + ["--out", str(out)])
+    assert runs.clear_run(str(out)) == ["cell-0", "evaluation.csv", "metrics.csv", "params.msgpack"]
+    assert os.listdir(out) == ["notes.txt"]  # what pgjax did not write stays
+
+    # A grid directory (its config.json lists cells) is refused by load_run even with a stray params.msgpack.
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    with open(os.path.join(run_dir, "config.json")) as f:
+        meta = json.load(f)
+    (grid / "config.json").write_text(json.dumps({**meta, "grid": {"learning_rate": [1e-3]}}))
+    (grid / "params.msgpack").write_bytes(open(os.path.join(run_dir, "params.msgpack"), "rb").read())
+    with pytest.raises(ValueError, match="is a hyperparameter grid: load one of its cells"):
+        runs.load_run(str(grid))
+
+
 def test_load_run_rejects_incomplete_dir(tmp_path):
     with pytest.raises(ValueError, match="params.msgpack is missing|config.json is missing"):
         runs.load_run(str(tmp_path))
@@ -277,6 +307,8 @@ def grid_dir(tmp_path_factory):
 
 
 def test_grid_summary_and_metrics_agree_and_cells_share_their_seeds(grid_dir):
+    with open(os.path.join(grid_dir, "config.json")) as f:  # what --seed-indices replays of it are checked against
+        assert len(json.load(f)["devices"]) == len(parallel.devices_for(4))
     metrics = tables.read_csv(os.path.join(grid_dir, "metrics.csv"))
     assert [k for k in metrics[0]][:4] == ["cell", "learning_rate", "seed", "update"]
     assert len(metrics) == 2 * 2 * 16
@@ -446,6 +478,14 @@ def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):
     assert float(rows[1]["vs_best"]) == 0.0 and float(rows[1]["vs_best_ci95"]) == pytest.approx(T_2 * np.hypot(se, se))
     assert float(rows[0]["ci95"]) == pytest.approx(T_1 * se)
     assert "independent" in capsys.readouterr().out
+
+    # Another variant of the environment (it was reported as a plain comparison): named in a column and a note.
+    meta["config"]["env_kwargs"] = {"gravity": 12.0}
+    (other / "config.json").write_text(json.dumps(meta))
+    assert compare_cli.main([run_dir, str(other), "--out", out]) == 0
+    assert [r["env_variant"] for r in tables.read_csv(os.path.join(out, "comparison.csv"))] == ["", "gravity=12.0"]
+    assert ("note: the runs trained on different variants of CartPole-v1 (column env_variant): ppo: default; "
+            "other: gravity=12.0") in capsys.readouterr().out
 
     meta["config"]["env_id"] = "Acrobot-v1"
     (other / "config.json").write_text(json.dumps(meta))

@@ -196,7 +196,7 @@ def test_cli_env_sweep_evaluates_every_value_of_a_keyword(env_grid_dir, capsys):
                 if seed is None or r["seed"] == seed]
 
     assert rows(replay) and rows(replay) == rows(env_grid_dir, "1")
-    bad = {("--env-sweep", "length"): "expected KEY=V1,V2", ("--env-sweep", "length=1,1"): "repeated",
+    bad = {("--env-sweep", "length"): "expected KEY=V1,V2", ("--env-sweep", "length=1,1.0"): "repeated",
            ("--env-sweep", "lenght=1,2"): "bad keyword arguments",
            ("--env-sweep", "length=1,2", "--env-kwarg", "length=3"): "give it once"}
     for flags, message in bad.items():

@@ -51,7 +51,8 @@ def make_episode_returns(
 
     Runs `num_episodes` environments of `env_id` (one episode each, from fresh resets) until every one has ended,
     for at most the environment's step limit + 1 steps, and keeps each one's first episode: G = sum_t r_t, NaN for
-    an episode that never ended.
+    an episode that never ended or whose observations or rewards turned non-finite (dynamics that cannot run with
+    the params: it would otherwise count as a plausible return).
     Actions are the policy's mode (`deterministic`) or samples. With `normalize_observations`, observations are
     normalised by `obs_statistics` (`envs.RunningStatistics`, e.g. `observation_statistics` of a training env
     state), frozen. `env_params` (default: those of `env_id` and `env_kwargs`) may be another variant of the
@@ -82,23 +83,26 @@ def make_episode_returns(
         obs, state = env.reset(key_reset, env_params)
 
         def step(carry):
-            t, obs, state, returns, done = carry
+            t, obs, state, returns, done, broken = carry
             key_act, key_env = jax.random.split(jax.random.fold_in(key_loop, t))
             dist, _ = network.apply(params, obs)
             action = dist.mode() if deterministic else dist.sample(key_act)
-            obs, state, _, _, _, info = env.step(key_env, state, action, env_params)
+            obs, state, reward, _, _, info = env.step(key_env, state, action, env_params)
+            finite = jnp.all(jnp.isfinite(info["final_observation"]), axis=-1) & jnp.isfinite(reward)
+            broken = broken | (~done & ~finite)
             first_end = info["returned_episode"] & ~done
             returns = jnp.where(first_end, info["episode_return"], returns)
-            return t + 1, obs, state, returns, done | info["returned_episode"]
+            return t + 1, obs, state, returns, done | info["returned_episode"], broken
 
         def running(carry):
-            t, _, _, _, done = carry
+            t, _, _, _, done, _ = carry
             return (t <= max_steps) & ~jnp.all(done)
 
         # Stops once every episode has ended (Acrobot's take ~80 steps of its 500): the returns are those of
         # max_steps + 1 steps, whose later steps only play the next episodes.
-        init = (jnp.int32(0), obs, state, jnp.zeros(num_episodes), jnp.zeros(num_episodes, bool))
-        _, _, _, returns, done = lax.while_loop(running, step, init)
-        return jnp.where(done, returns, jnp.nan)
+        init = (jnp.int32(0), obs, state, jnp.zeros(num_episodes), jnp.zeros(num_episodes, bool),
+                jnp.zeros(num_episodes, bool))
+        _, _, _, returns, done, broken = lax.while_loop(running, step, init)
+        return jnp.where(done & ~broken, returns, jnp.nan)
 
     return episode_returns
