@@ -404,12 +404,9 @@ def main(argv=None) -> int:
         if os.path.exists(checkpoint) and not args.overwrite:  # rerunning the command would lose it
             raise SystemExit(f"error: {checkpoint} holds an interrupted run's checkpoint: continue it with "
                              f"`train.py --resume {out}`, or add --overwrite (or choose another --out) to start afresh")
-        found = runs.run_files(out)
-        if found and not args.overwrite:
-            raise SystemExit(f"error: {out} already holds a run ({', '.join(found)}); choose another --out, or add "
-                             "--overwrite to replace it")
-        if found:
-            print(f"--overwrite: removed {', '.join(runs.clear_run(out))} from {out}")
+        if runs.run_files(out) and not args.overwrite:
+            raise SystemExit(f"error: {out} already holds a run ({', '.join(runs.run_files(out))}); choose another "
+                             "--out, or add --overwrite to replace it")
     segments = None
     if args.checkpoint_every:
         # What --resume needs: these flags (the run directory fixed, the progress bar left to the resumed command).
@@ -425,9 +422,13 @@ def main(argv=None) -> int:
     keys = runs.seed_keys(args.seed, seed_indices)
     try:  # builds the environment: one whose data cannot be fetched fails here, before anything compiles
         train = make_train(config, progress=progress)
+        if args.grid:
+            runs.grid_lanes(config, runs.grid_cells(args.grid), keys)  # every cell checked before --overwrite clears
     except ValueError as err:
         progress.close()
         raise SystemExit(f"error: {err}") from None
+    if args.overwrite and args.resume_from is None and runs.run_files(out):  # the new run is valid: replace the old
+        print(f"--overwrite: removed {', '.join(runs.clear_run(out))} from {out}")
     if args.grid:
         status = run_grid(args, config, train, progress, keys, out, segments)
         _remove_checkpoint(segments)

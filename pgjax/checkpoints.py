@@ -67,10 +67,17 @@ def save(path: str, state: Any, metrics: dict[str, Any], next_update: int, wall_
     # One host copy per leaf (keys as their key data); its dtype goes in the header, its bits in the file.
     leaves = [np.asarray(jax.random.key_data(x) if _is_key(x) else x) for x in jax.tree_util.tree_leaves(state)]
     arrays = {f"state/{i:05d}": _storable(x) for i, x in enumerate(leaves)}
-    arrays.update({f"metrics/{name}": np.asarray(value) for name, value in metrics.items()})
-    arrays["wall_time"] = np.asarray(wall_time, np.float64)
+    metrics = {name: np.asarray(value) for name, value in metrics.items()}
+    wall_time = np.asarray(wall_time, np.float64)
+    bad = {k: v.shape for k, v in metrics.items() if v.ndim != 2 or v.shape[1] != next_update}
+    if wall_time.shape != (next_update,) or bad:  # load would call the file corrupt
+        raise ValueError(f"checkpoints.save: metrics must be [lanes, next_update={next_update}] (not so: {bad}) and "
+                         f"wall_time [{next_update}] (got {list(wall_time.shape)}).")
+    arrays.update({f"metrics/{name}": _storable(value) for name, value in metrics.items()})
+    arrays["wall_time"] = wall_time
     header = {"format": FORMAT, "next_update": int(next_update), "meta": meta or {}, "paths": _leaf_paths(state),
-              "dtypes": [str(x.dtype) for x in leaves]}
+              "dtypes": [str(x.dtype) for x in leaves],
+              "metric_dtypes": {name: str(value.dtype) for name, value in metrics.items()}}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
@@ -130,8 +137,8 @@ def load(path: str, target: Any) -> Checkpoint:
         if stored is not None and str(value.dtype) != stored:  # bfloat16 stored as its bits
             value = value.view(jax.numpy.dtype(stored))
         if _is_key(want):
-            try:
-                key = jax.random.wrap_key_data(value)
+            try:  # the target's key implementation (threefry by default; rbg's key data is 4 words)
+                key = jax.random.wrap_key_data(value, impl=getattr(want.dtype, "_impl", None))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{path}: state leaf {i} ({value.dtype}{list(value.shape)}) is not the key data "
                                  f"this run needs, {want.dtype}{list(want.shape)} ({err}).") from None
@@ -146,6 +153,9 @@ def load(path: str, target: Any) -> Checkpoint:
                              "wrote it).")
         leaves.append(value)
     metrics = {k[len("metrics/"):]: data[k] for k in data if k.startswith("metrics/")}
+    for name, stored in header.get("metric_dtypes", {}).items():  # bfloat16 stored as its bits
+        if name in metrics and str(metrics[name].dtype) != stored:
+            metrics[name] = metrics[name].view(jax.numpy.dtype(stored))
     wall_time = data.get("wall_time")
     next_update = header["next_update"]
     bad = {k: v.shape for k, v in metrics.items() if v.ndim != 2 or v.shape[1] != next_update}

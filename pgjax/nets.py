@@ -143,6 +143,8 @@ class PolicyHead(nn.Module):
     @nn.compact
     def __call__(self, features: Array) -> Categorical | DiagGaussian:
         check_width("PolicyHead", "action_dim", self.action_dim)
+        if not math.isfinite(self.log_std_init):  # a NaN or inf std would make every log-probability NaN
+            raise ValueError(f"PolicyHead.log_std_init must be a finite number; got {self.log_std_init!r}.")
         out = _dense(self.action_dim, POLICY_GAIN)(features)
         if self.discrete:
             return Categorical(out)

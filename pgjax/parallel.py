@@ -188,9 +188,10 @@ def one_part_per_device(parts: Sequence[Callable[[], Any]], axis_name: str) -> l
     results round: one exchange, the cost that counts between CPU devices (~40-60 us each).
     """
     templates = [jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(part)) for part in parts]
-    flats, unpackers = zip(*(ravel_pytree(template) for template in templates))
-    if any(flat.dtype != jnp.float32 for flat in flats):
+    # Each leaf, not the packed vector: packing promotes an int32 leaf to float32 (2^24 + 1 came back as 2^24).
+    if any(leaf.dtype != jnp.float32 for leaf in jax.tree_util.tree_leaves(templates)):
         raise ValueError("one_part_per_device: every part must return float32 arrays only.")
+    flats, unpackers = zip(*(ravel_pytree(template) for template in templates))
     side = lax.axis_index(axis_name)
     slots = [
         lax.cond(side == i, lambda part=part: ravel_pytree(part())[0], lambda flat=flat: jnp.zeros_like(flat))

@@ -578,6 +578,14 @@ def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any
 MAY_BE_NAN = ("episode_return", "episode_length", "explained_variance", "eval_return")
 
 
+def diverged_entries(metrics: dict[str, Any]) -> dict[str, np.ndarray]:
+    """{name: bool [lanes, updates]}: where a metric is NaN or infinite as a diverged run's are, i.e. not one of
+    `MAY_BE_NAN` and not at an update that learned from no step (`valid_fraction` 0: REINFORCE's rollouts in which
+    no episode ended, whose losses are NaN by definition)."""
+    learned = np.asarray(metrics["valid_fraction"]) > 0 if "valid_fraction" in metrics else True
+    return {k: ~np.isfinite(np.asarray(v)) & learned for k, v in metrics.items() if k not in MAY_BE_NAN}
+
+
 class SegmentedRun(NamedTuple):
     """What `train_in_segments` returns: the run's `output` ([lanes, ...] leaves; metrics as NumPy), the update it
     resumed at (`first_update`, 0 for a fresh run), the seconds spent compiling and running, and the device count."""
@@ -694,7 +702,7 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
         else:
             wall_time = np.full(f + count, np.nan)
         checkpoints.save(path, state, merged, f + count, wall_time, meta)
-        diverged = np.count_nonzero(sum(~np.isfinite(v).all(axis=1) for k, v in merged.items() if k not in MAY_BE_NAN))
+        diverged = np.count_nonzero(np.any([v.any(axis=1) for v in diverged_entries(merged).values()], axis=0))
         if diverged > reported:  # say so now, not only when a long run ends
             reported = diverged
             warnings.warn(f"after update {f + count}, {diverged} of {num_lanes} runs have diverged (NaN or inf); "
@@ -707,15 +715,15 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
 
 def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> list[str]:
     """One line per seed of a vmapped run ([seeds, ...] leaves) that went non-finite: the first update at which a
-    metric other than `MAY_BE_NAN` (a loss, a gradient norm, a KL) was NaN or infinite, and whether the final
-    parameters are (`seed_indices` labels the rows, default 0..seeds-1). Empty when every seed stayed finite."""
-    metrics = {k: np.asarray(v) for k, v in output.metrics.items() if k not in MAY_BE_NAN}
+    metric other than `MAY_BE_NAN` (a loss, a gradient norm, a KL; `diverged_entries`) was NaN or infinite, and
+    whether the final parameters are (`seed_indices` labels the rows, default 0..seeds-1). Empty when every seed stayed finite."""
+    flags = diverged_entries(output.metrics)
     params = [np.asarray(x).reshape(np.shape(x)[0], -1) for x in jax.tree_util.tree_leaves(output.agent.params)]
     finite_params = np.all(np.stack([np.isfinite(x).all(axis=1) for x in params]), axis=0)
     labels = _seed_labels(finite_params.size, seed_indices)
     lines = []
     for row, seed in enumerate(labels):
-        bad = {k: np.flatnonzero(~np.isfinite(v[row])) for k, v in metrics.items()}
+        bad = {k: np.flatnonzero(v[row]) for k, v in flags.items()}
         bad = {k: int(idx[0]) for k, idx in bad.items() if idx.size}
         if bad or not finite_params[row]:
             first = min(bad.values()) if bad else None

@@ -26,6 +26,8 @@ def _finite(scores) -> np.ndarray:
     values = np.asarray(scores, dtype=float)
     if values.ndim != 1:
         raise ValueError(f"scores must be 1-D [seeds]; got shape {values.shape}.")
+    if values.size == 0:
+        raise ValueError("scores is empty: give one score per seed.")
     values = values[~np.isnan(values)]
     if values.size == 0:
         raise ValueError("scores has no value that is not NaN: no seed finished an episode.")

@@ -8,12 +8,13 @@ r_t = R(s_t, a_t). Its density under pi (lecture):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pgjax.tabular.evaluation import check_policy_table
 from pgjax.tabular.mdp import MDP
 
 Array = jax.Array
@@ -66,6 +67,7 @@ def sample_trajectory(key: Array, mdp: MDP, pi: Array, horizon: int) -> Trajecto
     """
     if horizon < 1:
         raise ValueError(f"sample_trajectory: horizon must be >= 1; got {horizon}.")
+    check_policy_table(pi, "pi", mdp.reward.shape)  # logits passed as pi sampled their largest entry every time
     key_init, key_steps = jax.random.split(key)
     # The barrier stops XLA from constant-folding the cumsum of a closed-over MDP (slow to compile).
     initial, pi, transition = lax.optimization_barrier((mdp.initial, pi, mdp.transition))
@@ -105,6 +107,7 @@ def log_density(traj: Trajectory, mdp: MDP, pi: Array) -> Array:
     """
     if traj.states.ndim != 1:
         raise ValueError(f"log_density: expects one trajectory with fields [T]; got {traj.states.shape}. Use jax.vmap.")
+    check_policy_table(pi, "pi", mdp.reward.shape)
     s, a, s_next = traj.states, traj.actions, traj.next_states
     log_mu0 = safe_log(mdp.initial[s[0]])
     log_pi = jnp.sum(safe_log(pi[s, a]))
@@ -117,13 +120,21 @@ def policy_log_likelihood(traj: Trajectory, pi: Array) -> Array:
 
     Fields [..., T] -> [...].
     """
+    check_policy_table(pi, "pi")
     return jnp.sum(safe_log(pi[traj.states, traj.actions]), axis=-1)
 
 
+def _float(*dtypes: Any) -> Any:
+    """The dtype returns are computed in: at least float32 (bfloat16 rounds 0.999 to 1 and counts only to 256), the
+    default float for integer rewards, float64 when given."""
+    return jnp.promote_types(jnp.result_type(*dtypes, float), jnp.float32)
+
+
 def discounted_return(rewards: Array, discount: Array) -> Array:
-    """G_0 = sum_{t=0}^{T-1} gamma^t r_t for rewards [T]; a scalar (rewards [..., T] -> [...])."""
-    powers = discount ** jnp.arange(rewards.shape[-1], dtype=rewards.dtype)
-    return jnp.sum(powers * rewards, axis=-1)
+    """G_0 = sum_{t=0}^{T-1} gamma^t r_t for rewards [T]; a scalar (rewards [..., T] -> [...]), at least float32."""
+    dtype = _float(rewards.dtype)
+    powers = discount ** jnp.arange(rewards.shape[-1], dtype=dtype)
+    return jnp.sum(powers * jnp.asarray(rewards, dtype), axis=-1)
 
 
 def rewards_to_go(rewards: Array, discount: Array) -> Array:
@@ -137,13 +148,16 @@ def rewards_to_go(rewards: Array, discount: Array) -> Array:
         g = r + discount * g_next
         return g, g
 
-    # Floating whatever the rewards' dtype (integer rewards: G is not an integer; the default float then).
-    dtype = jnp.result_type(rewards.dtype, discount, float)
+    # Floating whatever the rewards' dtype (integer rewards: G is not an integer), and at least float32.
+    dtype = _float(rewards.dtype, discount)
     _, g = lax.scan(step, jnp.zeros((), dtype), jnp.asarray(rewards, dtype), reverse=True)
     return g
 
 
 def discount_powers(horizon: int, discount: Array, dtype=None) -> Array:
-    """gamma^t for t = 0..T-1, shape [T]."""
+    """gamma^t for t = 0..T-1, shape [T] (in `dtype`, default the discount's; an integer dtype is refused: gamma^t
+    would be 0 from t = 1)."""
     dtype = dtype or jnp.result_type(discount)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"discount_powers: dtype must be floating; got {jnp.dtype(dtype).name}.")
     return jnp.asarray(discount, dtype) ** jnp.arange(horizon, dtype=dtype)

@@ -83,6 +83,22 @@ def test_bfloat16_leaves_round_trip_and_other_structures_are_refused(tmp_path):
         checkpoints.load(path, jax.eval_shape(lambda: {"x": state["a"], "y": state["b"]}))
 
 
+def test_metrics_keys_and_shapes_like_the_state(tmp_path):
+    """bfloat16 metrics came back as raw bytes (|V2); a non-default key implementation (rbg) could not be
+    reloaded; metrics of the wrong shape were written and only --resume called the file corrupt."""
+    path = str(tmp_path / "checkpoint.npz")
+    state = {"key": jax.random.key(3, impl="rbg"), "x": jnp.arange(3.0)}
+    metric = jnp.array([[1.5, -2.25], [3e-3, 7.0]], jnp.bfloat16)
+    checkpoints.save(path, state, {"m": metric}, 2, np.zeros(2))
+    loaded = checkpoints.load(path, jax.eval_shape(lambda: state))
+    assert loaded.metrics["m"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(loaded.metrics["m"]).view(np.uint16), np.asarray(metric).view(np.uint16))
+    assert loaded.state["key"].dtype == state["key"].dtype
+    np.testing.assert_array_equal(jax.random.key_data(loaded.state["key"]), jax.random.key_data(state["key"]))
+    with pytest.raises(ValueError, match=r"metrics must be \[lanes, next_update=2\] \(not so: \{'m': \(2, 3\)\}\)"):
+        checkpoints.save(path, state, {"m": jnp.zeros((2, 3))}, 2, np.zeros(2))
+
+
 def test_a_truncated_or_corrupt_checkpoint_is_named_not_read(tmp_path):
     """Half a file, an empty file, flipped bytes: each a ValueError naming the file (resuming reads the meta first),
     never a raw zipfile error and never numbers."""
@@ -91,7 +107,7 @@ def test_a_truncated_or_corrupt_checkpoint_is_named_not_read(tmp_path):
     raw = open(path, "rb").read()
     target = jax.eval_shape(lambda: _state())
     flipped = bytearray(raw)
-    flipped[len(raw) // 3] ^= 0xFF
+    flipped[raw.index(b"next_update")] ^= 0xFF  # inside an array's bytes (a zip header's date field goes unchecked)
     for name, content in [("half.npz", raw[: len(raw) // 2]), ("empty.npz", b""), ("flipped.npz", bytes(flipped))]:
         bad = str(tmp_path / name)
         open(bad, "wb").write(content)
@@ -99,6 +115,11 @@ def test_a_truncated_or_corrupt_checkpoint_is_named_not_read(tmp_path):
             with pytest.raises(ValueError, match=f"{name}: (unreadable or corrupt checkpoint|not a pgjax checkpoint)"):
                 read()
     # Metrics that do not cover the updates the header counts: corrupt, not a shorter run.
-    checkpoints.save(path, _state(), {"loss": np.zeros((3, 1), np.float32)}, 2, np.zeros(2))
+    # (save refuses to write them: the file is edited here.)
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["metrics/loss"] = np.zeros((3, 1), np.float32)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
     with pytest.raises(ValueError, match="do not cover its 2 updates"):
         checkpoints.load(path, target)

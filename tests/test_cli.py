@@ -186,6 +186,12 @@ def test_an_out_directory_holding_a_run_is_refused_unless_overwritten(run_dir, t
     with pytest.raises(SystemExit, match=r"already holds a run \(cell-0, evaluation.csv, metrics.csv, "
                                          r"params.msgpack\); choose another --out, or add --overwrite"):
         train_cli.main(RUN_FLAGS + ["--out", str(out)])
+    # --overwrite with a command that fails its checks (here when the training program is built: episodic
+    # REINFORCE's rollouts shorter than the step limit) leaves the old run in place: it was removed first.
+    with pytest.raises(SystemExit, match=r"num_steps \(64\) must be at least CartPole-v1's step limit"):
+        train_cli.main(["--algo", "reinforce", "--env", "CartPole-v1", "--num-seeds", "1", "--total-timesteps", "4096",
+                        "--num-steps", "64", "--episodic", "true", "--no-progress", "--out", str(out), "--overwrite"])
+    assert (out / "metrics.csv").exists()
     assert runs.clear_run(str(out)) == ["cell-0", "evaluation.csv", "metrics.csv", "params.msgpack"]
     assert os.listdir(out) == ["notes.txt"]  # what pgjax did not write stays
 

@@ -477,3 +477,14 @@ def test_a_tabular_learner_with_another_discount_than_its_mdp_is_warned():
         common.make_env(algos.PPOConfig(env_id="tabular:chain", discount=0.9))
         common.make_env(algos.PPOConfig(env_id="tabular:chain", env_kwargs={"discount": 0.99}))
         common.make_env(algos.PPOConfig(env_id="CartPole-v1", discount=0.5))
+
+
+def test_integer_fields_are_drawn_inside_their_range():
+    """floor(exp(float32(log 7))) is 6 (exp rounds to 6.9999995), and low + f (high - low) rounds to high at times:
+    a log-uniform (7, 7) step limit drew 6 in every episode, a uniform (500, 501) one 501 in ~18 of 1e6 episodes."""
+    base, params = envs.make("CartPole-v1")
+    keys = jax.random.split(jax.random.key(0), 1_000_000)
+    for bounds, allowed in (((7, 7, "log"), {7}), ((500, 501), {500}), ((20, 40), set(range(20, 40)))):
+        env = envs.RandomizedParams(base, "CartPole-v1", {"max_steps_in_episode": bounds})
+        drawn = jax.jit(jax.vmap(lambda k: env.draw_params(k, params).max_steps_in_episode))(keys)
+        assert set(np.unique(np.asarray(drawn)).tolist()) == allowed, bounds

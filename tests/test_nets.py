@@ -99,7 +99,9 @@ def test_mlp_activation_choice_and_validation(obs):
                             (ActorCritic(action_dim=2, discrete=False, hidden_sizes=(64, 0)), r"hidden_sizes\[1\]"),
                             (ActorCritic(action_dim=2, discrete=True, shared=True, hidden_sizes=(True,)),
                              r"hidden_sizes\[0\] must be a positive int; got True"),
-                            (MLP((8,), output_dim=-1), "output_dim")]:
+                            (MLP((8,), output_dim=-1), "output_dim"),
+                            (nets.PolicyHead(action_dim=2, discrete=False, log_std_init=float("nan")),  # NaN policy
+                             "log_std_init must be a finite number")]:
         with pytest.raises(ValueError, match=message):
             module.init(jax.random.key(0), obs)
 

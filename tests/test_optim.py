@@ -214,3 +214,11 @@ def test_rollout_values_are_the_critic_on_obs_and_true_next_obs():
     # Within episodes the true next observation is the next step's observation.
     within = ~np.asarray(batch.terminated | batch.truncated)[:-1]
     np.testing.assert_array_equal(np.asarray(batch.next_obs)[:-1][within], np.asarray(batch.obs)[1:][within])
+
+
+def test_schedule_arguments_are_checked():
+    # anneal_steps=-5 gave a rate of 0; schedule_offset=-5 1.5 times the initial rate.
+    with pytest.raises(ValueError, match="anneal_steps must be an int >= 0"):
+        optim.clipped_adam(1e-3, 0.5, -5)
+    with pytest.raises(ValueError, match="schedule_offset .* must be >= 0"):
+        optim.clipped_adam(1e-3, 0.5, 10, schedule_offset=-5)

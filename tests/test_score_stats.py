@@ -49,6 +49,8 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_statistic():
         score_stats.bootstrap_interval(scores, confidence=95)
     with pytest.raises(ValueError, match="no value that is not NaN"):
         score_stats.bootstrap_interval([np.nan, np.nan])
+    with pytest.raises(ValueError, match="scores is empty"):  # it blamed unfinished episodes
+        score_stats.iqm([])
 
 
 def test_probability_of_improvement_matches_the_pairwise_count():

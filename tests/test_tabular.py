@@ -406,6 +406,9 @@ def test_bfloat16_mdps_and_policies_are_accepted_at_their_precision():
     assert np.all(np.isfinite(np.asarray(values, np.float32)))
     with pytest.raises(ValueError, match="rows must sum to 1"):  # still refused when off by more than rounding
         T.policy_evaluation(mdp, jnp.full((4, 3), 0.4, jnp.bfloat16))
+    big = T.random_mdp(jax.random.key(1), 64, 2, 0.9)
+    with pytest.raises(ValueError, match="MDP.transition rows must sum to 1"):  # rows of 1.4: let through at S = 64
+        T.MDP(jnp.asarray(big.transition * 1.4, jnp.bfloat16), big.reward, big.initial, big.discount)
 
 
 def test_valid_mdp_and_tracing_are_not_blocked():

@@ -139,3 +139,28 @@ def test_bad_sizes_raise():
         tr.sample_trajectory(jax.random.key(0), mdp, T.uniform_policy(6, 2), 0)
     with pytest.raises(ValueError, match="num_trajectories"):
         tr.sample_trajectories(jax.random.key(0), mdp, T.uniform_policy(6, 2), 5, 0)
+
+
+def test_low_precision_rewards_are_summed_in_float32():
+    # In bfloat16 gamma = 0.999 rounds to 1 and arange stops counting at 256: 300 rewards of 1 gave 300 and 256.
+    rewards = jnp.ones(300, jnp.bfloat16)
+    expected = (1 - 0.999**300) / (1 - 0.999)  # 259.293
+    assert float(tr.discounted_return(rewards, 0.999)) == pytest.approx(expected, rel=1e-5)
+    assert float(tr.rewards_to_go(rewards, 0.999)[0]) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="dtype must be floating"):  # gamma^t would be 0 from t = 1
+        tr.discount_powers(3, 0.9, jnp.int32)
+
+
+def test_what_is_not_a_policy_is_refused():
+    """Logits passed as pi sampled their largest entry every time, and log_density of 2 pi was off by T log 2."""
+    mdp = T.chain_mdp()
+    logits = jnp.tile(jnp.array([[0.3, 1.2]]), (6, 1))
+    with pytest.raises(ValueError, match="rows must sum to 1"):
+        tr.sample_trajectory(jax.random.key(0), mdp, logits, 5)
+    traj = tr.sample_trajectory(jax.random.key(0), mdp, T.uniform_policy(6, 2), 5)
+    with pytest.raises(ValueError, match="rows must sum to 1"):
+        tr.log_density(traj, mdp, 2 * T.uniform_policy(6, 2))
+    with pytest.raises(ValueError, match=r"pi must have shape \[S, A\] = \(6, 2\)"):
+        tr.log_density(traj, mdp, T.uniform_policy(5, 2))
+    with pytest.raises(ValueError, match="rows must sum to 1"):
+        tr.policy_log_likelihood(traj, logits)

@@ -296,6 +296,8 @@ def _check_field_types(config: OnPolicyConfig) -> None:
     name = type(config).__name__
     for field in dataclasses.fields(config):
         value, default = getattr(config, field.name), field.default
+        if isinstance(value, (np.ndarray, jax.Array)) and value.shape == () and not isinstance(value, jax.core.Tracer):
+            value = value.item()  # a 0-d array: its number
         is_bool = isinstance(value, (bool, np.bool_))
         if isinstance(default, bool):
             ok, what, cast = is_bool, "True or False", bool
@@ -908,16 +910,20 @@ def episode_metrics(batch: Transition, first_only: bool = False) -> dict[str, Ar
 
 def check_episodes_fit(config: OnPolicyConfig, spec: EnvSpec) -> None:
     """For a config that resets every environment at each update (`restarts_episodes`): `ValueError` unless
-    `num_steps` covers the environment's step limit (its params' `max_steps_in_episode`, the top of its
-    `env_randomize` range if drawn), so that every environment's first episode ends inside the rollout."""
+    `num_steps` covers the environment's step limit (its params' `max_steps_in_episode`, the largest its
+    `env_randomize` range draws if drawn), so that every environment's first episode ends inside the rollout.
+    Grids over `env.max_steps_in_episode` are checked by `pgjax.runs.grid_lanes`; per-lane limits passed to
+    `train(key, hparams)` directly cannot be (they may be traced): `episodes_finished` below num_envs shows first
+    episodes that did not end (they are left out of the update)."""
     name = type(config).__name__
     limit = getattr(spec.params, "max_steps_in_episode", None)
     if limit is None:
         raise ValueError(f"{name}: {config.env_id} has no step limit (params.max_steps_in_episode), so episodes that "
                          "start at an update need not end inside its rollout; use episodic=False for this environment.")
     limit = int(np.max(np.asarray(limit)))
-    if "max_steps_in_episode" in config.randomize_ranges:
-        limit = max(limit, int(config.randomize_ranges["max_steps_in_episode"][1]))
+    if "max_steps_in_episode" in config.randomize_ranges:  # every episode draws its limit: the largest it can draw
+        low, high = config.randomize_ranges["max_steps_in_episode"][:2]
+        limit = max(math.floor(low), math.ceil(high) - 1)
     if config.num_steps < limit:
         raise ValueError(
             f"{name}.num_steps ({config.num_steps}) must be at least {config.env_id}'s step limit "

@@ -13,7 +13,8 @@ ends inside the rollout (the valid set V) enter the loss; the steps after the la
 each environment are masked out, and the environment carries on into the next rollout, where
 the rest of that episode is used. Make num_steps at least the episode time limit. At a time-limit
 truncation the return is bootstrapped with b(final observation) when a baseline is learned (and
-cut there without one, the time-limited return); a termination is never bootstrapped.
+cut there without one, the time-limited return); a termination is never bootstrapped. A rollout in which no
+episode ends has nothing to learn from: the update keeps the agent and reports NaN losses.
 
 The theorem's estimator (`episodic=True, discount_weighting=True, normalize_advantages=False`): every update
 resets all N environments and learns from each one's first episode, N whole episodes from the initial-state

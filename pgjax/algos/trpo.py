@@ -40,7 +40,7 @@ class TRPOConfig(common.OnPolicyConfig):
       vf_epochs, vf_minibatches: value-function fitting passes and minibatches per pass.
       normalize_advantages: standardise advantages over the batch.
       fisher_subsample: the Fisher-vector product uses the states of every k-th rollout step, all environments'
-        (1 = every state; must divide num_steps).
+        (1 = every state; at most num_steps).
     """
 
     num_envs: int = 8
@@ -70,7 +70,10 @@ class TRPOConfig(common.OnPolicyConfig):
         for field in ("cg_iterations", "num_backtracks", "vf_epochs"):
             common._positive_int("TRPOConfig", field, getattr(self, field))
         common.check_divides("TRPOConfig", "num_envs * num_steps", self.batch_size, "vf_minibatches", self.vf_minibatches)
-        common.check_divides("TRPOConfig", "num_steps", self.num_steps, "fisher_subsample", self.fisher_subsample)
+        common._positive_int("TRPOConfig", "fisher_subsample", self.fisher_subsample)
+        if self.fisher_subsample > self.num_steps:
+            raise ValueError(f"TRPOConfig.fisher_subsample ({self.fisher_subsample}) must be at most num_steps "
+                             f"({self.num_steps}): it keeps every k-th rollout step.")
 
 
 @struct.dataclass

@@ -125,7 +125,12 @@ class RandomizedParams(_InnerEnvironment):
         for k, (name, bounds) in zip(keys, self._ranges.items()):
             default = getattr(params, name)
             u = _draw(k, bounds)
-            drawn[name] = jnp.floor(u).astype(jnp.int32) if _is_int(default) else u
+            if _is_int(default):  # clipped: float32 rounding put exp(log 7) at 6.9999995, low + f (high - low) at high
+                lowest = math.floor(bounds[0])
+                u = jnp.clip(jnp.floor(u), lowest, max(lowest, math.ceil(bounds[1]) - 1))
+                drawn[name] = u.astype(jnp.int32)
+            else:
+                drawn[name] = u
         return override_params(self._env_id, params, drawn)
 
     def reset_env(self, key: Array, params: Any) -> tuple[Any, RandomizedParamsState]:

@@ -97,11 +97,15 @@ def check_first_steps(env_id: str, env: Any, params: Any, overrides: dict[str, A
                       constructor_kwargs: dict[str, Any] | None = None, num_steps: int = 3) -> None:
     """ValueError naming the overridden fields when the environment's reset or first `num_steps` steps (random
     actions, a fixed key) give a non-finite observation or reward: settings the dynamics cannot run with (CartPole
-    at length 0 divides by 0), which would otherwise train on NaN or evaluate to plausible-looking returns."""
+    at length 0 divides by 0), which would otherwise train on NaN or evaluate to plausible-looking returns.
+
+    One compiled program per id and constructor keywords (CartPole ~0.5 s once; the steps are a `lax.scan`, so a
+    large environment compiles its step once), run eagerly even when `make` is called under `jit`."""
     cache_key = (env_id, repr(constructor_kwargs), num_steps)  # environments made alike step alike: one compile
     if cache_key not in _FIRST_STEPS:
         _FIRST_STEPS[cache_key] = jax.jit(functools.partial(_first_steps, env, num_steps))
-    finite = np.asarray(_FIRST_STEPS[cache_key](params))  # [num_steps + 1]: the reset, then each step
+    with jax.ensure_compile_time_eval():  # concrete params: the check runs now, also inside a traced function
+        finite = np.asarray(_FIRST_STEPS[cache_key](params))  # [num_steps + 1]: the reset, then each step
     if not finite.all():
         first = int(np.argmin(finite))
         where = "reset" if first == 0 else f"step {first}"
@@ -118,15 +122,17 @@ def _first_steps(env: Any, num_steps: int, params: Any) -> Any:
     def finite(*values: Any) -> Any:
         return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(values)]))
 
-    key = jax.random.key(0)
-    obs, state = env.reset(key, params)
-    flags = [finite(obs)]
-    for _ in range(num_steps):
-        key, key_action, key_step = jax.random.split(key, 3)
+    key_reset, key_steps = jax.random.split(jax.random.key(0))
+    obs, state = env.reset(key_reset, params)
+
+    def step(state, key):
+        key_action, key_step = jax.random.split(key)
         action = env.action_space(params).sample(key_action)
         obs, state, reward, *_ = env.step(key_step, state, action, params)
-        flags.append(finite(obs, reward))
-    return jnp.stack(flags)
+        return state, finite(obs, reward)
+
+    _, flags = jax.lax.scan(step, state, jax.random.split(key_steps, num_steps))
+    return jnp.concatenate([finite(obs)[None], flags])
 
 
 # gymnax's CartPole keeps two derived quantities as params fields of their own (its step reads them, never the
@@ -173,9 +179,8 @@ def override_params(env_id: str, params: Any, overrides: dict[str, Any]) -> Any:
     numeric = numeric_fields(params)
     overrides = dict(overrides)
     for name, value in overrides.items():
-        # Lists and strings are checked too (refused): the derived fields' arithmetic raised a bare TypeError.
-        if name in numeric and not isinstance(value, jax.core.Tracer) and (
-                np.ndim(value) == 0 or isinstance(value, (list, tuple, str))):
+        # Arrays, lists and strings are checked too (refused): they raised bare TypeErrors further on.
+        if name in numeric and not isinstance(value, jax.core.Tracer):
             check_param_value(env_id, name, numeric[name], value)
             if isinstance(numeric[name], int) and isinstance(value, (float, np.floating)):
                 overrides[name] = int(value)  # 200.0 from a float-typed source: the field's own type
@@ -195,9 +200,9 @@ def check_param_value(env_id: str, name: str, default: Any, value: Any) -> None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating, np.ndarray,
                                                                        jax.Array)):
         raise ValueError(f"{env_id}: {name} must be a number (default {default}); got {value!r}.")
-    if np.size(value) != 1:
-        raise ValueError(f"{env_id}: {name} must be one number (default {default}); got {value!r}.")
-    value = float(np.asarray(value).reshape(()))
+    if np.ndim(value) != 0:
+        raise ValueError(f"{env_id}: {name} must be one number, a scalar (default {default}); got {value!r}.")
+    value = float(value)
     if not np.isfinite(value):
         raise ValueError(f"{env_id}: {name} must be finite; got {value}.")
     if isinstance(default, int) and value != int(value):

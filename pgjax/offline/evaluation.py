@@ -118,7 +118,7 @@ def policy_value(dataset: Dataset, target_pi: Array, discount, method: str = "du
         if not np.isfinite(float(value)):
             target_log_probs = safe_log(target_pi)[dataset.observations, dataset.actions]
             raise nonfinite_error(f"policy_value(method={method!r})", target_log_probs, dataset.behaviour_log_probs,
-                                  dataset.mask)
+                                  dataset.mask, dataset.rewards)
         return value
     solution = solve_empirical(model, target_pi, discount)
     report = coverage(model, target_pi, discount, solution.occupancy)

@@ -162,7 +162,7 @@ def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, 
         gradient = _importance_gradient(dataset, theta, features, discount, method)
         if not np.all(np.isfinite(np.asarray(gradient))):
             raise nonfinite_error(f"importance_policy_gradient(method={method!r})",
-                                  *_log_probs(dataset, theta, features))
+                                  *_log_probs(dataset, theta, features), dataset.rewards)
         return gradient
     return _importance_gradient(dataset, theta, features, discount, method)
 
@@ -252,7 +252,7 @@ def offline_policy_improvement(
         k = int(np.argmin(finite))
         context = f"offline_policy_improvement(method={method!r}): the gradient at step {k}"
         if method in IS_METHODS:
-            raise nonfinite_error(context, *_log_probs(dataset, result.thetas[k], features))
+            raise nonfinite_error(context, *_log_probs(dataset, result.thetas[k], features), dataset.rewards)
         raise FloatingPointError(f"{context} is not finite; check the dataset's rewards and the optimiser's step size.")
     return result
 

@@ -133,21 +133,25 @@ def check_importance_data(dataset: Dataset, context: str) -> None:
         )
 
 
-def nonfinite_error(context: str, target_log_probs: Array, behaviour_log_probs: Array, mask: Array) -> Exception:
-    """The error to raise for a non-finite importance-sampling estimate (host-side; [N, T] inputs): a
-    `FloatingPointError` when the weights overflow the data's float dtype (log rho_{0:t} > log(max float), 88.7 in
-    float32), else a `ValueError`: every episode has probability 0 under pi (all weights 0: the self-normalised
-    forms are 0/0)."""
+def nonfinite_error(context: str, target_log_probs: Array, behaviour_log_probs: Array, mask: Array,
+                    rewards: Array) -> Exception:
+    """The error to raise for a non-finite importance-sampling estimate (host-side; [N, T] inputs, rewards finite):
+    a `FloatingPointError` when a weight, or a weight times the largest episode's sum of |r_t|, overflows the data's
+    float dtype (log rho_{0:t} + log max(1, sum |r|) > log(max float), 88.7 in float32), else a `ValueError`: the
+    episodes that matter have probability 0 under pi (all weights 0: the self-normalised forms are 0/0)."""
     log_w = np.asarray(cumulative_log_ratios(target_log_probs, behaviour_log_probs, mask), np.float64)
     dtype = float_dtype(jnp.result_type(target_log_probs, behaviour_log_probs))
     limit = float(np.log(jnp.finfo(dtype).max))
     largest = float(np.max(log_w)) if log_w.size else -np.inf
-    if largest > limit:
+    scale = float(np.max(np.sum(np.abs(np.where(np.asarray(mask), np.asarray(rewards, np.float64), 0.0)), axis=-1),
+                         initial=0.0))
+    if largest + np.log(max(1.0, scale)) > limit:  # what is not finite overflowed
         wider = "" if jnp.finfo(dtype).bits >= 64 else (
             ", or float64 data (jax.config.update('jax_enable_x64', True): log(max) = 709.8)")
+        what = "overflows" if largest > limit else "times the returns overflows"
         return FloatingPointError(
-            f"{context} is not finite: an importance weight rho_0:t = pi/mu overflows {jnp.dtype(dtype).name} (the "
-            f"largest log weight is {largest:.4g}, above log(max) = {limit:.4g}: pi takes logged actions mu rarely "
+            f"{context} is not finite: an importance weight rho_0:t = pi/mu {what} {jnp.dtype(dtype).name} (the "
+            f"largest log weight is {largest:.4g}, log(max) = {limit:.4g}: pi takes logged actions mu rarely "
             f"took). Use 'wis' / 'wpdis' (normalised in log space), 'dualdice' or 'model'{wider}."
         )
     return ValueError(

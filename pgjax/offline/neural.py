@@ -222,7 +222,7 @@ def one_hot_observations(dataset: Dataset, num_states: int, dtype=jnp.float32) -
             raise ValueError(f"one_hot_observations: Dataset.{name} must hold int state indices; got {x.dtype}.")
         concrete = not isinstance(x, jax.core.Tracer) and not isinstance(dataset.mask, jax.core.Tracer)
         if concrete:  # jax.nn.one_hot maps a state outside [0, S) to all zeros, a state of no MDP
-            states = np.asarray(x) if name == "initial_observations" else np.asarray(x)[np.asarray(dataset.mask)]
+            states = np.asarray(x) if name == "initial_observations" else np.asarray(x)[np.asarray(dataset.mask, bool)]
             if states.size and (states.min() < 0 or states.max() >= num_states):
                 raise ValueError(f"one_hot_observations: Dataset.{name} holds states outside [0, {num_states}) "
                                  f"(min {states.min()}, max {states.max()}); pass the MDP's num_states.")
