@@ -506,3 +506,17 @@ def test_episodic_grid_cells_need_rollouts_covering_their_step_limits():
     runs.grid_lanes(config, [{"env.max_steps_in_episode": 20.0}], keys)
     with pytest.raises(ValueError, match=r"cell env.max_steps_in_episode=200.*num_steps \(20\) must be at least"):
         runs.grid_lanes(config, [{"env.max_steps_in_episode": 200.0}], keys)
+
+
+def test_episodic_restarts_keep_the_normalisers_statistics():
+    """Resetting the environments at each update restarted the running statistics of normalize_observations and
+    normalize_rewards (episodic refused them); envs.with_running_statistics carries them over the reset: after 3
+    updates of 4 environments x 25 steps the observation statistics count every observation (the first reset, then
+    per update a reset and 25 steps: 4 + 3 x 104) and the return statistics every reward (3 x 100)."""
+    from pgjax.algos.evaluation import observation_statistics
+    config = algos.REINFORCEConfig(env_id="CartPole-v1", env_kwargs={"max_steps_in_episode": 20}, num_envs=4,
+                                   num_steps=25, total_timesteps=4 * 25 * 3, episodic=True, normalize_observations=True,
+                                   normalize_rewards=True, hidden_sizes=(8,))
+    out = jax.jit(algos.reinforce.make_train(config))(jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(observation_statistics(out.env_state).count), np.full(4, 4 + 3 * 104))
+    np.testing.assert_array_equal(np.asarray(out.env_state.return_statistics.count), np.full(4, 300))

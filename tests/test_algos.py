@@ -136,7 +136,6 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.PPOConfig, dict(num_envs=2, num_steps=4, num_minibatches=8),
          r"PPOConfig.normalize_advantages standardises advantages over minibatches .* hold 1 sample"),
         (algos.A2CConfig, dict(num_envs=1, num_steps=1, total_timesteps=8), r"A2CConfig.normalize_advantages"),
-        (algos.REINFORCEConfig, dict(episodic=True, normalize_observations=True), r"REINFORCEConfig.episodic resets"),
         (algos.PPOConfig, dict(unroll=-1), r"PPOConfig.unroll must be an int >= 1, or 0"),
         (algos.A2CConfig, dict(unroll=2.5), r"A2CConfig.unroll"),
         (algos.PPOConfig, dict(final_lr_fraction=1.5), r"PPOConfig.final_lr_fraction must lie in \[0, 1\]"),

@@ -1008,9 +1008,9 @@ def make_on_policy_train(
         def one_update(carry, update_idx):
             agent, env_state, obs, key = carry
             key, key_rollout, key_update = jax.random.split(key, 3)
-            if config.restarts_episodes:  # every environment on a fresh episode (checked: no running statistics)
+            if config.restarts_episodes:  # every environment on a fresh episode, the normalisers' statistics kept
                 key_rollout, key_reset = jax.random.split(key_rollout)
-                obs, env_state = env.env.reset(key_reset, env.params)
+                obs, env_state = envs.with_running_statistics(env.env, env_state).reset(key_reset, env.params)
             env_state, obs, batch = rollout(
                 key_rollout, env, agent, algorithm.act, algorithm.value, env_state, obs, config.num_steps, config.scan_unroll
             )

@@ -52,7 +52,7 @@ class REINFORCEConfig(common.OnPolicyConfig):
       normalize_advantages: standardise G_t - b(s_t) over the valid steps.
       episodic: reset every environment at each update and learn from its first episode only: N whole episodes
         from the initial states, the policy-gradient loss summed over each episode and averaged over the N
-        (num_steps must cover the step limit; no observation or reward normalisation).
+        (num_steps must cover the step limit; observation and reward normalisers keep their statistics).
       discount_weighting: weight step t of an episode by gamma^t, as the policy gradient theorem does (needs
         episodic); with episodic and without normalize_advantages, the update's gradient is unbiased for grad J.
     """
@@ -79,10 +79,6 @@ class REINFORCEConfig(common.OnPolicyConfig):
         if self.discount_weighting and not self.episodic:
             raise ValueError("REINFORCEConfig.discount_weighting weights step t by gamma^t counted from the episode's "
                              "start, which only episodic=True provides; set episodic=True or discount_weighting=False.")
-        if self.episodic and (self.normalize_observations or self.normalize_rewards):
-            raise ValueError("REINFORCEConfig.episodic resets every environment at each update, which would restart "
-                             "the running statistics of normalize_observations / normalize_rewards; set those False "
-                             "(or use episodic=False).")
 
     @property
     def restarts_episodes(self) -> bool:

@@ -44,6 +44,7 @@ from pgjax.envs.wrappers import (
     normalize,
     observe,
     with_reward_discount,
+    with_running_statistics,
 )
 
 __all__ = [
@@ -88,4 +89,5 @@ __all__ = [
     "override_params",
     "truncation_bias_bound",
     "with_reward_discount",
+    "with_running_statistics",
 ]

@@ -519,6 +519,45 @@ def with_reward_discount(env: Any, discount: Any) -> Any:
     return out
 
 
+def with_running_statistics(env: Any, state: Any) -> Any:
+    """The wrapper stack `env` with each normaliser (`NormalizeObservation`, `NormalizeReward`) starting from the
+    running statistics it holds in `state` (its state of `env`), so that `reset` carries them on instead of
+    starting them afresh: a run that resets its environments between rollouts (REINFORCE's `episodic`) keeps
+    normalising by everything seen so far. Under `VecEnv` the first environment's copy is taken: the training
+    loop's normalisers share their statistics over the batch (`axis_name`), so every copy is the same. Copies of
+    the wrappers; `env` unchanged. Works on traced states (inside the compiled run)."""
+    nodes = {NormalizeObservationState: [], NormalizeRewardState: []}
+
+    def visit(node):  # outer to inner, as the wrappers nest
+        if isinstance(node, NormalizeObservationState):
+            nodes[NormalizeObservationState].append(node.statistics)
+        elif isinstance(node, NormalizeRewardState):
+            nodes[NormalizeRewardState].append(node.return_statistics)
+        if hasattr(node, "__dataclass_fields__"):
+            for name in node.__dataclass_fields__:
+                visit(getattr(node, name))
+
+    visit(state)
+    found = {NormalizeObservation: iter(nodes[NormalizeObservationState]),
+             NormalizeReward: iter(nodes[NormalizeRewardState])}
+
+    def rebuilt(env: Any, batched: bool) -> Any:
+        if not isinstance(env, Wrapper):
+            return env
+        out = copy.copy(env)
+        out._env = rebuilt(env._env, batched or isinstance(env, VecEnv))
+        if isinstance(env, (NormalizeObservation, NormalizeReward)):
+            statistics = next(found[NormalizeObservation if isinstance(env, NormalizeObservation) else NormalizeReward],
+                              None)
+            if statistics is None:
+                raise ValueError(f"with_running_statistics: the state holds no statistics for {type(env).__name__}; "
+                                 "pass the state of this wrapper stack.")
+            out.initial_statistics = jax.tree_util.tree_map(lambda x: x[0], statistics) if batched else statistics
+        return out
+
+    return rebuilt(env, False)
+
+
 # ---------------------------------------------------------------------------
 # Actions.
 # ---------------------------------------------------------------------------
