@@ -374,11 +374,11 @@ def _z_scores(per_episode, exact, directions):
 def test_episodic_reinforce_estimates_the_exact_gradient_without_bias():
     """The theorem's REINFORCE (episodic, gamma^t weights, raw advantages, a learned baseline b(s) far from 0) on a
     tabular MDP: over 4096 fresh episodes the per-episode estimates average to the exact grad J (autodiff through
-    the exact solve) within 4.5 standard errors along grad J and 8 random directions (over keys 3-5 and 4096 or
-    16384 episodes the largest |z| was 2.8; a step limit of 300 instead of 100 moved no z by more than 0.01), and
-    the full-batch loss's gradient is their mean (the 1/N per-episode normalisation). The deep-RL estimator, the
-    same episodes without gamma^t, misses by far more (|z| 18-36 along grad J at 4096 episodes), so the test tells
-    a biased estimator apart."""
+    the exact solve) within 4.5 standard errors along grad J and 8 random directions (the largest |z| was 2.6 over
+    PGJAX_TEST_KEY_OFFSET 0-16, which draws other MDPs, networks and episodes; a step limit of 300 instead of 100
+    moved no z by more than 0.01), and the full-batch loss's gradient is their mean (the 1/N per-episode
+    normalisation). The deep-RL estimator, the same episodes without gamma^t, misses by more than 6 (7.3 to 35.5
+    along grad J over those offsets), so the test tells a biased estimator apart."""
     env_kwargs = dict(num_states=5, num_actions=3, seed=1, discount=0.9, max_steps_in_episode=100)
     config = algos.reinforce.REINFORCEConfig(
         env_id="tabular:random", env_kwargs=env_kwargs, discount=0.9, num_envs=4096, num_steps=100,
@@ -395,7 +395,7 @@ def test_episodic_reinforce_estimates_the_exact_gradient_without_bias():
     assert np.all(np.abs(z) < 4.5), z
 
     undiscounted, _, _ = _episode_gradients(config.replace(discount_weighting=False), key)
-    assert np.max(np.abs(_z_scores(undiscounted, exact, directions))) > 10.0
+    assert np.max(np.abs(_z_scores(undiscounted, exact, directions))) > 6.0
 
 
 def test_first_episode_mask_keeps_each_environment_first_whole_episode():
