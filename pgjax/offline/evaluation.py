@@ -1,4 +1,4 @@
-"""Off-policy evaluation of J(pi) from a tabular dataset: one entry point, five estimators.
+"""Off-policy evaluation of J(pi) from a tabular dataset: one entry point, six estimators.
 
     "dualdice"  J_hat = 1/(1 - gamma) E_D[w(s,a) r],  w from `dualdice_tabular`
     "model"     J of the empirical MDP (`empirical_mdp`): the certainty-equivalent estimate
