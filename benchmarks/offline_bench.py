@@ -85,6 +85,11 @@ def main(argv=None):
     p.add_argument("--sweep", type=int, default=16, help="datasets in the sweep row")
     p.add_argument("--out", default="runs/bench/offline.csv")
     args = p.parse_args(argv)
+    for flag in ("episodes", "horizon", "sweep"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be >= 1; got {getattr(args, flag)}")
+    if not args.min_time > 0:
+        p.error(f"--min-time must be > 0; got {args.min_time}")
 
     mdp = tab.taxi_mdp(GAMMA)
     S, A = mdp.reward.shape

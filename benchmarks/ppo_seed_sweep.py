@@ -85,6 +85,8 @@ def main() -> None:
 
     from pgjax import parallel
 
+    if a.cpu_devices != "auto" and not (a.cpu_devices.isdigit() and int(a.cpu_devices) >= 1):
+        p.error(f"--cpu-devices must be 'auto' or a positive int; got {a.cpu_devices!r}")
     parallel.use_cpu_devices(None if a.cpu_devices == "auto" else int(a.cpu_devices))
     import numpy as np
 
@@ -100,7 +102,9 @@ def main() -> None:
     if override:
         print(f"overrides of the comparison's settings: {override}", flush=True)
     train = parallel.vmap_sharded(ppo.make_train(config))
-    evaluate = jax.jit(jax.vmap(lambda k, p: runs.evaluate(k, config, p, num_episodes=a.eval_episodes, deterministic=False)))
+    # With normalize_observations (an override) each seed is evaluated with its trained statistics.
+    evaluate = jax.jit(jax.vmap(lambda k, p, s: runs.evaluate(k, config, p, s, num_episodes=a.eval_episodes,
+                                                              deterministic=False)))
     keys = jax.random.split(jax.random.PRNGKey(0), a.seeds)
     eval_keys = jax.random.split(jax.random.PRNGKey(1), a.seeds)
     parts: dict[str, list] = {"curves": [], "entropy": [], "approx_kl": [], "finals": []}
@@ -111,7 +115,9 @@ def main() -> None:
         parts["curves"].append(np.asarray(out.metrics["episode_return"]))
         parts["entropy"].append(np.asarray(out.metrics["entropy"]))
         parts["approx_kl"].append(np.asarray(out.metrics["approx_kl"]))
-        returns = np.asarray(evaluate(eval_keys[i:i + a.chunk], jax.device_get(out.agent.params)))
+        stats = runs.observation_statistics(out.env_state)  # [seeds, num_envs, ...], the same in every env
+        stats = None if stats is None else jax.tree_util.tree_map(lambda x: x[:, 0], jax.device_get(stats))
+        returns = np.asarray(evaluate(eval_keys[i:i + a.chunk], jax.device_get(out.agent.params), stats))
         parts["finals"].append(np.nanmean(returns, axis=1))
         finals = np.concatenate(parts["finals"])
         print(f"{finals.size} seeds, {time.time() - t0:.0f} s: {np.sum(finals >= SOLVED)}/{finals.size} >= {SOLVED:.0f}, "

@@ -4,8 +4,9 @@
     python benchmarks/quality.py --only ppo:CartPole-v1 trpo:CartPole-v1 --seeds 8
     python benchmarks/quality.py --only a2c:MountainCarContinuous-v0   # any algo:env pair, with its preset
 
-Reports, per run, the median and the worst seed's final mean episode return (mean over the
-episodes finished in the last 10% of updates, stochastic policy, raw rewards), against the
+Reports, per run, the median and the worst seed's final mean episode return (the mean over the last 10% of
+updates of each update's mean return of the episodes finished in it, `runs.final_returns`; stochastic policy, raw
+rewards), against the
 target (met only if every seed finished an episode in that window: `finished` counts them, and a seed that did
 not makes the worst NaN); the interquartile mean over seeds with its 95% percentile-bootstrap interval
 (`pgjax.score_stats`); compile and run time and env-steps/second; then the median and worst seed of an
@@ -71,7 +72,8 @@ def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int, eval_epis
     return dict(
         algo=algo, env=env_id, seeds=seeds, env_steps=config.num_updates * config.batch_size,
         **final_stats(final), iqm=score_stats.iqm(final), iqm_low=iqm_low, iqm_high=iqm_high,
-        eval_median=float(np.nanmedian(evaluation)), eval_worst=float(np.nanmin(evaluation)),
+        # NaN when a seed's evaluation is (an episode that never ended), as the training columns' worst.
+        eval_median=float(np.median(evaluation)), eval_worst=float(np.min(evaluation)),
         compile_s=round(compile_s, 1), run_s=round(run_s, 1),
         steps_per_s=round(seeds * config.num_updates * config.batch_size / run_s),
         per_seed=" ".join(f"{x:.1f}" for x in final),
@@ -112,6 +114,8 @@ def plan(only: list[str] | None) -> list[tuple]:
                              f"e.g. {', '.join(listed)}")
         config_cls, _ = algos.get(algo)
         steps = presets.preset(algo, env_id).get("total_timesteps", config_cls.total_timesteps)
+        # Built now: a bad pair fails before the others have run (the CSV is written at the end).
+        config_cls(**{**presets.preset(algo, env_id), "env_id": env_id})
         todo.append((algo, env_id, steps, None))
     if not todo:
         raise ValueError(f"--only matched nothing; choose algo:env pairs such as {', '.join(listed)}")

@@ -623,6 +623,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # Checked before anything runs (--batch 0 read as "unset" and ran 1024; negative sizes crashed in jax).
+    for flag, value in (("--batch", args.batch), ("--batch-states", args.batch_states), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1; got {value}")
+    if args.sizes is not None and min(args.sizes) < 2:
+        parser.error(f"--sizes must all be >= 2 (states); got {args.sizes}")
+    if args.min_time is not None and not args.min_time > 0:
+        parser.error(f"--min-time must be > 0; got {args.min_time}")
     if args.threads is not None and os.environ.get(_THREADS_ENV) != str(args.threads):
         _restart_with_threads(args.threads)
 
@@ -632,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         jax.config.update("jax_default_matmul_precision", "highest")
     dtype = jnp.float64 if args.x64 else jnp.float32
     sizes = args.sizes or ([10, 30] if args.quick else [10, 100, 1000])
-    batch = args.batch or (16 if args.quick else 1024)
+    batch = args.batch if args.batch is not None else (16 if args.quick else 1024)
     min_time = args.min_time if args.min_time is not None else (0.02 if args.quick else 0.5)
     min_calls = 1 if args.quick else 3
     out = args.out or os.path.join("runs", "bench", "tabular_x64.csv" if args.x64 else "tabular.csv")

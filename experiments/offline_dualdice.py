@@ -10,7 +10,8 @@ datasets are drawn and estimated in one vmapped, compiled call. Reported against
 answers of `pgjax.tabular`:
 
   * log RMSE of the normalised value (1 - gamma) J(pi) for DualDICE, self-normalised DualDICE,
-    the model-based estimate, and trajectory-wise / per-decision IS (plain and weighted);
+    the model-based estimate, and trajectory-wise / per-decision IS (plain and weighted; these estimate the
+    --horizon-step return, scored against J like the others: a warning says when gamma^H > 1e-3);
   * the DualDICE ratio error sqrt(sum_{s,a} d^D (w_hat - w)^2), with d^D the logged distribution;
   * the offline gradient error (cosine and relative error) of the DualDICE + FQE gradient and
     of the per-decision IS gradient against the exact policy gradient at pi.
@@ -27,6 +28,7 @@ Writes `values.csv` (one row per alpha, size, seed and method), `summary.csv`, `
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
@@ -60,8 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/offline-dualdice")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.improve_steps < 0 or args.improve_size < 1 or args.improve_lr <= 0:
-        p.error("--improve-steps must be >= 0, --improve-size >= 1 and --improve-lr > 0")
+    if args.improve_steps < 0 or args.improve_size < 1 or not 0 < args.improve_lr < math.inf:  # NaN fails too
+        p.error("--improve-steps must be >= 0, --improve-size >= 1 and --improve-lr a finite number > 0")
     for name in ("horizon", "seeds"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1; got {getattr(args, name)}")
@@ -71,8 +73,8 @@ def parse_args(argv=None):
         p.error(f"--alphas must lie in [0, 1]; got {args.alphas}")
     if not 0.0 < args.discount < 1.0:
         p.error(f"--discount must lie in (0, 1); got {args.discount}")
-    if args.temperature <= 0:
-        p.error(f"--temperature must be > 0; got {args.temperature}")
+    if not 0 < args.temperature < math.inf:
+        p.error(f"--temperature must be a finite number > 0; got {args.temperature}")
     return args
 
 
@@ -139,6 +141,11 @@ def run(args) -> list[dict]:
     exact_grad = np.asarray(tab.policy_gradient(mdp, theta, features), np.float64)
     print(f"{args.mdp}: S={num_states} A={num_actions} gamma={gamma}; target J(pi)={exact_j:.4f} "
           f"(normalised {(1 - gamma) * exact_j:.4f}), J(uniform)={float(tab.expected_return(mdp, uniform)):.4f}")
+    # The IS estimators estimate the --horizon-step return J_H, scored against J: the gap is theirs too.
+    truncation = gamma**args.horizon * float(np.max(np.abs(np.asarray(mdp.reward)))) / (1 - gamma)
+    if gamma**args.horizon > 1e-3:
+        print(f"warning: the IS rows estimate the {args.horizon}-step return, up to {truncation:.3g} from J "
+              f"(gamma^H = {gamma ** args.horizon:.3g}); raise --horizon to score the estimators, not the truncation")
     rows, summary = [], []
     points = [(a, n) for a in args.alphas for n in args.sizes]
     estimators = {}  # one compiled estimator per dataset size, shared by every behaviour policy

@@ -179,6 +179,8 @@ def estimate_values(args, data, target_probs, target_log_probs, key_dice, key_fq
     weights = importance.importance_weights(target_lp, data.behaviour_log_probs, data.mask)
     ess = importance.effective_sample_size(weights)
     for method in ("pdis", "wis"):
+        if method == "wis":
+            start = time.perf_counter()  # each its own seconds (WIS's included PDIS's)
         value = importance.importance_value(data.rewards, data.mask, target_lp, data.behaviour_log_probs,
                                             args.discount, method)
         note = f"trajectory-weight ESS {float(ess):.1f} of {data.rewards.shape[0]}" if method == "wis" else ""
