@@ -8,8 +8,8 @@ cell. All runs must be on the same environment id; variants of it (env_kwargs, e
 cells) are named in the env_variant column and in a note. Reads each run's metrics.csv and config.json (nothing is
 recomputed) and writes to --out (default runs/compare-<time>):
 
-    comparison.csv       one row per run (or cell): label, algo, env_variant, env steps, seeds, then the final return over
-                         seeds (each seed's mean episode return over the last 10% of updates): median, mean,
+    comparison.csv       one row per run (or cell): label, algo, env_variant, env steps, seeds, then the final
+                         return over seeds (each seed's mean episode return over the last 10% of updates): median, mean,
                          ci95 (half-width of a 95% Student-t interval of the mean), worst, best, finished
                          (seeds with a final return: an episode ended in the last 10% of updates), and vs_best /
                          vs_best_ci95, the difference of means from the best run (the highest mean among the

@@ -8,9 +8,10 @@ optax transformation, applied to the parameters raveled into one flat vector.
     dx  = -lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
 `clipped_adam` computes, to float32 rounding (measured: 2.8e-7 relative), what
-`optax.chain(optax.clip_by_global_norm(c), optax.adam(schedule, eps=eps))` computes with the same eps (tests compare them; pgjax's default eps is 1e-5, optax.adam's 1e-8), in one pass over
-each leaf. On a flat vector that is a handful of fused operations per step instead of five to seven per parameter
-array: on one CPU core the PPO minibatch step went from about 145 us to about 125 us (benchmarks/README.md).
+`optax.chain(optax.clip_by_global_norm(c), optax.adam(schedule, eps=eps))` computes with the same eps (tests
+compare them; pgjax's default eps is 1e-5, optax.adam's 1e-8), in one pass over each leaf. On a flat vector that
+is a handful of fused operations per step instead of five to seven per parameter array: on one CPU core the PPO
+minibatch step went from about 145 us to about 125 us (benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -716,7 +716,8 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
 def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> list[str]:
     """One line per seed of a vmapped run ([seeds, ...] leaves) that went non-finite: the first update at which a
     metric other than `MAY_BE_NAN` (a loss, a gradient norm, a KL; `diverged_entries`) was NaN or infinite, and
-    whether the final parameters are (`seed_indices` labels the rows, default 0..seeds-1). Empty when every seed stayed finite."""
+    whether the final parameters are (`seed_indices` labels the rows, default 0..seeds-1). Empty when every seed
+    stayed finite."""
     flags = diverged_entries(output.metrics)
     params = [np.asarray(x).reshape(np.shape(x)[0], -1) for x in jax.tree_util.tree_leaves(output.agent.params)]
     finite_params = np.all(np.stack([np.isfinite(x).all(axis=1) for x in params]), axis=0)

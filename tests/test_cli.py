@@ -177,7 +177,7 @@ def test_an_out_directory_holding_a_run_is_refused_unless_overwritten(run_dir, t
     out = tmp_path / "old"
     out.mkdir()
     (out / "checkpoint.npz").write_bytes(b"")
-    with pytest.raises(SystemExit, match="holds an interrupted run's checkpoint: continue it with .* or add --overwrite"):
+    with pytest.raises(SystemExit, match="interrupted run's checkpoint: continue it with .* or add --overwrite"):
         train_cli.main(RUN_FLAGS + ["--out", str(out)])  # without --checkpoint-every too
     (out / "checkpoint.npz").unlink()
     for name in ("metrics.csv", "params.msgpack", "evaluation.csv", "notes.txt"):

@@ -629,7 +629,8 @@ def fitted_q_evaluation(
     """
     if not isinstance(config, FQEConfig):
         raise ValueError(f"fitted_q_evaluation: config must be an FQEConfig; got {type(config).__name__}.")
-    if isinstance(discount, (jax.Array, np.ndarray)) and discount.shape == () and not isinstance(discount, jax.core.Tracer):
+    if isinstance(discount, (jax.Array, np.ndarray)) and discount.shape == () and not isinstance(
+            discount, jax.core.Tracer):
         discount = discount.item()  # a 0-d array, as the tabular estimators accept
     if not _is_number(discount) or not 0.0 < float(discount) < 1.0:
         raise ValueError(f"fitted_q_evaluation: discount must lie in (0, 1); got {discount!r}.")
