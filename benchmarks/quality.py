@@ -68,10 +68,13 @@ def run_one(algo: str, env_id: str, steps: int, seeds: int, seed: int, eval_epis
     run_s = time.perf_counter() - t0
     final = runs.final_returns(out.metrics)
     evaluation = runs.last_evaluation(out.metrics)
-    iqm_low, iqm_high = score_stats.bootstrap_interval(final)
+    # No seed finished an episode in the window: no IQM (score_stats raises), the row still written.
+    finished = bool(np.isfinite(final).any())
+    iqm, (iqm_low, iqm_high) = ((score_stats.iqm(final), score_stats.bootstrap_interval(final)) if finished
+                                else (float("nan"), (float("nan"), float("nan"))))
     return dict(
         algo=algo, env=env_id, seeds=seeds, env_steps=config.num_updates * config.batch_size,
-        **final_stats(final), iqm=score_stats.iqm(final), iqm_low=iqm_low, iqm_high=iqm_high,
+        **final_stats(final), iqm=iqm, iqm_low=iqm_low, iqm_high=iqm_high,
         # NaN when a seed's evaluation is (an episode that never ended), as the training columns' worst.
         eval_median=float(np.median(evaluation)), eval_worst=float(np.min(evaluation)),
         compile_s=round(compile_s, 1), run_s=round(run_s, 1),

@@ -484,3 +484,12 @@ def test_properties_over_random_shapes(num_states, num_actions, dim, discount, c
         assert float(d.min()) > -1e-12
         assert float(v.max()) <= 1.0 / (1.0 - discount) + 1e-8 and float(v.min()) >= -1e-10  # rewards in [0, 1]
         np.testing.assert_allclose(g, g_auto, rtol=1e-7, atol=1e-9)
+
+
+def test_arguments_that_would_be_ignored_are_refused():
+    mdp = T.MDP(*_valid_arrays())
+    with pytest.raises(ValueError, match=r"\['tol'\] apply to method='fixed_point' only"):  # was ignored
+        T.occupancy(mdp, jnp.full((2, 2), 0.5), "solve", tol=1.0)
+    P, R, mu, g = _valid_arrays()
+    with pytest.raises(ValueError, match="MDP.reward must be real; got complex"):  # lost its imaginary part
+        T.MDP(P, R + 1j, mu, g)

@@ -73,6 +73,8 @@ class MDP:
                 arr = jnp.asarray(value)
             except TypeError as err:
                 raise ValueError(f"MDP.{name}: cannot convert {type(value).__name__} to an array ({err}).") from None
+            if jnp.issubdtype(arr.dtype, jnp.complexfloating):  # the cast below would drop the imaginary part
+                raise ValueError(f"MDP.{name} must be real; got {arr.dtype}.")
             if not jnp.issubdtype(arr.dtype, jnp.floating):
                 arr = arr.astype(jnp.result_type(float))
             converted[name] = arr

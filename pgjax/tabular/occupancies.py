@@ -114,6 +114,8 @@ def occupancy(mdp: MDP, pi: Array, method: str = "solve", **kwargs) -> Array:
       d [S], summing to 1.
     """
     if method == "solve":
+        if kwargs:  # they are the fixed point's: silently ignored, a tol would seem to apply
+            raise ValueError(f"occupancy: {sorted(kwargs)} apply to method='fixed_point' only; the solve is exact.")
         return occupancy_solve(mdp, pi)
     if method == "fixed_point":
         return occupancy_fixed_point(mdp, pi, **kwargs)[0]
