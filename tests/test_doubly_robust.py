@@ -119,3 +119,6 @@ def test_shapes_are_checked():
     with pytest.raises(AssertionError):
         DR.doubly_robust_value(jnp.ones(3), jnp.ones(3), jnp.ones(3), jnp.ones(3), jnp.zeros(3, bool), jnp.ones(()),
                                0.9)
+    ones = jnp.ones(3)
+    with pytest.raises(ValueError, match=r"discount must be in \(0, 1\); got 1.0"):  # an inf estimate, 1 / (1 - 1)
+        DR.doubly_robust_value(ones, ones, ones, ones, jnp.zeros(3, bool), ones, 1.0)

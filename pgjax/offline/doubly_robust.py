@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from pgjax.offline.dataset import Dataset
+from pgjax.offline.empirical import check_discount
 from pgjax.offline.neural import DualDICEParams, _take, neural_dualdice_ratio
 
 Array = jax.Array
@@ -58,6 +59,8 @@ def doubly_robust_value(
     """
     chex.assert_equal_shape([ratios, rewards, q_values, next_values, terminals])
     chex.assert_rank(initial_values, 1)
+    if not isinstance(discount, jax.core.Tracer):  # 1 divided by 0: an inf estimate
+        check_discount(discount)
     # where(), not (1 - terminal) *: a NaN or inf V_hat(s') at a terminal step must not leak in.
     bootstrap = jnp.where(terminals, 0.0, discount * next_values)
     corrections = ratios * (rewards + bootstrap - q_values)
