@@ -569,3 +569,13 @@ def test_environment_settings_the_dynamics_cannot_run_with_are_refused(kwargs, m
     """They gave NaN observations (length 0) or overflowed, and evaluations reported plausible returns (2.0)."""
     with pytest.raises(ValueError, match=match):
         envs.make("CartPole-v1", **kwargs)
+
+
+def test_make_with_a_traced_override_inside_jit():
+    # Overrides may be traced (make called inside a compiled function): the compiled first-steps check, which needs
+    # concrete params, is skipped for them rather than failing.
+    @jax.jit
+    def gravity_twice(g):
+        return envs.make("CartPole-v1", gravity=g)[1].gravity * 2
+
+    assert float(gravity_twice(9.8)) == pytest.approx(19.6)

@@ -88,7 +88,8 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
                 f"Params fields that can be overridden: {', '.join(sorted(field_names))}."
             ) from None
     params = override_params(env_id, params, overrides)
-    if overrides:
+    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(overrides))
+    if overrides and not traced:  # traced values (make inside a traced function) cannot be checked
         check_first_steps(env_id, env, params, overrides, constructor_kwargs)
     return env, params
 
