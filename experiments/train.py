@@ -404,9 +404,10 @@ def main(argv=None) -> int:
         if os.path.exists(checkpoint) and not args.overwrite:  # rerunning the command would lose it
             raise SystemExit(f"error: {checkpoint} holds an interrupted run's checkpoint: continue it with "
                              f"`train.py --resume {out}`, or add --overwrite (or choose another --out) to start afresh")
-        if runs.run_files(out) and not args.overwrite:
-            raise SystemExit(f"error: {out} already holds a run ({', '.join(runs.run_files(out))}); choose another "
-                             "--out, or add --overwrite to replace it")
+        found = runs.run_files(out)
+        if found and not args.overwrite:
+            raise SystemExit(f"error: {out} already holds a run ({', '.join(found)}); choose another --out, or add "
+                             "--overwrite to replace it")
     segments = None
     if args.checkpoint_every:
         # What --resume needs: these flags (the run directory fixed, the progress bar left to the resumed command).
@@ -422,15 +423,16 @@ def main(argv=None) -> int:
     keys = runs.seed_keys(args.seed, seed_indices)
     try:  # builds the environment: one whose data cannot be fetched fails here, before anything compiles
         train = make_train(config, progress=progress)
-        if args.grid:
-            runs.grid_lanes(config, runs.grid_cells(args.grid), keys)  # every cell checked before --overwrite clears
+        if args.grid:  # every cell checked (grid_lanes) before --overwrite clears
+            cells = runs.grid_cells(args.grid)
+            grid = (cells, *runs.grid_lanes(config, cells, keys))
     except ValueError as err:
         progress.close()
         raise SystemExit(f"error: {err}") from None
     if args.overwrite and args.resume_from is None and runs.run_files(out):  # the new run is valid: replace the old
         print(f"--overwrite: removed {', '.join(runs.clear_run(out))} from {out}")
     if args.grid:
-        status = run_grid(args, config, train, progress, keys, out, segments)
+        status = run_grid(args, config, train, progress, keys, out, grid, segments)
         _remove_checkpoint(segments)
         return status
     replay = None
@@ -480,11 +482,11 @@ def _eval_actions(config) -> str:
     return "sampled actions" if config.eval_stochastic else "the policy's mode"
 
 
-def run_grid(args, config, train, progress, keys, out, segments: Segments | None = None) -> int:
+def run_grid(args, config, train, progress, keys, out, grid, segments: Segments | None = None) -> int:
     """Every cell of --grid on the same seeds, all lanes in one compiled call (or, with --seed-indices, those seeds
-    of every cell replayed as lanes of the grid's per-device program); prints the per-cell summary."""
-    cells = runs.grid_cells(args.grid)
-    lane_keys, hparams = runs.grid_lanes(config, cells, keys)
+    of every cell replayed as lanes of the grid's per-device program); prints the per-cell summary. `grid`:
+    (cells, lane keys, hparams) of `runs.grid_cells` / `runs.grid_lanes`."""
+    cells, lane_keys, hparams = grid
     num_seeds = keys.shape[0]
     replay = None
     if args.seed_indices is not None:

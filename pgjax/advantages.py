@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pgjax.trajectory import float_dtype
+
 Array = jax.Array
 
 
@@ -33,10 +35,11 @@ def _check(rewards: Array, *others: Array) -> None:
 
 
 def _float(rewards: Array) -> Array:
-    """The rewards in the dtype the estimators compute in: theirs if at least float32 (float64 stays), else float32.
-    gamma and lambda are cast to it: integer rewards made them 0, bfloat16 rounded gamma = 0.999 to 1."""
+    """The rewards in the dtype the estimators compute in (`trajectory.float_dtype`: theirs if at least float32,
+    float32 for bfloat16, the default float for integers). gamma and lambda are cast to it: integer rewards made them
+    0, bfloat16 rounded gamma = 0.999 to 1."""
     rewards = jnp.asarray(rewards)
-    return rewards.astype(jnp.promote_types(rewards.dtype, jnp.float32))
+    return rewards.astype(float_dtype(rewards.dtype))
 
 
 def _flags(terminated: Array, truncated: Array, dtype) -> tuple[Array, Array, Array, Array]:

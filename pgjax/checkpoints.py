@@ -59,6 +59,11 @@ def _storable(value: np.ndarray) -> np.ndarray:
     return value.view(f"u{value.dtype.itemsize}") if value.dtype.kind == "V" else value
 
 
+def _restored(value: np.ndarray, stored: str | None) -> np.ndarray:
+    """An array read back in the dtype the header recorded (`_storable` kept bfloat16 as its bits)."""
+    return value.view(jax.numpy.dtype(stored)) if stored is not None and str(value.dtype) != stored else value
+
+
 def save(path: str, state: Any, metrics: dict[str, Any], next_update: int, wall_time: Any,
          meta: dict[str, Any] | None = None) -> None:
     """Write the checkpoint of a run after its first `next_update` updates (state: any pytree, e.g. a vmapped
@@ -132,10 +137,7 @@ def load(path: str, target: Any) -> Checkpoint:
                          "in this run: another algorithm or config wrote it.")
     leaves = []
     for i, (name, want) in enumerate(zip(names, target_leaves)):
-        value = data[name]
-        stored = header.get("dtypes", [None] * len(names))[i]
-        if stored is not None and str(value.dtype) != stored:  # bfloat16 stored as its bits
-            value = value.view(jax.numpy.dtype(stored))
+        value = _restored(data[name], header.get("dtypes", [None] * len(names))[i])
         if _is_key(want):
             try:  # the target's key implementation (threefry by default; rbg's key data is 4 words)
                 key = jax.random.wrap_key_data(value, impl=getattr(want.dtype, "_impl", None))
@@ -153,9 +155,7 @@ def load(path: str, target: Any) -> Checkpoint:
                              "wrote it).")
         leaves.append(value)
     metrics = {k[len("metrics/"):]: data[k] for k in data if k.startswith("metrics/")}
-    for name, stored in header.get("metric_dtypes", {}).items():  # bfloat16 stored as its bits
-        if name in metrics and str(metrics[name].dtype) != stored:
-            metrics[name] = metrics[name].view(jax.numpy.dtype(stored))
+    metrics = {k: _restored(v, header.get("metric_dtypes", {}).get(k)) for k, v in metrics.items()}
     wall_time = data.get("wall_time")
     next_update = header["next_update"]
     bad = {k: v.shape for k, v in metrics.items() if v.ndim != 2 or v.shape[1] != next_update}

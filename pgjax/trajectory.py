@@ -124,15 +124,18 @@ def policy_log_likelihood(traj: Trajectory, pi: Array) -> Array:
     return jnp.sum(safe_log(pi[traj.states, traj.actions]), axis=-1)
 
 
-def _float(*dtypes: Any) -> Any:
-    """The dtype returns are computed in: at least float32 (bfloat16 rounds 0.999 to 1 and counts only to 256), the
-    default float for integer rewards, float64 when given."""
-    return jnp.promote_types(jnp.result_type(*dtypes, float), jnp.float32)
+def float_dtype(dtype) -> Any:
+    """The dtype to estimate in for data of `dtype`: a floating dtype itself (at least float32: bfloat16 rounds
+    gamma = 0.999 to 1 and counts only to 256), any other (integer, bool) JAX's default float. Never an integer: pi
+    or gamma cast to it would become 0 or 1."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.promote_types(dtype, jnp.float32)
+    return jnp.dtype(jnp.result_type(float))
 
 
 def discounted_return(rewards: Array, discount: Array) -> Array:
     """G_0 = sum_{t=0}^{T-1} gamma^t r_t for rewards [T]; a scalar (rewards [..., T] -> [...]), at least float32."""
-    dtype = _float(rewards.dtype)
+    dtype = float_dtype(rewards.dtype)
     powers = discount ** jnp.arange(rewards.shape[-1], dtype=dtype)
     return jnp.sum(powers * jnp.asarray(rewards, dtype), axis=-1)
 
@@ -149,7 +152,7 @@ def rewards_to_go(rewards: Array, discount: Array) -> Array:
         return g, g
 
     # Floating whatever the rewards' dtype (integer rewards: G is not an integer), and at least float32.
-    dtype = _float(rewards.dtype, discount)
+    dtype = float_dtype(jnp.result_type(rewards.dtype, discount))
     _, g = lax.scan(step, jnp.zeros((), dtype), jnp.asarray(rewards, dtype), reverse=True)
     return g
 

@@ -23,17 +23,7 @@ Array = jax.Array
 
 def observation_statistics(env_state: Any) -> Any:
     """The observation-normaliser statistics inside a (batched) env state, or None."""
-    found = []
-
-    def visit(node):
-        if isinstance(node, envs.NormalizeObservationState):
-            found.append(node.statistics)
-            return
-        if hasattr(node, "__dataclass_fields__"):
-            for name in node.__dataclass_fields__:
-                visit(getattr(node, name))
-
-    visit(env_state)
+    found = envs.running_statistics(env_state)["observation"]
     return found[0] if found else None
 
 

@@ -44,6 +44,7 @@ from pgjax.envs.wrappers import (
     normalize,
     observe,
     with_reward_discount,
+    running_statistics,
     with_running_statistics,
 )
 
@@ -89,5 +90,6 @@ __all__ = [
     "override_params",
     "truncation_bias_bound",
     "with_reward_discount",
+    "running_statistics",
     "with_running_statistics",
 ]

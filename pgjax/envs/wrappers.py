@@ -519,6 +519,24 @@ def with_reward_discount(env: Any, discount: Any) -> Any:
     return out
 
 
+def running_statistics(state: Any) -> dict[str, list[RunningStatistics]]:
+    """The normalisers' statistics held in a (possibly batched) wrapper state, outer to inner as the wrappers nest:
+    {"observation": [each NormalizeObservation's], "return": [each NormalizeReward's]}."""
+    found: dict[str, list[RunningStatistics]] = {"observation": [], "return": []}
+
+    def visit(node):
+        if isinstance(node, NormalizeObservationState):
+            found["observation"].append(node.statistics)
+        elif isinstance(node, NormalizeRewardState):
+            found["return"].append(node.return_statistics)
+        if hasattr(node, "__dataclass_fields__"):
+            for name in node.__dataclass_fields__:
+                visit(getattr(node, name))
+
+    visit(state)
+    return found
+
+
 def with_running_statistics(env: Any, state: Any) -> Any:
     """The wrapper stack `env` with each normaliser (`NormalizeObservation`, `NormalizeReward`) starting from the
     running statistics it holds in `state` (its state of `env`), so that `reset` carries them on instead of
@@ -526,20 +544,8 @@ def with_running_statistics(env: Any, state: Any) -> Any:
     normalising by everything seen so far. Under `VecEnv` the first environment's copy is taken: the training
     loop's normalisers share their statistics over the batch (`axis_name`), so every copy is the same. Copies of
     the wrappers; `env` unchanged. Works on traced states (inside the compiled run)."""
-    nodes = {NormalizeObservationState: [], NormalizeRewardState: []}
-
-    def visit(node):  # outer to inner, as the wrappers nest
-        if isinstance(node, NormalizeObservationState):
-            nodes[NormalizeObservationState].append(node.statistics)
-        elif isinstance(node, NormalizeRewardState):
-            nodes[NormalizeRewardState].append(node.return_statistics)
-        if hasattr(node, "__dataclass_fields__"):
-            for name in node.__dataclass_fields__:
-                visit(getattr(node, name))
-
-    visit(state)
-    found = {NormalizeObservation: iter(nodes[NormalizeObservationState]),
-             NormalizeReward: iter(nodes[NormalizeRewardState])}
+    nodes = running_statistics(state)
+    found = {NormalizeObservation: iter(nodes["observation"]), NormalizeReward: iter(nodes["return"])}
 
     def rebuilt(env: Any, batched: bool) -> Any:
         if not isinstance(env, Wrapper):

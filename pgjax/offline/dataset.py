@@ -28,7 +28,7 @@ import numpy as np
 
 from pgjax.tabular.evaluation import check_policy_table
 from pgjax.tabular.mdp import MDP
-from pgjax.trajectory import safe_log, sample_trajectories
+from pgjax.trajectory import float_dtype, safe_log, sample_trajectories
 
 Array = jax.Array
 
@@ -145,14 +145,6 @@ def validate_dataset(dataset: Dataset) -> None:
             f"Dataset.mask is True after a terminal step (first: episode {i}, step {j + 1}): an episode ends at its "
             "terminal transition. Set mask False on the steps after it (padding), or start a new episode (row)."
         )
-
-
-def float_dtype(dtype) -> np.dtype:
-    """The dtype to estimate in for data of `dtype`: a floating dtype itself (at least float32), any other
-    (integer, bool) JAX's default float. Never an integer: pi or gamma cast to it would become 0 or 1."""
-    if jnp.issubdtype(dtype, jnp.floating):
-        return jnp.promote_types(dtype, jnp.float32)
-    return jnp.dtype(jnp.result_type(float))
 
 
 def validate_tabular_dataset(dataset: Dataset, num_states: int, num_actions: int) -> None:

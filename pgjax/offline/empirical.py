@@ -304,7 +304,9 @@ def pessimistic_value(model: EmpiricalModel, discount) -> Array:
 
 
 def check_discount(discount) -> None:
-    """Raise `ValueError` unless 0 < gamma < 1 (host-side: `discount` must be concrete)."""
+    """Raise `ValueError` unless 0 < gamma < 1 (host-side: `discount` must be concrete: a number or a 0-d array)."""
+    if isinstance(discount, (str, bytes, bool, np.bool_)):
+        raise ValueError(f"discount must be a number in (0, 1); got {discount!r}.")
     if np.size(discount) != 1:
         raise ValueError(f"discount must be one number in (0, 1); got an array of shape {np.shape(discount)}.")
     d = float(np.asarray(discount).reshape(()))

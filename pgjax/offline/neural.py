@@ -51,6 +51,7 @@ from jax import lax
 
 from pgjax.nets import ACTIVATIONS, MLP
 from pgjax.offline.dataset import Dataset, Transitions, valid_transitions, validate_dataset
+from pgjax.offline.empirical import check_discount
 
 Array = jax.Array
 ProbsFn = Callable[[Array], Array]
@@ -629,11 +630,7 @@ def fitted_q_evaluation(
     """
     if not isinstance(config, FQEConfig):
         raise ValueError(f"fitted_q_evaluation: config must be an FQEConfig; got {type(config).__name__}.")
-    if isinstance(discount, (jax.Array, np.ndarray)) and discount.shape == () and not isinstance(
-            discount, jax.core.Tracer):
-        discount = discount.item()  # a 0-d array, as the tabular estimators accept
-    if not _is_number(discount) or not 0.0 < float(discount) < 1.0:
-        raise ValueError(f"fitted_q_evaluation: discount must lie in (0, 1); got {discount!r}.")
+    check_discount(discount)  # a number or a 0-d array, as the tabular estimators take
     data, next_probs, num_valid, initial, num_actions = _prepare("fitted_q_evaluation", dataset, config.batch_size,
                                                                   target_probs_fn)
     params, info = _train_fqe(key, data, next_probs, num_valid, initial, float(discount), target_probs_fn,
