@@ -43,7 +43,7 @@ def report(path: str, lowest: int = 6) -> None:
           f"entropy over the last {TAIL_UPDATES} updates: median {np.median(tail_entropy):.3f}, "
           f"99th percentile {np.percentile(tail_entropy, 99):.3f}")
     print("seed  final eval  first update >= 475  tail train return  tail entropy  entropy rank")
-    for i in np.argsort(finals)[:lowest]:
+    for i in np.argsort(np.nan_to_num(finals, nan=-np.inf))[:lowest]:  # a NaN evaluation is the lowest, not the last
         reached = np.flatnonzero(np.nan_to_num(curves[i]) >= SOLVED)
         first = str(reached[0]) if reached.size else "never"
         rank = int(np.sum(tail_entropy > tail_entropy[i]))
@@ -121,7 +121,7 @@ def main() -> None:
         parts["finals"].append(np.nanmean(returns, axis=1))
         finals = np.concatenate(parts["finals"])
         print(f"{finals.size} seeds, {time.time() - t0:.0f} s: {np.sum(finals >= SOLVED)}/{finals.size} >= {SOLVED:.0f}, "
-              f"lowest {[round(float(x), 1) for x in np.sort(finals)[:4]]}", flush=True)
+              f"lowest {[round(float(x), 1) for x in np.sort(np.nan_to_num(finals, nan=-np.inf))[:4]]}", flush=True)
         np.savez(a.out, override=np.array(json.dumps(override)), **{k: np.concatenate(v) for k, v in parts.items()})
     print(f"saved {a.out}")
     report(a.out)

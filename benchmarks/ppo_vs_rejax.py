@@ -462,7 +462,7 @@ def main() -> None:
         if r["impl"].startswith("pgjax"):
             ceiling = by.get(("gymnax-ceiling", r["seeds"]))
             if ceiling:
-                say(f"pgjax at {r['seeds']} seed(s) runs at {r['env_steps_per_s'] / ceiling['env_steps_per_s']:.1%} of the raw gymnax stepping rate")
+                say(f"{r['impl']} at {r['seeds']} seed(s) runs at {r['env_steps_per_s'] / ceiling['env_steps_per_s']:.1%} of the raw gymnax stepping rate")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

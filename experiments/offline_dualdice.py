@@ -156,12 +156,14 @@ def run(args) -> list[dict]:
         true_w = np.asarray(off.exact_ratio(mdp, target, d_data), np.float64)
         keys = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), n), args.seeds)
         start = time.perf_counter()
-        if n not in estimators:
+        compiles = n not in estimators  # the first behaviour policy of each size pays for compiling
+        if compiles:
             estimators[n] = make_estimator(mdp, features, theta, n, args.horizon)
         values, w, grads, mass = jax.block_until_ready(estimators[n](keys, behaviour))
         seconds = time.perf_counter() - start
         truth = (1 - gamma) * exact_j
-        point = {"alpha": alpha, "num_trajectories": n, "transitions": n * args.horizon, "seconds": round(seconds, 2)}
+        point = {"alpha": alpha, "num_trajectories": n, "transitions": n * args.horizon, "seconds": round(seconds, 2),
+                 "includes_compile": compiles}
         for method in VALUE_METHODS:
             est = (1 - gamma) * np.asarray(values[method], np.float64)
             for seed, e in enumerate(est):

@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--discount", type=float, default=0.9)
     p.add_argument("--num-mdps", type=int, default=256, help="MDPs in the theorem check (one vmapped call)")
     p.add_argument("--num-estimates", type=int, default=500, help="independent estimates per point")
-    p.add_argument("--max-trajectories", type=int, default=64, help="largest trajectories-per-estimate (powers of 2)")
+    p.add_argument("--max-trajectories", type=int, default=64, help="largest trajectories-per-estimate, a power of 2 (the lab runs 1, 2, 4, ..., this)")
     p.add_argument("--truncation", type=int, default=10, help="horizon of the truncated estimator")
     p.add_argument("--out", default="runs/estimator_lab")
     p.add_argument("--no-progress", action="store_true")
@@ -45,6 +45,8 @@ def parse_args(argv=None):
     for name in ("num_states", "num_actions", "num_mdps", "num_estimates", "max_trajectories", "truncation"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.max_trajectories & (args.max_trajectories - 1):  # the lab doubles N: another value was rounded down
+        p.error(f"--max-trajectories must be a power of 2 (1, 2, 4, ...); got {args.max_trajectories}")
     if not 0.0 < args.discount < 1.0:
         p.error(f"--discount must lie in (0, 1); got {args.discount}")
     if args.num_actions < 2:  # one action: every gradient is 0 and the relative error 0 / 0
@@ -118,7 +120,7 @@ def estimator_lab(args) -> list[dict]:
                     bias_norm=float(stats.bias_norm),
                     max_abs_bias_z=float(jnp.max(jnp.abs(stats.bias_z))),
                     total_variance=float(stats.total_variance),
-                    seconds=seconds,
+                    curve_seconds=seconds,  # one compiled call measures every N: the whole curve's time
                 )
             )
     return rows

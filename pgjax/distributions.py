@@ -91,10 +91,14 @@ class Categorical(NamedTuple):
         return jnp.argmax(self.logits + noise, axis=-1).astype(jnp.int32)
 
     def log_prob(self, action: Array) -> Array:
-        """log pi(a) for integer actions [...]; returns [...]."""
+        """log pi(a) for integer actions [...]; returns [...]; NaN for an action outside [0, K).
+
+        (An index of -1, a common padding value, would otherwise wrap to the last action's log-probability.)
+        """
         chex.assert_shape(action, self.logits.shape[:-1])
-        index = jnp.expand_dims(action.astype(jnp.int32), -1)
-        return jnp.take_along_axis(self.log_probs, index, axis=-1)[..., 0]
+        action = action.astype(jnp.int32)
+        log_p = jnp.take_along_axis(self.log_probs, jnp.expand_dims(action, -1), axis=-1)[..., 0]
+        return jnp.where((action >= 0) & (action < self.logits.shape[-1]), log_p, jnp.nan)
 
     def entropy(self) -> Array:
         """H(pi) = -sum_a pi(a) log pi(a), shape [...]."""

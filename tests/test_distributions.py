@@ -64,6 +64,10 @@ def test_categorical_log_prob_entropy_mode(categoricals):
     # A masked (-inf) action has probability 0, and the entropy stays finite.
     masked = Categorical(jnp.array([0.0, -jnp.inf, 0.0]))
     assert float(masked.entropy()) == pytest.approx(math.log(2))
+    # Actions outside [0, K) have no log-probability: NaN, not the last action's (-1) or a clamped one's.
+    out_of_range = np.asarray(p.log_prob(jnp.array([-1, 4, 2])))
+    assert np.isnan(out_of_range[:2]).all()
+    assert out_of_range[2] == pytest.approx(math.log(probs[2, 2]), rel=1e-12)
 
 
 def test_masked_actions_leave_entropy_and_kl_gradients_finite(x64):

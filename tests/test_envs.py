@@ -351,6 +351,18 @@ def test_merge_statistics_is_exact_for_any_split():
     assert int(merged.count) == 23
 
 
+def test_merge_statistics_count_saturates_instead_of_wrapping():
+    """Past int32's largest count the count stops there; the merged mean is still the weighted mean (float64)."""
+    n_a, n_b = 2**31 - 10, 100
+    a = envs.RunningStatistics(jnp.zeros(2), jnp.ones(2), jnp.asarray(n_a, jnp.int32))
+    b = envs.RunningStatistics(jnp.full(2, 1e6), jnp.ones(2), jnp.asarray(n_b, jnp.int32))
+    merged = envs.merge_statistics(a, b)
+    assert int(merged.count) == 2**31 - 1  # wrapped: -2147483558, and the next merge's weight n_b / n negative
+    np.testing.assert_allclose(merged.mean, 1e6 * n_b / (n_a + n_b), rtol=1e-5)
+    again = envs.merge_statistics(merged, b)
+    assert int(again.count) == 2**31 - 1 and np.all(np.asarray(again.mean) > np.asarray(merged.mean))
+
+
 def test_clip_action_clips_to_box_bounds():
     base, params = envs.make("MountainCarContinuous-v0")
     env = ClipAction(base)
