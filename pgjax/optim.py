@@ -53,7 +53,7 @@ def clipped_adam(
     schedule_offset: int | Array = 0,
     b1: float = 0.9,
     b2: float = 0.999,
-    eps: float = 1e-5,
+    eps: float | Array = 1e-5,
 ) -> optax.GradientTransformation:
     """Global-norm clipping then Adam, with the step size annealed linearly over `anneal_steps` steps.
 
@@ -64,7 +64,7 @@ def clipped_adam(
     steps taken: an update whose steps stopped early (PPO's target_kl) keeps the schedule on the run's
     progress by passing the steps it skipped.
 
-    `learning_rate` and `max_grad_norm` may be traced (vmapped hyperparameters). Works on any pytree; on
+    `learning_rate`, `max_grad_norm` and `eps` may be traced (vmapped hyperparameters). Works on any pytree; on
     one flat vector (`ravel_params`) every step is a few fused operations.
 
     Returns:

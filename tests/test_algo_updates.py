@@ -117,7 +117,8 @@ def test_split_actor_critic_is_two_separately_clipped_adams():
     parts = {"actor": ppo.ppo_policy_loss, "critic": ppo.ppo_value_loss}
     for name, part_loss in parts.items():
         tower = agent.params["params"][name]
-        tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate, eps=1e-5))
+        tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                         optax.adam(config.learning_rate, eps=config.adam_eps))
         state = tx.init(tower)
 
         @jax.jit  # one compile per network instead of op-by-op dispatch (7 s -> ~2 s)

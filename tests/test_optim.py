@@ -122,17 +122,33 @@ def test_anneal_to_a_floor_equals_optax_linear_schedule():
 
 
 def test_traced_hyperparameters_vmap():
-    """learning_rate and max_grad_norm may be vmapped: each batch entry equals its own unbatched run."""
-    g = jnp.array([3.0, -4.0])  # norm 5
+    """learning_rate, max_grad_norm and eps may be vmapped: each batch entry equals its own unbatched run and
+    optax's chain with the same numbers (a gradient of 1e-6 per entry, so that eps 1e-8 and 1e-5 differ 11-fold)."""
+    g = jnp.array([3.0, -4.0]) * 2e-7  # norm 1e-6
 
-    def one(lr, clip):
-        tx = optim.clipped_adam(lr, clip, 10)
+    def one(lr, clip, eps):
+        tx = optim.clipped_adam(lr, clip, 10, eps=eps)
         return tx.update(g, tx.init(g), g)[0]
 
-    lrs, clips = jnp.array([1e-2, 1e-3]), jnp.array([1.0, 10.0])
-    batched = jax.vmap(one)(lrs, clips)
-    for i in range(2):
-        np.testing.assert_allclose(batched[i], one(lrs[i], clips[i]), rtol=1e-6)
+    lrs, clips, epss = jnp.array([1e-2, 1e-3, 1e-2]), jnp.array([1.0, 10.0, 1.0]), jnp.array([1e-5, 1e-5, 1e-8])
+    batched = jax.vmap(one)(lrs, clips, epss)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], one(lrs[i], clips[i], epss[i]), rtol=1e-6)
+        ref = _optax_reference(float(lrs[i]), float(clips[i]), 10, eps=float(epss[i]))
+        np.testing.assert_allclose(batched[i], ref.update(g, ref.init(g))[0], rtol=1e-5)
+    assert float(jnp.abs(batched[2] / batched[0]).min()) > 10.0  # eps reached the step
+
+
+def test_config_adam_eps_reaches_the_optimiser():
+    """OnPolicyConfig.adam_eps (a vmappable hyperparameter) is the Adam epsilon of every algorithm's optimiser."""
+    g = {"w": jnp.full((3,), 1e-6)}
+    for eps in (1e-5, 1e-8):
+        config = ppo.PPOConfig(adam_eps=eps, anneal_lr=False)
+        tx = common.optimizer(config, config.hyperparams())
+        ref = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.learning_rate, eps=eps))
+        np.testing.assert_allclose(tx.update(g, tx.init(g))[0]["w"], ref.update(g, ref.init(g))[0]["w"], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"PPOConfig.adam_eps must be a positive number; got 0.0"):
+        ppo.PPOConfig(adam_eps=0.0)
 
 
 def test_flat_gradient_step_equals_a_pytree_step():

@@ -66,6 +66,7 @@ class OnPolicyConfig:
       anneal_lr: decay the step size linearly over the run.
       final_lr_fraction: where the anneal ends, as a fraction of learning_rate (0: at zero).
       max_grad_norm: global-norm gradient clip before Adam.
+      adam_eps: Adam's epsilon, added to sqrt(v) in the step's denominator (1e-5 as CleanRL's PPO; optax 1e-8).
       discount: gamma in (0, 1].
       gae_lambda: GAE's lambda in [0, 1] (1: Monte Carlo returns minus values).
       reward_scale: multiplies the rewards learned from, never the reported returns.
@@ -149,6 +150,7 @@ class OnPolicyConfig:
     anneal_lr: bool = True
     final_lr_fraction: float = 0.0
     max_grad_norm: float = 0.5
+    adam_eps: float = 1e-5
     discount: float = 0.99
     gae_lambda: float = 0.95
     reward_scale: float = 1.0
@@ -165,7 +167,8 @@ class OnPolicyConfig:
     eval_episodes: int = 10
     eval_stochastic: bool = False
 
-    HYPERPARAMS = ("learning_rate", "final_lr_fraction", "max_grad_norm", "discount", "gae_lambda", "reward_scale")
+    HYPERPARAMS = ("learning_rate", "final_lr_fraction", "max_grad_norm", "adam_eps", "discount", "gae_lambda",
+                   "reward_scale")
 
     def __post_init__(self):
         # Lists from JSON or the CLI become tuples, so configs stay hashable (static under jit).
@@ -208,6 +211,7 @@ class OnPolicyConfig:
             )
         _positive(name, "learning_rate", self.learning_rate)
         _positive(name, "max_grad_norm", self.max_grad_norm)
+        _positive(name, "adam_eps", self.adam_eps)
         _positive(name, "reward_scale", self.reward_scale)
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ValueError(
@@ -720,7 +724,7 @@ def optimizer(
     """
     steps = config.num_updates * steps_per_update if config.anneal_lr else None
     return optim.clipped_adam(hp["learning_rate"], hp["max_grad_norm"], steps, final_fraction=hp["final_lr_fraction"],
-                              schedule_offset=schedule_offset)
+                              schedule_offset=schedule_offset, eps=hp["adam_eps"])
 
 
 def update_learning_rate(config: OnPolicyConfig, hp: HParams, update_idx: Array) -> Array:
