@@ -140,10 +140,18 @@ def main(argv=None) -> int:
     p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
                    help="evaluate on a variant of the environment: this keyword replaces the run's (repeatable; e.g. "
                         "length=1.0 for CartPole's pole); the value is read as JSON, else as text")
+    p.add_argument("--env-module", action="append", default=[], metavar="MODULE",
+                   help="import this module (dotted name or .py path) first, for a run on an environment it "
+                        "registers (pgjax.envs.register; config.json's env_source names it)")
     p.add_argument("--env-sweep", default=None, metavar="KEY=V1,V2,...",
                    help="evaluate on each value of this environment keyword in turn (a robustness curve): writes "
                         "evaluation_sweep_KEY.csv, robustness_KEY.csv and robustness_KEY.png")
     args = p.parse_args(argv)
+    for module in args.env_module:  # a run on a registered environment: its module registers it again
+        try:
+            envs.import_env_module(module)
+        except ValueError as err:
+            p.error(str(err))
     if args.episodes < 1:
         p.error(f"--episodes must be >= 1; got {args.episodes}")
     try:

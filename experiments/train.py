@@ -153,6 +153,9 @@ def build_parser(algo: str, env_id: str | None = None) -> argparse.ArgumentParse
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", default="ppo", choices=sorted(algos.ALGORITHMS))
     p.add_argument("--env", dest="env_id", default=None, help="environment id (config field env_id)")
+    p.add_argument("--env-module", action="append", default=[], metavar="MODULE",
+                   help="import this module (dotted name or .py path) first: it registers your own environments "
+                        "with pgjax.envs.register (repeatable; e.g. experiments/custom_env.py for Corridor-v0)")
     p.add_argument("--num-seeds", type=int, default=8, help="seeds trained at once with jax.vmap")
     p.add_argument("--seed", type=int, default=0, help="base seed; seed i uses jax.random.fold_in(key(seed), i)")
     p.add_argument("--seed-indices", type=int, nargs="+", default=None, metavar="I",
@@ -216,7 +219,13 @@ def parse_args(argv=None):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--algo", default="ppo")
     pre.add_argument("--env", default=None)
+    pre.add_argument("--env-module", action="append", default=[])
     known, _ = pre.parse_known_args(argv)
+    for module in known.env_module:  # registers its environments before --env is checked
+        try:
+            envs.import_env_module(module)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
     if known.algo not in algos.ALGORITHMS:
         raise SystemExit(f"--algo must be one of {sorted(algos.ALGORITHMS)}; got {known.algo!r}")
     parser = build_parser(known.algo, known.env)

@@ -255,6 +255,7 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
     in config.json so that it can be checked against the sweep's own)."""
     os.makedirs(out_dir, exist_ok=True)
     num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0])
+    source = envs.registered_source(config.env_id)
     meta = {
         "algo": algo,
         "num_seeds": num_seeds,
@@ -264,6 +265,8 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
         "devices": _devices(output),
         "scan_unroll": config.scan_unroll,  # the unroll factor in use (config "unroll": 0 picks it per backend)
         **({} if replay is None else {"replay": replay}),
+        # A registered environment's module: a reader must import it (evaluate.py --env-module) to rebuild the env.
+        **({} if source is None else {"env_source": source}),
         "config": config.to_dict(),
         "versions": {"jax": jax.__version__, "pgjax": _pgjax_version()},
     }
@@ -354,6 +357,11 @@ def load_run(run_dir: str) -> tuple[str, common.OnPolicyConfig, dict, Any]:
                          f"expected; got a {type(meta).__name__}).")
     try:
         config_cls, _ = get(meta["algo"])
+        env_id = meta["config"].get("env_id") if isinstance(meta["config"], dict) else None
+        if "env_source" in meta and env_id not in envs.env_ids():
+            raise ValueError(f"{config_path}: the run trained on {env_id!r}, an environment registered by "
+                             f"{meta['env_source']}: import that module first (pgjax.envs.import_env_module, or "
+                             f"evaluate.py --env-module {meta['env_source']}).")
         config = config_cls(**meta["config"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"{config_path}: malformed run config ({err}).") from None
@@ -389,7 +397,8 @@ def evaluate(
     """
     if num_episodes < 1:
         raise ValueError(f"evaluate: num_episodes must be >= 1; got {num_episodes}.")
-    program = _evaluation_program(_evaluation_config(config), int(num_episodes), bool(deterministic))
+    program = _evaluation_program(_evaluation_config(config), int(num_episodes), bool(deterministic),
+                                  envs.registrations())
     return program(key, params, obs_statistics)
 
 
@@ -445,7 +454,8 @@ def parse_env_kwargs(specs: list[str]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=16)
-def _evaluation_program(config: common.OnPolicyConfig, num_episodes: int, deterministic: bool):
+def _evaluation_program(config: common.OnPolicyConfig, num_episodes: int, deterministic: bool, registrations: int):
+    del registrations  # only a cache key: an id registered again (envs.register) compiles anew
     env, env_params = envs.make(config.env_id, **dict(config.env_kwargs))
     discrete, action_dim = envs.is_discrete(env, env_params), envs.action_dim(env, env_params)
     spec = common.EnvSpec(None, None, discrete, action_dim, 0)

@@ -953,6 +953,10 @@ def make_on_policy_train(
     static; first_update may be traced, so equal-length segments share one compile; `train.config` is the config).
     Segments of any lengths in turn compute train(key)'s run: `pgjax.runs.train_in_segments` (and
     `experiments/train.py --checkpoint-every`) saves the `RunState` between them.
+
+    `spec` (default `make_env(config)`) must be the config's own environment: in-run evaluation, `runs.evaluate`
+    and saved runs rebuild it from `config.env_id`. To train on your own environment, register it under an id
+    (`pgjax.envs.register`, experiments/custom_env.py) and name that id in the config.
     """
     spec = make_env(config) if spec is None else spec
     if config.restarts_episodes:

@@ -6,12 +6,26 @@
     obs, state = env.reset(key, params)
     obs, state, reward, terminated, truncated, info = env.step(key, state, action, params)
 
+Your own gymnax-style environment joins them under an id: `register("Corridor-v0", Corridor)`.
+
 `terminated` means a true terminal state (do not bootstrap); `truncated` means a time
 limit (bootstrap from V(info["final_observation"]), the observation before auto-reset).
 """
 
 from pgjax.envs.randomization import ObserveParams, RandomizedParams, RandomizedParamsState
-from pgjax.envs.registry import TABULAR_PREFIX, check_param_value, env_ids, make, numeric_fields, override_params
+from pgjax.envs.registry import (
+    TABULAR_PREFIX,
+    check_interface,
+    check_param_value,
+    env_ids,
+    import_env_module,
+    make,
+    numeric_fields,
+    override_params,
+    register,
+    registered_source,
+    registrations,
+)
 from pgjax.envs.spaces import action_bounds, action_dim, is_discrete, observation_size
 from pgjax.envs.tabular_env import (
     TabularEnv,
@@ -75,9 +89,11 @@ __all__ = [
     "batch_reset",
     "batch_statistics",
     "batch_step",
+    "check_interface",
     "check_param_value",
     "default_horizon",
     "env_ids",
+    "import_env_module",
     "finished_episode_mean",
     "init_statistics",
     "is_discrete",
@@ -88,6 +104,9 @@ __all__ = [
     "observe",
     "observation_size",
     "override_params",
+    "register",
+    "registered_source",
+    "registrations",
     "truncation_bias_bound",
     "with_reward_discount",
     "running_statistics",

@@ -100,8 +100,9 @@ class RandomizedParams(_InnerEnvironment):
       env_id: its id, for the derived fields of `envs.override_params`.
       ranges: {field: (low, high)} or {field: (low, high, "log")}, numeric scalar fields of the params with finite
         low <= high (0 < low for "log"). Each episode draws u ~ U[low, high), or u = exp(v), v ~ U[log low, log high),
-        for "log": float fields get u, int fields (e.g. max_steps_in_episode) floor(u), so the integers from
-        floor(low) to ceil(high) - 1 (high itself only when low == high).
+        for "log": float fields get u (float32 rounding can return high itself, as `jax.random.uniform` can),
+        int fields (e.g. max_steps_in_episode) floor(u), so the integers from floor(low) to ceil(high) - 1 (high
+        itself only when low == high).
 
     The params passed to `reset` / `step` give the other fields (e.g. a grid lane's `env.<field>` values).
 

@@ -31,8 +31,191 @@ _TABULAR_BUILDERS: dict[str, Callable[..., MDP]] = {
 
 
 def env_ids() -> list[str]:
-    """Every id `make` accepts: gymnax's registered ids and "tabular:<name>"."""
-    return list(gymnax.registered_envs) + [TABULAR_PREFIX + name for name in _TABULAR_BUILDERS]
+    """Every id `make` accepts: gymnax's registered ids, "tabular:<name>" and the ids given to `register`."""
+    return list(gymnax.registered_envs) + [TABULAR_PREFIX + name for name in _TABULAR_BUILDERS] + list(_REGISTERED)
+
+
+# ---------------------------------------------------------------------------
+# Your own environments.
+# ---------------------------------------------------------------------------
+
+_REGISTERED: dict[str, Callable[..., Any]] = {}
+_SOURCES: dict[str, str | None] = {}
+_REGISTRATIONS = [0]  # bumped by every register: caches of compiled programs keyed by an id include it
+
+
+def register(env_id: str, make_fn: Callable[..., Any], *, overwrite: bool = False) -> None:
+    """Make `env_id` an id of `make`, and so of every config's `env_id`, `train.py --env`, in-run evaluation,
+    `runs.load_run` and `runs.evaluate` (in this process: register before building configs or loading runs).
+
+        class Corridor(gymnax.environments.environment.Environment): ...      # gymnax 1.x reset / step
+        envs.register("Corridor-v0", lambda **kw: Corridor(**kw))             # or -> (env, params)
+        config = PPOConfig(env_id="Corridor-v0", env_kwargs={"length": 8})  # keywords reach make_fn
+
+    `make_fn(**constructor_keywords)` returns a gymnax-style environment (its `default_params` are used) or an
+    (env, params) pair, and `make_fn()` the default one; as for gymnax ids, a keyword of `make` that names a
+    params field overrides that field instead. The environment must follow gymnax 1.x: `reset(key, params) ->
+    (obs, state)`, `step(key, state, action, params) -> (obs, state, reward, terminated, truncated, info)`
+    auto-resetting, `observation_space` / `action_space` (`gymnax.environments.spaces` Discrete or Box) and
+    numeric observations of the space's shape.
+    The first `make` of each id and keywords checks that (`check_interface`) and that a reset and 3 random steps
+    are finite, with a ValueError naming what is wrong.
+
+    Args:
+      env_id: a new id (not a gymnax id, not "tabular:..."), e.g. "Corridor-v0".
+      make_fn: the constructor, called by every `make(env_id, **kwargs)`.
+      overwrite: replace an id registered before (compiled programs built from the old one keep it).
+    """
+    if not isinstance(env_id, str) or not env_id or env_id.startswith(TABULAR_PREFIX) or \
+            env_id in gymnax.registered_envs:
+        raise ValueError(f"register: env_id must be a new, non-empty string, not a gymnax id or one starting with "
+                         f"{TABULAR_PREFIX!r}; got {env_id!r}.")
+    if not callable(make_fn):
+        raise ValueError(f"register({env_id!r}): make_fn must be callable (e.g. the environment's class); got "
+                         f"{make_fn!r}.")
+    if env_id in _REGISTERED and not overwrite and _REGISTERED[env_id] is not make_fn:
+        raise ValueError(f"register: {env_id!r} is registered already (by {_REGISTERED[env_id]!r}); pass "
+                         "overwrite=True to replace it, or choose another id.")
+    _REGISTERED[env_id] = make_fn
+    _SOURCES[env_id] = _source_file(make_fn)
+    _REGISTRATIONS[0] += 1
+    for cache_key in [k for k in _FIRST_STEPS if k[0] == env_id]:  # re-registered: check the new one
+        del _FIRST_STEPS[cache_key]
+    _INTERFACE_CHECKED.difference_update({k for k in _INTERFACE_CHECKED if k[0] == env_id})
+
+
+def registered_source(env_id: str) -> str | None:
+    """The file that defines a registered id's `make_fn` (None for a gymnax or tabular id, or when unknown, e.g.
+    a function typed into a notebook): `runs.save_run` records it, so that a run's reader knows what to import."""
+    return _SOURCES.get(env_id)
+
+
+def _source_file(make_fn: Callable[..., Any]) -> str | None:
+    import inspect as _inspect
+    import os
+
+    try:
+        path = _inspect.getsourcefile(make_fn)
+    except TypeError:  # a builtin or a callable instance
+        path = _inspect.getsourcefile(type(make_fn)) if not _inspect.isbuiltin(make_fn) else None
+    return os.path.abspath(path) if path and os.path.isfile(path) else None
+
+
+def registrations() -> int:
+    """How many times `register` has run in this process (a cache key for programs compiled from an id)."""
+    return _REGISTRATIONS[0]
+
+
+def import_env_module(name: str) -> None:
+    """Import a module, by dotted name ("my_envs") or path ("experiments/my_envs.py"), that calls `register` when
+    imported: how `train.py --env-module` and `evaluate.py --env-module` learn of your environments."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+
+    try:
+        if name.endswith(".py"):
+            if not os.path.isfile(name):
+                raise ValueError(f"--env-module {name!r}: no such file.")
+            module_name = os.path.splitext(os.path.basename(name))[0]  # importable by that name afterwards
+            loaded = sys.modules.get(module_name)
+            if loaded is not None and os.path.abspath(getattr(loaded, "__file__", "") or "") == os.path.abspath(name):
+                return  # imported already: registered already
+            spec = importlib.util.spec_from_file_location(module_name, name)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module  # dataclasses (flax.struct) look their module up while it executes
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+        else:
+            importlib.import_module(name)
+    except ImportError as err:
+        raise ValueError(f"--env-module {name!r} could not be imported ({err}); give a module on the path or a "
+                         ".py file.") from err
+
+
+_INTERFACE_CHECKED: set[tuple[str, str]] = set()
+
+
+def _make_registered(env_id: str, kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    """(env, params, overrides, constructor keywords) of a registered id."""
+    make_fn = _REGISTERED[env_id]
+    env = make_fn()
+    env, params = env if isinstance(env, tuple) else (env, getattr(env, "default_params", None))
+    field_names = {f.name for f in dataclasses.fields(params)} if dataclasses.is_dataclass(params) else set()
+    overrides = {k: v for k, v in kwargs.items() if k in field_names}
+    constructor_kwargs = {k: v for k, v in kwargs.items() if k not in field_names}
+    if constructor_kwargs:
+        try:
+            env = make_fn(**constructor_kwargs)
+        except TypeError as err:
+            raise ValueError(f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
+                             f"Params fields that can be overridden: {', '.join(sorted(field_names))}.") from None
+        env, params = env if isinstance(env, tuple) else (env, getattr(env, "default_params", None))
+    cache_key = (env_id, repr(constructor_kwargs))
+    if cache_key not in _INTERFACE_CHECKED:
+        check_interface(env_id, env, params)
+        check_first_steps(env_id, env, params, {}, constructor_kwargs)
+        _INTERFACE_CHECKED.add(cache_key)
+    return env, params, overrides, constructor_kwargs
+
+
+def check_interface(env_id: str, env: Any, params: Any) -> None:
+    """ValueError naming the part of the gymnax 1.x interface that `env` (with `params`) does not follow: params a
+    dataclass (`flax.struct`), Discrete or Box spaces, reset -> (obs, state), step -> 6 values, numeric
+    observations shaped like `observation_space`, scalar reward, terminated and truncated. Traced abstractly
+    (`jax.eval_shape`): nothing is compiled or run."""
+    from gymnax.environments import spaces as gymnax_spaces
+
+    where = f"environment {env_id!r} ({type(env).__name__})"
+    if not dataclasses.is_dataclass(params):
+        raise ValueError(f"{where}: its params must be a dataclass (flax.struct.dataclass, as gymnax's "
+                         f"EnvParams); got {type(params).__name__}. Return (env, params) from make_fn or give the "
+                         "environment a default_params property.")
+    for method in ("reset", "step", "observation_space", "action_space"):
+        if not callable(getattr(env, method, None)):
+            raise ValueError(f"{where}: has no {method} method; subclass gymnax.environments.environment."
+                             "Environment (gymnax 1.x).")
+    action_space = env.action_space(params)
+    if not isinstance(action_space, (gymnax_spaces.Discrete, gymnax_spaces.Box)):
+        raise ValueError(f"{where}: action_space must be a gymnax Discrete or Box; got {type(action_space).__name__}.")
+    obs_space = env.observation_space(params)
+    key = jax.random.key(0)
+    try:
+        reset = jax.eval_shape(env.reset, key, params)
+    except Exception as err:  # noqa: BLE001 - any failure here is the environment's, reported as such
+        raise ValueError(f"{where}: reset(key, params) failed: {type(err).__name__}: {err}") from err
+    if not (isinstance(reset, tuple) and len(reset) == 2):
+        raise ValueError(f"{where}: reset(key, params) must return (obs, state); got {_describe(reset)}.")
+    obs, state = reset
+    action = jax.eval_shape(lambda k: action_space.sample(k), key)
+    try:
+        out = jax.eval_shape(env.step, key, state, action, params)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{where}: step(key, state, action, params) failed on a sampled action: "
+                         f"{type(err).__name__}: {err}") from err
+    if not (isinstance(out, tuple) and len(out) == 6):
+        raise ValueError(f"{where}: step must return gymnax 1.x's (obs, state, reward, terminated, truncated, info); "
+                         f"got {_describe(out)} (gymnax 0.0.x returned 5: (obs, state, reward, done, info)).")
+    for name, value in (("reset", obs), ("step", out[0])):
+        if not (hasattr(value, "shape") and jnp.issubdtype(value.dtype, jnp.number)):
+            raise ValueError(f"{where}: {name}'s observation must be one numeric array; got {_describe(value)}.")
+        if tuple(value.shape) != tuple(obs_space.shape):
+            raise ValueError(f"{where}: {name}'s observation has shape {tuple(value.shape)}, but observation_space "
+                             f"says {tuple(obs_space.shape)}; make them agree.")
+    for name, value in zip(("reward", "terminated", "truncated"), out[2:5]):
+        if getattr(value, "shape", None) != ():
+            raise ValueError(f"{where}: step's {name} must be a scalar (shape ()); got {_describe(value)}.")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, tuple):
+        return f"a {len(value)}-tuple"
+    shape = getattr(value, "shape", None)
+    return f"shape {tuple(shape)} {value.dtype}" if shape is not None else type(value).__name__
 
 
 def _unknown(env_id: str, valid: list[str]) -> ValueError:
@@ -42,7 +225,7 @@ def _unknown(env_id: str, valid: list[str]) -> ValueError:
     examples += [TABULAR_PREFIX + name for name in _TABULAR_BUILDERS]
     return ValueError(
         f"Unknown environment id {env_id!r}.{hint} Valid ids include {', '.join(examples)}; "
-        "see pgjax.envs.env_ids() for all of them."
+        "see pgjax.envs.env_ids() for all of them; pgjax.envs.register adds your own."
     )
 
 
@@ -54,9 +237,9 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
     """Build an environment and its default params from an id.
 
     Args:
-      env_id: any gymnax id (e.g. "CartPole-v1", "Pendulum-v1"; see `env_ids()`) or
+      env_id: any gymnax id (e.g. "CartPole-v1", "Pendulum-v1"; see `env_ids()`),
         "tabular:chain", "tabular:gridworld", "tabular:random" (a `TabularEnv` over
-        `pgjax.tabular.chain_mdp`, `gridworld_mdp` or `random_mdp`).
+        `pgjax.tabular.chain_mdp`, `gridworld_mdp` or `random_mdp`), or an id given to `register`.
       **kwargs: a keyword naming a field of the params (e.g. `max_steps_in_episode`)
         overrides that field (fields derived from it follow: `override_params`); the others go to the gymnax
         constructor, or to the MDP builder
@@ -73,6 +256,9 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
         raise ValueError(f"Environment id must be a string; got {type(env_id).__name__}.")
     if env_id.startswith(TABULAR_PREFIX):
         return _make_tabular(env_id, kwargs)
+    if env_id in _REGISTERED:
+        env, params, overrides, constructor_kwargs = _make_registered(env_id, kwargs)
+        return _with_overrides(env_id, env, params, overrides, constructor_kwargs)
     if env_id not in gymnax.registered_envs:
         raise _unknown(env_id, env_ids())
     env, params = _gymnax_make(env_id)
@@ -87,6 +273,11 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
                 f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
                 f"Params fields that can be overridden: {', '.join(sorted(field_names))}."
             ) from None
+    return _with_overrides(env_id, env, params, overrides, constructor_kwargs)
+
+
+def _with_overrides(env_id: str, env: Any, params: Any, overrides: dict[str, Any],
+                    constructor_kwargs: dict[str, Any]) -> tuple[Any, Any]:
     params = override_params(env_id, params, overrides)
     traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(overrides))
     if overrides and not traced:  # traced values (make inside a traced function) cannot be checked
@@ -110,7 +301,8 @@ def check_first_steps(env_id: str, env: Any, params: Any, overrides: dict[str, A
     if not finite.all():
         first = int(np.argmin(finite))
         where = "reset" if first == 0 else f"step {first}"
-        raise ValueError(f"{env_id}: with {overrides} the environment's {where} gives a non-finite observation or "
+        settings = f"with {overrides} " if overrides else ""
+        raise ValueError(f"{env_id}: {settings}the environment's {where} gives a non-finite observation or "
                          "reward: the dynamics cannot run with these values; choose others.")
 
 
