@@ -247,12 +247,23 @@ class _quiet_nan_warnings:
         self._ctx.__exit__(*exc)
 
 
+def check_seeds_axis(output: common.TrainOutput, owner: str) -> None:
+    """ValueError unless `output` is a vmapped run's (metrics [seeds, updates]): one run, `jax.jit(train)(key)`,
+    has metrics [updates] and would be read as that many seeds."""
+    shape = np.shape(output.metrics["env_steps"])
+    if len(shape) != 2:
+        raise ValueError(f"{owner}: expected a vmapped run's output (metrics [seeds, updates]); got env_steps of "
+                         f"shape {shape}. For one run, add a seeds axis: jax.tree_util.tree_map(lambda x: x[None], "
+                         "output), or run jax.vmap(train)(key[None]).")
+
+
 def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: common.TrainOutput, seed: int,
              wall_time: np.ndarray | None = None, seed_indices: Any = None, replay: dict | None = None) -> None:
     """Write config.json, metrics.csv, learning_curve.png and params.msgpack for a vmapped-seeds run
     (`seed_indices`: which seeds of the base `seed` the rows are, default 0..seeds-1; `replay`: for a replay of
     some seeds of a sweep, what it assumed of that sweep, e.g. {"sweep_num_seeds", "sweep_devices"}, recorded
     in config.json so that it can be checked against the sweep's own)."""
+    check_seeds_axis(output, "save_run")  # before anything is written
     os.makedirs(out_dir, exist_ok=True)
     num_seeds = int(np.asarray(output.metrics["env_steps"]).shape[0])
     source = envs.registered_source(config.env_id)
@@ -397,6 +408,10 @@ def evaluate(
     """
     if num_episodes < 1:
         raise ValueError(f"evaluate: num_episodes must be >= 1; got {num_episodes}.")
+    if max(np.ndim(x) for x in jax.tree_util.tree_leaves(params)) > 2:  # pgjax's layers hold at most [in, out]
+        raise ValueError("evaluate: params hold a leading seeds axis (a kernel of more than 2 dimensions, as "
+                         "load_run returns them): pass one seed's, jax.tree_util.tree_map(lambda x: x[s], params), "
+                         "or jax.vmap(evaluate) over the seeds.")
     program = _evaluation_program(_evaluation_config(config), int(num_episodes), bool(deterministic),
                                   envs.registrations())
     return program(key, params, obs_statistics)
@@ -728,6 +743,7 @@ def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> li
     metric other than `MAY_BE_NAN` (a loss, a gradient norm, a KL; `diverged_entries`) was NaN or infinite, and
     whether the final parameters are (`seed_indices` labels the rows, default 0..seeds-1). Empty when every seed
     stayed finite."""
+    check_seeds_axis(output, "non_finite_seeds")
     flags = diverged_entries(output.metrics)
     params = [np.asarray(x).reshape(np.shape(x)[0], -1) for x in jax.tree_util.tree_leaves(output.agent.params)]
     finite_params = np.all(np.stack([np.isfinite(x).all(axis=1) for x in params]), axis=0)

@@ -458,6 +458,10 @@ def test_hyperparameter_names_are_checked():
     hp = config.hyperparams()
     with pytest.raises(ValueError, match=r"hparams must hold PPOConfig's vmappable .*; unknown \['learning_rat'\]"):
         jax.jit(train)(jax.random.key(0), {**hp, "learning_rat": hp["learning_rate"]})  # was ignored
+    # An unbatched vector of learning rates: a bare TypeError from the parameter update (a [1] discount ran).
+    for name, value in (("learning_rate", jnp.array([1e-3, 2e-3])), ("discount", jnp.array([0.99]))):
+        with pytest.raises(ValueError, match=rf"each value must be one number per run .*\{{'{name}': \(\d,\)\}}"):
+            jax.jit(train)(jax.random.key(0), {**hp, name: value})
     del hp["clip_eps"]
     with pytest.raises(ValueError, match=r"; missing \['clip_eps'\]"):  # was a bare KeyError
         jax.jit(train)(jax.random.key(0), hp)

@@ -7,6 +7,7 @@ import pytest
 
 from pgjax import estimators as E
 from pgjax import tabular as T
+from pgjax.trajectory import Trajectory
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -139,3 +140,47 @@ def test_bad_arguments():
         E.batch_means(jnp.zeros((4, 2)), 0)
     with pytest.raises(ValueError, match="batch sizes"):
         E.error_curve(jax.random.key(0), None, E.reinforce_rewards_to_go, (0, 2), 4, 4)
+
+
+def test_total_return_gradient_sums_every_score_times_the_discounted_return(problem):
+    """(sum_t score_t) * sum_t gamma^t r_t against NumPy, formula and estimator; dropping a score (e.g. t = 0) fails."""
+    rng = np.random.default_rng(8)
+    scores, rewards = rng.normal(size=(5, 3)), rng.normal(size=5)
+    g0 = np.sum(0.9 ** np.arange(5) * rewards)
+    np.testing.assert_allclose(E.total_return_gradient(jnp.asarray(scores), jnp.asarray(rewards), 0.9),
+                               scores.sum(0) * g0, rtol=1e-12)
+    # A hand-built trajectory through the estimator: its scores are grad log pi at the visited (s, a).
+    traj = Trajectory(jnp.array([0, 1, 3]), jnp.array([1, 0, 1]), jnp.array([0.5, -1.0, 2.0]), jnp.array([1, 3, 2]))
+    table = np.asarray(T.grad_log_policy(problem.theta, problem.features))
+    expected = sum(table[s, a] for s, a in [(0, 1), (1, 0), (3, 1)]) * (0.5 - DISCOUNT + 2.0 * DISCOUNT**2)
+    np.testing.assert_allclose(E.reinforce_total_return(None, traj, problem), expected, rtol=1e-12)
+
+
+def test_theorem_form_is_zero_for_a_time_draw_at_the_horizon(problem):
+    """The theorem form is grad log pi(a_t|s_t) G_t / (1-gamma) for a draw t < T and exactly 0 for t >= T (documented),
+    t = T included: keys found by scanning fixed seeds for t = T - 1 and t = T."""
+    traj = Trajectory(jnp.array([0, 1, 3]), jnp.array([1, 0, 1]), jnp.array([1.0, 1.0, 1.0]), jnp.array([1, 3, 2]))
+    horizon = 3
+    keys = jax.random.split(jax.random.key(11), 200)
+    ts = np.asarray(jax.vmap(E.geometric_time, in_axes=(0, None))(keys, DISCOUNT))
+    at_last, at_horizon = keys[np.flatnonzero(ts == horizon - 1)[0]], keys[np.flatnonzero(ts == horizon)[0]]
+    score = np.asarray(T.grad_log_policy(problem.theta, problem.features))[3, 1]
+    np.testing.assert_allclose(E.theorem_form_rollout_q(at_last, traj, problem), score * 1.0 / (1 - DISCOUNT),
+                               rtol=1e-12)
+    np.testing.assert_array_equal(E.theorem_form_rollout_q(at_horizon, traj, problem), 0.0)
+    np.testing.assert_array_equal(E.theorem_form_exact_q(at_horizon, traj, problem), 0.0)
+
+
+def test_effective_horizon_is_the_smallest_sufficient_horizon():
+    """gamma^T <= tail < gamma^(T-1) (T the smallest horizon leaving at most `tail`): a floor gives gamma^T > tail."""
+    for discount, tail in [(0.8, 1e-9), (0.99, 1e-8), (0.5, 0.3), (0.9, 1e-3), (0.95, 0.05)]:
+        horizon = E.effective_horizon(discount, tail)
+        assert discount**horizon <= tail < discount ** (horizon - 1), (discount, tail, horizon)
+
+
+def test_cosine_averages_signed_cosines():
+    """The cosine of an anti-aligned estimate is -1, so estimates [1, 0] and [-1, 0] of [1, 0] average 0 (not 1)."""
+    stats = E.estimator_stats(jnp.array([[1.0, 0.0], [-1.0, 0.0]]), jnp.array([1.0, 0.0]))
+    assert float(stats.cosine) == 0.0
+    stats = E.estimator_stats(jnp.array([[-2.0, 0.0], [0.0, 3.0]]), jnp.array([1.0, 0.0]))
+    assert float(stats.cosine) == -0.5

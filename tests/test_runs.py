@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -208,6 +209,24 @@ def test_best_group_is_not_one_whose_missing_seeds_left_only_its_lucky_ones():
     # No group has all its seeds: the highest mean among all of them.
     rows = runs.summarize_final_returns([np.array([1.0, np.nan]), np.array([np.nan, 3.0])], [None] * 2, False)
     assert [r["vs_best"] for r in rows] == [-2.0, 0.0]
+
+
+def test_one_unbatched_run_is_refused_before_anything_is_written(tmp_path):
+    """save_run and non_finite_seeds read metrics [seeds, updates]: one run's [updates] was read as that many seeds
+    (config.json written with num_seeds = updates, then a bare unpacking error); evaluate refuses params with a
+    seeds axis (a flax shape error before)."""
+    from types import SimpleNamespace
+
+    metrics = {"env_steps": np.arange(1, 6) * 512, "episode_return": np.ones(5), "loss": np.ones(5)}
+    one_run = algos.common.TrainOutput(SimpleNamespace(params={"w": np.ones((3, 2))}), None, metrics)
+    with pytest.raises(ValueError, match=r"save_run: expected a vmapped run's output .* shape \(5,\)"):
+        runs.save_run(str(tmp_path / "run"), "ppo", algos.PPOConfig(), one_run, seed=0)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=r"non_finite_seeds: expected a vmapped run's output"):
+        runs.non_finite_seeds(one_run)
+    seeds_axis = {"params": {"actor": {"Dense_0": {"kernel": np.ones((2, 4, 64)), "bias": np.ones((2, 64))}}}}
+    with pytest.raises(ValueError, match=r"evaluate: params hold a leading seeds axis"):
+        runs.evaluate(jax.random.key(0), algos.PPOConfig(), seeds_axis)
 
 
 def test_summaries_and_columns_reject_mismatched_lengths(tmp_path):

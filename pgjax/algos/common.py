@@ -467,7 +467,7 @@ def env_param_overrides(hp: HParams) -> dict[str, Any]:
 def check_hparam_names(config: OnPolicyConfig, hp: HParams) -> None:
     """ValueError unless the hyperparameter dict has exactly the config's `HYPERPARAMS` (plus any "env.<field>"
     entries, checked by `lane_env_params`): a misspelt or static name was ignored, a missing one a bare KeyError.
-    Names only (values may be traced): `pgjax.runs.grid_lanes` also checks the values."""
+    Names and shapes (one number each) only, as values may be traced: `pgjax.runs.grid_lanes` checks the values."""
     names = {k for k in hp if not k.startswith(ENV_PARAM_PREFIX)}
     missing, unknown = sorted(set(config.HYPERPARAMS) - names), sorted(names - set(config.HYPERPARAMS))
     if missing or unknown:
@@ -475,6 +475,13 @@ def check_hparam_names(config: OnPolicyConfig, hp: HParams) -> None:
             f"hparams must hold {type(config).__name__}'s vmappable hyperparameters {list(config.HYPERPARAMS)}"
             f"{f'; missing {missing}' if missing else ''}{f'; unknown {unknown}' if unknown else ''} (other fields "
             "are static: set them in the config). Build it from config.hyperparams(), or use pgjax.runs.grid_lanes."
+        )
+    shapes = {k: jnp.shape(hp[k]) for k in config.HYPERPARAMS if jnp.shape(hp[k]) != ()}
+    if shapes:  # an unbatched [2] learning rate broadcast into the parameter update: a bare TypeError, or worse
+        raise ValueError(
+            f"hparams: each value must be one number per run (shape ()) inside train; got shapes {shapes}. Batch "
+            "them along a leading axis and vmap train over it (jax.vmap(train)(keys, hparams)), or use "
+            "pgjax.runs.grid_lanes, which also checks the values."
         )
 
 
