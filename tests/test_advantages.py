@@ -364,3 +364,17 @@ def test_normalize(x64):
         np.testing.assert_array_equal(adv.normalize(jnp.full(64, constant, jnp.float32)), 0.0)
     tiny = jnp.asarray(np.random.default_rng(4).normal(0.0, 1e-7, 64), jnp.float32)
     np.testing.assert_allclose(float(jnp.std(adv.normalize(tiny))), 1.0, rtol=0.2)
+
+
+def test_normalize_noise_threshold_is_four_sqrt_n_eps_of_the_mean(x64):
+    """float32, n = 1024 values around 1000: a relative spread ~7x the documented 4 sqrt(n) eps_f = 1.5e-5 is data
+    (unit std, as NumPy scales it), one ~15x below it is the mean's rounding (zeros); a 100x threshold zeroes both."""
+    noise = np.random.default_rng(5).normal(size=1024)
+    varied = (1000.0 + 0.107 * noise).astype(np.float32)  # std / mean ~ 1.07e-4
+    z = adv.normalize(jnp.asarray(varied))
+    assert z.dtype == jnp.float32
+    x = varied.astype(np.float64)
+    np.testing.assert_allclose(z, (x - x.mean()) / (x.std() + 1e-8), atol=2e-3)
+    assert float(jnp.std(z)) == pytest.approx(1.0, rel=1e-3)
+    flat = (1000.0 + 0.001 * noise).astype(np.float32)  # std / mean ~ 1e-6
+    np.testing.assert_array_equal(adv.normalize(jnp.asarray(flat)), 0.0)

@@ -202,3 +202,42 @@ def test_reinforce_masked_explained_variance():
     np.testing.assert_allclose(float(got), expected, rtol=2e-3)
     constant = jnp.full((16, 4), 0.1, jnp.float32)
     assert np.isnan(float(masked_explained_variance(jnp.zeros((16, 4)), constant, jnp.asarray(mask, jnp.float32))))
+
+
+def test_mean_kl_is_kl_of_the_first_argument_from_the_second(x64):
+    """mean_i sum_a p (log p - log q) against NumPy for independent logits (KL is not symmetric: KL(q || p) fails)."""
+    rng = np.random.default_rng(7)
+    lp, lq = rng.normal(size=(5, 4)), 2.0 * rng.normal(size=(5, 4))
+    log_p = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+    log_q = lq - np.log(np.exp(lq).sum(-1, keepdims=True))
+    expected = np.mean(np.sum(np.exp(log_p) * (log_p - log_q), -1))
+    assert float(losses.mean_kl(Categorical(jnp.asarray(lp)), Categorical(jnp.asarray(lq)))) == pytest.approx(
+        expected, rel=1e-12)
+    # Gaussians: KL(N(0, 1) || N(1, 2^2)) = log 2 + (1 + 1) / 8 - 1/2 per dimension.
+    p = DiagGaussian(jnp.zeros((3, 2)), jnp.zeros((3, 2)))
+    q = DiagGaussian(jnp.ones((3, 2)), jnp.full((3, 2), np.log(2)))
+    assert float(losses.mean_kl(p, q)) == pytest.approx(2 * (np.log(2) + 2 / 8 - 0.5), rel=1e-12)
+
+
+def test_clipped_surrogate_gradient_flows_only_through_the_new_log_prob(batch):
+    """d/d lp of the loss at old = new = lp (both traced) is the policy gradient's -A / N: old_log_prob is a
+    constant; without its stop_gradient the ratio exp(lp - lp) = 1 has gradient 0."""
+    log_prob, _, advantages = batch
+    g = jax.grad(lambda lp: losses.clipped_surrogate_loss(lp, lp, advantages, 0.2)[0])(jnp.asarray(log_prob))
+    np.testing.assert_allclose(g, -advantages / N, rtol=1e-12)
+
+
+def test_masked_explained_variance_threshold_counts_the_masked_steps():
+    """Near-constant float32 targets: the constant threshold 4 sqrt(n) eps_f uses n = the 4 valid steps (defined, equal
+    to NumPy's), not the 1024 elements (NaN), so a spread of ~3e-6 relative to 1000 is still a variance."""
+    targets = np.full((8, 128), 5.0, np.float32)  # what masked steps hold does not matter
+    values = np.zeros((8, 128), np.float32)
+    mask = np.zeros((8, 128), np.float32)
+    mask[0, :4] = 1.0
+    # std 0.0032: above 4 sqrt(4) eps_f 1000 = 9.5e-4, below 4 sqrt(1024) eps_f 1000 = 0.015.
+    targets[0, :4] = np.array([999.996, 999.998, 1000.002, 1000.004], np.float32)
+    values[0, :4] = targets[0, :4] + np.array([0.001, -0.002, 0.0, 0.0005], np.float32)
+    t, v = targets[0, :4].astype(np.float64), values[0, :4].astype(np.float64)
+    expected = 1 - np.var(t - v) / np.var(t)
+    got = losses.explained_variance(jnp.asarray(values), jnp.asarray(targets), jnp.asarray(mask))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-3)

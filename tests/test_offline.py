@@ -687,3 +687,14 @@ def test_discount_must_be_one_number(problem, big_dataset):
     assert np.isfinite(float(off.policy_value(big_dataset, problem["pi"], jnp.asarray(GAMMA), "model")))
     with pytest.raises(ValueError, match=r"discount must be one number in \(0, 1\); got an array of shape \(2,\)"):
         off.policy_value(big_dataset, problem["pi"], jnp.asarray([GAMMA, GAMMA]), "model")
+
+
+def test_effective_sample_size_is_kish(x64):
+    """(sum w)^2 / sum w^2 by hand: 2 equal weights of 4 count 2, one counts 1, N equal ones N at any scale, all-zero
+    weights 0 (documented range [0, N]); a plain sum w / sum w would give 1 throughout."""
+    ess = lambda w: float(off.effective_sample_size(jnp.asarray(w, jnp.float64)))  # noqa: E731
+    assert ess([1.0, 1.0, 0.0, 0.0]) == 2.0
+    assert ess([1.0, 0.0, 0.0, 0.0]) == 1.0
+    assert ess(np.full(5, 0.3)) == pytest.approx(5.0, rel=1e-12)
+    assert ess([3.0, 1.0]) == pytest.approx(16.0 / 10.0, rel=1e-12)
+    assert ess([0.0, 0.0, 0.0]) == 0.0

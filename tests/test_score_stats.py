@@ -73,3 +73,15 @@ def test_performance_profile_counts_seeds_at_or_above_each_threshold():
     np.testing.assert_array_equal(profile, [0.75, 0.75, 0.5, 0.5, 0.25, 0.0])  # the NaN seed reaches nothing
     with pytest.raises(ValueError, match="1-D"):
         score_stats.performance_profile(np.ones((2, 2)), [0.0])
+
+
+def test_bootstrap_interval_is_the_central_quantiles_of_the_resampled_statistic():
+    """The 95% interval is the 2.5% and 97.5% quantiles of the resampled statistic, recomputed here from the same
+    generator draws (quantiles at 1.25% / 98.75%, a doubly halved tail, give a wider interval)."""
+    scores = np.random.default_rng(9).normal(10.0, 3.0, size=12)
+    rng = np.random.default_rng(7)
+    resampled = np.mean(scores[rng.integers(0, scores.size, size=(500, scores.size))], axis=-1)
+    got = score_stats.bootstrap_interval(scores, np.mean, num_resamples=500, seed=7)
+    assert got == pytest.approx(tuple(np.quantile(resampled, [0.025, 0.975])), rel=1e-12)
+    got_80 = score_stats.bootstrap_interval(scores, np.mean, confidence=0.8, num_resamples=500, seed=7)
+    assert got_80 == pytest.approx(tuple(np.quantile(resampled, [0.1, 0.9])), rel=1e-12)

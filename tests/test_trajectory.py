@@ -164,3 +164,24 @@ def test_what_is_not_a_policy_is_refused():
         tr.log_density(traj, mdp, T.uniform_policy(5, 2))
     with pytest.raises(ValueError, match="rows must sum to 1"):
         tr.policy_log_likelihood(traj, logits)
+
+
+def test_policy_log_likelihood_sums_over_time_for_batched_trajectories(setup):
+    """Fields [N, T] (N = 3 != T = 5) -> [N]: each entry the one-trajectory sum of log pi(a_t|s_t) (NumPy), i.e. the sum
+    runs over the last (time) axis, not the batch axis."""
+    mdp, theta, features = setup
+    pi = T.softmax_policy(theta, features)
+    trajs = tr.sample_trajectories(jax.random.key(8), mdp, pi, 5, 3)
+    got = tr.policy_log_likelihood(trajs, pi)
+    pi_np, s, a = np.asarray(pi), np.asarray(trajs.states), np.asarray(trajs.actions)
+    np.testing.assert_allclose(got, [np.log(pi_np[s[i], a[i]]).sum() for i in range(3)], rtol=1e-12)
+    np.testing.assert_allclose(got, jax.vmap(tr.policy_log_likelihood, in_axes=(0, None))(trajs, pi), rtol=1e-12)
+
+
+def test_safe_log_has_a_finite_gradient_at_zero():
+    """log 0 = -inf with no NaN gradient: d/dp sum(where(p > 0, safe_log(p), 0)) at p = [0, 0.5] is [0, 2] (jnp.log
+    gives 0 * inf = NaN at 0)."""
+    p = jnp.array([0.0, 0.5])
+    np.testing.assert_array_equal(tr.safe_log(p), [-np.inf, np.log(0.5)])
+    grad = jax.grad(lambda q: jnp.sum(jnp.where(q > 0, tr.safe_log(q), 0.0)))(p)
+    np.testing.assert_array_equal(grad, [0.0, 2.0])

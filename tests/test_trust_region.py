@@ -11,6 +11,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from pgjax import trust_region as tr
+from pgjax.distributions import Categorical, DiagGaussian
 from pgjax.nets import Actor
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -292,3 +293,30 @@ def test_line_search_requires_improvement_ratio(quadratic):
     assert not bool(accepted)
     _, accepted, fraction = tr.backtracking_line_search(weak, theta0, step, expected, max_kl, accept_ratio=0.001)
     assert bool(accepted) and float(fraction) == 1.0
+
+
+def test_policy_kl_fn_is_kl_from_the_old_policy(x64):
+    """Far from theta_old, policy_kl_fn(theta) = mean_i KL(pi_old || pi_theta) in closed form (NumPy), not the reverse
+    KL(pi_theta || pi_old) (equal to second order at theta_old only)."""
+    rng = np.random.default_rng(6)
+    old, new = rng.normal(size=(N_OBS, K)), 2.0 * rng.normal(size=(N_OBS, K))
+    kl_fn = tr.policy_kl_fn(Categorical, jnp.asarray(old))
+    log_p, log_q = (x - np.log(np.exp(x).sum(-1, keepdims=True)) for x in (old, new))
+    assert float(kl_fn(jnp.asarray(new))) == pytest.approx(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), -1)),
+                                                           rel=1e-12)
+    # Gaussians with mean and log-std parameters: KL(N(0, 1) || N(1, 2^2)) = log 2 + (1 + 1) / 8 - 1/2 per dimension.
+    gauss_fn = tr.policy_kl_fn(lambda p: DiagGaussian(p[0], p[1]), (jnp.zeros((N_OBS, 2)), jnp.zeros((N_OBS, 2))))
+    got = gauss_fn((jnp.ones((N_OBS, 2)), jnp.full((N_OBS, 2), np.log(2.0))))
+    assert float(got) == pytest.approx(2 * (np.log(2.0) + 2 / 8 - 0.5), rel=1e-12)
+
+
+def test_line_search_rejects_a_worse_objective_even_when_the_model_predicted_worse(quadratic):
+    """improvement > 0 is required on its own: for a step the linear model expects to lose (g^T s < 0), a loss smaller
+    than predicted passes improvement > accept_ratio * expected but must still be rejected, keeping theta."""
+    objective_and_kl, step, expected, max_kl = quadratic
+    theta0 = jnp.zeros(3)
+    # -s loses about g^T s; told to expect a loss 100 times that, every backtrack "beats" the prediction.
+    new, accepted, fraction = tr.backtracking_line_search(objective_and_kl, theta0, -step, -100.0 * expected, max_kl)
+    assert float(objective_and_kl(-0.5 * step)[0]) < float(objective_and_kl(theta0)[0])  # a worse objective
+    assert not bool(accepted) and float(fraction) == 0.0
+    np.testing.assert_array_equal(new, theta0)
