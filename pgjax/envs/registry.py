@@ -201,8 +201,9 @@ def check_interface(env_id: str, env: Any, params: Any) -> None:
         raise ValueError(f"{where}: step must return gymnax 1.x's (obs, state, reward, terminated, truncated, info); "
                          f"got {_describe(out)} (gymnax 0.0.x returned 5: (obs, state, reward, done, info)).")
     for name, value in (("reset", obs), ("step", out[0])):
-        if not (hasattr(value, "shape") and jnp.issubdtype(value.dtype, jnp.number)):
-            raise ValueError(f"{where}: {name}'s observation must be one numeric array; got {_describe(value)}.")
+        if not (hasattr(value, "shape") and (jnp.issubdtype(value.dtype, jnp.number) or value.dtype == jnp.bool_)):
+            raise ValueError(f"{where}: {name}'s observation must be one numeric (or boolean) array; got "
+                             f"{_describe(value)}.")
         if tuple(value.shape) != tuple(obs_space.shape):
             raise ValueError(f"{where}: {name}'s observation has shape {tuple(value.shape)}, but observation_space "
                              f"says {tuple(obs_space.shape)}; make them agree.")
