@@ -5,7 +5,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib
+import importlib.util
 import inspect
+import os
+import sys
 from typing import Any, Callable
 
 import gymnax
@@ -91,13 +95,10 @@ def registered_source(env_id: str) -> str | None:
 
 
 def _source_file(make_fn: Callable[..., Any]) -> str | None:
-    import inspect as _inspect
-    import os
-
     try:
-        path = _inspect.getsourcefile(make_fn)
+        path = inspect.getsourcefile(make_fn)
     except TypeError:  # a builtin or a callable instance
-        path = _inspect.getsourcefile(type(make_fn)) if not _inspect.isbuiltin(make_fn) else None
+        path = inspect.getsourcefile(type(make_fn)) if not inspect.isbuiltin(make_fn) else None
     return os.path.abspath(path) if path and os.path.isfile(path) else None
 
 
@@ -109,11 +110,6 @@ def registrations() -> int:
 def import_env_module(name: str) -> None:
     """Import a module, by dotted name ("my_envs") or path ("experiments/my_envs.py"), that calls `register` when
     imported: how `train.py --env-module` and `evaluate.py --env-module` learn of your environments."""
-    import importlib
-    import importlib.util
-    import os
-    import sys
-
     try:
         if name.endswith(".py"):
             if not os.path.isfile(name):
@@ -143,24 +139,28 @@ _INTERFACE_CHECKED: set[tuple[str, str]] = set()
 def _make_registered(env_id: str, kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
     """(env, params, overrides, constructor keywords) of a registered id."""
     make_fn = _REGISTERED[env_id]
-    env = make_fn()
-    env, params = env if isinstance(env, tuple) else (env, getattr(env, "default_params", None))
+    env, params = _env_and_params(make_fn())
     field_names = {f.name for f in dataclasses.fields(params)} if dataclasses.is_dataclass(params) else set()
     overrides = {k: v for k, v in kwargs.items() if k in field_names}
     constructor_kwargs = {k: v for k, v in kwargs.items() if k not in field_names}
     if constructor_kwargs:
         try:
-            env = make_fn(**constructor_kwargs)
+            made = make_fn(**constructor_kwargs)
         except TypeError as err:
             raise ValueError(f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
                              f"Params fields that can be overridden: {', '.join(sorted(field_names))}.") from None
-        env, params = env if isinstance(env, tuple) else (env, getattr(env, "default_params", None))
+        env, params = _env_and_params(made)
     cache_key = (env_id, repr(constructor_kwargs))
     if cache_key not in _INTERFACE_CHECKED:
         check_interface(env_id, env, params)
         check_first_steps(env_id, env, params, {}, constructor_kwargs)
         _INTERFACE_CHECKED.add(cache_key)
     return env, params, overrides, constructor_kwargs
+
+
+def _env_and_params(made: Any) -> tuple[Any, Any]:
+    """What a `make_fn` returned as (env, params): an (env, params) pair, or an environment and its default_params."""
+    return made if isinstance(made, tuple) else (made, getattr(made, "default_params", None))
 
 
 def check_interface(env_id: str, env: Any, params: Any) -> None:
