@@ -45,6 +45,8 @@ def parse_args(argv=None):
     for name in ("num_states", "num_actions", "num_mdps", "num_estimates", "max_trajectories", "truncation"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    if args.num_estimates < 2:  # the lab's z statistics and variances compare estimates with each other
+        p.error(f"--num-estimates must be >= 2; got {args.num_estimates}")
     if args.max_trajectories & (args.max_trajectories - 1):  # the lab doubles N: another value was rounded down
         p.error(f"--max-trajectories must be a power of 2 (1, 2, 4, ...); got {args.max_trajectories}")
     if not 0.0 < args.discount < 1.0:

@@ -169,7 +169,11 @@ def theorem_form_exact_q(key: Array, traj: Trajectory, problem: GradientProblem)
 
 
 def truncated(estimator: Estimator, truncation: int) -> Estimator:
-    """The estimator applied to the first `truncation` steps only: biased by the missing tail (O(gamma^H))."""
+    """The estimator applied to the first `truncation` steps only: biased by the missing tail (O(gamma^H)).
+
+    The rollout forms then estimate grad J_H, the gradient of the H-step return (`tabular.finite_horizon_return`);
+    `theorem_form_exact_q` keeps the infinite-horizon Q^pi and drops the draws t >= H, so it estimates neither
+    grad J nor grad J_H (in one 2e5-trajectory check at H = 2: 14 standard errors from grad J_H)."""
     if truncation < 1:
         raise ValueError(f"truncated: truncation must be >= 1; got {truncation}.")
 
@@ -251,7 +255,8 @@ class EstimatorStats(NamedTuple):
 
 
 def estimator_stats(estimates: Array, exact: Array) -> EstimatorStats:
-    """Summarise estimates [K, D] against the exact gradient [D] (the formulas in `EstimatorStats`)."""
+    """Summarise estimates [K, D] against the exact gradient [D] (the formulas in `EstimatorStats`; with K = 1 the
+    standard error is undefined and bias_z is NaN)."""
     k = estimates.shape[0]
     mean = estimates.mean(axis=0)
     bias = mean - exact
@@ -260,6 +265,8 @@ def estimator_stats(estimates: Array, exact: Array) -> EstimatorStats:
     se = jnp.sqrt(var * k / jnp.maximum(k - 1, 1) / k)
     # A coordinate that never varies is either exactly right (z = 0) or certainly wrong (z = inf).
     bias_z = jnp.where(se > 0, bias / jnp.where(se > 0, se, 1.0), jnp.where(bias == 0, 0.0, jnp.inf * jnp.sign(bias)))
+    if k < 2:  # one estimate has no spread to measure: 0 / 0, not "never varies" (z = inf read as certainly biased)
+        bias_z = jnp.full_like(bias, jnp.nan)
     err = estimates - exact
     mse = jnp.mean(jnp.sum(err**2, axis=-1))
     exact_norm = jnp.linalg.norm(exact)
@@ -299,6 +306,7 @@ def run_estimator(
     Returns:
       (estimates [K, D], EstimatorStats against `policy_gradient`).
     """
+    _check_num_estimates("run_estimator", num_estimates)
     samples = per_trajectory_estimates(key, problem, estimator, num_estimates * trajectories_per_estimate, horizon)
     estimates = batch_means(samples, trajectories_per_estimate)
     exact = policy_gradient(problem.mdp, problem.theta, problem.features)
@@ -328,12 +336,19 @@ def error_curve(
     error should fall as 1/sqrt(M) once the bias is small."""
     if min(batch_sizes) < 1:
         raise ValueError(f"error_curve: batch sizes must be >= 1; got {batch_sizes}.")
+    _check_num_estimates("error_curve", num_estimates)
     samples = _per_trajectory_jit(key, problem, estimator, num_estimates * max(batch_sizes), horizon)
     exact = policy_gradient(problem.mdp, problem.theta, problem.features)
     stats = []
     for m in batch_sizes:
         stats.append(_stats_jit(batch_means(samples[: num_estimates * m], m), exact))
     return stats
+
+
+def _check_num_estimates(owner: str, num_estimates: int) -> None:
+    if num_estimates < 2:  # the statistics compare estimates with each other: their spread needs two
+        raise ValueError(f"{owner}: num_estimates must be >= 2 (the standard errors and z statistics need a spread); "
+                         f"got {num_estimates}.")
 
 
 _per_trajectory_jit = jax.jit(per_trajectory_estimates, static_argnames=("estimator", "num_trajectories", "horizon"))

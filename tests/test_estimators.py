@@ -140,6 +140,13 @@ def test_bad_arguments():
         E.batch_means(jnp.zeros((4, 2)), 0)
     with pytest.raises(ValueError, match="batch sizes"):
         E.error_curve(jax.random.key(0), None, E.reinforce_rewards_to_go, (0, 2), 4, 4)
+    # One estimate has no spread: z was +-inf (read as "certainly biased") for an unbiased estimator.
+    one = E.estimator_stats(jnp.array([[1.5, 0.5]]), jnp.array([1.0, 1.0]))
+    assert np.isnan(np.asarray(one.bias_z)).all()
+    with pytest.raises(ValueError, match=r"error_curve: num_estimates must be >= 2 .*got 1"):
+        E.error_curve(jax.random.key(0), None, E.reinforce_rewards_to_go, (1, 2), 1, 4)
+    with pytest.raises(ValueError, match=r"run_estimator: num_estimates must be >= 2"):
+        E.run_estimator(jax.random.key(0), None, E.reinforce_rewards_to_go, 1, 2, 4)
 
 
 def test_total_return_gradient_sums_every_score_times_the_discounted_return(problem):

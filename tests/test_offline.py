@@ -698,3 +698,28 @@ def test_effective_sample_size_is_kish(x64):
     assert ess(np.full(5, 0.3)) == pytest.approx(5.0, rel=1e-12)
     assert ess([3.0, 1.0]) == pytest.approx(16.0 / 10.0, rel=1e-12)
     assert ess([0.0, 0.0, 0.0]) == 0.0
+
+
+def test_importance_sampling_reports_target_actions_the_data_never_show():
+    """A chain whose behaviour policy never moves right (action 1), evaluated for the uniform policy: IS weights
+    are 0 on every trajectory that would move, so PDIS returns 0.1 * 0.5 (1 - 0.4^4) / 0.6 = 0.0812 for J_4 = 0.356;
+    it was silent, and ignored on_uncovered="raise" (and a misspelt value). Now every method reports the gap."""
+    transition = np.zeros((3, 2, 3))
+    for s in range(3):
+        transition[s, 0, s], transition[s, 1, min(s + 1, 2)] = 1.0, 1.0
+    mdp = tab.MDP(transition, np.array([[0.1, 0.0], [0.1, 0.0], [0.1, 1.0]]), np.array([1.0, 0.0, 0.0]), 0.8)
+    behaviour, target = jnp.array([[1.0, 0.0]] * 3), jnp.full((3, 2), 0.5)
+    data = off.collect(jax.random.key(0), mdp, behaviour, 5, 4)
+    assert float(tab.finite_horizon_return(mdp, target, 4)) == pytest.approx(0.35555, abs=1e-4)
+    for method in off.IS_METHODS:
+        with pytest.warns(off.CoverageWarning, match=rf"policy_value\('{method}'\): if the behaviour policy never"):
+            value = off.policy_value(data, target, 0.8, method)
+        if method == "pdis":
+            assert float(value) == pytest.approx(0.1 * 0.5 * (1 - 0.4**4) / 0.6, rel=1e-6)
+        with pytest.raises(off.CoverageError, match="the data never show"):
+            off.policy_value(data, target, 0.8, method, on_uncovered="raise")
+        with pytest.raises(ValueError, match=r"on_uncovered must be 'warn', 'raise' or 'ignore'; got 'rasie'"):
+            off.policy_value(data, target, 0.8, method, on_uncovered="rasie")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # covered: silent
+        off.policy_value(data, behaviour, 0.8, "pdis")

@@ -92,7 +92,7 @@ def finite_horizon_return(mdp: MDP, pi: Array, horizon: int) -> Array:
     """J_H(pi) = E[sum_{t=0}^{H-1} gamma^t r(s_t, a_t)] = sum_{t<H} gamma^t mu0 (P^pi)^t r^pi, a scalar.
 
     The objective a rollout truncated at H actually estimates; grad J - grad J_H is the
-    truncation bias of the estimator lab.
+    truncation bias of the estimator lab's rollout estimators (not of its exact-Q theorem form: `truncated`).
     """
     if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 0:
         raise ValueError(f"finite_horizon_return: horizon must be an int >= 0 (steps); got {horizon!r}.")
