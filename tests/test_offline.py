@@ -76,6 +76,14 @@ def test_save_load_round_trip(tmp_path, problem):
     loaded = off.load_dataset(path)
     for name in off.Dataset._fields:
         np.testing.assert_array_equal(getattr(loaded, name), getattr(data, name))
+    assert off.read_dataset_metadata(path) == {"behaviour": "mu", "seed": "8"}
+    # Without the extension: np.savez wrote "data2.npz", and load_dataset("data2") was a FileNotFoundError.
+    written = off.save_dataset(tmp_path / "data2", data)
+    assert written == str(tmp_path / "data2.npz")
+    np.testing.assert_array_equal(off.load_dataset(tmp_path / "data2").rewards, data.rewards)
+    assert off.read_dataset_metadata(tmp_path / "data2") == {}
+    with pytest.raises(FileNotFoundError, match=r"no file at .*missing'.*missing.npz"):
+        off.load_dataset(tmp_path / "missing")
 
 
 def _write(path, **arrays):
@@ -246,6 +254,9 @@ def test_importance_gradient_checks_what_policy_value_checks(problem):
         off.offline_policy_improvement(unknown, theta, features, GAMMA, optax.sgd(0.1), 2, method="pdis")
     with pytest.raises(off.DatasetError, match="outside"):
         off.importance_policy_gradient(data, theta, features[:2], GAMMA)
+    # A NumPy int step count (collect and finite_horizon_return take them) was refused as "not a positive int".
+    steps = off.offline_policy_improvement(data, theta, features, GAMMA, optax.sgd(0.01), np.int64(2), method="pdis")
+    assert np.shape(steps.thetas)[0] == 3
     with pytest.raises(off.DatasetError, match="after a terminal step"):
         off.importance_policy_gradient(data._replace(terminals=data.terminals.at[2, 1].set(True)), theta, features, GAMMA)
     assert np.all(np.isfinite(np.asarray(off.importance_policy_gradient(data, theta, features, GAMMA))))

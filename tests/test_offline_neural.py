@@ -179,6 +179,12 @@ def test_doubly_robust_value_of_the_two_trained_networks(problem, dualdice, fqe)
     manual = v_table[s0].mean() + corrections.mean() / (1.0 - DISCOUNT)
     np.testing.assert_allclose(dr, manual, rtol=1e-5)
     assert abs(dr - float(fqe_info["value"])) > 1e-4  # the correction is doing something
+    # The ratio belongs to its training discount: another one gave a value of neither, silently.
+    assert dice_params.discount == pytest.approx(DISCOUNT)
+    for value_fn in (lambda g: DR.neural_doubly_robust_value(dice_params, q_fn, data, problem["probs_fn"], g),
+                     lambda g: N.neural_dualdice_value(dice_params, data, g)):
+        with pytest.raises(ValueError, match=r"discount 0.5 differs from the .* the DualDICE ratio was trained for"):
+            value_fn(0.5)
     # The best any estimator can do from these data is the empirical MDP's value J_hat (1.8237; J = 1.8401).
     # Errors against J_hat, training keys 3-6: DualDICE 1.6-3.6%, FQE 0.1-1.4%, doubly robust at most 0.04%:
     # its error is the data average of the product of the two networks' errors.

@@ -493,3 +493,18 @@ def test_arguments_that_would_be_ignored_are_refused():
     P, R, mu, g = _valid_arrays()
     with pytest.raises(ValueError, match="MDP.reward must be real; got complex"):  # lost its imaginary part
         T.MDP(P, R + 1j, mu, g)
+
+
+
+def test_batched_mdps_and_mismatched_parameters_are_named():
+    """A batch of MDPs passed without vmap, and theta of another length than the features, failed inside einsum
+    ("Size of label 'd' ..."), naming no argument."""
+    mdps = jax.vmap(lambda k: T.random_mdp(k, 3, 2))(jax.random.split(jax.random.key(0), 4))
+    with pytest.raises(ValueError, match=r"take one MDP; got a batch of shape \(4,\): jax.vmap"):
+        T.expected_return(mdps, jnp.full((3, 2), 0.5))
+    np.testing.assert_allclose(jax.vmap(T.expected_return, (0, None))(mdps, jnp.full((3, 2), 0.5)),
+                               [T.expected_return(jax.tree_util.tree_map(lambda x: x[i], mdps), jnp.full((3, 2), 0.5))
+                                for i in range(4)], rtol=1e-6)
+    features = T.tabular_features(3, 2)
+    with pytest.raises(ValueError, match=r"theta must have shape \[D\] .*got theta \(5,\) and features \(3, 2, 6\)"):
+        T.softmax_policy(jnp.zeros(5), features)

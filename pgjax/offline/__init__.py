@@ -9,6 +9,7 @@ from pgjax.offline.dataset import (
     collect,
     concatenate,
     load_dataset,
+    read_dataset_metadata,
     sample_dataset,
     save_dataset,
     subset,

@@ -238,19 +238,42 @@ def subset(dataset: Dataset, num_episodes: int) -> Dataset:
     return dataset._replace(**{f: getattr(dataset, f)[:num_episodes] for f in Dataset._fields[:-1]}, initial_observations=init)
 
 
-def save_dataset(path: str | os.PathLike, dataset: Dataset, **metadata) -> None:
-    """Write the dataset to a `.npz` file with the schema tag (and JSON-able `metadata` as strings)."""
+def save_dataset(path: str | os.PathLike, dataset: Dataset, **metadata) -> str:
+    """Write the dataset to a `.npz` file with the schema tag (and `metadata` as strings, `read_dataset_metadata`);
+    returns the path written: `path`, with ".npz" appended when it lacks it (as `np.savez` does)."""
     validate_dataset(dataset)
+    path = os.fspath(path)
+    path = path if path.endswith(".npz") else path + ".npz"
     arrays = {name: np.asarray(getattr(dataset, name)) for name in Dataset._fields}
-    extra = {f"meta_{k}": np.asarray(str(v)) for k, v in metadata.items()}
+    extra = {f"{_META}{k}": np.asarray(str(v)) for k, v in metadata.items()}
     np.savez(path, schema=np.asarray(SCHEMA), **arrays, **extra)
+    return path
+
+
+_META = "meta_"  # the prefix of save_dataset's metadata entries
+
+
+def _dataset_path(path: str | os.PathLike, owner: str) -> str:
+    """`path`, or `path` + ".npz" when only that exists (what save_dataset wrote for a path without it)."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        return path + ".npz"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{owner}: no file at {path!r} (nor {path + '.npz'!r}).")
+    return path
+
+
+def read_dataset_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The `metadata` keywords `save_dataset` stored with a dataset, {name: value as a string}."""
+    path = _dataset_path(path, "read_dataset_metadata")
+    with np.load(path, allow_pickle=False) as data:
+        return {name[len(_META):]: str(data[name]) for name in data.files if name.startswith(_META)}
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
-    """Read a `.npz` written by `save_dataset`, checking the schema; raises `DatasetError` on a bad file."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"load_dataset: no file at {path!r}.")
+    """Read a `.npz` written by `save_dataset` (".npz" may be left off, as for `save_dataset`), checking the schema;
+    raises `DatasetError` on a bad file."""
+    path = _dataset_path(path, "load_dataset")
     try:
         with np.load(path, allow_pickle=False) as data:
             names = set(data.files)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from pgjax.offline.dataset import Dataset
 from pgjax.offline.empirical import check_discount
-from pgjax.offline.neural import DualDICEParams, _take, neural_dualdice_ratio
+from pgjax.offline.neural import DualDICEParams, _take, check_trained_discount, neural_dualdice_ratio
 
 Array = jax.Array
 
@@ -91,6 +91,7 @@ def neural_doubly_robust_value(
     Returns:
       A scalar; the mean runs over the dataset's valid steps and its initial observations.
     """
+    check_trained_discount(dice_params, discount, "neural_doubly_robust_value")
     obs, actions = dataset.observations, dataset.actions
     ratios = neural_dualdice_ratio(dice_params, obs, actions)
     q_sa = _take(q_fn(obs), actions)

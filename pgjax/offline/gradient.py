@@ -239,8 +239,9 @@ def offline_policy_improvement(
     """
     if method not in GRADIENT_METHODS:
         raise ValueError(f"offline_policy_improvement: method must be one of {GRADIENT_METHODS}; got {method!r}.")
-    if not isinstance(num_steps, int) or num_steps < 1:
+    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"offline_policy_improvement: num_steps must be a positive int; got {num_steps!r}.")
+    num_steps = int(num_steps)  # static in the compiled scan: NumPy ints too (collect accepts them)
     check_discount(discount)
     model = tabular_model(dataset, softmax_policy(theta, features))
     if method in IS_METHODS:

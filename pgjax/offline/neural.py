@@ -318,7 +318,8 @@ def _check_finite(what: str, tree: Any, lr_fields: str) -> None:
 
 @struct.dataclass
 class DualDICEParams:
-    """Parameters of nu and zeta (flax param dicts) and the architecture to apply them (static).
+    """Parameters of nu and zeta (flax param dicts), the architecture to apply them and the discount they were
+    trained for (static; None when unknown).
 
     `zeta` is the ratio network (w_hat = zeta); the `nu` network outputs (1 - gamma) nu.
     """
@@ -328,6 +329,17 @@ class DualDICEParams:
     hidden_sizes: tuple[int, ...] = struct.field(pytree_node=False, default=(64, 64))
     activation: str = struct.field(pytree_node=False, default="relu")
     num_actions: int = struct.field(pytree_node=False, default=0)
+    discount: float | None = struct.field(pytree_node=False, default=None)
+
+
+def check_trained_discount(params: DualDICEParams, discount: Any, owner: str) -> None:
+    """ValueError when a concrete `discount` differs from the one `params` were trained for: the ratio estimates
+    d^pi / d^D of that discount's occupancy, so another gamma gives a value of neither (0.456 for 1.11 at 0.5 / 0.8)."""
+    if params.discount is None or isinstance(discount, jax.core.Tracer) or np.ndim(discount) != 0:
+        return
+    if not np.isclose(float(discount), params.discount, rtol=1e-6):
+        raise ValueError(f"{owner}: discount {float(discount):g} differs from the {params.discount:g} the DualDICE "
+                         "ratio was trained for (NeuralDualDICEConfig.discount); use that one, or train again.")
 
 
 def _mlp(hidden_sizes, activation, num_actions: int) -> MLP:
@@ -388,6 +400,7 @@ def neural_dualdice_value(params: DualDICEParams, dataset: Dataset, discount, no
     so E_D[w] = 1 - gamma f / (1 - gamma) < 1 and only the plain estimate is consistent (with
     rewards constant on non-terminal steps, as in CartPole, the normalised one is constant too).
     """
+    check_trained_discount(params, discount, "neural_dualdice_value")
     w = neural_dualdice_ratio(params, dataset.observations, dataset.actions)
     mask = dataset.mask.astype(w.dtype)
     weighted = jnp.sum(mask * w * dataset.rewards) / jnp.sum(mask)
@@ -408,6 +421,7 @@ def _train_dualdice(key, data: Transitions, next_probs, num_valid, initial_obser
         hidden_sizes=config.hidden_sizes,
         activation=config.activation,
         num_actions=num_actions,
+        discount=float(config.discount),
     )
     tx_nu = _adam(config.nu_learning_rate, config.num_steps, config.anneal_lr, config.adam_b1)
     tx_zeta = _adam(config.zeta_learning_rate, config.num_steps, config.anneal_lr, config.adam_b1)

@@ -39,6 +39,9 @@ def check_policy(mdp: MDP, pi: Array) -> None:
     """`check_policy_table` against the MDP's [S, A]. Every exact evaluation goes through `policy_transition` and
     `policy_reward`, which call it: logits or unnormalised weights passed as pi would otherwise give values,
     occupancies and returns of no policy at all."""
+    if mdp.batch_shape:  # the exact functions take one MDP: a batch reached einsum and failed there, unexplained
+        raise ValueError(f"the exact tabular functions take one MDP; got a batch of shape {mdp.batch_shape}: "
+                         "jax.vmap over the batch axis, e.g. jax.vmap(expected_return)(mdps, pis).")
     check_policy_table(pi, "pi", mdp.reward.shape[-2:])
 
 
