@@ -408,7 +408,7 @@ def evaluate(
     """
     if num_episodes < 1:
         raise ValueError(f"evaluate: num_episodes must be >= 1; got {num_episodes}.")
-    if max(np.ndim(x) for x in jax.tree_util.tree_leaves(params)) > 2:  # pgjax's layers hold at most [in, out]
+    if max((np.ndim(x) for x in jax.tree_util.tree_leaves(params)), default=0) > 2:  # layers: at most [in, out]
         raise ValueError("evaluate: params hold a leading seeds axis (a kernel of more than 2 dimensions, as "
                          "load_run returns them): pass one seed's, jax.tree_util.tree_map(lambda x: x[s], params), "
                          "or jax.vmap(evaluate) over the seeds.")
