@@ -195,7 +195,7 @@ def test_cosine_averages_signed_cosines():
 
 def test_truncated_rollout_estimators_are_unbiased_for_the_truncated_objective():
     """Truncated at H = 2, the rollout estimators average to grad J_H (autodiff of the exact H-step return) within
-    4.5 standard errors per coordinate, and are far (> 20) from grad J: the truncation bias the lab shows."""
+    4.5 standard errors per coordinate, and are far (> 8) from grad J: the truncation bias the lab shows."""
     mdp = T.random_mdp(jax.random.key(0), 3, 2, discount=0.7)
     features = T.tabular_features(3, 2)
     theta = jax.random.normal(jax.random.key(1), (6,))
@@ -209,4 +209,4 @@ def test_truncated_rollout_estimators_are_unbiased_for_the_truncated_objective()
         se = samples.std(0, ddof=1) / np.sqrt(len(samples))
         z_jh, z_j = (samples.mean(0) - grad_jh) / se, (samples.mean(0) - grad_j) / se
         assert np.abs(z_jh).max() < 4.5, (name, z_jh)
-        assert np.abs(z_j).max() > 20.0, (name, z_j)
+        assert np.abs(z_j).max() > 8.0, (name, z_j)
