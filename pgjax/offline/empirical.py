@@ -254,13 +254,18 @@ def coverage(model: EmpiricalModel, target_pi: Array, discount, occupancy: Array
     return Coverage(unseen, mass, jnp.sum(unseen))
 
 
+def check_on_uncovered(on_uncovered: str, owner: str = "") -> None:
+    """ValueError unless `on_uncovered` is "warn", "raise" or "ignore" (`owner` prefixes the message)."""
+    if on_uncovered not in ("warn", "raise", "ignore"):
+        raise ValueError(f"{owner}on_uncovered must be 'warn', 'raise' or 'ignore'; got {on_uncovered!r}.")
+
+
 def report_coverage(report: Coverage, on_uncovered: str, tolerance: float = 1e-6, context: str = "") -> None:
     """Warn (`CoverageWarning`), raise (`CoverageError`) or stay silent ("ignore") about a coverage gap.
 
     Host-side: needs a concrete `Coverage`. `tolerance` is the occupancy mass treated as covered.
     """
-    if on_uncovered not in ("warn", "raise", "ignore"):
-        raise ValueError(f"on_uncovered must be 'warn', 'raise' or 'ignore'; got {on_uncovered!r}.")
+    check_on_uncovered(on_uncovered)
     mass = float(report.mass)
     if on_uncovered == "ignore" or mass <= tolerance:
         return

@@ -21,6 +21,7 @@ from pgjax.offline.dualdice import ratio_from_occupancy
 from pgjax.offline.empirical import (
     EmpiricalModel,
     check_discount,
+    check_on_uncovered,
     coverage,
     pair_totals,
     policy_dtype,
@@ -110,8 +111,7 @@ def policy_value(dataset: Dataset, target_pi: Array, discount, method: str = "du
     """
     if method not in METHODS:
         raise ValueError(f"policy_value: method must be one of {METHODS}; got {method!r}.")
-    if on_uncovered not in ("warn", "raise", "ignore"):  # checked for every method, before any work
-        raise ValueError(f"policy_value: on_uncovered must be 'warn', 'raise' or 'ignore'; got {on_uncovered!r}.")
+    check_on_uncovered(on_uncovered, "policy_value: ")  # for every method, before any work
     check_discount(discount)
     model = tabular_model(dataset, target_pi)
     target_pi = jnp.asarray(target_pi, policy_dtype(model))
