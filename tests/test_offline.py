@@ -734,3 +734,24 @@ def test_importance_sampling_reports_target_actions_the_data_never_show():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # covered: silent
         off.policy_value(data, behaviour, 0.8, "pdis")
+
+
+def test_importance_gradient_reports_target_actions_the_data_never_show():
+    """The chain of the test above, the uniform policy as theta = 0: the IS gradient was silent about the target's
+    mass on actions the behaviour policy never took; now it reports it as policy_value does."""
+    transition = np.zeros((3, 2, 3))
+    for s in range(3):
+        transition[s, 0, s], transition[s, 1, min(s + 1, 2)] = 1.0, 1.0
+    mdp = tab.MDP(transition, np.array([[0.1, 0.0], [0.1, 0.0], [0.1, 1.0]]), np.array([1.0, 0.0, 0.0]), 0.8)
+    features = tab.tabular_features(3, 2)
+    data = off.collect(jax.random.key(0), mdp, jnp.array([[1.0, 0.0]] * 3), 5, 4)
+    with pytest.warns(off.CoverageWarning, match=r"importance_policy_gradient\('pdis'\): if the behaviour policy"):
+        off.importance_policy_gradient(data, jnp.zeros(6), features, 0.8)
+    with pytest.raises(off.CoverageError, match="the data never show"):
+        off.importance_policy_gradient(data, jnp.zeros(6), features, 0.8, "wis", on_uncovered="raise")
+    with pytest.raises(ValueError, match=r"importance_policy_gradient: on_uncovered must be"):
+        off.importance_policy_gradient(data, jnp.zeros(6), features, 0.8, on_uncovered="rasie")
+    covered = off.collect(jax.random.key(1), mdp, jnp.full((3, 2), 0.5), 200, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        off.importance_policy_gradient(covered, jnp.zeros(6), features, 0.8)

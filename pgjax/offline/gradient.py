@@ -23,11 +23,12 @@ import numpy as np
 import optax
 from jax import lax
 
-from pgjax.offline.dataset import Dataset, validate_tabular_dataset
+from pgjax.offline.dataset import Dataset
 from pgjax.offline.dualdice import ratio_from_occupancy
 from pgjax.offline.empirical import (
     EmpiricalModel,
     check_discount,
+    check_on_uncovered,
     coverage,
     pessimistic_value,
     report_coverage,
@@ -141,7 +142,8 @@ def dualdice_policy_gradient(dataset: Dataset, theta: Array, features: Array, di
     return model_policy_gradient(model, dataset, theta, features, discount)
 
 
-def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, method: str = "pdis") -> Array:
+def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, method: str = "pdis",
+                               on_uncovered: str = "warn") -> Array:
     """The gradient of an IS estimate of J_T(pi_theta) with respect to theta [D] ("is", "pdis", "wis", "wpdis").
 
     theta [D], features phi [S, A, D]; the gradient of `importance_value` over the dataset's [N, T] steps with
@@ -151,14 +153,21 @@ def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, 
     both are unbiased for grad J_T when mu covers pi.
 
     Validates the dataset, the discount and the behaviour log-probabilities (as `policy_value` does)
-    when they are concrete; under `jit`/`vmap` (traced) the checks are skipped: validate first.
+    when they are concrete, and reports pairs pi_theta reaches that the data never show (`on_uncovered`: "warn",
+    "raise" or "ignore"; where the behaviour policy never takes those actions the weights miss their mass); under
+    `jit`/`vmap` (traced) the checks are skipped: validate first.
     """
     if method not in IS_METHODS:
         raise ValueError(f"importance_policy_gradient: method must be one of {IS_METHODS}; got {method!r}.")
+    check_on_uncovered(on_uncovered, "importance_policy_gradient: ")
     if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((dataset, theta, features, discount))):
         check_discount(discount)
-        validate_tabular_dataset(dataset, *features.shape[:2])
+        pi = softmax_policy(theta, features)
+        model = tabular_model(dataset, pi)
         check_importance_data(dataset, f"importance_policy_gradient(method={method!r})")
+        report_coverage(coverage(model, pi, discount), on_uncovered,
+                        context=f"importance_policy_gradient({method!r}): if the behaviour policy never takes those "
+                                "actions, the gradient misses this mass as well; ")
         gradient = _importance_gradient(dataset, theta, features, discount, method)
         if not np.all(np.isfinite(np.asarray(gradient))):
             raise nonfinite_error(f"importance_policy_gradient(method={method!r})",
