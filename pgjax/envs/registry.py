@@ -136,26 +136,13 @@ def import_env_module(name: str) -> None:
 _INTERFACE_CHECKED: set[tuple[str, str]] = set()
 
 
-def _make_registered(env_id: str, kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
-    """(env, params, overrides, constructor keywords) of a registered id."""
-    make_fn = _REGISTERED[env_id]
-    env, params = _env_and_params(make_fn())
-    field_names = {f.name for f in dataclasses.fields(params)} if dataclasses.is_dataclass(params) else set()
-    overrides = {k: v for k, v in kwargs.items() if k in field_names}
-    constructor_kwargs = {k: v for k, v in kwargs.items() if k not in field_names}
-    if constructor_kwargs:
-        try:
-            made = make_fn(**constructor_kwargs)
-        except TypeError as err:
-            raise ValueError(f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
-                             f"Params fields that can be overridden: {', '.join(sorted(field_names))}.") from None
-        env, params = _env_and_params(made)
+def _check_registered(env_id: str, env: Any, params: Any, constructor_kwargs: dict[str, Any]) -> None:
+    """The interface and first-steps checks of a registered id, once per id and constructor keywords that pass."""
     cache_key = (env_id, repr(constructor_kwargs))
     if cache_key not in _INTERFACE_CHECKED:
         check_interface(env_id, env, params)
         check_first_steps(env_id, env, params, {}, constructor_kwargs)
         _INTERFACE_CHECKED.add(cache_key)
-    return env, params, overrides, constructor_kwargs
 
 
 def _env_and_params(made: Any) -> tuple[Any, Any]:
@@ -257,28 +244,29 @@ def make(env_id: str, **kwargs: Any) -> tuple[Any, Any]:
         raise ValueError(f"Environment id must be a string; got {type(env_id).__name__}.")
     if env_id.startswith(TABULAR_PREFIX):
         return _make_tabular(env_id, kwargs)
-    if env_id in _REGISTERED:
-        env, params, overrides, constructor_kwargs = _make_registered(env_id, kwargs)
-        return _with_overrides(env_id, env, params, overrides, constructor_kwargs)
-    if env_id not in gymnax.registered_envs:
+    registered = env_id in _REGISTERED
+    if registered:
+        make_fn = _REGISTERED[env_id]
+        construct = lambda **kw: _env_and_params(make_fn(**kw))  # noqa: E731
+    elif env_id in gymnax.registered_envs:
+        construct = functools.partial(_gymnax_make, env_id)
+    else:
         raise _unknown(env_id, env_ids())
-    env, params = _gymnax_make(env_id)
-    field_names = {f.name for f in dataclasses.fields(params)}
+    env, params = construct()
+    # A keyword naming a params field overrides it; the others go to the constructor, which then builds again.
+    field_names = {f.name for f in dataclasses.fields(params)} if dataclasses.is_dataclass(params) else set()
     overrides = {k: v for k, v in kwargs.items() if k in field_names}
     constructor_kwargs = {k: v for k, v in kwargs.items() if k not in field_names}
     if constructor_kwargs:
         try:
-            env, params = _gymnax_make(env_id, **constructor_kwargs)
+            env, params = construct(**constructor_kwargs)
         except TypeError as err:
             raise ValueError(
                 f"make({env_id!r}): bad keyword arguments {sorted(constructor_kwargs)} ({err}). "
                 f"Params fields that can be overridden: {', '.join(sorted(field_names))}."
             ) from None
-    return _with_overrides(env_id, env, params, overrides, constructor_kwargs)
-
-
-def _with_overrides(env_id: str, env: Any, params: Any, overrides: dict[str, Any],
-                    constructor_kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    if registered:
+        _check_registered(env_id, env, params, constructor_kwargs)
     params = override_params(env_id, params, overrides)
     traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(overrides))
     if overrides and not traced:  # traced values (make inside a traced function) cannot be checked

@@ -282,6 +282,15 @@ def report_coverage(report: Coverage, on_uncovered: str, tolerance: float = 1e-6
     warnings.warn(message, CoverageWarning, stacklevel=3)
 
 
+def report_importance_coverage(model: EmpiricalModel, target_pi: Array, discount, on_uncovered: str,
+                               owner: str) -> None:
+    """`report_coverage` for an importance-sampling estimate: pairs the data never show bias it as well where the
+    behaviour policy never takes those actions (their weights are 0, so their mass is missing)."""
+    report_coverage(coverage(model, target_pi, discount), on_uncovered,
+                    context=f"{owner}: if the behaviour policy never takes those actions, importance sampling misses "
+                            "this mass as well; ")
+
+
 def tabular_model(dataset: Dataset, target_pi: Array) -> EmpiricalModel:
     """Validate a tabular dataset against the policy's shape [S, A] and count it (host-side boundary)."""
     target_pi = np.asarray(target_pi)

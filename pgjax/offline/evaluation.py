@@ -26,6 +26,7 @@ from pgjax.offline.empirical import (
     pair_totals,
     policy_dtype,
     report_coverage,
+    report_importance_coverage,
     solve_empirical,
     tabular_model,
 )
@@ -119,9 +120,7 @@ def policy_value(dataset: Dataset, target_pi: Array, discount, method: str = "du
         check_importance_data(dataset, f"policy_value(method={method!r})")
         # Unseen pairs bias IS as well when the behaviour policy never takes those actions (weight 0 for their mass;
         # a behaviour policy with zero probability of uniform's actions gave PDIS 0.081 for J_4 = 0.356, silently).
-        report_coverage(coverage(model, target_pi, discount), on_uncovered,
-                        context=f"policy_value({method!r}): if the behaviour policy never takes those actions, "
-                                "importance sampling misses this mass as well; ")
+        report_importance_coverage(model, target_pi, discount, on_uncovered, f"policy_value({method!r})")
         value = tabular_importance_value(dataset, target_pi, discount, method)
         if not np.isfinite(float(value)):
             target_log_probs = safe_log(target_pi)[dataset.observations, dataset.actions]

@@ -32,6 +32,7 @@ from pgjax.offline.empirical import (
     coverage,
     pessimistic_value,
     report_coverage,
+    report_importance_coverage,
     solve_empirical,
     tabular_model,
 )
@@ -165,9 +166,7 @@ def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, 
         pi = softmax_policy(theta, features)
         model = tabular_model(dataset, pi)
         check_importance_data(dataset, f"importance_policy_gradient(method={method!r})")
-        report_coverage(coverage(model, pi, discount), on_uncovered,
-                        context=f"importance_policy_gradient({method!r}): if the behaviour policy never takes those "
-                                "actions, the gradient misses this mass as well; ")
+        report_importance_coverage(model, pi, discount, on_uncovered, f"importance_policy_gradient({method!r})")
         gradient = _importance_gradient(dataset, theta, features, discount, method)
         if not np.all(np.isfinite(np.asarray(gradient))):
             raise nonfinite_error(f"importance_policy_gradient(method={method!r})",
