@@ -755,3 +755,33 @@ def test_importance_gradient_reports_target_actions_the_data_never_show():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         off.importance_policy_gradient(covered, jnp.zeros(6), features, 0.8)
+
+
+def test_importance_improvement_reports_the_largest_coverage_gap_along_its_run(problem):
+    """offline_policy_improvement with an IS method was silent where the policies along its run reach pairs the
+    data never show (its uncovered_mass said so, nothing else did); now it reports the step with the most. The
+    mass can grow as pi moves: weighted PDIS from theta_mu climbs onto action 2, which the data never show."""
+    mdp, features = problem["mdp"], problem["features"]
+    mu = np.array(problem["mu"])
+    mu[:, 2] = 0.0  # the behaviour policy never takes action 2: the IS weights miss the target's mass there
+    mu /= mu.sum(1, keepdims=True)
+    data = off.collect(jax.random.key(12), mdp, jnp.asarray(mu), 100, T)
+    adam = optax.adam(0.3)
+    for method, theta, largest in (("wpdis", problem["theta_mu"], 6), ("pdis", problem["theta_pi"], 0)):
+        quiet = off.offline_policy_improvement(data, theta, features, GAMMA, adam, 6, method, on_uncovered="ignore")
+        mass = np.asarray(quiet.uncovered_mass)
+        assert int(np.argmax(mass)) == largest and mass[largest] > 0.5
+        with pytest.warns(off.CoverageWarning, match=rf"offline_policy_improvement\('{method}'\) at step {largest} "
+                                                     rf"of 6 .*a fraction {mass[largest]:.4g} of"):
+            warned = off.offline_policy_improvement(data, theta, features, GAMMA, adam, 6, method)
+        np.testing.assert_array_equal(warned.thetas, quiet.thetas)  # reporting changes nothing
+        with pytest.raises(off.CoverageError, match=rf"at step {largest} of 6 .*the data never show"):
+            off.offline_policy_improvement(data, theta, features, GAMMA, adam, 6, method, on_uncovered="raise")
+    with pytest.raises(ValueError, match=r"offline_policy_improvement: on_uncovered must be"):
+        off.offline_policy_improvement(data, theta, features, GAMMA, adam, 6, "pdis", on_uncovered="rasie")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # "dualdice" values unseen pairs explicitly (pessimistic) and reports nothing; covered data are silent.
+        off.offline_policy_improvement(data, theta, features, GAMMA, adam, 2)
+        full = off.collect(jax.random.key(13), mdp, problem["mu"], 100, T)
+        off.offline_policy_improvement(full, theta, features, GAMMA, adam, 2, method="pdis")

@@ -216,6 +216,7 @@ def offline_policy_improvement(
     method: str = "dualdice",
     baseline: bool = True,
     pessimistic: bool = True,
+    on_uncovered: str = "warn",
 ) -> ImprovementResult:
     """Improve a softmax policy from logged data only: K optimiser steps of gradient ascent on J_hat.
 
@@ -241,6 +242,11 @@ def offline_policy_improvement(
       method: "dualdice" or one of the IS methods.
       baseline, pessimistic: see above. `baseline` acts on "dualdice" only; `pessimistic` moves the "dualdice"
         gradient and, for every method, the unseen-pair value of `estimated_values`.
+      on_uncovered: for the IS methods, "warn" (`CoverageWarning`), "raise" (`CoverageError`, after the run) or
+        "ignore" when a policy along the run reaches pairs the data never show: the IS gradient misses their mass
+        where the behaviour policy never takes those actions, and a softmax policy that moves there keeps climbing
+        an estimate that cannot see it. Reported once, at the step of the largest `uncovered_mass`. "dualdice"
+        values those pairs explicitly (`pessimistic`) and reports nothing.
 
     Returns:
       An `ImprovementResult`; `estimated_values` are computed with the same unseen-pair values.
@@ -250,6 +256,7 @@ def offline_policy_improvement(
     if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"offline_policy_improvement: num_steps must be a positive int; got {num_steps!r}.")
     num_steps = int(num_steps)  # static in the compiled scan: NumPy ints too (collect accepts them)
+    check_on_uncovered(on_uncovered, "offline_policy_improvement: ")
     check_discount(discount)
     model = tabular_model(dataset, softmax_policy(theta, features))
     if method in IS_METHODS:
@@ -263,6 +270,10 @@ def offline_policy_improvement(
         if method in IS_METHODS:
             raise nonfinite_error(context, *_log_probs(dataset, result.thetas[k], features), dataset.rewards)
         raise FloatingPointError(f"{context} is not finite; check the dataset's rewards and the optimiser's step size.")
+    if method in IS_METHODS:
+        k = int(np.argmax(np.asarray(result.uncovered_mass)))  # the mass can grow as pi moves: report the worst
+        owner = f"offline_policy_improvement({method!r}) at step {k} of {num_steps} (its largest uncovered mass)"
+        report_importance_coverage(model, softmax_policy(result.thetas[k], features), discount, on_uncovered, owner)
     return result
 
 
