@@ -54,9 +54,12 @@ def diag_gaussian_kl(mean_p: Array, log_std_p: Array, mean_q: Array, log_std_q: 
     Returns:
       KL [...].
     """
-    var_p = jnp.exp(2.0 * log_std_p)
-    var_q = jnp.exp(2.0 * log_std_q)
-    kl = log_std_q - log_std_p + (var_p + jnp.square(mean_p - mean_q)) / (2.0 * var_q) - 0.5
+    # In differences of log-stds: sigma_p^2 / sigma_q^2 = exp(2 (log sigma_p - log sigma_q)) stays finite where both
+    # variances overflow (log sigma ~ 44 in float32 gave inf / inf = NaN), and expm1 keeps the O(d^2) KL of nearby
+    # policies accurate (1/2 (e^{2d} - 1) - d: the variance terms cancelled to float rounding of 1/2 before).
+    log_ratio = log_std_p - log_std_q
+    z = (mean_p - mean_q) * jnp.exp(-log_std_q)
+    kl = 0.5 * jnp.expm1(2.0 * log_ratio) - log_ratio + 0.5 * jnp.square(z)
     shape = jnp.broadcast_shapes(mean_p.shape, mean_q.shape, jnp.shape(log_std_p), jnp.shape(log_std_q))
     return jnp.sum(jnp.broadcast_to(kl, shape), axis=-1)
 

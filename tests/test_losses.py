@@ -241,3 +241,17 @@ def test_masked_explained_variance_threshold_counts_the_masked_steps():
     expected = 1 - np.var(t - v) / np.var(t)
     got = losses.explained_variance(jnp.asarray(values), jnp.asarray(targets), jnp.asarray(mask))
     np.testing.assert_allclose(float(got), expected, rtol=1e-3)
+
+
+def test_diag_gaussian_kl_is_finite_and_accurate_in_float32():
+    """The variance form (sigma_p^2 + dm^2) / (2 sigma_q^2) overflowed to inf / inf = NaN at log sigma ~ 44, and
+    cancelled the O(d^2) KL of nearby log-stds to float32 rounding of 1/2 (12% off at d = 1e-3; expm1 leaves the
+    rounding of d itself, ~eps / d = 1e-4)."""
+    for ls_p, ls_q, dm in ((60.0, 60.0, 1.0), (60.0, 59.0, 0.0), (1e-3, 0.0, 0.0), (0.3, 0.3 - 2e-3, 1e-3)):
+        got = losses.diag_gaussian_kl(jnp.array([[dm]], jnp.float32), jnp.array([ls_p], jnp.float32),
+                                      jnp.zeros((1, 1), jnp.float32), jnp.array([ls_q], jnp.float32))
+        assert got.dtype == jnp.float32
+        d = np.float64(np.float32(ls_p)) - np.float64(np.float32(ls_q))  # the float32 inputs, exactly
+        z = np.float64(np.float32(dm)) * np.exp(-np.float64(np.float32(ls_q)))
+        expected = 0.5 * np.expm1(2 * d) - d + 0.5 * z**2
+        assert float(got[0]) == pytest.approx(expected, rel=3e-4, abs=1e-30)
