@@ -512,6 +512,28 @@ def test_sampled_offline_gradient_with_exact_ratio_is_unbiased(problem, big_data
     assert np.max(np.abs((mean - exact) / se)) < 4.5
 
 
+def test_offline_gradient_rejects_indices_and_shapes_that_do_not_fit(problem):
+    """States outside [0, S) were dropped from the pair counts (negative ones wrapped onto the last states): a
+    gradient from part of the data, or 0 / 0 = NaN when none fitted. Now named before anything is computed."""
+    theta, features = problem["theta_pi"], problem["features"]
+    data = off.collect(jax.random.key(5), problem["mdp"], problem["mu"], 4, 6)
+    w, q = jnp.ones((S, A)), jnp.ones((S, A))
+    assert np.all(np.isfinite(np.asarray(off.offline_policy_gradient(data, theta, features, GAMMA, w, q))))
+    for shift in (S, -1):
+        with pytest.raises(off.DatasetError, match=rf"Dataset.observations has indices outside \[0, {S}\)"):
+            off.offline_policy_gradient(data._replace(observations=data.observations + shift), theta, features,
+                                        GAMMA, w, q)
+    with pytest.raises(ValueError, match=rf"q_values must have shape \({S}, {A}\) .*got \({S - 1}, {A}\)"):
+        off.offline_policy_gradient(data, theta, features, GAMMA, w, q[:-1])
+    with pytest.raises(ValueError, match=r"ratio must have shape .* or \(\)"):
+        off.offline_policy_gradient(data, theta, features, GAMMA, w[0], q)
+    with pytest.raises(ValueError, match=r"theta must have shape"):
+        off.offline_policy_gradient(data, theta[:-1], features, GAMMA, w, q)
+    # Traced (jit / vmap): unchecked, the same numbers.
+    np.testing.assert_allclose(jax.jit(off.offline_policy_gradient)(data, theta, features, GAMMA, w, q),
+                               off.offline_policy_gradient(data, theta, features, GAMMA, w, q), rtol=1e-12)
+
+
 def test_dualdice_gradient_is_the_gradient_of_the_empirical_model(problem, big_dataset):
     data = off.subset(big_dataset, 100)
     theta, features = problem["theta_pi"], problem["features"]

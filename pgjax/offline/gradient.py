@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from pgjax.offline.dataset import Dataset
+from pgjax.offline.dataset import Dataset, validate_tabular_dataset
 from pgjax.offline.dualdice import ratio_from_occupancy
 from pgjax.offline.empirical import (
     EmpiricalModel,
@@ -67,7 +67,12 @@ def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, dis
 
     Returns:
       The gradient estimate [D].
+
+    Validates the dataset and the shapes when the arguments are concrete (a state or action outside [0, S) x [0, A)
+    was dropped from the counts, or wrapped around when negative); under `jit`/`vmap` validate first.
     """
+    if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((dataset, theta, features, ratio, q_values))):
+        _check_offline_gradient_inputs(dataset, theta, features, ratio, q_values)
     # Count per pair first, so the cost is O(S A D) however many transitions there are; int32 counts are exact.
     counts = jnp.zeros(q_values.shape, jnp.int32).at[dataset.observations, dataset.actions].add(
         dataset.mask.astype(jnp.int32)
@@ -75,6 +80,19 @@ def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, dis
     distribution = counts.astype(q_values.dtype) / jnp.sum(counts).astype(q_values.dtype)
     ratio = jnp.where(counts > 0, ratio, 0)  # pairs the data never show take no part (a ratio there may be inf)
     return expected_offline_gradient(distribution, ratio, theta, features, q_values, discount)
+
+
+def _check_offline_gradient_inputs(dataset: Dataset, theta, features, ratio, q_values) -> None:
+    """ValueError / DatasetError naming the argument whose shape or indices do not fit phi's [S, A, D]."""
+    if np.ndim(features) != 3:
+        raise ValueError(f"offline_policy_gradient: features must be phi [S, A, D]; got shape {np.shape(features)}.")
+    num_states, num_actions, dim = np.shape(features)
+    for name, x, shapes in (("theta", theta, ((dim,),)), ("q_values", q_values, ((num_states, num_actions),)),
+                            ("ratio", ratio, ((num_states, num_actions), ()))):
+        if np.shape(x) not in shapes:
+            raise ValueError(f"offline_policy_gradient: {name} must have shape {' or '.join(map(str, shapes))} "
+                             f"(features are [S, A, D] = {np.shape(features)}); got {np.shape(x)}.")
+    validate_tabular_dataset(dataset, num_states, num_actions)
 
 
 def expected_offline_gradient(data_distribution: Array, ratio: Array, theta: Array, features: Array, q_values: Array, discount) -> Array:
