@@ -64,6 +64,10 @@ def parse_args() -> argparse.Namespace:
         p.error("--seeds, --repeats and every --unroll must be positive")
     if a.total_timesteps < bc.BATCH:
         p.error(f"--total-timesteps must be at least {bc.BATCH}")
+    for flag, path in (("--json", a.json), ("--trace", a.trace)):
+        problem = path and bc.output_path_problem(path, "file")
+        if problem:
+            p.error(f"{flag}: {problem}")
     return a
 
 
@@ -192,8 +196,10 @@ def main() -> None:
                "updates": n_updates, "env_steps": env_steps, **t,
                "ms_per_update": 1e3 * t["run_s"] / n_updates, "env_steps_per_s": env_steps / t["run_s"]}
         records.append(rec)
+        # "updates only" steps no environment: its rate is of the data it learns from (a rollout's steps per update)
+        unit = "data steps/s" if name.startswith("updates only") else "env-steps/s"
         bc.log(f"  {name:<26} first call {t['first_call_s']:6.1f} s  run {t['run_s']:7.3f} s  "
-               f"{rec['ms_per_update']:7.2f} ms/update  {rec['env_steps_per_s']:14,.0f} env-steps/s")
+               f"{rec['ms_per_update']:7.2f} ms/update  {rec['env_steps_per_s']:14,.0f} {unit}")
 
     def guarded(what, thunk):
         # One variant failing (out of memory, a compiler error) must not lose the others' figures.

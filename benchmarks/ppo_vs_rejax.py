@@ -110,6 +110,13 @@ def parse_args() -> argparse.Namespace:
         a.eval_episodes = 16 if a.quick else 128
     if any(s < 1 for s in a.seeds):
         p.error("--seeds must be positive")
+    if a.eval_episodes < 0:
+        p.error(f"--eval-episodes must be >= 0 (0: no evaluation); got {a.eval_episodes}")
+    if Path(a.out).suffix == ".json":  # the raw records go to the CSV's name with .json: they would replace it
+        p.error(f"--out is the CSV ({a.out!r} ends in .json, the name of the raw records written next to it)")
+    problem = bc.output_path_problem(a.out, "file")
+    if problem:
+        p.error(f"--out: {problem}")
     if a.rounds < 1 or a.repeats < 1:
         p.error("--rounds and --repeats must be positive")
     try:
@@ -430,8 +437,10 @@ def main() -> None:
         pk = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
         say(f"{rec['impl']:>15}: python {info['python']} ({info['python_executable']}), jax {info['jax']} (jaxlib {info['jaxlib']}), "
             f"backend {info['backend']}, device {info['device']}; {pk}")
-    say("rejax: periodic evaluation disabled (eval_callback -> no-op, skip_initial_evaluation=True, eval_freq = total steps); "
-        "lr annealed by passing optax.linear_schedule as learning_rate; max_grad_norm=0.5 is rejax's element-wise clip")
+    if any(r["impl"] == "rejax" for r in rows):
+        say("rejax: periodic evaluation disabled (eval_callback -> no-op, skip_initial_evaluation=True, eval_freq = "
+            "total steps); lr annealed by passing optax.linear_schedule as learning_rate; max_grad_norm=0.5 is rejax's "
+            "element-wise clip")
     say(f"steps per seed: {rows[0]['steps_per_seed'] if rows else '?'} (= total_timesteps // 512 updates x 512); "
         f"final return: mean over {args.eval_episodes} evaluation episodes per seed (stochastic policy), untimed")
     if args.xla_flags is not None:

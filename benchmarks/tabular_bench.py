@@ -59,7 +59,7 @@ import jaxlib
 import numpy as np
 
 import pgjax
-from pgjax import tabular
+from pgjax import tables, tabular
 
 NUM_ACTIONS = 4
 NUM_FEATURES = 16
@@ -631,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes must all be >= 2 (states); got {args.sizes}")
     if args.min_time is not None and not args.min_time > 0:
         parser.error(f"--min-time must be > 0; got {args.min_time}")
+    problem = tables.output_path_problem(
+        args.out or os.path.join("runs", "bench", "tabular_x64.csv" if args.x64 else "tabular.csv"), "file")
+    if problem:
+        parser.error(f"--out: {problem}")
     if args.threads is not None and os.environ.get(_THREADS_ENV) != str(args.threads):
         _restart_with_threads(args.threads)
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -155,6 +156,11 @@ def main(argv=None) -> int:
         p.error(f"--resamples must be >= 1; got {args.resamples}")
     if args.labels is not None and len(args.labels) != len(args.runs):
         p.error(f"--labels needs one label per RUN: {len(args.runs)} runs, {len(args.labels)} labels")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        p.error(f"--threshold must be a finite return; got {args.threshold}")
+    problem = args.out and tables.output_path_problem(args.out, "dir")
+    if problem:
+        p.error(f"--out: {problem}")
     entries = []
     try:
         for index, run_dir in enumerate(args.runs):

@@ -110,18 +110,28 @@ def parse_args(argv=None):
         p.error("--reference-chunks must be even, >= 2, and divide --reference-episodes")
     if args.improve_steps < 0 or not args.improve_learning_rate > 0:
         p.error("--improve-steps must be >= 0 and --improve-learning-rate > 0")
+    problem = tables.output_path_problem(args.out, "dir")
+    if problem:
+        p.error(f"--out: {problem}")
+    try:  # the PPO run's config, checked here rather than in a traceback once the script has started
+        ppo_config(args.env, args.ppo_steps, args.ppo_learning_rate)
+    except ValueError as err:
+        p.error(f"--env / --ppo-steps / --ppo-learning-rate: {err}")
     return args
 
 
-def train_target(key, env_id: str, total_timesteps: int, learning_rate: float):
-    """PPO on env_id; returns (network, params, mean training return of the last 5 updates).
+def ppo_config(env_id: str, total_timesteps: int, learning_rate: float):
+    """PPO's defaults otherwise, without observation normalisation, so the policy network reads the raw
+    observations that `collect_env` logs (validated: `ValueError` naming the field)."""
+    config_cls, _ = algos.get("ppo")
+    return config_cls(env_id=env_id, total_timesteps=total_timesteps, learning_rate=learning_rate,
+                      normalize_observations=False)
 
-    PPO's defaults otherwise, without observation normalisation, so the policy network reads the
-    raw observations that `collect_env` logs.
-    """
-    config_cls, make_train = algos.get("ppo")
-    config = config_cls(env_id=env_id, total_timesteps=total_timesteps, learning_rate=learning_rate,
-                        normalize_observations=False)
+
+def train_target(key, env_id: str, total_timesteps: int, learning_rate: float):
+    """PPO (`ppo_config`) on env_id; returns (network, params, mean training return of the last 5 updates)."""
+    config = ppo_config(env_id, total_timesteps, learning_rate)
+    _, make_train = algos.get("ppo")
     spec = common.make_env(config)
     if not spec.discrete:
         raise SystemExit(f"{env_id} has continuous actions; this demo needs discrete ones.")

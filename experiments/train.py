@@ -126,7 +126,7 @@ if __name__ == "__main__":
     # JAX fixes its CPU device count when it starts, and importing gymnax (below) starts it.
     setup_cpu_devices(_cpu_devices_arg(expand_resume(sys.argv[1:])))
 
-from pgjax import algos, checkpoints, envs, runs  # noqa: E402
+from pgjax import algos, checkpoints, envs, runs, tables  # noqa: E402
 from pgjax.algos import common, presets  # noqa: E402
 
 
@@ -408,6 +408,9 @@ def main(argv=None) -> int:
     setup_cpu_devices(args.cpu_devices)
     _, make_train = algos.get(args.algo)
     out = args.out or os.path.join("runs", f"{args.algo}-{config.env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
+    problem = tables.output_path_problem(out, "dir")  # found at the end, after training, it lost the run
+    if problem:
+        raise SystemExit(f"error: --out: {problem}")
     if args.resume_from is None:  # a run written over another would mix the two (runs.clear_run)
         checkpoint = os.path.join(out, CHECKPOINT)
         if os.path.exists(checkpoint) and not args.overwrite:  # rerunning the command would lose it
@@ -458,7 +461,10 @@ def main(argv=None) -> int:
         print(f"warning: {int(np.isnan(final).sum())} seed(s) finished no episode in the last 10% of updates")
     print(f"final mean episode return (last 10% of updates) per seed: {per_seed(final, seed_indices)}")
     if not np.isnan(final).all():
-        print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}")
+        finished = int(np.sum(~np.isnan(final)))  # a seed without a finished episode has no return to rank
+        print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}" + (
+            f" (of the {finished} of {len(final)} seeds that finished an episode in the last 10% of updates)"
+            if finished < len(final) else ""))
     last_eval = runs.last_evaluation(output.metrics)  # --eval-every: the last evaluation is after the last update
     if last_eval is not None:
         print(f"evaluation after the last update ({config.eval_episodes} episodes, {_eval_actions(config)}) per seed: "

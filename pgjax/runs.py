@@ -983,17 +983,20 @@ def area_under_curve(metrics: dict[str, Any]) -> np.ndarray:
 
 def steps_to_threshold(metrics: dict[str, Any], threshold: float, window: int = 10) -> np.ndarray:
     """Per seed, `env_steps` at the first update where the mean episode return over the last `window` updates
-    (those with finished episodes; fewer at the start) reached `threshold` ([seeds]; NaN for a seed that never
-    did). The window keeps one lucky update from counting as learned."""
+    (those of them with finished episodes) reached `threshold` ([seeds]; NaN for a seed that never did). The
+    window keeps one lucky update from counting as learned, so it must be full: the earliest update that can
+    count is the window-th (a run of fewer updates than `window` is judged over all of them, at its end)."""
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"steps_to_threshold: window must be a positive int; got {window!r}.")
     returns = np.asarray(metrics["episode_return"], dtype=float)
+    window = min(window, returns.shape[1])
     finished = ~np.isnan(returns)
     sums, counts = np.cumsum(np.where(finished, returns, 0.0), axis=1), np.cumsum(finished, axis=1)
     sums[:, window:] -= sums[:, :-window].copy()
     counts[:, window:] -= counts[:, :-window].copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         reached = np.where(counts > 0, sums / np.maximum(counts, 1), -np.inf) >= threshold
+    reached[:, : window - 1] = False  # a partial window at the start: one lucky first episode counted as learned
     first = np.argmax(reached, axis=1)
     steps = np.asarray(metrics["env_steps"], dtype=float)[np.arange(len(first)), first]
     return np.where(reached.any(axis=1), steps, np.nan)

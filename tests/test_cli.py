@@ -206,6 +206,34 @@ def test_an_out_directory_holding_a_run_is_refused_unless_overwritten(run_dir, t
         runs.load_run(str(grid))
 
 
+def test_output_paths_that_cannot_be_written_are_refused_before_anything_runs(run_dir, tmp_path, capsys):
+    """train.py --out naming a file trained the whole run, then lost it in a FileExistsError at save_run; the other
+    scripts failed the same way at their last line (quality.py after every pair had trained). Each now refuses
+    such a path with its flags (`tables.output_path_problem`), and compare.py a threshold that is not a number."""
+    a_file, a_dir = tmp_path / "a_file", tmp_path / "a_dir"
+    a_file.write_text("x")
+    a_dir.mkdir()
+    assert tables.output_path_problem(str(a_file), "file") is None  # replaced
+    assert tables.output_path_problem(str(a_dir), "dir") is None  # reused
+    assert tables.output_path_problem(str(a_dir / "new" / "deeper"), "dir") is None  # created
+    assert "is a file, not a directory" in tables.output_path_problem(str(a_file), "dir")
+    assert "is a directory" in tables.output_path_problem(str(a_dir), "file")
+    assert f"{a_file} is a file, so" in tables.output_path_problem(str(a_file / "x.csv"), "file")
+    with pytest.raises(ValueError, match="kind must be 'dir' or 'file'"):
+        tables.output_path_problem(str(a_dir), "folder")
+    with pytest.raises(SystemExit, match=r"--out: .*a_file is a file, not a directory"):
+        train_cli.main(RUN_FLAGS + ["--out", str(a_file)])
+    for argv in ([run_dir, "--out", str(a_file)], [run_dir, "--threshold", "nan"]):
+        with pytest.raises(SystemExit):
+            compare_cli.main(argv)
+    with pytest.raises(SystemExit):
+        evaluate_cli.main([run_dir, "--csv", str(a_dir)])
+    errors = capsys.readouterr().err
+    assert "--out: " in errors and "--threshold must be a finite return; got nan" in errors
+    assert f"--csv: {a_dir} is a directory" in errors
+    assert not os.listdir(a_dir) and a_file.read_text() == "x"
+
+
 def test_load_run_rejects_incomplete_dir(tmp_path):
     with pytest.raises(ValueError, match="params.msgpack is missing|config.json is missing"):
         runs.load_run(str(tmp_path))
@@ -410,7 +438,8 @@ def _final_returns_from_csv(run):
 
 def _auc_and_steps_from_csv(run, threshold, window=10):
     """Per seed: the mean over updates of the return carried forward, and the env steps (256 per update) at the
-    first update whose last `window` updates' finished episodes average >= threshold (None if never)."""
+    first update whose last `window` updates' finished episodes average >= threshold (None if never); the window
+    must be full (from update `window` on)."""
     out = {}
     for seed, values in _returns_from_csv(run).items():
         carried, last = [], float("nan")
@@ -418,7 +447,7 @@ def _auc_and_steps_from_csv(run, threshold, window=10):
             last = last if np.isnan(v) else v
             carried.append(last)
         steps = None
-        for u in range(len(values)):
+        for u in range(window - 1, len(values)):
             recent = [v for v in values[max(0, u - window + 1):u + 1] if not np.isnan(v)]
             if recent and np.mean(recent) >= threshold:
                 steps = 256 * (u + 1)

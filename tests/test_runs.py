@@ -175,9 +175,13 @@ def test_area_under_curve_and_steps_to_threshold():
     auc = runs.area_under_curve(metrics)
     np.testing.assert_allclose(auc[:2], [(10 + 10 + 30 + 30 + 50) / 5, (40 + 0 + 60 * 4) / 6])
     assert np.isnan(auc[2])
-    # window 1: the first update at >= 40; window 2: the first whose last two finished updates average >= 40
+    # window 1: the first update at >= 40; window 2: the first whose last two finished updates average >= 40. Seed
+    # 1's first update alone (40) counted as reached with a window of 2 before the window was required to be full.
     np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 40.0, window=1), [600.0, 100.0, nan])
-    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 40.0, window=2), [600.0, 100.0, nan])
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 40.0, window=2), [600.0, 400.0, nan])
+    # A run shorter than the window is judged over all its updates, at its last one (seed 1: 280 / 6 = 46.7).
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 40.0, window=50), [nan, 600.0, nan])
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 47.0, window=50), [nan, nan, nan])
     np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 45.0, window=2), [nan, 400.0, nan])
     # seed 1 first reaches 50 at update 2 (60), but its 3-update mean reaches 50 only at update 4 (0, 60, 60 is 40)
     np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 50.0, window=1), [600.0, 300.0, nan])
