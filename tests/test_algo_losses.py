@@ -452,3 +452,79 @@ def test_trpo_standardises_advantages_and_anneals_the_value_fit_over_all_its_ste
     got = ravel_pytree(normalized.params["params"]["critic"])[0]
     np.testing.assert_allclose(np.asarray(got), flat, rtol=1e-5, atol=1e-6)
     assert int(normalized.vf_opt_state.count) == steps // config.num_updates
+
+
+# --- what the updates report about the policy's move ----------------------------------------------------------------
+
+
+def _np_kl(log_p, log_q):
+    """mean over states of KL(p || q) = sum_a p(a) (log p(a) - log q(a)), from log-probabilities [..., K]."""
+    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), -1)))
+
+
+@pytest.mark.parametrize("name", ["a2c", "reinforce"])
+def test_one_step_updates_report_the_kl_from_the_old_policy_to_the_new(name):
+    """The `kl` metric of A2C and REINFORCE is mean_s KL(pi_old(.|s) || pi_new(.|s)) over the batch's states; KL
+    the other way round, or of the old policy with itself (0), passed every test before."""
+    config_cls, _ = algos.get(name)
+    config = config_cls(**SMALL, total_timesteps=T * N, learning_rate=0.05)
+    make_algorithm = {"a2c": a2c.make_algorithm, "reinforce": reinforce.make_algorithm}[name]
+    network, hp, batch = _network(), config.hyperparams(), _batch()
+    algorithm = make_algorithm(config, network)
+    agent = algorithm.init(jax.random.key(0), SPEC, hp)
+    agent = common.AgentState(_random_params(agent.params), agent.opt_state)
+    new_agent, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), hp, jnp.int32(0))
+    old, new = _outputs(network, agent.params, batch.obs)[0], _outputs(network, new_agent.params, batch.obs)[0]
+    forward, backward = _np_kl(old, new), _np_kl(new, old)
+    assert forward > 1e-4 and abs(forward - backward) > 0.01 * forward  # the test tells the directions apart
+    np.testing.assert_allclose(float(metrics["kl"]), forward, rtol=1e-3)
+
+
+def test_trpo_reports_its_move_and_takes_the_damped_natural_step():
+    """TRPO's metrics against NumPy on the hand-built batch: kl = mean KL(pi_old || pi_new), entropy = the old
+    policy's mean entropy, surrogate_improvement = L(theta_new) - L(theta_old) with L = mean ratio * norm(A).
+    expected_improvement = g^T s = sqrt(2 delta g^T (H + lambda I)^{-1} g) for the full step s, with H the Hessian of
+    the mean KL in the actor's parameters (formed explicitly here, by autodiff) and lambda = cg_damping: a step damped
+    by another lambda (max_kl's 0.02 passed every test before) is 20% away."""
+    config = algos.TRPOConfig(**SMALL, total_timesteps=T * N, gae_lambda=0.9, max_kl=0.02, cg_damping=0.3,
+                              cg_iterations=40, vf_minibatches=2)
+    network, hp, batch = _network(), config.hyperparams(), _batch()
+    algorithm = trpo.make_algorithm(config, network)
+    agent = algorithm.init(jax.random.key(0), SPEC, hp)
+    agent = trpo.TRPOState(_random_params(agent.params), agent.vf_opt_state)
+    new_agent, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), hp, jnp.int32(0))
+    assert float(metrics["step_accepted"]) == 1.0
+
+    old_log, old_entropy, _ = _outputs(network, agent.params, batch.obs)
+    new_log = _outputs(network, new_agent.params, batch.obs)[0]
+    np.testing.assert_allclose(float(metrics["kl"]), _np_kl(old_log, new_log), rtol=1e-3)
+    np.testing.assert_allclose(float(metrics["entropy"]), np.mean(old_entropy), rtol=1e-5)
+    assert abs(_outputs(network, new_agent.params, batch.obs)[1].mean() - old_entropy.mean()) > 1e-3
+
+    advantage = _np_normalize(_np_gae(_np(batch), 0.9, 0.9)[0])
+    surrogate = lambda log: np.mean(np.exp(_taken(log, batch.action) - _np(batch)["log_prob"]) * advantage)  # noqa
+    np.testing.assert_allclose(float(metrics["surrogate_improvement"]), surrogate(new_log) - surrogate(old_log),
+                               rtol=1e-3, atol=1e-6)
+
+    # The step's expected improvement from an explicit damped Fisher (float32 autodiff, solved in float64).
+    actor_flat, unravel = ravel_pytree(agent.params["params"]["actor"])
+    obs, action = common.flatten_batch((batch.obs, batch.action))
+    old_logits = network.apply(agent.params, obs, method="policy").logits
+    critic = agent.params["params"]["critic"]
+
+    def dist(flat):
+        return network.apply({"params": {"actor": unravel(flat), "critic": critic}}, obs, method="policy")
+
+    def mean_kl(flat):
+        log_p, log_q = jax.nn.log_softmax(old_logits), jax.nn.log_softmax(dist(flat).logits)
+        return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1))
+
+    def objective(flat):
+        ratio = jnp.exp(dist(flat).log_prob(action) - batch.log_prob.reshape(-1))
+        return jnp.mean(ratio * jnp.asarray(advantage.reshape(-1), jnp.float32))
+
+    hessian = np.asarray(jax.hessian(mean_kl)(actor_flat), np.float64)
+    g = np.asarray(jax.grad(objective)(actor_flat), np.float64)
+    expected = {lam: np.sqrt(2 * 0.02 * g @ np.linalg.solve(hessian + lam * np.eye(len(g)), g)) for lam in (0.3, 0.02)}
+    assert abs(expected[0.02] / expected[0.3] - 1) > 0.2
+    np.testing.assert_allclose(float(metrics["expected_improvement"]), expected[0.3], rtol=0.02)
