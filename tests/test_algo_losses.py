@@ -358,6 +358,34 @@ def test_ppo_update_explained_variance_is_against_the_gae_targets():
     np.testing.assert_allclose(float(metrics["explained_variance"]), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_ppo_update_feeds_the_rollout_into_its_loss(split):
+    """One PPO update of one epoch and one minibatch (the whole batch) reports the loss of the parameters it started
+    from, on the data the rollout gave it: old log-probs = batch.log_prob, old values (the value clip's centre) =
+    batch.value, GAE advantages and targets. Old values from batch.next_value passed every test before."""
+    config = algos.PPOConfig(**SMALL, total_timesteps=T * N, num_epochs=1, num_minibatches=1, clip_value=True,
+                             gae_lambda=0.8, split_actor_critic=split)
+    network, hp, batch = _network(), config.hyperparams(), _batch()
+    algorithm = ppo.make_algorithm(config, network)
+    agent = algorithm.init(jax.random.key(0), SPEC, hp)
+    agent = common.AgentState(_random_params(agent.params), agent.opt_state)
+    _, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), hp, jnp.int32(0))
+    b = _np(batch)
+    advantage, target = _np_gae(b, 0.9, 0.8)
+    flat = lambda x: np.asarray(x, np.float64).reshape(T * N, *np.shape(x)[2:])  # noqa: E731 (time-major)
+    obs, action = flat(b["obs"]), flat(batch.action).astype(np.int32)
+    log_probs, entropy, value = _outputs(network, agent.params, jnp.asarray(obs, jnp.float32))
+
+    def reference(old_value):
+        minibatch = (obs, action, flat(b["log_prob"]), flat(old_value), flat(advantage), flat(target))
+        return _ppo_reference_loss(_taken(log_probs, action), entropy, value, minibatch, hp, True, True)[1]
+
+    parts = reference(b["value"])
+    assert abs(reference(b["next_value"])["value_loss"] - parts["value_loss"]) > 1e-2  # the centre matters here
+    for name, want in parts.items():
+        np.testing.assert_allclose(float(metrics[name]), want, rtol=2e-5, atol=1e-6, err_msg=name)
+
+
 # --- A2C ------------------------------------------------------------------------------------------------------------
 
 
