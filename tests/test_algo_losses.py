@@ -240,6 +240,23 @@ def test_reinforce_update_metrics_are_masked():
     np.testing.assert_allclose(float(metrics["valid_fraction"]), mask.mean(), rtol=1e-6)
 
 
+def test_reinforce_anneals_with_the_update_index_after_skipped_updates():
+    """A REINFORCE update whose rollout finished no episode is skipped (Adam's count stays behind the update index);
+    the next step's rate follows the index: at update u after one skip, lr_0 (1 - u / num_updates). The same Adam
+    state at update 3 steps a third as far as at update 1 (1/4 against 3/4 of lr_0) in the same direction; a schedule
+    on Adam's count (both at count 1) passed every test before."""
+    config = algos.REINFORCEConfig(**SMALL, total_timesteps=4 * T * N, learning_rate=1e-2)
+    network, hp, batch = _network(), config.hyperparams(), _batch()
+    algorithm = reinforce.make_algorithm(config, network)
+    agent = algorithm.init(jax.random.key(0), SPEC, hp)
+    agent = common.AgentState(_random_params(agent.params), agent.opt_state._replace(count=jnp.int32(1)))
+    update = jax.jit(algorithm.update)
+    step = {u: ravel_pytree(update(agent, batch, jax.random.key(1), hp, jnp.int32(u))[0].params)[0]
+            - ravel_pytree(agent.params)[0] for u in (1, 3)}
+    assert float(jnp.abs(step[1]).max()) > 1e-4
+    np.testing.assert_allclose(np.asarray(step[3]), np.asarray(step[1]) / 3, rtol=1e-4, atol=1e-9)
+
+
 # --- PPO ------------------------------------------------------------------------------------------------------------
 
 
