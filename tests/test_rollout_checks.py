@@ -81,6 +81,53 @@ def _categorical_kl(old_logits, new_logits):
     return (np.exp(log_p) * (log_p - log_q)).sum(-1)
 
 
+def test_rollout_draws_fresh_environment_randomness_at_every_step():
+    """CartPole's dynamics are deterministic; only its resets draw (each state uniform in [-0.05, 0.05]). Every reset
+    in a rollout must draw its own start: the same environment key at every step (each environment's resets all
+    alike) passed every test before."""
+    config = ppo.PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=300, total_timesteps=600, num_minibatches=1,
+                           hidden_sizes=(8,))
+    spec = common.make_env(config)
+    network = common.actor_critic(config, spec)
+    agent = ppo.make_algorithm(config, network).init(jax.random.key(0), spec, config.hyperparams())
+    env_state, obs = spec.env.reset(jax.random.key(1), spec.params)[::-1]
+    _, _, batch = jax.jit(
+        lambda k, s, o: common.rollout(k, spec, agent, common.sampling_act(network), common.critic_value(network),
+                                       s, o, config.num_steps)
+    )(jax.random.key(2), env_state, obs)
+    done = np.asarray(batch.terminated | batch.truncated)[:-1]
+    for env in range(config.num_envs):
+        starts = np.asarray(batch.obs)[1:, env][done[:, env]]  # the first observation of every new episode
+        assert len(starts) >= 5  # a near-uniform policy ends CartPole episodes every ~20 steps
+        assert np.all(np.abs(starts) <= 0.05)
+        assert len(np.unique(starts, axis=0)) == len(starts), f"environment {env} restarted from a repeated state"
+
+
+def test_each_update_learns_with_a_key_its_rollout_did_not_use():
+    """The training loop splits its key into a rollout key and an update key (PPO's minibatch shuffles). An act
+    function that records the rollout's sampling noise in log_prob lets an update check that its key is not the
+    one that noise came from (`rollout` draws it from split(key)[0]): reusing the rollout key passed every test."""
+    config = ppo.PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=8, total_timesteps=48, num_minibatches=1,
+                           hidden_sizes=(8,))
+    spec = common.make_env(config)
+    network = common.actor_critic(config, spec)
+    base = ppo.make_algorithm(config, network)
+
+    def act(agent, obs, noise):
+        action, _ = base.act(agent, obs, noise)
+        return action, noise[..., 0]  # the Gumbel noise of action 0, in place of the log-probability
+
+    def update(agent, batch, key, hp, update_idx):
+        redrawn = jax.random.gumbel(jax.random.split(key)[0], batch.log_prob.shape + (spec.action_dim,))[..., 0]
+        return agent, {"noise_from_update_key": jnp.all(redrawn == batch.log_prob).astype(jnp.float32),
+                       "noise_std": jnp.std(batch.log_prob)}
+
+    algorithm = common.Algorithm(base.init, act, base.value, update)
+    metrics = jax.jit(common.make_on_policy_train(config, algorithm, spec))(jax.random.key(3)).metrics
+    assert np.all(np.asarray(metrics["noise_std"]) > 0.5)  # Gumbel noise (std 1.28) was recorded
+    np.testing.assert_array_equal(np.asarray(metrics["noise_from_update_key"]), 0.0)
+
+
 def test_trpo_accepted_step_keeps_the_full_batch_kl_in_the_trust_region():
     """With fisher_subsample = 2 the natural-gradient step is scaled on the even rollout steps' states (here small
     observations) while the odd steps' (large observations) move further: the line search must still check the KL
