@@ -51,6 +51,8 @@ def conjugate_gradient(
     finite (A singular or indefinite along p: the iterate so far is returned, never a NaN) (a `lax.while_loop`).
     Exact after n iterations for an n x n system (in exact arithmetic). The tolerance is absolute: for
     |b|^2 <= residual_tol no iteration runs and x = 0 (a natural-gradient step of 0 for |g| < 1e-5 at the default).
+    It stays absolute on purpose: relative to |b|^2 (as scipy's), CG ran more of TRPO's 10 iterations on CartPole,
+    and the `max_kl=0.005` preset, tuned with the absolute one, left a seed of 8 at 462.2 (all 500.0 before).
 
     Args:
       matvec: v -> A v on pytrees shaped like b (e.g. a Fisher-vector product).
