@@ -358,14 +358,18 @@ def test_grid_summary_and_metrics_agree_and_cells_share_their_seeds(grid_dir):
     summary = tables.read_csv(os.path.join(grid_dir, "summary.csv"))
     assert [float(r["learning_rate"]) for r in summary] == [1e-3, 2.5e-4]
     finals = np.array([[np.nanmean(returns[cell, seed][-2:]) for seed in range(2)] for cell in range(2)])
+    # The references below are for seeds that all finished an episode in the last 2 updates (summarize_final_returns
+    # ranks the others apart): a training change that leaves one unfinished must say so, not mismatch a median.
+    assert np.all(np.isfinite(finals)), finals
     best = finals[np.argmax(finals.mean(axis=1))]
     for row in summary:  # final return = mean over the last 10% of updates (2 of 16), per seed
         values = finals[int(row["cell"])]
         difference = values - best  # paired by seed
+        # metrics.csv holds float32 returns: a difference of close values carries their rounding, relative to them
         np.testing.assert_allclose(
             [float(row[k]) for k in ("median", "mean", "worst", "best", "vs_best", "vs_best_ci95")],
             [np.median(values), values.mean(), values.min(), values.max(), difference.mean(),
-             T_1 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-9)
+             T_1 * difference.std(ddof=1) / np.sqrt(2)], rtol=1e-6, atol=1e-6 * np.abs(finals).max())
         evals = [last_eval[int(row["cell"]), seed] for seed in range(2)]  # the evaluation after the last update
         np.testing.assert_allclose([float(row[k]) for k in ("eval_median", "eval_mean", "eval_worst")],
                                    [np.median(evals), np.mean(evals), np.min(evals)], rtol=1e-6)
