@@ -36,6 +36,13 @@ def _random_params(params, key=jax.random.key(7), scale=0.5):
     return unravel(scale * jax.random.normal(key, flat.shape, flat.dtype))
 
 
+def _agent(module, config, network):
+    """(algorithm, its initial agent with `_random_params`) of an algorithm module for `config` on `network`."""
+    algorithm = module.make_algorithm(config, network)
+    agent = algorithm.init(jax.random.key(0), SPEC, config.hyperparams())
+    return algorithm, agent.replace(params=_random_params(agent.params))
+
+
 def _batch(rewards=None):
     """A [T=6, N=2] rollout: env 0 terminates at step 2 and is truncated at step 4 (step 5 starts an episode that does
     not end), env 1 terminates at step 3 (steps 4-5 do not end). next_value is value[t + 1] inside episodes, the
@@ -228,9 +235,7 @@ def test_reinforce_update_metrics_are_masked():
     rollout's values against the bootstrapped returns there)."""
     config = algos.REINFORCEConfig(**SMALL, total_timesteps=T * N, ent_coef=0.05)
     network, hp, batch = _network(), config.hyperparams(), _batch()
-    algorithm = reinforce.make_algorithm(config, network)
-    agent = algorithm.init(jax.random.key(0), SPEC, hp)
-    agent = common.AgentState(_random_params(agent.params), agent.opt_state)
+    algorithm, agent = _agent(reinforce, config, network)
     _, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), hp, jnp.int32(0))
     expected, returns, mask = _reinforce_reference(network, agent.params, batch, hp, normalize=True)
     for name, want in expected.items():
@@ -247,9 +252,8 @@ def test_reinforce_anneals_with_the_update_index_after_skipped_updates():
     on Adam's count (both at count 1) passed every test before."""
     config = algos.REINFORCEConfig(**SMALL, total_timesteps=4 * T * N, learning_rate=1e-2)
     network, hp, batch = _network(), config.hyperparams(), _batch()
-    algorithm = reinforce.make_algorithm(config, network)
-    agent = algorithm.init(jax.random.key(0), SPEC, hp)
-    agent = common.AgentState(_random_params(agent.params), agent.opt_state._replace(count=jnp.int32(1)))
+    algorithm, agent = _agent(reinforce, config, network)
+    agent = agent.replace(opt_state=agent.opt_state._replace(count=jnp.int32(1)))
     update = jax.jit(algorithm.update)
     step = {u: ravel_pytree(update(agent, batch, jax.random.key(1), hp, jnp.int32(u))[0].params)[0]
             - ravel_pytree(agent.params)[0] for u in (1, 3)}
@@ -383,9 +387,7 @@ def test_ppo_update_feeds_the_rollout_into_its_loss(split):
     config = algos.PPOConfig(**SMALL, total_timesteps=T * N, num_epochs=1, num_minibatches=1, clip_value=True,
                              gae_lambda=0.8, split_actor_critic=split)
     network, hp, batch = _network(), config.hyperparams(), _batch()
-    algorithm = ppo.make_algorithm(config, network)
-    agent = algorithm.init(jax.random.key(0), SPEC, hp)
-    agent = common.AgentState(_random_params(agent.params), agent.opt_state)
+    algorithm, agent = _agent(ppo, config, network)
     _, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), hp, jnp.int32(0))
     b = _np(batch)
     advantage, target = _np_gae(b, 0.9, 0.8)
@@ -413,9 +415,7 @@ def test_a2c_update_losses_match_numpy(method):
     config = algos.A2CConfig(**SMALL, total_timesteps=T * N, gae_lambda=0.8, advantage_method=method, n_steps_return=3,
                              vf_coef=0.3, ent_coef=0.05)
     network, hp, batch = _network(), config.hyperparams(), _batch()
-    algorithm = a2c.make_algorithm(config, network)
-    agent = algorithm.init(jax.random.key(0), SPEC, hp)
-    agent = common.AgentState(_random_params(agent.params), agent.opt_state)
+    algorithm, agent = _agent(a2c, config, network)
     _, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), hp, jnp.int32(0))
 
     b = _np(batch)
@@ -513,11 +513,8 @@ def test_one_step_updates_report_the_kl_from_the_old_policy_to_the_new(name):
     the other way round, or of the old policy with itself (0), passed every test before."""
     config_cls, _ = algos.get(name)
     config = config_cls(**SMALL, total_timesteps=T * N, learning_rate=0.05)
-    make_algorithm = {"a2c": a2c.make_algorithm, "reinforce": reinforce.make_algorithm}[name]
     network, hp, batch = _network(), config.hyperparams(), _batch()
-    algorithm = make_algorithm(config, network)
-    agent = algorithm.init(jax.random.key(0), SPEC, hp)
-    agent = common.AgentState(_random_params(agent.params), agent.opt_state)
+    algorithm, agent = _agent({"a2c": a2c, "reinforce": reinforce}[name], config, network)
     new_agent, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), hp, jnp.int32(0))
     old, new = _outputs(network, agent.params, batch.obs)[0], _outputs(network, new_agent.params, batch.obs)[0]
     forward, backward = _np_kl(old, new), _np_kl(new, old)
@@ -534,9 +531,7 @@ def test_trpo_reports_its_move_and_takes_the_damped_natural_step():
     config = algos.TRPOConfig(**SMALL, total_timesteps=T * N, gae_lambda=0.9, max_kl=0.02, cg_damping=0.3,
                               cg_iterations=40, vf_minibatches=2)
     network, hp, batch = _network(), config.hyperparams(), _batch()
-    algorithm = trpo.make_algorithm(config, network)
-    agent = algorithm.init(jax.random.key(0), SPEC, hp)
-    agent = trpo.TRPOState(_random_params(agent.params), agent.vf_opt_state)
+    algorithm, agent = _agent(trpo, config, network)
     new_agent, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), hp, jnp.int32(0))
     assert float(metrics["step_accepted"]) == 1.0
 

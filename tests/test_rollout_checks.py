@@ -22,6 +22,20 @@ from pgjax.envs import truncation_bias_bound
 # ---------------------------------------------------------------------------
 
 
+def _initial_rollout(config):
+    """(network, agent, last observations, Transition [T, N]) of one `common.rollout` of config.num_steps steps by
+    PPO's initial policy on config's environment (keys 0: init, 1: reset, 2: rollout)."""
+    spec = common.make_env(config)
+    network = common.actor_critic(config, spec)
+    agent = ppo.make_algorithm(config, network).init(jax.random.key(0), spec, config.hyperparams())
+    env_state, obs = spec.env.reset(jax.random.key(1), spec.params)[::-1]
+    _, last_obs, batch = jax.jit(
+        lambda k, s, o: common.rollout(k, spec, agent, common.sampling_act(network), common.critic_value(network),
+                                       s, o, config.num_steps)
+    )(jax.random.key(2), env_state, obs)
+    return network, agent, last_obs, batch
+
+
 def test_rollout_next_obs_is_the_pre_reset_observation_at_truncations():
     """On a deterministic chain (slip 0: action 0 moves left, action 1 right, every episode starts in state 0) with
     a time limit of 3, re-stepped by hand: next_obs[t] is the state the action led to, obs[t + 1] where the episode
@@ -31,14 +45,7 @@ def test_rollout_next_obs_is_the_pre_reset_observation_at_truncations():
     config = ppo.PPOConfig(env_id="tabular:chain", discount=0.9, num_envs=num_envs, num_steps=num_steps,
                            env_kwargs={"num_states": num_states, "slip": 0.0, "max_steps_in_episode": limit},
                            total_timesteps=num_envs * num_steps, num_minibatches=1, hidden_sizes=(8,))
-    spec = common.make_env(config)
-    network = common.actor_critic(config, spec)
-    agent = ppo.make_algorithm(config, network).init(jax.random.key(0), spec, config.hyperparams())
-    env_state, obs = spec.env.reset(jax.random.key(1), spec.params)[::-1]
-    _, last_obs, batch = jax.jit(
-        lambda k, s, o: common.rollout(k, spec, agent, common.sampling_act(network), common.critic_value(network),
-                                       s, o, num_steps)
-    )(jax.random.key(2), env_state, obs)
+    network, agent, last_obs, batch = _initial_rollout(config)
 
     eye = np.eye(num_states, dtype=np.float32)
     state = np.asarray(batch.obs).argmax(-1)  # [T, N]
@@ -87,14 +94,7 @@ def test_rollout_draws_fresh_environment_randomness_at_every_step():
     alike) passed every test before."""
     config = ppo.PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=300, total_timesteps=600, num_minibatches=1,
                            hidden_sizes=(8,))
-    spec = common.make_env(config)
-    network = common.actor_critic(config, spec)
-    agent = ppo.make_algorithm(config, network).init(jax.random.key(0), spec, config.hyperparams())
-    env_state, obs = spec.env.reset(jax.random.key(1), spec.params)[::-1]
-    _, _, batch = jax.jit(
-        lambda k, s, o: common.rollout(k, spec, agent, common.sampling_act(network), common.critic_value(network),
-                                       s, o, config.num_steps)
-    )(jax.random.key(2), env_state, obs)
+    batch = _initial_rollout(config)[-1]
     done = np.asarray(batch.terminated | batch.truncated)[:-1]
     for env in range(config.num_envs):
         starts = np.asarray(batch.obs)[1:, env][done[:, env]]  # the first observation of every new episode
