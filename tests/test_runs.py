@@ -290,3 +290,40 @@ def test_quality_benchmark_fails_a_target_when_a_seed_has_no_final_return():
     assert quality.target_met(row, 475.0) is False and quality.target_met(row, None) == ""
     row = {"seeds": 2, **quality.final_stats(np.array([500.0, 480.0]))}
     assert row["worst"] == 480.0 and quality.target_met(row, 475.0) is True
+
+
+def test_a_normalised_run_reloads_its_statistics_and_evaluates_as_trained(tmp_path):
+    """save_run keeps each seed's observation statistics (env 0's copy) and load_run restores them: no test saved a
+    normalised run, so saving seed 0's per-environment copies in their place, or reloading without them (a policy
+    then evaluated on raw observations), passed every test. evaluate(deterministic=False) samples its actions: the
+    flag was never checked either."""
+    from pgjax.algos import evaluation
+
+    config = algos.PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=16, total_timesteps=64, num_minibatches=1,
+                             hidden_sizes=(8,), normalize_observations=True)
+    _, make_train = algos.get("ppo")
+    output = jax.jit(jax.vmap(make_train(config)))(jax.random.split(jax.random.key(0), 2))
+    runs.save_run(str(tmp_path), "ppo", config, output, seed=0)
+    _, loaded_config, params, stats = runs.load_run(str(tmp_path))
+    trained = evaluation.observation_statistics(output.env_state)  # leaves [seeds, envs, ...]
+    assert stats is not None
+    for got, want in zip(jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(trained)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want)[:, 0])
+    means = [np.asarray(x) for x in jax.tree_util.tree_leaves(trained) if np.ndim(x) == 3]
+    assert any(not np.array_equal(m[0, 0], m[1, 0]) for m in means)  # the seeds' statistics differ
+
+    seed = lambda tree, *index: jax.tree_util.tree_map(lambda x: x[index], tree)  # noqa: E731
+    key = jax.random.key(5)
+    reloaded = runs.evaluate(key, loaded_config, seed(params, 1), seed(stats, 1), num_episodes=4)
+    in_memory = runs.evaluate(key, config, seed(output.agent.params, 1), seed(trained, 1, 0), num_episodes=4)
+    np.testing.assert_array_equal(np.asarray(reloaded), np.asarray(in_memory))
+    sampled = runs.evaluate(key, config, seed(params, 1), seed(stats, 1), num_episodes=4, deterministic=False)
+    assert not np.array_equal(np.asarray(sampled), np.asarray(reloaded))
+
+
+def test_final_returns_skip_updates_without_a_finished_episode():
+    """A seed's final return is the NaN-aware mean of its last 10% of updates: one update without a finished
+    episode there (NaN) must not make it NaN (a plain mean passed every test)."""
+    returns = np.concatenate([np.arange(1.0, 19.0), [np.nan, 10.0]])[None]
+    np.testing.assert_array_equal(runs.final_returns({"episode_return": returns}), [10.0])
+    np.testing.assert_array_equal(runs.final_returns({"episode_return": returns}, fraction=0.2), [(17.0 + 18.0 + 10.0) / 3])
