@@ -126,3 +126,24 @@ def test_train_cli_imports_the_module(monkeypatch):
     with pytest.raises(SystemExit, match=r"--env-module 'no_such_module_pgjax' could not be imported"):
         train.parse_args(["--env-module", "no_such_module_pgjax", "--env", "Corridor-v0"])
     del sys.modules["train"]
+
+
+def test_evaluation_follows_an_id_registered_again(trained):
+    """runs.evaluate caches one compiled program per config: registering the id again (overwrite=True) must build
+    the new environment, not replay the old one's program (without the registration counter in the cache key,
+    that passed every test). A corridor at step cost 0.2 has optimum 1 - 3 x 0.2 = 0.4; the original's is 0.7."""
+    config, out = trained
+    params = jax.tree_util.tree_map(lambda x: x[0], out.agent.params)
+    key = jax.random.key(5)
+    np.testing.assert_allclose(runs.evaluate(key, config, params, None, 4), 0.7, rtol=1e-5)
+
+    def costly(length=5):
+        env = custom_env.Corridor(length)
+        return env, env.default_params.replace(step_cost=0.2)
+
+    try:
+        envs.register("Corridor-v0", costly, overwrite=True)
+        np.testing.assert_allclose(runs.evaluate(key, config, params, None, 4), 0.4, rtol=1e-5)
+    finally:
+        envs.register("Corridor-v0", custom_env.Corridor, overwrite=True)
+    np.testing.assert_allclose(runs.evaluate(key, config, params, None, 4), 0.7, rtol=1e-5)
