@@ -109,6 +109,9 @@ def test_read_metrics_inverts_the_written_csv(tmp_path):
         lines = f.readlines()
     # float32 values as their own shortest text; float64 ones as theirs (the 7-digit float32 text would lose them)
     assert lines[1].split(",")[3:5] == [repr(float(metrics["episode_return"][0, 0])), "0.1"], lines[1]
+    # The NaN of seed 1's update 2 (row 1 + 5 + 2) is an empty cell, as the docstring says, not the text "nan"
+    header = lines[0].rstrip("\n").split(",")
+    assert lines[1 + 5 + 2].rstrip("\n").split(",")[header.index("episode_return")] == ""
     (tmp_path / "cut.csv").write_text("".join(lines[:-1]))  # the last row of the last seed missing
     with pytest.raises(ValueError, match="its 14 rows are not the same updates 0..U-1 of each of its 3 seeds"):
         runs.read_metrics(str(tmp_path / "cut.csv"))
