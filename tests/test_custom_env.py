@@ -147,3 +147,17 @@ def test_evaluation_follows_an_id_registered_again(trained):
     finally:
         envs.register("Corridor-v0", custom_env.Corridor, overwrite=True)
     np.testing.assert_allclose(runs.evaluate(key, config, params, None, 4), 0.7, rtol=1e-5)
+
+
+def test_every_constructor_keyword_set_is_checked_on_its_first_make():
+    """The finite-steps check runs once per id and constructor keywords: a make whose keywords give NaN rewards
+    after one that passed must still be refused (a check cached by id alone let it through, and no test noticed)."""
+
+    def corridor(length=5, broken=False):
+        env = custom_env.Corridor(length)
+        return env, env.default_params.replace(step_cost=float("nan") if broken else 0.1)
+
+    envs.register("CheckedCorridor-v0", corridor)
+    envs.make("CheckedCorridor-v0")
+    with pytest.raises(ValueError, match="non-finite observation or reward"):
+        envs.make("CheckedCorridor-v0", broken=True)
