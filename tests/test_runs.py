@@ -10,6 +10,7 @@ import pytest
 import train as train_cli
 
 from pgjax import algos, runs
+from pgjax.algos import evaluation
 
 
 def test_progress_bar_import_is_quiet_in_jupyter_without_ipywidgets():
@@ -300,8 +301,6 @@ def test_a_normalised_run_reloads_its_statistics_and_evaluates_as_trained(tmp_pa
     normalised run, so saving seed 0's per-environment copies in their place, or reloading without them (a policy
     then evaluated on raw observations), passed every test. evaluate(deterministic=False) samples its actions: the
     flag was never checked either."""
-    from pgjax.algos import evaluation
-
     config = algos.PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=16, total_timesteps=64, num_minibatches=1,
                              hidden_sizes=(8,), normalize_observations=True)
     _, make_train = algos.get("ppo")
@@ -329,4 +328,5 @@ def test_final_returns_skip_updates_without_a_finished_episode():
     episode there (NaN) must not make it NaN (a plain mean passed every test)."""
     returns = np.concatenate([np.arange(1.0, 19.0), [np.nan, 10.0]])[None]
     np.testing.assert_array_equal(runs.final_returns({"episode_return": returns}), [10.0])
-    np.testing.assert_array_equal(runs.final_returns({"episode_return": returns}, fraction=0.2), [(17.0 + 18.0 + 10.0) / 3])
+    np.testing.assert_array_equal(runs.final_returns({"episode_return": returns}, fraction=0.2),
+                                  [(17.0 + 18.0 + 10.0) / 3])
