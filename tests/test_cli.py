@@ -277,11 +277,12 @@ def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_pa
     --resume, the run writes run_dir's files (one compiled call) bit for bit: metrics (the in-run evaluations after
     updates 5, 11 and 15 included), parameters. (Unequal segments: checked by hand, README.)"""
     out = str(tmp_path / "long")
-    saved = []
+    saved, saved_wall = [], []
 
     def save_then_stop(*args, **kwargs):
         real_save(*args, **kwargs)
         saved.append(args[3])  # next_update
+        saved_wall.append(np.array(args[4], dtype=float))  # wall_time [next_update]
         if len(saved) == 1:
             raise KeyboardInterrupt
 
@@ -306,6 +307,9 @@ def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_pa
         assert a.read() == b.read()
     wall = [float(r["wall_time"]) for r in runs.read_metrics_csv(os.path.join(out, "metrics.csv")) if r["seed"] == "0"]
     assert all(b >= a for a, b in zip(wall, wall[1:])), wall  # the resumed clock goes on from the checkpoint's
+    measured = ~np.isnan(saved_wall[0])  # the checkpoint's times of the first 8 updates are the run's (a resumed
+    assert measured.any()  # clock restarting at 0 interpolated over them, and passed the ordering check above)
+    np.testing.assert_allclose(np.array(wall[:8])[measured], saved_wall[0][measured], rtol=0, atol=1e-4)  # 4 digits
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["config"] == json.load(open(os.path.join(run_dir, "config.json")))["config"]
 
