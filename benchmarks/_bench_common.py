@@ -41,16 +41,16 @@ SPEED_FIELDS = ("unroll",)
 PRECISION_FIELDS = ("compute_dtype",)
 
 
-def output_path_problem(path: str, kind: str) -> str | None:
-    """`pgjax.tables.output_path_problem`, loaded from its file: the orchestrator and rejax's worker import no
-    pgjax (that module needs only the standard library)."""
+def tables():
+    """The module `pgjax.tables`, loaded from its file: the orchestrator and rejax's worker import no pgjax
+    (that module needs only the standard library)."""
     import importlib.util
 
     source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pgjax", "tables.py")
     spec = importlib.util.spec_from_file_location("_pgjax_tables", source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.output_path_problem(path, kind)
+    return module
 
 
 def impl_suffix(fields: dict[str, Any]) -> str:

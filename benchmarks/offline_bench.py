@@ -90,9 +90,7 @@ def main(argv=None):
             p.error(f"--{flag} must be >= 1; got {getattr(args, flag)}")
     if not args.min_time > 0:
         p.error(f"--min-time must be > 0; got {args.min_time}")
-    problem = tables.output_path_problem(args.out, "file")
-    if problem:
-        p.error(f"--out: {problem}")
+    tables.check_output_path(p.error, "--out", args.out, "file")
 
     mdp = tab.taxi_mdp(GAMMA)
     S, A = mdp.reward.shape

@@ -74,11 +74,9 @@ def main() -> None:
         p.error(f"--out {a.out!r} is a directory; give the .npz file to write, e.g. {os.path.join(a.out, 'sweep.npz')}")
     if not a.out.endswith(".npz"):
         a.out += ".npz"  # what np.savez writes, so that the report at the end reads the same file
-    from pgjax.tables import output_path_problem  # checked with the flags, before anything compiles
+    from pgjax.tables import check_output_path  # checked with the flags, before anything compiles
 
-    problem = output_path_problem(a.out, "file")
-    if problem:
-        p.error(f"--out: {problem}")
+    check_output_path(p.error, "--out", a.out, "file")
     try:
         override = json.loads(a.override)
     except ValueError as e:

@@ -65,9 +65,7 @@ def parse_args() -> argparse.Namespace:
     if a.total_timesteps < bc.BATCH:
         p.error(f"--total-timesteps must be at least {bc.BATCH}")
     for flag, path in (("--json", a.json), ("--trace", a.trace)):
-        problem = path and bc.output_path_problem(path, "file")
-        if problem:
-            p.error(f"{flag}: {problem}")
+        bc.tables().check_output_path(p.error, flag, path, "file")
     return a
 
 

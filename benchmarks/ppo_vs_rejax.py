@@ -114,9 +114,7 @@ def parse_args() -> argparse.Namespace:
         p.error(f"--eval-episodes must be >= 0 (0: no evaluation); got {a.eval_episodes}")
     if Path(a.out).suffix == ".json":  # the raw records go to the CSV's name with .json: they would replace it
         p.error(f"--out is the CSV ({a.out!r} ends in .json, the name of the raw records written next to it)")
-    problem = bc.output_path_problem(a.out, "file")
-    if problem:
-        p.error(f"--out: {problem}")
+    bc.tables().check_output_path(p.error, "--out", a.out, "file")
     if a.rounds < 1 or a.repeats < 1:
         p.error("--rounds and --repeats must be positive")
     try:

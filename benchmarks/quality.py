@@ -138,9 +138,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.eval_episodes < 1 or args.seeds < 1:
         p.error(f"--seeds and --eval-episodes must be >= 1; got {args.seeds} and {args.eval_episodes}")
-    problem = tables.output_path_problem(args.out, "file")
-    if problem:
-        p.error(f"--out: {problem}")
+    tables.check_output_path(p.error, "--out", args.out, "file")
     try:
         todo = plan(args.only)
     except ValueError as err:

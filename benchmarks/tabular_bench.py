@@ -631,10 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes must all be >= 2 (states); got {args.sizes}")
     if args.min_time is not None and not args.min_time > 0:
         parser.error(f"--min-time must be > 0; got {args.min_time}")
-    problem = tables.output_path_problem(
-        args.out or os.path.join("runs", "bench", "tabular_x64.csv" if args.x64 else "tabular.csv"), "file")
-    if problem:
-        parser.error(f"--out: {problem}")
+    tables.check_output_path(parser.error, "--out", args.out or os.path.join(
+        "runs", "bench", "tabular_x64.csv" if args.x64 else "tabular.csv"), "file")
     if args.threads is not None and os.environ.get(_THREADS_ENV) != str(args.threads):
         _restart_with_threads(args.threads)
 

@@ -158,9 +158,7 @@ def main(argv=None) -> int:
         p.error(f"--labels needs one label per RUN: {len(args.runs)} runs, {len(args.labels)} labels")
     if args.threshold is not None and not math.isfinite(args.threshold):
         p.error(f"--threshold must be a finite return; got {args.threshold}")
-    problem = args.out and tables.output_path_problem(args.out, "dir")
-    if problem:
-        p.error(f"--out: {problem}")
+    tables.check_output_path(p.error, "--out", args.out, "dir")
     entries = []
     try:
         for index, run_dir in enumerate(args.runs):

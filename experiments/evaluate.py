@@ -154,9 +154,7 @@ def main(argv=None) -> int:
             p.error(str(err))
     if args.episodes < 1:
         p.error(f"--episodes must be >= 1; got {args.episodes}")
-    problem = args.csv and tables.output_path_problem(args.csv, "file")
-    if problem:
-        p.error(f"--csv: {problem}")
+    tables.check_output_path(p.error, "--csv", args.csv, "file")
     try:
         variant = runs.parse_env_kwargs(args.env_kwarg)
         swept = parse_sweep(args.env_sweep) if args.env_sweep else None

@@ -64,9 +64,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.improve_steps < 0 or args.improve_size < 1 or not 0 < args.improve_lr < math.inf:  # NaN fails too
         p.error("--improve-steps must be >= 0, --improve-size >= 1 and --improve-lr a finite number > 0")
-    problem = tables.output_path_problem(args.out, "dir")
-    if problem:
-        p.error(f"--out: {problem}")
+    tables.check_output_path(p.error, "--out", args.out, "dir")
     for name in ("horizon", "seeds"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1; got {getattr(args, name)}")

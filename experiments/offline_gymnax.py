@@ -110,9 +110,7 @@ def parse_args(argv=None):
         p.error("--reference-chunks must be even, >= 2, and divide --reference-episodes")
     if args.improve_steps < 0 or not args.improve_learning_rate > 0:
         p.error("--improve-steps must be >= 0 and --improve-learning-rate > 0")
-    problem = tables.output_path_problem(args.out, "dir")
-    if problem:
-        p.error(f"--out: {problem}")
+    tables.check_output_path(p.error, "--out", args.out, "dir")
     try:  # the PPO run's config, checked here rather than in a traceback once the script has started
         ppo_config(args.env, args.ppo_steps, args.ppo_learning_rate)
     except ValueError as err:

@@ -42,9 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/estimator_lab")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    problem = tables.output_path_problem(args.out, "dir")
-    if problem:
-        p.error(f"--out: {problem}")
+    tables.check_output_path(p.error, "--out", args.out, "dir")
     for name in ("num_states", "num_actions", "num_mdps", "num_estimates", "max_trajectories", "truncation"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")

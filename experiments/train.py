@@ -408,9 +408,8 @@ def main(argv=None) -> int:
     setup_cpu_devices(args.cpu_devices)
     _, make_train = algos.get(args.algo)
     out = args.out or os.path.join("runs", f"{args.algo}-{config.env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
-    problem = tables.output_path_problem(out, "dir")  # found at the end, after training, it lost the run
-    if problem:
-        raise SystemExit(f"error: --out: {problem}")
+    # before training: found only at save_run, a bad --out lost the whole run
+    tables.check_output_path(lambda message: sys.exit(f"error: {message}"), "--out", out, "dir")
     if args.resume_from is None:  # a run written over another would mix the two (runs.clear_run)
         checkpoint = os.path.join(out, CHECKPOINT)
         if os.path.exists(checkpoint) and not args.overwrite:  # rerunning the command would lose it

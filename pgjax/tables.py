@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -47,3 +47,11 @@ def output_path_problem(path: str, kind: str) -> str | None:
     if not os.path.isdir(existing):
         return f"{existing} is a file, so {path} cannot be created under it"
     return None if os.access(existing, os.W_OK) else f"{existing} is not writable, so {path} cannot be created"
+
+
+def check_output_path(error: Callable[[str], Any], flag: str, path: str | None, kind: str) -> None:
+    """Call `error(f"{flag}: <why>")` (an argparse parser's `error`, say) when `output_path_problem(path, kind)`
+    finds a problem; no path (a default chosen later): nothing to check."""
+    problem = path and output_path_problem(path, kind)
+    if problem:
+        error(f"{flag}: {problem}")

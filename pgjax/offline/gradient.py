@@ -37,7 +37,7 @@ from pgjax.offline.empirical import (
     tabular_model,
 )
 from pgjax.offline.importance import IS_METHODS, check_importance_data, importance_value, nonfinite_error
-from pgjax.tabular.policy import grad_log_policy, log_policy, softmax_policy
+from pgjax.tabular.policy import check_theta_features, grad_log_policy, log_policy, softmax_policy
 
 Array = jax.Array
 
@@ -73,6 +73,12 @@ def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, dis
     """
     if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((dataset, theta, features, ratio, q_values))):
         _check_offline_gradient_inputs(dataset, theta, features, ratio, q_values)
+    return _offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
+
+
+def _offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, ratio: Array,
+                             q_values: Array) -> Array:
+    """The unvalidated core of `offline_policy_gradient` (for callers whose data are validated already)."""
     # Count per pair first, so the cost is O(S A D) however many transitions there are; int32 counts are exact.
     counts = jnp.zeros(q_values.shape, jnp.int32).at[dataset.observations, dataset.actions].add(
         dataset.mask.astype(jnp.int32)
@@ -84,10 +90,9 @@ def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, dis
 
 def _check_offline_gradient_inputs(dataset: Dataset, theta, features, ratio, q_values) -> None:
     """ValueError / DatasetError naming the argument whose shape or indices do not fit phi's [S, A, D]."""
-    if np.ndim(features) != 3:
-        raise ValueError(f"offline_policy_gradient: features must be phi [S, A, D]; got shape {np.shape(features)}.")
-    num_states, num_actions, dim = np.shape(features)
-    for name, x, shapes in (("theta", theta, ((dim,),)), ("q_values", q_values, ((num_states, num_actions),)),
+    check_theta_features(theta, features)
+    num_states, num_actions, _ = np.shape(features)
+    for name, x, shapes in (("q_values", q_values, ((num_states, num_actions),)),
                             ("ratio", ratio, ((num_states, num_actions), ()))):
         if np.shape(x) not in shapes:
             raise ValueError(f"offline_policy_gradient: {name} must have shape {' or '.join(map(str, shapes))} "
@@ -135,8 +140,8 @@ def model_policy_gradient(
     q_values = solution.q_values
     if baseline:
         q_values = q_values - jnp.sum(pi * q_values, axis=-1, keepdims=True)
-        return offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
-    gradient = offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
+        return _offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
+    gradient = _offline_policy_gradient(dataset, theta, features, discount, ratio, q_values)
     # The data never show unseen pairs (w = 0), but J_hat counts them at Q_hat = u: add their share.
     unseen_occupancy = jnp.where(model.counts > 0, 0.0, solution.occupancy)
     return gradient + expected_offline_gradient(unseen_occupancy, 1.0, theta, features, q_values, discount)

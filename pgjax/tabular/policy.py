@@ -13,12 +13,17 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def policy_logits(theta: Array, features: Array) -> Array:
-    """Logits phi(s,a)^T theta, shape [S, A], from theta [D] and features [S, A, D]."""
+def check_theta_features(theta: Array, features: Array) -> None:
+    """ValueError unless theta is [D] and features phi [S, A, D] (shapes only: works on tracers too)."""
     if jnp.ndim(features) != 3 or jnp.shape(theta) != jnp.shape(features)[-1:]:  # einsum's own error names no field
         raise ValueError(f"theta must have shape [D] and features phi [S, A, D] (one parameter per feature); got "
                          f"theta {tuple(jnp.shape(theta))} and features {tuple(jnp.shape(features))}. "
                          "A batch: jax.vmap.")
+
+
+def policy_logits(theta: Array, features: Array) -> Array:
+    """Logits phi(s,a)^T theta, shape [S, A], from theta [D] and features [S, A, D]."""
+    check_theta_features(theta, features)
     return jnp.einsum("sad,d->sa", features, theta)
 
 
