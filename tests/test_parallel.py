@@ -56,6 +56,14 @@ TWO_DEVICES = textwrap.dedent(
     for a, b in zip(jax.tree_util.tree_leaves(state.agent), jax.tree_util.tree_leaves(sharded.agent)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+    # One wrapper given batches that split over 2, 1 and 2 devices: each runs on its own devices (the wrapper
+    # caches a program per device set; one cached by in_axes alone would get a 3-row batch on a 2-device mesh).
+    double = parallel.vmap_sharded(lambda x: x * 2.0)
+    for n, count in ((4, 2), (3, 1), (2, 2)):
+        out = double(np.arange(n, dtype=np.float32))
+        assert len(out.sharding.device_set) == count, (n, out.sharding)
+        np.testing.assert_array_equal(np.asarray(out), 2.0 * np.arange(n))
+
     # A hyperparameter sweep: the mapped dict is split, the shared key replicated. Point 0 has the config's own
     # values and keys[0], so it is plain's seed 0; point 1 a larger learning rate. One run per device compiles to
     # unbatched kernels, which round differently (~1e-7) from batched ones; compare early updates before chaotic
