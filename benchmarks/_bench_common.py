@@ -39,6 +39,9 @@ BATCH = HPARAMS["num_envs"] * HPARAMS["num_steps"]
 SPEED_FIELDS = ("unroll",)
 # Fields that trade precision for speed: allowed too, and the row is named after them (`impl_suffix`).
 PRECISION_FIELDS = ("compute_dtype",)
+# Fields where pgjax's default differs from rejax's fixed choice (Adam's epsilon: pgjax 1e-5, rejax optax's 1e-8):
+# allowed so that pgjax can run at rejax's value, and the row is named after them too.
+MATCHING_FIELDS = ("adam_eps",)
 
 
 def tables():
@@ -54,19 +57,23 @@ def tables():
 
 
 def impl_suffix(fields: dict[str, Any]) -> str:
-    """"-bfloat16" for `compute_dtype="bfloat16"`, "" for float32: a row that rounds differently says so."""
+    """The row name's suffix: "-bfloat16" for `compute_dtype="bfloat16"`, "-eps1e-08" for `adam_eps=1e-8`, ""
+    for neither (float32, epsilon 1e-5): a row that rounds or optimises differently says so."""
     dtype = fields.get("compute_dtype", "float32")
-    return "" if dtype == "float32" else f"-{dtype}"
+    suffix = "" if dtype == "float32" else f"-{dtype}"
+    if "adam_eps" in fields:
+        suffix += f"-eps{float(fields['adam_eps']):.0e}"
+    return suffix
 
 
 def parse_speed_config(text: str) -> dict[str, Any]:
-    """The JSON object of `--pgjax-config`, checked to set only `SPEED_FIELDS` and `PRECISION_FIELDS`;
-    ValueError otherwise."""
+    """The JSON object of `--pgjax-config`, checked to set only `SPEED_FIELDS`, `PRECISION_FIELDS` and
+    `MATCHING_FIELDS`; ValueError otherwise."""
     try:
         fields = json.loads(text)
     except ValueError as e:
         raise ValueError(f"--pgjax-config must be a JSON object such as '{{\"unroll\": 8}}': {e}") from None
-    allowed = SPEED_FIELDS + PRECISION_FIELDS
+    allowed = SPEED_FIELDS + PRECISION_FIELDS + MATCHING_FIELDS
     if not isinstance(fields, dict) or not set(fields) <= set(allowed):
         raise ValueError(f"--pgjax-config may set only {list(allowed)} (the comparison fixes every other field); got {text!r}")
     return fields

@@ -89,8 +89,9 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--pgjax-config", default="{}",
                    help="JSON object of pgjax PPOConfig speed fields (results unchanged), e.g. '{\"unroll\": 8}' on a GPU, "
-                        "and compute_dtype ('{\"compute_dtype\": \"bfloat16\"}': mixed precision, rows named "
-                        "pgjax-bfloat16)")
+                        "compute_dtype ('{\"compute_dtype\": \"bfloat16\"}': mixed precision, rows named "
+                        "pgjax-bfloat16) and adam_eps ('{\"adam_eps\": 1e-8}': rejax's epsilon, rows named "
+                        "pgjax-eps1e-08)")
     p.add_argument("--cpu-devices", default="auto",
                    help="on a CPU backend, also run pgjax with its seeds split over this many CPU devices (seeds > 1; "
                         "row pgjax-Ndev) and, for 1 seed, its update split over 2 (row pgjax-split-2dev): 'auto' = one "

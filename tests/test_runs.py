@@ -296,6 +296,26 @@ def test_quality_benchmark_fails_a_target_when_a_seed_has_no_final_return():
     assert row["worst"] == 480.0 and quality.target_met(row, 475.0) is True
 
 
+def test_rejax_comparison_accepts_only_the_fields_it_names_and_names_the_row_after_them():
+    """ppo_vs_rejax.py --pgjax-config: speed fields keep the plain row name; bfloat16 and Adam's epsilon rename the
+    row (the thirty-second session documented '{"adam_eps": 1e-8}', which the check then refused); other fields are
+    refused, and the worker's config carries the fields."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "_bench_common.py")
+    spec = importlib.util.spec_from_file_location("bench_common", path)
+    bc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bc)
+    assert bc.impl_suffix(bc.parse_speed_config('{"unroll": 8}')) == ""
+    assert bc.impl_suffix(bc.parse_speed_config('{"compute_dtype": "bfloat16"}')) == "-bfloat16"
+    fields = bc.parse_speed_config('{"adam_eps": 1e-8, "compute_dtype": "bfloat16"}')
+    assert bc.impl_suffix(fields) == "-bfloat16-eps1e-08"
+    assert bc.pgjax_ppo_config(4096, **fields).adam_eps == 1e-8
+    with pytest.raises(ValueError, match="may set only"):
+        bc.parse_speed_config('{"learning_rate": 1e-3}')
+
+
 def test_a_normalised_run_reloads_its_statistics_and_evaluates_as_trained(tmp_path):
     """save_run keeps each seed's observation statistics (env 0's copy) and load_run restores them: no test saved a
     normalised run, so saving seed 0's per-environment copies in their place, or reloading without them (a policy
