@@ -150,9 +150,13 @@ def load(path: str, target: Any) -> Checkpoint:
             leaves.append(key)
             continue
         if value.shape != tuple(want.shape) or value.dtype != np.dtype(want.dtype):
+            need = np.dtype(want.dtype)
+            widened = value.shape == tuple(want.shape) and value.dtype.kind == need.kind and {
+                value.dtype.itemsize, need.itemsize} == {4, 8}  # 32 against 64 bits: x64 on one side only
+            cause = ("a session with the other jax_enable_x64 setting wrote it" if widened
+                     else "another config, seed count or grid wrote it")
             raise ValueError(f"{path}: state leaf {i} is {value.dtype}{list(value.shape)}; this run needs "
-                             f"{np.dtype(want.dtype)}{list(want.shape)} (another config, seed count or grid "
-                             "wrote it).")
+                             f"{np.dtype(want.dtype)}{list(want.shape)} ({cause}).")
         leaves.append(value)
     metrics = {k[len("metrics/"):]: data[k] for k in data if k.startswith("metrics/")}
     metrics = {k: _restored(v, header.get("metric_dtypes", {}).get(k)) for k, v in metrics.items()}

@@ -76,17 +76,20 @@ class Dense(nn.Module):
     where `dense_as_columns` says so: y_j = x W[:, j] + b_j for each output j, stacked, equal to the
     dot to float rounding, and so are its gradients. `dtype` (as `nn.Dense`'s): x, W and b are cast to
     it and y is computed and returned in it; None promotes them to the widest of their dtypes.
+    `param_dtype` (as `nn.Dense`'s, float32): W and b are stored in it, under `jax_enable_x64` too (initialisers
+    left to the default float would draw other float64 weights there).
     """
 
     features: int
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros
     dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-        bias = self.param("bias", self.bias_init, (self.features,))
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)  # as nn.Dense
         if dense_as_columns(self.features):
             y = jnp.stack([x @ kernel[:, j] for j in range(self.features)], axis=-1)
@@ -148,7 +151,7 @@ class PolicyHead(nn.Module):
         out = _dense(self.action_dim, POLICY_GAIN)(features)
         if self.discrete:
             return Categorical(out)
-        log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_dim,))
+        log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_dim,), jnp.float32)
         return diag_gaussian(out, log_std)
 
 

@@ -132,6 +132,7 @@ def flat_gradient_step(
         if norm_name is not None and isinstance(aux, dict):
             aux = {**aux, norm_name: global_norm(grads)}  # the same expression as tx's clip: XLA computes it once
         updates, opt_state = tx.update(grads, opt_state, flat)
-        return (flat + updates, opt_state), aux
+        # in the parameters' dtype, as optax.apply_updates: a float64 step size (jax_enable_x64) would widen them
+        return ((flat + updates).astype(flat.dtype), opt_state), aux
 
     return step

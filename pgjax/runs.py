@@ -576,6 +576,8 @@ def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any
     program than in a one-device one (PPO on Acrobot-v1: losses 3.8e-6 apart from the first update).
     """
     keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+    if keys.ndim == 2 and keys.dtype == jnp.uint32 and keys.shape[1] == 2:  # legacy PRNGKey data, as train accepts
+        keys = jax.random.wrap_key_data(keys)
     if keys.ndim != 1:
         raise ValueError(f"replay_seeds: keys must be a 1-D batch of keys [n]; got shape {keys.shape}")
     if int(batch) < 1:

@@ -476,6 +476,10 @@ def check_hparam_names(config: OnPolicyConfig, hp: HParams) -> None:
             f"{f'; missing {missing}' if missing else ''}{f'; unknown {unknown}' if unknown else ''} (other fields "
             "are static: set them in the config). Build it from config.hyperparams(), or use pgjax.runs.grid_lanes."
         )
+    listed = sorted(k for k in config.HYPERPARAMS if isinstance(hp[k], (list, tuple)))
+    if listed:  # jnp.shape of a list of tracers fails inside jax, unexplained
+        raise ValueError(f"hparams: {listed} are Python lists; give each an array (one number per run, batched "
+                         "along a leading axis for jax.vmap), e.g. jnp.asarray([...]), or use pgjax.runs.grid_lanes.")
     shapes = {k: jnp.shape(hp[k]) for k in config.HYPERPARAMS if jnp.shape(hp[k]) != ()}
     if shapes:  # an unbatched [2] learning rate broadcast into the parameter update: a bare TypeError, or worse
         raise ValueError(
@@ -987,7 +991,8 @@ def make_on_policy_train(
             return lax.cond(
                 due,
                 lambda: jnp.nanmean(
-                    episode_returns(jax.random.fold_in(key, update_idx), agent.params, stats, env_params)),
+                    episode_returns(jax.random.fold_in(key, update_idx), agent.params, stats, env_params)
+                ).astype(jnp.float32),  # float64 under jax_enable_x64: the branches need one dtype
                 lambda: jnp.float32(jnp.nan),
             )
 

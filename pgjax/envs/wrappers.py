@@ -147,7 +147,8 @@ class PredrawnResets(Wrapper):
         obs_step, state_step, reward, terminated, info = self._env.step_env(key.step_key, state, action, params)
         truncated = self._env.is_truncated(state_step, params)
         done = jnp.logical_or(terminated, truncated)
-        select = lambda reset, stepped: jax.lax.select(done, reset, stepped)  # noqa: E731
+        # in the reset's dtype: under jax_enable_x64 an environment may draw float64 states and step float32 ones
+        select = lambda reset, stepped: jax.lax.select(done, reset, stepped.astype(reset.dtype))  # noqa: E731
         state = jax.tree_util.tree_map(select, key.state, state_step)
         obs = jax.tree_util.tree_map(select, key.obs, obs_step)
         info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_step}
@@ -593,6 +594,9 @@ class ClipAction(Wrapper):
     def step(self, key: Array, state: Any, action: Any, params: Any = None) -> tuple:
         """The inner step with clip(action, low, high), the `Box` bounds of `action_space(params)`."""
         low, high = action_bounds(self._env, params)
+        # In the default float, which gymnax's resets draw: under jax_enable_x64 a float32 action would step some state
+        # fields (Pendulum's last_u) in float32 against float64 resets, and gymnax's auto-reset refuses to mix them.
+        action = jnp.asarray(action, jnp.result_type(float))
         return self._env.step(key, state, jnp.clip(action, low, high), params)
 
 

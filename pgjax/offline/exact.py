@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pgjax.tabular.evaluation import policy_transition
+from pgjax.tabular.evaluation import policy_transition, working_dtype
 from pgjax.tabular.mdp import MDP
 from pgjax.tabular.occupancies import state_action_occupancy
 
@@ -37,7 +37,7 @@ def logged_distribution(mdp: MDP, behaviour_pi: Array, horizon: int) -> Array:
     def step(state_dist, _):
         return state_dist @ p_mu, state_dist
 
-    _, dists = lax.scan(step, mdp.initial, None, length=horizon)
+    _, dists = lax.scan(step, mdp.initial.astype(working_dtype(mdp, behaviour_pi)), None, length=horizon)
     return jnp.mean(dists, axis=0)[:, None] * behaviour_pi
 
 

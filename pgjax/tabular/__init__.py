@@ -12,6 +12,7 @@ from pgjax.tabular.evaluation import (
     policy_reward,
     policy_transition,
     state_values,
+    working_dtype,
 )
 from pgjax.tabular.gradient import advantage_policy_gradient, objective, policy_gradient, values_and_occupancy
 from pgjax.tabular.mdp import MDP, chain_mdp, gridworld_mdp, random_mdp, validate_mdp_arrays
@@ -64,6 +65,7 @@ __all__ = [
     "policy_logits",
     "policy_reward",
     "policy_transition",
+    "working_dtype",
     "random_mdp",
     "softmax_policy",
     "state_action_occupancy",

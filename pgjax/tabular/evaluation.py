@@ -45,21 +45,31 @@ def check_policy(mdp: MDP, pi: Array) -> None:
     check_policy_table(pi, "pi", mdp.reward.shape[-2:])
 
 
+def working_dtype(mdp: MDP, pi: Array):
+    """The dtype the exact computations on (mdp, pi) run in: the widest of the MDP's arrays, its discount and pi.
+
+    Loop carries and triangular solves need one dtype: under `jax_enable_x64` a float32 MDP with a float64 policy
+    (or discount) computes in float64, as the same arithmetic outside a loop would.
+    """
+    return jnp.result_type(mdp.transition, mdp.reward, mdp.initial, mdp.discount, pi)
+
+
 def policy_transition(mdp: MDP, pi: Array) -> Array:
     """The state-to-state kernel under pi: P^pi(s'|s) = sum_a pi(a|s) P(s'|s,a), shape [S, S]."""
     check_policy(mdp, pi)
-    return jnp.einsum("sa,sat->st", pi, mdp.transition)
+    return jnp.einsum("sa,sat->st", jnp.asarray(pi), mdp.transition)
 
 
 def policy_reward(mdp: MDP, pi: Array) -> Array:
     """The expected one-step reward under pi: r^pi(s) = sum_a pi(a|s) R(s,a), shape [S]."""
     check_policy(mdp, pi)
-    return jnp.sum(pi * mdp.reward, axis=-1)
+    return jnp.sum(jnp.asarray(pi) * mdp.reward, axis=-1)
 
 
 def bellman_matrix(mdp: MDP, pi: Array) -> Array:
     """M = I - gamma P^pi [S, S]: M V^pi = r^pi and M^T d^pi = (1 - gamma) mu0."""
-    return jnp.eye(mdp.num_states, dtype=mdp.transition.dtype) - mdp.discount * policy_transition(mdp, pi)
+    dtype = working_dtype(mdp, pi)
+    return jnp.eye(mdp.num_states, dtype=dtype) - (mdp.discount * policy_transition(mdp, pi)).astype(dtype)
 
 
 def state_values(mdp: MDP, pi: Array) -> Array:
@@ -106,6 +116,7 @@ def finite_horizon_return(mdp: MDP, pi: Array, horizon: int) -> Array:
         mu, total, scale = carry
         return (mu @ p_pi, total + scale * jnp.dot(mu, r_pi), scale * mdp.discount), None
 
-    init = (mdp.initial, jnp.zeros((), r_pi.dtype), jnp.ones((), r_pi.dtype))
+    dtype = working_dtype(mdp, pi)
+    init = (mdp.initial.astype(dtype), jnp.zeros((), dtype), jnp.ones((), dtype))
     (_, total, _), _ = jax.lax.scan(step, init, None, length=horizon)
     return total

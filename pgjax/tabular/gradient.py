@@ -34,8 +34,9 @@ def values_and_occupancy(mdp: MDP, pi: Array) -> tuple[Array, Array, Array]:
     LU calls, which can deadlock XLA's CPU runtime (jaxlib 0.10) on 2-core machines under vmap.
     """
     lu = lu_factor(bellman_matrix(mdp, pi))
-    v = lu_solve(lu, policy_reward(mdp, pi))
-    d = lu_solve(lu, (1.0 - mdp.discount) * mdp.initial, trans=1)
+    dtype = lu[0].dtype  # the triangular solves need the right-hand sides in the factors' dtype
+    v = lu_solve(lu, policy_reward(mdp, pi).astype(dtype))
+    d = lu_solve(lu, ((1.0 - mdp.discount) * mdp.initial).astype(dtype), trans=1)
     return v, action_values(mdp, v), d
 
 

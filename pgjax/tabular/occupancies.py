@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pgjax.tabular.evaluation import bellman_matrix, policy_transition
+from pgjax.tabular.evaluation import bellman_matrix, policy_transition, working_dtype
 from pgjax.tabular.mdp import MDP
 
 Array = jax.Array
@@ -58,7 +58,8 @@ def occupancy_fixed_point(
 
     The map is a gamma-contraction in the l1 norm and d_0 = (1 - gamma) mu0 is within gamma of d^pi, so the
     l1 error of the k-th iterate is at most gamma^(k+1) (`occupancy_iterates`). Iteration stops when the
-    max-norm change ||d_k - d_{k-1}||_inf is <= tol or after `max_iterations`, whichever comes first (a
+    max-norm change ||d_k - d_{k-1}||_inf is <= tol (default: `default_tolerance` of `working_dtype(mdp, pi)`, the
+    dtype it iterates in) or after `max_iterations`, whichever comes first (a
     `lax.while_loop`, so it jits and vmaps).
     The stopping rule bounds the change, not the error: the l1 error can be up to
     S * tol * gamma / (1 - gamma) (e.g. ~10x tol at gamma = 0.9 in a small MDP).
@@ -66,9 +67,10 @@ def occupancy_fixed_point(
     Returns:
       (d [S], FixedPointInfo).
     """
-    tol = default_tolerance(mdp.transition.dtype) if tol is None else tol
+    dtype = working_dtype(mdp, pi)
+    tol = default_tolerance(dtype) if tol is None else tol  # the dtype it iterates in
     p_pi = policy_transition(mdp, pi)
-    d0 = (1.0 - mdp.discount) * mdp.initial
+    d0 = ((1.0 - mdp.discount) * mdp.initial).astype(dtype)
     inf = jnp.asarray(jnp.inf, d0.dtype)
 
     def cond(carry):
@@ -96,7 +98,8 @@ def occupancy_iterates(mdp: MDP, pi: Array, num_iterations: int) -> Array:
         d_next = _flow_step(mdp, p_pi, d)
         return d_next, d_next
 
-    _, iterates = lax.scan(step, (1.0 - mdp.discount) * mdp.initial, None, length=num_iterations)
+    d0 = ((1.0 - mdp.discount) * mdp.initial).astype(working_dtype(mdp, pi))
+    _, iterates = lax.scan(step, d0, None, length=num_iterations)
     return iterates
 
 
