@@ -807,3 +807,82 @@ def test_importance_improvement_reports_the_largest_coverage_gap_along_its_run(p
         off.offline_policy_improvement(data, theta, features, GAMMA, adam, 2)
         full = off.collect(jax.random.key(13), mdp, problem["mu"], 100, T)
         off.offline_policy_improvement(full, theta, features, GAMMA, adam, 2, method="pdis")
+
+
+# --- padded data and unseen pairs, against NumPy (mutation audit, thirty-fourth session) -------------------------
+
+
+def _padded(problem):
+    """10 episodes of 6 steps; the even ones end (terminal) at step 2 and are padded after it."""
+    data = off.collect(jax.random.key(11), problem["mdp"], problem["mu"], 10, 6)
+    mask = np.ones((10, 6), bool)
+    mask[::2, 3:] = False
+    terminals = np.zeros((10, 6), bool)
+    terminals[::2, 2] = True
+    return data._replace(mask=jnp.asarray(mask), terminals=jnp.asarray(terminals))
+
+
+def test_offline_gradient_and_ratio_value_average_over_valid_steps_only(problem):
+    """Both are means over the valid steps (padding out): a normaliser of N * T steps scaled them by 40/60."""
+    data = _padded(problem)
+    rng = np.random.default_rng(0)
+    ratio, q = rng.uniform(0.5, 2.0, (S, A)), rng.normal(size=(S, A))
+    features, theta = np.asarray(problem["features"]), np.asarray(problem["theta_pi"])
+    pi = np.asarray(problem["pi"])
+    score = features - np.einsum("sa,sad->sd", pi, features)[:, None]
+    mask = np.asarray(data.mask)
+    s, a, r = np.asarray(data.observations)[mask], np.asarray(data.actions)[mask], np.asarray(data.rewards)[mask]
+    want = (ratio[s, a, None] * score[s, a] * q[s, a, None]).mean(0) / (1 - GAMMA)
+    got = off.offline_policy_gradient(data, jnp.asarray(theta), problem["features"], GAMMA, jnp.asarray(ratio),
+                                      jnp.asarray(q))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(off.ratio_weighted_value(data, jnp.asarray(ratio), GAMMA),
+                               (ratio[s, a] * r).mean() / (1 - GAMMA), rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # coverage of the padded data is not the point
+        # the module's claim: DualDICE's tabular ratio-weighted value is the empirical model's value
+        np.testing.assert_allclose(off.policy_value(data, problem["pi"], GAMMA, "dualdice", "ignore"),
+                                   off.policy_value(data, problem["pi"], GAMMA, "model", "ignore"), rtol=1e-10)
+
+
+def test_an_infinite_ratio_on_a_pair_the_data_never_show_is_left_out(problem):
+    """The documented `ratio` "may be inf" on unseen pairs: the gradient is that of the ratio set to 0 there."""
+    mu = np.asarray(problem["mu"]).copy()
+    mu[0, 1] = 0.0
+    mu /= mu.sum(1, keepdims=True)
+    data = off.collect(jax.random.key(12), problem["mdp"], jnp.asarray(mu), 20, 8)
+    args = (data, problem["theta_pi"], problem["features"], GAMMA)
+    ratio = np.ones((S, A))
+    ratio[0, 1] = 0.0
+    zero = off.offline_policy_gradient(*args, jnp.asarray(ratio), jnp.ones((S, A)))
+    ratio[0, 1] = np.inf
+    got = off.offline_policy_gradient(*args, jnp.asarray(ratio), jnp.ones((S, A)))
+    assert np.all(np.isfinite(np.asarray(got)))
+    np.testing.assert_array_equal(got, zero)
+
+
+def test_logged_distribution_and_exact_ratio_against_numpy(problem):
+    mdp, mu = problem["mdp"], np.asarray(problem["mu"])
+    p_mu = np.einsum("sa,sat->st", mu, np.asarray(mdp.transition))
+    dist, total = np.asarray(mdp.initial), np.zeros(S)
+    for _ in range(3):  # t = 0, 1, 2
+        total, dist = total + dist, dist @ p_mu
+    np.testing.assert_allclose(off.logged_distribution(mdp, problem["mu"], 3), (total / 3)[:, None] * mu, rtol=1e-12)
+    np.testing.assert_allclose(off.logged_distribution(mdp, problem["mu"], 1), np.asarray(mdp.initial)[:, None] * mu,
+                               rtol=1e-12)
+    d_data = np.full((S, A), 1.0 / (S * A - 1))
+    d_data[0, 1] = 0.0  # never in the data: the ratio is not identifiable there, documented 0
+    ratio = np.asarray(off.exact_ratio(mdp, problem["pi"], jnp.asarray(d_data)))
+    assert ratio[0, 1] == 0.0 and np.all(ratio[d_data > 0] > 0)
+
+
+@pytest.mark.parametrize("field, index", [("observations", S), ("next_observations", S), ("actions", A),
+                                          ("initial_observations", S)])
+def test_an_index_equal_to_the_bound_is_refused(problem, field, index):
+    """S (or A) itself is outside [0, S): a check written `> bound` let it through, and the gradient's scatter
+    then dropped the step silently."""
+    data = off.collect(jax.random.key(13), problem["mdp"], problem["mu"], 4, 5)
+    value = getattr(data, field)
+    bad = data._replace(**{field: value.at[(0, 1) if value.ndim == 2 else 0].set(index)})
+    with pytest.raises(off.DatasetError, match=rf"\[0, {index}\)"):
+        off.validate_tabular_dataset(bad, S, A)
