@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
+from gymnax.environments import environment, spaces
 
-from pgjax import algos, envs, runs
+from pgjax import algos, envs, nets, runs
 
 # Short CartPole runs that clearly improve (random policy: ~22).
 SHORT = {
@@ -413,3 +415,95 @@ def test_normalized_rewards_use_each_lanes_discount():
     assert not np.isclose(return_variance(swept)[0], return_variance(swept)[1], rtol=0.1)
     np.testing.assert_allclose(np.asarray(swept.metrics["value_loss"])[1], np.asarray(alone.metrics["value_loss"])[0],
                                rtol=1e-4)
+
+
+@struct.dataclass
+class _TwoPhaseState(environment.EnvState):
+    episode: jax.Array  # episodes ended so far: kept across the resets, which `step` below does itself
+    length: jax.Array
+
+
+@struct.dataclass
+class _TwoPhaseParams(environment.EnvParams):
+    max_steps_in_episode: int = 20
+    nan_later: bool = False  # observations NaN from the second episode on
+
+
+class _TwoPhase(environment.Environment):
+    """Each environment's first episode lasts 1 or 3 steps (drawn from its reset key) and returns exactly 1 (paid on
+    its last step); every later episode lasts 1 step and returns 10, its observation NaN with `nan_later`. The
+    environments of a batch thus end at different steps, and one whose first episode was short plays more episodes
+    while the others finish their first: the evaluation must keep each one's first return, 1."""
+
+    @property
+    def default_params(self):
+        return _TwoPhaseParams()
+
+    def reset_env(self, key, params):
+        length = jnp.where(jax.random.bernoulli(key), 3, 1).astype(jnp.int32)
+        state = _TwoPhaseState(time=jnp.int32(0), episode=jnp.int32(0), length=length)
+        return self.get_obs(state, params), state
+
+    def step(self, key, state, action, params=None):
+        params = self.default_params if params is None else params
+        time = state.time + 1
+        terminated = time >= state.length
+        reward = jnp.where(state.episode == 0, jnp.where(terminated, 1.0, 0.0), 10.0).astype(jnp.float32)
+        stepped = state.replace(time=time)
+        after = _TwoPhaseState(time=jnp.where(terminated, 0, time), episode=state.episode + terminated,
+                               length=jnp.where(terminated, 1, state.length))
+        info = {"terminated": terminated, "truncated": jnp.bool_(False),
+                "final_observation": self.get_obs(stepped, params)}
+        return self.get_obs(after, params), after, reward, terminated, jnp.bool_(False), info
+
+    def get_obs(self, state, params=None, key=None):
+        obs = jnp.stack([state.time, state.episode]).astype(jnp.float32)
+        nan = (params is not None) & params.nan_later & (state.episode > 0)
+        return jnp.where(nan, jnp.nan, obs)
+
+    @property
+    def name(self):
+        return "TwoPhase-v0"
+
+    @property
+    def num_actions(self):
+        return 2
+
+    def action_space(self, params=None):
+        return spaces.Discrete(2)
+
+    def observation_space(self, params):
+        return spaces.Box(0.0, jnp.inf, (2,), jnp.float32)
+
+
+def _two_phase_returns(nan_later):
+    """(the evaluation's per-episode returns on 16 _TwoPhase environments, each one's first-episode length)."""
+    envs.register("TwoPhase-v0", _TwoPhase, overwrite=True)
+    env, params = envs.make("TwoPhase-v0")
+    params = params.replace(nan_later=nan_later)
+    network = nets.ActorCritic(action_dim=2, discrete=True, hidden_sizes=(4,))
+    net_params = network.init(jax.random.key(0), jnp.zeros(2))
+    episode_returns = algos.evaluation.make_episode_returns("TwoPhase-v0", (), network, 16)
+    key = jax.random.key(1)
+    returns = jax.jit(episode_returns)(key, net_params, None, params)
+    # The evaluation resets its VecEnv with the first half of its key: the first episodes' lengths.
+    _, state = envs.VecEnv(env, 16).reset(jax.random.split(key)[0], params)
+    return np.asarray(returns), np.asarray(state.length)
+
+
+def test_evaluation_keeps_each_environments_first_episode():
+    """make_episode_returns returns each environment's FIRST episode return (1 here, in closed form), also for an
+    environment that ended a second episode (return 10) before the last one ended its first: without `& ~done` in
+    its first-episode test the later return overwrote the first."""
+    returns, first_lengths = _two_phase_returns(nan_later=False)
+    assert set(first_lengths) == {1, 3}  # short first episodes go on to a second one while the long ones run
+    np.testing.assert_array_equal(returns, np.ones(16, np.float32))
+
+
+def test_evaluation_ignores_non_finite_observations_after_the_first_episode():
+    """An observation that turns NaN only in an environment's second episode, played while others finish their
+    first, does not make the finished first episode's return NaN: only steps before an environment's first end
+    can break its episode (without `~done &` in the broken test every short first episode here became NaN)."""
+    returns, first_lengths = _two_phase_returns(nan_later=True)
+    assert set(first_lengths) == {1, 3}
+    np.testing.assert_array_equal(returns, np.ones(16, np.float32))

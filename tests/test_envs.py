@@ -403,6 +403,31 @@ def test_flatten_observation_flattens_obs_final_observation_and_space():
     assert info["final_observation"].shape == (400,) and info["final_observation"].dtype == jnp.float32
 
 
+def test_space_sizes_are_products_over_every_axis():
+    """action_dim of a Box action and observation_size are the flat sizes prod(shape), not the first axis: a (2, 3)
+    action is a 6-wide policy head, a (10, 10, 4) observation (MinAtar's, unflattened) 400 inputs; also through a
+    VecEnv (one environment's answers) and with explicit params."""
+    from gymnax.environments import spaces
+
+    class Stub:  # only what the space questions ask for
+        name = "Stub"
+        default_params = None
+
+        def action_space(self, params):
+            return spaces.Box(-1.0, 1.0, (2, 3))
+
+        def observation_space(self, params):
+            return spaces.Box(0.0, 1.0, (10, 10, 4))
+
+    stub = Stub()
+    assert envs.action_dim(stub) == 6 == int(np.prod((2, 3)))
+    assert envs.observation_size(stub) == 400 == int(np.prod((10, 10, 4)))
+    assert envs.action_dim(stub, params={}) == 6 and envs.observation_size(stub, params={}) == 400
+    assert envs.action_dim(VecEnv(stub, 2)) == 6 and envs.observation_size(VecEnv(stub, 2)) == 400
+    assert not envs.is_discrete(stub)
+    np.testing.assert_array_equal(envs.action_bounds(stub)[0], -np.ones((2, 3), np.float32))
+
+
 def test_full_stack_under_jit_and_vmap_over_seeds():
     base, params = envs.make("Pendulum-v1", max_steps_in_episode=20)
     env = FlattenObservation(base)

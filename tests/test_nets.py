@@ -85,6 +85,27 @@ def test_orthogonal_initialisation_gains(obs):
     np.testing.assert_allclose(dist.probs, 0.5, atol=0.02)
 
 
+def test_orthogonal_initialisation_gains_of_the_shared_torso(obs):
+    """ActorCritic(shared=True) initialises like the separate towers: torso kernels orthogonal with gain sqrt(2)
+    (Gram matrix 2 I), the policy head's with gain 0.01 (1e-4 I), the value head's with gain 1 (its one column a
+    unit vector; initialised at the policy's gain 0.01 it passed every other test), biases 0."""
+    net = ActorCritic(action_dim=2, discrete=True, hidden_sizes=(8, 8), shared=True)
+    params = net.init(jax.random.key(4), obs)["params"]
+    assert set(params) == {"torso", "policy_head", "value_head"}
+
+    def gram(w):  # as in test_orthogonal_initialisation_gains
+        w = np.asarray(w)
+        return w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+
+    np.testing.assert_allclose(gram(params["torso"]["Dense_0"]["kernel"]), 2.0 * np.eye(OBS_DIM), atol=1e-5)
+    np.testing.assert_allclose(gram(params["torso"]["Dense_1"]["kernel"]), 2.0 * np.eye(8), atol=1e-5)
+    np.testing.assert_allclose(gram(params["policy_head"]["Dense_0"]["kernel"]), 1e-4 * np.eye(2), atol=1e-9)
+    np.testing.assert_allclose(gram(params["value_head"]["kernel"]), np.eye(1), atol=1e-5)
+    for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if "bias" in jax.tree_util.keystr(leaf_path):
+            np.testing.assert_array_equal(leaf, 0.0)
+
+
 def test_mlp_activation_choice_and_validation(obs):
     tanh = MLP((8,), "tanh", output_dim=1)
     params = tanh.init(jax.random.key(5), obs)

@@ -886,3 +886,11 @@ def test_an_index_equal_to_the_bound_is_refused(problem, field, index):
     bad = data._replace(**{field: value.at[(0, 1) if value.ndim == 2 else 0].set(index)})
     with pytest.raises(off.DatasetError, match=rf"\[0, {index}\)"):
         off.validate_tabular_dataset(bad, S, A)
+
+
+def test_subset_sizes_outside_the_dataset_are_refused(big_dataset):
+    """subset(-1) kept all but the last episode and subset(10**9) all of them, silently."""
+    for bad in (0, -1, 4001, 2.5, True):
+        with pytest.raises(ValueError, match=r"num_episodes must be an int in \[1, 4000\]"):
+            off.subset(big_dataset, bad)
+    assert off.subset(big_dataset, np.int64(3)).num_episodes == 3

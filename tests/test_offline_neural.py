@@ -219,6 +219,33 @@ def test_fqe_loss_stops_gradient_through_the_target():
     np.testing.assert_allclose(jax.grad(N.fqe_loss, argnums=3)(q_sa, rewards, terminals, next_values, 0.9), 0.0)
 
 
+def test_normalised_dualdice_value_averages_the_ratio_over_valid_steps_only():
+    """neural_dualdice_value(normalised=True) = mean_valid[w r] / mean_valid[w] / (1 - gamma), both means over the
+    mask's valid steps (NumPy, from the ratio the params give): dividing by the mean of w over every step, padding
+    included, inflated the estimate by 1 / the valid fraction (here w = 0 on the zeroed padding: by 30 / 20)."""
+    mdp = T.random_mdp(jax.random.key(0), 3, NUM_ACTIONS, discount=DISCOUNT)
+    data = collect(jax.random.key(1), mdp, T.uniform_policy(3, NUM_ACTIONS), 6, 5)
+    lengths = np.array([5, 2, 4, 1, 3, 5])  # episodes of different lengths: 20 valid steps of 30
+    mask = np.arange(5)[None] < lengths[:, None]
+    terminals = (np.arange(5)[None] == lengths[:, None] - 1) & (lengths[:, None] < 5)
+    data = N.one_hot_observations(data._replace(mask=jnp.asarray(mask), terminals=jnp.asarray(terminals)), 3)
+    data = data._replace(observations=jnp.where(mask[..., None], data.observations, 0.0),
+                         rewards=jnp.where(mask, data.rewards, 0.0))  # padding as a padded dataset holds it
+    validate_dataset(data)
+    net = N._mlp((8,), "relu", NUM_ACTIONS)
+    nu, zeta = (net.init(jax.random.key(k), jnp.zeros(3)) for k in (2, 3))
+    params = N.DualDICEParams(nu=nu, zeta=zeta, hidden_sizes=(8,), activation="relu", num_actions=NUM_ACTIONS,
+                              discount=DISCOUNT)
+    w = np.asarray(N.neural_dualdice_ratio(params, data.observations, data.actions), np.float64)
+    r = np.asarray(data.rewards, np.float64)
+    expected = (w * r)[mask].mean() / w[mask].mean() / (1.0 - DISCOUNT)
+    assert abs(w[mask].mean() - w.mean()) > 0.1 * abs(w[mask].mean())  # the padding moves the all-steps mean
+    np.testing.assert_allclose(float(N.neural_dualdice_value(params, data, DISCOUNT, normalised=True)), expected,
+                               rtol=1e-5)
+    plain = (w * r)[mask].mean() / (1.0 - DISCOUNT)
+    np.testing.assert_allclose(float(N.neural_dualdice_value(params, data, DISCOUNT)), plain, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------
 # Validation and divergence.
 # ---------------------------------------------------------------------------

@@ -556,3 +556,9 @@ def test_policy_rows_off_by_more_than_rounding_are_refused(problem, dtype, offse
             T.expected_return(mdp, jnp.asarray(pi))
     else:
         assert np.isfinite(float(T.expected_return(mdp, jnp.asarray(pi))))
+
+
+def test_policy_iteration_cap_must_be_a_positive_int(problem):
+    with pytest.raises(ValueError, match="max_iterations must be a positive int"):
+        T.policy_iteration(problem[0], max_iterations=True)  # was a cap of 1
+    assert bool(T.policy_iteration(problem[0], max_iterations=np.int64(100)).converged)  # was refused

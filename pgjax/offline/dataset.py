@@ -232,6 +232,10 @@ def subset(dataset: Dataset, num_episodes: int) -> Dataset:
     Fields [N, T, ...] -> [num_episodes, T, ...]; initial_observations [M, ...] -> [num_episodes, ...] when
     M == N, else kept whole.
     """
+    if isinstance(num_episodes, bool) or not isinstance(num_episodes, (int, np.integer)) or not (
+            1 <= num_episodes <= dataset.num_episodes):  # a slice would take -1 as "all but the last", 10**9 as all
+        raise ValueError(f"subset: num_episodes must be an int in [1, {dataset.num_episodes}] (the dataset's "
+                         f"episodes); got {num_episodes!r}.")
     init = dataset.initial_observations
     if init.shape[0] == dataset.num_episodes:
         init = init[:num_episodes]

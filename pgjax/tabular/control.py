@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from pgjax.tabular.evaluation import action_values, state_values
@@ -64,7 +65,7 @@ def policy_iteration(mdp: MDP, max_iterations: int = 1000) -> OptimalSolution:
     Returns:
       `OptimalSolution` (policy [S, A] one-hot, values [S], action_values [S, A], iterations, converged).
     """
-    if not isinstance(max_iterations, int) or max_iterations < 1:
+    if isinstance(max_iterations, bool) or not isinstance(max_iterations, (int, np.integer)) or max_iterations < 1:
         raise ValueError(f"policy_iteration: max_iterations must be a positive int; got {max_iterations!r}.")
     if mdp.reward.ndim != 2:
         raise ValueError(
