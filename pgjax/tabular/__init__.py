@@ -65,7 +65,6 @@ __all__ = [
     "policy_logits",
     "policy_reward",
     "policy_transition",
-    "working_dtype",
     "random_mdp",
     "softmax_policy",
     "state_action_occupancy",
@@ -78,4 +77,5 @@ __all__ = [
     "uniform_policy",
     "validate_mdp_arrays",
     "values_and_occupancy",
+    "working_dtype",
 ]
