@@ -64,19 +64,21 @@ def test_standalone_actor_and_critic_share_the_layout(obs):
     np.testing.assert_allclose(critic_value, value, rtol=1e-6)
 
 
+def _gram(w):
+    """W^T W when W has orthonormal columns, W W^T when rows: gain^2 I for an orthogonal initialisation."""
+    w = np.asarray(w)
+    return w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+
+
 def test_orthogonal_initialisation_gains(obs):
     net = ActorCritic(action_dim=2, discrete=True, hidden_sizes=(8, 8))
     params = net.init(jax.random.key(4), obs)["params"]
     actor, critic = params["actor"], params["critic"]
 
-    def gram(w):  # W^T W when W has orthonormal columns, W W^T when rows; scaled by gain^2
-        w = np.asarray(w)
-        return w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
-
-    np.testing.assert_allclose(gram(actor["torso"]["Dense_0"]["kernel"]), 2.0 * np.eye(OBS_DIM), atol=1e-5)
-    np.testing.assert_allclose(gram(actor["torso"]["Dense_1"]["kernel"]), 2.0 * np.eye(8), atol=1e-5)
-    np.testing.assert_allclose(gram(actor["head"]["Dense_0"]["kernel"]), 1e-4 * np.eye(2), atol=1e-9)
-    np.testing.assert_allclose(gram(critic["mlp"]["Dense_2"]["kernel"]), np.eye(1), atol=1e-5)
+    np.testing.assert_allclose(_gram(actor["torso"]["Dense_0"]["kernel"]), 2.0 * np.eye(OBS_DIM), atol=1e-5)
+    np.testing.assert_allclose(_gram(actor["torso"]["Dense_1"]["kernel"]), 2.0 * np.eye(8), atol=1e-5)
+    np.testing.assert_allclose(_gram(actor["head"]["Dense_0"]["kernel"]), 1e-4 * np.eye(2), atol=1e-9)
+    np.testing.assert_allclose(_gram(critic["mlp"]["Dense_2"]["kernel"]), np.eye(1), atol=1e-5)
     for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         if "bias" in jax.tree_util.keystr(leaf_path):
             np.testing.assert_array_equal(leaf, 0.0)
@@ -93,14 +95,10 @@ def test_orthogonal_initialisation_gains_of_the_shared_torso(obs):
     params = net.init(jax.random.key(4), obs)["params"]
     assert set(params) == {"torso", "policy_head", "value_head"}
 
-    def gram(w):  # as in test_orthogonal_initialisation_gains
-        w = np.asarray(w)
-        return w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
-
-    np.testing.assert_allclose(gram(params["torso"]["Dense_0"]["kernel"]), 2.0 * np.eye(OBS_DIM), atol=1e-5)
-    np.testing.assert_allclose(gram(params["torso"]["Dense_1"]["kernel"]), 2.0 * np.eye(8), atol=1e-5)
-    np.testing.assert_allclose(gram(params["policy_head"]["Dense_0"]["kernel"]), 1e-4 * np.eye(2), atol=1e-9)
-    np.testing.assert_allclose(gram(params["value_head"]["kernel"]), np.eye(1), atol=1e-5)
+    np.testing.assert_allclose(_gram(params["torso"]["Dense_0"]["kernel"]), 2.0 * np.eye(OBS_DIM), atol=1e-5)
+    np.testing.assert_allclose(_gram(params["torso"]["Dense_1"]["kernel"]), 2.0 * np.eye(8), atol=1e-5)
+    np.testing.assert_allclose(_gram(params["policy_head"]["Dense_0"]["kernel"]), 1e-4 * np.eye(2), atol=1e-9)
+    np.testing.assert_allclose(_gram(params["value_head"]["kernel"]), np.eye(1), atol=1e-5)
     for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         if "bias" in jax.tree_util.keystr(leaf_path):
             np.testing.assert_array_equal(leaf, 0.0)

@@ -17,7 +17,8 @@ S, A, GAMMA = 3, 2, 0.9
 
 def _arrays():
     rng = np.random.default_rng(0)  # fixed numbers: jax's random draws depend on the dtype, so x64 would draw others
-    return rng.dirichlet(np.ones(S), size=(S, A)), rng.uniform(size=(S, A)), np.array([0.5, 0.3, 0.2]), rng.normal(size=S * A)
+    transition, reward = rng.dirichlet(np.ones(S), size=(S, A)), rng.uniform(size=(S, A))
+    return transition, reward, np.array([0.5, 0.3, 0.2]), rng.normal(size=S * A)
 
 
 def _tabular_values(mdp, theta):
