@@ -64,8 +64,9 @@ def parse_args() -> argparse.Namespace:
         p.error("--seeds, --repeats and every --unroll must be positive")
     if a.total_timesteps < bc.BATCH:
         p.error(f"--total-timesteps must be at least {bc.BATCH}")
+    tables = bc.tables()
     for flag, path in (("--json", a.json), ("--trace", a.trace)):
-        bc.tables().check_output_path(p.error, flag, path, "file")
+        tables.check_output_path(p.error, flag, path, "file")
     return a
 
 

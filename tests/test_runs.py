@@ -281,14 +281,20 @@ def test_malformed_metrics_and_config_files_name_the_file_and_place(tmp_path):
             runs.load_run(str(tmp_path))
 
 
-def test_quality_benchmark_fails_a_target_when_a_seed_has_no_final_return():
+def _benchmark_module(filename):
+    """A script of benchmarks/ loaded as a module (its main does not run)."""
     import importlib.util
     import os
 
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "quality.py")
-    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)  # (its main, the 10-minute benchmark, does not run)
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", filename)
+    spec = importlib.util.spec_from_file_location(filename[:-3].lstrip("_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_benchmark_fails_a_target_when_a_seed_has_no_final_return():
+    quality = _benchmark_module("quality.py")  # (its main, the 10-minute benchmark, does not run)
     row = {"seeds": 2, **quality.final_stats(np.array([500.0, np.nan]))}
     assert row["finished"] == 1 and row["median"] == 500.0 and np.isnan(row["worst"])
     assert quality.target_met(row, 475.0) is False and quality.target_met(row, None) == ""
@@ -300,13 +306,7 @@ def test_rejax_comparison_accepts_only_the_fields_it_names_and_names_the_row_aft
     """ppo_vs_rejax.py --pgjax-config: speed fields keep the plain row name; bfloat16 and Adam's epsilon rename the
     row (the thirty-second session documented '{"adam_eps": 1e-8}', which the check then refused); other fields are
     refused, and the worker's config carries the fields."""
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "_bench_common.py")
-    spec = importlib.util.spec_from_file_location("bench_common", path)
-    bc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bc)
+    bc = _benchmark_module("_bench_common.py")
     assert bc.impl_suffix(bc.parse_speed_config('{"unroll": 8}')) == ""
     assert bc.impl_suffix(bc.parse_speed_config('{"compute_dtype": "bfloat16"}')) == "-bfloat16"
     fields = bc.parse_speed_config('{"adam_eps": 1e-8, "compute_dtype": "bfloat16"}')

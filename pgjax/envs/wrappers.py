@@ -147,8 +147,7 @@ class PredrawnResets(Wrapper):
         obs_step, state_step, reward, terminated, info = self._env.step_env(key.step_key, state, action, params)
         truncated = self._env.is_truncated(state_step, params)
         done = jnp.logical_or(terminated, truncated)
-        # in the reset's dtype: under jax_enable_x64 an environment may draw float64 states and step float32 ones
-        select = lambda reset, stepped: jax.lax.select(done, reset, stepped.astype(reset.dtype))  # noqa: E731
+        select = lambda reset, stepped: jax.lax.select(done, reset, stepped)  # noqa: E731
         state = jax.tree_util.tree_map(select, key.state, state_step)
         obs = jax.tree_util.tree_map(select, key.obs, obs_step)
         info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_step}
