@@ -5,6 +5,8 @@ Q-function and value are known; `collect_env` runs on CartPole-v1, whose termina
 known in closed form (|x| > 2.4 or |theta| > 12 degrees).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +28,8 @@ THETA_LIMIT = 12 * 2 * np.pi / 360  # CartPole terminates beyond |theta| > 12 de
 DUALDICE = N.NeuralDualDICEConfig(
     discount=DISCOUNT, hidden_sizes=(32, 32), nu_learning_rate=1e-3, zeta_learning_rate=1e-2, num_steps=5000
 )
+# Determinism, padding and divergence need no converged saddle: a short run of the same networks shows each.
+SHORT_DUALDICE = dataclasses.replace(DUALDICE, num_steps=300)
 FQE = N.FQEConfig(hidden_sizes=(32, 32), learning_rate=1e-3, num_steps=3000, target_update_period=10)
 
 
@@ -123,13 +127,17 @@ def test_dualdice_value_matches_expected_return(problem, dualdice):
         assert abs(estimate - problem["value"]) / problem["value"] < 0.1, (estimate, problem["value"])
 
 
-def test_dualdice_same_key_same_result(problem, dualdice):
-    params, info = dualdice
-    again, info_again = N.neural_dualdice(jax.random.key(3), problem["data"], problem["probs_fn"], DUALDICE)
+def test_dualdice_same_key_same_result(problem):
+    first, info = N.neural_dualdice(jax.random.key(3), problem["data"], problem["probs_fn"], SHORT_DUALDICE)
+    again, info_again = N.neural_dualdice(jax.random.key(3), problem["data"], problem["probs_fn"], SHORT_DUALDICE)
     np.testing.assert_array_equal(np.asarray(info_again["loss"]), np.asarray(info["loss"]))
+    for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(first)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, info_other = N.neural_dualdice(jax.random.key(4), problem["data"], problem["probs_fn"], SHORT_DUALDICE)
+    assert not np.array_equal(np.asarray(info_other["loss"]), np.asarray(info["loss"]))  # the key is used
 
 
-def test_padding_episodes_change_nothing(problem, dualdice):
+def test_padding_episodes_change_nothing(problem):
     # Minibatches come from the valid transitions only (the training loop pads them to the dataset's N * T, so
     # datasets of one shape share a compile): 5 more padding steps after every episode must not change what is learned.
     data = problem["data"]
@@ -139,8 +147,8 @@ def test_padding_episodes_change_nothing(problem, dualdice):
 
     padded = data._replace(**{f: pad(getattr(data, f)) for f in data._fields if f != "initial_observations"})
     assert padded.num_transitions == data.num_transitions
-    params, info = dualdice
-    again, info_again = N.neural_dualdice(jax.random.key(3), padded, problem["probs_fn"], DUALDICE)
+    params, info = N.neural_dualdice(jax.random.key(3), data, problem["probs_fn"], SHORT_DUALDICE)
+    again, info_again = N.neural_dualdice(jax.random.key(3), padded, problem["probs_fn"], SHORT_DUALDICE)
     for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(info_again["value"]), float(info["value"]), rtol=1e-5)
@@ -314,11 +322,11 @@ def test_integer_rewards_are_refused_before_training(problem):
 
 def test_divergence_raises_instead_of_returning_nan(problem):
     # Features of size 1e20 overflow float32 in zeta^2 within a step; the same config and shapes
-    # as the `dualdice` fixture reuse its compiled loop.
+    # as test_dualdice_same_key_same_result reuse its compiled loop.
     data = problem["data"]
     huge = data._replace(observations=1e20 * data.observations, next_observations=1e20 * data.next_observations)
     with pytest.raises(N.TrainingDivergedError, match="smaller learning rate"):
-        N.neural_dualdice(jax.random.key(0), huge, problem["probs_fn"], DUALDICE)
+        N.neural_dualdice(jax.random.key(0), huge, problem["probs_fn"], SHORT_DUALDICE)
 
 
 # ---------------------------------------------------------------------------
@@ -475,16 +483,17 @@ def test_estimators_on_policy_with_terminal_states(random_cartpole):
     _, _, data, returns = random_cartpole
     mc = returns.mean()  # 19.42 +- 0.28
     _, _, fqe_info = N.fitted_q_evaluation(jax.random.key(0), data, uniform_probs, 0.99, FQE)
-    dice_config = N.NeuralDualDICEConfig(discount=0.99, hidden_sizes=(32, 32), num_steps=30_000)
+    dice_config = N.NeuralDualDICEConfig(discount=0.99, hidden_sizes=(32, 32), num_steps=15_000)
     dice_params, dice_info = N.neural_dualdice(jax.random.key(0), data, uniform_probs, dice_config)
     # Ignoring terminals would bootstrap to ~1/(1-gamma) = 100. The tolerances are the estimators' spread,
-    # measured on the CPU over 2 datasets x 6 keys (jax 0.9.2): FQE within -0.9%..+0.9%; DualDICE
-    # -7.8%..-1.0% (mean -3.8%) at 30k steps, but -14.6%..+0.8% at 10k steps, where an 8% tolerance
-    # failed for 2 of 12 keys: the likely cause of its one failure on an H100, whose rounding acts like another key.
+    # measured on the CPU (jax 0.9.2): FQE within -0.9%..+0.9% (2 datasets x 6 keys); DualDICE at 15k steps
+    # -10.4%..+1.7% (mean -4.7%, saddle gaps <= 0.067) over 3 datasets x 8 keys, at 20k steps -9.0%..-0.1%, at 30k
+    # -7.8%..-1.0%, at 10k -14.6%..+1.7%, where an 8% tolerance failed for 2 of 12 keys: the likely cause of its one
+    # failure on an H100, whose rounding acts like another key. 15k steps with 15% keeps that margin at half the time.
     assert abs(float(fqe_info["value"]) - mc) / mc < 0.04, (float(fqe_info["value"]), mc)
-    assert abs(float(dice_info["value"]) - mc) / mc < 0.12, (float(dice_info["value"]), mc)
+    assert abs(float(dice_info["value"]) - mc) / mc < 0.15, (float(dice_info["value"]), mc)
     # With terminations E_D[w] = (1 - gamma) J < 1 (CartPole's reward is 1 on every step, so this is the value check again).
-    np.testing.assert_allclose(float(dice_info["mean_ratio"]), 0.01 * mc, rtol=0.12)
+    np.testing.assert_allclose(float(dice_info["mean_ratio"]), 0.01 * mc, rtol=0.15)
     # The saddle check, recomputed from the trained nu: mean over the valid transitions of
     # nu(s,a) - gamma (1 - terminal) E_pi nu(s',.), with nu = network output / (1 - gamma).
     t = N.valid_transitions(data)
@@ -496,7 +505,7 @@ def test_estimators_on_policy_with_terminal_states(random_cartpole):
     w = np.asarray(N.neural_dualdice_ratio(dice_params, t.observations, t.actions), np.float64)
     mass_flow = np.mean(w * (1.0 - 0.99 * (1.0 - np.asarray(t.terminals)))) / 0.01
     np.testing.assert_allclose(float(dice_info["mass_flow"]), mass_flow, rtol=1e-3)
-    # Settled (saddle gaps <= 0.037 over 2 datasets x 4 keys at 30k steps): both saddle conditions hold.
+    # Settled (saddle gaps <= 0.067 over 3 datasets x 8 keys at 15k steps): both saddle conditions hold.
     assert float(dice_info["saddle_gap"]) < 0.1, float(dice_info["saddle_gap"])
 
 
