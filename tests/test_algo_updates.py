@@ -337,6 +337,15 @@ def _episode_gradients(config, key):
     network = algos.common.actor_critic(config, spec)
     hp = config.hyperparams()
     algorithm = algos.reinforce.make_algorithm(config, network)
+
+    @jax.jit  # one program: op by op, the vmapped gradients compiled ~130 small ones
+    def estimates(key):
+        return _episode_estimates(config, spec, network, hp, algorithm, key)
+
+    return tuple(np.asarray(x, np.float64) for x in estimates(key))
+
+
+def _episode_estimates(config, spec, network, hp, algorithm, key):
     key_init, key_reset, key_rollout = jax.random.split(key, 3)
     agent = algorithm.init(key_init, spec, hp)
     # A critic far from its near-zero initial output, so that the baseline b(s) differs between states.
@@ -362,7 +371,7 @@ def _episode_gradients(config, key):
     per_episode = jax.vmap(lambda i: actor_gradient(one_column(i)))(jnp.arange(config.num_envs))
     exact = jax.grad(_exact_objective(network, spec.params.mdp))(agent.params)["params"]["actor"]
     exact = jnp.concatenate([g.ravel() for g in jax.tree_util.tree_leaves(exact)])
-    return np.asarray(per_episode, np.float64), np.asarray(actor_gradient(columns)), np.asarray(exact, np.float64)
+    return per_episode, actor_gradient(columns), exact
 
 
 def _z_scores(per_episode, exact, directions):
