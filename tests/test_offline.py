@@ -600,6 +600,33 @@ def test_offline_improvement_beats_the_behaviour_policy(problem):
     assert np.all(np.isfinite(np.asarray(result.thetas)))
 
 
+def test_offline_improvement_compiles_once_per_optimizer_and_shapes(problem):
+    """The run's program takes the data as arguments: another dataset of the same shapes and another theta, with the
+    same optimizer object, reuse it (a closure over the data compiled again on every call) and get their own run."""
+    mdp, features, adam = problem["mdp"], problem["features"], optax.adam(0.1)
+    first, second = (off.collect(jax.random.key(k), mdp, problem["mu"], 50, T) for k in (21, 22))
+    theta = problem["theta_mu"]
+    other_theta = theta + 0.1
+    one = off.offline_policy_improvement(first, theta, features, GAMMA, adam, 5)
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        two = off.offline_policy_improvement(second, other_theta, features, GAMMA, adam, 5)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == [], f"{len(compiles)} programs compiled again"
+    fresh = off.offline_policy_improvement(second, other_theta, features, GAMMA, optax.adam(0.1), 5)  # compiles anew
+    for got, want in zip(two, fresh):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(np.asarray(two.thetas[0]), np.asarray(other_theta))
+    assert not np.allclose(np.asarray(two.estimated_values), np.asarray(one.estimated_values))
+
+
 # --- coverage -----------------------------------------------------------------------------------
 
 

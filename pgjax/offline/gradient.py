@@ -15,6 +15,7 @@ of them, re-estimating w and Q_hat as pi moves, in one compiled `lax.scan`.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -260,7 +261,9 @@ def offline_policy_improvement(
       dataset: a tabular `Dataset`.
       theta: theta_0 [D]; features: phi [S, A, D].
       discount: gamma in (0, 1).
-      optimizer: an optax transformation (e.g. `optax.adam(0.1)`); gradients are negated for ascent.
+      optimizer: an optax transformation (e.g. `optax.adam(0.1)`); gradients are negated for ascent. The run is
+        compiled once per optimizer object, num_steps, method, baseline and array shapes: to reuse it across
+        datasets, seeds or thetas, create the optimizer once and pass the same object.
       num_steps: K >= 1.
       method: "dualdice" or one of the IS methods.
       baseline, pessimistic: see above. `baseline` acts on "dualdice" only; `pessimistic` moves the "dualdice"
@@ -285,7 +288,8 @@ def offline_policy_improvement(
     if method in IS_METHODS:
         check_importance_data(dataset, f"offline_policy_improvement(method={method!r})")
     unseen_value = pessimistic_value(model, discount) if pessimistic else 0.0
-    result = _improve(dataset, model, theta, features, discount, optimizer, num_steps, method, baseline, unseen_value)
+    result = _improve(dataset, model, theta, features, discount, unseen_value, optimizer=optimizer,
+                      num_steps=num_steps, method=method, baseline=baseline)
     finite = np.isfinite(np.asarray(result.gradient_norms))
     if not np.all(finite):
         k = int(np.argmin(finite))
@@ -300,7 +304,10 @@ def offline_policy_improvement(
     return result
 
 
-def _improve(dataset, model, theta, features, discount, optimizer, num_steps, method, baseline, unseen_value):
+# One compiled program per (optimizer, num_steps, method, baseline) and array shapes: the data are arguments, so a
+# loop over datasets or seeds with one optimizer object reuses it (a closure over the data compiled on every call).
+@functools.partial(jax.jit, static_argnames=("optimizer", "num_steps", "method", "baseline"))
+def _improve(dataset, model, theta, features, discount, unseen_value, *, optimizer, num_steps, method, baseline):
     def gradient(th):
         if method == "dualdice":
             return model_policy_gradient(model, dataset, th, features, discount, baseline, unseen_value)
@@ -318,11 +325,7 @@ def _improve(dataset, model, theta, features, discount, optimizer, num_steps, me
         th = optax.apply_updates(th, updates)
         return (th, opt_state), (th, jnp.linalg.norm(g))
 
-    @jax.jit
-    def run(th0):
-        (_, _), (thetas, norms) = lax.scan(step, (th0, optimizer.init(th0)), None, length=num_steps)
-        thetas = jnp.concatenate([th0[None], thetas])
-        values, mass = jax.vmap(diagnostics)(thetas)
-        return ImprovementResult(thetas, values, mass, norms)
-
-    return run(theta)
+    (_, _), (thetas, norms) = lax.scan(step, (theta, optimizer.init(theta)), None, length=num_steps)
+    thetas = jnp.concatenate([theta[None], thetas])
+    values, mass = jax.vmap(diagnostics)(thetas)
+    return ImprovementResult(thetas, values, mass, norms)
