@@ -1,5 +1,6 @@
 """Offline evaluation and policy gradients on tabular MDPs, checked against the exact answers."""
 
+import dataclasses
 import warnings
 
 import jax
@@ -625,6 +626,28 @@ def test_offline_improvement_compiles_once_per_optimizer_and_shapes(problem):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14)
     np.testing.assert_array_equal(np.asarray(two.thetas[0]), np.asarray(other_theta))
     assert not np.allclose(np.asarray(two.estimated_values), np.asarray(one.estimated_values))
+
+
+def test_offline_improvement_takes_an_unhashable_optimizer(problem):
+    """A duck-typed optimizer (init/update) whose dataclass __eq__ makes it unhashable runs as optax's own does
+    (the compiled program's static arguments must hash: it was refused with "Non-hashable static arguments")."""
+
+    @dataclasses.dataclass
+    class PlainSGD:
+        learning_rate: float
+
+        def init(self, params):
+            return ()
+
+        def update(self, grads, state, params=None):
+            return jax.tree_util.tree_map(lambda g: -self.learning_rate * g, grads), state
+
+    data = off.collect(jax.random.key(21), problem["mdp"], problem["mu"], 50, T)
+    args = (data, problem["theta_mu"], problem["features"], GAMMA)
+    mine = off.offline_policy_improvement(*args, PlainSGD(0.1), 3)
+    theirs = off.offline_policy_improvement(*args, optax.sgd(0.1), 3)
+    for got, want in zip(mine, theirs):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14)
 
 
 # --- coverage -----------------------------------------------------------------------------------
