@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+import compile_count
 import pgjax.offline as off
 import pgjax.tabular as tab
 
@@ -609,18 +610,9 @@ def test_offline_improvement_compiles_once_per_optimizer_and_shapes(problem):
     theta = problem["theta_mu"]
     other_theta = theta + 0.1
     one = off.offline_policy_improvement(first, theta, features, GAMMA, adam, 5)
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with compile_count.compiles() as compiled:
         two = off.offline_policy_improvement(second, other_theta, features, GAMMA, adam, 5)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert compiles == [], f"{len(compiles)} programs compiled again"
+    assert compiled == [], f"{len(compiled)} programs compiled again"
     fresh = off.offline_policy_improvement(second, other_theta, features, GAMMA, optax.adam(0.1), 5)  # compiles anew
     for got, want in zip(two, fresh):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-14)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import compile_count
 from pgjax import tabular as T
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -562,3 +563,24 @@ def test_policy_iteration_cap_must_be_a_positive_int(problem):
     with pytest.raises(ValueError, match="max_iterations must be a positive int"):
         T.policy_iteration(problem[0], max_iterations=True)  # was a cap of 1
     assert bool(T.policy_iteration(problem[0], max_iterations=np.int64(100)).converged)  # was refused
+
+
+def test_iterative_solvers_compile_once_per_shape(problem):
+    """Policy iteration and the occupancy fixed point take the MDP (and pi, tol, the cap) as arguments: a new MDP of
+    the same shapes reuses the program (the while_loops, run op by op, closed over the MDP and compiled each time)
+    and gets its own answer, the closed form's."""
+    mdp, theta, features = problem
+    pi = T.softmax_policy(theta, features)
+    T.optimal_return(mdp), T.occupancy_fixed_point(mdp, pi)
+    other = T.random_mdp(jax.random.key(5), S, A, discount=0.8)
+    other_pi = T.softmax_policy(-theta, features)
+    with compile_count.compiles() as compiled:
+        solution = T.policy_iteration(other, max_iterations=50)
+        j_star = T.optimal_return(other)
+        d, info = T.occupancy_fixed_point(other, other_pi, tol=1e-13, max_iterations=5000)
+    assert compiled == [], f"{len(compiled)} programs compiled again"
+    np.testing.assert_allclose(np.asarray(solution.values), np.asarray(T.state_values(other, solution.policy)),
+                               rtol=1e-10)
+    np.testing.assert_allclose(float(j_star), float(other.initial @ solution.values), rtol=1e-12)
+    assert bool(info.converged)
+    np.testing.assert_allclose(np.asarray(d), np.asarray(T.occupancy_solve(other, other_pi)), atol=1e-11)

@@ -72,6 +72,13 @@ def policy_iteration(mdp: MDP, max_iterations: int = 1000) -> OptimalSolution:
             f"policy_iteration: expects one MDP (reward [S, A]); got a batch of shape {mdp.batch_shape}: "
             "use jax.vmap(policy_iteration)(mdps)."
         )
+    return _policy_iteration(mdp, max_iterations)
+
+
+# One compiled program per shape: the MDP and the cap are arguments. A while_loop run op by op closes over the MDP's
+# arrays, so each new MDP compiled the loop again.
+@jax.jit
+def _policy_iteration(mdp: MDP, max_iterations) -> OptimalSolution:
     num_actions = mdp.num_actions
 
     def evaluate(actions):

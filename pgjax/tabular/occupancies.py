@@ -67,8 +67,15 @@ def occupancy_fixed_point(
     Returns:
       (d [S], FixedPointInfo).
     """
+    tol = default_tolerance(working_dtype(mdp, pi)) if tol is None else tol  # the dtype it iterates in
+    return _occupancy_fixed_point(mdp, pi, tol, max_iterations)
+
+
+# One compiled program per shape: the MDP, pi, tol and the cap are arguments. A while_loop run op by op closes over
+# their arrays, so each new MDP or policy compiled the loop again.
+@jax.jit
+def _occupancy_fixed_point(mdp: MDP, pi: Array, tol, max_iterations) -> tuple[Array, FixedPointInfo]:
     dtype = working_dtype(mdp, pi)
-    tol = default_tolerance(dtype) if tol is None else tol  # the dtype it iterates in
     p_pi = policy_transition(mdp, pi)
     d0 = ((1.0 - mdp.discount) * mdp.initial).astype(dtype)
     inf = jnp.asarray(jnp.inf, d0.dtype)
