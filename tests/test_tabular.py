@@ -435,7 +435,7 @@ def test_exact_evaluations_reject_what_is_not_a_policy(pi, match):
     (they all go through policy_transition / policy_reward) raises instead."""
     mdp = T.MDP(*_valid_arrays())
     for evaluate in (T.policy_evaluation, T.expected_return, T.occupancy, lambda m, p: T.finite_horizon_return(m, p, 3),
-                     T.values_and_occupancy):
+                     T.values_and_occupancy, T.occupancy_fixed_point, lambda m, p: T.occupancy_iterates(m, p, 3)):
         with pytest.raises(ValueError, match=match):
             evaluate(mdp, jnp.asarray(pi))
     with pytest.raises(ValueError, match="horizon must be an int >= 0"):
@@ -563,22 +563,32 @@ def test_policy_iteration_cap_must_be_a_positive_int(problem):
     with pytest.raises(ValueError, match="max_iterations must be a positive int"):
         T.policy_iteration(problem[0], max_iterations=True)  # was a cap of 1
     assert bool(T.policy_iteration(problem[0], max_iterations=np.int64(100)).converged)  # was refused
+    pi = T.uniform_policy(S, A)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="occupancy_iterates: num_iterations must be an int >= 0"):
+            T.occupancy_iterates(problem[0], pi, bad)
+    assert T.occupancy_iterates(problem[0], pi, np.int64(3)).shape == (3, S)
 
 
 def test_iterative_solvers_compile_once_per_shape(problem):
-    """Policy iteration and the occupancy fixed point take the MDP (and pi, tol, the cap) as arguments: a new MDP of
-    the same shapes reuses the program (the while_loops, run op by op, closed over the MDP and compiled each time)
-    and gets its own answer, the closed form's."""
+    """Policy iteration, the occupancy fixed point and iterates and the finite-horizon return take the MDP (and pi,
+    tol, the cap) as arguments: a new MDP of the same shapes reuses the program (their loops, run op by op, closed
+    over the MDP and compiled each time) and gets its own answer, the closed form's."""
     mdp, theta, features = problem
     pi = T.softmax_policy(theta, features)
     T.optimal_return(mdp), T.occupancy_fixed_point(mdp, pi)
+    T.occupancy_iterates(mdp, pi, 400), T.finite_horizon_return(mdp, pi, 400)
     other = T.random_mdp(jax.random.key(5), S, A, discount=0.8)
     other_pi = T.softmax_policy(-theta, features)
     with compile_count.compiles() as compiled:
         solution = T.policy_iteration(other, max_iterations=50)
         j_star = T.optimal_return(other)
         d, info = T.occupancy_fixed_point(other, other_pi, tol=1e-13, max_iterations=5000)
+        iterates = T.occupancy_iterates(other, other_pi, 400)
+        j_400 = T.finite_horizon_return(other, other_pi, 400)
     assert compiled == [], f"{len(compiled)} programs compiled again"
+    np.testing.assert_allclose(np.asarray(iterates[-1]), np.asarray(d), atol=1e-11)  # 0.8^401: converged
+    np.testing.assert_allclose(float(j_400), float(T.expected_return(other, other_pi)), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(solution.values), np.asarray(T.state_values(other, solution.policy)),
                                rtol=1e-10)
     np.testing.assert_allclose(float(j_star), float(other.initial @ solution.values), rtol=1e-12)

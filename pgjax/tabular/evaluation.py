@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,6 +111,14 @@ def finite_horizon_return(mdp: MDP, pi: Array, horizon: int) -> Array:
     """
     if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 0:
         raise ValueError(f"finite_horizon_return: horizon must be an int >= 0 (steps); got {horizon!r}.")
+    check_policy(mdp, pi)  # here, on concrete arrays: inside the compiled program pi is abstract
+    return _finite_horizon_return(mdp, pi, int(horizon))
+
+
+# One compiled program per shape and horizon: the MDP and pi are arguments (a scan run op by op closes over them and
+# compiled again for every new MDP or policy).
+@functools.partial(jax.jit, static_argnums=2)
+def _finite_horizon_return(mdp: MDP, pi: Array, horizon: int) -> Array:
     p_pi = policy_transition(mdp, pi)
     r_pi = policy_reward(mdp, pi)
 

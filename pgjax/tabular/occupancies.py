@@ -9,13 +9,15 @@ d^pi is a probability distribution over states: it sums to 1.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from pgjax.tabular.evaluation import bellman_matrix, policy_transition, working_dtype
+from pgjax.tabular.evaluation import bellman_matrix, check_policy, policy_transition, working_dtype
 from pgjax.tabular.mdp import MDP
 
 Array = jax.Array
@@ -67,6 +69,7 @@ def occupancy_fixed_point(
     Returns:
       (d [S], FixedPointInfo).
     """
+    check_policy(mdp, pi)  # here, on concrete arrays: inside the compiled program pi is abstract
     tol = default_tolerance(working_dtype(mdp, pi)) if tol is None else tol  # the dtype it iterates in
     return _occupancy_fixed_point(mdp, pi, tol, max_iterations)
 
@@ -99,6 +102,14 @@ def occupancy_iterates(mdp: MDP, pi: Array, num_iterations: int) -> Array:
     Row k-1 holds d_k = (1-gamma) sum_{t<=k} gamma^t mu0 (P^pi)^t, which grows monotonically to d^pi,
     so its l1 error is exactly the missing mass gamma^(k+1).
     """
+    if not isinstance(num_iterations, (int, np.integer)) or isinstance(num_iterations, bool) or num_iterations < 0:
+        raise ValueError(f"occupancy_iterates: num_iterations must be an int >= 0; got {num_iterations!r}.")
+    check_policy(mdp, pi)
+    return _occupancy_iterates(mdp, pi, int(num_iterations))
+
+
+@functools.partial(jax.jit, static_argnums=2)  # as _occupancy_fixed_point: the MDP and pi are arguments
+def _occupancy_iterates(mdp: MDP, pi: Array, num_iterations: int) -> Array:
     p_pi = policy_transition(mdp, pi)
 
     def step(d, _):
