@@ -567,6 +567,8 @@ def test_policy_iteration_cap_must_be_a_positive_int(problem):
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="occupancy_iterates: num_iterations must be an int >= 0"):
             T.occupancy_iterates(problem[0], pi, bad)
+        with pytest.raises(ValueError, match="occupancy_fixed_point: max_iterations must be a positive int"):
+            T.occupancy_fixed_point(problem[0], pi, max_iterations=bad)  # True was a cap of 1
     assert T.occupancy_iterates(problem[0], pi, np.int64(3)).shape == (3, S)
 
 

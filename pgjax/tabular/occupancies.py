@@ -69,6 +69,8 @@ def occupancy_fixed_point(
     Returns:
       (d [S], FixedPointInfo).
     """
+    if not isinstance(max_iterations, (int, np.integer)) or isinstance(max_iterations, bool) or max_iterations < 1:
+        raise ValueError(f"occupancy_fixed_point: max_iterations must be a positive int; got {max_iterations!r}.")
     check_policy(mdp, pi)  # here, on concrete arrays: inside the compiled program pi is abstract
     tol = default_tolerance(working_dtype(mdp, pi)) if tol is None else tol  # the dtype it iterates in
     return _occupancy_fixed_point(mdp, pi, tol, max_iterations)
