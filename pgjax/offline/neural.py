@@ -494,7 +494,9 @@ def neural_dualdice(
       key: PRNG key (initialisation and minibatches).
       dataset: a `Dataset` with float observation features [N, T, obs_dim] and int actions [N, T]
         (tabular data: `one_hot_observations` first).
-      target_probs_fn: pi(.|s): observations [..., obs_dim] -> probabilities [..., A] (pure, jittable).
+      target_probs_fn: pi(.|s): observations [..., obs_dim] -> probabilities [..., A] (pure, jittable). A static
+        argument of the compiled training loop: pass the same function object across seeds or datasets (not a
+        new `tabular_probs_fn(pi)` per call) to compile the loop once.
       config: `NeuralDualDICEConfig`.
 
     Returns:
@@ -629,7 +631,8 @@ def fitted_q_evaluation(
     Args:
       key: PRNG key.
       dataset: as for `neural_dualdice`.
-      target_probs_fn: pi(.|s): observations [..., obs_dim] -> probabilities [..., A].
+      target_probs_fn: pi(.|s): observations [..., obs_dim] -> probabilities [..., A]; as in `neural_dualdice`, pass
+        the same function object across calls to compile the loop once.
       discount: gamma in (0, 1).
       config: `FQEConfig`.
 
