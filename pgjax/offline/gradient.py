@@ -288,7 +288,10 @@ def offline_policy_improvement(
     if method in IS_METHODS:
         check_importance_data(dataset, f"offline_policy_improvement(method={method!r})")
     unseen_value = pessimistic_value(model, discount) if pessimistic else 0.0
-    result = _improve(dataset, model, theta, features, discount, unseen_value, optimizer=_hashable(optimizer),
+    # A static argument must hash: its init and update as optax's NamedTuple hash as functions (bound methods by
+    # their object's identity), so a duck-typed optimizer whose dataclass __eq__ makes it unhashable runs too.
+    static_optimizer = optax.GradientTransformation(optimizer.init, optimizer.update)
+    result = _improve(dataset, model, theta, features, discount, unseen_value, optimizer=static_optimizer,
                       num_steps=num_steps, method=method, baseline=baseline)
     finite = np.isfinite(np.asarray(result.gradient_norms))
     if not np.all(finite):
@@ -302,22 +305,6 @@ def offline_policy_improvement(
         owner = f"offline_policy_improvement({method!r}) at step {k} of {num_steps} (its largest uncovered mass)"
         report_importance_coverage(model, softmax_policy(result.thetas[k], features), discount, on_uncovered, owner)
     return result
-
-
-class _ByIdentity:
-    """An unhashable optimizer (a duck-typed one with `__eq__`) as a static argument, hashed by identity: compiled
-    again on every call, as before the program took the data as arguments."""
-
-    def __init__(self, optimizer):
-        self.init, self.update = optimizer.init, optimizer.update
-
-
-def _hashable(optimizer):
-    try:
-        hash(optimizer)
-    except TypeError:
-        return _ByIdentity(optimizer)
-    return optimizer
 
 
 # One compiled program per (optimizer, num_steps, method, baseline) and array shapes: the data are arguments, so a

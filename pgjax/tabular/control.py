@@ -18,10 +18,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from pgjax.tabular.evaluation import action_values, state_values
+from pgjax.tabular.evaluation import action_values, check_count, state_values
 from pgjax.tabular.mdp import MDP
 
 Array = jax.Array
@@ -65,8 +64,7 @@ def policy_iteration(mdp: MDP, max_iterations: int = 1000) -> OptimalSolution:
     Returns:
       `OptimalSolution` (policy [S, A] one-hot, values [S], action_values [S, A], iterations, converged).
     """
-    if isinstance(max_iterations, bool) or not isinstance(max_iterations, (int, np.integer)) or max_iterations < 1:
-        raise ValueError(f"policy_iteration: max_iterations must be a positive int; got {max_iterations!r}.")
+    check_count("policy_iteration", "max_iterations", max_iterations)
     if mdp.reward.ndim != 2:
         raise ValueError(
             f"policy_iteration: expects one MDP (reward [S, A]); got a batch of shape {mdp.batch_shape}: "

@@ -47,6 +47,14 @@ def check_policy(mdp: MDP, pi: Array) -> None:
     check_policy_table(pi, "pi", mdp.reward.shape[-2:])
 
 
+def check_count(owner: str, name: str, value, minimum: int = 1, note: str = "") -> None:
+    """ValueError naming `owner: name` unless `value` is an int >= `minimum` (NumPy ints too, never a bool: True
+    would count as 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        need = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{owner}: {name} must be {need}{note}; got {value!r}.")
+
+
 def working_dtype(mdp: MDP, pi: Array):
     """The dtype the exact computations on (mdp, pi) run in: the widest of the MDP's arrays, its discount and pi.
 
@@ -109,8 +117,7 @@ def finite_horizon_return(mdp: MDP, pi: Array, horizon: int) -> Array:
     The objective a rollout truncated at H actually estimates; grad J - grad J_H is the
     truncation bias of the estimator lab's rollout estimators (not of its exact-Q theorem form: `truncated`).
     """
-    if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 0:
-        raise ValueError(f"finite_horizon_return: horizon must be an int >= 0 (steps); got {horizon!r}.")
+    check_count("finite_horizon_return", "horizon", horizon, minimum=0, note=" (steps)")
     check_policy(mdp, pi)  # here, on concrete arrays: inside the compiled program pi is abstract
     return _finite_horizon_return(mdp, pi, int(horizon))
 

@@ -14,10 +14,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from pgjax.tabular.evaluation import bellman_matrix, check_policy, policy_transition, working_dtype
+from pgjax.tabular.evaluation import bellman_matrix, check_count, check_policy, policy_transition, working_dtype
 from pgjax.tabular.mdp import MDP
 
 Array = jax.Array
@@ -49,6 +48,11 @@ def occupancy_solve(mdp: MDP, pi: Array) -> Array:
     return jnp.linalg.solve(bellman_matrix(mdp, pi).T, (1.0 - mdp.discount) * mdp.initial)
 
 
+def _flow_start(mdp: MDP, pi: Array) -> Array:
+    """d_0 = (1 - gamma) mu0 [S], in the dtype the iteration runs in (`working_dtype`)."""
+    return ((1.0 - mdp.discount) * mdp.initial).astype(working_dtype(mdp, pi))
+
+
 def _flow_step(mdp: MDP, p_pi: Array, d: Array) -> Array:
     return (1.0 - mdp.discount) * mdp.initial + mdp.discount * (d @ p_pi)
 
@@ -69,8 +73,7 @@ def occupancy_fixed_point(
     Returns:
       (d [S], FixedPointInfo).
     """
-    if not isinstance(max_iterations, (int, np.integer)) or isinstance(max_iterations, bool) or max_iterations < 1:
-        raise ValueError(f"occupancy_fixed_point: max_iterations must be a positive int; got {max_iterations!r}.")
+    check_count("occupancy_fixed_point", "max_iterations", max_iterations)
     check_policy(mdp, pi)  # here, on concrete arrays: inside the compiled program pi is abstract
     tol = default_tolerance(working_dtype(mdp, pi)) if tol is None else tol  # the dtype it iterates in
     return _occupancy_fixed_point(mdp, pi, tol, max_iterations)
@@ -80,9 +83,8 @@ def occupancy_fixed_point(
 # their arrays, so each new MDP or policy compiled the loop again.
 @jax.jit
 def _occupancy_fixed_point(mdp: MDP, pi: Array, tol, max_iterations) -> tuple[Array, FixedPointInfo]:
-    dtype = working_dtype(mdp, pi)
     p_pi = policy_transition(mdp, pi)
-    d0 = ((1.0 - mdp.discount) * mdp.initial).astype(dtype)
+    d0 = _flow_start(mdp, pi)
     inf = jnp.asarray(jnp.inf, d0.dtype)
 
     def cond(carry):
@@ -104,8 +106,7 @@ def occupancy_iterates(mdp: MDP, pi: Array, num_iterations: int) -> Array:
     Row k-1 holds d_k = (1-gamma) sum_{t<=k} gamma^t mu0 (P^pi)^t, which grows monotonically to d^pi,
     so its l1 error is exactly the missing mass gamma^(k+1).
     """
-    if not isinstance(num_iterations, (int, np.integer)) or isinstance(num_iterations, bool) or num_iterations < 0:
-        raise ValueError(f"occupancy_iterates: num_iterations must be an int >= 0; got {num_iterations!r}.")
+    check_count("occupancy_iterates", "num_iterations", num_iterations, minimum=0)
     check_policy(mdp, pi)
     return _occupancy_iterates(mdp, pi, int(num_iterations))
 
@@ -118,8 +119,7 @@ def _occupancy_iterates(mdp: MDP, pi: Array, num_iterations: int) -> Array:
         d_next = _flow_step(mdp, p_pi, d)
         return d_next, d_next
 
-    d0 = ((1.0 - mdp.discount) * mdp.initial).astype(working_dtype(mdp, pi))
-    _, iterates = lax.scan(step, d0, None, length=num_iterations)
+    _, iterates = lax.scan(step, _flow_start(mdp, pi), None, length=num_iterations)
     return iterates
 
 
