@@ -29,6 +29,7 @@ from pgjax.tabular.gradient import policy_gradient
 from pgjax.tabular.mdp import MDP
 from pgjax.tabular.policy import grad_log_policy, softmax_policy
 from pgjax.trajectory import Trajectory, discount_powers, rewards_to_go, sample_trajectories
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -222,8 +223,7 @@ def per_trajectory_estimates(
 
 def batch_means(samples: Array, batch_size: int) -> Array:
     """Average consecutive groups of `batch_size` one-trajectory estimates: [N, D] -> [N // batch_size, D]."""
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_means: batch_size must be a positive int; got {batch_size!r}.")
+    check_int("batch_means: batch_size", batch_size)
     num = (samples.shape[0] // batch_size) * batch_size
     if num == 0:
         raise ValueError(f"batch_means: batch_size {batch_size} exceeds the {samples.shape[0]} samples.")

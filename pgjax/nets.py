@@ -22,9 +22,9 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pgjax.distributions import Categorical, DiagGaussian, diag_gaussian
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -50,8 +50,7 @@ COLUMN_BACKENDS = ("cpu",)
 def check_width(owner: str, name: str, value: Any) -> None:
     """ValueError naming `owner.name` unless `value` is a positive int (a layer's width, a number of actions): a
     zero-width layer would train nothing and output its bias alone, a zero-action head a NaN distribution."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{owner}.{name} must be a positive int; got {value!r}.")
+    check_int(f"{owner}.{name}", value)
 
 
 def dense_as_columns(features: int, backend: str | None = None) -> bool:

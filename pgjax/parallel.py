@@ -34,6 +34,8 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pgjax.validation import check_int
+
 BATCH_AXIS = "batch"
 ACTOR_CRITIC_AXIS = "actor_critic"
 """The mesh axis of `actor_critic_sharded`: device 0 updates the actor, device 1 the critic."""
@@ -55,8 +57,7 @@ def use_cpu_devices(count: int | None = None) -> int:
     """
     if count is None:
         count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise ValueError(f"use_cpu_devices: count must be a positive int; got {count!r}.")
+    check_int("use_cpu_devices: count", count)
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError as err:
@@ -75,8 +76,7 @@ def devices_for(batch_size: int, devices: Sequence[jax.Device] | None = None) ->
     `devices` defaults to `jax.devices()` (the default backend's devices).
     """
     devices = list(jax.devices() if devices is None else devices)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"devices_for: batch_size must be a positive int; got {batch_size!r}.")
+    check_int("devices_for: batch_size", batch_size)
     if not devices:
         raise ValueError("devices_for: no devices given.")
     return devices[: math.gcd(batch_size, len(devices))]

@@ -42,6 +42,7 @@ with warnings.catch_warnings():
 from pgjax import checkpoints, envs, parallel, score_stats, tables
 from pgjax.algos import common, evaluation, get
 from pgjax.algos.evaluation import observation_statistics
+from pgjax.validation import check_int
 
 FIRST_COLUMNS = ("seed", "update", "env_steps", "episode_return")
 
@@ -686,8 +687,8 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
     device count)` places the lanes (default `split_over_devices`). A segment in which more lanes diverge (a
     non-finite loss, KL or gradient norm) raises a RuntimeWarning right away; training goes on.
     """
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ValueError(f"train_in_segments: every (updates per segment) must be a positive int; got {every!r}.")
+    check_int("train_in_segments: every (updates per segment)", every)
+    every = int(every)  # a NumPy int from a sweep's grid: plain, for the segment programs' static counts
     if not all(hasattr(train, name) for name in ("start", "advance", "config")):
         raise ValueError("train_in_segments: train must come from an algorithm's make_train(config) (it needs "
                          "train.start, train.advance and train.config).")
@@ -988,8 +989,8 @@ def steps_to_threshold(metrics: dict[str, Any], threshold: float, window: int = 
     (those of them with finished episodes) reached `threshold` ([seeds]; NaN for a seed that never did). The
     window keeps one lucky update from counting as learned, so it must be full: the earliest update that can
     count is the window-th (a run of fewer updates than `window` is judged over all of them, at its end)."""
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"steps_to_threshold: window must be a positive int; got {window!r}.")
+    check_int("steps_to_threshold: window", window)
+    window = int(window)
     returns = np.asarray(metrics["episode_return"], dtype=float)
     window = min(window, returns.shape[1])
     finished = ~np.isnan(returns)

@@ -18,6 +18,7 @@ from pgjax import advantages as adv
 from pgjax import losses
 from pgjax.algos import common
 from pgjax.nets import ActorCritic
+from pgjax.validation import check_int, check_non_negative
 
 ADVANTAGE_METHODS = ("gae", "nstep")
 
@@ -52,13 +53,13 @@ class A2CConfig(common.OnPolicyConfig):
                                   "the batch (num_envs * num_steps)")
         if self.advantage_method not in ADVANTAGE_METHODS:
             raise ValueError(f"A2CConfig.advantage_method must be one of {ADVANTAGE_METHODS}; got {self.advantage_method!r}.")
-        common._positive_int("A2CConfig", "n_steps_return", self.n_steps_return)
+        check_int("A2CConfig.n_steps_return", self.n_steps_return)
         if self.advantage_method == "nstep" and self.n_steps_return > self.num_steps:
             raise ValueError(
                 f"A2CConfig.n_steps_return ({self.n_steps_return}) must be <= num_steps ({self.num_steps})."
             )
-        common._non_negative("A2CConfig", "ent_coef", self.ent_coef)
-        common._non_negative("A2CConfig", "vf_coef", self.vf_coef)
+        check_non_negative("A2CConfig.ent_coef", self.ent_coef)
+        check_non_negative("A2CConfig.vf_coef", self.vf_coef)
 
 
 def estimate_advantages(config, batch, hp):

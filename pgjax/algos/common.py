@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import numbers
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -32,6 +31,7 @@ from jax import lax
 from pgjax import distributions, envs, losses, optim, parallel
 from pgjax.algos import evaluation
 from pgjax.nets import ActorCritic
+from pgjax.validation import check_int, check_positive, is_int, is_real
 
 Array = jax.Array
 HParams = dict[str, Array]
@@ -175,7 +175,7 @@ class OnPolicyConfig:
         name = type(self).__name__
         sizes = self.hidden_sizes
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (tuple, list)) or not all(
-                isinstance(h, numbers.Integral) and not isinstance(h, (bool, np.bool_)) for h in sizes):
+                is_int(h) for h in sizes):
             raise ValueError(f"{name}.hidden_sizes must be a tuple of ints, e.g. (64, 64); got {sizes!r}.")
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in sizes))
         if isinstance(self.env_kwargs, dict):
@@ -192,11 +192,9 @@ class OnPolicyConfig:
         """Raise `ValueError` naming the field and the fix unless every field is valid (called at construction)."""
         name = type(self).__name__
         for field in ("total_timesteps", "num_envs", "num_steps", "eval_episodes"):
-            _positive_int(name, field, getattr(self, field))
-        if not isinstance(self.eval_every, int) or isinstance(self.eval_every, bool) or self.eval_every < 0:
-            raise ValueError(f"{name}.eval_every must be an int >= 0 (updates between evaluations; 0: none); "
-                             f"got {self.eval_every!r}.")
-        if not isinstance(self.unroll, int) or isinstance(self.unroll, bool) or self.unroll < 0:
+            check_int(f"{name}.{field}", getattr(self, field))
+        check_int(f"{name}.eval_every", self.eval_every, minimum=0, note=" (updates between evaluations; 0: none)")
+        if not is_int(self.unroll) or self.unroll < 0:
             raise ValueError(f"{name}.unroll must be an int >= 1, or 0 to pick per backend; got {self.unroll!r}.")
         if self.num_updates < 1:
             raise ValueError(
@@ -209,10 +207,8 @@ class OnPolicyConfig:
                 "more than the run's int32 step count (the env_steps metric) holds; lower total_timesteps to at "
                 "most 2,147,483,647 per seed."
             )
-        _positive(name, "learning_rate", self.learning_rate)
-        _positive(name, "max_grad_norm", self.max_grad_norm)
-        _positive(name, "adam_eps", self.adam_eps)
-        _positive(name, "reward_scale", self.reward_scale)
+        for field in ("learning_rate", "max_grad_norm", "adam_eps", "reward_scale"):
+            check_positive(f"{name}.{field}", getattr(self, field))
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ValueError(
                 f"{name}.final_lr_fraction must lie in [0, 1] (the annealed learning rate's last value as a fraction "
@@ -306,9 +302,9 @@ def _check_field_types(config: OnPolicyConfig) -> None:
         if isinstance(default, bool):
             ok, what, cast = is_bool, "True or False", bool
         elif isinstance(default, int):
-            ok, what, cast = isinstance(value, numbers.Integral) and not is_bool, "an int", int
+            ok, what, cast = is_int(value), "an int", int
         elif isinstance(default, float):
-            ok, what, cast = isinstance(value, numbers.Real) and not is_bool, "a number", float
+            ok, what, cast = is_real(value), "a number", float
         elif isinstance(default, str):
             ok, what, cast = isinstance(value, str), "a string", str
         else:
@@ -359,26 +355,6 @@ def field_docs(config_cls: type) -> dict[str, str]:
     return docs
 
 
-def _positive_int(cls: str, field: str, value: Any) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or value < 1:
-        raise ValueError(f"{cls}.{field} must be a positive int; got {value!r}.")
-
-
-def _is_real(value: Any) -> bool:
-    """A real number, not a bool (numpy scalars included: a grid's np.float32 values)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _positive(cls: str, field: str, value: Any) -> None:
-    if not _is_real(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{cls}.{field} must be a positive number; got {value!r}.")
-
-
-def _non_negative(cls: str, field: str, value: Any) -> None:
-    if not _is_real(value) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{cls}.{field} must be a non-negative number; got {value!r}.")
-
-
 def check_normalizable(cls: str, normalize_advantages: bool, size: int, where: str) -> None:
     """ValueError when advantages are standardised over groups of one sample: each becomes (A - A) / std = 0, and
     the policy never moves."""
@@ -390,7 +366,7 @@ def check_normalizable(cls: str, normalize_advantages: bool, size: int, where: s
 
 def check_divides(cls: str, what: str, total: int, parts_field: str, parts: int) -> None:
     """Raise unless `parts` divides `total` (e.g. minibatches into the batch)."""
-    _positive_int(cls, parts_field, parts)
+    check_int(f"{cls}.{parts_field}", parts)
     if total % parts:
         raise ValueError(
             f"{cls}.{parts_field} ({parts}) must divide {what} ({total}); choose a divisor of {total}."

@@ -23,6 +23,7 @@ from pgjax import advantages as adv
 from pgjax import losses, optim, parallel
 from pgjax.algos import common
 from pgjax.nets import ActorCritic
+from pgjax.validation import check_int, check_non_negative, check_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +66,14 @@ class PPOConfig(common.OnPolicyConfig):
     def validate(self) -> None:
         """`OnPolicyConfig.validate` plus this algorithm's fields (`ValueError` naming the field)."""
         super().validate()
-        common._positive_int("PPOConfig", "num_epochs", self.num_epochs)
+        check_int("PPOConfig.num_epochs", self.num_epochs)
         common.check_divides("PPOConfig", "num_envs * num_steps", self.batch_size, "num_minibatches", self.num_minibatches)
         common.check_normalizable("PPOConfig", self.normalize_advantages, self.batch_size // self.num_minibatches,
                                   "minibatches (num_envs * num_steps / num_minibatches)")
-        common._positive("PPOConfig", "clip_eps", self.clip_eps)
-        common._non_negative("PPOConfig", "ent_coef", self.ent_coef)
-        common._non_negative("PPOConfig", "vf_coef", self.vf_coef)
-        common._non_negative("PPOConfig", "target_kl", self.target_kl)
+        check_positive("PPOConfig.clip_eps", self.clip_eps)
+        check_non_negative("PPOConfig.ent_coef", self.ent_coef)
+        check_non_negative("PPOConfig.vf_coef", self.vf_coef)
+        check_non_negative("PPOConfig.target_kl", self.target_kl)
 
 
 def _optimizer(config: PPOConfig, hp: common.HParams, schedule_offset: int | jnp.ndarray = 0

@@ -39,6 +39,7 @@ from pgjax import advantages as adv
 from pgjax import losses
 from pgjax.algos import common
 from pgjax.nets import ActorCritic
+from pgjax.validation import check_non_negative
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +75,8 @@ class REINFORCEConfig(common.OnPolicyConfig):
     def validate(self) -> None:
         """`OnPolicyConfig.validate` plus this algorithm's fields (`ValueError` naming the field)."""
         super().validate()
-        common._non_negative("REINFORCEConfig", "vf_coef", self.vf_coef)
-        common._non_negative("REINFORCEConfig", "ent_coef", self.ent_coef)
+        check_non_negative("REINFORCEConfig.vf_coef", self.vf_coef)
+        check_non_negative("REINFORCEConfig.ent_coef", self.ent_coef)
         if self.discount_weighting and not self.episodic:
             raise ValueError("REINFORCEConfig.discount_weighting weights step t by gamma^t counted from the episode's "
                              "start, which only episodic=True provides; set episodic=True or discount_weighting=False.")

@@ -25,6 +25,7 @@ from pgjax import advantages as adv
 from pgjax import losses, optim, trust_region
 from pgjax.algos import common
 from pgjax.nets import Actor, ActorCritic, Critic
+from pgjax.validation import check_int, check_non_negative, check_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +65,13 @@ class TRPOConfig(common.OnPolicyConfig):
         super().validate()
         common.check_normalizable("TRPOConfig", self.normalize_advantages, self.batch_size,
                                   "the batch (num_envs * num_steps)")
-        common._positive("TRPOConfig", "max_kl", self.max_kl)
-        common._non_negative("TRPOConfig", "cg_damping", self.cg_damping)
-        common._non_negative("TRPOConfig", "ent_coef", self.ent_coef)
+        check_positive("TRPOConfig.max_kl", self.max_kl)
+        check_non_negative("TRPOConfig.cg_damping", self.cg_damping)
+        check_non_negative("TRPOConfig.ent_coef", self.ent_coef)
         for field in ("cg_iterations", "num_backtracks", "vf_epochs"):
-            common._positive_int("TRPOConfig", field, getattr(self, field))
+            check_int(f"TRPOConfig.{field}", getattr(self, field))
         common.check_divides("TRPOConfig", "num_envs * num_steps", self.batch_size, "vf_minibatches", self.vf_minibatches)
-        common._positive_int("TRPOConfig", "fisher_subsample", self.fisher_subsample)
+        check_int("TRPOConfig.fisher_subsample", self.fisher_subsample)
         if self.fisher_subsample > self.num_steps:
             raise ValueError(f"TRPOConfig.fisher_subsample ({self.fisher_subsample}) must be at most num_steps "
                              f"({self.num_steps}): it keeps every k-th rollout step.")

@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from pgjax.offline.dataset import Dataset
+from pgjax.validation import check_int
 
 Array = jax.Array
 PolicyFn = Callable[[Array, Array], tuple[Array, Array]]
@@ -49,8 +49,7 @@ def collect_env(
       `initial_observations` holds the N reset observations s_0.
     """
     for name, value in (("num_trajectories", num_trajectories), ("horizon", horizon)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"collect_env: {name} must be a positive int; got {value!r}.")
+        check_int(f"collect_env: {name}", value)
     return _collect_env(key, env, env_params, policy_fn, int(num_trajectories), int(horizon))
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from pgjax.tabular.evaluation import check_policy_table
 from pgjax.tabular.mdp import MDP
 from pgjax.trajectory import float_dtype, safe_log, sample_trajectories
+from pgjax.validation import check_int, is_int
 
 Array = jax.Array
 
@@ -182,8 +183,7 @@ def collect(key: Array, mdp: MDP, behaviour_pi: Array, num_trajectories: int, ho
     if not isinstance(behaviour_pi, jax.core.Tracer):
         check_tabular_policy(behaviour_pi, "behaviour_pi", mdp.reward.shape)
     for name, value in (("num_trajectories", num_trajectories), ("horizon", horizon)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"collect: {name} must be a positive int; got {value!r}.")
+        check_int(f"collect: {name}", value)
     return sample_dataset(key, mdp, behaviour_pi, int(num_trajectories), int(horizon))
 
 
@@ -232,7 +232,7 @@ def subset(dataset: Dataset, num_episodes: int) -> Dataset:
     Fields [N, T, ...] -> [num_episodes, T, ...]; initial_observations [M, ...] -> [num_episodes, ...] when
     M == N, else kept whole.
     """
-    if isinstance(num_episodes, bool) or not isinstance(num_episodes, (int, np.integer)) or not (
+    if not is_int(num_episodes) or not (
             1 <= num_episodes <= dataset.num_episodes):  # a slice would take -1 as "all but the last", 10**9 as all
         raise ValueError(f"subset: num_episodes must be an int in [1, {dataset.num_episodes}] (the dataset's "
                          f"episodes); got {num_episodes!r}.")

@@ -39,6 +39,7 @@ from pgjax.offline.empirical import (
 )
 from pgjax.offline.importance import IS_METHODS, check_importance_data, importance_value, nonfinite_error
 from pgjax.tabular.policy import check_theta_features, grad_log_policy, log_policy, softmax_policy
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -279,8 +280,7 @@ def offline_policy_improvement(
     """
     if method not in GRADIENT_METHODS:
         raise ValueError(f"offline_policy_improvement: method must be one of {GRADIENT_METHODS}; got {method!r}.")
-    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"offline_policy_improvement: num_steps must be a positive int; got {num_steps!r}.")
+    check_int("offline_policy_improvement: num_steps", num_steps)
     num_steps = int(num_steps)  # static in the compiled scan: NumPy ints too (collect accepts them)
     check_on_uncovered(on_uncovered, "offline_policy_improvement: ")
     check_discount(discount)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import warnings
 from typing import Any, Callable
 
@@ -52,6 +51,7 @@ from jax import lax
 from pgjax.nets import ACTIVATIONS, MLP
 from pgjax.offline.dataset import Dataset, Transitions, valid_transitions, validate_dataset
 from pgjax.offline.empirical import check_discount
+from pgjax.validation import check_int, check_positive, is_finite_real, is_int
 
 Array = jax.Array
 ProbsFn = Callable[[Array], Array]
@@ -97,21 +97,6 @@ class TrainingDivergedError(FloatingPointError):
 # ---------------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
-    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    return numeric and math.isfinite(value)
-
-
-def _check_positive_int(cls: str, field: str, value: Any) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{cls}.{field} must be a positive int; got {value!r}.")
-
-
-def _check_positive(cls: str, field: str, value: Any) -> None:
-    if not _is_number(value) or value <= 0:
-        raise ValueError(f"{cls}.{field} must be a positive number; got {value!r}.")
-
-
 def _check_bool(cls: str, field: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{cls}.{field} must be True or False; got {value!r}.")
@@ -122,7 +107,7 @@ def _check_network(cls: str, hidden_sizes: Any, activation: Any) -> tuple[int, .
         sizes = tuple(hidden_sizes)
     except TypeError:
         raise ValueError(f"{cls}.hidden_sizes must be a tuple of positive ints; got {hidden_sizes!r}.") from None
-    if any(not isinstance(h, (int, np.integer)) or isinstance(h, bool) or h < 1 for h in sizes):
+    if any(not is_int(h) or h < 1 for h in sizes):
         raise ValueError(f"{cls}.hidden_sizes must be a tuple of positive ints; got {hidden_sizes!r}.")
     if activation not in ACTIVATIONS:
         raise ValueError(f"{cls}.activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}.")
@@ -161,14 +146,14 @@ class NeuralDualDICEConfig:
     def __post_init__(self):
         name = type(self).__name__
         object.__setattr__(self, "hidden_sizes", _check_network(name, self.hidden_sizes, self.activation))
-        if not _is_number(self.discount) or not 0.0 < self.discount < 1.0:
+        if not is_finite_real(self.discount) or not 0.0 < self.discount < 1.0:
             raise ValueError(f"{name}.discount must lie in (0, 1); got {self.discount!r}.")
-        _check_positive(name, "nu_learning_rate", self.nu_learning_rate)
-        _check_positive(name, "zeta_learning_rate", self.zeta_learning_rate)
-        _check_positive_int(name, "num_steps", self.num_steps)
-        _check_positive_int(name, "batch_size", self.batch_size)
+        check_positive(f"{name}.nu_learning_rate", self.nu_learning_rate)
+        check_positive(f"{name}.zeta_learning_rate", self.zeta_learning_rate)
+        check_int(f"{name}.num_steps", self.num_steps)
+        check_int(f"{name}.batch_size", self.batch_size)
         _check_bool(name, "anneal_lr", self.anneal_lr)
-        if not _is_number(self.adam_b1) or not 0.0 <= self.adam_b1 < 1.0:
+        if not is_finite_real(self.adam_b1) or not 0.0 <= self.adam_b1 < 1.0:
             raise ValueError(f"{name}.adam_b1 must lie in [0, 1); got {self.adam_b1!r}.")
 
 
@@ -199,10 +184,10 @@ class FQEConfig:
     def __post_init__(self):
         name = type(self).__name__
         object.__setattr__(self, "hidden_sizes", _check_network(name, self.hidden_sizes, self.activation))
-        _check_positive(name, "learning_rate", self.learning_rate)
-        _check_positive_int(name, "num_steps", self.num_steps)
-        _check_positive_int(name, "batch_size", self.batch_size)
-        _check_positive_int(name, "target_update_period", self.target_update_period)
+        check_positive(f"{name}.learning_rate", self.learning_rate)
+        check_int(f"{name}.num_steps", self.num_steps)
+        check_int(f"{name}.batch_size", self.batch_size)
+        check_int(f"{name}.target_update_period", self.target_update_period)
         _check_bool(name, "anneal_lr", self.anneal_lr)
 
 

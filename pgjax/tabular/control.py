@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pgjax.tabular.evaluation import action_values, check_count, state_values
+from pgjax.tabular.evaluation import action_values, state_values
 from pgjax.tabular.mdp import MDP
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -64,7 +65,7 @@ def policy_iteration(mdp: MDP, max_iterations: int = 1000) -> OptimalSolution:
     Returns:
       `OptimalSolution` (policy [S, A] one-hot, values [S], action_values [S, A], iterations, converged).
     """
-    check_count("policy_iteration", "max_iterations", max_iterations)
+    check_int("policy_iteration: max_iterations", max_iterations)
     if mdp.reward.ndim != 2:
         raise ValueError(
             f"policy_iteration: expects one MDP (reward [S, A]); got a batch of shape {mdp.batch_shape}: "

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgjax.tabular.mdp import MDP, _sum_tolerance
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -45,14 +46,6 @@ def check_policy(mdp: MDP, pi: Array) -> None:
         raise ValueError(f"the exact tabular functions take one MDP; got a batch of shape {mdp.batch_shape}: "
                          "jax.vmap over the batch axis, e.g. jax.vmap(expected_return)(mdps, pis).")
     check_policy_table(pi, "pi", mdp.reward.shape[-2:])
-
-
-def check_count(owner: str, name: str, value, minimum: int = 1, note: str = "") -> None:
-    """ValueError naming `owner: name` unless `value` is an int >= `minimum` (NumPy ints too, never a bool: True
-    would count as 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        need = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"{owner}: {name} must be {need}{note}; got {value!r}.")
 
 
 def working_dtype(mdp: MDP, pi: Array):
@@ -117,7 +110,7 @@ def finite_horizon_return(mdp: MDP, pi: Array, horizon: int) -> Array:
     The objective a rollout truncated at H actually estimates; grad J - grad J_H is the
     truncation bias of the estimator lab's rollout estimators (not of its exact-Q theorem form: `truncated`).
     """
-    check_count("finite_horizon_return", "horizon", horizon, minimum=0, note=" (steps)")
+    check_int("finite_horizon_return: horizon", horizon, minimum=0, note=" (steps)")
     check_policy(mdp, pi)  # here, on concrete arrays: inside the compiled program pi is abstract
     return _finite_horizon_return(mdp, pi, int(horizon))
 

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pgjax.tabular.evaluation import bellman_matrix, check_count, check_policy, policy_transition, working_dtype
+from pgjax.tabular.evaluation import bellman_matrix, check_policy, policy_transition, working_dtype
 from pgjax.tabular.mdp import MDP
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -73,7 +74,7 @@ def occupancy_fixed_point(
     Returns:
       (d [S], FixedPointInfo).
     """
-    check_count("occupancy_fixed_point", "max_iterations", max_iterations)
+    check_int("occupancy_fixed_point: max_iterations", max_iterations)
     check_policy(mdp, pi)  # here, on concrete arrays: inside the compiled program pi is abstract
     tol = default_tolerance(working_dtype(mdp, pi)) if tol is None else tol  # the dtype it iterates in
     return _occupancy_fixed_point(mdp, pi, tol, max_iterations)
@@ -106,7 +107,7 @@ def occupancy_iterates(mdp: MDP, pi: Array, num_iterations: int) -> Array:
     Row k-1 holds d_k = (1-gamma) sum_{t<=k} gamma^t mu0 (P^pi)^t, which grows monotonically to d^pi,
     so its l1 error is exactly the missing mass gamma^(k+1).
     """
-    check_count("occupancy_iterates", "num_iterations", num_iterations, minimum=0)
+    check_int("occupancy_iterates: num_iterations", num_iterations, minimum=0)
     check_policy(mdp, pi)
     return _occupancy_iterates(mdp, pi, int(num_iterations))
 

@@ -1,0 +1,50 @@
+"""Checks of plain Python values at pgjax's boundaries: counts, sizes and step sizes.
+
+Every config and entry point checks its numbers here before anything compiles, so that a bad value raises one
+`ValueError` that names the field (`label`: "PPOConfig.num_envs", "collect: horizon") and what it must be. NumPy
+scalars count as numbers (a sweep's grid hands out np.int64 and np.float32), bools never do: `True` would
+otherwise pass as the count 1.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+
+def is_int(value: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value: Any) -> bool:
+    """A real number (Python or NumPy, ints included), not a bool; NaN and infinities count."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_finite_real(value: Any) -> bool:
+    """A finite real number, not a bool."""
+    return is_real(value) and math.isfinite(value)
+
+
+def check_int(label: str, value: Any, minimum: int = 1, note: str = "") -> None:
+    """ValueError "`label` must be a positive int`note`; got ..." unless `value` is an int >= `minimum`
+    ("an int >= `minimum`" when `minimum` is not 1). `note` explains the field, e.g. " (steps)"."""
+    if not is_int(value) or value < minimum:
+        need = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{label} must be {need}{note}; got {value!r}.")
+
+
+def check_positive(label: str, value: Any) -> None:
+    """ValueError naming `label` unless `value` is a finite real number > 0."""
+    if not is_finite_real(value) or value <= 0:
+        raise ValueError(f"{label} must be a positive number; got {value!r}.")
+
+
+def check_non_negative(label: str, value: Any) -> None:
+    """ValueError naming `label` unless `value` is a finite real number >= 0."""
+    if not is_finite_real(value) or value < 0:
+        raise ValueError(f"{label} must be a non-negative number; got {value!r}.")
