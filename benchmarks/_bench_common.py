@@ -75,7 +75,9 @@ def parse_speed_config(text: str) -> dict[str, Any]:
         raise ValueError(f"--pgjax-config must be a JSON object such as '{{\"unroll\": 8}}': {e}") from None
     allowed = SPEED_FIELDS + PRECISION_FIELDS + MATCHING_FIELDS
     if not isinstance(fields, dict) or not set(fields) <= set(allowed):
-        raise ValueError(f"--pgjax-config may set only {list(allowed)} (the comparison fixes every other field); got {text!r}")
+        raise ValueError(
+            f"--pgjax-config may set only {list(allowed)} (the comparison fixes every other field); got {text!r}"
+        )
     return fields
 
 
@@ -96,17 +98,19 @@ def worker_args(description: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--seeds", type=int, required=True, help="seeds run at once (1: plain jit; >1: jit(vmap))")
     p.add_argument("--total-timesteps", type=int, default=500_000)
-    p.add_argument("--eval-episodes", type=int, default=128, help="episodes per seed to evaluate the final policy (untimed)")
+    p.add_argument("--eval-episodes", type=int, default=128,
+                   help="episodes per seed to evaluate the final policy (untimed)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of the compiled program; the fastest counts")
     p.add_argument("--json-out", required=True)
     p.add_argument("--mode", default="ppo", choices=["ppo", "ceiling"], help="(pgjax worker only)")
     p.add_argument("--cpu-devices", type=int, default=1,
                    help="(pgjax worker only) split the seeds over this many CPU devices (pgjax.parallel)")
     p.add_argument("--pgjax-config", default="{}",
-                   help="(pgjax worker only) JSON object of PPOConfig fields that change no hyperparameter, e.g. '{\"unroll\": 8}'")
+                   help="(pgjax worker only) JSON object of PPOConfig fields that change no hyperparameter, "
+                        "e.g. '{\"unroll\": 8}'")
     p.add_argument("--split-actor-critic", action="store_true",
-                   help="(pgjax worker only) PPOConfig(split_actor_critic=True); with 1 seed and --cpu-devices 2, the update "
-                        "split over the two devices (pgjax.parallel.actor_critic_sharded)")
+                   help="(pgjax worker only) PPOConfig(split_actor_critic=True); with 1 seed and --cpu-devices 2, "
+                        "the update split over the two devices (pgjax.parallel.actor_critic_sharded)")
     return p.parse_args()
 
 

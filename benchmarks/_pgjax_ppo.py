@@ -98,10 +98,12 @@ def run_ppo(args, info):
         "devices": devices,
         "notes": "pgjax.algos.ppo.make_train, jit (1 seed) or jit(vmap) (seeds > 1); metrics kept on device"
         + (f"; {args.pgjax_config}" if speed_fields else "")
-        + (f"; seeds split over {devices} CPU devices (pgjax.parallel)" if args.cpu_devices > 1 and args.seeds > 1 else "")
-        + ("; split_actor_critic=True: actor and critic each clipped by their own gradient norm, as rejax optimises them"
-           " separately" if args.split_actor_critic else "")
-        + ("; update split over 2 CPU devices (parallel.actor_critic_sharded)" if args.seeds == 1 and devices > 1 else ""),
+        + (f"; seeds split over {devices} CPU devices (pgjax.parallel)"
+           if args.cpu_devices > 1 and args.seeds > 1 else "")
+        + ("; split_actor_critic=True: actor and critic each clipped by their own gradient norm, "
+           "as rejax optimises them separately" if args.split_actor_critic else "")
+        + ("; update split over 2 CPU devices (parallel.actor_critic_sharded)"
+           if args.seeds == 1 and devices > 1 else ""),
     }
 
 
@@ -152,7 +154,8 @@ def main() -> None:
         parallel.use_cpu_devices(args.cpu_devices)
     info = bc.system_info(("pgjax", "gymnax", "flax", "optax", "chex", "numpy"))
     tag = "pgjax" if args.mode == "ppo" else "ceiling"
-    bc.log(f"[{tag}] jax {info['jax']} backend={info['backend']} device={info['device']} gymnax {info['packages']['gymnax']}")
+    bc.log(f"[{tag}] jax {info['jax']} backend={info['backend']} device={info['device']} "
+           f"gymnax {info['packages']['gymnax']}")
     record = run_ppo(args, info) if args.mode == "ppo" else run_ceiling(args, info)
     record.update(
         seeds=args.seeds,

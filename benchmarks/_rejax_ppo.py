@@ -32,7 +32,8 @@ def main() -> None:
     from rejax.evaluate import evaluate
 
     info = bc.system_info(("rejax", "gymnax", "flax", "optax", "distrax", "chex", "numpy"))
-    bc.log(f"[rejax] jax {info['jax']} backend={info['backend']} device={info['device']} rejax {info['packages']['rejax']} gymnax {info['packages']['gymnax']}")
+    bc.log(f"[rejax] jax {info['jax']} backend={info['backend']} device={info['device']} "
+           f"rejax {info['packages']['rejax']} gymnax {info['packages']['gymnax']}")
 
     hp = bc.HPARAMS
     updates = bc.num_updates(args.total_timesteps)
@@ -93,8 +94,9 @@ def main() -> None:
             "final_returns": returns,
             "eval_episodes": args.eval_episodes,
             "info": info,
-            "notes": "rejax eval_callback replaced by a no-op, skip_initial_evaluation=True, eval_freq=total_timesteps; "
-            "lr annealed via optax.linear_schedule passed as learning_rate; max_grad_norm is rejax's element-wise optax.clip",
+            "notes": "rejax eval_callback replaced by a no-op, skip_initial_evaluation=True, "
+            "eval_freq=total_timesteps; lr annealed via optax.linear_schedule passed as learning_rate; "
+            "max_grad_norm is rejax's element-wise optax.clip",
         },
     )
 

@@ -118,7 +118,8 @@ def main(argv=None):
 
     dice = jax.jit(lambda d: off.dualdice_ratio(off.empirical_model(d, S, A), pi, GAMMA))
     w, first, per = timed(lambda: dice(data), args.min_time)
-    arrays = [np.asarray(x) for x in (data.observations, data.actions, data.next_observations, data.initial_observations)]
+    arrays = [np.asarray(x)
+              for x in (data.observations, data.actions, data.next_observations, data.initial_observations)]
     w_np, _, np_per = timed(lambda: np_dualdice(*arrays, pi_np, S, A, GAMMA), args.min_time)
     err = float(np.max(np.abs(np.asarray(w) - w_np)) / np.max(np.abs(w_np)))
     assert err < 1e-3, f"dualdice: pgjax and NumPy disagree (max rel diff {err:.2e})"
@@ -157,7 +158,8 @@ def main(argv=None):
     print(f"\ndualdice check: max rel diff pgjax vs NumPy {err:.1e}; PDIS {float(v):.4f} (pgjax) vs {v_np:.4f} (NumPy)")
     print(f"\n{'row':<10} {'unit':<15} {'compile s':>9} {'pgjax':>14} {'numpy':>14} {'pgjax/numpy':>11}")
     for r in rows:
-        print(f"{r['row']:<10} {r['unit']:<15} {r['pgjax_compile_s']:>9.2f} {r['pgjax_per_s']:>14,.1f} {r['numpy_per_s']:>14,.1f} {r['ratio']:>11.2f}")
+        print(f"{r['row']:<10} {r['unit']:<15} {r['pgjax_compile_s']:>9.2f} {r['pgjax_per_s']:>14,.1f} "
+              f"{r['numpy_per_s']:>14,.1f} {r['ratio']:>11.2f}")
     tables.write_csv(args.out, rows)
     print(f"\nwrote {args.out}")
 

@@ -57,12 +57,15 @@ def main() -> None:
     p.add_argument("--total-timesteps", type=int, default=500_000)
     p.add_argument("--eval-episodes", type=int, default=32)
     p.add_argument("--cpu-devices", default="auto", help="'auto' (one per core) or a count")
-    p.add_argument("--split-actor-critic", action="store_true", help="PPOConfig(split_actor_critic=True): one clipped Adam per network")
+    p.add_argument("--split-actor-critic", action="store_true",
+                   help="PPOConfig(split_actor_critic=True): one clipped Adam per network")
     p.add_argument("--override", default="{}",
-                   help="JSON object of PPOConfig fields that replace the comparison's settings, e.g. '{\"ent_coef\": 0.0}' "
+                   help="JSON object of PPOConfig fields that replace the comparison's settings, "
+                        "e.g. '{\"ent_coef\": 0.0}' "
                         "(an experiment: the result is no longer the comparison's configuration)")
     p.add_argument("--out", default="runs/bench/ppo_seed_sweep.npz")
-    p.add_argument("--report", metavar="NPZ", help="print the lowest seeds of a saved sweep and how they learned; train nothing")
+    p.add_argument("--report", metavar="NPZ",
+                   help="print the lowest seeds of a saved sweep and how they learned; train nothing")
     a = p.parse_args()
     if a.report:
         if not os.path.isfile(a.report):
@@ -123,7 +126,8 @@ def main() -> None:
         returns = np.asarray(evaluate(eval_keys[i:i + a.chunk], jax.device_get(out.agent.params), stats))
         parts["finals"].append(np.nanmean(returns, axis=1))
         finals = np.concatenate(parts["finals"])
-        print(f"{finals.size} seeds, {time.time() - t0:.0f} s: {np.sum(finals >= SOLVED)}/{finals.size} >= {SOLVED:.0f}, "
+        print(f"{finals.size} seeds, {time.time() - t0:.0f} s: "
+              f"{np.sum(finals >= SOLVED)}/{finals.size} >= {SOLVED:.0f}, "
               f"lowest {[round(float(x), 1) for x in np.sort(np.nan_to_num(finals, nan=-np.inf))[:4]]}", flush=True)
         np.savez(a.out, override=np.array(json.dumps(override)), **{k: np.concatenate(v) for k, v in parts.items()})
     print(f"saved {a.out}")

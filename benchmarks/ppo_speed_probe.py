@@ -132,7 +132,8 @@ def phase_runs(config, seeds: int):
 
     def updates(key):
         agent, env_state, obs, key = start(key)
-        _, _, batch = common.rollout(key, spec, agent, algo.act, algo.value, env_state, obs, config.num_steps, config.scan_unroll)
+        _, _, batch = common.rollout(key, spec, agent, algo.act, algo.value, env_state, obs, config.num_steps,
+                                     config.scan_unroll)
 
         def body(agent, inputs):
             k, i = inputs
@@ -159,7 +160,8 @@ def write_trace(fn, arg, path: str) -> str:
             jax.block_until_ready(fn(arg))
         found = glob.glob(os.path.join(tmp, "**", "perfetto_trace.json.gz"), recursive=True)
         if not found:
-            return "no perfetto_trace.json.gz written: " + ", ".join(glob.glob(os.path.join(tmp, "**"), recursive=True)[:5])
+            return ("no perfetto_trace.json.gz written: "
+                    + ", ".join(glob.glob(os.path.join(tmp, "**"), recursive=True)[:5]))
         shutil.copyfile(found[0], path)
         return f"trace written to {path} ({os.path.getsize(path) / 1e6:.1f} MB)"
     finally:
@@ -219,7 +221,8 @@ def main() -> None:
             packed = common.random_permutation
             common.random_permutation = lambda key, n: jax.random.permutation(key, n)
             try:
-                record(f"whole unroll={first.unroll} sort", first.unroll, "sort", timed(*whole_run(first, args.seeds), args.repeats))
+                record(f"whole unroll={first.unroll} sort", first.unroll, "sort",
+                       timed(*whole_run(first, args.seeds), args.repeats))
             finally:
                 common.random_permutation = packed
 

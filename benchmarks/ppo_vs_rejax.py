@@ -56,30 +56,50 @@ TARGETS = {("cpu", 1): 1.5, ("cpu", 32): 1.3, ("gpu", 2048): 1.3}
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seed counts to run (default: 1 32; --quick: 1 4)")
-    p.add_argument("--total-timesteps", type=int, default=None, help="env steps per seed (default 500000; --quick: 50000)")
-    p.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per seed, untimed (default 128; --quick: 16; 0: none)")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs of each compiled program; the fastest counts (default 1)")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seed counts to run (default: 1 32; --quick: 1 4)")
+    p.add_argument("--total-timesteps", type=int, default=None,
+                   help="env steps per seed (default 500000; --quick: 50000)")
+    p.add_argument("--eval-episodes", type=int, default=None,
+                   help="evaluation episodes per seed, untimed (default 128; --quick: 16; 0: none)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed runs of each compiled program; the fastest counts (default 1)")
     p.add_argument("--rounds", type=int, default=1,
-                   help="run every worker of a seed count this many times, interleaved (ceiling, rejax, pgjax, ... then again); "
-                        "each row reports its fastest round and the ratio line the spread of the per-round ratios (default 1)")
+                   help="run every worker of a seed count this many times, interleaved "
+                        "(ceiling, rejax, pgjax, ... then again); "
+                        "each row reports its fastest round and the ratio line the spread of the per-round ratios "
+                        "(default 1)")
     p.add_argument("--quick", action="store_true", help="a smoke test: 5e4 steps, 1 and 4 seeds, 16 eval episodes")
-    p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "ppo_vs_rejax.csv"), help="CSV output (a .json with the raw records goes next to it)")
-    p.add_argument("--skip-rejax", action="store_true", help="run only pgjax and the gymnax ceiling (machines without rejax wheels)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "ppo_vs_rejax.csv"),
+                   help="CSV output (a .json with the raw records goes next to it)")
+    p.add_argument("--skip-rejax", action="store_true",
+                   help="run only pgjax and the gymnax ceiling (machines without rejax wheels)")
     p.add_argument("--skip-ceiling", action="store_true", help="do not measure raw gymnax stepping")
     p.add_argument("--skip-pgjax", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--pgjax-python", default=sys.executable, help="interpreter for the pgjax side and the ceiling (default: this one); needs jax, flax, optax, gymnax 1.x")
+    p.add_argument("--pgjax-python", default=sys.executable,
+                   help="interpreter for the pgjax side and the ceiling (default: this one); "
+                        "needs jax, flax, optax, gymnax 1.x")
     g = p.add_argument_group("rejax environment")
-    g.add_argument("--rejax-python", default=None, help="use this interpreter for rejax instead of building a venv (it must import rejax 0.1.3 and gymnax 0.0.9)")
-    g.add_argument("--rejax-venv", default=str(HERE / ".rejax-venv"), help="where to build rejax's venv (default benchmarks/.rejax-venv)")
+    g.add_argument("--rejax-python", default=None,
+                   help="use this interpreter for rejax instead of building a venv "
+                        "(it must import rejax 0.1.3 and gymnax 0.0.9)")
+    g.add_argument("--rejax-venv", default=str(HERE / ".rejax-venv"),
+                   help="where to build rejax's venv (default benchmarks/.rejax-venv)")
     g.add_argument("--wheels", default=None, help="install offline: pip --no-index --find-links DIR")
-    g.add_argument("--rejax-system-site-packages", action="store_true", help="create the venv with --system-site-packages, reusing the base interpreter's jax (e.g. a CUDA jax)")
-    g.add_argument("--rejax-base-python", default=sys.executable, help="interpreter that creates the venv (default: this one)")
-    g.add_argument("--rejax-jax", default="auto", help="jax pin for the rejax venv: 'auto' (the pgjax side's jax version; default), a version, or 'none'")
+    g.add_argument("--rejax-system-site-packages", action="store_true",
+                   help="create the venv with --system-site-packages, reusing the base interpreter's jax "
+                        "(e.g. a CUDA jax)")
+    g.add_argument("--rejax-base-python", default=sys.executable,
+                   help="interpreter that creates the venv (default: this one)")
+    g.add_argument("--rejax-jax", default="auto",
+                   help="jax pin for the rejax venv: 'auto' (the pgjax side's jax version; default), "
+                        "a version, or 'none'")
     g.add_argument("--rebuild-rejax-venv", action="store_true", help="delete and rebuild the rejax venv")
     g = p.add_argument_group("robustness")
-    g.add_argument("--worker-timeout", type=float, default=900, help="seconds before a worker counts as hung (default 900)")
+    g.add_argument("--worker-timeout", type=float, default=900,
+                   help="seconds before a worker counts as hung (default 900)")
     g.add_argument("--retries", type=int, default=1, help="reruns of a worker that hung or failed (default 1)")
     g.add_argument(
         "--xla-flags",
@@ -88,7 +108,8 @@ def parse_args() -> argparse.Namespace:
         "XLA:CPU thread-pool hang seen with jax 0.10.2); default: leave XLA_FLAGS as it is",
     )
     p.add_argument("--pgjax-config", default="{}",
-                   help="JSON object of pgjax PPOConfig speed fields (results unchanged), e.g. '{\"unroll\": 8}' on a GPU, "
+                   help="JSON object of pgjax PPOConfig speed fields (results unchanged), "
+                        "e.g. '{\"unroll\": 8}' on a GPU, "
                         "compute_dtype ('{\"compute_dtype\": \"bfloat16\"}': mixed precision, rows named "
                         "pgjax-bfloat16) and adam_eps ('{\"adam_eps\": 1e-8}': rejax's epsilon, rows named "
                         "pgjax-eps1e-08)")
@@ -215,7 +236,8 @@ def ensure_rejax_python(args: argparse.Namespace) -> str:
         import shutil
 
         shutil.rmtree(venv)
-    base = [args.rejax_base_python, "-m", "venv"] + (["--system-site-packages"] if args.rejax_system_site_packages else [])
+    base = [args.rejax_base_python, "-m", "venv"] + (
+        ["--system-site-packages"] if args.rejax_system_site_packages else [])
     pip = [str(python), "-m", "pip"]
     if run_cmd(base + [str(venv)]).returncode != 0:
         # No ensurepip (Debian's python3-venv missing): a pip-less venv filled by the base pip.
@@ -245,7 +267,9 @@ def ensure_rejax_python(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------------------
 
 
-def run_worker(name: str, python: str, script: str, extra: list[str], args: argparse.Namespace, seeds: int) -> dict | None:
+def run_worker(
+    name: str, python: str, script: str, extra: list[str], args: argparse.Namespace, seeds: int
+) -> dict | None:
     env = dict(os.environ)
     if args.xla_flags is not None:
         env["XLA_FLAGS"] = args.xla_flags
@@ -272,7 +296,8 @@ def run_worker(name: str, python: str, script: str, extra: list[str], args: argp
             record["attempts"] = attempt + 1
             return record
         os.unlink(json_out)
-        say(f"!! {name} with {seeds} seed(s) failed: {why}" + ("; retrying" if attempt < args.retries else "; giving up"))
+        say(f"!! {name} with {seeds} seed(s) failed: {why}"
+            + ("; retrying" if attempt < args.retries else "; giving up"))
     return None
 
 
@@ -346,10 +371,12 @@ def run_round(args: argparse.Namespace, seeds: int, rejax_python: str | None, pg
         extra = ["--mode", "ppo", "--pgjax-config", args.pgjax_config]
         worker(args.pgjax_impl, args.pgjax_python, extra)
         if seeds > 1 and args.cpu_devices > 1 and pgjax_backend == "cpu":
-            worker(f"{args.pgjax_impl}-{args.cpu_devices}dev", args.pgjax_python, extra + ["--cpu-devices", str(args.cpu_devices)])
+            worker(f"{args.pgjax_impl}-{args.cpu_devices}dev", args.pgjax_python,
+                   extra + ["--cpu-devices", str(args.cpu_devices)])
         if seeds == 1 and args.cpu_devices > 1 and pgjax_backend == "cpu":
             # One seed has no seeds to split: split its update (actor on one core, critic on the other).
-            worker(f"{args.pgjax_impl}-split-2dev", args.pgjax_python, extra + ["--cpu-devices", "2", "--split-actor-critic"])
+            worker(f"{args.pgjax_impl}-split-2dev", args.pgjax_python,
+                   extra + ["--cpu-devices", "2", "--split-actor-critic"])
     return records
 
 
@@ -369,13 +396,15 @@ def round_ratios(records: list[dict], impl: str, seeds: int) -> list[float]:
     """rejax's run time over `impl`'s in each round where both ran (the speed-up, round by round)."""
     by_round = {(r["impl"], r.get("round", 0)): r["run_s"] for r in records if r["seeds"] == seeds}
     rounds = sorted({r.get("round", 0) for r in records})
-    return [by_round[("rejax", k)] / by_round[(impl, k)] for k in rounds if ("rejax", k) in by_round and (impl, k) in by_round]
+    return [by_round[("rejax", k)] / by_round[(impl, k)]
+            for k in rounds if ("rejax", k) in by_round and (impl, k) in by_round]
 
 
 def main() -> None:
     args = parse_args()
     started = time.time()
-    say(f"ppo_vs_rejax: seeds {args.seeds}, {args.total_timesteps} steps per seed, {args.eval_episodes} eval episodes per seed")
+    say(f"ppo_vs_rejax: seeds {args.seeds}, {args.total_timesteps} steps per seed, "
+        f"{args.eval_episodes} eval episodes per seed")
     say(f"host: {os.cpu_count()} CPUs, load average at start {load()}")
     try:
         say("uptime: " + subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
@@ -392,7 +421,8 @@ def main() -> None:
         except OSError as e:
             problem = str(e)
         if problem:
-            sys.exit(f"--pgjax-python {args.pgjax_python} cannot import pgjax (needs jax, flax, optax, chex, gymnax 1.x):\n{problem}")
+            sys.exit(f"--pgjax-python {args.pgjax_python} cannot import pgjax "
+                     f"(needs jax, flax, optax, chex, gymnax 1.x):\n{problem}")
         say(f"pgjax side: {args.pgjax_python}: jax {r.stdout.strip()}")
         pgjax_backend = r.stdout.split()[-1] if r.stdout.split() else "?"
     else:
@@ -434,7 +464,8 @@ def main() -> None:
             continue
         seen.add(key)
         pk = ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v)
-        say(f"{rec['impl']:>15}: python {info['python']} ({info['python_executable']}), jax {info['jax']} (jaxlib {info['jaxlib']}), "
+        say(f"{rec['impl']:>15}: python {info['python']} ({info['python_executable']}), "
+            f"jax {info['jax']} (jaxlib {info['jaxlib']}), "
             f"backend {info['backend']}, device {info['device']}; {pk}")
     if any(r["impl"] == "rejax" for r in rows):
         say("rejax: periodic evaluation disabled (eval_callback -> no-op, skip_initial_evaluation=True, eval_freq = "
@@ -470,7 +501,8 @@ def main() -> None:
         if r["impl"].startswith("pgjax"):
             ceiling = by.get(("gymnax-ceiling", r["seeds"]))
             if ceiling:
-                say(f"{r['impl']} at {r['seeds']} seed(s) runs at {r['env_steps_per_s'] / ceiling['env_steps_per_s']:.1%} of the raw gymnax stepping rate")
+                say(f"{r['impl']} at {r['seeds']} seed(s) runs at "
+                    f"{r['env_steps_per_s'] / ceiling['env_steps_per_s']:.1%} of the raw gymnax stepping rate")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

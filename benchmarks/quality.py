@@ -143,7 +143,8 @@ def main(argv=None) -> int:
         todo = plan(args.only)
     except ValueError as err:
         p.error(str(err))
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {len(jax.devices())} x {jax.devices()[0].device_kind} (seeds split over them)")
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
+          f"{len(jax.devices())} x {jax.devices()[0].device_kind} (seeds split over them)")
     header = (f"{'algo':<10}{'env':<26}{'steps':>9}{'median':>9}{'worst':>9}{'done':>6}{'target':>8}{'met':>5}"
               f"{'IQM [95% bootstrap]':>27}{'compile s':>10}{'run s':>8}{'steps/s':>11}{'eval median':>12}"
               f"{'eval worst':>11}")

@@ -50,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--mdp", choices=("taxi", "random"), default="taxi")
     p.add_argument("--discount", type=float, default=0.95)
     p.add_argument("--horizon", type=int, default=200, help="steps per logged trajectory")
-    p.add_argument("--alphas", type=float, nargs="+", default=[0.7, 0.3], help="behaviour = alpha pi + (1-alpha) uniform")
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.7, 0.3],
+                   help="behaviour = alpha pi + (1-alpha) uniform")
     p.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 100, 300, 1000], help="trajectories per dataset")
     p.add_argument("--seeds", type=int, default=16, help="independent datasets per point (vmapped)")
     p.add_argument("--temperature", type=float, default=0.5, help="target pi = softmax(Q* / temperature)")
@@ -178,10 +179,12 @@ def run(args) -> list[dict]:
         for name, g in grads.items():
             g = np.asarray(g, np.float64)
             point[f"grad_cosine_{name}"] = float(np.mean([cosine(gi, exact_grad) for gi in g]))
-            point[f"grad_rel_error_{name}"] = float(np.mean(np.linalg.norm(g - exact_grad, axis=1) / np.linalg.norm(exact_grad)))
+            point[f"grad_rel_error_{name}"] = float(
+                np.mean(np.linalg.norm(g - exact_grad, axis=1) / np.linalg.norm(exact_grad)))
         point["uncovered_mass"] = float(np.mean(np.asarray(mass)))
         summary.append(point)
-        bar.set_postfix(alpha=alpha, n=n, dualdice=f"{point['log_rmse_dualdice']:.2f}", pdis=f"{point['log_rmse_pdis']:.2f}")
+        bar.set_postfix(alpha=alpha, n=n, dualdice=f"{point['log_rmse_dualdice']:.2f}",
+                        pdis=f"{point['log_rmse_pdis']:.2f}")
     write_outputs(args, rows, summary)
     if args.improve_steps > 0:
         improve(args, mdp, features, target, uniform, q_star)
@@ -194,11 +197,14 @@ def improve(args, mdp, features, target, uniform, q_star):
     j_star = float(np.asarray(mdp.initial) @ q_star.max(1))
     true_j = jax.jit(jax.vmap(lambda th: tab.expected_return(mdp, tab.softmax_policy(th, features))))
     curves, rows = {}, []
-    print(f"\noffline improvement: {args.improve_steps} Adam steps (lr {args.improve_lr}) on {args.improve_size} trajectories")
-    print(f"{'alpha':>5} {'J(mu)':>9} {'J(final)':>9} {'J_hat(final)':>12} {'J(target)':>9} {'J*':>7} {'uncovered':>9} {'seconds':>7}")
+    print(f"\noffline improvement: {args.improve_steps} Adam steps (lr {args.improve_lr}) "
+          f"on {args.improve_size} trajectories")
+    print(f"{'alpha':>5} {'J(mu)':>9} {'J(final)':>9} {'J_hat(final)':>12} {'J(target)':>9} {'J*':>7} "
+          f"{'uncovered':>9} {'seconds':>7}")
     for alpha in args.alphas:
         behaviour = alpha * target + (1.0 - alpha) * uniform
-        data = off.collect(jax.random.fold_in(jax.random.key(args.seed), 10_000), mdp, behaviour, args.improve_size, args.horizon)
+        data = off.collect(jax.random.fold_in(jax.random.key(args.seed), 10_000), mdp, behaviour, args.improve_size,
+                           args.horizon)
         theta0 = jnp.log(behaviour).reshape(-1)
         start = time.perf_counter()
         result = off.offline_policy_improvement(
@@ -210,7 +216,8 @@ def improve(args, mdp, features, target, uniform, q_star):
         estimated = np.asarray(result.estimated_values)
         mass = np.asarray(result.uncovered_mass)
         for k in range(len(values)):
-            rows.append({"alpha": alpha, "step": k, "true_value": values[k], "estimated_value": estimated[k], "uncovered_mass": mass[k]})
+            rows.append({"alpha": alpha, "step": k, "true_value": values[k], "estimated_value": estimated[k],
+                         "uncovered_mass": mass[k]})
         print(f"{alpha:>5} {values[0]:>9.3f} {values[-1]:>9.3f} {estimated[-1]:>12.3f} "
               f"{float(tab.expected_return(mdp, target)):>9.3f} {j_star:>7.3f} {mass[-1]:>9.3f} {seconds:>7.1f}")
     tables.write_csv(os.path.join(args.out, "improvement.csv"), rows)
@@ -236,12 +243,15 @@ def write_outputs(args, rows, summary):
     os.makedirs(args.out, exist_ok=True)
     for name, table in (("values.csv", rows), ("summary.csv", summary)):
         tables.write_csv(os.path.join(args.out, name), table)
-    header = f"{'alpha':>5} {'N':>5} " + " ".join(f"{m:>11}" for m in VALUE_METHODS) + f" {'ratio err':>9} {'cos dice':>8} {'cos pdis':>8} {'uncov':>6}"
+    header = (f"{'alpha':>5} {'N':>5} " + " ".join(f"{m:>11}" for m in VALUE_METHODS)
+              + f" {'ratio err':>9} {'cos dice':>8} {'cos pdis':>8} {'uncov':>6}")
     print("\nlog RMSE of the normalised value (1-gamma) J, mean over seeds where noted")
     print(header)
     for p in summary:
-        print(f"{p['alpha']:>5} {p['num_trajectories']:>5} " + " ".join(f"{p['log_rmse_' + m]:>11.3f}" for m in VALUE_METHODS)
-              + f" {p['ratio_error']:>9.4f} {p['grad_cosine_dualdice']:>8.3f} {p['grad_cosine_pdis']:>8.3f} {p['uncovered_mass']:>6.3f}")
+        print(f"{p['alpha']:>5} {p['num_trajectories']:>5} "
+              + " ".join(f"{p['log_rmse_' + m]:>11.3f}" for m in VALUE_METHODS)
+              + f" {p['ratio_error']:>9.4f} {p['grad_cosine_dualdice']:>8.3f} {p['grad_cosine_pdis']:>8.3f} "
+              f"{p['uncovered_mass']:>6.3f}")
     plot(args, summary)
     print(f"\nwrote {args.out}/values.csv, summary.csv, log_rmse.png, ratio_gradient_error.png")
 
@@ -275,7 +285,8 @@ def plot(args, summary):
         sizes = [p["num_trajectories"] for p in pts]
         ax_w.plot(sizes, [p["ratio_error"] for p in pts], marker="o", label=f"alpha={alpha}")
         for name, style in (("dualdice", "-"), ("pdis", ":")):
-            ax_g.plot(sizes, [p[f"grad_rel_error_{name}"] for p in pts], style, marker="o", label=f"{name}, alpha={alpha}")
+            ax_g.plot(sizes, [p[f"grad_rel_error_{name}"] for p in pts], style, marker="o",
+                      label=f"{name}, alpha={alpha}")
     for ax, title in ((ax_w, "DualDICE ratio error"), (ax_g, "relative gradient error")):
         ax.set_xscale("log")
         ax.set_yscale("log")

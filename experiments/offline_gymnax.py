@@ -327,7 +327,8 @@ def main(argv=None) -> int:
                     f"half-split cosine {ref_halves:.3f}, relative s.e. {ref_rse:.3f}; "
                     f"{args.reference_episodes} episodes")
     record_gradient("on-policy, no baseline", plain, timings["reference"],
-                    f"half-split cosine {plain_halves:.3f}, relative s.e. {plain_rse:.3f}; same episodes (shared noise)")
+                    f"half-split cosine {plain_halves:.3f}, relative s.e. {plain_rse:.3f}; "
+                    "same episodes (shared noise)")
 
     # Offline: w from DualDICE and Q_hat from FQE on the logged data, held fixed.
     start = time.perf_counter()

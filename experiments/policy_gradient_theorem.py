@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--discount", type=float, default=0.9)
     p.add_argument("--num-mdps", type=int, default=256, help="MDPs in the theorem check (one vmapped call)")
     p.add_argument("--num-estimates", type=int, default=500, help="independent estimates per point")
-    p.add_argument("--max-trajectories", type=int, default=64, help="largest trajectories-per-estimate, a power of 2 (the lab runs 1, 2, 4, ..., this)")
+    p.add_argument("--max-trajectories", type=int, default=64,
+                   help="largest trajectories-per-estimate, a power of 2 (the lab runs 1, 2, 4, ..., this)")
     p.add_argument("--truncation", type=int, default=10, help="horizon of the truncated estimator")
     p.add_argument("--out", default="runs/estimator_lab")
     p.add_argument("--no-progress", action="store_true")
@@ -81,7 +82,8 @@ def verify_theorem(args) -> None:
     print(f"Policy gradient theorem on {n} random MDPs (S={s}, A={a}, D={d}, gamma={args.discount}, float64):")
     print(f"  max relative error, theorem vs jax.grad(J):      {float(rel.max()):.2e}")
     print(f"  max |d_fixed_point - d_solve|:                   {float(occ_err.max()):.2e}")
-    print(f"  fixed-point iterations (min/median/max):          {int(iters.min())}/{int(np.median(iters))}/{int(iters.max())}")
+    print(f"  fixed-point iterations (min/median/max):          "
+          f"{int(iters.min())}/{int(np.median(iters))}/{int(iters.max())}")
     if not np.all(np.asarray(converged)):  # not the theorem's failure: the iteration stopped early
         raise SystemExit(f"occupancy fixed point did not converge for {int((~np.asarray(converged)).sum())} MDPs")
     # The fixed point stops when a step changes d by <= 1e-12, which leaves an error up to S 1e-12 gamma / (1 - gamma).

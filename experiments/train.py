@@ -531,7 +531,8 @@ def run_grid(args, config, train, progress, keys, out, grid, segments: Segments 
               + " finished an episode in the last 10% of updates (the others have no final return); the best cell "
               "is chosen among the cells whose seeds all did")
     if "eval_median" in summary[0]:
-        print(f"last in-run evaluation ({config.eval_episodes} episodes, {_eval_actions(config)}) over seeds, per cell: "
+        print(f"last in-run evaluation ({config.eval_episodes} episodes, {_eval_actions(config)}) "
+              "over seeds, per cell: "
               + "; ".join(f"cell {row['cell']} median {row['eval_median']:.1f}, worst {row['eval_worst']:.1f}"
                           for row in summary))
     print(f"wrote {out}/summary.csv, metrics.csv, learning_curves.png, config.json, "

@@ -68,7 +68,8 @@ def dense_as_columns(features: int, backend: str | None = None) -> bool:
 
 
 class Dense(nn.Module):
-    """y = x W + b: x [..., in] -> y [..., features], with `nn.Dense`'s parameters (kernel [in, features], bias [features]).
+    """y = x W + b: x [..., in] -> y [..., features], with `nn.Dense`'s parameters (kernel [in, features],
+    bias [features]).
 
     The same layer as `nn.Dense` (same parameter names and shapes, so checkpoints and parameter
     paths such as `["head"]["Dense_0"]` are unchanged); only how the product is computed differs
@@ -179,7 +180,8 @@ class Critic(nn.Module):
 
     @nn.compact
     def __call__(self, obs: Array) -> Array:
-        mlp = MLP(self.hidden_sizes, self.activation, output_dim=1, output_gain=VALUE_GAIN, dtype=self.dtype, name="mlp")
+        mlp = MLP(self.hidden_sizes, self.activation, output_dim=1, output_gain=VALUE_GAIN, dtype=self.dtype,
+                  name="mlp")
         return mlp(obs)[..., 0]
 
 

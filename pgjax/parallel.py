@@ -89,7 +89,8 @@ def _shape(x: Any) -> tuple[int, ...]:
 def _leading_size(tree: Any, what: str) -> int:
     sizes = {(_shape(x) or (None,))[0] for x in jax.tree_util.tree_leaves(tree)}
     if len(sizes) != 1 or None in sizes:
-        raise ValueError(f"{what}: every leaf needs the same leading batch axis; got leading sizes {sorted(map(str, sizes))}.")
+        raise ValueError(f"{what}: every leaf needs the same leading batch axis; "
+                         f"got leading sizes {sorted(map(str, sizes))}.")
     return sizes.pop()
 
 
@@ -147,7 +148,8 @@ def vmap_sharded(
         if key not in compiled:  # one trace and compile per (in_axes, devices)
             per_device = jax.vmap(fn, in_axes=axes)
             compiled[key] = jax.jit(
-                jax.shard_map(per_device, mesh=mesh, in_specs=specs(axes), out_specs=PartitionSpec(BATCH_AXIS), check_vma=False)
+                jax.shard_map(per_device, mesh=mesh, in_specs=specs(axes), out_specs=PartitionSpec(BATCH_AXIS),
+                              check_vma=False)
             )
         return compiled[key]
 

@@ -293,7 +293,8 @@ def save_run(out_dir: str, algo: str, config: common.OnPolicyConfig, output: com
         stats = jax.tree_util.tree_map(lambda x: x[:, 0], stats)
     payload = {"params": output.agent.params, "obs_statistics": stats}
     with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
-        f.write(serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(payload))))
+        f.write(serialization.msgpack_serialize(
+            jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(payload))))
 
 
 # What pgjax writes into a run directory (train.py, save_run / save_grid, the checkpoint, evaluate.py), by pattern.
@@ -355,7 +356,8 @@ def load_run(run_dir: str) -> tuple[str, common.OnPolicyConfig, dict, Any]:
     grid_without_params = os.path.exists(os.path.join(run_dir, "summary.csv")) and not os.path.exists(params_path)
     if grid_without_params or _is_grid(config_path):
         cell = os.path.join(run_dir, "cell-K")
-        raise ValueError(f"{run_dir!r} is a hyperparameter grid: load one of its cells, {cell} (summary.csv lists them).")
+        raise ValueError(f"{run_dir!r} is a hyperparameter grid: load one of its cells, {cell} "
+                         "(summary.csv lists them).")
     for path in (config_path, params_path):
         if not os.path.exists(path):
             raise ValueError(f"{run_dir!r} is not a complete pgjax run directory: {os.path.basename(path)} is missing.")
@@ -938,8 +940,8 @@ def save_grid(out_dir: str, algo: str, config: common.OnPolicyConfig, cells: lis
     os.makedirs(out_dir, exist_ok=True)
     parts, curves = [], {}
     for index, (cell, cell_output) in enumerate(zip(cells, cell_outputs)):
-        save_run(os.path.join(out_dir, f"cell-{index}"), algo, grid_cell_config(config, cell), cell_output, seed, wall_time,
-                 seed_indices, replay)
+        save_run(os.path.join(out_dir, f"cell-{index}"), algo, grid_cell_config(config, cell), cell_output, seed,
+                 wall_time, seed_indices, replay)
         columns = metrics_columns(cell_output.metrics, wall_time, seed_indices)
         rows = len(columns["seed"])
         parts.append({"cell": np.full(rows, index, dtype=object),

@@ -147,11 +147,13 @@ def test_split_actor_critic_is_two_separately_clipped_adams():
     # each optimiser reports its own pre-clip norm (the joint one reports one norm of both)
     assert set(runs_[0].metrics) - set(runs_[1].metrics) == {"actor_grad_norm", "critic_grad_norm"}
     assert set(runs_[1].metrics) - set(runs_[0].metrics) == {"grad_norm"}
-    joint_norm = np.hypot(np.asarray(runs_[0].metrics["actor_grad_norm"]), np.asarray(runs_[0].metrics["critic_grad_norm"]))
+    joint_norm = np.hypot(np.asarray(runs_[0].metrics["actor_grad_norm"]),
+                          np.asarray(runs_[0].metrics["critic_grad_norm"]))
     # mean_t ||(a_t, c_t)|| >= ||(mean a, mean c)|| (the triangle inequality), equality only if the steps align
     np.testing.assert_array_less(joint_norm * (1 - 1e-4), np.asarray(runs_[1].metrics["grad_norm"]))
     for name in set(runs_[1].metrics) & set(runs_[0].metrics):
-        np.testing.assert_allclose(np.asarray(runs_[0].metrics[name]), np.asarray(runs_[1].metrics[name]), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(runs_[0].metrics[name]), np.asarray(runs_[1].metrics[name]),
+                                   rtol=1e-4, atol=1e-6)
 
 
 def _target_kl_stopping_at(kls):
@@ -322,10 +324,13 @@ def test_first_update_ascends_the_exact_gradient(name):
     algorithm = {"reinforce": algos.reinforce, "a2c": algos.a2c, "ppo": algos.ppo, "trpo": algos.trpo}[name]
     key = jax.random.key(0)
     # Same init as train(key): train splits key into (init, reset, loop).
-    init_params = algorithm.make_algorithm(config, network).init(jax.random.split(key, 3)[0], spec, config.hyperparams()).params
+    init_params = algorithm.make_algorithm(config, network).init(
+        jax.random.split(key, 3)[0], spec, config.hyperparams()
+    ).params
     output = jax.jit(make_train(config))(key)
     grad = jax.grad(_exact_objective(network, mdp))(init_params)["params"]["actor"]
-    delta = jax.tree_util.tree_map(lambda a, b: a - b, output.agent.params["params"]["actor"], init_params["params"]["actor"])
+    delta = jax.tree_util.tree_map(lambda a, b: a - b, output.agent.params["params"]["actor"],
+                                   init_params["params"]["actor"])
     inner = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(delta)))
     assert float(inner) > 0, (name, float(inner))
 

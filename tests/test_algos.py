@@ -52,7 +52,8 @@ def test_each_algorithm_improves_cartpole(cartpole_runs, name):
 def test_gradient_norm_metrics(cartpole_runs):
     """Every algorithm reports its pre-clip gradient norm (TRPO: the value fit's); early in a CartPole run the
     critic's large errors make it exceed max_grad_norm (0.5), so the clip binds."""
-    for name, norm_key in [("ppo", "grad_norm"), ("a2c", "grad_norm"), ("reinforce", "grad_norm"), ("trpo", "value_grad_norm")]:
+    for name, norm_key in [("ppo", "grad_norm"), ("a2c", "grad_norm"), ("reinforce", "grad_norm"),
+                           ("trpo", "value_grad_norm")]:
         norms = np.asarray(cartpole_runs[name][2].metrics[norm_key])
         assert norms.shape == np.asarray(cartpole_runs[name][2].metrics["env_steps"]).shape, name
         assert np.all(np.isfinite(norms)) and np.all(norms > 0), name
@@ -104,7 +105,8 @@ def test_hyperparameter_vmap_equals_separate_configs():
         alone_hp = config.replace(learning_rate=lr).hyperparams()  # what a config with this rate runs
         np.testing.assert_array_equal(np.asarray(alone_hp["learning_rate"]), np.asarray(hp["learning_rate"][i]))
         alone = alone_train(jax.random.key(3), alone_hp)
-        np.testing.assert_allclose(np.asarray(swept.metrics["loss"][i]), np.asarray(alone.metrics["loss"]), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(swept.metrics["loss"][i]), np.asarray(alone.metrics["loss"]),
+                                   rtol=1e-3, atol=1e-4)
     assert not np.allclose(np.asarray(swept.metrics["loss"][0]), np.asarray(swept.metrics["loss"][1]))
 
 
@@ -123,7 +125,8 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.TRPOConfig, dict(compute_dtype="float16"), r"TRPOConfig.compute_dtype must be one of"),
         (algos.PPOConfig, dict(clip_eps=0.0), r"PPOConfig.clip_eps"),
         (algos.A2CConfig, dict(advantage_method="td"), r"A2CConfig.advantage_method"),
-        (algos.A2CConfig, dict(advantage_method="nstep", n_steps_return=100, num_steps=16), r"A2CConfig.n_steps_return"),
+        (algos.A2CConfig, dict(advantage_method="nstep", n_steps_return=100, num_steps=16),
+         r"A2CConfig.n_steps_return"),
         (algos.TRPOConfig, dict(max_kl=0.0), r"TRPOConfig.max_kl"),
         (algos.TRPOConfig, dict(ent_coef=-0.1), r"TRPOConfig.ent_coef"),
         (algos.TRPOConfig, dict(vf_minibatches=7), r"TRPOConfig.vf_minibatches \(7\) must divide"),
@@ -262,7 +265,8 @@ def test_trpo_entropy_bonus_widens_the_policy_within_the_radius():
     action = dist.sample(k_act)
     zeros = jnp.zeros((64, 2))
     no = jnp.zeros((64, 2), bool)
-    batch = algos.common.Transition(obs, action, zeros, no, no, dist.log_prob(action), zeros, obs, zeros, no, zeros, zeros)
+    batch = algos.common.Transition(obs, action, zeros, no, no, dist.log_prob(action), zeros, obs, zeros, no, zeros,
+                                    zeros)
 
     @jax.jit
     def step(ent_coef):
@@ -333,7 +337,8 @@ def test_progress_callback_every_kth_update_and_the_last(monkeypatch):
     train = algos.a2c.make_train(config, progress=lambda i, m: seen.append((int(i), float(m["loss"]))))
     out = jax.block_until_ready(jax.jit(train)(jax.random.key(0)))
     assert [i for i, _ in seen] == [0, 3, 6, 9, 12, 13]
-    np.testing.assert_allclose([loss for _, loss in seen], np.asarray(out.metrics["loss"])[[0, 3, 6, 9, 12, 13]], rtol=1e-6)
+    np.testing.assert_allclose([loss for _, loss in seen], np.asarray(out.metrics["loss"])[[0, 3, 6, 9, 12, 13]],
+                               rtol=1e-6)
 
 
 @pytest.mark.exact_compiler

@@ -389,7 +389,8 @@ def test_grid_cell_is_a_run_directory_and_its_seeds_replay_bit_for_bit(grid_dir,
     assert algo == "ppo" and config.learning_rate == 2.5e-4 and jax.tree_util.tree_leaves(params)[0].shape[0] == 2
 
     def rows(run, seed=None):
-        return [{k: v for k, v in r.items() if k != "wall_time"} for r in tables.read_csv(os.path.join(run, "metrics.csv"))
+        return [{k: v for k, v in r.items() if k != "wall_time"}
+                for r in tables.read_csv(os.path.join(run, "metrics.csv"))
                 if seed is None or r["seed"] == seed]
 
     assert rows(cell) == [{k: v for k, v in r.items() if k not in ("cell", "learning_rate")}

@@ -192,7 +192,8 @@ def test_cli_env_sweep_evaluates_every_value_of_a_keyword(env_grid_dir, capsys):
     assert train_cli.main([*GRID_FLAGS, "--seed-indices", "1", "--out", replay]) == 0
 
     def rows(run, seed=None):
-        return [{k: v for k, v in r.items() if k != "wall_time"} for r in tables.read_csv(os.path.join(run, "metrics.csv"))
+        return [{k: v for k, v in r.items() if k != "wall_time"}
+                for r in tables.read_csv(os.path.join(run, "metrics.csv"))
                 if seed is None or r["seed"] == seed]
 
     assert rows(replay) and rows(replay) == rows(env_grid_dir, "1")

@@ -583,7 +583,8 @@ def test_make_overrides_params_and_rejects_unknown_ids():
                             ({"gravity": "abc"}, "gravity must be a number"),
                             ({"gravity": True}, "gravity must be a number"),
                             ({"max_steps_in_episode": 12.5}, "max_steps_in_episode is an int field .* whole number"),
-                            ({"max_steps_in_episode": 0}, "max_steps_in_episode .the episode.s step limit. must be >= 1")]:
+                            ({"max_steps_in_episode": 0},
+                             "max_steps_in_episode .the episode.s step limit. must be >= 1")]:
         with pytest.raises(ValueError, match=f"CartPole-v1: {message}"):
             envs.make("CartPole-v1", **kwargs)
     _, params = envs.make("CartPole-v1", max_steps_in_episode=200.0)

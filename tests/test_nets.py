@@ -168,14 +168,16 @@ def test_dense_is_nn_dense_computed_column_by_column_where_that_is_faster(featur
             return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
 
         np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-12, atol=1e-12)
-        for got, want in zip(jax.grad(loss(ours), argnums=(0, 1))(params, x), jax.grad(loss(reference), argnums=(0, 1))(params, x)):
+        for got, want in zip(jax.grad(loss(ours), argnums=(0, 1))(params, x),
+                             jax.grad(loss(reference), argnums=(0, 1))(params, x)):
             for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
                 np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
 
     columns = nets.dense_as_columns(features, "cpu")
     assert columns == (features in (2, 3))
     assert not nets.dense_as_columns(features, "gpu")
-    dots = _dot_shapes(lambda p, x: ours.apply(p, x), jax.tree.map(lambda p: p.astype(jnp.float32), params), x.astype(jnp.float32))
+    dots = _dot_shapes(lambda p, x: ours.apply(p, x), jax.tree.map(lambda p: p.astype(jnp.float32), params),
+                       x.astype(jnp.float32))
     if jax.default_backend() == "cpu":
         assert dots == ([((6, 5, 7), (7,))] * features if columns else [((6, 5, 7), (7, features))])
 

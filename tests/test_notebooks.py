@@ -12,7 +12,8 @@ from notebook_runner import NOTEBOOK_DIR, NOTEBOOKS, execute, notebook_params
 
 def test_kernel_runs_this_interpreter(kernel_env):
     nb = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell("import os, sys\nprint(sys.executable)\nprint(sys.prefix)\nprint(os.getcwd())")]
+        cells=[nbformat.v4.new_code_cell("import os, sys\nprint(sys.executable)\nprint(sys.prefix)\n"
+                                         "print(os.getcwd())")]
     )
     lines = execute(nb).cells[0].outputs[0]["text"].splitlines()
     assert lines == [sys.executable, sys.prefix, str(NOTEBOOK_DIR)]

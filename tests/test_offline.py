@@ -262,7 +262,8 @@ def test_importance_gradient_checks_what_policy_value_checks(problem):
     steps = off.offline_policy_improvement(data, theta, features, GAMMA, optax.sgd(0.01), np.int64(2), method="pdis")
     assert np.shape(steps.thetas)[0] == 3
     with pytest.raises(off.DatasetError, match="after a terminal step"):
-        off.importance_policy_gradient(data._replace(terminals=data.terminals.at[2, 1].set(True)), theta, features, GAMMA)
+        off.importance_policy_gradient(data._replace(terminals=data.terminals.at[2, 1].set(True)), theta, features,
+                                       GAMMA)
     assert np.all(np.isfinite(np.asarray(off.importance_policy_gradient(data, theta, features, GAMMA))))
 
 
@@ -276,7 +277,8 @@ def test_dualdice_on_population_data_is_the_exact_ratio(problem):
     exact = off.exact_ratio(problem["mdp"], problem["pi"], problem["d_data"])
     np.testing.assert_allclose(w, exact, rtol=1e-9)
     # And the ratio reweights the data into the target's occupancy: d^D w = d^pi.
-    np.testing.assert_allclose(problem["d_data"] * w, tab.state_action_occupancy(problem["mdp"], problem["pi"]), atol=1e-12)
+    np.testing.assert_allclose(problem["d_data"] * w, tab.state_action_occupancy(problem["mdp"], problem["pi"]),
+                               atol=1e-12)
 
 
 def test_dualdice_solution_is_the_saddle_point_of_its_objective(problem, big_dataset):
@@ -326,7 +328,8 @@ def _episode_block(data, k, n):
 def test_dualdice_ratio_converges_to_the_exact_ratio(problem, big_dataset):
     """The d-weighted RMS error of the DualDICE ratio at 40, 400 and 4000 episodes, each size's error the RMS over
     disjoint blocks of the 4000 (10 of 40, 10 of 400, the one of 4000), falls like 1/sqrt(n). One block per size
-    made the 40-to-4000 ratio a single noisy draw: 3.97 at PGJAX_TEST_KEY_OFFSET 11 (3.97-14.7 over 0-11); averaged, 5.7-14.7 over 0-11."""
+    made the 40-to-4000 ratio a single noisy draw: 3.97 at PGJAX_TEST_KEY_OFFSET 11 (3.97-14.7 over 0-11);
+    averaged, 5.7-14.7 over 0-11."""
     exact = np.asarray(off.exact_ratio(problem["mdp"], problem["pi"], problem["d_data"]))
 
     def error(data):
@@ -512,7 +515,8 @@ def test_sampled_offline_gradient_with_exact_ratio_is_unbiased(problem, big_data
     )
     mean, se = per_episode.mean(0), per_episode.std(0, ddof=1) / np.sqrt(per_episode.shape[0])
     exact = tab.policy_gradient(mdp, theta, features)
-    np.testing.assert_allclose(mean, off.offline_policy_gradient(big_dataset, theta, features, GAMMA, w, q), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(mean, off.offline_policy_gradient(big_dataset, theta, features, GAMMA, w, q),
+                               rtol=1e-9, atol=1e-12)
     assert np.max(np.abs((mean - exact) / se)) < 4.5
 
 
@@ -715,7 +719,9 @@ def test_weighted_is_survives_underflow_and_reports_undefined_weights(problem):
     assert float(jnp.max(w)) == 0.0
     for method in ("wis", "wpdis"):
         value = off.policy_value(data, pi, GAMMA, method)
-        assert np.isfinite(float(value)) and float(jnp.min(mdp.reward)) / (1 - GAMMA) <= float(value) <= float(jnp.max(mdp.reward)) / (1 - GAMMA)
+        assert np.isfinite(float(value)) and (
+            float(jnp.min(mdp.reward)) / (1 - GAMMA) <= float(value) <= float(jnp.max(mdp.reward)) / (1 - GAMMA)
+        )
     never = np.zeros((S, A))
     never[:, 0] = 1.0  # a target that never takes the logged actions 1 and 2
     with pytest.raises(ValueError, match="undefined"):

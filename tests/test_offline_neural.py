@@ -1,4 +1,5 @@
-"""Neural off-policy evaluation (DualDICE, FQE), the offline and on-policy policy-gradient losses, and logging gymnax episodes.
+"""Neural off-policy evaluation (DualDICE, FQE), the offline and on-policy policy-gradient losses, and logging gymnax
+episodes.
 
 DualDICE and FQE run on one-hot features of a small random MDP, where the exact density ratio,
 Q-function and value are known; `collect_env` runs on CartPole-v1, whose terminal states are
@@ -498,7 +499,8 @@ def test_estimators_on_policy_with_terminal_states(random_cartpole):
     # points) at half the time.
     assert abs(float(fqe_info["value"]) - mc) / mc < 0.04, (float(fqe_info["value"]), mc)
     assert abs(float(dice_info["value"]) - mc) / mc < 0.15, (float(dice_info["value"]), mc)
-    # With terminations E_D[w] = (1 - gamma) J < 1 (CartPole's reward is 1 on every step, so this is the value check again).
+    # With terminations E_D[w] = (1 - gamma) J < 1 (CartPole's reward is 1 on every step, so this is the value check
+    # again).
     np.testing.assert_allclose(float(dice_info["mean_ratio"]), 0.01 * mc, rtol=0.15)
     # The saddle check, recomputed from the trained nu: mean over the valid transitions of
     # nu(s,a) - gamma (1 - terminal) E_pi nu(s',.), with nu = network output / (1 - gamma).
@@ -614,7 +616,8 @@ def test_on_policy_gradient_equals_hand_computed_estimate(x64):
     for i in range(3):
         for t in range(6):
             returns[i, t] = sum(DISCOUNT ** (k - t) * float(rewards[i, k]) for k in range(t, 6) if mask[i, k])
-    np.testing.assert_allclose(N.discounted_reward_to_go(rewards, mask, DISCOUNT), returns * np.asarray(mask), rtol=1e-12)
+    np.testing.assert_allclose(N.discounted_reward_to_go(rewards, mask, DISCOUNT), returns * np.asarray(mask),
+                               rtol=1e-12)
 
     def loss(theta, baseline=None):
         log_probs = jax.nn.log_softmax(theta[states])

@@ -33,9 +33,11 @@ def test_clipped_adam_equals_the_optax_chain(anneal_steps, max_grad_norm):
     params = _params(jax.random.key(0))
     grads = [_params(k) for k in jax.random.split(jax.random.key(1), 10)]
     grads[3] = jax.tree_util.tree_map(jnp.zeros_like, grads[3])  # a zero gradient must not give NaN
-    ours, ref = optim.clipped_adam(1e-2, max_grad_norm, anneal_steps), _optax_reference(1e-2, max_grad_norm, anneal_steps)
+    ours, ref = (optim.clipped_adam(1e-2, max_grad_norm, anneal_steps),
+                 _optax_reference(1e-2, max_grad_norm, anneal_steps))
     flat, unravel = optim.ravel_params(params)
-    p_ours, s_ours, p_ref, s_ref, p_flat, s_flat = params, ours.init(params), params, ref.init(params), flat, ours.init(flat)
+    p_ours, s_ours, p_ref, s_ref, p_flat, s_flat = (params, ours.init(params), params, ref.init(params), flat,
+                                                    ours.init(flat))
     for g in grads:
         u, s_ours = jax.jit(ours.update)(g, s_ours, p_ours)
         p_ours = optax.apply_updates(p_ours, u)
@@ -99,7 +101,8 @@ def test_anneal_to_a_floor_equals_optax_linear_schedule():
         return p
 
     for f in (0.25, 1.0):
-        ref = optax.chain(optax.clip_by_global_norm(0.3), optax.adam(optax.linear_schedule(1e-2, f * 1e-2, 6), eps=1e-5))
+        ref = optax.chain(optax.clip_by_global_norm(0.3),
+                          optax.adam(optax.linear_schedule(1e-2, f * 1e-2, 6), eps=1e-5))
         ours = run(optim.clipped_adam(1e-2, 0.3, 6, final_fraction=f), params)
         chex.assert_trees_all_close(ours, run(ref, params), rtol=1e-5, atol=1e-7)
     # f = 1 is no annealing at all; f = 0 is the anneal to zero.
@@ -207,7 +210,8 @@ def test_policy_and_value_alone_equal_the_joint_call(shared, discrete):
     params = net.init(jax.random.key(5), obs[0, 0])
     dist, value = net.apply(params, obs)
     np.testing.assert_array_equal(net.apply(params, obs, method="value"), value)
-    for a, b in zip(jax.tree_util.tree_leaves(net.apply(params, obs, method="policy")), jax.tree_util.tree_leaves(dist)):
+    for a, b in zip(jax.tree_util.tree_leaves(net.apply(params, obs, method="policy")),
+                    jax.tree_util.tree_leaves(dist)):
         np.testing.assert_array_equal(a, b)
 
 

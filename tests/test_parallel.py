@@ -36,7 +36,8 @@ TWO_DEVICES = textwrap.dedent(
     for a, b in zip(jax.tree_util.tree_leaves(sharded.agent.params), jax.tree_util.tree_leaves(plain.agent.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     for name in plain.metrics:
-        np.testing.assert_allclose(np.asarray(sharded.metrics[name]), np.asarray(plain.metrics[name]), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(sharded.metrics[name]), np.asarray(plain.metrics[name]),
+                                   rtol=1e-4, atol=1e-5)
     # Same devices, same seed: the same bits (the same compiled program: a new wrapper would compile it again, ~8 s).
     again = run(keys)
     np.testing.assert_array_equal(np.asarray(again.metrics["loss"]), np.asarray(sharded.metrics["loss"]))
@@ -72,7 +73,8 @@ TWO_DEVICES = textwrap.dedent(
     hp["learning_rate"] = np.array([config.learning_rate, 1e-2], np.float32)
     swept = parallel.vmap_sharded(train, in_axes=(None, 0))(keys[0], hp)
     assert len(swept.metrics["loss"].sharding.device_set) == 2
-    np.testing.assert_allclose(np.asarray(swept.metrics["loss"][0, :3]), np.asarray(plain.metrics["loss"][0, :3]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(swept.metrics["loss"][0, :3]), np.asarray(plain.metrics["loss"][0, :3]),
+                               rtol=1e-4, atol=1e-5)
     assert not np.allclose(np.asarray(swept.metrics["loss"][1, 1:]), np.asarray(swept.metrics["loss"][0, 1:]))
 
     # one_part_per_device: each device computes its own part only (a device-dependent value shows it), all get all.
@@ -85,7 +87,9 @@ TWO_DEVICES = textwrap.dedent(
         return parallel.one_part_per_device(parts, "parts")
 
     x = np.arange(3, dtype=np.float32)
-    first, second = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False))(x)
+    first, second = jax.jit(
+        jax.shard_map(body, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False)
+    )(x)
     np.testing.assert_array_equal(first["a"], x * 2.0)  # computed on device 0
     np.testing.assert_array_equal(second[0], x[:2] + 10.0)  # computed on device 1
     assert float(second[1]) == 7.0
@@ -112,7 +116,8 @@ TWO_DEVICES = textwrap.dedent(
     # unbatched kernels: early updates); seed 1 is another run.
     keys2 = jax.numpy.stack([jax.random.key(7), jax.random.key(8)])
     both = parallel.actor_critic_sharded(jax.vmap(ppo.make_train(split)))(keys2)
-    np.testing.assert_allclose(np.asarray(both.metrics["loss"][0, :3]), np.asarray(ref.metrics["loss"][:3]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(both.metrics["loss"][0, :3]), np.asarray(ref.metrics["loss"][:3]),
+                               rtol=1e-4, atol=1e-5)
     assert np.all(np.isfinite(np.asarray(both.metrics["loss"])))
     assert not np.allclose(np.asarray(both.metrics["loss"][1]), np.asarray(both.metrics["loss"][0]))
     # Replaying seed 1 of that sweep (train.py --seed-indices 1 runs runs.replay_seeds: the seeds as lanes of a

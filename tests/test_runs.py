@@ -68,7 +68,8 @@ def test_non_finite_seeds_names_the_first_bad_update():
 
 def test_diverged_training_exits_with_an_error(tmp_path, capsys):
     argv = ["--algo", "a2c", "--env", "Pendulum-v1", "--total-timesteps", "2048", "--num-seeds", "2", "--no-progress",
-            "--learning-rate", "1000", "--max-grad-norm", "1e9", "--reward-scale", "1e6", "--out", str(tmp_path / "run")]
+            "--learning-rate", "1000", "--max-grad-norm", "1e9", "--reward-scale", "1e6",
+            "--out", str(tmp_path / "run")]
     assert train_cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "diverged (NaN or inf)" in err and "non-finite from update" in err and "fix:" in err

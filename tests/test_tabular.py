@@ -371,7 +371,8 @@ def _valid_arrays():
         (lambda P, R, mu, g: (P, R, np.ones(3) / 3, g), r"MDP.initial must have shape \(2,\)"),
         (lambda P, R, mu, g: (P * 0.9, R, mu, g), r"MDP.transition rows must sum to 1"),
         (lambda P, R, mu, g: (P, R, np.array([0.7, 0.2]), g), r"MDP.initial must sum to 1"),
-        (lambda P, R, mu, g: (np.stack([P[0], np.array([[1.5, -0.5], [0.5, 0.5]])]), R, mu, g), r"MDP.transition has negative"),
+        (lambda P, R, mu, g: (np.stack([P[0], np.array([[1.5, -0.5], [0.5, 0.5]])]), R, mu, g),
+         r"MDP.transition has negative"),
         (lambda P, R, mu, g: (P, R, np.array([1.5, -0.5]), g), r"MDP.initial has negative"),
         (lambda P, R, mu, g: (P, R, mu, 1.0), r"MDP.discount must lie strictly in \(0, 1\)"),
         (lambda P, R, mu, g: (P, R, mu, 0.0), r"MDP.discount must lie strictly in \(0, 1\)"),
@@ -479,7 +480,8 @@ def _property_values(num_states, num_actions, dim, key, discount, concentration)
 )
 def test_properties_over_random_shapes(num_states, num_actions, dim, discount, concentration, seed):
     with jax.enable_x64(True):
-        pi, d, v, g, g_auto = _property_values(num_states, num_actions, dim, jax.random.key(seed), discount, concentration)
+        pi, d, v, g, g_auto = _property_values(num_states, num_actions, dim, jax.random.key(seed), discount,
+                                               concentration)
         np.testing.assert_allclose(pi.sum(-1), 1.0, atol=1e-12)
         np.testing.assert_allclose(d.sum(), 1.0, atol=1e-10)
         assert float(d.min()) > -1e-12

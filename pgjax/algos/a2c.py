@@ -52,7 +52,8 @@ class A2CConfig(common.OnPolicyConfig):
         common.check_normalizable("A2CConfig", self.normalize_advantages, self.batch_size,
                                   "the batch (num_envs * num_steps)")
         if self.advantage_method not in ADVANTAGE_METHODS:
-            raise ValueError(f"A2CConfig.advantage_method must be one of {ADVANTAGE_METHODS}; got {self.advantage_method!r}.")
+            raise ValueError(f"A2CConfig.advantage_method must be one of {ADVANTAGE_METHODS}; "
+                             f"got {self.advantage_method!r}.")
         check_int("A2CConfig.n_steps_return", self.n_steps_return)
         if self.advantage_method == "nstep" and self.n_steps_return > self.num_steps:
             raise ValueError(

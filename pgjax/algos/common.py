@@ -114,8 +114,9 @@ class OnPolicyConfig:
     clipped to +-10), as gymnasium, Stable-Baselines3, CleanRL's continuous PPO and PureJaxRL do; `reward_scale`
     then multiplies the normalised rewards. Reported episode returns stay raw. Untuned (scale 1) against the
     presets' tuned 0.1 (8 seeds, median / worst): REINFORCE Acrobot-v1 -84.1 / -86.5 (tuned -83.8 / -87.1, neither
-    -91.3 / -250.9), A2C Pendulum-v1 over 32 seeds -239.4 / -796.8 (tuned -236.2 / -706.1, neither -384.0 / -1050.7); with
-    normalised advantages it changes only the critic's targets (benchmarks/README.md, twenty-second session).
+    -91.3 / -250.9), A2C Pendulum-v1 over 32 seeds -239.4 / -796.8 (tuned -236.2 / -706.1, neither
+    -384.0 / -1050.7); with normalised advantages it changes only the critic's targets (benchmarks/README.md,
+    twenty-second session).
 
     `compute_dtype` ("float32" default, or "bfloat16") is the dtype the networks' hidden layers compute
     and store activations in (mixed precision, `pgjax.nets`): parameters, optimiser state, heads,
@@ -222,7 +223,8 @@ class OnPolicyConfig:
         if not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"{name}.gae_lambda must lie in [0, 1]; got {self.gae_lambda}.")
         if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
-            raise ValueError(f"{name}.hidden_sizes must be a non-empty tuple of positive ints; got {self.hidden_sizes}.")
+            raise ValueError(f"{name}.hidden_sizes must be a non-empty tuple of positive ints; "
+                             f"got {self.hidden_sizes}.")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"{name}.activation must be one of {ACTIVATIONS}; got {self.activation!r}.")
         if self.env_randomize_observe and not self.env_randomize:
@@ -557,7 +559,9 @@ def rollout(
         env_state, obs = carry
         noise, key_env = step_randomness
         action, log_prob = act(agent, obs, noise)
-        next_obs, env_state, reward, terminated, truncated, info = spec.env.step(key_env, env_state, action, spec.params)
+        next_obs, env_state, reward, terminated, truncated, info = spec.env.step(
+            key_env, env_state, action, spec.params
+        )
         transition = Transition(
             obs=obs,
             action=action,
@@ -660,7 +664,8 @@ def random_permutation(key: Array, n: int) -> Array:
 
 def actor_critic(config: OnPolicyConfig, spec: EnvSpec) -> ActorCritic:
     """The config's actor-critic network (separate towers) for the environment's action space."""
-    return ActorCritic(spec.action_dim, spec.discrete, config.hidden_sizes, config.activation, dtype=config.network_dtype)
+    return ActorCritic(spec.action_dim, spec.discrete, config.hidden_sizes, config.activation,
+                       dtype=config.network_dtype)
 
 
 def sampling_act(network: ActorCritic) -> ActFn:
@@ -1008,7 +1013,8 @@ def make_on_policy_train(
                 key_rollout, key_reset = jax.random.split(key_rollout)
                 obs, env_state = envs.with_running_statistics(env.env, env_state).reset(key_reset, env.params)
             env_state, obs, batch = rollout(
-                key_rollout, env, agent, algorithm.act, algorithm.value, env_state, obs, config.num_steps, config.scan_unroll
+                key_rollout, env, agent, algorithm.act, algorithm.value, env_state, obs, config.num_steps,
+                config.scan_unroll
             )
             learn_batch = batch._replace(reward=batch.reward * hp["reward_scale"])
             agent, metrics = algorithm.update(agent, learn_batch, key_update, hp, update_idx)

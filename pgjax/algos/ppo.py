@@ -67,7 +67,8 @@ class PPOConfig(common.OnPolicyConfig):
         """`OnPolicyConfig.validate` plus this algorithm's fields (`ValueError` naming the field)."""
         super().validate()
         check_int("PPOConfig.num_epochs", self.num_epochs)
-        common.check_divides("PPOConfig", "num_envs * num_steps", self.batch_size, "num_minibatches", self.num_minibatches)
+        common.check_divides("PPOConfig", "num_envs * num_steps", self.batch_size, "num_minibatches",
+                             self.num_minibatches)
         common.check_normalizable("PPOConfig", self.normalize_advantages, self.batch_size // self.num_minibatches,
                                   "minibatches (num_envs * num_steps / num_minibatches)")
         check_positive("PPOConfig.clip_eps", self.clip_eps)
@@ -196,8 +197,8 @@ def make_algorithm(config: PPOConfig, network: ActorCritic) -> common.Algorithm:
 
     def update(agent, batch, key, hp, update_idx):
         advantage, target = adv.gae(
-            batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"],
-            config.scan_unroll,
+            batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"],
+            hp["gae_lambda"], config.scan_unroll,
         )
         data = common.flatten_batch((batch.obs, batch.action, batch.log_prob, batch.value, advantage, target))
         if config.split_actor_critic:

@@ -2,7 +2,8 @@
 
 Per update, with GAE(lambda) advantages A from the rollout:
 
-    maximise_theta  L(theta) = E[ pi_theta(a|s) / pi_old(a|s) A ] + c_H E[ H(pi_theta(.|s)) ]   s.t.   KL(pi_old || pi_theta) <= delta
+    maximise_theta  L(theta) = E[ pi_theta(a|s) / pi_old(a|s) A ] + c_H E[ H(pi_theta(.|s)) ]
+    s.t.            KL(pi_old || pi_theta) <= delta
 
 by one natural-gradient step s = sqrt(2 delta / x^T F x) x, x = F^{-1} grad L (conjugate gradient
 on Fisher-vector products from jvp-of-grad of the KL; F is never formed), then a backtracking line
@@ -70,7 +71,8 @@ class TRPOConfig(common.OnPolicyConfig):
         check_non_negative("TRPOConfig.ent_coef", self.ent_coef)
         for field in ("cg_iterations", "num_backtracks", "vf_epochs"):
             check_int(f"TRPOConfig.{field}", getattr(self, field))
-        common.check_divides("TRPOConfig", "num_envs * num_steps", self.batch_size, "vf_minibatches", self.vf_minibatches)
+        common.check_divides("TRPOConfig", "num_envs * num_steps", self.batch_size, "vf_minibatches",
+                             self.vf_minibatches)
         check_int("TRPOConfig.fisher_subsample", self.fisher_subsample)
         if self.fisher_subsample > self.num_steps:
             raise ValueError(f"TRPOConfig.fisher_subsample ({self.fisher_subsample}) must be at most num_steps "
@@ -143,14 +145,14 @@ def make_algorithm(config: TRPOConfig, network: ActorCritic) -> common.Algorithm
 
     def fit_value(critic_params, opt_state, obs, target, key, hp):
         return common.minibatch_descent(
-            key, vf_optimizer(hp), value_loss, critic_params, opt_state, (obs, target), config.vf_epochs, config.vf_minibatches,
-            config.scan_unroll, norm_name="value_grad_norm",
+            key, vf_optimizer(hp), value_loss, critic_params, opt_state, (obs, target), config.vf_epochs,
+            config.vf_minibatches, config.scan_unroll, norm_name="value_grad_norm",
         )
 
     def update(agent, batch, key, hp, update_idx):
         advantage, target = adv.gae(
-            batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"], hp["gae_lambda"],
-            config.scan_unroll,
+            batch.reward, batch.value, batch.next_value, batch.terminated, batch.truncated, hp["discount"],
+            hp["gae_lambda"], config.scan_unroll,
         )
         obs, action, old_log_prob, advantage, target = common.flatten_batch(
             (batch.obs, batch.action, batch.log_prob, advantage, target)

@@ -154,10 +154,12 @@ def validate_tabular_dataset(dataset: Dataset, num_states: int, num_actions: int
     for name, bound in (("observations", num_states), ("next_observations", num_states), ("actions", num_actions)):
         x = np.asarray(getattr(dataset, name))
         if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
-            raise DatasetError(f"Dataset.{name} must be integer indices [N, T] for tabular data; got {x.dtype} {x.shape}.")
+            raise DatasetError(f"Dataset.{name} must be integer indices [N, T] for tabular data; "
+                               f"got {x.dtype} {x.shape}.")
         valid = x[np.asarray(dataset.mask)]
         if valid.size and (valid.min() < 0 or valid.max() >= bound):
-            raise DatasetError(f"Dataset.{name} has indices outside [0, {bound}); does the policy shape match the data?")
+            raise DatasetError(f"Dataset.{name} has indices outside [0, {bound}); "
+                               "does the policy shape match the data?")
     init = np.asarray(dataset.initial_observations)
     if init.ndim != 1 or not np.issubdtype(init.dtype, np.integer) or init.min() < 0 or init.max() >= num_states:
         raise DatasetError(f"Dataset.initial_observations must be state indices in [0, {num_states}) of shape [M].")
@@ -239,7 +241,8 @@ def subset(dataset: Dataset, num_episodes: int) -> Dataset:
     init = dataset.initial_observations
     if init.shape[0] == dataset.num_episodes:
         init = init[:num_episodes]
-    return dataset._replace(**{f: getattr(dataset, f)[:num_episodes] for f in Dataset._fields[:-1]}, initial_observations=init)
+    return dataset._replace(**{f: getattr(dataset, f)[:num_episodes] for f in Dataset._fields[:-1]},
+                            initial_observations=init)
 
 
 def save_dataset(path: str | os.PathLike, dataset: Dataset, **metadata) -> str:

@@ -3,7 +3,8 @@
 DualDICE estimates w(s,a) = d^pi(s,a) / d^D(s,a) without knowing mu or P by solving, with
 f(x) = x^2 / 2 and its Fenchel dual, the min-max problem
 
-    min_nu max_zeta  L(nu, zeta) = E_{(s,a,s') ~ D, a' ~ pi(s')}[(nu(s,a) - gamma nu(s',a')) zeta(s,a) - zeta(s,a)^2 / 2]
+    min_nu max_zeta  L(nu, zeta) = E_{(s,a,s') ~ D, a' ~ pi(s')}[(nu(s,a) - gamma nu(s',a')) zeta(s,a)
+                                                                  - zeta(s,a)^2 / 2]
                                    - (1 - gamma) E_{s0 ~ mu0, a0 ~ pi}[nu(s0, a0)].
 
 For fixed nu the inner maximiser is zeta = B nu, with the Bellman residual operator

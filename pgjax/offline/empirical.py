@@ -180,7 +180,8 @@ def empirical_mdp(model: EmpiricalModel, discount, unseen_value=0.0) -> MDP:
     p_real = jnp.concatenate([model.transition_counts / n[..., None], to_sink[..., None]], axis=-1)
     sink_row = jnp.zeros((1, num_actions, num_states + 1), p_real.dtype).at[..., -1].set(1.0)
     transition = jnp.concatenate([p_real, sink_row], axis=0)
-    reward = jnp.concatenate([jnp.where(seen, model.reward_sums / n, unseen_value), jnp.zeros((1, num_actions), n.dtype)])
+    reward = jnp.concatenate([jnp.where(seen, model.reward_sums / n, unseen_value),
+                              jnp.zeros((1, num_actions), n.dtype)])
     initial = jnp.append(model.initial_counts / jnp.sum(model.initial_counts), 0.0)
     return MDP(transition, reward, initial, jnp.asarray(discount, transition.dtype))
 
@@ -248,7 +249,8 @@ def coverage(model: EmpiricalModel, target_pi: Array, discount, occupancy: Array
       `Coverage(unseen [S, A] bool, mass (a scalar), num_unseen (an int scalar))`.
     """
     d_hat = empirical_occupancy(model, target_pi, discount) if occupancy is None else occupancy
-    reached = (jnp.sum(model.counts, -1) > 0) | (jnp.sum(model.transition_counts, (0, 1)) > 0) | (model.initial_counts > 0)
+    reached = ((jnp.sum(model.counts, -1) > 0) | (jnp.sum(model.transition_counts, (0, 1)) > 0)
+               | (model.initial_counts > 0))
     unseen = (model.counts == 0) & (target_pi > 0) & reached[:, None]
     mass = jnp.sum(jnp.where(model.counts == 0, d_hat, 0.0)) / (1.0 - discount)
     return Coverage(unseen, mass, jnp.sum(unseen))

@@ -92,10 +92,13 @@ def tabular_importance_value(dataset: Dataset, target_pi: Array, discount, metho
     log-probability on a valid step makes the estimate NaN; `policy_value` checks the data first.
     """
     target_log_probs = safe_log(target_pi)[dataset.observations, dataset.actions]
-    return importance_value(dataset.rewards, dataset.mask, target_log_probs, dataset.behaviour_log_probs, discount, method)
+    return importance_value(dataset.rewards, dataset.mask, target_log_probs, dataset.behaviour_log_probs, discount,
+                            method)
 
 
-def policy_value(dataset: Dataset, target_pi: Array, discount, method: str = "dualdice", on_uncovered: str = "warn") -> Array:
+def policy_value(
+    dataset: Dataset, target_pi: Array, discount, method: str = "dualdice", on_uncovered: str = "warn"
+) -> Array:
     """Estimate J(pi) = E[sum_t gamma^t r_t] of the target policy pi [S, A] from a tabular dataset.
 
     Args:

@@ -58,7 +58,9 @@ def tabular_fqe(model: EmpiricalModel, target_pi: Array, discount, unseen_value=
     return solve_empirical(model, target_pi, discount, unseen_value).q_values
 
 
-def offline_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, ratio: Array, q_values: Array) -> Array:
+def offline_policy_gradient(
+    dataset: Dataset, theta: Array, features: Array, discount, ratio: Array, q_values: Array
+) -> Array:
     """1/(1 - gamma) (1/n) sum_i w(s_i,a_i) grad log pi_theta(a_i|s_i) Q_hat(s_i,a_i) over valid transitions.
 
     Args:
@@ -102,7 +104,9 @@ def _check_offline_gradient_inputs(dataset: Dataset, theta, features, ratio, q_v
     validate_tabular_dataset(dataset, num_states, num_actions)
 
 
-def expected_offline_gradient(data_distribution: Array, ratio: Array, theta: Array, features: Array, q_values: Array, discount) -> Array:
+def expected_offline_gradient(
+    data_distribution: Array, ratio: Array, theta: Array, features: Array, q_values: Array, discount
+) -> Array:
     """The population version 1/(1 - gamma) sum_{s,a} d^D(s,a) w(s,a) grad log pi(a|s) Q(s,a) [D].
 
     data_distribution d^D, ratio w and q_values Q are [S, A] (w may be a scalar that broadcasts), theta [D],
@@ -114,7 +118,8 @@ def expected_offline_gradient(data_distribution: Array, ratio: Array, theta: Arr
 
 
 def model_policy_gradient(
-    model: EmpiricalModel, dataset: Dataset, theta: Array, features: Array, discount, baseline: bool = False, unseen_value=0.0
+    model: EmpiricalModel, dataset: Dataset, theta: Array, features: Array, discount, baseline: bool = False,
+    unseen_value=0.0
 ) -> Array:
     """The DualDICE-weighted offline gradient with tabular FQE: jit/vmap-able core of `dualdice_policy_gradient`.
 
@@ -149,7 +154,9 @@ def model_policy_gradient(
     return gradient + expected_offline_gradient(unseen_occupancy, 1.0, theta, features, q_values, discount)
 
 
-def dualdice_policy_gradient(dataset: Dataset, theta: Array, features: Array, discount, on_uncovered: str = "warn") -> Array:
+def dualdice_policy_gradient(
+    dataset: Dataset, theta: Array, features: Array, discount, on_uncovered: str = "warn"
+) -> Array:
     """grad J(theta) estimated from logged data with w from tabular DualDICE and Q_hat from tabular FQE; [D].
 
         grad J_hat = 1/(1 - gamma) (1/n) sum_i w(s_i,a_i) grad log pi_theta(a_i|s_i) Q_hat(s_i,a_i),

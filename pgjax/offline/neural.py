@@ -604,7 +604,8 @@ def _train_fqe(key, data: Transitions, next_probs, num_valid, initial_observatio
 
     inputs = (jnp.arange(config.num_steps), jax.random.split(key_loop, config.num_steps))
     (q_params, _, _), losses = lax.scan(step, (q_params, q_params, tx.init(q_params)), inputs)
-    params = FQEParams(q_params, jnp.asarray(discount, jnp.result_type(float)), config.hidden_sizes, config.activation, num_actions)
+    params = FQEParams(q_params, jnp.asarray(discount, jnp.result_type(float)), config.hidden_sizes, config.activation,
+                       num_actions)
     return params, {"loss": losses, "value": fqe_value(params, initial_observations, target_probs_fn)}
 
 

@@ -118,7 +118,8 @@ def validate_mdp_arrays(transition: np.ndarray, reward: np.ndarray, initial: np.
     """Raise `ValueError` naming the field and the fix if the arrays are not a valid MDP."""
     if transition.ndim < 3:
         raise ValueError(
-            f"MDP.transition must have shape [S, A, S] (plus optional leading batch axes); got shape {transition.shape}."
+            f"MDP.transition must have shape [S, A, S] (plus optional leading batch axes); "
+            f"got shape {transition.shape}."
         )
     batch = transition.shape[:-3]
     num_states, num_actions, next_states = transition.shape[-3:]
@@ -143,7 +144,8 @@ def validate_mdp_arrays(transition: np.ndarray, reward: np.ndarray, initial: np.
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"MDP.{name} contains NaN or inf; every entry must be finite.")
     if np.any(transition < 0):
-        raise ValueError(f"MDP.transition has negative entries (min {transition.min():.3g}); probabilities must be >= 0.")
+        raise ValueError(f"MDP.transition has negative entries (min {transition.min():.3g}); "
+                         "probabilities must be >= 0.")
     if np.any(initial < 0):
         raise ValueError(f"MDP.initial has negative entries (min {initial.min():.3g}); probabilities must be >= 0.")
     tol = _sum_tolerance(transition.dtype, num_states)
@@ -152,7 +154,8 @@ def validate_mdp_arrays(transition: np.ndarray, reward: np.ndarray, initial: np.
     if worst > tol:
         idx = np.unravel_index(np.abs(row_sums - 1.0).argmax(), row_sums.shape)
         raise ValueError(
-            f"MDP.transition rows must sum to 1 over the next state (axis -1); row (s, a) = {tuple(int(i) for i in idx[-2:])} "
+            f"MDP.transition rows must sum to 1 over the next state (axis -1); "
+            f"row (s, a) = {tuple(int(i) for i in idx[-2:])} "
             f"{_batch_element(idx[:-2])}sums to {row_sums[idx]:.8g} (tolerance {tol:.1g}). Normalise P[s, a, :]."
         )
     init_sums = initial.astype(np.float64).sum(-1)
