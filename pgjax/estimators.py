@@ -29,7 +29,7 @@ from pgjax.tabular.gradient import policy_gradient
 from pgjax.tabular.mdp import MDP
 from pgjax.tabular.policy import grad_log_policy, softmax_policy
 from pgjax.trajectory import Trajectory, discount_powers, rewards_to_go, sample_trajectories
-from pgjax.validation import check_int
+from pgjax.validation import check_int, is_int
 
 Array = jax.Array
 
@@ -334,8 +334,8 @@ def error_curve(
     Each estimate is the mean of M per-trajectory estimates of `horizon` steps; returns one `EstimatorStats` per M
     (bias, variance, cosine and relative error sqrt(MSE) / ||grad J|| against the exact gradient), so the relative
     error should fall as 1/sqrt(M) once the bias is small."""
-    if min(batch_sizes) < 1:
-        raise ValueError(f"error_curve: batch sizes must be >= 1; got {batch_sizes}.")
+    for size in batch_sizes:
+        check_int(f"error_curve: batch sizes {tuple(batch_sizes)}: each", size)
     _check_num_estimates("error_curve", num_estimates)
     samples = _per_trajectory_jit(key, problem, estimator, num_estimates * max(batch_sizes), horizon)
     exact = policy_gradient(problem.mdp, problem.theta, problem.features)
@@ -346,7 +346,8 @@ def error_curve(
 
 
 def _check_num_estimates(owner: str, num_estimates: int) -> None:
-    if num_estimates < 2:  # the statistics compare estimates with each other: their spread needs two
+    # the statistics compare estimates with each other: their spread needs two
+    if not is_int(num_estimates) or num_estimates < 2:
         raise ValueError(f"{owner}: num_estimates must be >= 2 (the standard errors and z statistics need a spread); "
                          f"got {num_estimates}.")
 

@@ -823,7 +823,8 @@ def grid_cell_outputs(output: Any, num_cells: int) -> list[Any]:
     """A grid's output (leaves [C * S, ...], lanes as `grid_lanes` lays them out) split into its C cells' [S, ...].
     ValueError when the lanes are not a multiple of C (not this grid's output: its split would drop lanes)."""
     num_lanes = int(np.shape(jax.tree_util.tree_leaves(output)[0])[0])
-    if num_cells < 1 or num_lanes % num_cells:
+    check_int("grid_cell_outputs: num_cells", num_cells)
+    if num_lanes % num_cells:
         raise ValueError(f"grid_cell_outputs: {num_lanes} lanes do not split into {num_cells} cells of equal seeds; "
                          "pass the output of this grid's grid_lanes batch and its number of cells.")
     num_seeds = num_lanes // num_cells

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from pgjax.validation import check_int
 
 
 def _finite(scores) -> np.ndarray:
@@ -65,8 +66,7 @@ def bootstrap_interval(
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}.")
-    if num_resamples < 1:
-        raise ValueError(f"num_resamples must be >= 1; got {num_resamples}.")
+    check_int("bootstrap_interval: num_resamples", num_resamples)
     values = _finite(scores)
     rng = np.random.default_rng(seed)
     samples = values[rng.integers(0, values.size, size=(num_resamples, values.size))]

@@ -16,6 +16,7 @@ from jax import lax
 
 from pgjax.tabular.evaluation import check_policy_table
 from pgjax.tabular.mdp import MDP
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -65,8 +66,7 @@ def sample_trajectory(key: Array, mdp: MDP, pi: Array, horizon: int) -> Trajecto
     Returns:
       A `Trajectory` with fields of shape [T].
     """
-    if horizon < 1:
-        raise ValueError(f"sample_trajectory: horizon must be >= 1; got {horizon}.")
+    check_int("sample_trajectory: horizon", horizon)
     check_policy_table(pi, "pi", mdp.reward.shape)  # logits passed as pi sampled their largest entry every time
     key_init, key_steps = jax.random.split(key)
     # The barrier stops XLA from constant-folding the cumsum of a closed-over MDP (slow to compile).
@@ -88,8 +88,8 @@ def sample_trajectory(key: Array, mdp: MDP, pi: Array, horizon: int) -> Trajecto
 
 def sample_trajectories(key: Array, mdp: MDP, pi: Array, horizon: int, num_trajectories: int) -> Trajectory:
     """`num_trajectories` independent trajectories, fields of shape [N, T] (vmap over split keys)."""
-    if num_trajectories < 1:
-        raise ValueError(f"sample_trajectories: num_trajectories must be >= 1; got {num_trajectories}.")
+    check_int("sample_trajectories: num_trajectories", num_trajectories)
+    check_int("sample_trajectories: horizon", horizon)
     keys = jax.random.split(key, num_trajectories)
     return jax.vmap(sample_trajectory, in_axes=(0, None, None, None))(keys, mdp, pi, horizon)
 
@@ -160,6 +160,7 @@ def rewards_to_go(rewards: Array, discount: Array) -> Array:
 def discount_powers(horizon: int, discount: Array, dtype=None) -> Array:
     """gamma^t for t = 0..T-1, shape [T] (in `dtype`, default the discount's; an integer dtype is refused: gamma^t
     would be 0 from t = 1)."""
+    check_int("discount_powers: horizon", horizon, minimum=0)
     dtype = dtype or jnp.result_type(discount)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"discount_powers: dtype must be floating; got {jnp.dtype(dtype).name}.")

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
+from pgjax.validation import check_int
 
 Array = jax.Array
 PyTree = Any
@@ -63,6 +64,7 @@ def conjugate_gradient(
     Returns:
       x, shaped like b.
     """
+    check_int("conjugate_gradient: num_iterations", num_iterations)
     x0 = jax.tree.map(jnp.zeros_like, b)
     rdotr0 = tree_vdot(b, b)
 
@@ -192,6 +194,7 @@ def backtracking_line_search(
     Returns:
       (new params, accepted (bool scalar), step fraction c^j of the accepted step or 0.0).
     """
+    check_int("backtracking_line_search: num_backtracks", num_backtracks)
     objective_old, _ = objective_and_kl_fn(params)
     dtype = jnp.result_type(objective_old)
 

@@ -56,3 +56,55 @@ def test_entry_points_refuse_bools_and_take_numpy_ints():
     # NumPy ints (a sweep's grid) were refused by both
     np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 40.0, window=np.int64(2)), [300.0])
     assert parallel.devices_for(np.int64(2)) == parallel.devices_for(2)
+
+
+def _entry_points():
+    """(label, fn of the count) for the public functions that take a count: before this check each let a bool
+    through as 1 or 0, a float through as a shape error deep in jax, or 0 / -1 through as an empty or wrong
+    result (0 conjugate-gradient iterations: a zero step; a negative horizon: an MLIR error)."""
+    import jax
+    import jax.numpy as jnp
+
+    from pgjax import envs, estimators, offline, score_stats, tabular, trajectory, trust_region
+    from pgjax.algos import evaluation
+
+    key = jax.random.key(0)
+    mdp = tabular.chain_mdp(4)
+    pi = tabular.uniform_policy(4, 2)
+    data = offline.collect(key, mdp, pi, 2, 3)
+    problem = estimators.GradientProblem(mdp, jnp.zeros(8), tabular.tabular_features(4, 2))
+    env, params = envs.make("CartPole-v1")
+    line_fn = lambda p: (-jnp.sum(p**2), jnp.sum(p**2))  # noqa: E731
+    return [
+        ("random_mdp: num_states", lambda n: tabular.random_mdp(key, n, 2)),
+        ("random_mdp: num_actions", lambda n: tabular.random_mdp(key, 3, n)),
+        ("chain_mdp: num_states", lambda n: tabular.chain_mdp(n)),
+        ("tabular_features: num_states", lambda n: tabular.tabular_features(n, 2)),
+        ("uniform_policy: num_actions", lambda n: tabular.uniform_policy(3, n)),
+        ("sample_trajectory: horizon", lambda n: trajectory.sample_trajectory(key, mdp, pi, n)),
+        ("sample_trajectories: num_trajectories", lambda n: trajectory.sample_trajectories(key, mdp, pi, 3, n)),
+        ("sample_trajectories: horizon", lambda n: trajectory.sample_trajectories(key, mdp, pi, n, 2)),
+        ("error_curve: batch sizes", lambda n: estimators.error_curve(
+            key, problem, estimators.reinforce_rewards_to_go, (1, n), 4, 3)),
+        ("conjugate_gradient: num_iterations", lambda n: trust_region.conjugate_gradient(lambda v: v, jnp.ones(2), n)),
+        ("backtracking_line_search: num_backtracks", lambda n: trust_region.backtracking_line_search(
+            line_fn, jnp.ones(2), -0.1 * jnp.ones(2), jnp.asarray(0.1), jnp.asarray(0.1), n)),
+        ("batch_reset: num_envs", lambda n: envs.batch_reset(env, key, n, params)),
+        ("bootstrap_interval: num_resamples", lambda n: score_stats.bootstrap_interval(
+            np.arange(5.0), np.mean, num_resamples=n)),
+        ("empirical_model: num_states", lambda n: offline.empirical_model(data, n, 2)),
+        ("logged_distribution: horizon", lambda n: offline.logged_distribution(mdp, pi, n)),
+        ("one_hot_observations: num_states", lambda n: offline.one_hot_observations(data, n)),
+        ("make_episode_returns: num_episodes", lambda n: evaluation.make_episode_returns("CartPole-v1", (), None, n)),
+    ]
+
+
+def test_entry_points_refuse_bad_counts_by_name():
+    minimum = {"chain_mdp: num_states": 2}
+    for label, fn in _entry_points():
+        for bad in (0, -1, True, 2.5):
+            with pytest.raises(ValueError, match=f"^{label.split(' (')[0]}.* must be "):
+                fn(bad)
+        if label in minimum:
+            with pytest.raises(ValueError, match="must be an int >= 2"):
+                fn(1)

@@ -17,6 +17,7 @@ from jax import lax
 
 from pgjax import envs
 from pgjax.nets import ActorCritic
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -50,6 +51,7 @@ def make_episode_returns(
     `env_randomize_observe`) the observations end with those fields of `env_params`, scaled as in training
     (`envs.ObserveParams`). Pure and jit/vmap-able; `params`, `obs_statistics` and `env_params` may be traced.
     """
+    check_int("make_episode_returns: num_episodes", num_episodes)
     env, default_params = envs.make(env_id, **dict(env_kwargs))
     discrete = envs.is_discrete(env, default_params)
     if observed_ranges:

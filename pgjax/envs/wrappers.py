@@ -36,6 +36,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from pgjax.envs.spaces import action_bounds
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -622,8 +623,7 @@ def batch_reset(
       params: shared params (`params_axis=None`) or a batch with axis `params_axis` of size N.
       axis_name: the vmap axis name (used by `NormalizeObservation(axis_name=...)`).
     """
-    if num_envs < 1:
-        raise ValueError(f"batch_reset: num_envs must be >= 1; got {num_envs}.")
+    check_int("batch_reset: num_envs", num_envs)
     keys = jax.random.split(key, num_envs)
     return jax.vmap(env.reset, in_axes=(0, params_axis), axis_name=axis_name)(keys, params)
 

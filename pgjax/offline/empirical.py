@@ -28,6 +28,7 @@ import numpy as np
 from pgjax.offline.dataset import Dataset, check_tabular_policy, float_dtype, validate_tabular_dataset
 from pgjax.tabular.gradient import values_and_occupancy
 from pgjax.tabular.mdp import MDP
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -133,6 +134,8 @@ def empirical_model(dataset: Dataset, num_states: int, num_actions: int) -> Empi
     The fields are floating (`float_dtype` of the rewards': their own dtype, at least float32, if floating).
     Counts are accumulated as int32, exactly; reward sums by `_pair_sums`, to a few float roundings.
     """
+    check_int("empirical_model: num_states", num_states)
+    check_int("empirical_model: num_actions", num_actions)
     s, a, s_next = dataset.observations, dataset.actions, dataset.next_observations
     # Never an integer dtype (integer rewards): pi cast to it would become 0 or 1.
     dtype = float_dtype(dataset.rewards.dtype)

@@ -18,6 +18,7 @@ from jax import lax
 from pgjax.tabular.evaluation import policy_transition, working_dtype
 from pgjax.tabular.mdp import MDP
 from pgjax.tabular.occupancies import state_action_occupancy
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -32,6 +33,7 @@ def logged_distribution(mdp: MDP, behaviour_pi: Array, horizon: int) -> Array:
       behaviour_pi: mu [S, A].
       horizon: T >= 1, a static Python int (the scan length).
     """
+    check_int("logged_distribution: horizon", horizon)
     p_mu = policy_transition(mdp, behaviour_pi)
 
     def step(state_dist, _):

@@ -202,6 +202,7 @@ def one_hot_observations(dataset: Dataset, num_states: int, dtype=jnp.float32) -
     observations [N, T] -> [N, T, S], next_observations likewise, initial_observations [M] -> [M, S]. States
     outside [0, S) on valid steps or among the initial states raise `ValueError` (when concrete).
     """
+    check_int("one_hot_observations: num_states", num_states)
     for name in ("observations", "next_observations", "initial_observations"):
         x = getattr(dataset, name)
         if not jnp.issubdtype(x.dtype, jnp.integer):

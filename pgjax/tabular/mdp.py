@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -197,8 +198,8 @@ def random_mdp(
     Returns:
       An `MDP` with transition [S, A, S], reward [S, A], initial [S].
     """
-    if num_states < 1 or num_actions < 1:
-        raise ValueError(f"random_mdp: num_states and num_actions must be >= 1; got {num_states}, {num_actions}.")
+    check_int("random_mdp: num_states", num_states)
+    check_int("random_mdp: num_actions", num_actions)
     if _is_concrete(discount) and not 0.0 < float(discount) < 1.0:
         raise ValueError(f"random_mdp: discount must lie in (0, 1); got {discount}.")
     if _is_concrete(concentration) and concentration <= 0:
@@ -254,8 +255,7 @@ def chain_mdp(
     Returns:
       An `MDP` with S = num_states, A = 2.
     """
-    if num_states < 2:
-        raise ValueError(f"chain_mdp: num_states must be >= 2; got {num_states}.")
+    check_int("chain_mdp: num_states", num_states, minimum=2)
     if not 0.0 <= slip < 1.0:
         raise ValueError(f"chain_mdp: slip must lie in [0, 1); got {slip}.")
     n = num_states

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from pgjax.validation import check_int
 
 Array = jax.Array
 
@@ -68,6 +69,8 @@ def tabular_features(num_states: int, num_actions: int, dtype=None) -> Array:
 
     With these, theta reshaped to [S, A] is the table of logits.
     """
+    check_int("tabular_features: num_states", num_states)
+    check_int("tabular_features: num_actions", num_actions)
     dtype = dtype or jnp.result_type(float)
     return jnp.eye(num_states * num_actions, dtype=dtype).reshape(num_states, num_actions, num_states * num_actions)
 
@@ -94,5 +97,7 @@ def logistic_policy(theta: Array, state_features: Array) -> Array:
 
 def uniform_policy(num_states: int, num_actions: int, dtype=None) -> Array:
     """pi(a|s) = 1/A, shape [S, A] (dtype: jax's default float unless given)."""
+    check_int("uniform_policy: num_states", num_states)
+    check_int("uniform_policy: num_actions", num_actions)
     dtype = dtype or jnp.result_type(float)
     return jnp.full((num_states, num_actions), 1.0 / num_actions, dtype)
