@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+
 from pgjax.validation import check_int
 
 

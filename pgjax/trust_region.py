@@ -20,6 +20,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
+
 from pgjax.validation import check_int
 
 Array = jax.Array

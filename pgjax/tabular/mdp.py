@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from pgjax.validation import check_int
 
 Array = jax.Array

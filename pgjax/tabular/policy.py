@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
 from pgjax.validation import check_int
 
 Array = jax.Array
