@@ -175,8 +175,7 @@ def truncated(estimator: Estimator, truncation: int) -> Estimator:
     The rollout forms then estimate grad J_H, the gradient of the H-step return (`tabular.finite_horizon_return`);
     `theorem_form_exact_q` keeps the infinite-horizon Q^pi and drops the draws t >= H, so it estimates neither
     grad J nor grad J_H (in one 2e5-trajectory check at H = 2: 14 standard errors from grad J_H)."""
-    if truncation < 1:
-        raise ValueError(f"truncated: truncation must be >= 1; got {truncation}.")
+    check_int("truncated: truncation", truncation)
 
     def truncated_estimator(key, traj, problem):
         short = jax.tree_util.tree_map(lambda x: x[:truncation], traj)

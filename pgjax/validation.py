@@ -48,3 +48,18 @@ def check_non_negative(label: str, value: Any) -> None:
     """ValueError naming `label` unless `value` is a finite real number >= 0."""
     if not is_finite_real(value) or value < 0:
         raise ValueError(f"{label} must be a non-negative number; got {value!r}.")
+
+
+def concrete_scalar(value: Any) -> float | None:
+    """`value` as a float when it is known on the host (a Python or NumPy real, or a concrete 0-d array), else None
+    (a tracer inside jit/vmap, or an array with several entries): checks of values that may be traced use this, so
+    that they run wherever the value is known and stay out of the way of compiled code."""
+    if is_real(value):
+        return float(value)
+    shape = getattr(value, "shape", None)
+    if shape == () and np.issubdtype(getattr(value, "dtype", np.dtype(object)), np.floating):
+        try:
+            return float(value)  # a tracer refuses (ConcretizationTypeError, a TypeError)
+        except Exception:
+            return None
+    return None

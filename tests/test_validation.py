@@ -108,3 +108,61 @@ def test_entry_points_refuse_bad_counts_by_name():
         if label in minimum:
             with pytest.raises(ValueError, match="must be an int >= 2"):
                 fn(1)
+
+
+def test_concrete_scalar_reads_known_values_and_leaves_traced_ones():
+    import jax
+    import jax.numpy as jnp
+
+    assert validation.concrete_scalar(0.5) == 0.5 and validation.concrete_scalar(np.float32(2.0)) == 2.0
+    assert validation.concrete_scalar(jnp.asarray(0.25)) == 0.25
+    assert validation.concrete_scalar(True) is None and validation.concrete_scalar(jnp.ones(2)) is None
+    seen = []
+    jax.jit(lambda x: seen.append(validation.concrete_scalar(x)) or x)(jnp.asarray(0.1))
+    assert seen == [None]
+
+
+def test_entry_points_refuse_bad_numbers_where_known():
+    """Numbers that were taken silently: a negative KL radius gave a NaN step, a backtracking factor of 1.5 grew the
+    step, a NaN tolerance stopped the fixed point at once (and a negative one ran it to the cap), a NaN Dirichlet
+    concentration drew a NaN MDP, a discount of 1.5 weighted IS returns upwards. Traced values (inside jit/vmap)
+    are not checked and still run."""
+    import jax
+    import jax.numpy as jnp
+
+    from pgjax import offline, tabular, trust_region
+
+    mdp, pi = tabular.chain_mdp(4), tabular.uniform_policy(4, 2)
+    line_fn = lambda p: (-jnp.sum(p**2), jnp.sum(p**2))  # noqa: E731
+
+    def line(**kw):
+        args = dict(max_kl=jnp.asarray(0.1))
+        args.update(kw)
+        return trust_region.backtracking_line_search(line_fn, jnp.ones(2), -0.1 * jnp.ones(2), jnp.asarray(0.1),
+                                                     **args)
+
+    ones, mask = jnp.ones((2, 3)), jnp.ones((2, 3), bool)
+    nan = float("nan")
+    cases = [
+        ("natural_gradient_step: max_kl", lambda v: trust_region.natural_gradient_step(jnp.ones(2), lambda u: u, v),
+         [0.0, -0.01, nan, jnp.asarray(-0.01)]),
+        ("backtracking_line_search: max_kl", lambda v: line(max_kl=v), [0.0, -1.0]),
+        ("backtracking_line_search: backtrack_coef", lambda v: line(backtrack_coef=v), [0.0, 1.0, 1.5, -0.5, nan]),
+        ("backtracking_line_search: accept_ratio", lambda v: line(accept_ratio=v), [-1.0, nan]),
+        ("backtracking_line_search: kl_tolerance", lambda v: line(kl_tolerance=v), [0.0, -1.0, nan]),
+        ("conjugate_gradient: residual_tol", lambda v: trust_region.conjugate_gradient(lambda u: u, jnp.ones(2), 5, v),
+         [-1.0, nan]),
+        ("occupancy_fixed_point: tol", lambda v: tabular.occupancy_fixed_point(mdp, pi, tol=v), [-1.0, nan]),
+        ("random_mdp: concentration", lambda v: tabular.random_mdp(jax.random.key(0), 3, 2, concentration=v),
+         [0.0, nan, float("inf")]),
+        ("importance_value: discount", lambda v: offline.importance_value(ones, mask, 0 * ones, 0 * ones, v, "pdis"),
+         [0.0, 1.5, nan]),
+    ]
+    for label, fn, bads in cases:
+        for bad in bads:
+            with pytest.raises(ValueError, match=f"^{label} must "):
+                fn(bad)
+    # Traced, the same functions run (values are checked only where they are known).
+    step, _ = jax.jit(lambda v: trust_region.natural_gradient_step(jnp.ones(2), lambda u: u, v))(jnp.asarray(0.02))
+    np.testing.assert_allclose(np.asarray(step), np.full(2, np.sqrt(0.02)), rtol=1e-5)  # x = g, x^T F x = 2
+    assert float(offline.importance_value(ones, mask, 0 * ones, 0 * ones, 1.0, "pdis")) == 3.0  # gamma = 1 allowed

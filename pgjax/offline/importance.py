@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgjax.offline.dataset import Dataset, DatasetError, float_dtype
+from pgjax.validation import concrete_scalar
 
 Array = jax.Array
 
@@ -100,6 +101,9 @@ def importance_value(
     """
     if method not in IS_METHODS:
         raise ValueError(f"importance_value: method must be one of {IS_METHODS}; got {method!r}.")
+    known = concrete_scalar(discount)
+    if known is not None and not 0.0 < known <= 1.0:  # NaN too; 1: undiscounted returns of finite episodes
+        raise ValueError(f"importance_value: discount must lie in (0, 1]; got {discount!r}.")
     disc_r = discounted_rewards(rewards, mask, discount)
     if method in ("is", "wis"):
         log_w = jnp.sum(log_ratios(target_log_probs, behaviour_log_probs, mask), axis=-1)
