@@ -42,7 +42,7 @@ with warnings.catch_warnings():
 from pgjax import checkpoints, envs, parallel, score_stats, tables
 from pgjax.algos import common, evaluation, get
 from pgjax.algos.evaluation import observation_statistics
-from pgjax.validation import check_int
+from pgjax.validation import check_int, is_finite_real
 
 FIRST_COLUMNS = ("seed", "update", "env_steps", "episode_return")
 
@@ -973,6 +973,8 @@ def last_evaluation(metrics: dict[str, Any]) -> np.ndarray | None:
 
 def final_returns(metrics: dict[str, Any], fraction: float = 0.1) -> np.ndarray:
     """Per seed, the mean of `episode_return` over the last `fraction` of updates (NaN-aware): [seeds]."""
+    if not is_finite_real(fraction) or not 0.0 < fraction <= 1.0:  # 0 or less kept the last update, > 1 all
+        raise ValueError(f"final_returns: fraction must lie in (0, 1] (of the updates); got {fraction!r}.")
     returns = np.asarray(metrics["episode_return"], dtype=float)
     tail = max(1, int(round(returns.shape[1] * fraction)))
     with _quiet_nan_warnings():
@@ -993,6 +995,8 @@ def steps_to_threshold(metrics: dict[str, Any], threshold: float, window: int = 
     window keeps one lucky update from counting as learned, so it must be full: the earliest update that can
     count is the window-th (a run of fewer updates than `window` is judged over all of them, at its end)."""
     check_int("steps_to_threshold: window", window)
+    if not is_finite_real(threshold):  # NaN was never reached, silently
+        raise ValueError(f"steps_to_threshold: threshold must be a finite number (a return); got {threshold!r}.")
     window = int(window)
     returns = np.asarray(metrics["episode_return"], dtype=float)
     window = min(window, returns.shape[1])

@@ -166,3 +166,15 @@ def test_entry_points_refuse_bad_numbers_where_known():
     step, _ = jax.jit(lambda v: trust_region.natural_gradient_step(jnp.ones(2), lambda u: u, v))(jnp.asarray(0.02))
     np.testing.assert_allclose(np.asarray(step), np.full(2, np.sqrt(0.02)), rtol=1e-5)  # x = g, x^T F x = 2
     assert float(offline.importance_value(ones, mask, 0 * ones, 0 * ones, 1.0, "pdis")) == 3.0  # gamma = 1 allowed
+
+
+def test_run_summaries_refuse_fractions_and_thresholds_that_mean_nothing():
+    metrics = {"env_steps": np.array([[100, 200, 300, 400]]), "episode_return": np.array([[10.0, 50.0, 50.0, 60.0]])}
+    np.testing.assert_allclose(runs.final_returns(metrics, 0.5), [55.0])
+    np.testing.assert_allclose(runs.final_returns(metrics, 1.0), [42.5])
+    for bad in (0.0, -0.1, 1.5, float("nan"), True):  # 0 and -0.1 averaged the last update, 1.5 and True all
+        with pytest.raises(ValueError, match="final_returns: fraction must lie in"):
+            runs.final_returns(metrics, bad)
+    with pytest.raises(ValueError, match="steps_to_threshold: threshold must be a finite number"):
+        runs.steps_to_threshold(metrics, float("nan"))
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, np.float32(40.0), window=1), [200.0])
