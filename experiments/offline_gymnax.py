@@ -102,6 +102,9 @@ def parse_args(argv=None):
                  "fqe_steps", "fqe_batch_size", "reference_episodes", "datasets"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.mc_episodes < 2:  # the reference's standard error (and the improvement's paired one) needs a spread
+        p.error(f"--mc-episodes must be >= 2 (the Monte Carlo reference reports its standard error); got "
+                f"{args.mc_episodes}")
     for name in ("dualdice_batch_size", "fqe_batch_size"):  # caught here, before minutes of PPO and logging
         if getattr(args, name) > args.num_episodes * args.horizon:
             p.error(f"--{name.replace('_', '-')} ({getattr(args, name)}) is larger than the most transitions the "

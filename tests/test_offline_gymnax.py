@@ -75,3 +75,11 @@ def test_batch_larger_than_any_dataset_is_refused_before_training(flag, capsys):
     err = capsys.readouterr().err
     assert f"{flag} (401) is larger than" in err and "--num-episodes x --horizon = 400" in err
     assert getattr(offline_gymnax.parse_args([*small, flag, "400"]), flag[2:].replace("-", "_")) == 400  # the bound
+
+
+def test_one_monte_carlo_episode_is_refused(capsys):
+    # One episode has no spread: the reference's standard error was printed as nan after minutes of training.
+    with pytest.raises(SystemExit) as exc:
+        offline_gymnax.parse_args(["--mc-episodes", "1"])
+    assert exc.value.code == 2 and "--mc-episodes must be >= 2" in capsys.readouterr().err
+    assert offline_gymnax.parse_args(["--mc-episodes", "2"]).mc_episodes == 2
