@@ -15,24 +15,16 @@ objective to MAXIMISE (e.g. mean_i rho_i A_i); pass -grad for a loss.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pgjax.validation import check_int, concrete_scalar
+from pgjax.validation import check_int, check_known
 
 Array = jax.Array
 PyTree = Any
-
-
-def _check_known(label: str, value: Any, ok: Callable[[float], bool], need: str) -> None:
-    """ValueError naming `label` when `value` is known on the host (not traced) and not finite and `ok`."""
-    v = concrete_scalar(value)
-    if v is not None and not (math.isfinite(v) and ok(v)):
-        raise ValueError(f"{label} must be {need}; got {value!r}.")
 
 
 def tree_vdot(a: PyTree, b: PyTree) -> Array:
@@ -74,7 +66,7 @@ def conjugate_gradient(
       x, shaped like b.
     """
     check_int("conjugate_gradient: num_iterations", num_iterations)
-    _check_known("conjugate_gradient: residual_tol", residual_tol, lambda v: v >= 0, "a finite number >= 0")
+    check_known("conjugate_gradient: residual_tol", residual_tol, lambda v: v >= 0, "a finite number >= 0")
     x0 = jax.tree.map(jnp.zeros_like, b)
     rdotr0 = tree_vdot(b, b)
 
@@ -161,7 +153,7 @@ def natural_gradient_step(
       (step s shaped like grad, expected improvement g^T s, a scalar). A zero gradient, or no positive
       finite curvature x^T F x, gives a zero step and zero expected improvement.
     """
-    _check_known("natural_gradient_step: max_kl", max_kl, lambda v: v > 0, "a positive number (the KL radius)")
+    check_known("natural_gradient_step: max_kl", max_kl, lambda v: v > 0, "a positive number (the KL radius)")
     x = conjugate_gradient(fvp, grad, num_iterations, residual_tol)
     xfx = tree_vdot(x, fvp(x))
     usable = jnp.isfinite(xfx) & (xfx > 0)  # else a zero step (no curvature along x), never a NaN one
@@ -206,11 +198,11 @@ def backtracking_line_search(
       (new params, accepted (bool scalar), step fraction c^j of the accepted step or 0.0).
     """
     check_int("backtracking_line_search: num_backtracks", num_backtracks)
-    _check_known("backtracking_line_search: max_kl", max_kl, lambda v: v > 0, "a positive number (the KL radius)")
-    _check_known("backtracking_line_search: backtrack_coef", backtrack_coef, lambda v: 0 < v < 1,
+    check_known("backtracking_line_search: max_kl", max_kl, lambda v: v > 0, "a positive number (the KL radius)")
+    check_known("backtracking_line_search: backtrack_coef", backtrack_coef, lambda v: 0 < v < 1,
                  "a number in (0, 1) (each try shrinks the step by it)")
-    _check_known("backtracking_line_search: accept_ratio", accept_ratio, lambda v: v >= 0, "a finite number >= 0")
-    _check_known("backtracking_line_search: kl_tolerance", kl_tolerance, lambda v: v > 0,
+    check_known("backtracking_line_search: accept_ratio", accept_ratio, lambda v: v >= 0, "a finite number >= 0")
+    check_known("backtracking_line_search: kl_tolerance", kl_tolerance, lambda v: v > 0,
                  "a positive number (the multiple of max_kl accepted)")
     objective_old, _ = objective_and_kl_fn(params)
     dtype = jnp.result_type(objective_old)

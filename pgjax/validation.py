@@ -1,16 +1,17 @@
-"""Checks of plain Python values at pgjax's boundaries: counts, sizes and step sizes.
+"""Checks of the numbers at pgjax's boundaries: counts, sizes, tolerances and step sizes.
 
 Every config and entry point checks its numbers here before anything compiles, so that a bad value raises one
 `ValueError` that names the field (`label`: "PPOConfig.num_envs", "collect: horizon") and what it must be. NumPy
 scalars count as numbers (a sweep's grid hands out np.int64 and np.float32), bools never do: `True` would
-otherwise pass as the count 1.
+otherwise pass as the count 1. Values that may be traced (a KL radius or a discount that jit/vmap carry) are
+checked by `check_known` where they are known on the host, and left to the compiled code where they are not.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,15 +52,22 @@ def check_non_negative(label: str, value: Any) -> None:
 
 
 def concrete_scalar(value: Any) -> float | None:
-    """`value` as a float when it is known on the host (a Python or NumPy real, or a concrete 0-d array), else None
-    (a tracer inside jit/vmap, or an array with several entries): checks of values that may be traced use this, so
-    that they run wherever the value is known and stay out of the way of compiled code."""
+    """`value` as a float when it is known on the host (a Python or NumPy real, or a concrete floating 0-d array),
+    else None (a tracer inside jit/vmap, an array with several entries, anything else)."""
     if is_real(value):
         return float(value)
     shape = getattr(value, "shape", None)
     if shape == () and np.issubdtype(getattr(value, "dtype", np.dtype(object)), np.floating):
         try:
-            return float(value)  # a tracer refuses (ConcretizationTypeError, a TypeError)
-        except Exception:
+            return float(value)
+        except TypeError:  # a tracer: jax's ConcretizationTypeError is a TypeError
             return None
     return None
+
+
+def check_known(label: str, value: Any, ok: Callable[[float], bool], need: str) -> None:
+    """ValueError "`label` must be `need`; got ..." when `value` is known on the host (`concrete_scalar`) and is not
+    finite or fails `ok`; a traced value passes unchecked."""
+    known = concrete_scalar(value)
+    if known is not None and not (math.isfinite(known) and ok(known)):
+        raise ValueError(f"{label} must be {need}; got {value!r}.")

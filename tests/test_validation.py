@@ -122,6 +122,18 @@ def test_concrete_scalar_reads_known_values_and_leaves_traced_ones():
     assert seen == [None]
 
 
+def test_check_known_checks_known_values_only():
+    import jax
+    import jax.numpy as jnp
+
+    positive = dict(ok=lambda v: v > 0, need="a positive number")
+    validation.check_known("f: x", 0.5, **positive)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), jnp.asarray(-2.0), np.float32(0.0)):
+        with pytest.raises(ValueError, match=r"^f: x must be a positive number; got "):
+            validation.check_known("f: x", bad, **positive)
+    jax.jit(lambda v: validation.check_known("f: x", v, **positive) or v)(jnp.asarray(-1.0))  # traced: unchecked
+
+
 def test_entry_points_refuse_bad_numbers_where_known():
     """Numbers that were taken silently: a negative KL radius gave a NaN step, a backtracking factor of 1.5 grew the
     step, a NaN tolerance stopped the fixed point at once (and a negative one ran it to the cap), a NaN Dirichlet

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pgjax.offline.dataset import Dataset, DatasetError, float_dtype
-from pgjax.validation import concrete_scalar
+from pgjax.validation import check_known
 
 Array = jax.Array
 
@@ -101,9 +101,8 @@ def importance_value(
     """
     if method not in IS_METHODS:
         raise ValueError(f"importance_value: method must be one of {IS_METHODS}; got {method!r}.")
-    known = concrete_scalar(discount)
-    if known is not None and not 0.0 < known <= 1.0:  # NaN too; 1: undiscounted returns of finite episodes
-        raise ValueError(f"importance_value: discount must lie in (0, 1]; got {discount!r}.")
+    # gamma = 1: the undiscounted returns of finite episodes
+    check_known("importance_value: discount", discount, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
     disc_r = discounted_rewards(rewards, mask, discount)
     if method in ("is", "wis"):
         log_w = jnp.sum(log_ratios(target_log_probs, behaviour_log_probs, mask), axis=-1)

@@ -10,7 +10,6 @@ d^pi is a probability distribution over states: it sums to 1.
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -19,7 +18,7 @@ from jax import lax
 
 from pgjax.tabular.evaluation import bellman_matrix, check_policy, policy_transition, working_dtype
 from pgjax.tabular.mdp import MDP
-from pgjax.validation import check_int, concrete_scalar
+from pgjax.validation import check_int, check_known
 
 Array = jax.Array
 
@@ -78,10 +77,9 @@ def occupancy_fixed_point(
     check_int("occupancy_fixed_point: max_iterations", max_iterations)
     check_policy(mdp, pi)  # here, on concrete arrays: inside the compiled program pi is abstract
     tol = default_tolerance(working_dtype(mdp, pi)) if tol is None else tol  # the dtype it iterates in
-    known = concrete_scalar(tol)
-    if known is not None and not 0.0 <= known < math.inf:  # NaN stopped at once; a negative tol ran to the cap
-        raise ValueError(f"occupancy_fixed_point: tol must be a finite number >= 0 (the max-norm change at which it "
-                         f"stops); got {tol!r}.")
+    # NaN stopped the loop at once, a negative tol ran it to the cap
+    check_known("occupancy_fixed_point: tol", tol, lambda v: v >= 0,
+                "a finite number >= 0 (the max-norm change at which it stops)")
     return _occupancy_fixed_point(mdp, pi, tol, max_iterations)
 
 
