@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgjax.validation import check_int
+from pgjax.validation import check_int, check_known
 
 Array = jax.Array
 
@@ -203,8 +203,8 @@ def random_mdp(
     check_int("random_mdp: num_actions", num_actions)
     if _is_concrete(discount) and not 0.0 < float(discount) < 1.0:
         raise ValueError(f"random_mdp: discount must lie in (0, 1); got {discount}.")
-    if _is_concrete(concentration) and not 0 < float(concentration) < np.inf:  # NaN too
-        raise ValueError(f"random_mdp: concentration must be > 0 and finite; got {concentration}.")
+    # NaN rows of the Dirichlet draws fell back to uniform transitions
+    check_known("random_mdp: concentration", concentration, lambda v: v > 0, "a positive, finite number")
     dtype = jnp.dtype(dtype or jnp.result_type(float))
     unit = _is_concrete(concentration) and float(concentration) == 1.0
     transition, reward, initial = _sample_mdp_arrays(
