@@ -105,12 +105,13 @@ def test_tabular_example_and_its_error_message():
                                np.asarray(scope["T"].policy_gradient(one, scope["theta"], scope["features"])),
                                rtol=1e-4, atol=1e-5)
 
-    bad = _block("T.MDP(")
-    call, comment = bad.strip().split("\n")
-    expected = comment.removeprefix("# ValueError: ")
-    with pytest.raises(ValueError) as err:
-        exec(call, scope)
-    assert str(err.value) == expected
+    lines = _block("T.MDP(").strip().split("\n")  # pairs: a call, then "# ValueError: <its message>"
+    assert len(lines) == 4
+    for call, comment in zip(lines[::2], lines[1::2]):
+        expected = comment.removeprefix("# ValueError: ")
+        with pytest.raises(ValueError) as err:
+            exec(call, scope)
+        assert str(err.value) == expected
 
 
 def test_batch_of_tabular_mdps_example():
