@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from pgjax.advantages import mean_rounding
 from pgjax.distributions import Categorical, DiagGaussian, categorical_kl, diag_gaussian_kl
+from pgjax.validation import check_known
 
 Array = jax.Array
 
@@ -63,6 +64,7 @@ def clipped_surrogate_loss(
       KL(pi_old || pi_theta) from samples of pi_old. Both are diagnostics (no gradient).
     """
     chex.assert_equal_shape([log_prob, old_log_prob, advantages])
+    check_known("clipped_surrogate_loss: clip_eps", clip_eps, lambda v: v > 0, "a positive number")
     advantages = jax.lax.stop_gradient(advantages)
     log_ratio = log_prob - jax.lax.stop_gradient(old_log_prob)
     ratio = jnp.exp(log_ratio)
@@ -100,6 +102,7 @@ def value_loss(
     if old_values is None:
         return 0.5 * jnp.mean(squared)
     chex.assert_equal_shape([values, old_values])
+    check_known("value_loss: clip_eps", clip_eps, lambda v: v > 0, "a positive number")
     old_values = jax.lax.stop_gradient(old_values)
     clipped_values = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
     return 0.5 * jnp.mean(jnp.maximum(squared, jnp.square(clipped_values - targets)))

@@ -190,3 +190,39 @@ def test_run_summaries_refuse_fractions_and_thresholds_that_mean_nothing():
     with pytest.raises(ValueError, match="steps_to_threshold: threshold must be a finite number"):
         runs.steps_to_threshold(metrics, float("nan"))
     np.testing.assert_array_equal(runs.steps_to_threshold(metrics, np.float32(40.0), window=1), [200.0])
+
+
+def test_estimators_and_losses_refuse_known_discounts_and_clips_out_of_range():
+    """A discount of 1.5 or NaN, a GAE lambda of 2, a clip of 0 or -0.2 were computed with, silently, when passed
+    as numbers; traced (inside a training run) they are the config's, checked at construction."""
+    import jax
+    import jax.numpy as jnp
+
+    from pgjax import advantages, losses, trajectory
+
+    T, B = 4, 2
+    r, v, term, trunc = jnp.ones((T, B)), jnp.zeros((T, B)), jnp.zeros((T, B), bool), jnp.zeros((T, B), bool)
+    lp = jnp.zeros(3)
+    cases = [
+        ("discounted_returns: discount", lambda g: advantages.discounted_returns(r, v, term, trunc, g)),
+        ("td_errors: discount", lambda g: advantages.td_errors(r, v, v, term, g)),
+        ("gae: discount", lambda g: advantages.gae(r, v, v, term, trunc, g, 0.95)),
+        ("gae: gae_lambda", lambda lam: advantages.gae(r, v, v, term, trunc, 0.99, lam)),
+        ("n_step_returns: discount", lambda g: advantages.n_step_returns(r, v, term, trunc, g, 2)),
+        ("discounted_return: discount", lambda g: trajectory.discounted_return(jnp.ones(3), g)),
+        ("rewards_to_go: discount", lambda g: trajectory.rewards_to_go(jnp.ones(3), g)),
+        ("clipped_surrogate_loss: clip_eps", lambda e: losses.clipped_surrogate_loss(lp, lp, lp, e)),
+        ("value_loss: clip_eps", lambda e: losses.value_loss(lp, lp, lp, e)),
+    ]
+    for label, fn in cases:
+        for bad in (-0.2, 1.5, float("nan")) if "clip" not in label else (0.0, -0.2, float("nan")):
+            with pytest.raises(ValueError, match=f"^{label} must be "):
+                fn(bad)
+    with pytest.raises(ValueError, match="n_step_returns: n must be a positive int"):  # True was one sweep
+        advantages.n_step_returns(r, v, term, trunc, 0.9, True)
+    # Edge values that mean something still run: gamma = 1 (undiscounted), lambda = 0 (one-step TD), and traced.
+    np.testing.assert_allclose(np.asarray(trajectory.discounted_return(jnp.ones(3), 1.0)), 3.0)
+    adv, _ = advantages.gae(r, v, v, term, trunc, 1.0, 0.0)
+    np.testing.assert_allclose(np.asarray(adv), 1.0)
+    traced = jax.jit(lambda g: trajectory.rewards_to_go(jnp.ones(3), g))(jnp.asarray(0.5))
+    np.testing.assert_allclose(np.asarray(traced), [1.75, 1.5, 1.0])
