@@ -19,15 +19,13 @@ they are cast to the rewards' dtype, so outputs keep it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from pgjax.trajectory import float_dtype
-from pgjax.validation import check_int, check_known
+from pgjax.validation import check_int, check_known, check_known_discount
 
 Array = jax.Array
 
@@ -35,11 +33,6 @@ Array = jax.Array
 def _check(rewards: Array, *others: Array) -> None:
     chex.assert_rank(rewards, {1, 2})
     chex.assert_equal_shape([rewards, *others])
-
-
-def _check_discount(owner: str, discount: Any) -> None:
-    """gamma in [0, 1] where it is known (a traced discount, a config's, was checked with the config)."""
-    check_known(f"{owner}: discount", discount, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def _float(rewards: Array) -> Array:
@@ -96,7 +89,7 @@ def discounted_returns(
       G [T, B], in the rewards' dtype if at least float32, else float32.
     """
     _check(rewards, next_values, terminated, truncated)
-    _check_discount("discounted_returns", discount)
+    check_known_discount("discounted_returns", discount)
     rewards = _float(rewards)
     terminated, _, not_terminated, _ = _flags(terminated, truncated, rewards.dtype)
     truncated = jnp.asarray(truncated).astype(bool)
@@ -122,7 +115,7 @@ def td_errors(
     reads V(s_{t+1}) (even a non-finite one). In the rewards' dtype if at least float32, else float32.
     """
     _check(rewards, values, next_values, terminated)
-    _check_discount("td_errors", discount)
+    check_known_discount("td_errors", discount)
     rewards = _float(rewards)
     terminated = jnp.asarray(terminated).astype(bool)
     discount = jnp.asarray(discount, rewards.dtype)
@@ -163,7 +156,7 @@ def gae(
       (advantages [T, B], value targets [T, B]).
     """
     _check(rewards, values, next_values, terminated, truncated)
-    _check_discount("gae", discount)
+    check_known_discount("gae", discount)
     check_known("gae: gae_lambda", gae_lambda, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
     deltas = td_errors(rewards, values, next_values, terminated, discount)
     _, done, _, not_done = _flags(terminated, truncated, deltas.dtype)
@@ -202,9 +195,9 @@ def n_step_returns(
     Returns:
       G^(n) [T, B].
     """
-    check_int("n_step_returns: n", n, note=" (a Python int: the number of sweeps)")
+    check_int("n_step_returns: n", n, note=" (the number of sweeps)")
     _check(rewards, next_values, terminated, truncated)
-    _check_discount("n_step_returns", discount)
+    check_known_discount("n_step_returns", discount)
     rewards = _float(rewards)
     terminated, done, not_terminated, _ = _flags(terminated, truncated, rewards.dtype)
     discount = jnp.asarray(discount, rewards.dtype)

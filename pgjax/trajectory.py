@@ -16,7 +16,7 @@ from jax import lax
 
 from pgjax.tabular.evaluation import check_policy_table
 from pgjax.tabular.mdp import MDP
-from pgjax.validation import check_int, check_known
+from pgjax.validation import check_int, check_known_discount
 
 Array = jax.Array
 
@@ -135,7 +135,7 @@ def float_dtype(dtype) -> Any:
 
 def discounted_return(rewards: Array, discount: Array) -> Array:
     """G_0 = sum_{t=0}^{T-1} gamma^t r_t for rewards [T]; a scalar (rewards [..., T] -> [...]), at least float32."""
-    check_known("discounted_return: discount", discount, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+    check_known_discount("discounted_return", discount)
     dtype = float_dtype(rewards.dtype)
     powers = discount ** jnp.arange(rewards.shape[-1], dtype=dtype)
     return jnp.sum(powers * jnp.asarray(rewards, dtype), axis=-1)
@@ -148,7 +148,7 @@ def rewards_to_go(rewards: Array, discount: Array) -> Array:
       G [T]; G[0] equals `discounted_return(rewards, discount)`.
     """
 
-    check_known("rewards_to_go: discount", discount, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+    check_known_discount("rewards_to_go", discount)
 
     def step(g_next, r):
         g = r + discount * g_next

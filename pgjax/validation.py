@@ -71,3 +71,9 @@ def check_known(label: str, value: Any, ok: Callable[[float], bool], need: str) 
     known = concrete_scalar(value)
     if known is not None and not (math.isfinite(known) and ok(known)):
         raise ValueError(f"{label} must be {need}; got {value!r}.")
+
+
+def check_known_discount(owner: str, discount: Any) -> None:
+    """`check_known` of "`owner`: discount" in [0, 1] (1: undiscounted sums over finite steps). A traced discount
+    is a config's or an MDP's, checked where those were built."""
+    check_known(f"{owner}: discount", discount, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
