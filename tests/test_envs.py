@@ -333,8 +333,13 @@ def test_normalize_reward_frozen_statistics_and_bad_arguments():
                        (dict(discount=0.9, epsilon=0.0), "epsilon must be > 0")]:  # 0 / 0 for a constant return
         with pytest.raises(ValueError, match=f"NormalizeReward: {match}"):
             NormalizeReward(base, **bad)
-    with pytest.raises(ValueError, match="NormalizeObservation: clip must be > 0"):  # the check both normalisers share
-        NormalizeObservation(base, clip=0.0)
+    for clip in (0.0, float("nan")):  # the check both normalisers share; NaN clipped every observation to NaN
+        with pytest.raises(ValueError, match="NormalizeObservation: clip must be > 0"):
+            NormalizeObservation(base, clip=clip)
+    with pytest.raises(ValueError, match="NormalizeObservation: epsilon must be > 0"):
+        NormalizeObservation(base, epsilon=float("nan"))
+    with pytest.raises(ValueError, match="VecEnv: num_envs must be a positive int; got True"):  # was 1 environment
+        VecEnv(base, True)
     unbound = NormalizeReward(base, 0.9, axis_name=ENV_AXIS)  # the statistics merge at the first step, not at reset
     _, state = unbound.reset(jax.random.PRNGKey(0), params)
     with pytest.raises(ValueError, match="NormalizeReward\\(axis_name='envs'\\).*axis_name=None"):

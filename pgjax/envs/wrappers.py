@@ -36,7 +36,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from pgjax.envs.spaces import action_bounds
-from pgjax.validation import check_int
+from pgjax.validation import check_int, is_finite_real, is_real
 
 Array = jax.Array
 
@@ -359,9 +359,9 @@ class _RunningStatisticsWrapper(Wrapper):
     ):
         super().__init__(env)
         owner = type(self).__name__
-        if not epsilon > 0:  # 0 divides a constant feature's zero variance: 0 / 0 = NaN
+        if not is_finite_real(epsilon) or not epsilon > 0:  # 0 divides a zero variance: 0 / 0 = NaN
             raise ValueError(f"{owner}: epsilon must be > 0; got {epsilon}.")
-        if clip is not None and clip <= 0:
+        if clip is not None and (not is_real(clip) or not clip > 0):  # NaN clipped every value to NaN
             raise ValueError(f"{owner}: clip must be > 0 or None; got {clip}.")
         self.update = update
         self.axis_name = axis_name
@@ -675,9 +675,8 @@ class VecEnv(Wrapper):
 
     def __init__(self, env: Any, num_envs: int, *, axis_name: str = ENV_AXIS):
         super().__init__(env)
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"VecEnv: num_envs must be an int >= 1; got {num_envs!r}.")
-        self.num_envs = num_envs
+        check_int("VecEnv: num_envs", num_envs)
+        self.num_envs = int(num_envs)  # a NumPy int from a grid: plain, as a static size
         self.axis_name = axis_name
 
     def reset(self, key: Array, params: Any = None) -> tuple[Any, Any]:
