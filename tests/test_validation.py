@@ -137,8 +137,8 @@ def test_check_known_checks_known_values_only():
 def test_entry_points_refuse_bad_numbers_where_known():
     """Numbers that were taken silently: a negative KL radius gave a NaN step, a backtracking factor of 1.5 grew the
     step, a NaN tolerance stopped the fixed point at once (and a negative one ran it to the cap), a NaN Dirichlet
-    concentration drew uniform transitions (its NaN rows fell back to uniform), a discount of 1.5 weighted IS returns upwards. Traced values (inside jit/vmap)
-    are not checked and still run."""
+    concentration drew uniform transitions (its NaN rows fell back to uniform), a discount of 1.5 weighted IS
+    returns upwards. Traced values (inside jit/vmap) are not checked and still run."""
     import jax
     import jax.numpy as jnp
 
