@@ -57,8 +57,7 @@ def use_cpu_devices(count: int | None = None) -> int:
     """
     if count is None:
         count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    check_int("use_cpu_devices: count", count)
-    count = int(count)  # a NumPy int: jax's config takes Python ints
+    count = check_int("use_cpu_devices: count", count)  # jax's config takes Python ints
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError as err:

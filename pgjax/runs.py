@@ -689,8 +689,7 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
     device count)` places the lanes (default `split_over_devices`). A segment in which more lanes diverge (a
     non-finite loss, KL or gradient norm) raises a RuntimeWarning right away; training goes on.
     """
-    check_int("train_in_segments: every (updates per segment)", every)
-    every = int(every)  # a NumPy int from a sweep's grid: plain, for the segment programs' static counts
+    every = check_int("train_in_segments: every (updates per segment)", every)  # static in the segment programs
     if not all(hasattr(train, name) for name in ("start", "advance", "config")):
         raise ValueError("train_in_segments: train must come from an algorithm's make_train(config) (it needs "
                          "train.start, train.advance and train.config).")
@@ -994,10 +993,9 @@ def steps_to_threshold(metrics: dict[str, Any], threshold: float, window: int = 
     (those of them with finished episodes) reached `threshold` ([seeds]; NaN for a seed that never did). The
     window keeps one lucky update from counting as learned, so it must be full: the earliest update that can
     count is the window-th (a run of fewer updates than `window` is judged over all of them, at its end)."""
-    check_int("steps_to_threshold: window", window)
+    window = check_int("steps_to_threshold: window", window)
     if not is_finite_real(threshold):  # NaN was never reached, silently
         raise ValueError(f"steps_to_threshold: threshold must be a finite number (a return); got {threshold!r}.")
-    window = int(window)
     returns = np.asarray(metrics["episode_return"], dtype=float)
     window = min(window, returns.shape[1])
     finished = ~np.isnan(returns)

@@ -31,12 +31,14 @@ def is_finite_real(value: Any) -> bool:
     return is_real(value) and math.isfinite(value)
 
 
-def check_int(label: str, value: Any, minimum: int = 1, note: str = "") -> None:
-    """ValueError "`label` must be a positive int`note`; got ..." unless `value` is an int >= `minimum`
-    ("an int >= `minimum`" when `minimum` is not 1). `note` explains the field, e.g. " (steps)"."""
+def check_int(label: str, value: Any, minimum: int = 1, note: str = "") -> int:
+    """`value` as a Python int (a NumPy int made plain, for static shapes and loop counts); ValueError "`label` must
+    be a positive int`note`; got ..." unless it is an int >= `minimum` ("an int >= `minimum`" when `minimum` is not
+    1). `note` explains the field, e.g. " (steps)"."""
     if not is_int(value) or value < minimum:
         need = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{label} must be {need}{note}; got {value!r}.")
+    return int(value)
 
 
 def check_positive(label: str, value: Any) -> None:

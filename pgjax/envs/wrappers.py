@@ -675,8 +675,7 @@ class VecEnv(Wrapper):
 
     def __init__(self, env: Any, num_envs: int, *, axis_name: str = ENV_AXIS):
         super().__init__(env)
-        check_int("VecEnv: num_envs", num_envs)
-        self.num_envs = int(num_envs)  # a NumPy int from a grid: plain, as a static size
+        self.num_envs = check_int("VecEnv: num_envs", num_envs)
         self.axis_name = axis_name
 
     def reset(self, key: Array, params: Any = None) -> tuple[Any, Any]:

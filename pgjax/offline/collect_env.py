@@ -48,9 +48,9 @@ def collect_env(
       observations, actions and log-probabilities there come from the discarded continuation.
       `initial_observations` holds the N reset observations s_0.
     """
-    for name, value in (("num_trajectories", num_trajectories), ("horizon", horizon)):
-        check_int(f"collect_env: {name}", value)
-    return _collect_env(key, env, env_params, policy_fn, int(num_trajectories), int(horizon))
+    num_trajectories = check_int("collect_env: num_trajectories", num_trajectories)
+    horizon = check_int("collect_env: horizon", horizon)
+    return _collect_env(key, env, env_params, policy_fn, num_trajectories, horizon)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 3, 4, 5))

@@ -184,9 +184,9 @@ def collect(key: Array, mdp: MDP, behaviour_pi: Array, num_trajectories: int, ho
     behaviour_pi = jnp.asarray(behaviour_pi)
     if not isinstance(behaviour_pi, jax.core.Tracer):
         check_tabular_policy(behaviour_pi, "behaviour_pi", mdp.reward.shape)
-    for name, value in (("num_trajectories", num_trajectories), ("horizon", horizon)):
-        check_int(f"collect: {name}", value)
-    return sample_dataset(key, mdp, behaviour_pi, int(num_trajectories), int(horizon))
+    num_trajectories = check_int("collect: num_trajectories", num_trajectories)
+    horizon = check_int("collect: horizon", horizon)
+    return sample_dataset(key, mdp, behaviour_pi, num_trajectories, horizon)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))

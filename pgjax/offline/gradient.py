@@ -287,8 +287,7 @@ def offline_policy_improvement(
     """
     if method not in GRADIENT_METHODS:
         raise ValueError(f"offline_policy_improvement: method must be one of {GRADIENT_METHODS}; got {method!r}.")
-    check_int("offline_policy_improvement: num_steps", num_steps)
-    num_steps = int(num_steps)  # static in the compiled scan: NumPy ints too (collect accepts them)
+    num_steps = check_int("offline_policy_improvement: num_steps", num_steps)  # static in the compiled scan
     check_on_uncovered(on_uncovered, "offline_policy_improvement: ")
     check_discount(discount)
     model = tabular_model(dataset, softmax_policy(theta, features))

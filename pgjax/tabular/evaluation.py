@@ -110,9 +110,9 @@ def finite_horizon_return(mdp: MDP, pi: Array, horizon: int) -> Array:
     The objective a rollout truncated at H actually estimates; grad J - grad J_H is the
     truncation bias of the estimator lab's rollout estimators (not of its exact-Q theorem form: `truncated`).
     """
-    check_int("finite_horizon_return: horizon", horizon, minimum=0, note=" (steps)")
+    horizon = check_int("finite_horizon_return: horizon", horizon, minimum=0, note=" (steps)")
     check_policy(mdp, pi)  # here, on concrete arrays: inside the compiled program pi is abstract
-    return _finite_horizon_return(mdp, pi, int(horizon))
+    return _finite_horizon_return(mdp, pi, horizon)
 
 
 # One compiled program per shape and horizon: the MDP and pi are arguments (a scan run op by op closes over them and

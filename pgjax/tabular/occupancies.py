@@ -110,9 +110,9 @@ def occupancy_iterates(mdp: MDP, pi: Array, num_iterations: int) -> Array:
     Row k-1 holds d_k = (1-gamma) sum_{t<=k} gamma^t mu0 (P^pi)^t, which grows monotonically to d^pi,
     so its l1 error is exactly the missing mass gamma^(k+1).
     """
-    check_int("occupancy_iterates: num_iterations", num_iterations, minimum=0)
+    num_iterations = check_int("occupancy_iterates: num_iterations", num_iterations, minimum=0)
     check_policy(mdp, pi)
-    return _occupancy_iterates(mdp, pi, int(num_iterations))
+    return _occupancy_iterates(mdp, pi, num_iterations)
 
 
 @functools.partial(jax.jit, static_argnums=2)  # as _occupancy_fixed_point: the MDP and pi are arguments
