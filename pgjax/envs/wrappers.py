@@ -168,6 +168,7 @@ class FlattenObservation(Wrapper):
     """Observations (and `info["final_observation"]`) flattened to float32 [D]. Stateless."""
 
     def observation_space(self, params: Any = None) -> spaces.Box:
+        """The inner space flattened: a float32 Box [D], D the product of the inner shape, bounds kept."""
         space = self._env.observation_space(self._env.default_params if params is None else params)
         size = 1
         for n in space.shape:
@@ -219,6 +220,7 @@ class EpisodeStatistics(Wrapper):
     """
 
     def reset(self, key: Array, params: Any = None) -> tuple[Any, EpisodeStatisticsState]:
+        """(obs, state): the inner reset, with the running return and length at zero."""
         obs, env_state = self._env.reset(key, params)
         state = EpisodeStatisticsState(env_state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
         return obs, state
@@ -418,6 +420,7 @@ class NormalizeObservation(_RunningStatisticsWrapper):
     """
 
     def observation_space(self, params: Any = None) -> spaces.Box:
+        """A float32 Box of the inner shape with bounds [-clip, clip] (unbounded when clip is None)."""
         inner = self._env.observation_space(self._env.default_params if params is None else params)
         bound = jnp.inf if self.clip is None else self.clip
         return spaces.Box(-bound, bound, inner.shape, jnp.float32)
@@ -426,6 +429,7 @@ class NormalizeObservation(_RunningStatisticsWrapper):
         return normalize(x, statistics, self.epsilon, self.clip)
 
     def reset(self, key: Array, params: Any = None) -> tuple[Array, NormalizeObservationState]:
+        """(normalised obs, state): the first observation joins the statistics (unless update=False) first."""
         obs, env_state = self._env.reset(key, params)
         statistics = self._observe(self._initial(obs), obs)
         return self._normalize(obs, statistics), NormalizeObservationState(env_state, statistics)
@@ -492,6 +496,7 @@ class NormalizeReward(_RunningStatisticsWrapper):
         self.discount = float(discount)
 
     def reset(self, key: Array, params: Any = None) -> tuple[Array, NormalizeRewardState]:
+        """(obs, state): the inner reset, with the discounted return G at zero; observations pass unchanged."""
         obs, env_state = self._env.reset(key, params)
         return obs, NormalizeRewardState(env_state, jnp.zeros((), jnp.float32), self._initial(jnp.zeros(())))
 
