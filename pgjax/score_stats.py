@@ -11,7 +11,8 @@ moves with those few and the median ignores everything but the middle seed. Thes
 and a percentile bootstrap over seeds for the interval of a statistic such as the IQM. Host-side NumPy: these
 summarise finished runs (`runs.summarize_final_returns`, `experiments/compare.py`), they are not on the training
 path. NaN scores (a seed without a finished episode) are dropped first; the profile counts them as reaching
-nothing.
+nothing. Infinite scores are kept as the extremes they are (an IQM or an interval bound can be +-inf), but not both
+signs at once: the mean of +inf and -inf is undefined, so that is a ValueError rather than a NaN.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import numpy as np
 from pgjax.validation import check_int
 
 
-def _finite(scores) -> np.ndarray:
-    """The non-NaN scores of a 1-D array, as float64; ValueError if there are none."""
+def _scores(scores) -> np.ndarray:
+    """The non-NaN scores of a 1-D array, as float64; ValueError if there are none, or if +inf and -inf are both
+    among them."""
     values = np.asarray(scores, dtype=float)
     if values.ndim != 1:
         raise ValueError(f"scores must be 1-D [seeds]; got shape {values.shape}.")
@@ -33,6 +35,10 @@ def _finite(scores) -> np.ndarray:
     values = values[~np.isnan(values)]
     if values.size == 0:
         raise ValueError("scores has no value that is not NaN: no seed finished an episode.")
+    if np.isposinf(values).any() and np.isneginf(values).any():
+        raise ValueError(f"scores holds both +inf and -inf ({int(np.isposinf(values).sum())} and "
+                         f"{int(np.isneginf(values).sum())} seeds): their mean is undefined. Check the runs whose "
+                         f"returns overflowed, or drop them.")
     return values
 
 
@@ -48,7 +54,7 @@ def interquartile_mean(scores: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def iqm(scores) -> float:
     """The interquartile mean of one run's per-seed scores [seeds] (NaN dropped)."""
-    return float(interquartile_mean(_finite(scores)))
+    return float(interquartile_mean(_scores(scores)))
 
 
 def bootstrap_interval(
@@ -68,19 +74,26 @@ def bootstrap_interval(
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1); got {confidence}.")
     check_int("bootstrap_interval: num_resamples", num_resamples)
-    values = _finite(scores)
+    values = _scores(scores)
     rng = np.random.default_rng(seed)
     samples = values[rng.integers(0, values.size, size=(num_resamples, values.size))]
     resampled = np.asarray(statistic(samples, axis=-1), dtype=float)
     tail = (1 - confidence) / 2
-    low, high = np.quantile(resampled, [tail, 1 - tail])
+    if np.isnan(resampled).any():
+        raise ValueError("bootstrap_interval: the statistic returned NaN on a resample of the scores; give a "
+                         "statistic defined on every resample.")
+    # Linear interpolation between two equal infinite order statistics is inf - inf = NaN: take the value itself.
+    below, above = (np.quantile(resampled, [tail, 1 - tail], method=m) for m in ("lower", "higher"))
+    with np.errstate(invalid="ignore"):
+        linear = np.quantile(resampled, [tail, 1 - tail])
+    low, high = np.where(below == above, below, linear)
     return float(low), float(high)
 
 
 def probability_of_improvement(x, y) -> float:
     """P(X > Y) for a seed X of one run and a seed Y of another (ties count half): the Mann-Whitney U statistic
     over all n x m pairs, divided by n m. 0.5 when the runs are indistinguishable; x [n], y [m], NaN dropped."""
-    x, y = np.sort(_finite(x)), np.sort(_finite(y))
+    x, y = np.sort(_scores(x)), np.sort(_scores(y))
     # For each x_i, how many y_j lie below it and how many equal it: two binary searches, O((n + m) log m).
     below = np.searchsorted(y, x, side="left")
     not_above = np.searchsorted(y, x, side="right")

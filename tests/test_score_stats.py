@@ -85,3 +85,25 @@ def test_bootstrap_interval_is_the_central_quantiles_of_the_resampled_statistic(
     assert got == pytest.approx(tuple(np.quantile(resampled, [0.025, 0.975])), rel=1e-12)
     got_80 = score_stats.bootstrap_interval(scores, np.mean, confidence=0.8, num_resamples=500, seed=7)
     assert got_80 == pytest.approx(tuple(np.quantile(resampled, [0.1, 0.9])), rel=1e-12)
+
+
+def test_infinite_scores_are_kept_as_extremes_and_never_give_nan():
+    """A diverged seed's +inf is an order statistic like any other: cut by the IQM when it is in the top quarter, and
+    an interval's upper bound when resamples carry it into the middle. Interpolating between two equal infinite
+    quantiles gave NaN (inf - inf) before; +inf and -inf together have no mean, and are refused."""
+    one_inf = np.array([500.0] * 6 + [np.inf, 100.0])
+    assert score_stats.iqm(one_inf) == 500.0
+    low, high = score_stats.bootstrap_interval(one_inf)  # (400.0, nan) before
+    assert np.isfinite(low) and low <= 500.0 and high == np.inf
+    assert score_stats.bootstrap_interval(-one_inf)[0] == -np.inf
+    half_inf = np.array([500.0] * 4 + [np.inf] * 4)
+    assert score_stats.iqm(half_inf) == np.inf
+    assert score_stats.bootstrap_interval(half_inf) == (500.0, np.inf)
+    assert score_stats.probability_of_improvement(half_inf, [1e308]) == 0.5  # the four inf seeds beat it
+    both = [1.0, np.inf, -np.inf]
+    for statistic in (score_stats.iqm, score_stats.bootstrap_interval,
+                      lambda s: score_stats.probability_of_improvement(s, [0.0])):
+        with pytest.raises(ValueError, match=r"both \+inf and -inf \(1 and 1 seeds\)"):
+            statistic(both)
+    with pytest.raises(ValueError, match="statistic returned NaN"):
+        score_stats.bootstrap_interval([1.0, 2.0], lambda s, axis: np.full(s.shape[0], np.nan))
