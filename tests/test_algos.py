@@ -99,13 +99,20 @@ def test_hyperparameter_vmap_equals_separate_configs():
     rates = jnp.array([1e-3, 1e-2])
     hp = {k: jnp.stack([v, v]) for k, v in config.hyperparams().items()}
     hp["learning_rate"] = rates
-    swept = jax.jit(jax.vmap(train, in_axes=(None, 0)))(jax.random.key(3), hp)
+    sweep = jax.jit(jax.vmap(train, in_axes=(None, 0)))
+    swept = sweep(jax.random.key(3), hp)
     alone_train = jax.jit(train)  # one compile for both rates: hyperparameters are arguments
     for i, lr in enumerate([1e-3, 1e-2]):
         alone_hp = config.replace(learning_rate=lr).hyperparams()  # what a config with this rate runs
         np.testing.assert_array_equal(np.asarray(alone_hp["learning_rate"]), np.asarray(hp["learning_rate"][i]))
+        # At the same batch shape a lane does not depend on the other lanes: that config in both lanes, bit for bit.
+        both = sweep(jax.random.key(3), {k: jnp.stack([v, v]) for k, v in alone_hp.items()})
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a[i]), np.asarray(b[0])),
+                     (swept.agent.params, swept.metrics), (both.agent.params, both.metrics))
+        # Unbatched, it runs the same up to float32 rounding of batched kernels, which chaotic amplification grows
+        # over the updates (1% by the 8th at one key offset of 50): compare the first five, as for seeds.
         alone = alone_train(jax.random.key(3), alone_hp)
-        np.testing.assert_allclose(np.asarray(swept.metrics["loss"][i]), np.asarray(alone.metrics["loss"]),
+        np.testing.assert_allclose(np.asarray(swept.metrics["loss"][i, :5]), np.asarray(alone.metrics["loss"][:5]),
                                    rtol=1e-3, atol=1e-4)
     assert not np.allclose(np.asarray(swept.metrics["loss"][0]), np.asarray(swept.metrics["loss"][1]))
 
