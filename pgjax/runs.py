@@ -409,13 +409,12 @@ def evaluate(
     evaluation's 195.0 in one test). Each variant of the environment (a grid over env.<field>) therefore compiles
     its own program.
     """
-    if num_episodes < 1:
-        raise ValueError(f"evaluate: num_episodes must be >= 1; got {num_episodes}.")
+    num_episodes = check_int("evaluate: num_episodes", num_episodes)  # True ran 1 episode, 2.5 ran 2
     if max((np.ndim(x) for x in jax.tree_util.tree_leaves(params)), default=0) > 2:  # layers: at most [in, out]
         raise ValueError("evaluate: params hold a leading seeds axis (a kernel of more than 2 dimensions, as "
                          "load_run returns them): pass one seed's, jax.tree_util.tree_map(lambda x: x[s], params), "
                          "or jax.vmap(evaluate) over the seeds.")
-    program = _evaluation_program(_evaluation_config(config), int(num_episodes), bool(deterministic),
+    program = _evaluation_program(_evaluation_config(config), num_episodes, bool(deterministic),
                                   envs.registrations())
     return program(key, params, obs_statistics)
 
@@ -583,12 +582,12 @@ def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any
         keys = jax.random.wrap_key_data(keys)
     if keys.ndim != 1:
         raise ValueError(f"replay_seeds: keys must be a 1-D batch of keys [n]; got shape {keys.shape}")
-    if int(batch) < 1:
-        raise ValueError(f"replay_seeds: batch (the sweep's seeds per device) must be >= 1; got {batch}")
-    if not 1 <= int(num_devices) <= len(jax.devices()):
+    batch = check_int("replay_seeds: batch (the sweep's seeds per device)", batch)  # 2.5 replayed as 2 lanes
+    num_devices = check_int("replay_seeds: num_devices (the sweep's)", num_devices)
+    if num_devices > len(jax.devices()):
         raise ValueError(f"replay_seeds: num_devices (the sweep's) must lie in [1, {len(jax.devices())}] (the devices "
                          f"here); got {num_devices}. Start the replay with the sweep's device count (--cpu-devices).")
-    n, batch, num_devices = keys.shape[0], int(batch), int(num_devices)
+    n = keys.shape[0]
     program = parallel.vmap_sharded(train, devices=jax.devices()[:num_devices])  # the sweep's program
     width = batch * num_devices  # the sweep's lanes: batch on each device
     batches = []
