@@ -164,3 +164,50 @@ def test_custom_environments_refused_by_the_part_they_break(cls, match):
     envs.registry.check_interface("my-env", CartPole(), CartPole().default_params)  # the unbroken one passes
     with pytest.raises(ValueError, match=rf"environment 'my-env' \({cls.__name__}\): " + match):
         envs.registry.check_interface("my-env", cls(), cls().default_params)
+
+
+# --- tabular pieces, estimators and files ----------------------------------------------------------------------
+
+
+def test_tabular_constructors_and_estimators_refuse_by_name():
+    from pgjax import estimators, tabular, trajectory
+    from pgjax.envs.tabular_env import TabularEnv
+    from pgjax.offline import gradient, importance
+
+    with pytest.raises(ValueError, match=r"MDP\.transition must have at least one state and one action"):
+        tabular.MDP(np.zeros((0, 2, 0)), np.zeros((0, 2)), np.zeros(0), 0.9)
+    with pytest.raises(ValueError, match=r"chain_mdp: slip must lie in \[0, 1\); got 1\.0"):
+        tabular.chain_mdp(4, slip=1.0)
+    with pytest.raises(ValueError, match=r"gridworld_mdp: need at least 2 cells; got height=1, width=1"):
+        tabular.gridworld_mdp(1, 1)
+    with pytest.raises(ValueError, match=r"TabularEnv: mdp must be a pgjax\.tabular\.MDP; got str"):
+        TabularEnv("chain")
+    with pytest.raises(ValueError, match=r"pi must be a policy table \[S, A\]; got shape \(3,\)"):
+        tabular.evaluation.check_policy_table(np.full(3, 1 / 3))
+    with pytest.raises(ValueError, match=r"batch_means: batch_size 4 exceeds the 3 samples"):
+        estimators.batch_means(np.zeros((3, 2)), 4)
+    batched = trajectory.Trajectory(*(np.zeros((2, 5), np.int32) for _ in range(4)))
+    with pytest.raises(ValueError, match=r"log_density: expects one trajectory with fields \[T\]; got \(2, 5\)"):
+        trajectory.log_density(batched, tabular.chain_mdp(4), np.full((4, 2), 0.5))
+    # A misspelt method is named with the ones there are, before anything else is looked at.
+    with pytest.raises(ValueError, match=r"importance_value: method must be one of .*got 'pdsi'"):
+        importance.importance_value(None, None, None, None, 0.9, method="pdsi")
+    with pytest.raises(ValueError, match=r"importance_policy_gradient: method must be one of .*got 'pdsi'"):
+        gradient.importance_policy_gradient(None, None, None, 0.9, method="pdsi")
+    with pytest.raises(ValueError, match=r"offline_policy_improvement: method must be one of .*got 'pdsi'"):
+        gradient.offline_policy_improvement(None, None, None, 0.9, None, 2, method="pdsi")
+
+
+def test_unsupported_action_spaces_and_checkpoint_formats(tmp_path, monkeypatch):
+    from pgjax import checkpoints
+    from pgjax.envs import spaces as pgjax_spaces
+
+    for query in (pgjax_spaces.is_discrete, pgjax_spaces.action_dim):
+        with pytest.raises(ValueError, match=r"CartPole-v1: unsupported action space .*need Discrete or Box"):
+            query(_DictActions())
+    path = str(tmp_path / "run.ckpt")
+    monkeypatch.setattr(checkpoints, "FORMAT", 99)  # a checkpoint a later pgjax wrote
+    checkpoints.save(path, {"w": np.zeros(2)}, {}, 1, np.zeros(1))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"run\.ckpt: checkpoint format 99; this pgjax reads format 1"):
+        checkpoints.read_meta(path)
