@@ -518,8 +518,10 @@ def test_one_step_updates_report_the_kl_from_the_old_policy_to_the_new(name):
     new_agent, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), hp, jnp.int32(0))
     old, new = _outputs(network, agent.params, batch.obs)[0], _outputs(network, new_agent.params, batch.obs)[0]
     forward, backward = _np_kl(old, new), _np_kl(new, old)
-    assert forward > 1e-4 and abs(forward - backward) > 0.01 * forward  # the test tells the directions apart
-    np.testing.assert_allclose(float(metrics["kl"]), forward, rtol=1e-3)
+    # The test tells the directions apart: they differ by 10 times its tolerance (0.75% at key offset 48, where a
+    # 1% guard failed; the float32 metric is within 5e-7 of the float64 NumPy value at offsets 0 and 48).
+    assert forward > 1e-4 and abs(forward - backward) > 1e-3 * forward
+    np.testing.assert_allclose(float(metrics["kl"]), forward, rtol=1e-4)
 
 
 def test_trpo_reports_its_move_and_takes_the_damped_natural_step():
