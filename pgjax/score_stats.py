@@ -38,7 +38,7 @@ def _scores(scores) -> np.ndarray:
     if np.isposinf(values).any() and np.isneginf(values).any():
         raise ValueError(f"scores holds both +inf and -inf ({int(np.isposinf(values).sum())} and "
                          f"{int(np.isneginf(values).sum())} seeds): their mean is undefined. Check the runs whose "
-                         f"returns overflowed, or drop them.")
+                         "returns overflowed, or drop them.")
     return values
 
 
@@ -82,11 +82,12 @@ def bootstrap_interval(
     if np.isnan(resampled).any():
         raise ValueError("bootstrap_interval: the statistic returned NaN on a resample of the scores; give a "
                          "statistic defined on every resample.")
-    # Linear interpolation between two equal infinite order statistics is inf - inf = NaN: take the value itself.
+    # Interpolating towards an infinite order statistic gives that infinity, but NumPy's arithmetic (inf - inf,
+    # inf * 0) gives NaN: take the infinite neighbour itself (+inf and -inf together were refused above).
     below, above = (np.quantile(resampled, [tail, 1 - tail], method=m) for m in ("lower", "higher"))
     with np.errstate(invalid="ignore"):
         linear = np.quantile(resampled, [tail, 1 - tail])
-    low, high = np.where(below == above, below, linear)
+    low, high = np.where(np.isinf(below), below, np.where(np.isinf(above), above, linear))
     return float(low), float(high)
 
 

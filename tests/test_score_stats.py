@@ -105,5 +105,11 @@ def test_infinite_scores_are_kept_as_extremes_and_never_give_nan():
                       lambda s: score_stats.probability_of_improvement(s, [0.0])):
         with pytest.raises(ValueError, match=r"both \+inf and -inf \(1 and 1 seeds\)"):
             statistic(both)
+    # A quantile between an infinite and a finite order statistic is the infinite one (NaN before: -inf + inf).
+    ten = np.arange(10.0)
+    for resampled, expected in ((np.r_[-np.inf, ten], (-np.inf, 8.5)), (np.r_[ten, np.inf], (0.5, np.inf))):
+        got = score_stats.bootstrap_interval([1.0, 2.0], lambda s, axis, r=resampled: r, confidence=0.9,
+                                             num_resamples=11)
+        assert got == pytest.approx(expected, rel=1e-12), (got, expected)
     with pytest.raises(ValueError, match="statistic returned NaN"):
         score_stats.bootstrap_interval([1.0, 2.0], lambda s, axis: np.full(s.shape[0], np.nan))
