@@ -10,9 +10,11 @@ import pytest
 from gymnax.environments import spaces
 from gymnax.environments.classic_control.cartpole import CartPole
 
-from pgjax import algos, envs, runs
+from pgjax import algos, checkpoints, envs, estimators, runs, tabular, trajectory
+from pgjax.envs import spaces as pgjax_spaces
+from pgjax.envs.tabular_env import TabularEnv
 from pgjax.offline import dataset as ds
-from pgjax.offline import neural
+from pgjax.offline import gradient, importance, neural
 
 
 def _dataset(n: int = 2, t: int = 3, obs_dim: int = 2) -> ds.Dataset:
@@ -170,10 +172,6 @@ def test_custom_environments_refused_by_the_part_they_break(cls, match):
 
 
 def test_tabular_constructors_and_estimators_refuse_by_name():
-    from pgjax import estimators, tabular, trajectory
-    from pgjax.envs.tabular_env import TabularEnv
-    from pgjax.offline import gradient, importance
-
     with pytest.raises(ValueError, match=r"MDP\.transition must have at least one state and one action"):
         tabular.MDP(np.zeros((0, 2, 0)), np.zeros((0, 2)), np.zeros(0), 0.9)
     with pytest.raises(ValueError, match=r"chain_mdp: slip must lie in \[0, 1\); got 1\.0"):
@@ -199,9 +197,6 @@ def test_tabular_constructors_and_estimators_refuse_by_name():
 
 
 def test_unsupported_action_spaces_and_checkpoint_formats(tmp_path, monkeypatch):
-    from pgjax import checkpoints
-    from pgjax.envs import spaces as pgjax_spaces
-
     for query in (pgjax_spaces.is_discrete, pgjax_spaces.action_dim):
         with pytest.raises(ValueError, match=r"CartPole-v1: unsupported action space .*need Discrete or Box"):
             query(_DictActions())

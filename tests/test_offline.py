@@ -850,11 +850,10 @@ def test_importance_improvement_reports_the_largest_coverage_gap_along_its_run(p
     # Which start climbs depends on the MDP: the first of four whose weighted run peaks after step 0 (at key
     # offsets 0-49 one of them does at all but 19; the fixture's MDP: theta_mu, peak at step 6).
     theta_mu, theta_pi = problem["theta_mu"], problem["theta_pi"]
-    climbing = next((theta for theta in (theta_mu, theta_pi, -theta_mu, -theta_pi)
-                     if np.argmax(uncovered_mass("wpdis", theta)[0]) > 0), None)
+    starts = ((theta, uncovered_mass("wpdis", theta)) for theta in (theta_mu, theta_pi, -theta_mu, -theta_pi))
+    climbing = next(((theta, run) for theta, run in starts if np.argmax(run[0]) > 0), None)
     assert climbing is not None, "no start whose weighted-PDIS run reaches more unseen pairs than it starts with"
-    for method, theta in (("wpdis", climbing), ("pdis", theta_pi)):
-        mass, quiet = uncovered_mass(method, theta)
+    for method, theta, (mass, quiet) in (("wpdis", *climbing), ("pdis", theta_pi, uncovered_mass("pdis", theta_pi))):
         largest = int(np.argmax(mass))
         assert (largest > 0 if method == "wpdis" else largest == 0) and mass[largest] > 0.3, (method, mass)
         with pytest.warns(off.CoverageWarning, match=rf"offline_policy_improvement\('{method}'\) at step {largest} "
