@@ -455,15 +455,7 @@ def main(argv=None) -> int:
         print(f"{args.algo.upper()} on {config.env_id}: {args.num_seeds} seeds x {config.num_updates} updates x "
               f"{config.batch_size} steps = {args.num_seeds * config.num_updates * config.batch_size:,} env steps")
         output = run_sweep(config, train, progress, keys, segments=segments)
-    final = runs.final_returns(output.metrics)
-    if np.isnan(final).any():
-        print(f"warning: {int(np.isnan(final).sum())} seed(s) finished no episode in the last 10% of updates")
-    print(f"final mean episode return (last 10% of updates) per seed: {per_seed(final, seed_indices)}")
-    if not np.isnan(final).all():
-        finished = int(np.sum(~np.isnan(final)))  # a seed without a finished episode has no return to rank
-        print(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}" + (
-            f" (of the {finished} of {len(final)} seeds that finished an episode in the last 10% of updates)"
-            if finished < len(final) else ""))
+    print("\n".join(final_return_lines(runs.final_returns(output.metrics), seed_indices)))
     last_eval = runs.last_evaluation(output.metrics)  # --eval-every: the last evaluation is after the last update
     if last_eval is not None:
         print(f"evaluation after the last update ({config.eval_episodes} episodes, {_eval_actions(config)}) per seed: "
@@ -473,6 +465,32 @@ def main(argv=None) -> int:
     print(f"wrote {out}/config.json, metrics.csv, learning_curve.png, params.msgpack")
     _remove_checkpoint(segments)
     return report_divergence(runs.non_finite_seeds(output, seed_indices), len(seed_indices))
+
+
+def final_return_lines(final: np.ndarray, labels: list[int]) -> list[str]:
+    """What a run prints of its seeds' final returns (`runs.final_returns` [seeds], NaN for a seed that finished no
+    episode in the last 10% of updates; `labels`: their seed indices): a warning counting the NaN seeds, every
+    seed's value (`per_seed`), and the median and worst over the seeds that have a value."""
+    unfinished = int(np.isnan(final).sum())
+    lines = [f"warning: {unfinished} seed(s) finished no episode in the last 10% of updates"] if unfinished else []
+    lines.append(f"final mean episode return (last 10% of updates) per seed: {per_seed(final, labels)}")
+    if unfinished < len(final):  # a seed without a finished episode has no return to rank
+        lines.append(f"median {np.nanmedian(final):.1f}, worst {np.nanmin(final):.1f}" + (
+            f" (of the {len(final) - unfinished} of {len(final)} seeds that finished an episode in the last 10% of "
+            "updates)" if unfinished else ""))
+    return lines
+
+
+def unfinished_cells_note(summary: list[dict]) -> str | None:
+    """The note a grid prints when some cell's seeds finished no episode in the last 10% of updates (`summary`:
+    `runs.save_grid`'s rows, with "cell", "finished" and "seeds"); None when every seed of every cell did."""
+    unfinished = [row for row in summary if row["finished"] < row["seeds"]]
+    if not unfinished:
+        return None
+    # Their means are over the finished seeds only: summarize_final_returns does not pick them best.
+    return ("note: " + "; ".join(f"cell {row['cell']}: {row['finished']} of {row['seeds']} seeds" for row in unfinished)
+            + " finished an episode in the last 10% of updates (the others have no final return); the best cell is "
+            "chosen among the cells whose seeds all did")
 
 
 def per_seed(values: np.ndarray, labels: list[int], most: int = 16) -> str:
@@ -524,12 +542,9 @@ def run_grid(args, config, train, progress, keys, out, grid, segments: Segments 
         print(f"  {row['cell']:4d}  " + "".join(f"{row[n]:{w}g}" for n, w in zip(names, widths))
               + f"{row['median']:9.1f}{row['mean']:9.1f}{row['ci95']:8.1f}{row['worst']:9.1f}{row['best']:9.1f}"
               + f"{row['vs_best']:12.1f} +-{row['vs_best_ci95']:6.1f}")
-    unfinished = [row for row in summary if row["finished"] < row["seeds"]]
-    if unfinished:  # their means are over the finished seeds only: summarize_final_returns does not pick them best
-        print("note: " + "; ".join(f"cell {row['cell']}: {row['finished']} of {row['seeds']} seeds"
-                                   for row in unfinished)
-              + " finished an episode in the last 10% of updates (the others have no final return); the best cell "
-              "is chosen among the cells whose seeds all did")
+    note = unfinished_cells_note(summary)
+    if note:
+        print(note)
     if "eval_median" in summary[0]:
         print(f"last in-run evaluation ({config.eval_episodes} episodes, {_eval_actions(config)}) "
               "over seeds, per cell: "

@@ -13,6 +13,7 @@ import evaluate as evaluate_cli
 import train as train_cli
 
 from pgjax import algos, parallel, runs, tables
+from pgjax.algos import presets
 
 # Half-widths of 95% Student-t intervals at 2 seeds: t_{0.975, 1} for one mean (or a paired difference), t_{0.975, 2}
 # for Welch's difference of two means of equal spread (Welch-Satterthwaite: (2 se^2)^2 / (2 se^4 / 1) = 2).
@@ -131,6 +132,60 @@ def test_bad_flags_fail_clearly(capsys):
         train_cli.main(["--algo", "nope"])
 
 
+def test_run_flags_fail_clearly_before_anything_is_built(capsys):
+    """train.py's own flags (not config fields) are checked when parsed, each refusal naming the flag."""
+    indices = "--seed-indices must be distinct ints in [0, --num-seeds=4)"
+    bad = {
+        ("--num-seeds", "0"): "--num-seeds must be >= 1; got 0",
+        ("--num-seeds", "4", "--seed-indices", "-1"): indices,
+        ("--num-seeds", "4", "--seed-indices", "4"): indices,
+        ("--num-seeds", "4", "--seed-indices", "1", "1"): indices,
+        ("--checkpoint-every", "-1"): "--checkpoint-every must be >= 0 (0: no checkpoints); got -1",
+        ("--checkpoint-every", "2", "--num-seeds", "4", "--seed-indices", "0"): "does not combine with --seed-indices",
+        ("--cpu-devices", "0"): "--cpu-devices must be 'auto' or a positive int; got '0'",
+        ("--cpu-devices", "two"): "--cpu-devices must be 'auto' or a positive int; got 'two'",
+    }
+    for flags, message in bad.items():
+        with pytest.raises(SystemExit) as exit_info:
+            train_cli.parse_args(["--algo", "ppo", *flags])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, flags
+    args, _ = train_cli.parse_args(["--num-seeds", "4", "--seed-indices", "3", "0", "--checkpoint-every", "0"])
+    assert args.seed_indices == [3, 0] and args.checkpoint_every == 0
+
+
+def test_the_preset_is_the_chosen_environments_and_flags_override_it():
+    """Settings = the documented preset for (--algo, --env), then the flags given: Acrobot's preset for --env
+    Acrobot-v1 (not the config's default environment's), one flag replacing one of its values."""
+    for algo, env_id in (("ppo", "Acrobot-v1"), ("a2c", "Pendulum-v1"), ("ppo", None)):
+        config_cls, _ = algos.get(algo)
+        _, config = train_cli.parse_args(["--algo", algo] + (["--env", env_id] if env_id else []))
+        env_id = env_id or config_cls.env_id
+        preset = presets.preset(algo, env_id)
+        assert preset and config == config_cls(env_id=env_id, **preset), (algo, env_id)
+    _, config = train_cli.parse_args(["--algo", "ppo", "--env", "Acrobot-v1", "--learning-rate", "5e-4"])
+    assert config == algos.PPOConfig(**{**presets.preset("ppo", "Acrobot-v1"), "env_id": "Acrobot-v1",
+                                        "learning_rate": 5e-4})
+
+
+def test_final_returns_print_which_seeds_finished_no_episode():
+    """A seed that finished no episode in the last 10% of updates (NaN) is counted in a warning and left out of the
+    median and worst, which say over how many seeds they are; with none finished, there is no median to print."""
+    lines = train_cli.final_return_lines(np.array([np.nan, 10.0, 30.0, 20.0]), [4, 5, 6, 7])
+    assert lines == ["warning: 1 seed(s) finished no episode in the last 10% of updates",
+                     "final mean episode return (last 10% of updates) per seed: [nan, 10.0, 30.0, 20.0]",
+                     "median 20.0, worst 10.0 (of the 3 of 4 seeds that finished an episode in the last 10% of "
+                     "updates)"]
+    assert train_cli.final_return_lines(np.array([2.0, 1.0]), [0, 1])[1:] == ["median 1.5, worst 1.0"]
+    assert len(train_cli.final_return_lines(np.array([2.0, 1.0]), [0, 1])) == 2
+    assert train_cli.final_return_lines(np.full(2, np.nan), [0, 1]) == [
+        "warning: 2 seed(s) finished no episode in the last 10% of updates",
+        "final mean episode return (last 10% of updates) per seed: [nan, nan]"]
+    summary = [dict(cell=0, finished=2, seeds=2), dict(cell=1, finished=0, seeds=2), dict(cell=2, finished=1, seeds=2)]
+    assert train_cli.unfinished_cells_note(summary[:1]) is None
+    assert train_cli.unfinished_cells_note(summary).startswith(
+        "note: cell 1: 0 of 2 seeds; cell 2: 1 of 2 seeds finished an episode in the last 10% of updates")
+
+
 def test_every_config_field_is_documented_and_the_help_shows_the_preset(capsys):
     """`common.field_docs` finds a description for every field of every algorithm's config (and none for a field
     that does not exist), and `train.py --help` shows it with the default and the environment's preset value."""
@@ -206,7 +261,8 @@ def test_an_out_directory_holding_a_run_is_refused_unless_overwritten(run_dir, t
         runs.load_run(str(grid))
 
 
-def test_output_paths_that_cannot_be_written_are_refused_before_anything_runs(run_dir, tmp_path, capsys):
+def test_output_paths_that_cannot_be_written_are_refused_before_anything_runs(run_dir, tmp_path, capsys,
+                                                                             monkeypatch):
     """train.py --out naming a file trained the whole run, then lost it in a FileExistsError at save_run; the other
     scripts failed the same way at their last line (quality.py after every pair had trained). Each now refuses
     such a path with its flags (`tables.output_path_problem`), and compare.py a threshold that is not a number."""
@@ -232,6 +288,14 @@ def test_output_paths_that_cannot_be_written_are_refused_before_anything_runs(ru
     assert "--out: " in errors and "--threshold must be a finite return; got nan" in errors
     assert f"--csv: {a_dir} is a directory" in errors
     assert not os.listdir(a_dir) and a_file.read_text() == "x"
+    with pytest.raises(SystemExit):
+        evaluate_cli.main([run_dir, "--episodes", "0"])
+    assert "--episodes must be >= 1; got 0" in capsys.readouterr().err
+    # Folders the user may not write to (chmod cannot show it when the tests run as root, who may write anywhere).
+    monkeypatch.setattr(tables.os, "access", lambda path, mode: False)
+    assert tables.output_path_problem(str(a_dir), "dir") == f"{a_dir} is not writable"
+    assert tables.output_path_problem(str(a_dir / "new.csv"), "file") == (
+        f"{a_dir} is not writable, so {a_dir / 'new.csv'} cannot be created")
 
 
 def test_load_run_rejects_incomplete_dir(tmp_path):
@@ -264,6 +328,12 @@ def test_replayed_seed_reproduces_its_row_of_the_sweep(run_dir, tmp_path, capsys
     assert meta["replay"] == {"sweep_num_seeds": 2, "sweep_lanes": 2, "sweep_devices": devices,
                               "lanes_per_device": 2 // devices}
     assert (sweep["num_seeds"], len(sweep["devices"])) == (2, devices) and "replay" not in sweep
+    # evaluate.py evaluates seed i under key(--seed + i) wherever it ran: the replay's seed 1 as the sweep's seed 1.
+    assert evaluate_cli.main([replay, "--episodes", "2", "--csv", str(tmp_path / "eval.csv")]) == 0
+    _, config, _, _ = runs.load_run(run_dir)
+    sweep_seed_1 = jax.tree_util.tree_map(lambda x: x[1], sweep_params)
+    assert [float(r["episode_return"]) for r in tables.read_csv(str(tmp_path / "eval.csv"))] == list(
+        np.asarray(runs.evaluate(jax.random.key(123 + 1), config, sweep_seed_1, None, 2), np.float64))
 
 
 def _rows_without_wall_time(run, seed=None):
@@ -334,7 +404,7 @@ def test_interrupted_run_resumes_from_its_checkpoint_bit_for_bit(run_dir, tmp_pa
 
 GRID_FLAGS = ["--algo", "ppo", "--env", "CartPole-v1", "--num-seeds", "2", "--total-timesteps", "4096",
               "--num-steps", "64", "--eval-every", "8", "--eval-episodes", "2", "--no-progress",
-              "--grid", "learning_rate=1e-3,2.5e-4"]
+              "--grid", "learning_rate=1e-3,2.5e-4", "--normalize-observations", "true"]
 
 
 @pytest.fixture(scope="module")
@@ -399,6 +469,9 @@ def test_grid_cell_is_a_run_directory_and_its_seeds_replay_bit_for_bit(grid_dir,
     replay = str(tmp_path / "replay")
     assert train_cli.main([*GRID_FLAGS, "--seed-indices", "1", "--out", replay]) == 0
     assert len(rows(replay)) == 2 * 16 and rows(replay) == rows(grid_dir, "1")
+    with open(os.path.join(replay, "config.json")) as f:  # the grid's program: 2 cells x 2 seeds
+        assumed = json.load(f)["replay"]
+    assert (assumed["sweep_num_seeds"], assumed["sweep_lanes"]) == (2, 4)
     assert [r["seeds"] for r in tables.read_csv(os.path.join(replay, "summary.csv"))] == ["1", "1"]
 
 
@@ -413,10 +486,11 @@ def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_pat
         (str(c), str(lr), str(s), str(e)) for c, lr in enumerate([1e-3, 2.5e-4]) for s in range(2) for e in range(2)]
     printed = capsys.readouterr().out
     for cell in range(2):  # each cell's episodes are its own seeds' policies under key(--seed + seed)
-        _, config, params, _ = runs.load_run(os.path.join(grid_dir, f"cell-{cell}"))
+        _, config, params, stats = runs.load_run(os.path.join(grid_dir, f"cell-{cell}"))
+        assert config.normalize_observations and stats is not None
         for seed in range(2):
-            seed_params = jax.tree_util.tree_map(lambda x: x[seed], params)
-            direct = np.asarray(runs.evaluate(jax.random.key(123 + seed), config, seed_params, None, 2))
+            seed_params, seed_stats = jax.tree_util.tree_map(lambda x: x[seed], (params, stats))
+            direct = np.asarray(runs.evaluate(jax.random.key(123 + seed), config, seed_params, seed_stats, 2))
             logged = [float(r["episode_return"]) for r in rows if r["cell"] == str(cell) and r["seed"] == str(seed)]
             np.testing.assert_array_equal(logged, direct)
         assert f"cell {cell} (learning_rate=" in printed
@@ -429,6 +503,14 @@ def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_pat
         assert float(row["iqm"]) == pytest.approx(np.mean(means))  # 2 seeds: nothing cut
     best = max(summary, key=lambda r: float(r["mean"]))
     assert float(best["vs_best"]) == 0.0 and float(best["p_improve_vs_best"]) == 0.5
+    # Both cells' seeds evaluated under the same keys: the other cell's difference is paired seed by seed.
+    means = {c: np.array([np.mean([float(r["episode_return"]) for r in rows if r["cell"] == c and r["seed"] == s])
+                          for s in ("0", "1")]) for c in ("0", "1")}
+    other = next(r for r in summary if r is not best)
+    difference = means[other["cell"]] - means[best["cell"]]
+    paired = T_1 * difference.std(ddof=1) / np.sqrt(2)
+    welch = T_2 * np.hypot(*(m.std(ddof=1) / np.sqrt(2) for m in means.values()))
+    assert float(other["vs_best_ci95"]) == pytest.approx(paired) and paired != pytest.approx(welch)
     assert [(r["cell"], r["learning_rate"]) for r in summary] == [("0", "0.001"), ("1", "0.00025")]
 
 
@@ -483,6 +565,7 @@ def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
         assert float(row["auc"]) == pytest.approx(aucs.mean(), rel=1e-9)
         assert float(row["auc_ci95"]) == pytest.approx(T_1 * aucs.std(ddof=1) / np.sqrt(2), rel=1e-9)
         assert int(row["reached"]) == len(steps) and float(row["threshold"]) == 30.0
+        assert int(row["env_steps"]) == 16 * 256  # each run's, after its last update
         if steps:
             assert float(row["steps_to_threshold_median"]) == np.median(steps)
         # 2 seeds: the IQM cuts none (n // 4 = 0); P(> best) counts the 4 seed pairs, ties half.
@@ -513,9 +596,11 @@ def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):
     meta["seed"] = 7  # another base seed: its seeds are not the run's, so no pairing
     (other / "config.json").write_text(json.dumps(meta))
     out = str(tmp_path / "cmp")
-    assert compare_cli.main([run_dir, str(other), "--out", out]) == 0
+    assert compare_cli.main([run_dir, str(other), "--out", out, "--resamples", "1"]) == 0
     rows = tables.read_csv(os.path.join(out, "comparison.csv"))
     assert [r["paired"] for r in rows] == ["False", "False"]
+    # One bootstrap resample (--resamples 1): the IQM interval is that resample's IQM, both ends.
+    assert all(r["iqm_low"] == r["iqm_high"] for r in rows)
     # The same numbers under another seed label: equal means, and Welch's interval of two independent means.
     own = np.array(list(_final_returns_from_csv(run_dir).values()))
     se = own.std(ddof=1) / np.sqrt(2)
@@ -527,9 +612,17 @@ def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):
     meta["config"]["env_kwargs"] = {"gravity": 12.0}
     (other / "config.json").write_text(json.dumps(meta))
     assert compare_cli.main([run_dir, str(other), "--out", out]) == 0
-    assert [r["env_variant"] for r in tables.read_csv(os.path.join(out, "comparison.csv"))] == ["", "gravity=12.0"]
+    rows = tables.read_csv(os.path.join(out, "comparison.csv"))
+    assert [r["env_variant"] for r in rows] == ["", "gravity=12.0"]
+    assert rows[0]["iqm_low"] < rows[0]["iqm_high"]  # 2000 resamples by default
     assert ("note: the runs trained on different variants of CartPole-v1 (column env_variant): ppo: default; "
             "other: gravity=12.0") in capsys.readouterr().out
+    meta["config"]["env_randomize"] = {"length": [0.25, 2.0]}  # drawn per episode: a variant too
+    (other / "config.json").write_text(json.dumps(meta))
+    assert compare_cli.main([run_dir, str(other), "--out", out]) == 0
+    assert tables.read_csv(os.path.join(out, "comparison.csv"))[1]["env_variant"] == (
+        "gravity=12.0 randomize length=[0.25, 2.0]")
+    capsys.readouterr()
 
     meta["config"]["env_id"] = "Acrobot-v1"
     (other / "config.json").write_text(json.dumps(meta))
@@ -553,6 +646,25 @@ def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             compare_cli.main([run_dir, str(other), "--out", out])
         assert exit_info.value.code == 2 and f"{path}: {message}" in capsys.readouterr().err, message
+
+
+def test_comparison_rows_count_the_seeds_that_reach_a_threshold_and_when():
+    """compare.comparison_rows on made-up metrics (nothing trained): four seeds' returns climb by 20, 10, 5 and 0 per
+    update (100 env steps each); the mean of the last 10 updates first reaches 60 at update 9 (the first full
+    window), 11 and 17 (a (k - 4.5) >= 60), and never: env steps 1000, 1200, 1800. A run without in-run
+    evaluations next to one with them."""
+    ramp = np.arange(20.0)
+    metrics = {"episode_return": np.stack([20 * ramp, 10 * ramp, 5 * ramp, 0 * ramp]),
+               "env_steps": np.tile(100.0 * (ramp + 1), (4, 1))}
+    evaluated = {**metrics, "eval_return": np.full((4, 20), np.nan)}
+    evaluated["eval_return"][:, -1] = [1.0, 2.0, 3.0, 4.0]
+    entries = [dict(label=label, algo="ppo", env_variant="", seed=0, seeds=[0, 1, 2, 3], metrics=m,
+                    final=runs.final_returns(m)) for label, m in (("plain", metrics), ("evaluated", evaluated))]
+    rows, paired = compare_cli.comparison_rows(entries, threshold=60.0, resamples=10)
+    assert paired and list(rows[0]) == list(rows[1])  # the same columns: empty evaluation cells for "plain"
+    assert rows[0]["eval_median"] == "" and rows[1]["eval_median"] == 2.5
+    for row in rows:  # the median of the steps taken (1200), not their mean (1333.3)
+        assert (row["reached"], row["steps_to_threshold_median"], row["env_steps"]) == (3, 1200.0, 2000)
 
 
 def test_many_seeds_print_their_lowest_and_quartiles_not_every_value():

@@ -154,7 +154,11 @@ def test_cli_env_grid_writes_each_cell_with_its_variant(env_grid_dir, capsys):
     long = [float(r["episode_length"]) for r in rows if r["cell"] == "1" and r["episode_length"] not in ("", "nan")]
     assert max(long) > 12.0
     with open(os.path.join(env_grid_dir, "cell-0", "config.json")) as f:
-        assert json.load(f)["config"]["env_kwargs"] == {"gravity": 12, "max_steps_in_episode": 12}
+        env_kwargs = json.load(f)["config"]["env_kwargs"]
+    assert env_kwargs == {"gravity": 12, "max_steps_in_episode": 12}
+    # An int field's grid values stay ints (JSON's 12.0 == 12 in Python: the type and the CSV's text tell them apart).
+    assert type(env_kwargs["max_steps_in_episode"]) is int
+    assert {r["env.max_steps_in_episode"] for r in rows} == {"12", "500"}
     _, config, _, _ = runs.load_run(os.path.join(env_grid_dir, "cell-1"))
     assert dict(config.env_kwargs) == {"gravity": 12, "max_steps_in_episode": 500}
 
@@ -171,20 +175,31 @@ def test_cli_env_grid_writes_each_cell_with_its_variant(env_grid_dir, capsys):
 
 def test_cli_env_sweep_evaluates_every_value_of_a_keyword(env_grid_dir, capsys):
     """evaluate.py --env-sweep on a 2-cell grid: every cell at every step limit, the per-value summary equal to the
-    episodes' CSV, and a plot."""
-    assert evaluate_cli.main([env_grid_dir, "--episodes", "2", "--env-sweep", "max_steps_in_episode=5,9"]) == 0
+    episodes' CSV (differences from the best value paired by seed: the same policies and keys at every value), and
+    a plot."""
+    assert evaluate_cli.main([env_grid_dir, "--episodes", "2", "--env-sweep", "max_steps_in_episode=5,9,200"]) == 0
     episodes = tables.read_csv(os.path.join(env_grid_dir, "evaluation_sweep_max_steps_in_episode.csv"))
-    assert len(episodes) == 2 * 2 * 2 * 2  # values x cells x seeds x episodes
+    assert len(episodes) == 3 * 2 * 2 * 2  # values x cells x seeds x episodes
     assert [float(r["episode_return"]) for r in episodes if r["max_steps_in_episode"] == "5"] == [5.0] * 8
-    assert all(float(r["episode_return"]) <= 9 for r in episodes)
+    assert all(float(r["episode_return"]) <= int(r["max_steps_in_episode"]) for r in episodes)
     summary = tables.read_csv(os.path.join(env_grid_dir, "robustness_max_steps_in_episode.csv"))
-    assert [(r["cell"], r["max_steps_in_episode"]) for r in summary] == [("0", "5"), ("0", "9"), ("1", "5"), ("1", "9")]
+    assert [(r["cell"], r["max_steps_in_episode"]) for r in summary] == [
+        (cell, value) for cell in ("0", "1") for value in ("5", "9", "200")]
+    means = {(row["cell"], row["max_steps_in_episode"]): np.array(
+        [np.mean([float(r["episode_return"]) for r in episodes if r["cell"] == row["cell"]
+                  and r["max_steps_in_episode"] == row["max_steps_in_episode"] and r["seed"] == seed])
+         for seed in ("0", "1")]) for row in summary}
     for row in summary:
-        means = [np.mean([float(r["episode_return"]) for r in episodes if r["cell"] == row["cell"]
-                          and r["max_steps_in_episode"] == row["max_steps_in_episode"] and r["seed"] == seed])
-                 for seed in ("0", "1")]
-        assert float(row["median"]) == pytest.approx(np.median(means))
-        assert float(row["worst"]) == pytest.approx(min(means))
+        own = means[row["cell"], row["max_steps_in_episode"]]
+        assert float(row["median"]) == pytest.approx(np.median(own))
+        assert float(row["worst"]) == pytest.approx(own.min())
+        best = max((m for (cell, _), m in means.items() if cell == row["cell"]), key=np.mean)
+        half = float(runs.t_quantile(1)) * (own - best).std(ddof=1) / np.sqrt(2)
+        assert float(row["vs_best_ci95"]) == pytest.approx(half, abs=1e-9)
+    unpaired = [row for cell in ("0", "1") for row in runs.summarize_final_returns(
+        [m for (c, _), m in means.items() if c == cell], [None] * 3, paired=False)]
+    assert any(float(row["vs_best_ci95"]) != pytest.approx(other["vs_best_ci95"])  # (else nothing here to check)
+               for row, other in zip(summary, unpaired))
     assert os.path.getsize(os.path.join(env_grid_dir, "robustness_max_steps_in_episode.png")) > 0
     assert "cell 1 (env.max_steps_in_episode=500): max_steps_in_episode=5: median 5.0" in capsys.readouterr().out
     # Seed 1 of both cells again, as lanes of the grid's per-device program: its rows, bit for bit.

@@ -117,6 +117,7 @@ def test_concrete_scalar_reads_known_values_and_leaves_traced_ones():
     assert validation.concrete_scalar(0.5) == 0.5 and validation.concrete_scalar(np.float32(2.0)) == 2.0
     assert validation.concrete_scalar(jnp.asarray(0.25)) == 0.25
     assert validation.concrete_scalar(True) is None and validation.concrete_scalar(jnp.ones(2)) is None
+    assert validation.concrete_scalar(np.ones(1)) is None  # one entry, but not a scalar
     seen = []
     jax.jit(lambda x: seen.append(validation.concrete_scalar(x)) or x)(jnp.asarray(0.1))
     assert seen == [None]
@@ -226,3 +227,12 @@ def test_estimators_and_losses_refuse_known_discounts_and_clips_out_of_range():
     np.testing.assert_allclose(np.asarray(adv), 1.0)
     traced = jax.jit(lambda g: trajectory.rewards_to_go(jnp.ones(3), g))(jnp.asarray(0.5))
     np.testing.assert_allclose(np.asarray(traced), [1.75, 1.5, 1.0])
+
+
+def test_check_known_discount_takes_the_closed_unit_interval():
+    """A discount in [0, 1]: 0 (only the first reward) and 1 (undiscounted sums over finite steps) are allowed."""
+    for discount in (0.0, 0, 0.5, 1.0, np.float32(0.99)):
+        validation.check_known_discount("f", discount)
+    for bad in (-0.01, 1.01, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"^f: discount must be a number in \[0, 1\]; got"):
+            validation.check_known_discount("f", bad)
