@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+import evaluate as evaluate_cli
 import train as train_cli
 
-from pgjax import algos, runs
+from pgjax import algos, runs, tables
 from pgjax.algos import evaluation
 
 
@@ -342,6 +343,11 @@ def test_a_normalised_run_reloads_its_statistics_and_evaluates_as_trained(tmp_pa
     np.testing.assert_array_equal(np.asarray(reloaded), np.asarray(in_memory))
     sampled = runs.evaluate(key, config, seed(params, 1), seed(stats, 1), num_episodes=4, deterministic=False)
     assert not np.array_equal(np.asarray(sampled), np.asarray(reloaded))
+    # evaluate.py passes each seed its statistics (seed i under key(--seed + i): seed 1 under key(5) with --seed 4).
+    csv = str(tmp_path / "evaluation.csv")
+    assert evaluate_cli.main([str(tmp_path), "--episodes", "4", "--seed", "4", "--csv", csv]) == 0
+    script = [float(r["episode_return"]) for r in tables.read_csv(csv) if r["seed"] == "1"]
+    assert script == np.asarray(reloaded, np.float64).tolist()
 
 
 def test_final_returns_skip_updates_without_a_finished_episode():
