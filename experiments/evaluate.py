@@ -58,6 +58,14 @@ def evaluate_seeds(run, labels: list[int], args, quiet: bool = False) -> tuple[l
     return means, rows
 
 
+def cell_summary(cells: list[dict], cell_means: list[np.ndarray]) -> list[dict]:
+    """Per grid cell (`cells`: its values), `runs.summarize_final_returns` of its seeds' mean returns (`cell_means`:
+    [seeds] per cell), the cell's number and values first. Every cell evaluates the same seeds with the same keys:
+    the differences from the best cell are paired, like the training summary's."""
+    stats = runs.summarize_final_returns(cell_means, [None] * len(cells), paired=True)
+    return [{"cell": index, **cell, **row} for index, (cell, row) in enumerate(zip(cells, stats))]
+
+
 def with_env_kwargs(loaded: list, variant: dict) -> list:
     """The loaded runs with `variant`'s keywords over each run's own `env_kwargs`; ValueError for an unknown one."""
     out = [(algo, config.replace(env_kwargs={**dict(config.env_kwargs), **variant}), params, stats)
@@ -208,9 +216,7 @@ def main(argv=None) -> int:
             means, cell_rows = evaluate_seeds(run, labels, args)
             rows += [{"cell": index, **cell, **row} for row in cell_rows]
             cell_means.append(np.array(means))
-        # Every cell evaluates the same seeds with the same keys: paired, like the training summary.
-        cell_stats = runs.summarize_final_returns(cell_means, [None] * len(cells), paired=True)
-        summary = [{"cell": index, **cell, **row} for index, (cell, row) in enumerate(zip(cells, cell_stats))]
+        summary = cell_summary(cells, cell_means)
         print("over each cell's seeds' mean returns:")
         for row in summary:
             print(f"  cell {row['cell']} ({runs.cell_label(cells[row['cell']])}): median {row['median']:.1f}, "
