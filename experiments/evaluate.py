@@ -58,12 +58,17 @@ def evaluate_seeds(run, labels: list[int], args, quiet: bool = False) -> tuple[l
     return means, rows
 
 
+def paired_summary(means: list[np.ndarray]) -> list[dict]:
+    """`runs.summarize_final_returns` of groups of the same seeds' mean returns ([seeds] per group: a grid's cells,
+    or one run at each value of --env-sweep), each seed evaluated with the same key in every group: the
+    differences from the best group are paired seed by seed, like the training summary's."""
+    return runs.summarize_final_returns(means, [None] * len(means), paired=True)
+
+
 def cell_summary(cells: list[dict], cell_means: list[np.ndarray]) -> list[dict]:
-    """Per grid cell (`cells`: its values), `runs.summarize_final_returns` of its seeds' mean returns (`cell_means`:
-    [seeds] per cell), the cell's number and values first. Every cell evaluates the same seeds with the same keys:
-    the differences from the best cell are paired, like the training summary's."""
-    stats = runs.summarize_final_returns(cell_means, [None] * len(cells), paired=True)
-    return [{"cell": index, **cell, **row} for index, (cell, row) in enumerate(zip(cells, stats))]
+    """Per grid cell (`cells`: its values), `paired_summary` of its seeds' mean returns (`cell_means`: [seeds] per
+    cell), the cell's number and values first."""
+    return [{"cell": index, **cell, **row} for index, (cell, row) in enumerate(zip(cells, paired_summary(cell_means)))]
 
 
 def with_env_kwargs(loaded: list, variant: dict) -> list:
@@ -108,8 +113,7 @@ def sweep(loaded: list, cells: list | None, labels: list[int], args, key: str, v
     summary = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for index, means in enumerate(per_group_means):
-        # The same policies and evaluation keys at every value: paired across values.
-        stats = runs.summarize_final_returns(means, [None] * len(values), paired=True)
+        stats = paired_summary(means)  # the same policies and evaluation keys at every value
         cell = {"cell": index, **groups[index]} if cells else {}
         summary += [{**cell, key: value, **row} for value, row in zip(values, stats)]
         label = runs.cell_label(groups[index]) if cells else "median over seeds"

@@ -508,8 +508,10 @@ def test_evaluate_a_grid_evaluates_every_cell_with_one_compile(grid_dir, tmp_pat
 
 
 def test_a_grids_evaluation_summary_pairs_the_cells_seed_by_seed():
-    """Every cell of a grid is evaluated on the same seeds under the same keys: the difference from the best cell is
-    paired seed by seed (made-up means whose cells differ by about 1 on every seed, with seeds far apart)."""
+    """Every cell of a grid (and every value of --env-sweep: `evaluate.paired_summary` serves both) is evaluated on
+    the same seeds under the same keys: the difference from the best cell is paired seed by seed (made-up means
+    whose cells differ by about 1 on every seed, with seeds far apart: the data of an end-to-end run often cannot
+    tell, e.g. when the best cell scores the step limit on every seed)."""
     cells = [{"learning_rate": 1e-3}, {"learning_rate": 2.5e-4}]
     means = [np.array([1.0, 5.0, 9.0]), np.array([2.0, 6.0, 10.5])]
     summary = evaluate_cli.cell_summary(cells, means)
