@@ -25,10 +25,12 @@ def out(tmp_path_factory):
     return out
 
 
-def _exact(args):
-    """Float64 NumPy answers for alpha 0.7 (Q* by value iteration): the target pi, J(pi) and J(behaviour), the
+@pytest.fixture(scope="module")
+def exact(out):
+    """Float64 NumPy answers for alpha 0.7 (Q* by value iteration): the script's args, J(pi) and J(behaviour), the
     H-step returns J_H(pi) and J_H(behaviour) that importance sampling estimates, and the distance
     sqrt(sum_{s,a} d^D (1 - w)^2) of the true ratio w = d^pi / d^D from 1, d^D the logged data's distribution."""
+    args = script.parse_args([*FLAGS, "--out", out])
     mdp = script.make_problem(args)[0]
     P, R, mu0 = (np.asarray(x, np.float64) for x in (mdp.transition, mdp.reward, mdp.initial))
     gamma = float(args.discount)
@@ -57,12 +59,11 @@ def _exact(args):
     d_target = (1 - gamma) * np.linalg.solve((np.eye(len(mu0)) - gamma * np.einsum("sa,sat->st", target, P)).T,
                                              mu0)[:, None] * target
     w_distance = math.sqrt(np.sum(d_data * (1 - d_target / d_data) ** 2))
-    return target, value(target), value(behaviour), horizon_value(target), horizon_value(behaviour), w_distance
+    return args, value(target), value(behaviour), horizon_value(target), horizon_value(behaviour), w_distance
 
 
-def test_values_are_scored_against_the_exact_normalised_return(out):
-    args = script.parse_args([*FLAGS, "--out", out])
-    _, j_target, _, jh_target, jh_behaviour, w_distance = _exact(args)
+def test_values_are_scored_against_the_exact_normalised_return(out, exact):
+    args, j_target, _, jh_target, jh_behaviour, w_distance = exact
     rows = tables.read_csv(os.path.join(out, "values.csv"))
     assert len(rows) == 1 * 2 * 8 * len(script.VALUE_METHODS)  # alphas x sizes x seeds x methods
     truth = (1 - args.discount) * j_target
@@ -96,9 +97,8 @@ def test_values_are_scored_against_the_exact_normalised_return(out):
     assert float(large["grad_cosine_dualdice"]) > 0.95
 
 
-def test_offline_improvement_starts_at_the_behaviour_policy_and_improves_it(out):
-    args = script.parse_args([*FLAGS, "--out", out])
-    _, j_target, j_behaviour, *_ = _exact(args)
+def test_offline_improvement_starts_at_the_behaviour_policy_and_improves_it(out, exact):
+    _, j_target, j_behaviour, *_ = exact
     rows = tables.read_csv(os.path.join(out, "improvement.csv"))
     assert [int(r["step"]) for r in rows] == list(range(len(rows))) and len(rows) >= 3
     values = [float(r["true_value"]) for r in rows]

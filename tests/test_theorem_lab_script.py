@@ -10,6 +10,8 @@ import pytest
 
 from subprocess_env import ROOT, run_cpu_python
 
+from pgjax import estimators, tables
+
 SCRIPT = """
 import contextlib, io, json, os, sys
 sys.path.insert(0, os.path.join({root!r}, "experiments"))
@@ -59,8 +61,6 @@ def test_the_theorem_check_holds_and_can_fail(lab_run):
 
 def test_the_estimator_lab_shows_the_variance_and_the_truncation_bias(lab_run):
     _, out = lab_run
-    from pgjax import estimators, tables
-
     rows = tables.read_csv(os.path.join(out, "estimator_lab.csv"))
     names = [*estimators.ESTIMATORS, "truncated_2"]
     assert [(r["estimator"], int(r["trajectories"])) for r in rows] == [(n, m) for n in names for m in (1, 2, 4)]
