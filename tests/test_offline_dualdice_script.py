@@ -6,6 +6,7 @@ the target and J are computed again in NumPy (value iteration, a linear solve), 
 
 import math
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import pytest
 import offline_dualdice as script
 
 from pgjax import tables
+from tabular_reference import numpy_reference, value_iteration_q
 
 FLAGS = ["--mdp", "random", "--sizes", "20", "200", "--seeds", "8", "--alphas", "0.7", "--horizon", "60",
          "--improve-steps", "3", "--improve-size", "20", "--no-progress"]
@@ -27,23 +29,20 @@ def out(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exact(out):
-    """Float64 NumPy answers for alpha 0.7 (Q* by value iteration): the script's args, J(pi) and J(behaviour), the
-    H-step returns J_H(pi) and J_H(behaviour) that importance sampling estimates, and the distance
-    sqrt(sum_{s,a} d^D (1 - w)^2) of the true ratio w = d^pi / d^D from 1, d^D the logged data's distribution."""
+    """Float64 NumPy answers for alpha 0.7 (`tabular_reference`: Q* by value iteration, V, d^pi and J by matrix
+    inversion): the script's args, J(pi) and J(behaviour), the H-step returns J_H(pi) and J_H(behaviour) that
+    importance sampling estimates, and the distance sqrt(sum_{s,a} d^D (1 - w)^2) of the true ratio
+    w = d^pi / d^D from 1, d^D the logged data's distribution."""
     args = script.parse_args([*FLAGS, "--out", out])
     mdp = script.make_problem(args)[0]
     P, R, mu0 = (np.asarray(x, np.float64) for x in (mdp.transition, mdp.reward, mdp.initial))
     gamma = float(args.discount)
-    q = np.zeros_like(R)
-    for _ in range(2000):  # gamma^2000 < 1e-40: converged to rounding
-        q = R + gamma * P @ q.max(axis=1)
-    logits = q / args.temperature
+    logits = value_iteration_q(mdp) / args.temperature
     target = np.exp(logits - logits.max(axis=1, keepdims=True))
     target /= target.sum(axis=1, keepdims=True)
 
     def value(pi):
-        v = np.linalg.solve(np.eye(len(mu0)) - gamma * np.einsum("sa,sat->st", pi, P), (pi * R).sum(axis=1))
-        return float(mu0 @ v)
+        return float(numpy_reference(P, R, mu0, gamma, pi)[3])
 
     def state_distributions(pi):  # mu0 (P^pi)^t for t < H
         p_pi, out = np.einsum("sa,sat->st", pi, P), [mu0]
@@ -56,17 +55,17 @@ def exact(out):
 
     behaviour = 0.7 * target + 0.3 / R.shape[1]
     d_data = state_distributions(behaviour).mean(axis=0)[:, None] * behaviour
-    d_target = (1 - gamma) * np.linalg.solve((np.eye(len(mu0)) - gamma * np.einsum("sa,sat->st", target, P)).T,
-                                             mu0)[:, None] * target
-    w_distance = math.sqrt(np.sum(d_data * (1 - d_target / d_data) ** 2))
-    return args, value(target), value(behaviour), horizon_value(target), horizon_value(behaviour), w_distance
+    d_target = numpy_reference(P, R, mu0, gamma, target)[2][:, None] * target
+    return SimpleNamespace(args=args, j_target=value(target), j_behaviour=value(behaviour),
+                           jh_target=horizon_value(target), jh_behaviour=horizon_value(behaviour),
+                           w_distance=math.sqrt(np.sum(d_data * (1 - d_target / d_data) ** 2)))
 
 
 def test_values_are_scored_against_the_exact_normalised_return(out, exact):
-    args, j_target, _, jh_target, jh_behaviour, w_distance = exact
+    args = exact.args
     rows = tables.read_csv(os.path.join(out, "values.csv"))
     assert len(rows) == 1 * 2 * 8 * len(script.VALUE_METHODS)  # alphas x sizes x seeds x methods
-    truth = (1 - args.discount) * j_target
+    truth = (1 - args.discount) * exact.j_target
     for row in rows:
         assert float(row["truth"]) == pytest.approx(truth, rel=1e-5)
         error = float(row["normalised_value"]) - float(row["truth"])
@@ -86,24 +85,23 @@ def test_values_are_scored_against_the_exact_normalised_return(out, exact):
     assert float(large["ratio_error"]) < 0.5 * float(small["ratio_error"])
     assert float(large["ratio_error"]) < float(large["ratio_error_of_w_equal_1"])
     for point in summary:  # the data are the behaviour policy's, logged over --horizon steps
-        assert float(point["ratio_error_of_w_equal_1"]) == pytest.approx(w_distance, rel=1e-4)
+        assert float(point["ratio_error_of_w_equal_1"]) == pytest.approx(exact.w_distance, rel=1e-4)
     # Weighted IS estimates the target's 60-step return, not the behaviour's: normalised 0.5335 and 0.4997; the
     # means of 8 datasets of 200 trajectories were 0.5390 (WIS) and 0.5365 (weighted PDIS), +- 0.002.
     scale = 1 - args.discount
     for method in ("wis", "wpdis"):
         mean = np.mean([float(r["normalised_value"]) for r in rows if r["method"] == method
                         and r["num_trajectories"] == "200"])
-        assert abs(mean - scale * jh_target) < abs(mean - scale * jh_behaviour) / 3, method
+        assert abs(mean - scale * exact.jh_target) < abs(mean - scale * exact.jh_behaviour) / 3, method
     assert float(large["grad_cosine_dualdice"]) > 0.95
 
 
 def test_offline_improvement_starts_at_the_behaviour_policy_and_improves_it(out, exact):
-    _, j_target, j_behaviour, *_ = exact
     rows = tables.read_csv(os.path.join(out, "improvement.csv"))
     assert [int(r["step"]) for r in rows] == list(range(len(rows))) and len(rows) >= 3
     values = [float(r["true_value"]) for r in rows]
-    assert values[0] == pytest.approx(j_behaviour, rel=1e-5)  # theta_0 = log mu
-    assert values[-1] > j_target > values[0]  # measured: 10.5 -> 14.2, past the target's 11.2
+    assert values[0] == pytest.approx(exact.j_behaviour, rel=1e-5)  # theta_0 = log mu
+    assert values[-1] > exact.j_target > values[0]  # measured: 10.5 -> 14.2, past the target's 11.2
     for name in ("log_rmse.png", "ratio_gradient_error.png", "improvement.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import compile_count
 from pgjax import tabular as T
+from tabular_reference import numpy_reference, value_iteration_q
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -35,17 +36,6 @@ def batch(x64):
     features = jax.random.normal(jax.random.key(3), (n, S, A, 5))
     thetas = jax.random.normal(jax.random.key(4), (n, 5))
     return mdps, thetas, features
-
-
-def numpy_reference(P, R, mu0, gamma, pi):
-    """Independent NumPy computation of V, Q, d and J by explicit matrix inversion."""
-    p_pi = np.einsum("sa,sat->st", pi, P)
-    r_pi = (pi * R).sum(1)
-    inv = np.linalg.inv(np.eye(len(mu0)) - gamma * p_pi)
-    v = inv @ r_pi
-    q = R + gamma * P @ v
-    d = (1 - gamma) * mu0 @ inv
-    return v, q, d, mu0 @ v
 
 
 # --- theorem vs autodiff -----------------------------------------------------------------------
@@ -244,19 +234,9 @@ def test_gradient_ascent_improves_gridworld():
     assert j1 > j0 + 0.8 * (optimum - j0)
 
 
-def _value_iteration_q(mdp, iterations=2000):
-    """Q* by value iteration in NumPy: independent of the library (converges at rate gamma^k)."""
-    P, R, g = np.asarray(mdp.transition), np.asarray(mdp.reward), float(mdp.discount)
-    v = np.zeros(P.shape[0])
-    for _ in range(iterations):
-        q = R + g * P @ v
-        v = q.max(1)
-    return q
-
-
 def _optimal_return(mdp):
     """J* = mu0 . max_a Q*: an independent upper bound on J."""
-    return float(np.asarray(mdp.initial) @ _value_iteration_q(mdp).max(1))
+    return float(np.asarray(mdp.initial) @ value_iteration_q(mdp).max(1))
 
 
 # --- optimal control ----------------------------------------------------------------------------------
@@ -279,7 +259,7 @@ def test_policy_iteration_matches_numpy_value_iteration(solved):
     mdps, sol = solved
     assert bool(jnp.all(sol.converged)) and int(jnp.max(sol.iterations)) < 20
     for i in range(16):
-        q_ref = _value_iteration_q(_mdp_at(mdps, i))
+        q_ref = value_iteration_q(_mdp_at(mdps, i))
         np.testing.assert_allclose(sol.action_values[i], q_ref, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(sol.values[i], q_ref.max(1), rtol=1e-9, atol=1e-9)
 
@@ -313,7 +293,7 @@ def test_policy_iteration_closed_forms(solved):
     assert int(sol.iterations) == 8 and bool(sol.converged)
     np.testing.assert_allclose(T.optimal_return(chain), _optimal_return(chain), rtol=1e-9)
     grid = T.gridworld_mdp(4, 4, slip=0.1)
-    np.testing.assert_allclose(T.policy_iteration(grid).action_values, _value_iteration_q(grid), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(T.policy_iteration(grid).action_values, value_iteration_q(grid), rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="max_iterations must be a positive int"):
         T.policy_iteration(chain, max_iterations=0)
     with pytest.raises(ValueError, match="use jax.vmap"):
