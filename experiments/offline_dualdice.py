@@ -28,8 +28,10 @@ Writes `values.csv` (one row per alpha, size, seed and method), `summary.csv`, `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import sys
 import time
 
 import jax
@@ -298,14 +300,15 @@ def plot(args, summary):
     plt.close(fig)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.x64:
-        jax.config.update("jax_enable_x64", True)
     start = time.perf_counter()
-    run(args)
+    # --x64 for this run only: the caller's JAX keeps its precision when main returns.
+    with jax.enable_x64(True) if args.x64 else contextlib.nullcontext():
+        run(args)
     print(f"total {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,21 +12,31 @@ the exact gradient as the number of trajectories grows, prints a table, and writ
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
 
-jax.config.update("jax_enable_x64", True)
+from pgjax import estimators as E
+from pgjax import tables
+from pgjax import tabular as T
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
-from pgjax import estimators as E  # noqa: E402
-from pgjax import tables  # noqa: E402
-from pgjax import tabular as T  # noqa: E402
+def in_float64(fn):
+    """Runs `fn` under `jax.enable_x64(True)`: the checks need float64, and the caller's own JAX (a notebook's,
+    a test session's) keeps its precision when the script is imported or `main` returns."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def parse_args(argv=None):
@@ -58,6 +68,7 @@ def parse_args(argv=None):
     return args
 
 
+@in_float64
 def verify_theorem(args) -> None:
     key = jax.random.key(args.seed)
     k_mdp, k_theta, k_feat = jax.random.split(key, 3)
@@ -92,6 +103,7 @@ def verify_theorem(args) -> None:
         raise SystemExit("theorem check FAILED")
 
 
+@in_float64
 def estimator_lab(args) -> list[dict]:
     key = jax.random.key(args.seed + 1)
     k_mdp, k_theta, k_run = jax.random.split(key, 3)

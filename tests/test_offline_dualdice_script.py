@@ -8,6 +8,7 @@ import math
 import os
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
 
@@ -115,3 +116,12 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             script.parse_args(list(flags))
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, flags
+
+
+def test_x64_holds_for_the_run_only(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(script, "run", lambda args: seen.append(jax.numpy.zeros(()).dtype))
+    for flags in (["--x64"], []):
+        assert script.main([*FLAGS, *flags, "--out", str(tmp_path)]) == 0
+        assert not jax.config.jax_enable_x64  # the caller's JAX is float32 again
+    assert seen == [np.float64, np.float32]

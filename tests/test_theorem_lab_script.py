@@ -1,53 +1,51 @@
-"""experiments/policy_gradient_theorem.py (`make theorem`) at a small size, in a fresh process (the script turns
-on float64 for the whole process when it is imported): the theorem check passes, fails when the theorem's
-gradient is wrong by 1%, and the estimator lab's table shows what it is there to show.
+"""experiments/policy_gradient_theorem.py (`make theorem`) at a small size: the theorem check passes, fails when the
+theorem's gradient is wrong by 1%, the estimator lab's table shows what it is there to show, and the script's
+float64 stays inside it (importing it or running `main` leaves the caller's JAX in float32).
 """
 
-import json
+import contextlib
+import io
 import os
 
+import jax
 import pytest
 
-from subprocess_env import ROOT, run_cpu_python
+import policy_gradient_theorem as lab
 
 from pgjax import estimators, tables
 
-SCRIPT = """
-import contextlib, io, json, os, sys
-sys.path.insert(0, os.path.join({root!r}, "experiments"))
-import policy_gradient_theorem as lab
+ARGV = ["--num-mdps", "8", "--num-states", "4", "--num-actions", "2", "--num-estimates", "64",
+        "--max-trajectories", "4", "--truncation", "2", "--no-progress"]
+BAD_FLAGS = (["--num-estimates", "1"], ["--max-trajectories", "3"], ["--discount", "1"], ["--num-actions", "1"],
+             ["--num-mdps", "0"])
 
-result = {{"refused": {{}}}}
-for flags in (["--num-estimates", "1"], ["--max-trajectories", "3"], ["--discount", "1"], ["--num-actions", "1"],
-              ["--num-mdps", "0"]):
+
+def refusal(flags) -> str:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.suppress(SystemExit):
         lab.parse_args(flags)
-    result["refused"][" ".join(flags)] = err.getvalue()
-argv = ["--num-mdps", "8", "--num-states", "4", "--num-actions", "2", "--num-estimates", "64",
-        "--max-trajectories", "4", "--truncation", "2", "--no-progress", "--out", {out!r}]
-printed = io.StringIO()
-with contextlib.redirect_stdout(printed):
-    result["status"] = lab.main(argv)
-result["printed"] = printed.getvalue()
-exact = lab.T.policy_gradient
-lab.T.policy_gradient = lambda *a, **k: 0.99 * exact(*a, **k)  # the theorem's gradient 1% off
-try:
-    with contextlib.redirect_stdout(io.StringIO()):
-        lab.verify_theorem(lab.parse_args(argv))
-    result["wrong_theorem"] = "passed"
-except SystemExit as stop:
-    result["wrong_theorem"] = str(stop)
-print("RESULT " + json.dumps(result))
-"""
+    return err.getvalue()
 
 
 @pytest.fixture(scope="module")
 def lab_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("estimator-lab"))
-    done = run_cpu_python(SCRIPT.format(root=ROOT, out=out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    x64_before = jax.config.jax_enable_x64  # the import above turned nothing on
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = lab.main([*ARGV, "--out", out])
+    result = {"status": status, "printed": printed.getvalue(), "x64": (x64_before, jax.config.jax_enable_x64),
+              "refused": {" ".join(flags): refusal(flags) for flags in BAD_FLAGS}}
+    exact = lab.T.policy_gradient
+    try:
+        lab.T.policy_gradient = lambda *a, **k: 0.99 * exact(*a, **k)  # the theorem's gradient 1% off
+        with contextlib.redirect_stdout(io.StringIO()):
+            lab.verify_theorem(lab.parse_args([*ARGV, "--out", out]))
+        result["wrong_theorem"] = "passed"
+    except SystemExit as stop:
+        result["wrong_theorem"] = str(stop)
+    finally:
+        lab.T.policy_gradient = exact
     return result, out
 
 
@@ -57,6 +55,10 @@ def test_the_theorem_check_holds_and_can_fail(lab_run):
     line = next(x for x in result["printed"].splitlines() if "theorem vs jax.grad(J)" in x)
     assert float(line.split()[-1]) < 1e-8  # float64: the two gradients agree to rounding
     assert result["wrong_theorem"] == "theorem check FAILED"
+
+
+def test_the_float64_stays_inside_the_script(lab_run):
+    assert lab_run[0]["x64"] == (False, False)
 
 
 def test_the_estimator_lab_shows_the_variance_and_the_truncation_bias(lab_run):
