@@ -6,8 +6,9 @@ The shape of the tabular experiment of DualDICE (Nachum et al., 2019): on the co
 MDP (500 states, 6 actions), a near-optimal target policy pi = softmax(Q*/temperature) is
 evaluated from episodes logged by the behaviour policy mu = alpha pi + (1 - alpha) uniform.
 For each alpha (the mismatch) and each number of logged trajectories, `--seeds` independent
-datasets are drawn and estimated in one vmapped, compiled call. Reported against the exact
-answers of `pgjax.tabular`:
+datasets are drawn and estimated in one vmapped, compiled call. Every alpha draws its datasets of
+one size from the same keys (common random numbers: a difference between alphas is the mismatch's,
+not the draws'). Reported against the exact answers of `pgjax.tabular`:
 
   * log RMSE of the normalised value (1 - gamma) J(pi) for DualDICE, self-normalised DualDICE,
     the model-based estimate, and trajectory-wise / per-decision IS (plain and weighted; these estimate the
