@@ -39,6 +39,25 @@ def test_registered_id_builds_like_a_gymnax_id():
         envs.make("Coridor-v0")
     assert envs.registered_source("Corridor-v0") == MODULE
     assert envs.registered_source("CartPole-v1") is None
+    for length in (1, 3.0):
+        with pytest.raises(ValueError, match=rf"Corridor: length must be an int >= 2; got {length!r}"):
+            custom_env.Corridor(length)
+
+
+def test_walking_into_the_wall_is_cut_at_the_step_limit():
+    """Steps 1-49 against the wall run on; step 50 (max_steps_in_episode) is truncated, not terminated, and the
+    environment starts again in cell 0."""
+    env, params = envs.make("Corridor-v0", length=4)
+
+    def left(state, key):
+        _, state, reward, terminated, truncated, _ = env.step(key, state, 0, params)
+        return state, (reward, terminated, truncated)
+
+    _, state = env.reset(jax.random.key(0), params)
+    _, (reward, terminated, truncated) = jax.lax.scan(left, state, jax.random.split(jax.random.key(1), 51))
+    np.testing.assert_allclose(reward, -0.1)
+    assert not np.asarray(terminated).any()
+    assert np.flatnonzero(np.asarray(truncated)).tolist() == [49]  # the 50th step; the 51st is a new episode's first
 
 
 @pytest.fixture(scope="module")
