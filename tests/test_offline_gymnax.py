@@ -40,8 +40,8 @@ def run(tmp_path_factory):
     seen = SimpleNamespace(collects=[], dice=[], fqe=[])
 
     def capture(fn, into):
-        def wrapped(*args):
-            result = fn(*args)
+        def wrapped(*args, **kwargs):
+            result = fn(*args, **kwargs)
             into(args, result)
             return result
         return wrapped
@@ -120,7 +120,7 @@ def test_monte_carlo_and_naive_values_are_the_discounted_returns_of_their_episod
     assert float(naive["estimate"]) == pytest.approx(discounted_returns(logged).mean(), rel=1e-6)
 
 
-def test_behaviour_is_the_epsilon_mixture_and_the_reference_episodes_pi(run):
+def test_behaviour_is_the_epsilon_mixture_and_the_monte_carlo_episodes_pi(run):
     _, seen = run
     network, params, _ = seen.target
     for (_, data), eps in ((seen.collects[0], EPSILON), (seen.collects[4], EPSILON), (seen.collects[1], 0.0)):
@@ -170,9 +170,13 @@ def reference_gradients(seen):
     return per_episode
 
 
-def test_reference_gradient_is_the_theorem_form_with_its_noise(run):
+@pytest.fixture(scope="module")
+def episodes(run):
+    return reference_gradients(run[1])
+
+
+def test_reference_gradient_is_the_theorem_form_with_its_noise(run, episodes):
     _, seen = run
-    episodes = reference_gradients(seen)
     plain, critic = episodes["plain"].mean(0), episodes["critic"].mean(0)
     row = seen.gradients["on-policy, critic baseline (reference)"]
     assert float(row["estimate"]) == pytest.approx(np.linalg.norm(critic), rel=1e-4)
@@ -218,8 +222,8 @@ def offline_directions(seen):
 
 
 @pytest.fixture(scope="module")
-def directions(run):
-    return offline_directions(run[1]), reference_gradients(run[1])["critic"].mean(0)
+def directions(run, episodes):
+    return offline_directions(run[1]), episodes["critic"].mean(0)
 
 
 def test_offline_gradients_are_the_ratio_weighted_theorem_and_pdis_gradient(run, directions):
