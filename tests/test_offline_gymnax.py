@@ -71,12 +71,6 @@ def out(run):
     return run[0]
 
 
-def discounted_returns(data) -> np.ndarray:
-    rewards, mask = np.asarray(data.rewards, np.float64), np.asarray(data.mask)
-    return np.array([sum(GAMMA**t * rewards[i, t] for t in range(rewards.shape[1]) if mask[i, t])
-                     for i in range(rewards.shape[0])])
-
-
 def reward_to_go(data) -> np.ndarray:
     rewards, mask = np.asarray(data.rewards, np.float64), np.asarray(data.mask)
     out = np.zeros_like(rewards)
@@ -86,6 +80,11 @@ def reward_to_go(data) -> np.ndarray:
             running = (rewards[i, t] + GAMMA * running) if mask[i, t] else 0.0
             out[i, t] = running
     return out
+
+
+def discounted_returns(data) -> np.ndarray:
+    """Each episode's discounted return G_0 (its valid steps are a prefix of the row): [N]."""
+    return reward_to_go(data)[:, 0]
 
 
 def cosine(a, b) -> float:
