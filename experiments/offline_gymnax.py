@@ -47,6 +47,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -199,219 +200,168 @@ def estimate_values(args, data, target_probs, target_log_probs, key_dice, key_fq
     return out, dice_params, q_fn
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    key_ppo, key_data, key_mc, key_dice, key_fqe = jax.random.split(jax.random.key(args.seed), 5)
-    # The reference gradient's key, folded in so the evaluation above keeps its random numbers.
-    key_ref, _ = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), 1))
-    timings = {}
+class Policies(NamedTuple):
+    """The PPO target pi and the logging policy mu = (1 - epsilon) pi + epsilon / A, as functions of observations."""
 
-    start = time.perf_counter()
-    network, params, ppo_return = train_target(key_ppo, args.env, args.ppo_steps, args.ppo_learning_rate)
-    timings["ppo"] = time.perf_counter() - start
-    print(f"PPO target policy after {args.ppo_steps:,} steps: mean undiscounted return {ppo_return:.1f} "
-          f"({timings['ppo']:.1f}s)")
+    network: Any
+    params: Any
+    probs: Callable  # obs [..., d] -> pi(.|s) [..., A]
+    log_probs: Callable  # jitted (obs [N, T, d], actions [N, T]) -> log pi(a_t|s_t) [N, T]
+    target: Callable  # `collect_env` policy of pi: (key, obs) -> (action, log pi(action|obs))
+    behaviour: Callable  # the same for mu
 
-    env, env_params = envs.make(args.env)
-    env = envs.FlattenObservation(env)
-    num_actions = envs.action_dim(env, env_params)
-    eps = args.epsilon
+    def dist(self, actor, obs):
+        """The network's action distribution at obs with its actor's parameters replaced by `actor`."""
+        return self.network.apply({"params": {**self.params["params"], "actor": actor}}, obs)[0]
 
-    def target_probs(obs):
+
+def sampler(probs_fn: Callable) -> Callable:
+    """A `collect_env` policy drawing a ~ probs_fn(obs) and logging log probs_fn(obs)[a]."""
+    def policy(key, obs):
+        probs = probs_fn(obs)
+        action = jax.random.categorical(key, jnp.log(probs)).astype(jnp.int32)
+        return action, jnp.log(probs[action])
+
+    return policy
+
+
+def make_policies(network, params, num_actions: int, epsilon: float) -> Policies:
+    def probs(obs):
         return network.apply(params, obs)[0].probs
 
     @jax.jit  # compiled once, for every logged dataset (they share their [N, T] shape)
-    def target_log_probs(obs, actions):
+    def log_probs(obs, actions):
         return network.apply(params, obs)[0].log_prob(actions)
 
-    def sample_from(probs_fn):
-        def policy(key, obs):
-            probs = probs_fn(obs)
-            action = jax.random.categorical(key, jnp.log(probs)).astype(jnp.int32)
-            return action, jnp.log(probs[action])
+    behaviour = sampler(lambda obs: (1.0 - epsilon) * probs(obs) + epsilon / num_actions)
+    return Policies(network, params, probs, log_probs, sampler(probs), behaviour)
 
-        return policy
 
-    behaviour = sample_from(lambda obs: (1.0 - eps) * target_probs(obs) + eps / num_actions)
-    target = sample_from(target_probs)
+class Logger(NamedTuple):
+    """Where and how episodes are logged: `env` for at most `horizon` steps, their values discounted by `discount`."""
 
-    start = time.perf_counter()
-    data = collect_env(key_data, env, env_params, behaviour, args.num_episodes, args.horizon)
-    on_policy = collect_env(key_mc, env, env_params, target, args.mc_episodes, args.horizon)
-    timings["collect"] = time.perf_counter() - start
-    mc = discounted_returns(on_policy, args.discount)
-    truth, truth_se = float(mc.mean()), float(mc.std(ddof=1) / np.sqrt(len(mc)))
-    logged = discounted_returns(data, args.discount)
-    print(f"Logged {data.num_transitions:,} transitions in {args.num_episodes} episodes of mu "
-          f"(epsilon {eps}); mean length {np.asarray(data.mask).sum(1).mean():.1f} vs "
-          f"{np.asarray(on_policy.mask).sum(1).mean():.1f} under pi")
+    env: Any
+    env_params: Any
+    horizon: int
+    discount: float
 
-    rows = []
+    def episodes(self, key, policy, num_episodes: int):
+        return collect_env(key, self.env, self.env_params, policy, num_episodes, self.horizon)
 
-    def record(method, estimate, seconds, note=""):
-        estimate = float(estimate)
-        rows.append(dict(quantity="value", method=method, estimate=estimate, error=estimate - truth,
-                         relative_error=(estimate - truth) / abs(truth), cosine="", seconds=round(seconds, 2),
-                         note=note))
+    def returns(self, data) -> np.ndarray:
+        return discounted_returns(data, self.discount)
 
-    record("on-policy Monte Carlo (reference)", truth, timings["collect"], f"+- {truth_se:.2f} (1 s.e.)")
-    record("behaviour average (naive)", logged.mean(), 0.0, "mean discounted return of the logged episodes")
 
-    config = neural.NeuralDualDICEConfig(discount=args.discount, num_steps=args.dualdice_steps,
-                                         batch_size=args.dualdice_batch_size)
-    fqe_config = neural.FQEConfig(num_steps=args.fqe_steps, batch_size=args.fqe_batch_size)
-    estimates, dice_params, q_fn = estimate_values(args, data, target_probs, target_log_probs, key_dice, key_fqe,
-                                                   config, fqe_config)
-    for method, (value, seconds, note) in estimates.items():
-        record(method, value, seconds, note)
-    first_values = {"behaviour average (naive)": float(logged.mean()), **{m: v for m, (v, _, _) in estimates.items()}}
+def value_row(method: str, estimate, truth: float, seconds: float, note: str = "") -> dict:
+    """A results.csv row of a value estimate, its error scored against the Monte Carlo value `truth`."""
+    estimate = float(estimate)
+    return dict(quantity="value", method=method, estimate=estimate, error=estimate - truth,
+                relative_error=(estimate - truth) / abs(truth), cosine="", seconds=round(seconds, 2), note=note)
 
-    # ------------------------------------------------------------------
-    # Policy gradients with respect to the actor's parameters.
-    # ------------------------------------------------------------------
-    actor = params["params"]["actor"]
 
-    def dist_of(actor_params, obs):
-        return network.apply({"params": {**params["params"], "actor": actor_params}}, obs)[0]
+def gradient_row(method: str, g, reference: np.ndarray, seconds: float, note: str = "") -> dict:
+    """A results.csv row of a gradient (a pytree or flat): its norm, and its error and cosine against `reference`."""
+    g = flatten(g) if not isinstance(g, np.ndarray) else g
+    err = np.linalg.norm(g - reference)
+    return dict(quantity="gradient", method=method, estimate=float(np.linalg.norm(g)), error=float(err),
+                relative_error=float(err / np.linalg.norm(reference)), cosine=cosine(g, reference),
+                seconds=round(seconds, 2), note=note)
 
-    # Reference: the theorem-form on-policy gradient from fresh episodes of pi, per chunk of episodes.
-    start = time.perf_counter()
-    reference_data = collect_env(key_ref, env, env_params, target, args.reference_episodes, args.horizon)
-    chunks = jax.tree_util.tree_map(
-        lambda x: x.reshape(args.reference_chunks, -1, *x.shape[1:]),
-        (reference_data.observations, reference_data.actions, reference_data.rewards, reference_data.mask),
-    )
 
+def make_on_policy_gradients(policies: Policies, discount: float) -> Callable:
+    """jitted (actor, chunks) -> (no-baseline, critic-baseline) gradients of J, each a pytree with one row per chunk.
+
+    chunks: (observations [C, n, T, d], actions, rewards, mask [C, n, T]) of episodes of pi. Each chunk's gradient is
+    the theorem form sum_t gamma^t grad log pi(a_t|s_t) (G_t - b(s_t)) averaged over its n episodes, with b = 0 and
+    with b = PPO's critic V(s_t) (a state baseline: still unbiased).
+    """
     @jax.jit
-    def on_policy_gradients(actor_params, chunks):
+    def on_policy_gradients(actor, chunks):
         def one(chunk):
             obs, actions, rewards, mask = chunk
-            baseline = network.apply(params, obs)[1]  # PPO's critic V(s_t): a state baseline
-            log_probs, vjp = jax.vjp(lambda a: dist_of(a, obs).log_probs, actor_params)
+            baseline = policies.network.apply(policies.params, obs)[1]
+            log_probs, vjp = jax.vjp(lambda a: policies.dist(a, obs).log_probs, actor)
             grads = []
             for b in (None, baseline):
                 # -loss is linear in the log-probabilities: its gradient is one vector-Jacobian product.
                 cotangent = jax.grad(
-                    lambda lp: -neural.on_policy_gradient_loss(lp, actions, rewards, mask, args.discount, b)
+                    lambda lp: -neural.on_policy_gradient_loss(lp, actions, rewards, mask, discount, b)
                 )(log_probs)
                 grads.append(vjp(cotangent)[0])
             return tuple(grads)
 
         return jax.lax.map(one, chunks)
 
-    per_chunk = [np.stack([flatten(jax.tree_util.tree_map(lambda x: x[k], tree))
-                           for k in range(args.reference_chunks)])
-                 for tree in on_policy_gradients(actor, chunks)]
-    timings["reference"] = time.perf_counter() - start
-    half = args.reference_chunks // 2
+    return on_policy_gradients
 
-    def noise(g):  # (mean, half-split cosine, relative standard error of the mean)
-        mean = g.mean(0)
-        se = np.sqrt(np.sum(g.var(0, ddof=1)) / len(g))
-        return mean, cosine(g[:half].mean(0), g[half:].mean(0)), se / np.linalg.norm(mean)
 
-    plain, plain_halves, plain_rse = noise(per_chunk[0])
-    reference, ref_halves, ref_rse = noise(per_chunk[1])
-    ref_norm = np.linalg.norm(reference)
-    print(f"Reference gradient from {args.reference_episodes} episodes of pi ({timings['reference']:.1f}s): "
-          f"half-split cosine {ref_halves:.3f}, relative s.e. {ref_rse:.3f} (critic baseline); "
-          f"without the baseline {plain_halves:.3f}, {plain_rse:.3f}")
+def gradient_noise(per_chunk: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Of per-chunk gradients [C, P] (C even): their mean, the cosine between the means of the two halves, and the
+    relative standard error of the mean sqrt(sum_p Var_p / C) / |mean|."""
+    half = len(per_chunk) // 2
+    mean = per_chunk.mean(0)
+    se = np.sqrt(np.sum(per_chunk.var(0, ddof=1)) / len(per_chunk))
+    return mean, cosine(per_chunk[:half].mean(0), per_chunk[half:].mean(0)), se / np.linalg.norm(mean)
 
-    grad_rows = []
 
-    def record_gradient(method, g, seconds, note=""):
-        g = flatten(g) if not isinstance(g, np.ndarray) else g
-        err = np.linalg.norm(g - reference)
-        grad_rows.append(dict(quantity="gradient", method=method, estimate=float(np.linalg.norm(g)),
-                              error=float(err), relative_error=float(err / ref_norm), cosine=cosine(g, reference),
-                              seconds=round(seconds, 2), note=note))
+def make_offline_gradient(policies: Policies, data, discount: float) -> Callable:
+    """jitted (actor, w [N, T], weights [N, T]) -> g_off = 1/(1-gamma) E_D[w grad log pi(a|s) weight] (a pytree
+    like actor; `offline_policy_gradient_loss` on the logged data)."""
+    def offline_loss(actor, w, weights):
+        log_probs = policies.dist(actor, data.observations).log_probs
+        return neural.offline_policy_gradient_loss(log_probs, data.actions, w, weights, discount, data.mask)
 
-    record_gradient("on-policy, critic baseline (reference)", reference, timings["reference"],
-                    f"half-split cosine {ref_halves:.3f}, relative s.e. {ref_rse:.3f}; "
-                    f"{args.reference_episodes} episodes")
-    record_gradient("on-policy, no baseline", plain, timings["reference"],
-                    f"half-split cosine {plain_halves:.3f}, relative s.e. {plain_rse:.3f}; "
-                    "same episodes (shared noise)")
+    return jax.jit(lambda a, w, weights: jax.tree_util.tree_map(jnp.negative, jax.grad(offline_loss)(a, w, weights)))
 
-    # Offline: w from DualDICE and Q_hat from FQE on the logged data, held fixed.
-    start = time.perf_counter()
-    ratios = neural.neural_dualdice_ratio(dice_params, data.observations, data.actions)
-    q_all = q_fn(data.observations)
-    q_sa = jnp.take_along_axis(q_all, data.actions[..., None], axis=-1)[..., 0]
-    advantages = q_sa - jnp.sum(target_probs(data.observations) * q_all, axis=-1)
-    ones = jnp.ones_like(ratios)
 
-    def offline_loss(actor_params, w, weights):
-        log_probs = dist_of(actor_params, data.observations).log_probs
-        return neural.offline_policy_gradient_loss(log_probs, data.actions, w, weights, args.discount, data.mask)
+def improve(actor, ascent_direction: Callable, steps: int, learning_rate: float):
+    """`steps` Adam steps on the actor up ascent_direction(actor) (recomputed at each step)."""
+    tx = optax.adam(learning_rate)
+    opt = tx.init(actor)
+    for _ in range(steps):
+        updates, opt = tx.update(jax.tree_util.tree_map(jnp.negative, ascent_direction(actor)), opt, actor)
+        actor = optax.apply_updates(actor, updates)
+    return actor
 
-    offline_grad = jax.jit(lambda a, w, weights: jax.tree_util.tree_map(jnp.negative,
-                                                                        jax.grad(offline_loss)(a, w, weights)))
-    record_gradient("offline DualDICE w x FQE Q", offline_grad(actor, ratios, q_sa), time.perf_counter() - start,
-                    "g_off = 1/(1-gamma) E_D[w grad log pi Q_hat]")
-    start = time.perf_counter()
-    record_gradient("offline DualDICE w x FQE advantage", offline_grad(actor, ratios, advantages),
-                    time.perf_counter() - start, "weight Q_hat - V_hat, V_hat = sum_a pi Q_hat")
-    start = time.perf_counter()
-    record_gradient("offline w = 1 x FQE advantage (control)", offline_grad(actor, ones, advantages),
-                    time.perf_counter() - start, "no ratio correction: the behaviour's state distribution")
 
-    start = time.perf_counter()
-    pdis_grad = jax.jit(jax.grad(lambda a: importance.importance_value(
-        data.rewards, data.mask, dist_of(a, data.observations).log_prob(data.actions), data.behaviour_log_probs,
-        args.discount, "pdis")))(actor)
-    record_gradient("PDIS", pdis_grad, time.perf_counter() - start, "jax.grad of the PDIS value")
+def improvement_round(args, policies: Policies, logger: Logger, directions: dict, key_mc, mc: np.ndarray,
+                      reference: np.ndarray):
+    """For each named ascent direction: --improve-steps Adam steps on the actor, then the new policy's Monte Carlo
+    value on the same key as the reference's episodes (common random numbers: a paired comparison with `mc`).
 
-    # ------------------------------------------------------------------
-    # One offline improvement round along the offline advantage gradient.
-    # ------------------------------------------------------------------
-    improvement = {}
-    if args.improve_steps:
-        tx = optax.adam(args.improve_learning_rate)
+    Returns ({name: new value, change, paired s.e., step cosine with the reference gradient}, results.csv rows).
+    """
+    actor = policies.params["params"]["actor"]
+    truth = float(mc.mean())
+    improvement, rows = {}, []
+    for name, direction in directions.items():
+        start = time.perf_counter()
+        new_actor = improve(actor, direction, args.improve_steps, args.improve_learning_rate)
+        new_policy = sampler(lambda obs, a=new_actor: policies.dist(a, obs).probs)
+        new_mc = logger.returns(logger.episodes(key_mc, new_policy, args.mc_episodes))
+        diff = new_mc - mc
+        result = dict(new=float(new_mc.mean()), difference=float(diff.mean()),
+                      difference_se=float(diff.std(ddof=1) / np.sqrt(len(diff))),
+                      step_cosine=cosine(flatten(new_actor) - flatten(actor), reference))
+        improvement[name] = result
+        rows.append(dict(quantity="value", method=f"pi + {args.improve_steps} Adam steps on {name}",
+                         estimate=result["new"], error=result["difference"],
+                         relative_error=result["difference"] / abs(truth), cosine="",
+                         seconds=round(time.perf_counter() - start, 2),
+                         note=f"on-policy Monte Carlo; error = change, paired s.e. {result['difference_se']:.2f}; "
+                              f"step cosine with the reference gradient {result['step_cosine']:.3f}"))
+    return improvement, rows
 
-        def improve(ascent_direction):
-            """--improve-steps Adam steps on the actor up ascent_direction(actor) (recomputed each step)."""
-            a, opt = actor, tx.init(actor)
-            for _ in range(args.improve_steps):
-                updates, opt = tx.update(jax.tree_util.tree_map(jnp.negative, ascent_direction(a)), opt, a)
-                a = optax.apply_updates(a, updates)
-            return a
 
-        directions = {
-            # The offline surrogate: w and Q_hat - V_hat fixed, log pi at the moving actor; logged data only.
-            "offline g_off (w x advantage)": lambda a: offline_grad(a, ratios, advantages),
-        }
-        if args.improve_control:
-            # Control: the same steps on the on-policy surrogate of the reference episodes (not offline).
-            directions["on-policy reference (control)"] = lambda a: jax.tree_util.tree_map(
-                lambda x: x.mean(0), on_policy_gradients(a, chunks)[1])
-        for name, direction in directions.items():
-            start = time.perf_counter()
-            new_actor = improve(direction)
-            new_policy = sample_from(lambda obs, a=new_actor: dist_of(a, obs).probs)
-            # Same key as the Monte Carlo reference above: common random numbers, a paired comparison.
-            new_mc = discounted_returns(
-                collect_env(key_mc, env, env_params, new_policy, args.mc_episodes, args.horizon), args.discount)
-            diff = new_mc - mc
-            result = dict(new=float(new_mc.mean()), difference=float(diff.mean()),
-                          difference_se=float(diff.std(ddof=1) / np.sqrt(len(diff))),
-                          step_cosine=cosine(flatten(new_actor) - flatten(actor), reference))
-            improvement[name] = result
-            rows.append(dict(quantity="value", method=f"pi + {args.improve_steps} Adam steps on {name}",
-                             estimate=result["new"], error=result["difference"],
-                             relative_error=result["difference"] / abs(truth), cosine="",
-                             seconds=round(time.perf_counter() - start, 2),
-                             note=f"on-policy Monte Carlo; error = change, paired s.e. {result['difference_se']:.2f}; "
-                                  f"step cosine with the reference gradient {result['step_cosine']:.3f}"))
-
+def print_tables(value_rows: list[dict], gradient_rows: list[dict], improvement: dict, args, truth: float):
     print()
     print(f"{'value of pi':52s} {'estimate':>9s} {'error':>9s} {'rel. err':>9s} {'time (s)':>9s}  note")
-    for r in rows:
+    for r in value_rows:
         print(f"{r['method']:52s} {r['estimate']:9.2f} {r['error']:9.2f} {r['relative_error']:9.1%} "
               f"{r['seconds']:9.1f}  {r['note']}")
     print()
     print(f"{'gradient of J w.r.t. the actor':52s} {'norm':>9s} {'cosine':>9s} {'rel. err':>9s} {'time (s)':>9s}  note")
-    for r in grad_rows:
+    for r in gradient_rows:
         print(f"{r['method']:52s} {r['estimate']:9.2f} {r['cosine']:9.3f} {r['relative_error']:9.1%} "
               f"{r['seconds']:9.1f}  {r['note']}")
     if improvement:
@@ -420,38 +370,157 @@ def main(argv=None) -> int:
         print(f"{args.improve_steps} Adam steps (learning rate {args.improve_learning_rate}) on {name}: "
               f"J(pi) {truth:.2f} -> {result['new']:.2f} ({result['difference']:+.2f} +- "
               f"{result['difference_se']:.2f} paired s.e.)")
-    rows = rows + grad_rows
 
+
+def dataset_study(args, policies: Policies, logger: Logger, first_values: dict, keys: tuple, configs: tuple,
+                  truth: float) -> list[dict]:
+    """The value estimates on --datasets logs of mu (dataset 0: `first_values`, already estimated; the others fresh
+    logs estimated with fresh keys, folded in from keys = (key_data, key_dice, key_fqe)). Returns datasets.csv's rows
+    and prints each estimator's mean relative error over the datasets with its standard error."""
+    key_data, key_dice, key_fqe = keys
+    rows = []
+    for k in range(args.datasets):
+        if k:
+            extra = logger.episodes(jax.random.fold_in(key_data, k), policies.behaviour, args.num_episodes)
+            estimates, _, _ = estimate_values(args, extra, policies.probs, policies.log_probs,
+                                              jax.random.fold_in(key_dice, k), jax.random.fold_in(key_fqe, k), *configs)
+            values = {"behaviour average (naive)": float(logger.returns(extra).mean()),
+                      **{m: v for m, (v, _, _) in estimates.items()}}
+        else:
+            values = first_values
+        rows += [dict(dataset=k, method=m, estimate=v, relative_error=(v - truth) / abs(truth))
+                 for m, v in values.items()]
+        print(f"dataset {k + 1} of {args.datasets} estimated", flush=True)
+    print()
+    print(f"{'value of pi over ' + str(args.datasets) + ' logged datasets':52s} {'mean err':>9s} {'s.e.':>9s} "
+          f"{'min':>9s} {'max':>9s}   (relative errors against the Monte Carlo value {truth:.2f})")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        e = np.array([r["relative_error"] for r in rows if r["method"] == method])
+        print(f"{method:52s} {e.mean():9.1%} {e.std(ddof=1) / np.sqrt(len(e)):9.1%} {e.min():9.1%} {e.max():9.1%}")
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    key_ppo, key_data, key_mc, key_dice, key_fqe = jax.random.split(jax.random.key(args.seed), 5)
+    # The reference gradient's key, folded in so the evaluation above keeps its random numbers.
+    key_ref, _ = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), 1))
+    timings = {}
+
+    # 1. The target policy pi, and the behaviour mu that logs the data.
+    start = time.perf_counter()
+    network, params, ppo_return = train_target(key_ppo, args.env, args.ppo_steps, args.ppo_learning_rate)
+    timings["ppo"] = time.perf_counter() - start
+    print(f"PPO target policy after {args.ppo_steps:,} steps: mean undiscounted return {ppo_return:.1f} "
+          f"({timings['ppo']:.1f}s)")
+    env, env_params = envs.make(args.env)
+    env = envs.FlattenObservation(env)
+    policies = make_policies(network, params, envs.action_dim(env, env_params), args.epsilon)
+    logger = Logger(env, env_params, args.horizon, args.discount)
+
+    # 2-4. The logged data, the Monte Carlo truth, and the value estimates from the data.
+    start = time.perf_counter()
+    data = logger.episodes(key_data, policies.behaviour, args.num_episodes)
+    on_policy = logger.episodes(key_mc, policies.target, args.mc_episodes)
+    timings["collect"] = time.perf_counter() - start
+    mc = logger.returns(on_policy)
+    truth, truth_se = float(mc.mean()), float(mc.std(ddof=1) / np.sqrt(len(mc)))
+    logged = logger.returns(data)
+    print(f"Logged {data.num_transitions:,} transitions in {args.num_episodes} episodes of mu "
+          f"(epsilon {args.epsilon}); mean length {np.asarray(data.mask).sum(1).mean():.1f} vs "
+          f"{np.asarray(on_policy.mask).sum(1).mean():.1f} under pi")
+    rows = [value_row("on-policy Monte Carlo (reference)", truth, truth, timings["collect"],
+                      f"+- {truth_se:.2f} (1 s.e.)"),
+            value_row("behaviour average (naive)", logged.mean(), truth, 0.0,
+                      "mean discounted return of the logged episodes")]
+    configs = (neural.NeuralDualDICEConfig(discount=args.discount, num_steps=args.dualdice_steps,
+                                           batch_size=args.dualdice_batch_size),
+               neural.FQEConfig(num_steps=args.fqe_steps, batch_size=args.fqe_batch_size))
+    estimates, dice_params, q_fn = estimate_values(args, data, policies.probs, policies.log_probs, key_dice, key_fqe,
+                                                   *configs)
+    rows += [value_row(method, value, truth, seconds, note) for method, (value, seconds, note) in estimates.items()]
+    first_values = {"behaviour average (naive)": float(logged.mean()), **{m: v for m, (v, _, _) in estimates.items()}}
+
+    # 5. Policy gradients with respect to the actor's parameters. The reference: the theorem form on fresh episodes
+    # of pi, per chunk of episodes.
+    actor = params["params"]["actor"]
+    start = time.perf_counter()
+    reference_data = logger.episodes(key_ref, policies.target, args.reference_episodes)
+    chunks = jax.tree_util.tree_map(
+        lambda x: x.reshape(args.reference_chunks, -1, *x.shape[1:]),
+        (reference_data.observations, reference_data.actions, reference_data.rewards, reference_data.mask),
+    )
+    on_policy_gradients = make_on_policy_gradients(policies, args.discount)
+    per_chunk = [np.stack([flatten(jax.tree_util.tree_map(lambda x: x[k], tree))
+                           for k in range(args.reference_chunks)])
+                 for tree in on_policy_gradients(actor, chunks)]
+    timings["reference"] = time.perf_counter() - start
+    plain, plain_halves, plain_rse = gradient_noise(per_chunk[0])
+    reference, ref_halves, ref_rse = gradient_noise(per_chunk[1])
+    print(f"Reference gradient from {args.reference_episodes} episodes of pi ({timings['reference']:.1f}s): "
+          f"half-split cosine {ref_halves:.3f}, relative s.e. {ref_rse:.3f} (critic baseline); "
+          f"without the baseline {plain_halves:.3f}, {plain_rse:.3f}")
+    grad_rows = [
+        gradient_row("on-policy, critic baseline (reference)", reference, reference, timings["reference"],
+                     f"half-split cosine {ref_halves:.3f}, relative s.e. {ref_rse:.3f}; "
+                     f"{args.reference_episodes} episodes"),
+        gradient_row("on-policy, no baseline", plain, reference, timings["reference"],
+                     f"half-split cosine {plain_halves:.3f}, relative s.e. {plain_rse:.3f}; "
+                     "same episodes (shared noise)"),
+    ]
+
+    # Offline: w from DualDICE and Q_hat from FQE on the logged data, held fixed.
+    start = time.perf_counter()
+    ratios = neural.neural_dualdice_ratio(dice_params, data.observations, data.actions)
+    q_all = q_fn(data.observations)
+    q_sa = jnp.take_along_axis(q_all, data.actions[..., None], axis=-1)[..., 0]
+    advantages = q_sa - jnp.sum(policies.probs(data.observations) * q_all, axis=-1)
+    offline_grad = make_offline_gradient(policies, data, args.discount)
+    grad_rows.append(gradient_row("offline DualDICE w x FQE Q", offline_grad(actor, ratios, q_sa), reference,
+                                  time.perf_counter() - start, "g_off = 1/(1-gamma) E_D[w grad log pi Q_hat]"))
+    for method, w, note in (
+        ("offline DualDICE w x FQE advantage", ratios, "weight Q_hat - V_hat, V_hat = sum_a pi Q_hat"),
+        ("offline w = 1 x FQE advantage (control)", jnp.ones_like(ratios),
+         "no ratio correction: the behaviour's state distribution"),
+    ):
+        start = time.perf_counter()
+        grad_rows.append(gradient_row(method, offline_grad(actor, w, advantages), reference,
+                                      time.perf_counter() - start, note))
+    start = time.perf_counter()
+    pdis_grad = jax.jit(jax.grad(lambda a: importance.importance_value(
+        data.rewards, data.mask, policies.dist(a, data.observations).log_prob(data.actions), data.behaviour_log_probs,
+        args.discount, "pdis")))(actor)
+    grad_rows.append(gradient_row("PDIS", pdis_grad, reference, time.perf_counter() - start,
+                                  "jax.grad of the PDIS value"))
+
+    # 6. One offline improvement round along the offline advantage gradient.
+    improvement = {}
+    if args.improve_steps:
+        directions = {
+            # The offline surrogate: w and Q_hat - V_hat fixed, log pi at the moving actor; logged data only.
+            "offline g_off (w x advantage)": lambda a: offline_grad(a, ratios, advantages),
+        }
+        if args.improve_control:
+            # Control: the same steps on the on-policy surrogate of the reference episodes (not offline).
+            directions["on-policy reference (control)"] = lambda a: jax.tree_util.tree_map(
+                lambda x: x.mean(0), on_policy_gradients(a, chunks)[1])
+        improvement, improved_rows = improvement_round(args, policies, logger, directions, key_mc, mc, reference)
+        rows += improved_rows
+    print_tables(rows, grad_rows, improvement, args, truth)
+
+    # 7. The value estimates on more logged datasets.
     dataset_rows = []
     if args.datasets > 1:
-        # Dataset 0 is the one above; the others are fresh logs of the same mu, estimated with fresh keys.
-        for k in range(args.datasets):
-            if k:
-                extra = collect_env(jax.random.fold_in(key_data, k), env, env_params, behaviour, args.num_episodes,
-                                    args.horizon)
-                estimates, _, _ = estimate_values(args, extra, target_probs, target_log_probs,
-                                                  jax.random.fold_in(key_dice, k), jax.random.fold_in(key_fqe, k),
-                                                  config, fqe_config)
-                naive = float(discounted_returns(extra, args.discount).mean())
-                values = {"behaviour average (naive)": naive, **{m: v for m, (v, _, _) in estimates.items()}}
-            else:
-                values = first_values
-            dataset_rows += [dict(dataset=k, method=m, estimate=v, relative_error=(v - truth) / abs(truth))
-                             for m, v in values.items()]
-            print(f"dataset {k + 1} of {args.datasets} estimated", flush=True)
-        print()
-        print(f"{'value of pi over ' + str(args.datasets) + ' logged datasets':52s} {'mean err':>9s} {'s.e.':>9s} "
-              f"{'min':>9s} {'max':>9s}   (relative errors against the Monte Carlo value {truth:.2f})")
-        for method in dict.fromkeys(r["method"] for r in dataset_rows):
-            e = np.array([r["relative_error"] for r in dataset_rows if r["method"] == method])
-            print(f"{method:52s} {e.mean():9.1%} {e.std(ddof=1) / np.sqrt(len(e)):9.1%} {e.min():9.1%} {e.max():9.1%}")
+        dataset_rows = dataset_study(args, policies, logger, first_values, (key_data, key_dice, key_fqe), configs,
+                                     truth)
 
     os.makedirs(args.out, exist_ok=True)
-    tables.write_csv(os.path.join(args.out, "results.csv"), rows)
+    tables.write_csv(os.path.join(args.out, "results.csv"), rows + grad_rows)
     if dataset_rows:
         tables.write_csv(os.path.join(args.out, "datasets.csv"), dataset_rows)
+    dice_config, fqe_config = configs
     with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump({**vars(args), "ppo_return": ppo_return, "dualdice": dataclasses.asdict(config),
+        json.dump({**vars(args), "ppo_return": ppo_return, "dualdice": dataclasses.asdict(dice_config),
                    "fqe": dataclasses.asdict(fqe_config), "improvement": improvement, "jax": jax.__version__},
                   f, indent=2, default=str)
     print(f"\nwrote {os.path.join(args.out, 'results.csv')}")
