@@ -2,7 +2,8 @@
 each number the script prints is checked against an independent computation from what it logged (the datasets, the
 target network, DualDICE's ratios and FQE's Q, captured as the script ran): Monte Carlo values by NumPy loops, the
 behaviour policy's log-probabilities, PDIS / WIS / ESS, the reference, offline and PDIS gradients (jax.grad of
-surrogates written here), and the improvement step (Adam's first step, lr sign(g)) with its paired comparison."""
+surrogates written here), and the improvement steps (Adam's first step, lr sign(g), up the offline gradient and, the
+control, up the reference gradient) with their paired comparisons; `improve` against Adam written out in NumPy."""
 
 import json
 import os
@@ -27,7 +28,7 @@ VALUE_METHODS = [
 TINY = ["--ppo-steps", "2048", "--num-episodes", "8", "--horizon", "50", "--mc-episodes", "16",
         "--dualdice-steps", "20", "--dualdice-batch-size", "64", "--fqe-steps", "20", "--fqe-batch-size", "64",
         "--reference-episodes", "8", "--reference-chunks", "2", "--improve-steps", "1", "--improve-learning-rate",
-        "0.05", "--datasets", "2"]
+        "0.05", "--improve-control", "--datasets", "2"]
 # The script's gamma and epsilon; a step large enough to change some of the improved policy's 16 episodes.
 GAMMA, EPSILON, LEARNING_RATE = 0.99, 0.3, 0.05
 
@@ -57,9 +58,9 @@ def run(tmp_path_factory):
         # 20 DualDICE steps cannot settle on a saddle point: the run says so (and records each gap in its table).
         with pytest.warns(RuntimeWarning, match="neural_dualdice did not settle on a saddle point"):
             assert offline_gymnax.main([*TINY, "--out", out]) == 0
-    # collect_env's calls: the logged data, the Monte Carlo episodes, the reference episodes, the improved policy's
-    # episodes, the second logged dataset.
-    assert [d.rewards.shape[0] for _, d in seen.collects] == [8, 16, 8, 16, 8]
+    # collect_env's calls: the logged data, the Monte Carlo episodes, the reference episodes, the episodes of the
+    # policy improved offline and of the one improved on the reference episodes (the control), the second dataset.
+    assert [d.rewards.shape[0] for _, d in seen.collects] == [8, 16, 8, 16, 16, 8]
     rows = tables.read_csv(os.path.join(out, "results.csv"))
     seen.values = {r["method"]: r for r in rows if r["quantity"] == "value"}
     seen.gradients = {r["method"]: r for r in rows if r["quantity"] == "gradient"}
@@ -122,7 +123,7 @@ def test_monte_carlo_and_naive_values_are_the_discounted_returns_of_their_episod
 def test_behaviour_is_the_epsilon_mixture_and_the_monte_carlo_episodes_pi(run):
     _, seen = run
     network, params, _ = seen.target
-    for (_, data), eps in ((seen.collects[0], EPSILON), (seen.collects[4], EPSILON), (seen.collects[1], 0.0)):
+    for (_, data), eps in ((seen.collects[0], EPSILON), (seen.collects[5], EPSILON), (seen.collects[1], 0.0)):
         probs = np.asarray(network.apply(params, data.observations)[0].probs, np.float64)
         chosen = np.take_along_axis(probs, np.asarray(data.actions)[..., None], -1)[..., 0]
         expected = np.log((1 - eps) * chosen + eps / 2)  # CartPole: 2 actions
@@ -130,7 +131,7 @@ def test_behaviour_is_the_epsilon_mixture_and_the_monte_carlo_episodes_pi(run):
         np.testing.assert_allclose(np.asarray(data.behaviour_log_probs)[mask], expected[mask], rtol=1e-4, atol=1e-5)
     keys = [jax.random.key_data(key) for key, _ in seen.collects]
     assert not np.array_equal(keys[2], keys[1])  # the reference gradient's episodes are not the Monte Carlo ones
-    assert not np.array_equal(keys[4], keys[0])  # a second dataset, not the first again
+    assert not np.array_equal(keys[5], keys[0])  # a second dataset, not the first again
 
 
 def test_importance_sampling_rows_match_numpy(run):
@@ -235,19 +236,22 @@ def test_offline_gradients_are_the_ratio_weighted_theorem_and_pdis_gradient(run,
         assert float(row["error"]) == pytest.approx(np.linalg.norm(g - reference), rel=1e-3), method
 
 
-def test_improvement_is_one_adam_step_up_the_offline_gradient_on_common_random_numbers(run, directions):
+@pytest.mark.parametrize("name, collected", [("offline g_off (w x advantage)", 3),
+                                             ("on-policy reference (control)", 4)])
+def test_improvement_is_one_adam_step_up_its_direction_on_common_random_numbers(run, directions, name, collected):
+    # The offline round steps up the offline advantage gradient; the control up the reference gradient itself.
     _, seen = run
     offline, reference = directions
-    (mc_key, mc_data), (new_key, new_data) = seen.collects[1], seen.collects[3]
+    (mc_key, mc_data), (new_key, new_data) = seen.collects[1], seen.collects[collected]
     assert np.array_equal(jax.random.key_data(new_key), jax.random.key_data(mc_key))  # paired episodes
     old, new = discounted_returns(mc_data), discounted_returns(new_data)
     assert np.any(new != old)  # else the change's sign and spread could not be checked
-    row = next(r for m, r in seen.values.items() if m.startswith("pi + 1 Adam steps on offline g_off"))
+    row = seen.values[f"pi + 1 Adam steps on {name}"]
     assert float(row["estimate"]) == pytest.approx(new.mean(), rel=1e-6)
     assert float(row["error"]) == pytest.approx(new.mean() - old.mean(), abs=1e-4)
     assert note_number(row["note"], "paired s.e.") == pytest.approx((new - old).std(ddof=1) / 4, abs=6e-3)
-    # Adam's first step is lr m / (sqrt(v) + eps) with m = g, v = g^2: lr sign(g) up the advantage direction.
-    g = offline["offline DualDICE w x FQE advantage"]
+    # Adam's first step is lr m / (sqrt(v) + eps) with m = g, v = g^2: lr sign(g) up the direction.
+    g = offline["offline DualDICE w x FQE advantage"] if name.startswith("offline") else reference
     step = LEARNING_RATE * g / (np.abs(g) + 1e-8)
     assert note_number(row["note"], "step cosine with the reference gradient") == pytest.approx(
         cosine(step, reference), abs=1.5e-3)
@@ -258,6 +262,20 @@ def test_improvement_is_one_adam_step_up_the_offline_gradient_on_common_random_n
     mask = np.asarray(new_data.mask)
     expected = np.asarray(actor_log_probs(seen, new_actor, new_data.observations, new_data.actions))
     np.testing.assert_allclose(np.asarray(new_data.behaviour_log_probs)[mask], expected[mask], rtol=1e-4, atol=1e-5)
+
+
+def test_improve_takes_adam_steps_up_a_direction_recomputed_at_each_step():
+    # Ascent on -|a - c|^2 / 2 (direction c - a, recomputed at the moving point), against Adam written out in NumPy.
+    c = {"w": np.array([1.0, -2.0, 0.5], np.float32), "b": np.array([3.0], np.float32)}
+    a = {"w": np.zeros(3, np.float32), "b": np.array([-1.0], np.float32)}
+    got = offline_gymnax.improve(a, lambda x: jax.tree_util.tree_map(jnp.subtract, c, x), 3, 0.1)
+    for leaf in ("w", "b"):
+        x, m, v = a[leaf].astype(np.float64), 0.0, 0.0
+        for t in range(1, 4):
+            g = c[leaf] - x
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g**2
+            x = x + 0.1 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        np.testing.assert_allclose(np.asarray(got[leaf]), x, rtol=1e-5)
 
 
 def test_every_estimate_is_written_finite_and_scored_against_monte_carlo(out):
