@@ -11,7 +11,7 @@ import evaluate as evaluate_cli
 import train as train_cli
 
 from pgjax import algos, runs, tables
-from pgjax.algos import evaluation
+from pgjax.algos import evaluation, presets
 
 
 def test_progress_bar_import_is_quiet_in_jupyter_without_ipywidgets():
@@ -302,6 +302,38 @@ def test_quality_benchmark_fails_a_target_when_a_seed_has_no_final_return():
     assert quality.target_met(row, 475.0) is False and quality.target_met(row, None) == ""
     row = {"seeds": 2, **quality.final_stats(np.array([500.0, 480.0]))}
     assert row["worst"] == 480.0 and quality.target_met(row, 475.0) is True
+
+
+def test_quality_benchmark_reports_the_preset_run_of_train_pys_seeds(tmp_path, monkeypatch, capsys):
+    """quality.py's row for a pair (here A2C on CartPole-v1 at 30 updates, 3 seeds) is the preset's run of seeds 0..2
+    as train.py draws them, evaluated after the last update; its statistics recomputed here in NumPy."""
+    quality = _benchmark_module("quality.py")
+    # 100 steps more than 30 updates of 256 (8 envs x 32 steps): the row reports the 7680 steps that ran.
+    monkeypatch.setattr(quality, "TARGETS", [("a2c", "CartPole-v1", 30 * 256 + 100, 15.0)])
+    out = tmp_path / "quality.csv"
+    assert quality.main(["--seeds", "3", "--eval-episodes", "2", "--out", str(out)]) == 0
+    (row,) = tables.read_csv(str(out))
+    config = algos.A2CConfig(**{**presets.preset("a2c", "CartPole-v1"), "env_id": "CartPole-v1",
+                                "total_timesteps": 30 * 256 + 100, "eval_every": 30, "eval_episodes": 2})
+    metrics = jax.jit(jax.vmap(algos.a2c.make_train(config)))(runs.seed_keys(0, [0, 1, 2])).metrics
+    returns = np.asarray(metrics["episode_return"], np.float64)[:, -3:]  # the last 10% of 30 updates
+    final = np.array([np.mean(r[~np.isnan(r)]) for r in returns])
+    assert np.all(np.isfinite(final))
+    assert row["per_seed"] == " ".join(f"{x:.1f}" for x in final)
+    for name, value in (("median", np.median(final)), ("worst", final.min()), ("best", final.max())):
+        assert float(row[name]) == pytest.approx(value, rel=1e-5), name
+    assert float(row["iqm_low"]) <= float(row["iqm"]) <= float(row["iqm_high"])
+    assert final.min() <= float(row["iqm"]) <= final.max()
+    evaluation = np.asarray(metrics["eval_return"], np.float64)[:, -1]
+    assert float(row["eval_median"]) == pytest.approx(np.median(evaluation), rel=1e-5)
+    assert float(row["eval_worst"]) == pytest.approx(evaluation.min(), rel=1e-5)
+    assert (int(row["env_steps"]), int(row["seeds"]), int(row["finished"])) == (30 * 256, 3, 3)
+    met = bool(np.median(final) >= 15.0 and final.min() >= 15.0)
+    assert row["target"] == "15.0" and row["met"] == str(met)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"wrote {out}"
+    assert printed[-2].split()[:8] == ["a2c", "CartPole-v1", "7680", f"{float(row['median']):.1f}",
+                                       f"{float(row['worst']):.1f}", "3/3", "15.0", str(met)]
 
 
 def test_rejax_comparison_accepts_only_the_fields_it_names_and_names_the_row_after_them():
