@@ -71,10 +71,12 @@ def test_the_estimator_lab_shows_the_variance_and_the_truncation_bias(lab_run):
         ratio = float(table[name, 4]["relative_error"]) / float(table[name, 1]["relative_error"])
         assert 0.35 < ratio < 0.7, (name, ratio)  # measured 0.49 and 0.51
         assert float(table[name, 4]["max_abs_bias_z"]) < 4, name
-    # The 2-step truncation is biased: its bias z statistics grow with N (measured 5.9, 9.7, 13.5), and its error
-    # stops falling as 1/sqrt(N) (0.99 at N = 4, against 0.77 for the value baseline).
+    # The 2-step truncation is biased: its bias z statistic grows as sqrt(N) (measured 5.9, 9.7, 13.5), and its error
+    # stops falling as 1/sqrt(N) (0.99 at N = 4, against 0.77 for the value baseline). From N = 1 to 4 z doubles in
+    # expectation: 1.4-2.4 times over key offsets 0-8 and 57; N = 2 is not compared, its noisy maximum over the
+    # coordinates passed N = 4's at offset 57 (30.7 against 24.0).
     z = [float(table["truncated_2", m]["max_abs_bias_z"]) for m in (1, 2, 4)]
-    assert z[0] < z[1] < z[2] and z[2] > 8, z
+    assert z[0] < z[2] and z[2] > 8, z
     assert float(table["truncated_2", 4]["relative_error"]) > float(table["value_baseline", 4]["relative_error"])
 
 
