@@ -226,6 +226,7 @@ def sampler(probs_fn: Callable) -> Callable:
 
 
 def make_policies(network, params, num_actions: int, epsilon: float) -> Policies:
+    """pi from the PPO network's actor head, mu = (1 - epsilon) pi + epsilon / num_actions."""
     def probs(obs):
         return network.apply(params, obs)[0].probs
 
@@ -354,6 +355,7 @@ def improvement_round(args, policies: Policies, logger: Logger, directions: dict
 
 
 def print_tables(value_rows: list[dict], gradient_rows: list[dict], improvement: dict, args, truth: float):
+    """The value table, the gradient table and, after an improvement round, each direction's change of J(pi)."""
     print()
     print(f"{'value of pi':52s} {'estimate':>9s} {'error':>9s} {'rel. err':>9s} {'time (s)':>9s}  note")
     for r in value_rows:
