@@ -247,9 +247,11 @@ class Logger(NamedTuple):
     discount: float
 
     def episodes(self, key, policy, num_episodes: int):
+        """`num_episodes` episodes of `policy` (a `collect_env` policy), padded to `horizon` steps."""
         return collect_env(key, self.env, self.env_params, policy, num_episodes, self.horizon)
 
     def returns(self, data) -> np.ndarray:
+        """Each episode's discounted return sum_t gamma^t r_t: [N]."""
         return discounted_returns(data, self.discount)
 
 

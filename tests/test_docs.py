@@ -1,6 +1,8 @@
 """The docs stay true to the code: every public function and class of pgjax has a docstring, and every pgjax name the
 README writes (the maths-to-code table included) exists. Imports only: nothing compiles."""
 
+import contextlib
+import functools
 import importlib
 import inspect
 import os
@@ -14,18 +16,30 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 FILE_SUFFIX = re.compile(r"\.(py|csv|json|png|npz|md|ipynb|txt|gz)\b")
 
 
-def _modules() -> dict[str, str]:
-    """Every pgjax module by its short name ('tabular', 'ppo', ...) and 'pgjax' itself."""
-    found = {m.name.rsplit(".", 1)[-1]: m.name for m in pkgutil.walk_packages(pgjax.__path__, "pgjax.")}
-    return {**found, "pgjax": "pgjax"}
+@functools.cache
+def _modules() -> dict[str, tuple[str, ...]]:
+    """Every pgjax module by its short name ('tabular', 'ppo', ...; 'evaluation' names three) and 'pgjax' itself."""
+    found = {"pgjax": ("pgjax",)}
+    for info in pkgutil.walk_packages(pgjax.__path__, "pgjax."):
+        short = info.name.rsplit(".", 1)[-1]
+        found[short] = (*found.get(short, ()), info.name)
+    return found
 
 
 def _resolve(dotted: str):
-    """The object a README name such as `tabular.policy_gradient` or `pgjax.offline.neural.FQEConfig` refers to;
-    AttributeError / ImportError if there is none."""
+    """The object a README name such as `tabular.policy_gradient` or `pgjax.offline.neural.FQEConfig` refers to (a
+    short module name that several modules share: the first that has the rest); AttributeError / ImportError if
+    there is none."""
     first, *rest = dotted.split(".")
-    obj = importlib.import_module(_modules()[first])
-    for name in rest:
+    *others, last = _modules()[first]
+    for module in others:
+        with contextlib.suppress(AttributeError, ImportError):
+            return _attributes(importlib.import_module(module), rest)
+    return _attributes(importlib.import_module(last), rest)
+
+
+def _attributes(obj, names: list[str]):
+    for name in names:
         try:
             obj = getattr(obj, name)
         except AttributeError:  # a submodule not imported by its package
