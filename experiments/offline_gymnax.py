@@ -376,6 +376,11 @@ def print_tables(value_rows: list[dict], gradient_rows: list[dict], improvement:
               f"{result['difference_se']:.2f} paired s.e.)")
 
 
+def dataset_values(logged_returns: np.ndarray, estimates: dict) -> dict:
+    """{method: value} of one logged dataset: the naive average of its discounted returns, then `estimate_values`'."""
+    return {"behaviour average (naive)": float(logged_returns.mean()), **{m: v for m, (v, _, _) in estimates.items()}}
+
+
 def dataset_study(args, policies: Policies, logger: Logger, first_values: dict, keys: tuple, configs: tuple,
                   truth: float) -> list[dict]:
     """The value estimates on --datasets logs of mu (dataset 0: `first_values`, already estimated; the others fresh
@@ -388,8 +393,7 @@ def dataset_study(args, policies: Policies, logger: Logger, first_values: dict, 
             extra = logger.episodes(jax.random.fold_in(key_data, k), policies.behaviour, args.num_episodes)
             estimates, _, _ = estimate_values(args, extra, policies.probs, policies.log_probs,
                                               jax.random.fold_in(key_dice, k), jax.random.fold_in(key_fqe, k), *configs)
-            values = {"behaviour average (naive)": float(logger.returns(extra).mean()),
-                      **{m: v for m, (v, _, _) in estimates.items()}}
+            values = dataset_values(logger.returns(extra), estimates)
         else:
             values = first_values
         rows += [dict(dataset=k, method=m, estimate=v, relative_error=(v - truth) / abs(truth))
@@ -443,7 +447,7 @@ def main(argv=None) -> int:
     estimates, dice_params, q_fn = estimate_values(args, data, policies.probs, policies.log_probs, key_dice, key_fqe,
                                                    *configs)
     rows += [value_row(method, value, truth, seconds, note) for method, (value, seconds, note) in estimates.items()]
-    first_values = {"behaviour average (naive)": float(logged.mean()), **{m: v for m, (v, _, _) in estimates.items()}}
+    first_values = dataset_values(logged, estimates)
 
     # 5. Policy gradients with respect to the actor's parameters. The reference: the theorem form on fresh episodes
     # of pi, per chunk of episodes.
