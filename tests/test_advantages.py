@@ -378,3 +378,11 @@ def test_normalize_noise_threshold_is_four_sqrt_n_eps_of_the_mean(x64):
     assert float(jnp.std(z)) == pytest.approx(1.0, rel=1e-3)
     flat = (1000.0 + 0.001 * noise).astype(np.float32)  # std / mean ~ 1e-6
     np.testing.assert_array_equal(adv.normalize(jnp.asarray(flat)), 0.0)
+    # Close to the threshold (1.5x data, 0.6x rounding), so that a factor of 8 or of 2 instead of 4 fails one of them.
+    threshold = 4.0 * np.sqrt(1024) * np.finfo(np.float32).eps * 1000.0
+    unit = noise / noise.std()
+    above = jnp.asarray((1000.0 + 1.5 * threshold * unit).astype(np.float32))
+    below = jnp.asarray((1000.0 + 0.6 * threshold * unit).astype(np.float32))
+    assert 1.3 * threshold < float(jnp.std(above)) < 1.7 * threshold  # the float32 data keep their spread
+    assert float(jnp.std(adv.normalize(above))) == pytest.approx(1.0, rel=1e-3)
+    np.testing.assert_array_equal(adv.normalize(below), 0.0)
