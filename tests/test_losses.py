@@ -184,6 +184,24 @@ def test_explained_variance(transform):
     assert np.isnan(float(fn(np.asarray(values, np.float32), np.full(N, 0.1, np.float32))))
 
 
+def test_explained_variance_is_undefined_below_the_rounding_of_the_mean():
+    """float32 targets around 1000, n = 1024: a spread 1.5x the documented sqrt(Var) threshold 4 sqrt(n) eps_f
+    sqrt(E[y^2]) is data (a finite ratio, NumPy's), one 0.6x it is rounding (NaN); with or without a mask. A threshold
+    divided by E[y^2], or scaled by n, fails one of the two."""
+    rng = np.random.default_rng(8)
+    unit = rng.normal(size=1024)
+    unit = (unit - unit.mean()) / unit.std()
+    threshold = 4.0 * np.sqrt(1024) * np.finfo(np.float32).eps * 1000.0
+    values = jnp.asarray(np.full(1024, 1000.0, np.float32))
+    for mask in (None, jnp.ones(1024, jnp.float32)):
+        above = (1000.0 + 1.5 * threshold * unit).astype(np.float32)
+        got = float(losses.explained_variance(values, jnp.asarray(above), mask))
+        x = above.astype(np.float64)
+        assert got == pytest.approx(1.0 - np.var(x - 1000.0) / np.var(x), abs=1e-3)  # ~0: values are the mean
+        below = (1000.0 + 0.6 * threshold * unit).astype(np.float32)
+        assert np.isnan(float(losses.explained_variance(values, jnp.asarray(below), mask)))
+
+
 def test_reinforce_masked_explained_variance():
     """REINFORCE's metric over the valid steps of its rollout: two-pass variances (E[y^2] - E[y]^2 cancelled to NaN
     for float32 returns of ~1000 +- 0.1), the masked steps ignored, NaN for constant targets."""

@@ -272,6 +272,13 @@ def test_line_search_backtracks_into_the_kl_radius(quadratic, transform):
     new, accepted, fraction = search(theta0, step, expected, max_kl)
     assert bool(accepted) and float(fraction) == 1.0
     assert float(objective_and_kl(new)[1]) == pytest.approx(max_kl, rel=1e-9)
+    # num_backtracks step sizes and no more: the 2.2 s step needs the third (c^2), so two tries keep theta.
+    search = functools.partial(tr.backtracking_line_search, objective_and_kl)  # (num_backtracks is static)
+    new, accepted, fraction = search(theta0, 2.2 * step, 2.2 * expected, max_kl, num_backtracks=2)
+    assert not bool(accepted) and float(fraction) == 0.0
+    np.testing.assert_array_equal(new, theta0)
+    _, accepted, fraction = search(theta0, 2.2 * step, 2.2 * expected, max_kl, num_backtracks=3)
+    assert bool(accepted) and float(fraction) == 0.25
 
 
 def test_line_search_rejects_a_step_that_decreases_the_surrogate(quadratic):
@@ -318,5 +325,10 @@ def test_line_search_rejects_a_worse_objective_even_when_the_model_predicted_wor
     # -s loses about g^T s; told to expect a loss 100 times that, every backtrack "beats" the prediction.
     new, accepted, fraction = tr.backtracking_line_search(objective_and_kl, theta0, -step, -100.0 * expected, max_kl)
     assert float(objective_and_kl(-0.5 * step)[0]) < float(objective_and_kl(theta0)[0])  # a worse objective
+    assert not bool(accepted) and float(fraction) == 0.0
+    np.testing.assert_array_equal(new, theta0)
+    # An objective that does not move (improvement exactly 0) is not an improvement either.
+    flat = lambda theta: (jnp.zeros(()), objective_and_kl(theta)[1])  # noqa: E731
+    new, accepted, fraction = tr.backtracking_line_search(flat, theta0, step, -expected, max_kl)
     assert not bool(accepted) and float(fraction) == 0.0
     np.testing.assert_array_equal(new, theta0)
