@@ -45,8 +45,9 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_statistic():
     resample = values[np.random.default_rng(5).integers(0, values.size, size=(1, values.size))]
     expected = float(np.median(resample))
     assert score_stats.bootstrap_interval(scores, np.median, num_resamples=1, seed=5) == (expected, expected)
-    with pytest.raises(ValueError, match="confidence must be in"):
-        score_stats.bootstrap_interval(scores, confidence=95)
+    for confidence in (95, 0.0, 1.0):  # (0, 1), open: 0 and 1 have no central interval
+        with pytest.raises(ValueError, match="confidence must be in"):
+            score_stats.bootstrap_interval(scores, confidence=confidence)
     with pytest.raises(ValueError, match="no value that is not NaN"):
         score_stats.bootstrap_interval([np.nan, np.nan])
     with pytest.raises(ValueError, match="scores is empty"):  # it blamed unfinished episodes
@@ -73,6 +74,9 @@ def test_performance_profile_counts_seeds_at_or_above_each_threshold():
     np.testing.assert_array_equal(profile, [0.75, 0.75, 0.5, 0.5, 0.25, 0.0])  # the NaN seed reaches nothing
     with pytest.raises(ValueError, match="1-D"):
         score_stats.performance_profile(np.ones((2, 2)), [0.0])
+    with pytest.raises(ValueError, match="at least one seed"):
+        score_stats.performance_profile([], [0.0])
+    np.testing.assert_array_equal(score_stats.performance_profile([475.0], [474.0, 476.0]), [1.0, 0.0])  # one seed
 
 
 def test_bootstrap_interval_is_the_central_quantiles_of_the_resampled_statistic():
@@ -113,3 +117,5 @@ def test_infinite_scores_are_kept_as_extremes_and_never_give_nan():
         assert got == pytest.approx(expected, rel=1e-12), (got, expected)
     with pytest.raises(ValueError, match="statistic returned NaN"):
         score_stats.bootstrap_interval([1.0, 2.0], lambda s, axis: np.full(s.shape[0], np.nan))
+    with pytest.raises(ValueError, match="statistic returned NaN"):  # on one resample of many
+        score_stats.bootstrap_interval([1.0, 2.0], lambda s, axis: np.r_[np.nan, np.ones(s.shape[0] - 1)])

@@ -151,6 +151,11 @@ def test_low_precision_rewards_are_summed_in_float32():
         tr.discount_powers(3, 0.9, jnp.int32)
 
 
+def test_discount_powers_are_gamma_to_the_t():
+    np.testing.assert_allclose(tr.discount_powers(5, 0.9), 0.9 ** np.arange(5), rtol=1e-15)
+    assert tr.discount_powers(0, 0.9).shape == (0,)  # an empty horizon is allowed
+
+
 def test_what_is_not_a_policy_is_refused():
     """Logits passed as pi sampled their largest entry every time, and log_density of 2 pi was off by T log 2."""
     mdp = T.chain_mdp()
