@@ -148,6 +148,41 @@ def test_gaussian_samples_mode_and_broadcast_log_std(gaussians):
     np.testing.assert_allclose(raw.log_prob(x[0]), p.log_prob(x[0]), rtol=1e-12)
 
 
+def test_gaussian_sample_is_mean_plus_std_times_the_keys_normal_draw(gaussians):
+    """The reparameterised sample itself, not only its moments: mean - sigma eps has the same law, and
+    mean + sigma / eps heavy tails that a Monte Carlo mean and variance within their (huge) standard errors let pass."""
+    p, _ = gaussians
+    key = jax.random.key(8)
+    expected = p.mean + jnp.exp(p.log_std) * jax.random.normal(key, p.mean.shape, p.mean.dtype)
+    np.testing.assert_allclose(p.sample(key), expected, rtol=1e-12)
+
+
+def test_batch_dimensions_beyond_one_are_batch(categoricals, gaussians):
+    """Distributions over a [2, 3] batch give what the same 6 rows give flattened: every reduction is over the
+    last (action) axis, and only it."""
+    rng = np.random.default_rng(9)
+    for dist, other, action in (
+        (Categorical(jnp.asarray(rng.normal(size=(2, 3, 4)))), Categorical(jnp.asarray(rng.normal(size=(2, 3, 4)))),
+         jnp.asarray(rng.integers(0, 4, size=(2, 3)))),
+        (diag_gaussian(jnp.asarray(rng.normal(size=(2, 3, 2))), jnp.asarray(rng.normal(0, 0.3, 2))),
+         diag_gaussian(jnp.asarray(rng.normal(size=(2, 3, 2))), jnp.asarray(rng.normal(0, 0.3, 2))),
+         jnp.asarray(rng.normal(size=(2, 3, 2)))),
+    ):
+        flat = jax.tree.map(lambda x: x.reshape(6, -1), dist)
+        flat_other = jax.tree.map(lambda x: x.reshape(6, -1), other)
+        flat_action = action.reshape(6, *action.shape[2:])
+        for name, got, want in (
+            ("log_prob", dist.log_prob(action), flat.log_prob(flat_action)),
+            ("entropy", dist.entropy(), flat.entropy()),
+            ("kl", dist.kl(other), flat.kl(flat_other)),
+            ("mode", dist.mode(), flat.mode()),
+        ):
+            assert got.shape[:2] == (2, 3), name
+            np.testing.assert_allclose(np.asarray(got).reshape(6, *got.shape[2:]), want, rtol=1e-12, err_msg=name)
+        if isinstance(dist, Categorical):
+            np.testing.assert_allclose(dist.probs.reshape(6, 4), flat.probs, rtol=1e-12)
+
+
 def test_gaussian_kl_monte_carlo(gaussians):
     p, q = gaussians
     x = draw(p, jax.random.key(5), MC)

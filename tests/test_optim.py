@@ -62,6 +62,17 @@ def test_annealed_rate_reaches_zero():
         u, state = tx.update(jnp.ones(2), state, p)
         steps.append(float(u[0]))
     assert steps[0] < steps[1] < steps[2] < 0 and steps[3] == steps[4] == 0.0  # rates 0.1, 2/30, 1/30, 0, 0
+    assert float(optim.linear_anneal(0.1, 1.0)) == 0.0  # to zero by default
+    assert float(optim.linear_anneal(0.1, 0.25)) == pytest.approx(0.075)
+    # anneal_steps 0, like None, keeps the rate: the same steps as without a schedule.
+    for anneal_steps in (0, None):
+        tx = optim.clipped_adam(0.1, 1.0, anneal_steps=anneal_steps)
+        state = tx.init(p)
+        constant = []
+        for _ in range(3):
+            u, state = tx.update(jnp.ones(2), state, p)
+            constant.append(float(u[0]))
+        np.testing.assert_allclose(constant, -0.1, rtol=1e-4)  # Adam on a constant gradient: -lr (eps aside)
 
 
 def test_schedule_offset_shifts_the_rate_not_the_bias_correction():
