@@ -300,6 +300,8 @@ def test_line_search_requires_improvement_ratio(quadratic):
     assert not bool(accepted)
     _, accepted, fraction = tr.backtracking_line_search(weak, theta0, step, expected, max_kl, accept_ratio=0.001)
     assert bool(accepted) and float(fraction) == 1.0
+    _, accepted, fraction = tr.backtracking_line_search(weak, theta0, step, expected, max_kl, accept_ratio=0.0)
+    assert bool(accepted) and float(fraction) == 1.0  # 0 allowed: any improvement
 
 
 def test_policy_kl_fn_is_kl_from_the_old_policy(x64):
