@@ -409,6 +409,7 @@ def test_valid_mdp_and_tracing_are_not_blocked():
     (np.ones((2, 2)), "rows must sum to 1.*off by 1"),                  # unnormalised
     (np.array([[1.5, -0.5], [0.5, 0.5]]), "finite and non-negative"),   # sums to 1 but not a distribution
     (np.full((2, 2), np.nan), "finite and non-negative"),
+    (np.array([[0.5, np.nan], [0.5, 0.5]]), "finite and non-negative"),  # one NaN: its row's sum is NaN too
     (np.full((1, 2), 0.5), r"pi must have shape \[S, A\] = \(2, 2\).*got shape \(1, 2\)"),  # would broadcast
 ])
 def test_exact_evaluations_reject_what_is_not_a_policy(pi, match):
