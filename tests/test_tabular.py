@@ -148,6 +148,24 @@ def test_fixed_point_equals_closed_form(batch):
     np.testing.assert_allclose(d_method, d_fp)
 
 
+def test_fixed_point_iterations_follow_numpy(batch):
+    """The same iteration in NumPy, d_0 = (1 - gamma) mu0 and the max-norm change as the stop: the same count and
+    residual per MDP (a count from 1, a min-norm stop or another start change the count)."""
+    mdps, thetas, features = batch
+    pis = jax.vmap(T.softmax_policy)(thetas, features)
+    d_fp, info = jax.jit(jax.vmap(T.occupancy_fixed_point))(mdps, pis)
+    for i in range(len(mdps.discount)):
+        p_pi = np.einsum("sa,sat->st", np.asarray(pis[i]), np.asarray(mdps.transition[i]))
+        g, mu = float(mdps.discount[i]), np.asarray(mdps.initial[i])
+        d, k, residual = (1 - g) * mu, 0, np.inf
+        while residual > 1e-12:
+            d_next = (1 - g) * mu + g * d @ p_pi
+            d, k, residual = d_next, k + 1, np.abs(d_next - d).max()
+        assert int(info.iterations[i]) == k
+        assert float(info.residual[i]) == pytest.approx(residual, rel=1e-3)
+        np.testing.assert_allclose(d_fp[i], d, rtol=0, atol=1e-14)
+
+
 def test_fixed_point_reports_non_convergence(problem):
     mdp, theta, features = problem
     pi = T.softmax_policy(theta, features)
@@ -162,6 +180,9 @@ def test_occupancy_iterates_contract_at_rate_gamma(problem):
     err = jnp.abs(iterates - T.occupancy(mdp, pi)).sum(-1)
     # d_k misses exactly the mass gamma^(k+1) of the later steps (an off-by-one would show here).
     np.testing.assert_allclose(err, mdp.discount ** jnp.arange(2, 52), rtol=1e-9, atol=1e-14)
+    # From below: the mass is 1 - gamma^(k+1), every state's share grows (a start above d^pi has the same l1 errors).
+    np.testing.assert_allclose(iterates.sum(-1), 1.0 - mdp.discount ** jnp.arange(2, 52), rtol=1e-12)
+    assert np.all(np.diff(np.asarray(iterates), axis=0) >= 0.0)
 
 
 def test_lecture_value_gradient_recursion(problem):
