@@ -100,17 +100,17 @@ def test_occupancy_is_distribution_and_satisfies_bellman_flow(batch):
     mdps, thetas, features = batch
     pis = jax.vmap(T.softmax_policy)(thetas, features)
     d = jax.vmap(T.occupancy)(mdps, pis)
-    np.testing.assert_allclose(d.sum(-1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(d.sum(-1), 1.0, rtol=0, atol=1e-12)
     assert float(d.min()) >= 0
     p_pi = jax.vmap(T.policy_transition)(mdps, pis)
     flow = (1 - mdps.discount)[:, None] * mdps.initial + mdps.discount[:, None] * jnp.einsum("bs,bst->bt", d, p_pi)
-    np.testing.assert_allclose(flow, d, atol=1e-12)
+    np.testing.assert_allclose(flow, d, rtol=0, atol=1e-12)
     dsa = jax.vmap(T.state_action_occupancy)(mdps, pis)
-    np.testing.assert_allclose(dsa.sum((-1, -2)), 1.0, atol=1e-12)
+    np.testing.assert_allclose(dsa.sum((-1, -2)), 1.0, rtol=0, atol=1e-12)
     # state-action Bellman flow: d(s,a) = (1-g) mu0(s) pi(a|s) + g sum_{s',a'} d(s',a') P(s|s',a') pi(a|s)
     inflow = jnp.einsum("bxy,bxys->bs", dsa, mdps.transition)
     rhs = ((1 - mdps.discount)[:, None] * mdps.initial + mdps.discount[:, None] * inflow)[..., None] * pis
-    np.testing.assert_allclose(rhs, dsa, atol=1e-12)
+    np.testing.assert_allclose(rhs, dsa, rtol=0, atol=1e-12)
 
 
 def test_return_equals_occupancy_weighted_reward(batch):
@@ -131,7 +131,7 @@ def test_occupancy_equals_discounted_sum_of_state_distributions(problem):
     for t in range(400):
         total += (1 - g) * g**t * mu
         mu = mu @ p_pi
-    np.testing.assert_allclose(T.occupancy(mdp, pi), total, atol=1e-12)
+    np.testing.assert_allclose(T.occupancy(mdp, pi), total, rtol=0, atol=1e-12)
 
 
 def test_fixed_point_equals_closed_form(batch):
@@ -141,7 +141,7 @@ def test_fixed_point_equals_closed_form(batch):
     d_fp, info = jax.jit(jax.vmap(T.occupancy_fixed_point))(mdps, pis)
     assert bool(info.converged.all())
     assert float(info.residual.max()) <= 1e-12
-    np.testing.assert_allclose(d_fp, d_solve, atol=1e-10)
+    np.testing.assert_allclose(d_fp, d_solve, rtol=0, atol=1e-10)
     # more iterations for larger discounts: the contraction rate is gamma
     assert int(info.iterations[-1]) > int(info.iterations[0])
     d_method = jax.vmap(lambda m, p: T.occupancy(m, p, method="fixed_point"))(mdps, pis)
@@ -213,22 +213,23 @@ def test_score_matches_autodiff(batch):
     _, thetas, features = batch
     score = T.grad_log_policy(thetas[0], features[0])
     jac = jax.jacobian(T.log_policy)(thetas[0], features[0])
-    np.testing.assert_allclose(score, jac, atol=1e-12)
+    np.testing.assert_allclose(score, jac, rtol=0, atol=1e-12)
     # E_pi[score] = 0 in every state
     pi = T.softmax_policy(thetas[0], features[0])
-    np.testing.assert_allclose(jnp.einsum("sa,sad->sd", pi, score), 0.0, atol=1e-12)
+    np.testing.assert_allclose(jnp.einsum("sa,sad->sd", pi, score), 0.0, rtol=0, atol=1e-12)
 
 
 def test_logistic_policy_is_softmax_special_case():
     x = jax.random.normal(jax.random.key(5), (7, 3))
     theta = jax.random.normal(jax.random.key(6), (3,))
-    np.testing.assert_allclose(T.logistic_policy(theta, x), T.softmax_policy(theta, T.logistic_features(x)), atol=1e-12)
+    np.testing.assert_allclose(T.logistic_policy(theta, x), T.softmax_policy(theta, T.logistic_features(x)),
+                               rtol=0, atol=1e-12)
 
 
 def test_tabular_features_make_theta_the_logit_table():
     theta = jax.random.normal(jax.random.key(7), (S * A,))
     pi = T.softmax_policy(theta, T.tabular_features(S, A))
-    np.testing.assert_allclose(pi, jax.nn.softmax(theta.reshape(S, A), -1), atol=1e-12)
+    np.testing.assert_allclose(pi, jax.nn.softmax(theta.reshape(S, A), -1), rtol=0, atol=1e-12)
 
 
 # --- classic examples ------------------------------------------------------------------------------
@@ -484,8 +485,8 @@ def test_properties_over_random_shapes(num_states, num_actions, dim, discount, c
     with jax.enable_x64(True):
         pi, d, v, g, g_auto = _property_values(num_states, num_actions, dim, jax.random.key(seed), discount,
                                                concentration)
-        np.testing.assert_allclose(pi.sum(-1), 1.0, atol=1e-12)
-        np.testing.assert_allclose(d.sum(), 1.0, atol=1e-10)
+        np.testing.assert_allclose(pi.sum(-1), 1.0, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(d.sum(), 1.0, rtol=0, atol=1e-10)
         assert float(d.min()) > -1e-12
         assert float(v.max()) <= 1.0 / (1.0 - discount) + 1e-8 and float(v.min()) >= -1e-10  # rewards in [0, 1]
         np.testing.assert_allclose(g, g_auto, rtol=1e-7, atol=1e-9)
@@ -546,7 +547,7 @@ def test_fixed_point_with_tol_zero_converges_exactly(problem):
     pi = T.softmax_policy(theta, features)
     d, info = T.occupancy_fixed_point(mdp, pi, tol=0.0)
     assert float(info.residual) == 0.0 and bool(info.converged)
-    np.testing.assert_allclose(d, T.occupancy(mdp, pi), atol=1e-13)
+    np.testing.assert_allclose(d, T.occupancy(mdp, pi), rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("dtype, offset, refused", [(np.float64, 5e-3, True), (np.float64, 5e-5, True),
@@ -593,10 +594,10 @@ def test_iterative_solvers_compile_once_per_shape(problem):
         iterates = T.occupancy_iterates(other, other_pi, 400)
         j_400 = T.finite_horizon_return(other, other_pi, 400)
     assert compiled == [], f"{len(compiled)} programs compiled again"
-    np.testing.assert_allclose(np.asarray(iterates[-1]), np.asarray(d), atol=1e-11)  # 0.8^401: converged
+    np.testing.assert_allclose(np.asarray(iterates[-1]), np.asarray(d), rtol=0, atol=1e-11)  # 0.8^401: converged
     np.testing.assert_allclose(float(j_400), float(T.expected_return(other, other_pi)), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(solution.values), np.asarray(T.state_values(other, solution.policy)),
                                rtol=1e-10)
     np.testing.assert_allclose(float(j_star), float(other.initial @ solution.values), rtol=1e-12)
     assert bool(info.converged)
-    np.testing.assert_allclose(np.asarray(d), np.asarray(T.occupancy_solve(other, other_pi)), atol=1e-11)
+    np.testing.assert_allclose(np.asarray(d), np.asarray(T.occupancy_solve(other, other_pi)), rtol=0, atol=1e-11)
