@@ -206,6 +206,10 @@ def test_episode_statistics_match_manual_accumulation(env_id, cartpole_raw):
     np.testing.assert_allclose(envs.finished_episode_mean(info), np.mean(finished), rtol=1e-5)
     # Without an episode end nothing is reported.
     assert np.isnan(envs.finished_episode_mean(jax.tree_util.tree_map(lambda x: x[:0], info)))
+    # One episode end: its return (the first step at which an episode ended, alone).
+    t, i = np.argwhere(done)[0]
+    alone = {name: info[name][t:t + 1, i:i + 1] for name in ("returned_episode", "episode_return")}
+    assert float(envs.finished_episode_mean(alone)) == pytest.approx(float(info["episode_return"][t, i]))
     # Where no reset happened the final observation is the observation itself.
     np.testing.assert_array_equal(info["final_observation"][~done], traj["obs"][~done])
     assert np.any(info["final_observation"][done] != traj["obs"][done])
@@ -333,6 +337,7 @@ def test_normalize_reward_frozen_statistics_and_bad_arguments():
                        (dict(discount=0.9, epsilon=0.0), "epsilon must be > 0")]:  # 0 / 0 for a constant return
         with pytest.raises(ValueError, match=f"NormalizeReward: {match}"):
             NormalizeReward(base, **bad)
+    assert NormalizeReward(base, 1.0).discount == 1.0  # (0, 1]: an undiscounted return may be normalised too
     for clip in (0.0, float("nan")):  # the check both normalisers share; NaN clipped every observation to NaN
         with pytest.raises(ValueError, match="NormalizeObservation: clip must be > 0"):
             NormalizeObservation(base, clip=clip)
