@@ -112,6 +112,8 @@ def test_run_is_reproducible_and_batched_equals_single(problem, horizon):
     a, _ = E.run_estimator(jax.random.key(3), problem, E.reinforce_rewards_to_go, 8, 2, horizon)
     b, _ = E.run_estimator(jax.random.key(3), problem, E.reinforce_rewards_to_go, 8, 2, horizon)
     np.testing.assert_array_equal(a, b)
+    two, _ = E.run_estimator(jax.random.key(3), problem, E.reinforce_rewards_to_go, 2, 2, horizon)  # the fewest
+    assert two.shape == a[:2].shape and np.isfinite(np.asarray(two)).all()
     samples = E.per_trajectory_estimates(jax.random.key(3), problem, E.reinforce_rewards_to_go, 16, horizon)
     np.testing.assert_allclose(a, samples.reshape(8, 2, -1).mean(1), rtol=1e-12)
 
@@ -132,17 +134,29 @@ def test_nan_is_reported():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="truncation"):
         E.truncated(E.reinforce_rewards_to_go, 0)
-    with pytest.raises(ValueError, match="discount"):
-        E.effective_horizon(1.0)
-    with pytest.raises(ValueError, match=r"tail must lie in \(0, 1\)"):  # gave a horizon of -1
-        E.effective_horizon(0.5, tail=2.0)
+    for discount in (0.0, 1.0):  # (0, 1), open at both ends
+        with pytest.raises(ValueError, match="discount"):
+            E.effective_horizon(discount)
+    for tail in (2.0, 1.0, 0.0):  # 2 gave a horizon of -1; 1 and 0 are the open interval's ends
+        with pytest.raises(ValueError, match=r"tail must lie in \(0, 1\)"):
+            E.effective_horizon(0.5, tail=tail)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):  # a bare ZeroDivisionError
         E.batch_means(jnp.zeros((4, 2)), 0)
+    with pytest.raises(ValueError, match="batch_size 3 exceeds the 2 samples"):
+        E.batch_means(jnp.zeros((2, 2)), 3)
+    np.testing.assert_array_equal(E.batch_means(jnp.ones((1, 2)), 1), [[1.0, 1.0]])  # one sample, one batch
+    np.testing.assert_array_equal(E.batch_means(jnp.arange(10.0).reshape(5, 2), 2), [[1.0, 2.0], [5.0, 6.0]])
     with pytest.raises(ValueError, match="batch sizes"):
         E.error_curve(jax.random.key(0), None, E.reinforce_rewards_to_go, (0, 2), 4, 4)
     # One estimate has no spread: z was +-inf (read as "certainly biased") for an unbiased estimator.
     one = E.estimator_stats(jnp.array([[1.5, 0.5]]), jnp.array([1.0, 1.0]))
     assert np.isnan(np.asarray(one.bias_z)).all()
+    # Two already have one: mean (2, 3), standard error sqrt(1 * 2 / 1) / sqrt(2) = 1.
+    two = E.estimator_stats(jnp.array([[1.0, 2.0], [3.0, 4.0]]), jnp.zeros(2))
+    np.testing.assert_allclose(two.bias_z, [2.0, 3.0], rtol=1e-12)
+    # Estimates that never vary: z = 0 where they are exact, +-inf where they are not.
+    constant = E.estimator_stats(jnp.array([[1.0, 2.0, -1.0]] * 3), jnp.array([1.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(constant.bias_z, [0.0, np.inf, -np.inf])
     with pytest.raises(ValueError, match=r"error_curve: num_estimates must be >= 2 .*got 1"):
         E.error_curve(jax.random.key(0), None, E.reinforce_rewards_to_go, (1, 2), 1, 4)
     with pytest.raises(ValueError, match=r"run_estimator: num_estimates must be >= 2"):
