@@ -165,6 +165,15 @@ def test_config_validation(cls, kwargs, match):
         cls(**kwargs)
 
 
+def test_configs_at_their_bounds_are_accepted():
+    """The edges the checks above must let through: an n-step return as long as the rollout (the n-step check only
+    for advantage_method="nstep"), Fisher states from every num_steps-th step, discount 1."""
+    assert algos.A2CConfig(advantage_method="nstep", n_steps_return=16, num_steps=16).n_steps_return == 16
+    assert algos.A2CConfig(advantage_method="gae", n_steps_return=100, num_steps=16).n_steps_return == 100
+    assert algos.TRPOConfig(fisher_subsample=16, num_steps=16).fisher_subsample == 16
+    assert algos.PPOConfig(discount=1.0).discount == 1.0
+
+
 @pytest.mark.exact_compiler
 def test_in_run_evaluation_evaluates_the_updated_policy_and_leaves_training_unchanged():
     """eval_every: after every eval_every-th update and the last, eval_return is the mean return of eval_episodes
