@@ -526,12 +526,13 @@ def test_one_step_updates_report_the_kl_from_the_old_policy_to_the_new(name):
 
 def test_trpo_reports_its_move_and_takes_the_damped_natural_step():
     """TRPO's metrics against NumPy on the hand-built batch: kl = mean KL(pi_old || pi_new), entropy = the old
-    policy's mean entropy, surrogate_improvement = L(theta_new) - L(theta_old) with L = mean ratio * norm(A).
+    policy's mean entropy, surrogate_improvement = L(theta_new) - L(theta_old) with L = mean ratio * norm(A)
+    + c_H mean H (c_H = 0.05: an entropy bonus summed instead of averaged over the 12 steps was 12 times as strong).
     expected_improvement = g^T s = sqrt(2 delta g^T (H + lambda I)^{-1} g) for the full step s, with H the Hessian of
     the mean KL in the actor's parameters (formed explicitly here, by autodiff) and lambda = cg_damping: a step damped
     by another lambda (max_kl's 0.02 passed every test before) is 20% away."""
     config = algos.TRPOConfig(**SMALL, total_timesteps=T * N, gae_lambda=0.9, max_kl=0.02, cg_damping=0.3,
-                              cg_iterations=40, vf_minibatches=2)
+                              cg_iterations=40, vf_minibatches=2, ent_coef=0.05)
     network, hp, batch = _network(), config.hyperparams(), _batch()
     algorithm, agent = _agent(trpo, config, network)
     new_agent, metrics = jax.jit(algorithm.update)(agent, batch, jax.random.key(1), hp, jnp.int32(0))
@@ -547,9 +548,12 @@ def test_trpo_reports_its_move_and_takes_the_damped_natural_step():
     assert abs(new_entropy - old_entropy.mean()) > 10 * 1e-5 * old_entropy.mean(), (new_entropy, old_entropy.mean())
 
     advantage = _np_normalize(_np_gae(_np(batch), 0.9, 0.9)[0])
-    surrogate = lambda log: np.mean(np.exp(_taken(log, batch.action) - _np(batch)["log_prob"]) * advantage)  # noqa
-    np.testing.assert_allclose(float(metrics["surrogate_improvement"]), surrogate(new_log) - surrogate(old_log),
-                               rtol=1e-3, atol=1e-6)
+    def surrogate(params):
+        log, entropy, _ = _outputs(network, params, batch.obs)
+        return np.mean(np.exp(_taken(log, batch.action) - _np(batch)["log_prob"]) * advantage) + 0.05 * entropy.mean()
+
+    np.testing.assert_allclose(float(metrics["surrogate_improvement"]),
+                               surrogate(new_agent.params) - surrogate(agent.params), rtol=1e-3, atol=1e-6)
 
     # The step's expected improvement from an explicit damped Fisher (float32 autodiff, solved in float64).
     actor_flat, unravel = ravel_pytree(agent.params["params"]["actor"])
@@ -566,7 +570,7 @@ def test_trpo_reports_its_move_and_takes_the_damped_natural_step():
 
     def objective(flat):
         ratio = jnp.exp(dist(flat).log_prob(action) - batch.log_prob.reshape(-1))
-        return jnp.mean(ratio * jnp.asarray(advantage.reshape(-1), jnp.float32))
+        return jnp.mean(ratio * jnp.asarray(advantage.reshape(-1), jnp.float32)) + 0.05 * jnp.mean(dist(flat).entropy())
 
     hessian = np.asarray(jax.hessian(mean_kl)(actor_flat), np.float64)
     g = np.asarray(jax.grad(objective)(actor_flat), np.float64)
