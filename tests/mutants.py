@@ -146,7 +146,8 @@ def _run_tests(copy: str, tests: list[str], timeout: float) -> tuple[str, str]:
     """("survived" | "killed" | "timeout", pytest's output tail) for the tests run in `copy`."""
     # The older, faster-compiling emitters, as make test's first phase: the exact_compiler tests refuse to run there
     # (the conftest stops the whole session), so they are left out.
-    env = dict(os.environ, PYTHONPATH=copy, PGJAX_TEST_FAST_COMPILE="1")
+    # No bytecode caches: a mutant of the same size written in the same second as the last would reuse its .pyc.
+    env = dict(os.environ, PYTHONPATH=copy, PGJAX_TEST_FAST_COMPILE="1", PYTHONDONTWRITEBYTECODE="1")
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not exact_compiler",
                *tests]
     try:
@@ -171,8 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(ROOT, module)) as f:
         lines = f.read().splitlines()
     everything = mutants(os.path.join(ROOT, module))
+    if args.only is not None and not all(0 <= i < len(everything) for i in args.only):
+        parser.error(f"--only: {module} has mutants 0 to {len(everything) - 1}; got {args.only}")
     chosen = everything if args.only is None else [everything[i] for i in args.only]
-    describe = lambda m: f"#{m.index} L{m.line} {m.change:<22} | {lines[m.line - 1].strip()[:90]}"  # noqa: E731
+
+    def describe(m: Mutant) -> str:
+        return f"#{m.index} L{m.line} {m.change:<22} | {lines[m.line - 1].strip()[:90]}"
+
     if args.list:
         print("\n".join(describe(m) for m in chosen))
         return 0

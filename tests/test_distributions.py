@@ -157,7 +157,7 @@ def test_gaussian_sample_is_mean_plus_std_times_the_keys_normal_draw(gaussians):
     np.testing.assert_allclose(p.sample(key), expected, rtol=1e-12)
 
 
-def test_batch_dimensions_beyond_one_are_batch(categoricals, gaussians):
+def test_batch_dimensions_beyond_one_are_batch():
     """Distributions over a [2, 3] batch give what the same 6 rows give flattened: every reduction is over the
     last (action) axis, and only it."""
     rng = np.random.default_rng(9)

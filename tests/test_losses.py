@@ -193,12 +193,12 @@ def test_explained_variance_is_undefined_below_the_rounding_of_the_mean():
     unit = (unit - unit.mean()) / unit.std()
     threshold = 4.0 * np.sqrt(1024) * np.finfo(np.float32).eps * 1000.0
     values = jnp.asarray(np.full(1024, 1000.0, np.float32))
+    above = (1000.0 + 1.5 * threshold * unit).astype(np.float32)
+    below = (1000.0 + 0.6 * threshold * unit).astype(np.float32)
+    x = above.astype(np.float64)
     for mask in (None, jnp.ones(1024, jnp.float32)):
-        above = (1000.0 + 1.5 * threshold * unit).astype(np.float32)
         got = float(losses.explained_variance(values, jnp.asarray(above), mask))
-        x = above.astype(np.float64)
         assert got == pytest.approx(1.0 - np.var(x - 1000.0) / np.var(x), abs=1e-3)  # ~0: values are the mean
-        below = (1000.0 + 0.6 * threshold * unit).astype(np.float32)
         assert np.isnan(float(losses.explained_variance(values, jnp.asarray(below), mask)))
 
 
