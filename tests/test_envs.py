@@ -627,3 +627,24 @@ def test_make_with_a_traced_override_inside_jit():
         return envs.make("CartPole-v1", gravity=g)[1].gravity * 2
 
     assert float(gravity_twice(9.8)) == pytest.approx(19.6)
+
+
+def test_observation_spaces_read_the_params_passed_and_the_defaults_otherwise():
+    """CartPole's bounds depend on its params (x_threshold): FlattenObservation keeps the inner bounds of the params
+    it is given, the defaults' when given None; NormalizeObservation's bounds are [-clip, clip], unbounded without."""
+    import gymnax
+
+    base, defaults = gymnax.make("CartPole-v1")
+    narrow = defaults.replace(x_threshold=1.0)
+    flat = FlattenObservation(base)
+    for params in (None, narrow):
+        want = base.observation_space(defaults if params is None else params)
+        got = flat.observation_space(params)
+        np.testing.assert_array_equal(got.high, np.reshape(want.high, -1))
+        np.testing.assert_array_equal(got.low, np.reshape(want.low, -1))
+    assert float(flat.observation_space(narrow).high[0]) == 2.0 != float(flat.observation_space(None).high[0])
+    for clip, bound in ((5.0, 5.0), (None, np.inf)):
+        space = NormalizeObservation(flat, clip=clip).observation_space(narrow)
+        assert space.shape == (4,) and space.dtype == jnp.float32
+        np.testing.assert_array_equal(np.broadcast_to(space.low, (4,)), -bound)
+        np.testing.assert_array_equal(np.broadcast_to(space.high, (4,)), bound)
