@@ -648,3 +648,23 @@ def test_observation_spaces_read_the_params_passed_and_the_defaults_otherwise():
         assert space.shape == (4,) and space.dtype == jnp.float32
         np.testing.assert_array_equal(np.broadcast_to(space.low, (4,)), -bound)
         np.testing.assert_array_equal(np.broadcast_to(space.high, (4,)), bound)
+
+
+def test_with_running_statistics_carries_an_unbatched_stacks_statistics_over_reset():
+    """Without VecEnv the state holds one copy of the statistics, taken whole (the first copy is taken only under
+    VecEnv): after 5 steps the rebuilt stack's reset is the reset of a stack built with those statistics."""
+    import gymnax
+
+    base, params = gymnax.make("CartPole-v1")
+    env = NormalizeObservation(FlattenObservation(base))
+    _, state = env.reset(jax.random.key(0), params)
+    for key in jax.random.split(jax.random.key(1), 5):
+        _, state, *_ = env.step(key, state, jnp.int32(1), params)
+    seen = envs.running_statistics(state)["observation"][0]
+    assert int(seen.count) > 1
+    _, restarted = envs.with_running_statistics(env, state).reset(jax.random.key(2), params)
+    _, built = NormalizeObservation(FlattenObservation(base), initial_statistics=seen).reset(jax.random.key(2), params)
+    carried, expected = (envs.running_statistics(s)["observation"][0] for s in (restarted, built))
+    assert int(carried.count) == int(seen.count) + 1  # the reset's observation merged in, as always
+    for got, want in zip(jax.tree_util.tree_leaves(carried), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(got, want)
