@@ -632,9 +632,8 @@ def test_make_with_a_traced_override_inside_jit():
 def test_observation_spaces_read_the_params_passed_and_the_defaults_otherwise():
     """CartPole's bounds depend on its params (x_threshold): FlattenObservation keeps the inner bounds of the params
     it is given, the defaults' when given None; NormalizeObservation's bounds are [-clip, clip], unbounded without."""
-    import gymnax
-
-    base, defaults = gymnax.make("CartPole-v1")
+    base, _ = envs.make("CartPole-v1")
+    defaults = base.default_params
     narrow = defaults.replace(x_threshold=1.0)
     flat = FlattenObservation(base)
     for params in (None, narrow):
@@ -653,9 +652,7 @@ def test_observation_spaces_read_the_params_passed_and_the_defaults_otherwise():
 def test_with_running_statistics_carries_an_unbatched_stacks_statistics_over_reset():
     """Without VecEnv the state holds one copy of the statistics, taken whole (the first copy is taken only under
     VecEnv): after 5 steps the rebuilt stack's reset is the reset of a stack built with those statistics."""
-    import gymnax
-
-    base, params = gymnax.make("CartPole-v1")
+    base, params = envs.make("CartPole-v1")
     env = NormalizeObservation(FlattenObservation(base))
     _, state = env.reset(jax.random.key(0), params)
     for key in jax.random.split(jax.random.key(1), 5):
