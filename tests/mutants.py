@@ -11,8 +11,9 @@ messages, f-strings and warnings are left alone. The mutant is written into a co
 files and the given tests run there (`pytest -x`, the copy first on PYTHONPATH); a mutant the tests pass is a
 survivor, printed with its line. Read each survivor: many are equivalent (a default that only tunes speed or
 tolerance, `axis=1` for `axis=-1` on 2-D arrays, a value a `jnp.where` never selects); the others are behaviour no
-test checks. The tests first run on the unchanged module and must pass (tests marked exact_compiler are left
-out: they need XLA's default emitters). Not part of the suite (a mutant costs a test file's run, seconds to a minute).
+test checks. The tests first run on the unchanged module and must pass. Tests marked exact_compiler are left out
+(they need XLA's default emitters); `--exact-compiler` runs those alone, e.g. the two-device checks of
+tests/test_parallel.py. Not part of the suite (a mutant costs a test file's run, seconds to a minute).
 """
 
 from __future__ import annotations
@@ -142,14 +143,18 @@ def _copy_repository(destination: str) -> None:
             shutil.copy2(os.path.join(ROOT, name), os.path.join(destination, name))
 
 
-def _run_tests(copy: str, tests: list[str], timeout: float) -> tuple[str, str]:
+def _run_tests(copy: str, tests: list[str], timeout: float, exact: bool = False) -> tuple[str, str]:
     """("survived" | "killed" | "timeout", pytest's output tail) for the tests run in `copy`."""
-    # The older, faster-compiling emitters, as make test's first phase: the exact_compiler tests refuse to run there
-    # (the conftest stops the whole session), so they are left out.
+    # By default the older, faster-compiling emitters, as make test's first phase: the exact_compiler tests refuse to
+    # run there (the conftest stops the whole session), so they are left out. `exact`: XLA's default emitters, as
+    # make test's second phase, and only the exact_compiler tests.
     # No bytecode caches: a mutant of the same size written in the same second as the last would reuse its .pyc.
-    env = dict(os.environ, PYTHONPATH=copy, PGJAX_TEST_FAST_COMPILE="1", PYTHONDONTWRITEBYTECODE="1")
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not exact_compiler",
-               *tests]
+    env = dict(os.environ, PYTHONPATH=copy, PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PGJAX_TEST_FAST_COMPILE", None)
+    if not exact:
+        env["PGJAX_TEST_FAST_COMPILE"] = "1"
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m",
+               "exact_compiler" if exact else "not exact_compiler", *tests]
     try:
         done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -165,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", type=int, nargs="+", default=None, help="run these mutant numbers only")
     parser.add_argument("--workers", type=int, default=2, help="mutants run at once (default 2)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant before it counts as hung")
+    parser.add_argument("--exact-compiler", action="store_true",
+                        help="run only the given tests marked exact_compiler, with XLA's default emitters")
     args = parser.parse_args(argv)
     module = os.path.relpath(os.path.abspath(args.module), ROOT)
     if not os.path.isfile(os.path.join(ROOT, module)):
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     # The tests must pass on the module as it is, or every mutant would read as killed.
     with tempfile.TemporaryDirectory(prefix="pgjax-mutant-") as copy:
         _copy_repository(copy)
-        outcome, output = _run_tests(copy, args.tests, args.timeout)
+        outcome, output = _run_tests(copy, args.tests, args.timeout, args.exact_compiler)
     if outcome != "survived":
         print(output)
         print(f"the tests do not pass on the unchanged {module} ({outcome}): nothing to measure mutants against")
@@ -210,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                     return
                 with open(target, "w") as f:
                     f.write(mutant.source)
-                outcome, _ = _run_tests(copy, args.tests, args.timeout)
+                outcome, _ = _run_tests(copy, args.tests, args.timeout, args.exact_compiler)
                 with lock:
                     results[mutant.index] = outcome
                     print(f"[{len(results)}/{len(chosen)} {time.time() - start:.0f}s] {outcome:<8} {describe(mutant)}",

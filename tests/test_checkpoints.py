@@ -123,3 +123,28 @@ def test_a_truncated_or_corrupt_checkpoint_is_named_not_read(tmp_path):
         np.savez(f, **arrays)
     with pytest.raises(ValueError, match="do not cover its 2 updates"):
         checkpoints.load(path, target)
+
+
+class _Tripwire:
+    """Unpickling it creates the file at `path` (pickle calls `open(path, "w")`): code a stranger's file could run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused_never_unpickled(tmp_path):
+    path = str(tmp_path / "checkpoint.npz")
+    checkpoints.save(path, _state(), {"loss": np.zeros((3, 2), np.float32)}, 2, np.zeros(2))
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    tripwire = str(tmp_path / "unpickled")
+    arrays["metrics/loss"] = np.array([_Tripwire(tripwire)], dtype=object)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    for read in (lambda: checkpoints.read_meta(path), lambda: checkpoints.load(path, jax.eval_shape(_state))):
+        with pytest.raises(ValueError, match=r"checkpoint\.npz: unreadable or corrupt checkpoint \(ValueError: Object"):
+            read()
+    assert not os.path.exists(tripwire)

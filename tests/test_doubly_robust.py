@@ -111,6 +111,10 @@ def test_padding_is_ignored_and_no_mask_means_all_steps(problem):
     assert float(DR.doubly_robust_value(*args)) == float(DR.doubly_robust_value(*args, ones))
     # By hand: mean V0 = 3; corrections w (r + 0.5 V' - Q) = w * 1.5, mean 1.5 * 1.5 = 2.25; / (1 - 0.5) = 4.5.
     assert float(DR.doubly_robust_value(*args)) == pytest.approx(3.0 + 4.5)
+    # One valid step: its own correction, w = 1 times 1.5, / 0.5 = 3; none valid: no correction (not 0 / 0).
+    one = jnp.array([False, True, False, False])
+    assert float(DR.doubly_robust_value(*args, one)) == pytest.approx(3.0 + 3.0, rel=1e-12)
+    assert float(DR.doubly_robust_value(*args, jnp.zeros(4, bool))) == 3.0
 
 
 def test_shapes_are_checked():

@@ -538,6 +538,26 @@ def test_predrawn_resets_shapes_and_errors():
         PredrawnResets(OwnStep())
 
 
+def test_predrawn_resets_without_params_use_the_default_params():
+    """`draw_resets(keys)` and `step(draw, ...)` with no params are the calls given `default_params`, and the
+    params are read: a random MDP's resets draw from its own mu0, so another MDP's draws differ."""
+    base, _ = envs.make("tabular:random", num_states=6, num_actions=2, seed=1)
+    other, _ = envs.make("tabular:random", num_states=6, num_actions=2, seed=2)
+    env = PredrawnResets(base)
+    keys = jax.random.split(jax.random.PRNGKey(0), 64)  # raw keys: the draws compare as arrays
+    default = env.draw_resets(keys, base.default_params)
+    for a, b in zip(jax.tree_util.tree_leaves(env.draw_resets(keys)), jax.tree_util.tree_leaves(default)):
+        np.testing.assert_array_equal(a, b)
+    assert np.any(np.asarray(env.draw_resets(keys, other.default_params).state.mdp_state)
+                  != np.asarray(default.state.mdp_state))
+    _, state = base.reset(jax.random.key(1), base.default_params)
+    draw = jax.tree_util.tree_map(lambda x: x[0], default)
+    implicit = env.step(draw, state, jnp.array(1))
+    explicit = env.step(draw, state, jnp.array(1), base.default_params)
+    for a, b in zip(jax.tree_util.tree_leaves(implicit), jax.tree_util.tree_leaves(explicit)):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------------------
 # make.
 # ---------------------------------------------------------------------------

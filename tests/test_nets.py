@@ -38,6 +38,11 @@ def test_actor_critic_shapes(obs, discrete, shared):
     # float32 batched and single kernels round differently (outputs near 0 differ by ~1e-9 absolute).
     np.testing.assert_allclose(value_b[2, 1], value_1, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(jax.tree.leaves(dist_b)[0][2, 1], jax.tree.leaves(dist_1)[0], rtol=1e-6, atol=1e-7)
+    # method="policy" / "value" compute the call's two outputs alone (rollouts use them), in either layout.
+    dist_e, value_e = net.apply(params, obs)  # op by op, as the two methods below
+    for leaf, alone in zip(jax.tree.leaves(dist_e), jax.tree.leaves(net.apply(params, obs, method="policy"))):
+        np.testing.assert_array_equal(leaf, alone)
+    np.testing.assert_array_equal(value_e, net.apply(params, obs, method="value"))
 
 
 def test_parameter_layout_and_log_std(obs):

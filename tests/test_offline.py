@@ -152,6 +152,9 @@ def test_collect_and_estimators_validate_arguments(problem):
     unknown = data._replace(behaviour_log_probs=jnp.full_like(data.rewards, jnp.nan))
     with pytest.raises(off.DatasetError, match="unknown"):
         off.policy_value(unknown, pi, GAMMA, method="pdis")
+    one_unknown = data._replace(behaviour_log_probs=data.behaviour_log_probs.at[1, 0].set(jnp.nan))  # a first step
+    with pytest.raises(off.DatasetError, match="unknown"):
+        off.policy_value(one_unknown, pi, GAMMA, method="pdis")
     off.policy_value(unknown, pi, GAMMA, method="dualdice", on_uncovered="ignore")  # needs no mu
 
 
@@ -581,6 +584,14 @@ def test_model_gradient_is_the_gradient_of_the_model_value_for_any_unseen_value(
                                    rtol=1e-9, atol=1e-12)
         if u != 0.0:
             assert np.max(np.abs(np.asarray(autodiff) - expected)) > 1e-3  # the baseline differs where data are missing
+    # Unseen pairs are worth 0 unless said otherwise (the documented default), in the value, FQE and the gradient.
+    pi = tab.softmax_policy(theta, features)
+    assert float(off.model_value(model, pi, GAMMA)) == float(off.model_value(model, pi, GAMMA, 0.0))
+    assert abs(float(off.model_value(model, pi, GAMMA, 1.0)) - float(off.model_value(model, pi, GAMMA))) > 1e-3
+    np.testing.assert_array_equal(off.tabular_fqe(model, pi, GAMMA), off.tabular_fqe(model, pi, GAMMA, 0.0))
+    assert np.max(np.abs(np.asarray(off.tabular_fqe(model, pi, GAMMA, 1.0) - off.tabular_fqe(model, pi, GAMMA)))) > 0.5
+    np.testing.assert_array_equal(off.model_policy_gradient(model, data, theta, features, GAMMA),
+                                  off.model_policy_gradient(model, data, theta, features, GAMMA, False, 0.0))
 
 
 def test_importance_gradient_is_unbiased_for_the_horizon_gradient(problem, big_dataset):
@@ -755,8 +766,9 @@ def test_importance_weights_that_overflow_are_reported(problem):
     overflow = r"overflows float64 \(the largest log weight is 2000, log\(max\) = 709.8"
     with pytest.raises(FloatingPointError, match=overflow):
         off.importance_policy_gradient(dataset, theta, problem["features"], GAMMA, "is")
-    with pytest.raises(FloatingPointError, match=overflow):
+    with pytest.raises(FloatingPointError, match=overflow) as error:
         off.policy_value(dataset, pi, GAMMA, "pdis")
+    assert "float64 data" not in str(error.value)  # float64 data already
     with pytest.raises(FloatingPointError, match="the gradient at step 0 .*" + overflow):
         off.offline_policy_improvement(dataset, theta, problem["features"], GAMMA, optax.sgd(0.01), 2, method="pdis")
     # Weights below the limit whose products with the returns overflow: it blamed zero weights too.
@@ -766,6 +778,39 @@ def test_importance_weights_that_overflow_are_reported(problem):
     assert np.isfinite(float(off.policy_value(dataset, pi, GAMMA, "wis")))
     assert np.all(np.isfinite(np.asarray(off.importance_policy_gradient(dataset, theta, problem["features"], GAMMA,
                                                                           "wis"))))
+
+
+def test_importance_overflow_in_float32_suggests_float64_data():
+    """In float32 the limit is log(max float32) = 88.72: log weights summing to 90 overflow it, and the message says
+    float64 data would hold them (log(max) = 709.8). The same weights of float64 data are an error of zero weights."""
+    mask, rewards = jnp.ones((1, 2), bool), jnp.ones((1, 2), jnp.float32)
+    target, behaviour = jnp.zeros((1, 2), jnp.float32), jnp.full((1, 2), -45.0, jnp.float32)
+    error = off.importance.nonfinite_error("pdis", target, behaviour, mask, rewards)
+    assert isinstance(error, FloatingPointError)
+    assert "overflows float32 (the largest log weight is 90, log(max) = 88.72" in str(error)
+    assert "or float64 data (jax.config.update('jax_enable_x64', True): log(max) = 709.8)" in str(error)
+    with jax.enable_x64(True):
+        wide = off.importance.nonfinite_error("pdis", target.astype(jnp.float64), behaviour.astype(jnp.float64),
+                                              mask, rewards)
+    assert isinstance(wide, ValueError) and not isinstance(wide, FloatingPointError)
+    # Weight times returns: log rho = 80 plus log of the largest episode's sum of |r| over valid steps only.
+    behaviour = jnp.full((1, 3), -40.0, jnp.float32).at[0, 2].set(0.0)
+    cut = jnp.array([[True, True, False]])
+
+    def kind(rewards, mask=cut, behaviour=behaviour):
+        return type(off.importance.nonfinite_error("pdis", jnp.zeros((1, 3), jnp.float32), behaviour, mask,
+                                                   jnp.asarray(rewards, jnp.float32)))
+
+    r = float(np.exp(8.2))  # 80 + log(2 r) = 88.89 overflows; 80 + log(r) = 88.2 (a mean, or one step) would not
+    assert kind([[r, r, 0.0]]) is FloatingPointError and kind([[r, 0.0, 0.0]]) is ValueError
+    assert kind([[-r, r, 0.0]]) is FloatingPointError  # |r|
+    # A sum of |r| up to 1 adds nothing to the log weight 88.3 (log 2 more would overflow); padding counts for
+    # nothing, whatever it holds.
+    near = jnp.full((1, 3), -44.15, jnp.float32).at[0, 2].set(0.0)
+    assert kind([[0.5, 0.5, 0.0]], behaviour=near) is ValueError
+    assert kind([[0.1, 0.1, 0.0]], behaviour=near) is ValueError
+    assert kind([[0.1, 0.1, 1e3]], behaviour=near) is ValueError
+    assert kind([[0.1, 0.1, 1e3]], mask=jnp.ones((1, 3), bool), behaviour=near) is FloatingPointError
 
 
 def test_discount_must_be_one_number(problem, big_dataset):
