@@ -584,6 +584,13 @@ def test_model_gradient_is_the_gradient_of_the_model_value_for_any_unseen_value(
                                    rtol=1e-9, atol=1e-12)
         if u != 0.0:
             assert np.max(np.abs(np.asarray(autodiff) - expected)) > 1e-3  # the baseline differs where data are missing
+    # Pairs seen once are seen: three short episodes hold some (the unseen-pair term leaves them out).
+    few = off.collect(jax.random.key(18), mdp, jnp.asarray(mu), 3, 5)
+    few_model = off.empirical_model(few, S, A)
+    assert np.any(np.asarray(few_model.counts) == 1)
+    autodiff = jax.grad(lambda th: off.model_value(few_model, tab.softmax_policy(th, features), GAMMA, 3.0))(theta)
+    np.testing.assert_allclose(off.model_policy_gradient(few_model, few, theta, features, GAMMA, unseen_value=3.0),
+                               autodiff, rtol=1e-9, atol=1e-12)
     # Unseen pairs are worth 0 unless said otherwise (the documented default), in the value, FQE and the gradient.
     pi = tab.softmax_policy(theta, features)
     assert float(off.model_value(model, pi, GAMMA)) == float(off.model_value(model, pi, GAMMA, 0.0))
@@ -592,6 +599,35 @@ def test_model_gradient_is_the_gradient_of_the_model_value_for_any_unseen_value(
     assert np.max(np.abs(np.asarray(off.tabular_fqe(model, pi, GAMMA, 1.0) - off.tabular_fqe(model, pi, GAMMA)))) > 0.5
     np.testing.assert_array_equal(off.model_policy_gradient(model, data, theta, features, GAMMA),
                                   off.model_policy_gradient(model, data, theta, features, GAMMA, False, 0.0))
+
+
+def test_offline_improvement_steps_along_the_model_gradient_with_baseline_and_pessimism_by_default(problem):
+    """A step of plain gradient ascent (sgd) is theta + lr grad, grad the `model_policy_gradient` with the unseen
+    pairs worth `pessimistic_value` (pessimistic) or 0, with or without the baseline; both are on by default (the
+    Taxi result of the docstring needs both). The data miss pairs, so each setting moves the step."""
+    mdp, theta, features = problem["mdp"], problem["theta_pi"], problem["features"]
+    mu = np.array(problem["mu"])
+    mu[:2, 2] = 0.0  # never action 2 in states 0 and 1
+    data = off.collect(jax.random.key(17), mdp, jnp.asarray(mu / mu.sum(1, keepdims=True)), 100, 10)
+    model = off.empirical_model(data, S, A)
+    sgd = optax.sgd(0.1)
+    steps = {}
+    for baseline, pessimistic in itertools.product((True, False), repeat=2):
+        run = off.offline_policy_improvement(data, theta, features, GAMMA, sgd, 1, baseline=baseline,
+                                             pessimistic=pessimistic)
+        u = float(off.pessimistic_value(model, GAMMA)) if pessimistic else 0.0
+        gradient = off.model_policy_gradient(model, data, theta, features, GAMMA, baseline, u)
+        steps[baseline, pessimistic] = np.asarray(run.thetas[1] - run.thetas[0])
+        np.testing.assert_allclose(steps[baseline, pessimistic], 0.1 * np.asarray(gradient), rtol=1e-9, atol=1e-12)
+    # An optimiser whose updates turn NaN after the first: theta_2 is NaN, so the gradient at step 2 is the first
+    # that is not finite. It is named (not step 0, not returned).
+    nan_later = optax.chain(sgd, optax.scale_by_schedule(lambda count: jnp.where(count >= 1, jnp.nan, 1.0)))
+    with pytest.raises(FloatingPointError, match=r"'dualdice'\): the gradient at step 2 is not finite"):
+        off.offline_policy_improvement(data, theta, features, GAMMA, nan_later, 4)
+    default = off.offline_policy_improvement(data, theta, features, GAMMA, sgd, 1)
+    np.testing.assert_array_equal(default.thetas[1] - default.thetas[0], steps[True, True])
+    for other in ((True, False), (False, True), (False, False)):
+        assert np.max(np.abs(steps[other] - steps[True, True])) > 1e-4, other
 
 
 def test_importance_gradient_is_unbiased_for_the_horizon_gradient(problem, big_dataset):

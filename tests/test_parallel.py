@@ -173,6 +173,27 @@ def test_replay_of_a_two_device_sweep_is_bit_for_bit():
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
 
 
+THREE_DEVICES = textwrap.dedent(
+    """
+    import jax
+    import numpy as np
+    from pgjax import parallel
+    assert parallel.use_cpu_devices(3) == 3
+    devices = jax.devices()
+    # Two parts, two devices, however many there are: the first two.
+    out = parallel.actor_critic_sharded(lambda x: x * 2.0)(np.arange(3, dtype=np.float32))
+    assert out.sharding.device_set == set(devices[:2]), out.sharding
+    np.testing.assert_array_equal(np.asarray(out), 2.0 * np.arange(3))
+    print("OK")
+    """
+)
+
+
+def test_actor_critic_sharded_uses_the_first_two_of_three_devices():
+    done = run_cpu_python(THREE_DEVICES)
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
+
+
 class _Dev:
     def __init__(self, i):
         self.id = i
