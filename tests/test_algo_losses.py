@@ -177,6 +177,13 @@ def test_completed_episode_mask_is_a_reverse_cumulative_or():
         np.asarray(reinforce.completed_episode_mask(jnp.asarray(terminated), jnp.asarray(truncated))), expected)
 
 
+def test_reinforce_masked_mean_of_one_valid_step_is_that_step_and_of_none_is_zero():
+    x = jnp.arange(6.0).reshape(3, 2)
+    assert float(reinforce.masked_mean(x, jnp.zeros((3, 2)).at[2, 1].set(1.0))) == 5.0
+    assert float(reinforce.masked_mean(x, jnp.zeros((3, 2)))) == 0.0  # no valid step: 0, not 0 / 0
+    assert float(reinforce.masked_mean(x, jnp.ones((3, 2)).at[0, 0].set(0.0))) == 3.0  # (1 + 2 + 3 + 4 + 5) / 5
+
+
 REINFORCE_MASK = np.array([[1, 1], [1, 1], [1, 1], [1, 1], [1, 0], [0, 0]], np.float32)  # _batch's completed steps
 
 
