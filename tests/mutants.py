@@ -144,7 +144,7 @@ def _copy_repository(destination: str) -> None:
 
 
 def _run_tests(copy: str, tests: list[str], timeout: float, exact: bool = False) -> tuple[str, str]:
-    """("survived" | "killed" | "timeout", pytest's output tail) for the tests run in `copy`."""
+    """("survived" | "killed" | "timeout" | "no tests selected", pytest's output tail) for the tests run in `copy`."""
     # By default the older, faster-compiling emitters, as make test's first phase: the exact_compiler tests refuse to
     # run there (the conftest stops the whole session), so they are left out. `exact`: XLA's default emitters, as
     # make test's second phase, and only the exact_compiler tests.
@@ -159,6 +159,8 @@ def _run_tests(copy: str, tests: list[str], timeout: float, exact: bool = False)
         done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", ""  # a mutant that hangs is caught (a while_loop that never ends)
+    if done.returncode == 5:  # pytest selected no test (e.g. --exact-compiler given tests not marked so)
+        return "no tests selected", (done.stdout + done.stderr)[-2000:]
     return ("survived" if done.returncode == 0 else "killed"), (done.stdout + done.stderr)[-2000:]
 
 

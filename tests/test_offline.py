@@ -559,16 +559,22 @@ def test_dualdice_gradient_is_the_gradient_of_the_empirical_model(problem, big_d
     assert cos > 0.99 and np.linalg.norm(g_big - exact) < 0.1 * np.linalg.norm(exact)
 
 
+def _data_missing_action_2(problem):
+    """(mu [S, A], its dataset of 100 episodes of 10 steps, the dataset's empirical model) for a behaviour policy that
+    never takes action 2 in states 0 and 1: pairs the data never show."""
+    mu = np.array(problem["mu"])
+    mu[:2, 2] = 0.0
+    mu /= mu.sum(1, keepdims=True)
+    data = off.collect(jax.random.key(17), problem["mdp"], jnp.asarray(mu), 100, 10)
+    return mu, data, off.empirical_model(data, S, A)
+
+
 def test_model_gradient_is_the_gradient_of_the_model_value_for_any_unseen_value(problem):
     """With unseen pairs worth u, the model value counts d_hat(s,a) u on the pairs the data never show, where the
     data term has w = 0: the unseen pairs' term d_hat grad log pi u must be added (it was dropped: errors up to
     |grad| itself). With the baseline only the data term is kept, which is the documented difference."""
     mdp, theta, features = problem["mdp"], problem["theta_pi"], problem["features"]
-    mu = np.array(problem["mu"])
-    mu[:2, 2] = 0.0  # never action 2 in states 0 and 1
-    mu /= mu.sum(1, keepdims=True)
-    data = off.collect(jax.random.key(17), mdp, jnp.asarray(mu), 100, 10)
-    model = off.empirical_model(data, S, A)
+    mu, data, model = _data_missing_action_2(problem)
     unseen = np.asarray(model.counts) == 0
     assert unseen[:2, 2].all()
     score = np.asarray(tab.grad_log_policy(theta, features))
@@ -605,11 +611,8 @@ def test_offline_improvement_steps_along_the_model_gradient_with_baseline_and_pe
     """A step of plain gradient ascent (sgd) is theta + lr grad, grad the `model_policy_gradient` with the unseen
     pairs worth `pessimistic_value` (pessimistic) or 0, with or without the baseline; both are on by default (the
     Taxi result of the docstring needs both). The data miss pairs, so each setting moves the step."""
-    mdp, theta, features = problem["mdp"], problem["theta_pi"], problem["features"]
-    mu = np.array(problem["mu"])
-    mu[:2, 2] = 0.0  # never action 2 in states 0 and 1
-    data = off.collect(jax.random.key(17), mdp, jnp.asarray(mu / mu.sum(1, keepdims=True)), 100, 10)
-    model = off.empirical_model(data, S, A)
+    theta, features = problem["theta_pi"], problem["features"]
+    _, data, model = _data_missing_action_2(problem)
     sgd = optax.sgd(0.1)
     steps = {}
     for baseline, pessimistic in itertools.product((True, False), repeat=2):
