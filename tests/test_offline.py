@@ -828,9 +828,8 @@ def test_importance_overflow_in_float32_suggests_float64_data():
     assert isinstance(error, FloatingPointError)
     assert "overflows float32 (the largest log weight is 90, log(max) = 88.72" in str(error)
     assert "or float64 data (jax.config.update('jax_enable_x64', True): log(max) = 709.8)" in str(error)
-    with jax.enable_x64(True):
-        wide = off.importance.nonfinite_error("pdis", target.astype(jnp.float64), behaviour.astype(jnp.float64),
-                                              mask, rewards)
+    wide = off.importance.nonfinite_error("pdis", target.astype(jnp.float64), behaviour.astype(jnp.float64), mask,
+                                          rewards)  # float64: the module's tests run with x64 on
     assert isinstance(wide, ValueError) and not isinstance(wide, FloatingPointError)
     # Weight times returns: log rho = 80 plus log of the largest episode's sum of |r| over valid steps only.
     behaviour = jnp.full((1, 3), -40.0, jnp.float32).at[0, 2].set(0.0)

@@ -14,6 +14,12 @@ from pgjax import parallel
 from subprocess_env import run_cpu_python
 
 
+def _runs_ok(script):
+    """Run `script` in a fresh interpreter (its own CPU device count) and check it ends by printing OK."""
+    done = run_cpu_python(script)
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
+
+
 TWO_DEVICES = textwrap.dedent(
     """
     import jax
@@ -141,8 +147,7 @@ TWO_DEVICES = textwrap.dedent(
 
 @pytest.mark.exact_compiler
 def test_two_cpu_devices_match_one_device():
-    done = run_cpu_python(TWO_DEVICES)
-    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
+    _runs_ok(TWO_DEVICES)
 
 
 TWO_DEVICE_REPLAY = textwrap.dedent(
@@ -169,8 +174,7 @@ def test_replay_of_a_two_device_sweep_is_bit_for_bit():
     """Seeds of a sweep split over two devices, replayed as lanes of the same two-device program, reproduce their
     rows bit for bit; as lanes of a one-device program of 4 (the sweep's lanes per device) they did not (PPO on
     Acrobot-v1: losses 3.8e-6 apart from the first update)."""
-    done = run_cpu_python(TWO_DEVICE_REPLAY)
-    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
+    _runs_ok(TWO_DEVICE_REPLAY)
 
 
 THREE_DEVICES = textwrap.dedent(
@@ -190,8 +194,7 @@ THREE_DEVICES = textwrap.dedent(
 
 
 def test_actor_critic_sharded_uses_the_first_two_of_three_devices():
-    done = run_cpu_python(THREE_DEVICES)
-    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
+    _runs_ok(THREE_DEVICES)
 
 
 class _Dev:
