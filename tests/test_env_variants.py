@@ -506,3 +506,28 @@ def test_integer_fields_are_drawn_inside_their_range():
         env = envs.RandomizedParams(base, "CartPole-v1", {"max_steps_in_episode": bounds})
         drawn = jax.jit(jax.vmap(lambda k: env.draw_params(k, params).max_steps_in_episode))(keys)
         assert set(np.unique(np.asarray(drawn)).tolist()) == allowed, bounds
+
+
+def test_range_edges_zero_width_features_and_widened_boxes():
+    """The edges of the range checks (an empty or non-dict ranges, a step limit from 0 refused and from 1 allowed),
+    a zero-width range's feature (x - low) / 1, the features' (-inf, inf) bounds, and the union of action boxes over
+    a log-uniform range's corners, from the given params (or the defaults when none are given)."""
+    base, params = envs.make("CartPole-v1")
+    for bad in ({}, [("length", (0.25, 2.0))]):
+        with pytest.raises(ValueError, match=r"must be a non-empty \{field: \(low, high\)\}"):
+            envs.RandomizedParams(base, "CartPole-v1", bad)
+    for low in (0, 0.5):
+        with pytest.raises(ValueError, match="step limit's range must start at >= 1; got low"):
+            envs.RandomizedParams(base, "CartPole-v1", {"max_steps_in_episode": (low, 5)})
+    envs.RandomizedParams(base, "CartPole-v1", {"max_steps_in_episode": (1, 5)})
+
+    fixed = envs.ObserveParams(base, {"length": (1.0, 1.0)})
+    features = [float(fixed.features(params.replace(length=x))[0]) for x in (1.0, 3.0, 0.5)]
+    assert features == [0.0, 2.0, -0.5]
+    space = fixed.observation_space(params)
+    assert float(space.low[-1]) == -np.inf and float(space.high[-1]) == np.inf
+
+    pendulum, pendulum_params = envs.make("Pendulum-v1")
+    randomized = envs.RandomizedParams(pendulum, "Pendulum-v1", {"max_torque": (1.0, 4.0, "log")})
+    nominal, wide = randomized.action_space(), randomized.action_space(pendulum_params.replace(max_torque=5.0))
+    assert (float(nominal.low), float(nominal.high), float(wide.low), float(wide.high)) == (-4.0, 4.0, -5.0, 5.0)
