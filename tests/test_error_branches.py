@@ -60,6 +60,41 @@ def test_tabular_and_concatenated_datasets():
         neural.one_hot_observations(_dataset(), 4)
 
 
+
+def test_dataset_edges_accepted_and_refused(tmp_path):
+    """The smallest valid shapes pass (one episode of one step, one initial sample, a subset of 1 or of all N), the
+    properties count, concatenation stacks episodes (and refuses two horizons), tabular data must be int [N, T] with
+    initial states >= 0, and metadata holding a pickled object is refused unread."""
+    for n, t in ((1, 1), (1, 3), (2, 1)):
+        data = _dataset(n, t)
+        ds.validate_dataset(data)
+        assert (data.num_episodes, data.horizon, data.num_transitions) == (n, t, n * t)
+    data = _dataset()
+    ds.validate_dataset(data._replace(initial_observations=data.initial_observations[:1]))
+    masked = data._replace(mask=np.array([[True, True, False], [True, False, False]]))
+    assert masked.num_transitions == 3
+    assert ds.subset(data, 1).num_episodes == 1 and ds.subset(data, 2).num_episodes == 2
+
+    both = ds.concatenate([data, _dataset(3, 3)])
+    assert (both.num_episodes, both.horizon, both.initial_observations.shape) == (5, 3, (5, 2))
+    np.testing.assert_array_equal(np.asarray(both.observations[2:]), np.asarray(_dataset(3, 3).observations))
+    with pytest.raises(ds.DatasetError, match=r"concatenate: datasets must share a horizon T; got \[3, 4\]"):
+        ds.concatenate([data, _dataset(2, 4)])
+
+    tabular_data = data._replace(observations=np.zeros((2, 3), np.int32), next_observations=np.zeros((2, 3), np.int32),
+                                 initial_observations=np.zeros(2, np.int32))
+    ds.validate_tabular_dataset(tabular_data, 4, 2)
+    for change, match in ((dict(observations=np.zeros((2, 3), np.float32)), r"observations must be integer indices"),
+                          (dict(initial_observations=np.array([-1, 0], np.int32)), r"state indices in \[0, 4\)")):
+        with pytest.raises(ds.DatasetError, match=match):
+            ds.validate_tabular_dataset(tabular_data._replace(**change), 4, 2)
+
+    path = ds.save_dataset(tmp_path / "data", data)
+    arrays = dict(np.load(path))
+    np.savez(path, **arrays, meta_note=np.array([{"pickled": True}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        ds.read_dataset_metadata(path)
+
 def test_neural_estimators_refuse_inputs_before_training():
     key, probs = jax.random.key(0), lambda obs: jnp.full((2,), 0.5)
     small = neural.NeuralDualDICEConfig(batch_size=4)
