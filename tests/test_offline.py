@@ -728,6 +728,40 @@ def test_coverage_gaps_are_reported(problem):
         off.dualdice_tabular(full, pi, GAMMA)  # covered: no warning
 
 
+def test_empirical_model_counts_and_coverage_on_hand_made_data():
+    """Two hand-made episodes (one padded) over 6 states: 2 is only a next state, 3 only an initial sample, 4 only a
+    logged state (seen once), and 5 never appears. The counts and initial counts, the model's sizes, unseen pairs only
+    where pi > 0 in reached states, the pessimistic value over pairs seen once too, `empirical_mdp`'s default unseen
+    reward 0, the coverage message's list of pairs (" ..." beyond 8), and discounts 0 and 1 refused."""
+    states = np.array([[0, 1], [4, 1]], np.int32)
+    data = off.Dataset(observations=states, actions=np.array([[0, 1], [0, 0]], np.int32),
+                       rewards=np.array([[1.0, -2.0], [3.0, 0.5]]),
+                       next_observations=np.array([[1, 2], [1, 1]], np.int32), terminals=np.zeros((2, 2), bool),
+                       mask=np.array([[True, True], [True, False]]), behaviour_log_probs=np.full((2, 2), np.log(0.5)),
+                       initial_observations=np.array([0, 3], np.int32))
+    model = off.empirical_model(data, 6, 2)
+    assert (model.num_states, model.num_actions) == (6, 2)
+    np.testing.assert_array_equal(np.asarray(model.counts), [[1, 0], [0, 1], [0, 0], [0, 0], [1, 0], [0, 0]])
+    np.testing.assert_array_equal(np.asarray(model.reward_sums),
+                                  [[1.0, 0], [0, -2.0], [0, 0], [0, 0], [3.0, 0], [0, 0]])
+    np.testing.assert_array_equal(np.asarray(model.initial_counts), [1, 0, 0, 1, 0, 0])
+    np.testing.assert_allclose(float(off.pessimistic_value(model, GAMMA)), -2.0 / (1 - GAMMA))  # the lowest, at (1, 1)
+    np.testing.assert_array_equal(np.asarray(off.empirical_mdp(model, GAMMA).reward),
+                                  [[1.0, 0], [0, -2.0], [0, 0], [0, 0], [3.0, 0], [0, 0], [0, 0]])
+    pi = jnp.full((6, 2), 0.5).at[2].set(jnp.array([1.0, 0.0]))
+    report = off.coverage(model, pi, GAMMA)
+    np.testing.assert_array_equal(np.asarray(report.unseen), [[False, True], [True, False], [True, False], [True, True],
+                                                              [False, True], [False, False]])
+    assert int(report.num_unseen) == 6
+    for num_pairs, listed in ((8, r"\(3,1\)\]"), (9, r"\(3,1\) \.\.\.\]")):
+        many = off.Coverage(np.arange(10).reshape(5, 2) < num_pairs, jnp.asarray(0.5), jnp.asarray(num_pairs))
+        with pytest.raises(off.CoverageError, match=rf"one of {num_pairs} state-action pairs .*{listed}"):
+            off.report_coverage(many, "raise")
+    for discount in (0.0, 1.0):
+        with pytest.raises(ValueError, match=rf"discount must be in \(0, 1\); got {discount}"):
+            off.policy_value(data, pi, discount, "model")
+
+
 # --- vmap and the Taxi MDP ----------------------------------------------------------------------
 
 
