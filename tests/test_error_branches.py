@@ -60,7 +60,6 @@ def test_tabular_and_concatenated_datasets():
         neural.one_hot_observations(_dataset(), 4)
 
 
-
 def test_dataset_edges_accepted_and_refused(tmp_path):
     """The smallest valid shapes pass (one episode of one step, one initial sample, a subset of 1 or of all N), the
     properties count, concatenation stacks episodes (and refuses two horizons), tabular data must be int [N, T] with
@@ -75,9 +74,10 @@ def test_dataset_edges_accepted_and_refused(tmp_path):
     assert masked.num_transitions == 3
     assert ds.subset(data, 1).num_episodes == 1 and ds.subset(data, 2).num_episodes == 2
 
-    both = ds.concatenate([data, _dataset(3, 3)])
+    more = _dataset(3, 3)
+    both = ds.concatenate([data, more])
     assert (both.num_episodes, both.horizon, both.initial_observations.shape) == (5, 3, (5, 2))
-    np.testing.assert_array_equal(np.asarray(both.observations[2:]), np.asarray(_dataset(3, 3).observations))
+    np.testing.assert_array_equal(np.asarray(both.observations[2:]), np.asarray(more.observations))
     with pytest.raises(ds.DatasetError, match=r"concatenate: datasets must share a horizon T; got \[3, 4\]"):
         ds.concatenate([data, _dataset(2, 4)])
 
@@ -94,6 +94,7 @@ def test_dataset_edges_accepted_and_refused(tmp_path):
     np.savez(path, **arrays, meta_note=np.array([{"pickled": True}], dtype=object))
     with pytest.raises(ValueError, match="allow_pickle"):
         ds.read_dataset_metadata(path)
+
 
 def test_neural_estimators_refuse_inputs_before_training():
     key, probs = jax.random.key(0), lambda obs: jnp.full((2,), 0.5)
