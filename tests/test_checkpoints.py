@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from npz_files import replace_array
 from pgjax import checkpoints
 from pgjax.algos import common
 
@@ -99,15 +100,6 @@ def test_metrics_keys_and_shapes_like_the_state(tmp_path):
         checkpoints.save(path, state, {"m": jnp.zeros((2, 3))}, 2, np.zeros(2))
 
 
-def _replace_array(path, name, value):
-    """Rewrite the checkpoint file at `path` with its array `name` replaced by `value` (what save would refuse)."""
-    with np.load(path) as data:
-        arrays = {key: data[key] for key in data.files}
-    arrays[name] = value
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
 def test_a_truncated_or_corrupt_checkpoint_is_named_not_read(tmp_path):
     """Half a file, an empty file, flipped bytes: each a ValueError naming the file (resuming reads the meta first),
     never a raw zipfile error and never numbers."""
@@ -125,7 +117,7 @@ def test_a_truncated_or_corrupt_checkpoint_is_named_not_read(tmp_path):
                 read()
     # Metrics that do not cover the updates the header counts: corrupt, not a shorter run.
     # (save refuses to write them: the file is edited here.)
-    _replace_array(path, "metrics/loss", np.zeros((3, 1), np.float32))
+    replace_array(path, "metrics/loss", np.zeros((3, 1), np.float32))
     with pytest.raises(ValueError, match="do not cover its 2 updates"):
         checkpoints.load(path, target)
 
@@ -144,7 +136,7 @@ def test_a_checkpoint_holding_pickled_objects_is_refused_never_unpickled(tmp_pat
     path = str(tmp_path / "checkpoint.npz")
     checkpoints.save(path, _state(), {"loss": np.zeros((3, 2), np.float32)}, 2, np.zeros(2))
     tripwire = str(tmp_path / "unpickled")
-    _replace_array(path, "metrics/loss", np.array([_Tripwire(tripwire)], dtype=object))
+    replace_array(path, "metrics/loss", np.array([_Tripwire(tripwire)], dtype=object))
     for read in (lambda: checkpoints.read_meta(path), lambda: checkpoints.load(path, jax.eval_shape(_state))):
         with pytest.raises(ValueError, match=r"checkpoint\.npz: unreadable or corrupt checkpoint \(ValueError: Object"):
             read()

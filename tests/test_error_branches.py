@@ -10,6 +10,7 @@ import pytest
 from gymnax.environments import spaces
 from gymnax.environments.classic_control.cartpole import CartPole
 
+from npz_files import replace_array
 from pgjax import algos, checkpoints, envs, estimators, runs, tabular, trajectory
 from pgjax.envs import spaces as pgjax_spaces
 from pgjax.envs.tabular_env import TabularEnv
@@ -90,8 +91,7 @@ def test_dataset_edges_accepted_and_refused(tmp_path):
             ds.validate_tabular_dataset(tabular_data._replace(**change), 4, 2)
 
     path = ds.save_dataset(tmp_path / "data", data)
-    arrays = dict(np.load(path))
-    np.savez(path, **arrays, meta_note=np.array([{"pickled": True}], dtype=object))
+    replace_array(path, "meta_note", np.array([{"pickled": True}], dtype=object))
     with pytest.raises(ValueError, match="allow_pickle"):
         ds.read_dataset_metadata(path)
 
