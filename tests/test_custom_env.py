@@ -180,3 +180,51 @@ def test_every_constructor_keyword_set_is_checked_on_its_first_make():
     envs.make("CheckedCorridor-v0")
     with pytest.raises(ValueError, match="non-finite observation or reward"):
         envs.make("CheckedCorridor-v0", broken=True)
+
+
+class _CorridorMaker:
+    """A callable instance as make_fn: its source is its class's file."""
+
+    def __call__(self, **kwargs):
+        return custom_env.Corridor(**kwargs)
+
+
+def test_registration_bookkeeping_sources_and_modules_imported_once(tmp_path):
+    """What `register` and `import_env_module` keep: one count per registration, the defining file (a callable
+    instance's class's; none for code typed into a notebook), each id's checks dropped when it is registered again,
+    and a module file imported once by its name, while another file of the same name is imported too."""
+    count = envs.registrations()
+    envs.register("MadeByInstance-v0", _CorridorMaker())
+    assert envs.registrations() == count + 1
+    assert envs.registered_source("MadeByInstance-v0") == os.path.abspath(__file__)
+    typed = {}
+    exec(compile("def make(**kwargs):\n    return Corridor(**kwargs)\n", "<notebook cell>", "exec"),
+         {"Corridor": custom_env.Corridor}, typed)
+    envs.register("TypedInANotebook-v0", typed["make"])
+    assert envs.registered_source("TypedInANotebook-v0") is None
+
+    # Registered again, an id is checked again: its first-steps program and interface check were the old one's.
+    envs.register("Replaced-v0", custom_env.Corridor)
+    envs.make("Replaced-v0")
+    envs.register("Replaced-v0", _NaNObservation, overwrite=True)
+    with pytest.raises(ValueError, match=r"Replaced-v0: the environment's reset gives a non-finite observation"):
+        envs.make("Replaced-v0")
+
+    import sys
+
+    paths = []
+    for folder, env_id in (("one", "TwinOne-v0"), ("two", "TwinTwo-v0")):
+        os.makedirs(tmp_path / folder)
+        paths.append(str(tmp_path / folder / "pgjax_twin_envs.py"))
+        with open(paths[-1], "w") as f:
+            f.write(f"import custom_env\nfrom pgjax import envs\nenvs.register({env_id!r}, custom_env.Corridor)\n")
+    try:
+        envs.import_env_module(paths[0])
+        count = envs.registrations()
+        envs.import_env_module(paths[0])  # imported already: not run again
+        assert envs.registrations() == count and sys.modules["pgjax_twin_envs"].__file__ == paths[0]
+        envs.import_env_module(paths[1])  # the same name, another file: imported
+        assert envs.registrations() == count + 1 and sys.modules["pgjax_twin_envs"].__file__ == paths[1]
+        assert {"TwinOne-v0", "TwinTwo-v0"} <= set(envs.env_ids())
+    finally:
+        sys.modules.pop("pgjax_twin_envs", None)

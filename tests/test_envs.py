@@ -599,6 +599,8 @@ def test_make_overrides_params_and_rejects_unknown_ids():
     assert params.max_steps_in_episode == 30
     env, params = envs.make("tabular:random", seed=3, discount=0.5)
     assert env.num_states == 10 and float(params.mdp.discount) == 0.5 and params.max_steps_in_episode == 20
+    _, params = envs.make("tabular:random")  # the documented defaults: 10 states, 3 actions, seed 0
+    np.testing.assert_array_equal(params.mdp.transition, random_mdp(jax.random.PRNGKey(0), 10, 3).transition)
     with pytest.raises(ValueError, match="CartPole-v1"):
         envs.make("CartPool-v1")
     with pytest.raises(ValueError, match="tabular:chain"):

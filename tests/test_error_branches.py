@@ -3,10 +3,13 @@ lines in process) listed these `raise` lines as never run. Each input is refused
 wrong; an f-string that broke in one of them would raise something else, unnoticed until a user hit it. Nothing
 here compiles a program (custom environments are traced abstractly)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
 from gymnax.environments import spaces
 from gymnax.environments.classic_control.cartpole import CartPole
 
@@ -202,6 +205,51 @@ def test_custom_environments_refused_by_the_part_they_break(cls, match):
     envs.registry.check_interface("my-env", CartPole(), CartPole().default_params)  # the unbroken one passes
     with pytest.raises(ValueError, match=rf"environment 'my-env' \({cls.__name__}\): " + match):
         envs.registry.check_interface("my-env", cls(), cls().default_params)
+
+
+class _BooleanObservation(CartPole):
+    def reset(self, key, params=None):
+        obs, state = super().reset(key, params)
+        return obs > 0, state
+
+    def step(self, key, state, action, params=None):
+        obs, state, reward, terminated, truncated, info = super().step(key, state, action, params)
+        return obs > 0, state, reward, terminated, truncated, info
+
+
+def test_param_values_fields_and_observations_at_their_edges():
+    """The edges the registry's checks draw (no test reached them, and `<` for `<=` at each passed): an int32
+    field takes exactly [-2**31, 2**31 - 1], a float field up to its dtype's largest finite value, the step limit
+    1 and not 0; a bool params field is not a numeric one; a boolean observation is an array the interface takes."""
+    assert (envs.registry.INT32_MIN, envs.registry.INT32_MAX) == (np.iinfo(np.int32).min, np.iinfo(np.int32).max)
+    check = envs.check_param_value
+    for value in (np.iinfo(np.int32).min, np.iinfo(np.int32).max, 1):
+        check("CartPole-v1", "max_steps_in_episode" if value == 1 else "seed", 500, value)
+    for value in (np.iinfo(np.int32).min - 1, np.iinfo(np.int32).max + 1):
+        with pytest.raises(ValueError, match=re.escape(f"CartPole-v1: seed is an int32 field; got {value:g}, beyond")):
+            check("CartPole-v1", "seed", 500, value)
+    with pytest.raises(ValueError, match=r"max_steps_in_episode \(the episode's step limit\) must be >= 1; got 0"):
+        check("CartPole-v1", "max_steps_in_episode", 500, 0)
+    largest = float(np.finfo(jnp.result_type(float)).max)
+    check("CartPole-v1", "gravity", 9.8, -largest)
+    check("CartPole-v1", "gravity", 9.8, largest)
+    with pytest.raises(ValueError, match=r"gravity = 3.5e\+38 overflows float32"):
+        check("CartPole-v1", "gravity", 9.8, 3.5e38)
+
+    @struct.dataclass
+    class Params:
+        gravity: float = 9.8
+        max_steps_in_episode: int = 200
+        sparse: bool = True
+        scale: jax.Array = struct.field(default_factory=lambda: np.ones(2))
+
+    assert envs.numeric_fields(Params()) == {"gravity": 9.8, "max_steps_in_episode": 200}
+    envs.registry.check_interface("my-env", _BooleanObservation(), CartPole().default_params)
+    with pytest.raises(ValueError, match=r"make\('tabular:random'\): bad keyword arguments \['colour'\] .*"
+                                         r"Accepted: max_steps_in_episode, num_states, num_actions, seed\.$"):
+        envs.make("tabular:random", colour="red")
+    with pytest.raises(ValueError, match=r"'MinAtar'\. Did you mean '[^']+', '[^']+', '[^']+'\? Valid"):
+        envs.make("MinAtar")  # four ids end in -MinAtar: the three closest are named
 
 
 # --- tabular pieces, estimators and files ----------------------------------------------------------------------
