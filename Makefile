@@ -10,7 +10,7 @@ STAMP := $(VENV)/.pgjax-installed
 # 2-core machine; more cores can take more (`make test TEST_WORKERS=4`), each worker holds its own JAX.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test install theorem offline bench clean
+.PHONY: demo test install theorem offline bench bench-smoke clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tabular_bench.py
+
+# Every benchmark script once at a tiny size (about 2.5 min on 2 cores): CI runs it after the tests.
+bench-smoke: $(STAMP)
+	$(BIN)/python benchmarks/smoke.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
