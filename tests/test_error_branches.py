@@ -143,9 +143,11 @@ def test_replay_seeds_refuses_bad_keys_batches_and_device_counts():
     keys = runs.seed_keys(0, [1, 2])
     with pytest.raises(ValueError, match=r"replay_seeds: keys must be a 1-D batch of keys \[n\]; got shape \(1, 2\)"):
         runs.replay_seeds(None, keys[None], 2)
+    legacy = np.asarray(jax.random.key_data(keys))  # uint32 [n, 2], as jax.random.PRNGKey made them
     for batch in (0, True, 2.5):  # 2.5 replayed as 2 lanes, True as 1
-        with pytest.raises(ValueError, match=r"replay_seeds: batch \(the sweep's seeds per device\) must be a "):
-            runs.replay_seeds(None, keys, batch)
+        for given in (keys, list(keys), legacy):  # keys in a list, or legacy key data, are keys [n] too
+            with pytest.raises(ValueError, match=r"replay_seeds: batch \(the sweep's seeds per device\) must be a "):
+                runs.replay_seeds(None, given, batch)
     with pytest.raises(ValueError, match=r"replay_seeds: num_devices \(the sweep's\) must lie in \[1, "):
         runs.replay_seeds(None, keys, 2, num_devices=len(jax.devices()) + 1)
     with pytest.raises(ValueError, match=r"replay_seeds: num_devices \(the sweep's\) must be a positive int"):

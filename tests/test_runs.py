@@ -1,5 +1,6 @@
 """pgjax.runs utilities around training runs: progress bars, seed keys and replays, divergence reports."""
 
+import os
 import subprocess
 import sys
 
@@ -56,7 +57,8 @@ def test_non_finite_seeds_names_the_first_bad_update():
         "loss": np.array([[1.0] * 5, [1.0, 1.0, np.inf, np.nan, np.nan], [1.0] * 5]),
         "kl": np.array([[0.0] * 5, [0.0, 0.0, 0.0, np.nan, np.nan], [0.0] * 5]),
     }
-    params = {"w": np.array([[1.0, 2.0], [np.nan, 2.0], [1.0, np.inf]])}
+    # Seeds 5 and 6 are non-finite in one leaf only: every leaf must be finite.
+    params = {"w": np.array([[1.0, 2.0], [np.nan, 2.0], [1.0, np.inf]]), "b": np.ones((3, 1))}
     output = algos.common.TrainOutput(SimpleNamespace(params=params), None, metrics)
     assert runs.non_finite_seeds(output, seed_indices=[4, 5, 6]) == [
         "seed 5: loss non-finite from update 2; final parameters NOT finite",
@@ -164,12 +166,19 @@ def test_summarize_final_returns_pairs_or_combines_independent_intervals():
     assert independent[0]["vs_best_ci95"] == pytest.approx(stats.t.ppf(0.975, dof) * np.sqrt(se2))
     assert paired[0]["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * stats.sem(a[:3]))
     assert paired[0]["finished"] == 3 and paired[0]["seeds"] == 4 and paired[0]["worst"] == 1.0
+    assert (paired[0]["median"], paired[0]["best"], paired[1]["median"]) == (2.0, 4.0, 3.25)
     # The robust columns use the finished seeds only: a's 3 (no cut at n = 3) against b's 4 (one cut each end).
     assert paired[0]["iqm"] == pytest.approx(7 / 3) and paired[1]["iqm"] == pytest.approx((3.0 + 3.5) / 2)
     pairs = [1.0 if x > y else 0.5 if x == y else 0.0 for x in a[:3] for y in b]
     assert paired[0]["p_improve_vs_best"] == independent[0]["p_improve_vs_best"] == np.mean(pairs)  # 4 / 12
     assert paired[1]["p_improve_vs_best"] == 0.5
     assert paired[0]["iqm_low"] <= paired[0]["iqm"] <= paired[0]["iqm_high"]
+    # Welch's interval from 2 seeds a group (the fewest that have one), and from two constant groups: no spread.
+    two = runs.summarize_final_returns([np.array([1.0, 3.0]), np.array([4.0, 8.0])], [None, None], False)
+    low, high = stats.ttest_ind([1.0, 3.0], [4.0, 8.0], equal_var=False).confidence_interval()
+    assert two[0]["vs_best_ci95"] == pytest.approx((high - low) / 2)
+    constant = runs.summarize_final_returns([np.array([2.0, 2.0]), np.array([5.0, 5.0])], [None, None], False)
+    assert (constant[0]["vs_best"], constant[0]["vs_best_ci95"]) == (-3.0, 0.0)
 
 
 def test_area_under_curve_and_steps_to_threshold():
@@ -192,6 +201,10 @@ def test_area_under_curve_and_steps_to_threshold():
     # seed 1 first reaches 50 at update 2 (60), but its 3-update mean reaches 50 only at update 4 (0, 60, 60 is 40)
     np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 50.0, window=1), [600.0, 300.0, nan])
     np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 50.0, window=3), [nan, 500.0, nan])
+    # Seed 0's update 3 ([nan, 30]: 30 from one finished update) is not 30.5: the NaN adds nothing to the sum.
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, 30.5, window=2), [600.0, 400.0, nan])
+    # A threshold below 0 (Pendulum's returns) is not reached by windows without a finished episode.
+    np.testing.assert_array_equal(runs.steps_to_threshold(metrics, -1.0, window=1), [200.0, 100.0, nan])
     with pytest.raises(ValueError, match="window must be a positive int"):
         runs.steps_to_threshold(metrics, 1.0, window=0)
 
@@ -237,6 +250,158 @@ def test_one_unbatched_run_is_refused_before_anything_is_written(tmp_path):
     seeds_axis = {"params": {"actor": {"Dense_0": {"kernel": np.ones((2, 4, 64)), "bias": np.ones((2, 64))}}}}
     with pytest.raises(ValueError, match=r"evaluate: params hold a leading seeds axis"):
         runs.evaluate(jax.random.key(0), algos.PPOConfig(), seeds_axis)
+
+
+def test_progress_bar_counts_each_update_once_and_fills_the_wall_times_between_reports(capsys):
+    """Progress (the host side of training's callback), fed as vmapped seeds feed it: each update's report arrives
+    once per seed, and only every k-th update reports. The bar counts env steps per seed, each update once, shows
+    the first seed's return, and `close` interpolates the wall times of the updates that did not report."""
+    progress = runs.Progress(5, 8)  # shown by default
+    assert progress.bar is None and progress.total == 40 and progress.done == 0
+    progress(0, {"episode_return": np.float32(3.0)})
+    progress(0, {"episode_return": np.float32(9.0)})  # update 0 again, from the second seed
+    assert progress.bar.n == 8 and progress.bar.total == 40 and not progress.bar.disable
+    assert progress.bar.postfix == "episode_return=3.0"
+    progress(3, {"episode_return": np.float32(np.nan)})  # updates 1 and 2 did not report
+    assert progress.bar.n == 32 and progress.done == 4 and progress.bar.postfix == "episode_return=3.0"
+    reported = progress.wall_time[[0, 3]]
+    assert 0 <= reported[0] <= reported[1] < 60  # seconds since the Progress was made
+    progress.close()
+    np.testing.assert_allclose(progress.wall_time, reported[0] + np.diff(reported) * np.array([0, 1, 2, 3, 3]) / 3)
+    assert "env steps per seed" in capsys.readouterr().err
+    silent = runs.Progress(3, 8)  # closed before any update reported (a run that failed to compile)
+    silent.close()
+    assert silent.bar is None and np.isnan(silent.wall_time).all()
+    resumed = runs.Progress(5, 8)
+    resumed.resume_at(3, np.array([100.0, 150.0, 200.0]))  # a resumed run: 3 updates done, the third at 200 s
+    resumed(3, {"episode_return": np.float32(1.0)})
+    assert resumed.bar.n == 32 and resumed.done == 4 and 200.0 <= resumed.wall_time[3] < 260.0
+    resumed.mark_done(5)  # the end of a segment that no callback reported
+    assert resumed.wall_time[3] <= resumed.wall_time[4] < 260.0
+    unmeasured = runs.Progress(4, 8, show=False)
+    unmeasured.resume_at(2, np.array([np.nan, np.nan]))  # a checkpoint without wall times: the clock starts now
+    unmeasured(2, {"episode_return": np.float32(1.0)})
+    assert 0.0 <= unmeasured.wall_time[2] < 0.9
+    hidden = runs.Progress(2, 8, show=False)
+    hidden(0, {"episode_return": np.float32(1.0)})
+    assert hidden.bar.disable
+
+
+def test_metrics_files_plots_and_grid_folders_in_small(tmp_path, monkeypatch):
+    """Pieces of writing and reading runs that no run exercised at their edges: metrics.csv into folders not made
+    yet (or the current one), the learning curve's label counting the seeds, losses at updates that learned from no
+    step not counted as diverged, and a grid's folder told apart by its summary.csv alone."""
+    monkeypatch.chdir(tmp_path)
+    columns = {"seed": [0], "update": [0], "env_steps": [512], "episode_return": [""]}
+    for path in (tmp_path / "new" / "deeper" / "metrics.csv", "metrics.csv"):
+        runs.write_metrics_csv(str(path), columns)
+        assert runs.read_metrics_csv(str(path)) == [{"seed": "0", "update": "0", "env_steps": "512",
+                                                     "episode_return": ""}]
+    drawn = {}
+    monkeypatch.setattr(runs, "plot_learning_curves", lambda path, curves, title: drawn.update(curves))
+    runs.plot_learning_curve("curve.png", {"env_steps": np.zeros((3, 5))}, "PPO")
+    assert list(drawn) == ["mean over 3 seeds (95% interval)"]
+    nan = np.nan
+    metrics = {"valid_fraction": np.array([[0.0, 0.5]]), "loss": np.array([[nan, nan]]),
+               "episode_return": np.array([[nan, nan]])}
+    diverged = runs.diverged_entries(metrics)
+    assert sorted(diverged) == ["loss", "valid_fraction"] and diverged["loss"].tolist() == [[False, True]]
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / "summary.csv").write_text("cell,learning_rate\n0,0.001\n")
+    with pytest.raises(ValueError, match=r"is a hyperparameter grid: load one of its cells"):
+        runs.load_run(str(tmp_path / "grid"))  # its config.json lost: still a grid, not an incomplete run
+    (tmp_path / "one_row.csv").write_text("cell,seed,update,env_steps,episode_return\n0,0,0,512,1.0\n")
+    with pytest.raises(ValueError, match="hyperparameter grid"):
+        runs.read_metrics(str(tmp_path / "one_row.csv"))
+    (tmp_path / "one_row.csv").write_text("seed,update,env_steps,episode_return\n3,0,512,1.0\n")
+    seeds, metrics, _ = runs.read_metrics(str(tmp_path / "one_row.csv"))  # one seed, one update
+    assert seeds == [3] and type(seeds[0]) is int and metrics == {"env_steps": [[512.0]], "episode_return": [[1.0]]}
+    for column, row in (("seed", "0.5,0"), ("update", "0,0.5")):
+        (tmp_path / "half.csv").write_text(f"seed,update,env_steps,episode_return\n{row},512,1.0\n")
+        with pytest.raises(ValueError, match=rf"row 1, column {column}: '0.5' is not an int"):
+            runs.read_metrics(str(tmp_path / "half.csv"))
+    # What clear_run removes: pgjax's files and cell-K folders, never a folder or file of the user's.
+    for name in ("cell-0", "cell-12", "plots", "cell-x"):
+        (tmp_path / "grid" / name).mkdir()
+    (tmp_path / "grid" / "cell-3").write_text("a file, not a cell")
+    assert runs.run_files(str(tmp_path / "grid")) == ["cell-0", "cell-12", "summary.csv"]
+
+
+def test_grid_cells_configs_lanes_and_summary_in_small():
+    """A cell's config holds its hyperparameters and its "env.<field>" values as env_kwargs; only an algorithm that
+    restarts episodes at each update needs its rollouts to cover a cell's step limit (PPO's need not); a grid's
+    summary compares the cells paired, seed by seed (every cell runs the same seeds)."""
+    cell = {"learning_rate": 1e-3, "env.length": 0.25}
+    config = runs.grid_cell_config(algos.PPOConfig(env_kwargs={"gravity": 12.0}), cell)
+    assert config.learning_rate == 1e-3 and dict(config.env_kwargs) == {"gravity": 12.0, "length": 0.25}
+    keys = runs.seed_keys(0, [0, 1])
+    _, hparams = runs.grid_lanes(algos.PPOConfig(num_steps=16), [{"env.max_steps_in_episode": 1000.0}], keys)
+    assert hparams["env.max_steps_in_episode"].tolist() == [1000.0, 1000.0]
+    returns = np.array([[1.0, 4.0], [2.0, 9.0], [0.0, 5.0], [1.0, 6.0], [2.0, 8.0], [0.0, 7.0]])  # 2 cells x 3 seeds
+    rows = runs.grid_summary([{"ent_coef": 0.0}, {"ent_coef": 0.01}], {"episode_return": returns})
+    want = runs.summarize_final_returns([returns[:3, -1], returns[3:, -1]], [None, None], paired=True)
+    assert [row.pop("cell") for row in rows] == [0, 1] and [row.pop("ent_coef") for row in rows] == [0.0, 0.01]
+    np.testing.assert_equal(rows, want)
+    evaluated = runs.grid_summary([{"ent_coef": 0.0}, {"ent_coef": 0.01}],
+                                  {"episode_return": returns, "eval_return": returns[:, ::-1]})
+    assert [row["eval_median"] for row in evaluated] == [1.0, 1.0] and evaluated[1]["eval_worst"] == 0.0
+    assert rows[0]["vs_best_ci95"] != runs.summarize_final_returns([returns[:3, -1], returns[3:, -1]], [None, None],
+                                                                  paired=False)[0]["vs_best_ci95"]
+
+
+def test_a_one_cell_grid_saves_what_it_holds_and_nothing_else(tmp_path):
+    """save_grid and save_run's config.json for 2 seeds x 3 updates of one cell: the seed count (not the
+    updates'), the grid's values, and no "replay" or "env_source" entry for a run that is neither a replay nor
+    on a registered environment."""
+    import json
+    from collections import namedtuple
+
+    metrics = {"env_steps": np.tile([512.0, 1024.0, 1536.0], (2, 1)), "episode_return": np.arange(6.0).reshape(2, 3)}
+    agent = namedtuple("Agent", "params")({"w": np.ones((2, 3))})  # a pytree, as the agent state is
+    output = algos.common.TrainOutput(agent, None, metrics)
+    rows = runs.save_grid(str(tmp_path), "ppo", algos.PPOConfig(), [{"learning_rate": 1e-3}], output, seed=0)
+    assert [row["seeds"] for row in rows] == [2]
+    for folder in (tmp_path, tmp_path / "cell-0"):
+        with open(folder / "config.json") as f:
+            meta = json.load(f)
+        assert meta["num_seeds"] == 2 and meta["seed_indices"] == [0, 1]
+        assert not {"replay", "env_source"} & set(meta), sorted(meta)
+    assert meta["config"]["learning_rate"] == 1e-3
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["grid"] == {"learning_rate": [1e-3]}
+
+
+def test_learning_curves_draw_each_mean_with_its_interval(tmp_path, monkeypatch):
+    """The plot's band is the 95% t interval of the mean (`mean_and_interval` of `smoothed_returns`), from the
+    mean minus to the mean plus its half-width; one seed's curve (no interval) is drawn too; the in-run evaluations
+    are points at every evaluated update, one where a seed's evaluation finished no episode (NaN) included."""
+    import matplotlib.axes
+
+    bands, fill_between = [], matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
+                        lambda self, x, low, high, **kw: bands.append((x, low, high)) or fill_between(self, x, low,
+                                                                                                      high, **kw))
+    points, errorbar = [], matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, x, y, **kw: points.append((x, y)) or errorbar(self, x, y, **kw))
+    returns = np.array([[1.0, np.nan, 3.0], [2.0, 4.0, 5.0], [0.0, 1.0, 2.0]])
+    steps = np.tile([100, 200, 300], (3, 1))
+    # Evaluated after updates 0 and 2; one seed's evaluation at update 0 finished no episode (NaN).
+    evals = np.array([[np.nan, np.nan, 7.0], [5.0, np.nan, 9.0], [3.0, np.nan, 8.0]])
+    path = str(tmp_path / "curves.png")
+    runs.plot_learning_curves(path, {"three seeds": {"env_steps": steps, "episode_return": returns,
+                                                     "eval_return": evals},
+                                     "one seed": {"env_steps": steps[:1], "episode_return": returns[:1]}}, "PPO")
+    assert os.path.getsize(path) > 0 and len(bands) == 2
+    mean, half = runs.mean_and_interval(runs.smoothed_returns(returns))
+    x, low, high = bands[0]
+    np.testing.assert_array_equal(x, [100, 200, 300])
+    np.testing.assert_allclose(low, mean - half)
+    np.testing.assert_allclose(high, mean + half)
+    assert np.isnan(bands[1][1]).all() and np.isnan(bands[1][2]).all()
+    (x, y), = points
+    np.testing.assert_array_equal(x, [100, 300])
+    np.testing.assert_allclose(y, [4.0, 8.0])
 
 
 def test_summaries_and_columns_reject_mismatched_lengths(tmp_path):
@@ -434,3 +599,7 @@ def test_final_returns_skip_updates_without_a_finished_episode():
     np.testing.assert_array_equal(runs.final_returns({"episode_return": returns}), [10.0])
     np.testing.assert_array_equal(runs.final_returns({"episode_return": returns}, fraction=0.2),
                                   [(17.0 + 18.0 + 10.0) / 3])
+    # A quarter of 4 updates is the last one; a tenth of them rounds to none, and the last one is kept.
+    for fraction in (0.25, 0.1):
+        np.testing.assert_array_equal(runs.final_returns({"episode_return": np.array([[1.0, 2.0, 3.0, 4.0]])},
+                                                         fraction=fraction), [4.0])
