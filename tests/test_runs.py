@@ -290,7 +290,8 @@ def test_progress_bar_counts_each_update_once_and_fills_the_wall_times_between_r
 def test_metrics_files_plots_and_grid_folders_in_small(tmp_path, monkeypatch):
     """Pieces of writing and reading runs that no run exercised at their edges: metrics.csv into folders not made
     yet (or the current one), the learning curve's label counting the seeds, losses at updates that learned from no
-    step not counted as diverged, and a grid's folder told apart by its summary.csv alone."""
+    step not counted as diverged, a grid's folder told apart by its summary.csv alone, a metrics.csv of one row
+    (read, or refused as a grid's) and seeds or updates that are not ints, and the names `clear_run` removes."""
     monkeypatch.chdir(tmp_path)
     columns = {"seed": [0], "update": [0], "env_steps": [512], "episode_return": [""]}
     for path in (tmp_path / "new" / "deeper" / "metrics.csv", "metrics.csv"):
@@ -338,15 +339,15 @@ def test_grid_cells_configs_lanes_and_summary_in_small():
     _, hparams = runs.grid_lanes(algos.PPOConfig(num_steps=16), [{"env.max_steps_in_episode": 1000.0}], keys)
     assert hparams["env.max_steps_in_episode"].tolist() == [1000.0, 1000.0]
     returns = np.array([[1.0, 4.0], [2.0, 9.0], [0.0, 5.0], [1.0, 6.0], [2.0, 8.0], [0.0, 7.0]])  # 2 cells x 3 seeds
-    rows = runs.grid_summary([{"ent_coef": 0.0}, {"ent_coef": 0.01}], {"episode_return": returns})
-    want = runs.summarize_final_returns([returns[:3, -1], returns[3:, -1]], [None, None], paired=True)
+    cells = [{"ent_coef": 0.0}, {"ent_coef": 0.01}]
+    finals = [returns[:3, -1], returns[3:, -1]]  # final_returns: the last update of 2
+    rows = runs.grid_summary(cells, {"episode_return": returns})
     assert [row.pop("cell") for row in rows] == [0, 1] and [row.pop("ent_coef") for row in rows] == [0.0, 0.01]
-    np.testing.assert_equal(rows, want)
-    evaluated = runs.grid_summary([{"ent_coef": 0.0}, {"ent_coef": 0.01}],
-                                  {"episode_return": returns, "eval_return": returns[:, ::-1]})
+    np.testing.assert_equal(rows, runs.summarize_final_returns(finals, [None, None], paired=True))
+    unpaired = runs.summarize_final_returns(finals, [None, None], paired=False)
+    assert rows[0]["vs_best_ci95"] != unpaired[0]["vs_best_ci95"]  # these data tell the two apart
+    evaluated = runs.grid_summary(cells, {"episode_return": returns, "eval_return": returns[:, ::-1]})
     assert [row["eval_median"] for row in evaluated] == [1.0, 1.0] and evaluated[1]["eval_worst"] == 0.0
-    assert rows[0]["vs_best_ci95"] != runs.summarize_final_returns([returns[:3, -1], returns[3:, -1]], [None, None],
-                                                                  paired=False)[0]["vs_best_ci95"]
 
 
 def test_a_one_cell_grid_saves_what_it_holds_and_nothing_else(tmp_path):
@@ -377,13 +378,18 @@ def test_learning_curves_draw_each_mean_with_its_interval(tmp_path, monkeypatch)
     are points at every evaluated update, one where a seed's evaluation finished no episode (NaN) included."""
     import matplotlib.axes
 
-    bands, fill_between = [], matplotlib.axes.Axes.fill_between
-    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
-                        lambda self, x, low, high, **kw: bands.append((x, low, high)) or fill_between(self, x, low,
-                                                                                                      high, **kw))
-    points, errorbar = [], matplotlib.axes.Axes.errorbar
-    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
-                        lambda self, x, y, **kw: points.append((x, y)) or errorbar(self, x, y, **kw))
+    def record(name: str) -> list:
+        """The positional arguments of every call of Axes.<name>, which still draws."""
+        calls, draw = [], getattr(matplotlib.axes.Axes, name)
+
+        def recording(self, *args, **kwargs):
+            calls.append(args)
+            return draw(self, *args, **kwargs)
+
+        monkeypatch.setattr(matplotlib.axes.Axes, name, recording)
+        return calls
+
+    bands, points = record("fill_between"), record("errorbar")
     returns = np.array([[1.0, np.nan, 3.0], [2.0, 4.0, 5.0], [0.0, 1.0, 2.0]])
     steps = np.tile([100, 200, 300], (3, 1))
     # Evaluated after updates 0 and 2; one seed's evaluation at update 0 finished no episode (NaN).
