@@ -11,7 +11,6 @@ session script (only `bash -n`). Outputs go to a temporary folder, never runs/be
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pgjax import tables
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -35,8 +36,7 @@ class Job:
 
 
 def _rows(path: str) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = tables.read_csv(path)
     assert rows, f"{os.path.basename(path)} has no rows"
     return rows
 
