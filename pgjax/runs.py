@@ -555,15 +555,35 @@ def seed_keys(seed: int, indices: Any) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.asarray(indices, jnp.uint32))
 
 
+def _as_keys(keys: Any) -> jax.Array:
+    """Typed keys from typed keys, a list of them, or legacy uint32 [..., 2] key data (a jax array, a NumPy array
+    or nested lists of ints, e.g. read back from JSON)."""
+    if not isinstance(keys, jax.Array) and not any(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(keys)):
+        keys = np.asarray(keys)
+        if keys.dtype.kind in "iu":  # ints as written out: uint32 values that jnp.asarray would read as int32
+            if keys.size and (keys.min() < 0 or keys.max() > np.iinfo(np.uint32).max):
+                raise ValueError(f"replay_seeds: legacy key data must be uint32 values in [0, 2**32); got values in "
+                                 f"[{keys.min()}, {keys.max()}]")
+            keys = keys.astype(np.uint32)
+    keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
+    if keys.ndim == 2 and keys.dtype == jnp.uint32 and keys.shape[1] == 2:  # legacy PRNGKey data, as train accepts
+        keys = jax.random.wrap_key_data(keys)
+    if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        raise ValueError(f"replay_seeds: keys must be jax.random keys [n] (e.g. runs.seed_keys(seed, indices)) or "
+                         f"legacy uint32 key data [n, 2]; got dtype {keys.dtype}")
+    return keys
+
+
 def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any] | None = None,
                  progress: Progress | None = None, num_devices: int = 1) -> Any:
     """Rerun some seeds of a vmapped sweep so that they reproduce the sweep's rows bit for bit.
 
-    keys: [n] keys of the seeds (e.g. `seed_keys(seed, [5, 17])`); batch: how many seeds each device ran in the
-    sweep (its seeds / its devices); hparams: optional dict of [n] per-seed hyperparameters (a grid's rows);
-    progress: the `Progress` train was built with, if any: its clock restarts once the program is compiled, so its
-    wall times are the run's alone, as in a sweep (`progress.start` minus the call's start is the compile time);
-    num_devices: the devices the sweep split its seeds over (`parallel.vmap_sharded`).
+    keys: [n] keys of the seeds (e.g. `seed_keys(seed, [5, 17])`; or legacy uint32 key data [n, 2]);
+    batch: how many seeds each device ran in the sweep (its seeds / its devices); hparams: optional dict of [n]
+    per-seed hyperparameters (a grid's rows); progress: the `Progress` train was built with, if any: its clock
+    restarts once the program is compiled, so its wall times are the run's alone, as in a sweep (`progress.start`
+    minus the call's start is the compile time); num_devices: the devices the sweep split its seeds over
+    (`parallel.vmap_sharded`).
     Returns train's output with a leading [n] axis. The replay equals the sweep's rows only if `batch` and
     `num_devices` are the sweep's: the same --num-seeds (and grid) and the same device count.
 
@@ -577,9 +597,7 @@ def replay_seeds(train: Any, keys: jax.Array, batch: int, hparams: dict[str, Any
     devices is replayed over as many, `batch` lanes on each: the same lanes round differently in a two-device
     program than in a one-device one (PPO on Acrobot-v1: losses 3.8e-6 apart from the first update).
     """
-    keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
-    if keys.ndim == 2 and keys.dtype == jnp.uint32 and keys.shape[1] == 2:  # legacy PRNGKey data, as train accepts
-        keys = jax.random.wrap_key_data(keys)
+    keys = _as_keys(keys)
     if keys.ndim != 1:
         raise ValueError(f"replay_seeds: keys must be a 1-D batch of keys [n]; got shape {keys.shape}")
     batch = check_int("replay_seeds: batch (the sweep's seeds per device)", batch)  # 2.5 replayed as 2 lanes

@@ -148,6 +148,18 @@ def test_replay_seeds_refuses_bad_keys_batches_and_device_counts():
         for given in (keys, list(keys), legacy):  # keys in a list, or legacy key data, are keys [n] too
             with pytest.raises(ValueError, match=r"replay_seeds: batch \(the sweep's seeds per device\) must be a "):
                 runs.replay_seeds(None, given, batch)
+    as_lists = legacy.tolist()  # as JSON gives them back: ints, some above 2**31 (read as int32 they overflowed)
+    assert legacy.max() >= 2**31
+    draw = lambda key: jax.random.uniform(key, (2,))  # noqa: E731
+    np.testing.assert_array_equal(runs.replay_seeds(draw, as_lists, 2), runs.replay_seeds(draw, keys, 2))
+    np.testing.assert_array_equal(runs.replay_seeds(draw, legacy.astype(np.int64), 2), runs.replay_seeds(draw, keys, 2))
+    for bad in ([[-1, 0]], [[2**32, 0]]):
+        with pytest.raises(ValueError, match=r"legacy key data must be uint32 values in \[0, 2\*\*32\); got values in"):
+            runs.replay_seeds(draw, bad, 2)
+    for not_keys in ([1, 2], np.zeros(2, np.float32), jnp.zeros((2, 3), jnp.uint32)):  # seeds are not keys
+        with pytest.raises(ValueError, match=r"keys must be jax.random keys \[n\] \(e.g. runs.seed_keys\(seed, "
+                                             r"indices\)\) or legacy uint32 key data \[n, 2\]; got dtype"):
+            runs.replay_seeds(draw, not_keys, 2)
     with pytest.raises(ValueError, match=r"replay_seeds: num_devices \(the sweep's\) must lie in \[1, "):
         runs.replay_seeds(None, keys, 2, num_devices=len(jax.devices()) + 1)
     with pytest.raises(ValueError, match=r"replay_seeds: num_devices \(the sweep's\) must be a positive int"):
