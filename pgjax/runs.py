@@ -870,8 +870,9 @@ def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarr
     median, mean, ci95 (half-width of a 95% Student-t interval of the mean, `mean_and_interval`), worst, best,
     finished (seeds with a value), seeds, and the comparison with the best group: vs_best = this mean - the best's,
     with vs_best_ci95 the half-width of its 95% t interval. The best group is the one of the highest mean among
-    those whose seeds all have a value, or among all groups when none has: a mean over the finished seeds alone
-    would let a group whose other seeds never finished an episode be best (its vs_best is then positive). `paired`
+    those whose seeds all have a finite value, or among all groups when none has (infinite returns, a diverged
+    run's, are warned about): a mean over the finished seeds alone would let a group whose other seeds never
+    finished an episode be best (its vs_best is then positive). `paired`
     (groups of equal size whose i-th seeds share their keys; ValueError for groups of unequal sizes) takes the
     mean of the per-seed differences with its t interval at n - 1 degrees of freedom (n pairs where both have a
     value); otherwise the two means' standard errors combine as independent, sqrt(se_a^2 + se_b^2), with
@@ -886,7 +887,14 @@ def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarr
                          f"their keys); got {[values.size for values in returns]}. Pass paired=False.")
     with _quiet_nan_warnings():
         means = np.array([np.nanmean(values) if not np.isnan(values).all() else np.nan for values in returns])
-    complete = np.array([not np.isnan(values).any() for values in returns])
+    infinite = {i: np.flatnonzero(np.isinf(values)).tolist() for i, values in enumerate(returns)
+                if np.isinf(values).any()}
+    if infinite:  # a diverged run or environment: its group's mean is +-inf and its intervals NaN, so say which
+        warnings.warn(f"summarize_final_returns: infinite final returns in groups {sorted(infinite)} (at seeds "
+                      f"{infinite} of each group): their mean, intervals and comparisons are inf or NaN, and none "
+                      f"of them is chosen as the best group while a group with all seeds finite remains.",
+                      RuntimeWarning, stacklevel=2)
+    complete = np.array([np.isfinite(values).all() for values in returns])
     candidates = np.where(complete, means, np.nan) if (complete & ~np.isnan(means)).any() else means
     best_index = None if np.isnan(candidates).all() else int(np.nanargmax(candidates))
     best = None if best_index is None else returns[best_index]

@@ -153,6 +153,8 @@ def test_replay_seeds_refuses_bad_keys_batches_and_device_counts():
     draw = lambda key: jax.random.uniform(key, (2,))  # noqa: E731
     np.testing.assert_array_equal(runs.replay_seeds(draw, as_lists, 2), runs.replay_seeds(draw, keys, 2))
     np.testing.assert_array_equal(runs.replay_seeds(draw, legacy.astype(np.int64), 2), runs.replay_seeds(draw, keys, 2))
+    edges = np.array([[0, 2**32 - 1]], np.uint32)  # uint32's own range is accepted
+    np.testing.assert_array_equal(runs.replay_seeds(draw, edges.tolist(), 2), runs.replay_seeds(draw, edges, 2))
     for bad in ([[-1, 0]], [[2**32, 0]]):
         with pytest.raises(ValueError, match=r"legacy key data must be uint32 values in \[0, 2\*\*32\); got values in"):
             runs.replay_seeds(draw, bad, 2)

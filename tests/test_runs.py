@@ -179,6 +179,13 @@ def test_summarize_final_returns_pairs_or_combines_independent_intervals():
     assert two[0]["vs_best_ci95"] == pytest.approx((high - low) / 2)
     constant = runs.summarize_final_returns([np.array([2.0, 2.0]), np.array([5.0, 5.0])], [None, None], False)
     assert (constant[0]["vs_best"], constant[0]["vs_best_ci95"]) == (-3.0, 0.0)
+    # An infinite return (a diverged run's) is warned about, and its group is not the best while a finite one is left.
+    diverged = [np.array([1.0, np.inf, 3.0]), np.array([1.0, 2.0, 3.0]), np.array([-np.inf, 0.0, 0.0])]
+    with pytest.warns(RuntimeWarning, match=r"infinite final returns in groups \[0, 2\] \(at seeds \{0: \[1\], "
+                                            r"2: \[0\]\} of each group\)"):
+        rows = runs.summarize_final_returns(diverged, [None] * 3, True)
+    assert rows[1]["vs_best"] == rows[1]["vs_best_ci95"] == 0.0 and rows[0]["mean"] == rows[0]["vs_best"] == np.inf
+    assert np.isnan(rows[0]["ci95"]) and rows[2]["vs_best"] == -np.inf
 
 
 def test_area_under_curve_and_steps_to_threshold():
@@ -307,6 +314,8 @@ def test_metrics_files_plots_and_grid_folders_in_small(tmp_path, monkeypatch):
                "episode_return": np.array([[nan, nan]])}
     diverged = runs.diverged_entries(metrics)
     assert sorted(diverged) == ["loss", "valid_fraction"] and diverged["loss"].tolist() == [[False, True]]
+    without = runs.diverged_entries({"loss": np.array([[nan, 1.0]])})  # no valid_fraction: every update learned
+    assert without["loss"].tolist() == [[True, False]]
     (tmp_path / "grid").mkdir()
     (tmp_path / "grid" / "summary.csv").write_text("cell,learning_rate\n0,0.001\n")
     with pytest.raises(ValueError, match=r"is a hyperparameter grid: load one of its cells"):
