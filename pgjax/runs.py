@@ -635,7 +635,8 @@ def diverged_entries(metrics: dict[str, Any]) -> dict[str, np.ndarray]:
 
 class SegmentedRun(NamedTuple):
     """What `train_in_segments` returns: the run's `output` ([lanes, ...] leaves; metrics as NumPy), the update it
-    resumed at (`first_update`, 0 for a fresh run), the seconds spent compiling and running, and the device count."""
+    resumed at (`first_update`, 0 for a fresh run), the seconds spent compiling and running, and the device count
+    (0 when the checkpoint held the finished run: nothing was left to run)."""
 
     output: common.TrainOutput
     first_update: int

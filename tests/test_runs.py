@@ -3,16 +3,19 @@
 import os
 import subprocess
 import sys
+import time
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import evaluate as evaluate_cli
 import train as train_cli
 
-from pgjax import algos, parallel, runs, tables
-from pgjax.algos import evaluation, presets
+from pgjax import algos, checkpoints, parallel, runs, tables
+from pgjax.algos import common, evaluation, presets
 
 
 def test_progress_bar_import_is_quiet_in_jupyter_without_ipywidgets():
@@ -618,3 +621,113 @@ def test_final_returns_skip_updates_without_a_finished_episode():
     for fraction in (0.25, 0.1):
         np.testing.assert_array_equal(runs.final_returns({"episode_return": np.array([[1.0, 2.0, 3.0, 4.0]])},
                                                          fraction=fraction), [4.0])
+
+
+class _ToyConfig(NamedTuple):
+    num_updates: int = 7
+    scale: int = 5
+    a: int = 0  # fields the toy ignores: a checkpoint check names at most 4 of those that differ
+    b: int = 0
+    c: int = 0
+    d: int = 0
+
+    def to_dict(self):
+        return self._asdict()
+
+
+class _ToyState(NamedTuple):
+    agent: jax.Array  # int32: integer updates give the same bits in any program, so no exact-compiler mark
+    env_state: jax.Array  # the lane's key
+
+
+class _ToyTrain:
+    """A stand-in for make_train's train (.start, .advance, .config): each update mixes in a draw keyed by its
+    index; with hparams {"diverge_at": [n]} a lane's loss is inf from that update on."""
+
+    def __init__(self, config=_ToyConfig()):
+        self.config = config
+
+    def start(self, key, hp=None):
+        return _ToyState(jax.random.randint(key, (), 0, 1000), key)
+
+    def advance(self, state, first, hp=None, *, count):
+        def update(s, i):
+            u = first + i
+            x = (s.agent * self.config.scale + jax.random.randint(jax.random.fold_in(s.env_state, u), (), 0, 1000))
+            x = x % 100003
+            loss = x.astype(jnp.float32) if hp is None else jnp.where(u >= hp["diverge_at"], jnp.inf, x * 1.0)
+            return s._replace(agent=x), {"loss": loss, "update": u, "episode_return": x * 1.0}
+        return jax.lax.scan(update, state, jnp.arange(count))
+
+    def __call__(self, key, hp=None):
+        state, metrics = self.advance(self.start(key, hp), 0, hp, count=self.config.num_updates)
+        return common.TrainOutput(state.agent, state.env_state, metrics)
+
+
+def test_segments_resume_check_their_run_time_themselves_and_warn_as_lanes_diverge(tmp_path):
+    """runs.train_in_segments on a toy train whose updates are exact: segments (3 + 3 + 1 updates) equal the
+    one-call run; an interrupted run resumes where its checkpoint ends, and its progress keeps the saved wall
+    times; another run's checkpoint is refused naming what differs; a warning each time more lanes diverge."""
+    train, keys, path = _ToyTrain(), runs.seed_keys(0, [0, 1]), str(tmp_path / "toy.npz")
+    whole = jax.vmap(train)(keys)
+    t0 = time.perf_counter()
+    done = runs.train_in_segments(train, keys, 3, path, meta={"note": "mine"})
+    elapsed = time.perf_counter() - t0
+    assert (done.first_update, done.num_devices) == (0, 1) and 0 < done.compile_s < elapsed and 0 < done.run_s < elapsed
+    np.testing.assert_array_equal(done.output.agent, whole.agent)
+    for name in ("loss", "update"):
+        np.testing.assert_array_equal(done.output.metrics[name], whole.metrics[name])
+    saved = checkpoints.load(path, jax.eval_shape(jax.vmap(train.start), keys))
+    assert saved.next_update == 7 and np.isnan(saved.wall_time).all()  # no progress: no wall times
+    meta = checkpoints.read_meta(path)
+    assert meta["note"] == "mine" and meta["run"]["config"] == _ToyConfig().to_dict()
+    assert meta["run"]["keys"] == np.asarray(jax.random.key_data(keys)).tolist() and meta["run"]["hparams"] is None
+    # Interrupted after its second segment (the checkpoint holds 3 updates), then resumed from update 3.
+    class Interrupted(runs.Progress):
+        def mark_done(self, num_done):
+            if num_done == 6:
+                raise KeyboardInterrupt
+            super().mark_done(num_done)
+    with pytest.raises(KeyboardInterrupt):
+        runs.train_in_segments(train, keys, 3, path, progress=Interrupted(7, 1, show=False))
+    first_wall_times = checkpoints.load(path, jax.eval_shape(jax.vmap(train.start), keys)).wall_time
+    assert first_wall_times.shape == (3,) and np.isfinite(first_wall_times[-1])
+    progress = runs.Progress(7, 1, show=False)
+    resumed = runs.train_in_segments(train, keys, 3, path, resume=True, progress=progress)
+    assert resumed.first_update == 3 and resumed.num_devices == 1
+    np.testing.assert_array_equal(resumed.output.metrics["loss"], whole.metrics["loss"])
+    np.testing.assert_array_equal(resumed.output.agent, whole.agent)
+    # The saved time of update 2 is kept (close then fills the unmeasured updates in between).
+    assert progress.wall_time[2] == first_wall_times[2] and np.isfinite(progress.wall_time).all()
+    assert progress.wall_time[6] >= progress.wall_time[3] >= first_wall_times[-1]
+    # A finished run's checkpoint is returned as saved: nothing left to compile or run, on no device.
+    finished = runs.train_in_segments(train, keys, 3, path, resume=True)
+    assert (finished.first_update, finished.num_devices) == (7, 0)
+    np.testing.assert_array_equal(finished.output.metrics["loss"], whole.metrics["loss"])
+    # resume=False starts afresh over a checkpoint; resume=True with no file starts afresh too.
+    assert runs.train_in_segments(train, keys, 3, path).first_update == 0
+    assert runs.train_in_segments(train, keys, 4, str(tmp_path / "new.npz"), resume=True).first_update == 0
+    # Another run's checkpoint: the config fields that differ (at most 4 shown), other keys, other hparams, none.
+    other = _ToyTrain(_ToyConfig(scale=3))
+    with pytest.raises(ValueError, match=r"another config \(scale 5 there, 3 here\); pass resume=False"):
+        runs.train_in_segments(other, keys, 3, path, resume=True)
+    with pytest.raises(ValueError, match=r"another config \(a 0 there, 1 here, b 0 there, 1 here, c 0 there, 1 here, "
+                                         r"d 0 there, 1 here\); pass") as refused:
+        runs.train_in_segments(_ToyTrain(_ToyConfig(scale=3, a=1, b=1, c=1, d=1)), keys, 3, path, resume=True)
+    assert "scale" not in str(refused.value)
+    with pytest.raises(ValueError, match=r"other seeds \(keys\)"):
+        runs.train_in_segments(train, runs.seed_keys(0, [0, 2]), 3, path, resume=True)
+    hparams = {"diverge_at": np.array([2, 5])}
+    with pytest.raises(ValueError, match="other per-lane hyperparameters"):
+        runs.train_in_segments(train, keys, 3, path, hparams, resume=True)
+    checkpoints.save(path, jax.vmap(train.start)(keys), {}, 0, [], {"note": "no run"})
+    with pytest.raises(ValueError, match="the checkpoint does not say which run wrote it"):
+        runs.train_in_segments(train, keys, 3, path, resume=True)
+    # Lane 0 diverges at update 2, lane 1 at update 5: one warning after each segment that adds a diverged lane.
+    with pytest.warns(RuntimeWarning) as caught:
+        diverging = runs.train_in_segments(train, keys, 3, path, hparams)
+    assert [str(w.message) for w in caught] == [
+        "after update 3, 1 of 2 runs have diverged (NaN or inf); training goes on",
+        "after update 6, 2 of 2 runs have diverged (NaN or inf); training goes on"]
+    np.testing.assert_array_equal(diverging.output.metrics["loss"], jax.vmap(train)(keys, hparams).metrics["loss"])
+    assert checkpoints.read_meta(path)["run"]["hparams"] == {"diverge_at": [2, 5]}
