@@ -227,19 +227,59 @@ def test_target_kl_stops_the_update_at_the_first_minibatch_over_it():
     np.testing.assert_array_equal(optim.ravel_params(past_end.params)[0], flat)
     assert int(past_end.opt_state.count) == config.num_epochs * config.num_minibatches
 
-    # Once stopped, an update stays stopped, even where a later minibatch's KL is back under the target.
+    with pytest.raises(ValueError, match="target_kl"):
+        config.replace(target_kl=-0.01)
+
+
+def test_kl_early_stopping_on_scripted_kls_and_means_over_the_minibatches_seen():
+    """kl_early_stopping on scripted KLs (exact numbers, so no exact-compiler mark): once stopped, an update stays
+    stopped, even where a later minibatch's KL is back under the target; a KL equal to the target does not stop.
+    minibatch_descent's metrics are means over the minibatches seen, steps_taken over all of them."""
+    from pgjax import optim
+    from pgjax.algos import common
+
     scripted = common.kl_early_stopping(lambda n, kl: (n + 1, {"approx_kl": kl}), jnp.float32(1.0))
-    (count, stopped), taken = jax.lax.scan(scripted, (0, jnp.array(False)), jnp.array([0.0, 0.5, 2.0, 0.1, 0.3]))
+    (count, stopped), taken = jax.lax.scan(scripted, (0, jnp.array(False)), jnp.array([0.0, 1.0, 2.0, 0.1, 0.3]))
     assert int(count) == 2 and bool(stopped)
     np.testing.assert_array_equal(taken["steps_taken"], [1, 1, 0, 0, 0])
     np.testing.assert_array_equal(taken[common.STEPS_SEEN], [1, 1, 1, 0, 0])
-    np.testing.assert_array_equal(taken["approx_kl"], [0.0, 0.5, 2.0, 0.0, 0.0])
+    np.testing.assert_array_equal(taken["approx_kl"], [0.0, 1.0, 2.0, 0.0, 0.0])
     # An unseen minibatch's inf metric is left out, not multiplied by 0 (NaN, which made the update's mean NaN).
     (_, _), taken = jax.lax.scan(scripted, (0, jnp.array(False)), jnp.array([2.0, jnp.inf]))
     np.testing.assert_array_equal(taken["approx_kl"], [2.0, 0.0])
+    never = common.kl_early_stopping(lambda n, kl: (n + 1, {"approx_kl": kl}), jnp.float32(0.0))  # 0: never stops
+    (count, stopped), _ = jax.lax.scan(never, (0, jnp.array(False)), jnp.array([0.0, 1.0, 2.0]))
+    assert int(count) == 3 and not bool(stopped)
+    # Every minibatch's KL 2.0 over a target of 1.0: the first of 4 steps stops the update before it moves.
+    data = {"x": jnp.arange(8.0), "kl": jnp.full(8, 2.0)}
+    loss_fn = lambda w, mb: (jnp.sum((w - mb["x"]) ** 2), {"approx_kl": jnp.mean(mb["kl"])})  # noqa: E731
+    tx = optim.clipped_adam(0.1, 1.0)
+    w0 = jnp.zeros(2)
+    w, opt_state, metrics = common.minibatch_descent(jax.random.key(0), tx, loss_fn, w0, tx.init(w0), data, 1, 4,
+                                                     target_kl=jnp.float32(1.0))
+    np.testing.assert_array_equal(w, w0)
+    assert float(metrics["steps_taken"]) == 0.0 and float(metrics["approx_kl"]) == 2.0  # not 2.0 x 1/4 seen
+    assert float(metrics["grad_norm"]) > 0  # the one minibatch seen, as seen
+    # Without a target every step is taken, and the metrics are means over the 2 epochs x 4 minibatches.
+    w, _, metrics = common.minibatch_descent(jax.random.key(0), tx, loss_fn, w0, tx.init(w0), data, 2, 4)
+    assert float(metrics["approx_kl"]) == 2.0 and not np.array_equal(w, w0)
 
-    with pytest.raises(ValueError, match="target_kl"):
-        config.replace(target_kl=-0.01)
+
+def test_first_episode_ends_keep_each_environments_first_and_its_metrics():
+    """first_episode_ends [T, N]: each environment's first episode end only; episode_metrics(first_only=True)
+    averages those episodes, False all of them."""
+    from pgjax.algos import common
+
+    ended = jnp.array([[True, False, False], [True, True, False], [False, True, False]])
+    np.testing.assert_array_equal(common.first_episode_ends(ended),
+                                  [[True, False, False], [False, True, False], [False, False, False]])
+    returns = jnp.array([[1.0, 0.0, 0.0], [5.0, 3.0, 0.0], [0.0, 8.0, 0.0]])
+    batch = common.Transition(*([None] * len(common.Transition._fields)))._replace(
+        returned_episode=ended, episode_return=returns, episode_length=returns * 2)
+    first, every = common.episode_metrics(batch, first_only=True), common.episode_metrics(batch)
+    assert (float(first["episode_return"]), float(first["episode_length"]), int(first["episodes_finished"])) == (
+        2.0, 4.0, 2)
+    assert (float(every["episode_return"]), int(every["episodes_finished"])) == (17.0 / 4, 4)
 
 
 @pytest.mark.exact_compiler

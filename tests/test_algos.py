@@ -145,6 +145,8 @@ def test_hyperparameter_vmap_equals_separate_configs():
         (algos.A2CConfig, dict(learning_rate=True), r"A2CConfig.learning_rate must be a number; got True"),
         (algos.TRPOConfig, dict(discount="0.9"), r"TRPOConfig.discount must be a number"),  # was a TypeError
         (algos.PPOConfig, dict(env_kwargs="x"), r"PPOConfig.env_kwargs must be a dict"),
+        (algos.PPOConfig, dict(env_kwargs=(("max_steps_in_episode",),)), r"PPOConfig.env_kwargs must be a dict"),
+        (algos.A2CConfig, dict(env_randomize_observe=True), r"A2CConfig.env_randomize_observe"),
         (algos.PPOConfig, dict(env_id="tabular:nothing"), r"PPOConfig.env_id 'tabular:nothing' is not a known"),
         (algos.PPOConfig, dict(num_envs=2, num_steps=4, num_minibatches=8),
          r"PPOConfig.normalize_advantages standardises advantages over minibatches .* hold 1 sample"),
@@ -167,11 +169,24 @@ def test_config_validation(cls, kwargs, match):
 
 def test_configs_at_their_bounds_are_accepted():
     """The edges the checks above must let through: an n-step return as long as the rollout (the n-step check only
-    for advantage_method="nstep"), Fisher states from every num_steps-th step, discount 1."""
+    for advantage_method="nstep"), Fisher states from every num_steps-th step, discount 1, 2**31 - 1 env steps,
+    advantages standardised over a batch of 2, a final learning-rate fraction of 1, a layer of 1 unit, 0-d arrays
+    as numbers."""
     assert algos.A2CConfig(advantage_method="nstep", n_steps_return=16, num_steps=16).n_steps_return == 16
     assert algos.A2CConfig(advantage_method="gae", n_steps_return=100, num_steps=16).n_steps_return == 100
     assert algos.TRPOConfig(fisher_subsample=16, num_steps=16).fisher_subsample == 16
     assert algos.PPOConfig(discount=1.0).discount == 1.0
+    # 2**31 - 1 env steps (a prime: one env, one step per update) is the most the int32 step count holds.
+    most = algos.A2CConfig(num_envs=1, num_steps=1, normalize_advantages=False, total_timesteps=2**31 - 1)
+    assert most.num_updates * most.batch_size == 2**31 - 1
+    assert algos.A2CConfig(num_envs=1, num_steps=2, total_timesteps=2).normalize_advantages  # 2 samples standardise
+    assert algos.PPOConfig(final_lr_fraction=1.0).final_lr_fraction == 1.0  # no annealing, by another name
+    assert algos.PPOConfig(hidden_sizes=(1,)).hidden_sizes == (1,)
+    log_range = (("length", 0.5, 2.0, "log"),)  # (field, low, high, "log") entries as well as triples
+    assert algos.A2CConfig(env_randomize=log_range).env_randomize == log_range
+    zero_d = algos.PPOConfig(num_envs=jnp.array(4), anneal_lr=np.array(False), learning_rate=np.array(1e-3))
+    assert (zero_d.num_envs, zero_d.anneal_lr, zero_d.learning_rate) == (4, False, 1e-3)  # 0-d arrays: their numbers
+    assert (type(zero_d.num_envs), type(zero_d.anneal_lr)) == (int, bool)
 
 
 @pytest.mark.exact_compiler
@@ -346,7 +361,9 @@ def test_normalized_rewards_change_what_is_learned_not_what_is_reported():
 
 
 def test_progress_callback_every_kth_update_and_the_last(monkeypatch):
-    """The loop reports to the host every num_updates // PROGRESS_CALLS updates and after the last one."""
+    """The loop reports to the host every num_updates // PROGRESS_CALLS updates and after the last one (each
+    update when there are fewer); env_steps counts the steps after each update; evaluations come after every
+    eval_every-th update and the last."""
     monkeypatch.setattr(algos.common, "PROGRESS_CALLS", 4)
     config = algos.A2CConfig(total_timesteps=14 * 64, num_envs=4, num_steps=16)  # 14 updates -> every 3rd
     seen = []
@@ -355,6 +372,13 @@ def test_progress_callback_every_kth_update_and_the_last(monkeypatch):
     assert [i for i, _ in seen] == [0, 3, 6, 9, 12, 13]
     np.testing.assert_allclose([loss for _, loss in seen], np.asarray(out.metrics["loss"])[[0, 3, 6, 9, 12, 13]],
                                rtol=1e-6)
+    np.testing.assert_array_equal(out.metrics["env_steps"], np.arange(1, 15) * 64)  # after each update
+    seen.clear()  # fewer updates than PROGRESS_CALLS: every one reported
+    short = config.replace(total_timesteps=4 * 64, eval_every=3, eval_episodes=1)
+    out = jax.jit(algos.a2c.make_train(short, progress=lambda i, m: seen.append((int(i), 0))))(jax.random.key(0))
+    assert [i for i, _ in seen] == [0, 1, 2, 3]
+    # Evaluated after every eval_every-th update and after the last one.
+    np.testing.assert_array_equal(np.isnan(out.metrics["eval_return"]), [True, True, False, False])
 
 
 @pytest.mark.exact_compiler

@@ -508,6 +508,19 @@ def test_integer_fields_are_drawn_inside_their_range():
         assert set(np.unique(np.asarray(drawn)).tolist()) == allowed, bounds
 
 
+def test_episodic_rollouts_must_cover_the_largest_step_limit_a_range_draws():
+    """episodic=True needs num_steps >= every episode's step limit: with the limit drawn per episode, the largest
+    draw (20..39 from (20, 40), 30 from the zero-width (30, 30), 7 from a log-uniform (7, 7)), checked when train
+    is built."""
+    for bounds, largest in (((20, 40), 39), ((30, 30), 30), ((20.5, 40.5), 40), ((7, 7, "log"), 7)):
+        config = algos.REINFORCEConfig(episodic=True, num_envs=2, num_steps=largest, total_timesteps=4 * largest,
+                                       env_randomize={"max_steps_in_episode": bounds})
+        algos.reinforce.make_train(config)  # fits
+        with pytest.raises(ValueError, match=rf"num_steps \({largest - 1}\) must be at least CartPole-v1's step "
+                                             rf"limit \(max_steps_in_episode={largest}\) with episodic=True"):
+            algos.reinforce.make_train(config.replace(num_steps=largest - 1))
+
+
 def test_range_edges_zero_width_features_and_widened_boxes():
     """The edges of the range checks (an empty or non-dict ranges, a step limit from 0 refused and from 1 allowed),
     a zero-width range's feature (x - low) / 1, the features' (-inf, inf) bounds, and the union of action boxes over

@@ -213,6 +213,43 @@ def test_random_permutation_is_a_uniform_permutation():
     assert abs(np.mean(samples[:, 0] == 0) - 0.25) < 0.015
 
 
+def test_update_learning_rate_anneals_over_updates_or_stays_at_lr():
+    """The step size of update u: lr (1 - (1 - f) u / num_updates) with anneal_lr, lr at every update without (the
+    lr metric and TRPO's value fit read it)."""
+    config = ppo.PPOConfig(total_timesteps=10 * 512, final_lr_fraction=0.2)  # 10 updates
+    hp = config.hyperparams()
+    for u in (0, 4, 10):
+        assert float(common.update_learning_rate(config, hp, jnp.int32(u))) == pytest.approx(
+            2.5e-4 * (1 - 0.8 * u / 10), rel=1e-6)
+        constant = config.replace(anneal_lr=False, final_lr_fraction=0.0)
+        assert float(common.update_learning_rate(constant, constant.hyperparams(), jnp.int32(u))) == pytest.approx(
+            2.5e-4, rel=1e-6)
+
+
+def test_shuffle_rounds_bound_the_tie_bias_by_one_over_n_and_the_sort_is_ours():
+    """A round's ties are expected about 2^-(33 - 3b) times (b index bits): the fewest rounds whose product of
+    those is at most 2^-b (~1/n), as the docstring states (n = 256: 1, n = 512: 2), and 0 (jax.random.permutation)
+    once a round leaves no random bits to spare (n > 1024). Up to there the permutation is the sort of random
+    high bits over the index in the low b bits, round after round, recomputed here in NumPy."""
+    for n in range(1, 1100):
+        b = max(1, (n - 1).bit_length())
+        rounds, spare = common.shuffle_rounds(n), 33 - 3 * b
+        if spare <= 0:
+            assert rounds == 0, n
+        else:
+            assert rounds * spare >= b and (rounds == 1 or (rounds - 1) * spare < b), (n, rounds)
+    assert [common.shuffle_rounds(n) for n in (2, 256, 257, 512, 1024, 1025)] == [1, 1, 2, 2, 4, 0]
+    for n in (6, 512):
+        key = jax.random.key(n)
+        b = max(1, (n - 1).bit_length())
+        bits = np.asarray(jax.random.bits(key, (common.shuffle_rounds(n), n), jnp.uint32))
+        perm = None
+        for round_bits in bits:
+            order = np.sort(((round_bits >> b) << b) | np.arange(n, dtype=np.uint32)) & np.uint32((1 << b) - 1)
+            perm = order if perm is None else perm[order]
+        np.testing.assert_array_equal(common.random_permutation(key, n), perm)
+
+
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("discrete", [True, False])
 def test_policy_and_value_alone_equal_the_joint_call(shared, discrete):
