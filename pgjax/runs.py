@@ -556,7 +556,7 @@ def seed_keys(seed: int, indices: Any) -> jax.Array:
 
 
 def _as_keys(keys: Any) -> jax.Array:
-    """Typed keys from typed keys, a list of them, or legacy uint32 [..., 2] key data (a jax array, a NumPy array
+    """Typed keys from typed keys, a list of them, or legacy uint32 [n, 2] key data (a jax array, a NumPy array
     or nested lists of ints, e.g. read back from JSON)."""
     if not isinstance(keys, jax.Array) and not any(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(keys)):
         keys = np.asarray(keys)
@@ -873,15 +873,14 @@ def summarize_final_returns(returns: list[np.ndarray], last_evals: list[np.ndarr
     with vs_best_ci95 the half-width of its 95% t interval. The best group is the one of the highest mean among
     those whose seeds all have a finite value, or among all groups when none has (infinite returns, a diverged
     run's, are warned about): a mean over the finished seeds alone would let a group whose other seeds never
-    finished an episode be best (its vs_best is then positive). `paired`
-    (groups of equal size whose i-th seeds share their keys; ValueError for groups of unequal sizes) takes the
-    mean of the per-seed differences with its t interval at n - 1 degrees of freedom (n pairs where both have a
-    value); otherwise the two means' standard errors combine as independent, sqrt(se_a^2 + se_b^2), with
-    Welch-Satterthwaite degrees of freedom (Welch's unequal-variances interval); iqm, the interquartile mean, with
-    iqm_low / iqm_high its 95% percentile-bootstrap interval (`resamples` resamples of the seeds) and
-    p_improve_vs_best, P(a seed of this group ends above one of the best's) (`score_stats`; NaN for a group without
-    a value). With last_evals[i] ([S_i], the in-run evaluation after the last update) the row adds eval_median,
-    eval_mean and eval_worst."""
+    finished an episode be best (its vs_best is then positive). `paired` (groups of equal size whose i-th seeds
+    share their keys; ValueError for groups of unequal sizes) takes the mean of the per-seed differences with its
+    t interval at n - 1 degrees of freedom (n pairs where both have a value); otherwise the two means' standard
+    errors combine as independent, sqrt(se_a^2 + se_b^2), with Welch-Satterthwaite degrees of freedom (Welch's
+    unequal-variances interval); iqm, the interquartile mean, with iqm_low / iqm_high its 95% percentile-bootstrap
+    interval (`resamples` resamples of the seeds) and p_improve_vs_best, P(a seed of this group ends above one of
+    the best's) (`score_stats`; NaN for a group without a value). With last_evals[i] ([S_i], the in-run evaluation
+    after the last update) the row adds eval_median, eval_mean and eval_worst."""
     returns = [np.asarray(values, dtype=float) for values in returns]
     if paired and len({values.shape for values in returns}) > 1:
         raise ValueError(f"summarize_final_returns: paired groups need equal numbers of seeds (the i-th seeds share "

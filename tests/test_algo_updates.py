@@ -255,8 +255,8 @@ def test_kl_early_stopping_on_scripted_kls_and_means_over_the_minibatches_seen()
     loss_fn = lambda w, mb: (jnp.sum((w - mb["x"]) ** 2), {"approx_kl": jnp.mean(mb["kl"])})  # noqa: E731
     tx = optim.clipped_adam(0.1, 1.0)
     w0 = jnp.zeros(2)
-    w, opt_state, metrics = common.minibatch_descent(jax.random.key(0), tx, loss_fn, w0, tx.init(w0), data, 1, 4,
-                                                     target_kl=jnp.float32(1.0))
+    w, _, metrics = common.minibatch_descent(jax.random.key(0), tx, loss_fn, w0, tx.init(w0), data, 1, 4,
+                                             target_kl=jnp.float32(1.0))
     np.testing.assert_array_equal(w, w0)
     assert float(metrics["steps_taken"]) == 0.0 and float(metrics["approx_kl"]) == 2.0  # not 2.0 x 1/4 seen
     assert float(metrics["grad_norm"]) > 0  # the one minibatch seen, as seen

@@ -217,11 +217,10 @@ def test_update_learning_rate_anneals_over_updates_or_stays_at_lr():
     """The step size of update u: lr (1 - (1 - f) u / num_updates) with anneal_lr, lr at every update without (the
     lr metric and TRPO's value fit read it)."""
     config = ppo.PPOConfig(total_timesteps=10 * 512, final_lr_fraction=0.2)  # 10 updates
-    hp = config.hyperparams()
+    constant = config.replace(anneal_lr=False, final_lr_fraction=0.0)
     for u in (0, 4, 10):
-        assert float(common.update_learning_rate(config, hp, jnp.int32(u))) == pytest.approx(
+        assert float(common.update_learning_rate(config, config.hyperparams(), jnp.int32(u))) == pytest.approx(
             2.5e-4 * (1 - 0.8 * u / 10), rel=1e-6)
-        constant = config.replace(anneal_lr=False, final_lr_fraction=0.0)
         assert float(common.update_learning_rate(constant, constant.hyperparams(), jnp.int32(u))) == pytest.approx(
             2.5e-4, rel=1e-6)
 
