@@ -238,7 +238,10 @@ def test_kl_early_stopping_on_scripted_kls_and_means_over_the_minibatches_seen()
     from pgjax import optim
     from pgjax.algos import common
 
-    scripted = common.kl_early_stopping(lambda n, kl: (n + 1, {"approx_kl": kl}), jnp.float32(1.0))
+    def counting(target_kl):  # a step that counts the steps taken and reports the scripted KL
+        return common.kl_early_stopping(lambda n, kl: (n + 1, {"approx_kl": kl}), jnp.float32(target_kl))
+
+    scripted = counting(1.0)
     (count, stopped), taken = jax.lax.scan(scripted, (0, jnp.array(False)), jnp.array([0.0, 1.0, 2.0, 0.1, 0.3]))
     assert int(count) == 2 and bool(stopped)
     np.testing.assert_array_equal(taken["steps_taken"], [1, 1, 0, 0, 0])
@@ -247,7 +250,7 @@ def test_kl_early_stopping_on_scripted_kls_and_means_over_the_minibatches_seen()
     # An unseen minibatch's inf metric is left out, not multiplied by 0 (NaN, which made the update's mean NaN).
     (_, _), taken = jax.lax.scan(scripted, (0, jnp.array(False)), jnp.array([2.0, jnp.inf]))
     np.testing.assert_array_equal(taken["approx_kl"], [2.0, 0.0])
-    never = common.kl_early_stopping(lambda n, kl: (n + 1, {"approx_kl": kl}), jnp.float32(0.0))  # 0: never stops
+    never = counting(0.0)  # 0: never stops
     (count, stopped), _ = jax.lax.scan(never, (0, jnp.array(False)), jnp.array([0.0, 1.0, 2.0]))
     assert int(count) == 3 and not bool(stopped)
     # Every minibatch's KL 2.0 over a target of 1.0: the first of 4 steps stops the update before it moves.

@@ -678,7 +678,8 @@ def test_segments_resume_check_their_run_time_themselves_and_warn_as_lanes_diver
     np.testing.assert_array_equal(done.output.agent, whole.agent)
     for name in ("loss", "update"):
         np.testing.assert_array_equal(done.output.metrics[name], whole.metrics[name])
-    saved = checkpoints.load(path, jax.eval_shape(jax.vmap(train.start), keys))
+    state_shapes = jax.eval_shape(jax.vmap(train.start), keys)  # what checkpoints.load reads the state as
+    saved = checkpoints.load(path, state_shapes)
     assert saved.next_update == 7 and np.isnan(saved.wall_time).all()  # no progress: no wall times
     meta = checkpoints.read_meta(path)
     assert meta["note"] == "mine" and meta["run"]["config"] == _ToyConfig().to_dict()
@@ -691,7 +692,7 @@ def test_segments_resume_check_their_run_time_themselves_and_warn_as_lanes_diver
             super().mark_done(num_done)
     with pytest.raises(KeyboardInterrupt):
         runs.train_in_segments(train, keys, 3, path, progress=Interrupted(7, 1, show=False))
-    first_wall_times = checkpoints.load(path, jax.eval_shape(jax.vmap(train.start), keys)).wall_time
+    first_wall_times = checkpoints.load(path, state_shapes).wall_time
     assert first_wall_times.shape == (3,) and np.isfinite(first_wall_times[-1])
     progress = runs.Progress(7, 1, show=False)
     resumed = runs.train_in_segments(train, keys, 3, path, resume=True, progress=progress)
