@@ -884,6 +884,37 @@ def test_importance_overflow_in_float32_suggests_float64_data():
     assert kind([[0.1, 0.1, 1e3]], behaviour=near) is ValueError
     assert kind([[0.1, 0.1, 1e3]], mask=jnp.ones((1, 3), bool), behaviour=near) is FloatingPointError
 
+@pytest.mark.filterwarnings("ignore::pgjax.offline.CoverageWarning")  # one episode covers few pairs
+def test_importance_gradient_overflow_of_weight_returns_and_score_is_not_blamed_on_zero_weights():
+    """One float32 episode of 2 steps, log mu = -40 each and pi = 1/2: log rho = 80 - 2 log 2 = 78.61, and the returns
+    (2 e^7) bring it to 86.0, under log(max float32) = 88.72, so the value is finite. The gradient multiplies by
+    sum_t |grad log pi| = 2 * 500 (features 1e3 on the logged action, (1 - 1/2) 1e3 each step): log 1000 = 6.91
+    more overflows. It said every episode had zero probability; features of 1 keep the gradient finite."""
+    episode = dict(observations=jnp.array([[0, 1]], jnp.int32), actions=jnp.array([[1, 1]], jnp.int32),
+                   rewards=jnp.full((1, 2), float(np.exp(7.0)), jnp.float32),
+                   next_observations=jnp.array([[1, 0]], jnp.int32), terminals=jnp.zeros((1, 2), bool),
+                   mask=jnp.ones((1, 2), bool), behaviour_log_probs=jnp.full((1, 2), -40.0, jnp.float32),
+                   initial_observations=jnp.array([0], jnp.int32))
+    dataset, theta = off.Dataset(**episode), jnp.zeros((1,), jnp.float32)
+    features = jnp.zeros((2, 2, 1), jnp.float32).at[:, 1, 0].set(1e3)
+    assert np.isfinite(float(off.policy_value(dataset, tab.softmax_policy(theta, features), 0.9, "is")))
+    overflow = (r"times the returns and the score \|grad log pi\| \(log of its sum 6.908\) overflows float32 \(the "
+                r"largest log weight is 78.61, log\(max\) = 88.72")
+    for method in ("is", "pdis"):
+        with pytest.raises(FloatingPointError, match=overflow):
+            off.importance_policy_gradient(dataset, theta, features, 0.9, method)
+    with pytest.raises(FloatingPointError, match="the gradient at step 0 .*" + overflow):
+        off.offline_policy_improvement(dataset, theta, features, 0.9, optax.sgd(0.01), 1, method="pdis")
+    assert np.all(np.isfinite(np.asarray(off.importance_policy_gradient(dataset, theta, features / 1e3, 0.9, "is"))))
+    # The bound itself: scores summing to 1 or less add nothing, as returns do.
+    log_probs = (jnp.full((1, 2), -0.6931, jnp.float32), dataset.behaviour_log_probs, dataset.mask)
+    for norms, kind in ((np.full((1, 2), 500.0), FloatingPointError), (np.full((1, 2), 0.5), ValueError),
+                        (None, ValueError), (np.array([[0.5, 1e3]]), FloatingPointError)):
+        assert type(off.importance.nonfinite_error("is", *log_probs, dataset.rewards, norms)) is kind, norms
+    masked = (log_probs[0], log_probs[1], jnp.array([[True, False]]))  # padding's score counts for nothing
+    assert type(off.importance.nonfinite_error("is", *masked, dataset.rewards, np.array([[0.5, 1e3]]))) is ValueError
+
+
 
 def test_discount_must_be_one_number(problem, big_dataset):
     assert np.isfinite(float(off.policy_value(big_dataset, problem["pi"], jnp.asarray(GAMMA), "model")))

@@ -202,7 +202,8 @@ def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, 
         gradient = _importance_gradient(dataset, theta, features, discount, method)
         if not np.all(np.isfinite(np.asarray(gradient))):
             raise nonfinite_error(f"importance_policy_gradient(method={method!r})",
-                                  *_log_probs(dataset, theta, features), dataset.rewards)
+                                  *_log_probs(dataset, theta, features), dataset.rewards,
+                                  _score_norms(dataset, theta, features))
         return gradient
     return _importance_gradient(dataset, theta, features, discount, method)
 
@@ -210,6 +211,13 @@ def importance_policy_gradient(dataset: Dataset, theta: Array, features: Array, 
 def _log_probs(dataset: Dataset, theta: Array, features: Array) -> tuple[Array, Array, Array]:
     """(log pi_theta(a_t|s_t), log mu(a_t|s_t), mask), each [N, T], of the dataset's steps."""
     return log_policy(theta, features)[dataset.observations, dataset.actions], dataset.behaviour_log_probs, dataset.mask
+
+
+def _score_norms(dataset: Dataset, theta: Array, features: Array) -> np.ndarray:
+    """|grad_theta log pi_theta(a_t|s_t)|_inf = |phi(s_t,a_t) - E_pi phi(s_t,.)|_inf [N, T] (host-side, float64)."""
+    phi = np.asarray(features, np.float64)
+    centred = phi - np.einsum("sa,sad->sd", np.asarray(softmax_policy(theta, features), np.float64), phi)[:, None]
+    return np.max(np.abs(centred[np.asarray(dataset.observations), np.asarray(dataset.actions)]), axis=-1)
 
 
 def _importance_gradient(dataset: Dataset, theta: Array, features: Array, discount, method: str) -> Array:
@@ -304,7 +312,8 @@ def offline_policy_improvement(
         k = int(np.argmin(finite))
         context = f"offline_policy_improvement(method={method!r}): the gradient at step {k}"
         if method in IS_METHODS:
-            raise nonfinite_error(context, *_log_probs(dataset, result.thetas[k], features), dataset.rewards)
+            raise nonfinite_error(context, *_log_probs(dataset, result.thetas[k], features), dataset.rewards,
+                                  _score_norms(dataset, result.thetas[k], features))
         raise FloatingPointError(f"{context} is not finite; check the dataset's rewards and the optimiser's step size.")
     if method in IS_METHODS:
         k = int(np.argmax(np.asarray(result.uncovered_mass)))  # the mass can grow as pi moves: report the worst

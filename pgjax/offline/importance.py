@@ -137,21 +137,25 @@ def check_importance_data(dataset: Dataset, context: str) -> None:
 
 
 def nonfinite_error(context: str, target_log_probs: Array, behaviour_log_probs: Array, mask: Array,
-                    rewards: Array) -> Exception:
+                    rewards: Array, score_norms: Array | None = None) -> Exception:
     """The error to raise for a non-finite importance-sampling estimate (host-side; [N, T] inputs, rewards finite):
     a `FloatingPointError` when a weight, or a weight times the largest episode's sum of |r_t|, overflows the data's
     float dtype (log rho_{0:t} + log max(1, sum |r|) > log(max float), 88.7 in float32), else a `ValueError`: the
-    episodes that matter have probability 0 under pi (all weights 0: the self-normalised forms are 0/0)."""
+    episodes that matter have probability 0 under pi (all weights 0: the self-normalised forms are 0/0).
+
+    For a gradient, `score_norms` [N, T] holds |grad_theta log pi(a_t|s_t)|_inf: the gradient multiplies each
+    weight and its returns by a sum of these, so log max(1, the largest episode's sum) joins the bound."""
     log_w = np.asarray(cumulative_log_ratios(target_log_probs, behaviour_log_probs, mask), np.float64)
     dtype = float_dtype(jnp.result_type(target_log_probs, behaviour_log_probs))
     limit = float(np.log(jnp.finfo(dtype).max))
     largest = float(np.max(log_w)) if log_w.size else -np.inf
-    scale = float(np.max(np.sum(np.abs(np.where(np.asarray(mask), np.asarray(rewards, np.float64), 0.0)), axis=-1),
-                         initial=0.0))
-    if largest + np.log(max(1.0, scale)) > limit:  # what is not finite overflowed
+    log_returns = np.log(max(1.0, _largest_episode_sum(rewards, mask)))
+    log_score = 0.0 if score_norms is None else np.log(max(1.0, _largest_episode_sum(score_norms, mask)))
+    if largest + log_returns + log_score > limit:  # what is not finite overflowed
         wider = "" if jnp.finfo(dtype).bits >= 64 else (
             ", or float64 data (jax.config.update('jax_enable_x64', True): log(max) = 709.8)")
-        what = "overflows" if largest > limit else "times the returns overflows"
+        what = ("overflows" if largest > limit else "times the returns overflows" if largest + log_returns > limit
+                else f"times the returns and the score |grad log pi| (log of its sum {log_score:.4g}) overflows")
         return FloatingPointError(
             f"{context} is not finite: an importance weight rho_0:t = pi/mu {what} {jnp.dtype(dtype).name} (the "
             f"largest log weight is {largest:.4g}, log(max) = {limit:.4g}: pi takes logged actions mu rarely "
@@ -161,6 +165,12 @@ def nonfinite_error(context: str, target_log_probs: Array, behaviour_log_probs: 
         f"{context} is undefined on this dataset: every logged episode has zero probability under the target policy "
         "(all importance weights are 0); use 'dualdice' or 'model'."
     )
+
+
+def _largest_episode_sum(values: Array, mask: Array) -> float:
+    """max over episodes of sum_t |values_t| over valid steps (host-side, float64; 0 for no episodes)."""
+    valid = np.where(np.asarray(mask), np.abs(np.asarray(values, np.float64)), 0.0)
+    return float(np.max(np.sum(valid, axis=-1), initial=0.0))
 
 
 def effective_sample_size(weights: Array) -> Array:
