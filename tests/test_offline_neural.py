@@ -176,6 +176,25 @@ def test_fqe_matches_exact_values(problem, fqe):
     assert np.all(np.isfinite(np.asarray(info["loss"])))
 
 
+def test_fqe_without_a_target_network_still_reaches_the_exact_values(problem):
+    # target_update_period 1 copies Q into the target after every step (documented as no target network): the
+    # regression chases its own target and still lands on Q^pi (measured max error 0.05). A target never refreshed
+    # regresses once onto r + gamma P^pi Q_0, far from it.
+    config = dataclasses.replace(FQE, target_update_period=1)
+    params, q_fn, info = N.fitted_q_evaluation(jax.random.key(3), problem["data"], problem["probs_fn"], DISCOUNT,
+                                               config)
+    obs, _ = all_pairs()
+    assert np.max(np.abs(np.asarray(q_fn(obs[:, 0])) - problem["q"])) < 0.12
+    # "loss" is the Bellman regression error of the unscaled Q (the network learns (1 - gamma) Q): the last 500
+    # steps' minibatch losses average to the whole data's error of the final network, its target being itself.
+    states, data = int_data(problem["data"]), problem["data"]
+    q_table = np.asarray(q_fn(obs[:, 0]), np.float64)
+    s, a, s_next = (np.asarray(x) for x in (states.observations, data.actions, states.next_observations))
+    v_table = np.sum(np.asarray(problem["target"]) * q_table, axis=-1)
+    bellman_error = np.mean((q_table[s, a] - np.asarray(data.rewards) - DISCOUNT * v_table[s_next]) ** 2)
+    np.testing.assert_allclose(np.mean(np.asarray(info["loss"])[-500:]), bellman_error, rtol=0.5)
+
+
 def test_doubly_robust_value_of_the_two_trained_networks(problem, dualdice, fqe):
     """neural_doubly_robust_value reads w from zeta, Q and V from the Q network (pi at s' and s0) on the data;
     here checked against the same formula on [S, A] tables of the two networks and integer states."""
@@ -195,6 +214,12 @@ def test_doubly_robust_value_of_the_two_trained_networks(problem, dualdice, fqe)
     manual = v_table[s0].mean() + corrections.mean() / (1.0 - DISCOUNT)
     np.testing.assert_allclose(dr, manual, rtol=1e-5)
     assert abs(dr - float(fqe_info["value"])) > 1e-4  # the correction is doing something
+    # The architecture and the training discount are static fields: the leaves are the two networks' parameters
+    # only, so the params pass through jit, and the discount check still reads a number there.
+    assert len(jax.tree_util.tree_leaves(dice_params)) == len(jax.tree_util.tree_leaves((dice_params.nu,
+                                                                                         dice_params.zeta)))
+    np.testing.assert_allclose(float(jax.jit(lambda p: N.neural_dualdice_value(p, data, DISCOUNT))(dice_params)),
+                               float(N.neural_dualdice_value(dice_params, data, DISCOUNT)), rtol=1e-6)
     # The ratio belongs to its training discount: another one gave a value of neither, silently.
     assert dice_params.discount == pytest.approx(DISCOUNT)
     for value_fn in (lambda g: DR.neural_doubly_robust_value(dice_params, q_fn, data, problem["probs_fn"], g),
@@ -286,6 +311,15 @@ def test_dualdice_config_errors_name_the_field(kwargs, field):
         N.NeuralDualDICEConfig(**kwargs)
 
 
+def test_configs_at_their_bounds_are_accepted():
+    # A layer of one unit, b1 = 0 (Adam without momentum), a discount just inside (0, 1), one step of one sample.
+    dice = N.NeuralDualDICEConfig(discount=1e-6, hidden_sizes=(1,), adam_b1=0.0, num_steps=1, batch_size=1)
+    assert dice.hidden_sizes == (1,) and dice.discount == 1e-6
+    assert N.NeuralDualDICEConfig(discount=1 - 1e-6, adam_b1=0.999).adam_b1 == 0.999
+    fqe = N.FQEConfig(hidden_sizes=[1, 1], num_steps=1, batch_size=1, target_update_period=1)
+    assert fqe.hidden_sizes == (1, 1)  # a list is stored as a tuple (the config hashes: a static argument)
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [
@@ -316,6 +350,47 @@ def test_data_errors(problem):
     # one_hot maps a state outside [0, S) to an all-zero feature vector, a state of no MDP
     with pytest.raises(ValueError, match=r"Dataset.observations holds states outside \[0, 3\)"):
         N.one_hot_observations(raw, 3)
+    with pytest.raises(ValueError, match=r"Dataset.next_observations holds states outside \[0, 5\) \(min -1"):
+        N.one_hot_observations(raw._replace(next_observations=raw.next_observations.at[1, 2].set(-1)), NUM_STATES)
+    negative = data._replace(actions=data.actions.at[3, 4].set(-1))  # the dataset's own check allows any int
+    with pytest.raises(ValueError, match=r"dataset actions fall outside \[0, 2\)"):
+        N.fitted_q_evaluation(jax.random.key(0), negative, probs_fn, DISCOUNT, FQE)
+    # Observations must be float features of rank 3: [N, T] floats are not, nor are int features [N, T, d].
+    states = int_data(data)
+    flat = states._replace(**{name: getattr(states, name).astype(jnp.float32)
+                              for name in ("observations", "next_observations", "initial_observations")})
+    with pytest.raises(ValueError, match=r"observations must be float features \[N, T, obs_dim\]; got float32"):
+        N.neural_dualdice(jax.random.key(0), flat, probs_fn, DUALDICE)
+    with pytest.raises(ValueError, match=r"must be float features \[N, T, obs_dim\]; got int32 \(400, 50, 5\)"):
+        N.fitted_q_evaluation(jax.random.key(0), data._replace(observations=data.observations.astype(jnp.int32)),
+                              probs_fn, DISCOUNT, FQE)
+    # Under jit a traced mask (with concrete observations) skips the host-side range check instead of failing on it.
+    encoded = jax.jit(lambda mask: N.one_hot_observations(raw._replace(mask=mask), NUM_STATES).observations)(raw.mask)
+    np.testing.assert_array_equal(np.asarray(encoded), np.asarray(jax.nn.one_hot(raw.observations, NUM_STATES)))
+
+
+@pytest.mark.filterwarnings("ignore:neural_dualdice did not settle:RuntimeWarning")  # 300 steps compare runs only
+def test_datasets_of_one_shape_share_the_loop_and_a_batch_may_hold_every_valid_transition(problem):
+    # Four episodes of 50 steps, then two of them cut to 25: 150 valid transitions in the same [4, 50] arrays. The
+    # loop pads the valid ones to N * T, so the second dataset reuses the first's compiled loop; a batch of all 150
+    # is allowed and one more is not.
+    data = jax.tree_util.tree_map(lambda x: x[:4], problem["data"])
+    cut = data._replace(mask=data.mask.at[2:, 25:].set(False))
+    config = dataclasses.replace(SHORT_DUALDICE, batch_size=150)
+    N.neural_dualdice(jax.random.key(0), data, problem["probs_fn"], config)
+    compiled = N._train_dualdice._cache_size()
+    _, info = N.neural_dualdice(jax.random.key(0), cut, problem["probs_fn"], config)
+    assert N._train_dualdice._cache_size() == compiled and np.all(np.isfinite(np.asarray(info["loss"])))
+    with pytest.raises(ValueError, match=r"batch_size \(151\) is larger than the number of valid transitions \(150\)"):
+        N.neural_dualdice(jax.random.key(0), cut, problem["probs_fn"], dataclasses.replace(config, batch_size=151))
+
+
+def test_minibatches_draw_every_entry_of_the_first_size_uniformly():
+    # Indices 0..size-1 with replacement: all of them, none beyond (the padding), about equally often.
+    drawn = np.asarray(N._sample(jax.random.key(0), jnp.arange(10), 3000, 3))
+    counts = np.bincount(drawn, minlength=10)
+    assert counts[3:].sum() == 0 and np.all(np.abs(counts[:3] - 1000) < 4 * np.sqrt(3000 * 2 / 9)), counts
+    assert set(np.asarray(N._sample(jax.random.key(1), jnp.arange(4), 500)).tolist()) == {0, 1, 2, 3}
 
 
 def test_integer_rewards_are_refused_before_training(problem):
@@ -335,6 +410,10 @@ def test_divergence_raises_instead_of_returning_nan(problem):
     huge = data._replace(observations=1e20 * data.observations, next_observations=1e20 * data.next_observations)
     with pytest.raises(N.TrainingDivergedError, match="smaller learning rate"):
         N.neural_dualdice(jax.random.key(0), huge, problem["probs_fn"], SHORT_DUALDICE)
+    # One non-finite entry among finite leaves is divergence too.
+    with pytest.raises(N.TrainingDivergedError, match="The net became NaN or inf"):
+        N._check_finite("The net", {"a": jnp.ones(3), "b": jnp.array([1.0, np.inf])}, "lr")
+    N._check_finite("The net", {"a": jnp.ones(3), "b": jnp.zeros(2)}, "lr")
 
 
 # ---------------------------------------------------------------------------
@@ -580,6 +659,12 @@ def test_offline_policy_gradient_equals_hand_computed_estimate(x64):
 
     # Without a mask every sample counts; vmapped over a batch of policies it matches one at a time.
     np.testing.assert_allclose(*batched_and_single(theta), rtol=1e-12)
+    # One valid sample is a mean over one: its own term (the count's floor of 1 only guards an empty mask).
+    one = jnp.zeros((3, 7), bool).at[1, 2].set(True)
+    s12, a12 = int(states[1, 2]), int(actions[1, 2])
+    single = np.zeros((NUM_STATES, NUM_ACTIONS))
+    single[s12] = float(w[1, 2] * q[1, 2]) * (np.eye(NUM_ACTIONS)[a12] - pi[s12]) / (1.0 - DISCOUNT)
+    np.testing.assert_allclose(-jax.grad(loss)(theta, w, q, one), single, rtol=1e-10, atol=1e-12)
 
 
 def test_offline_policy_gradient_with_exact_ratio_and_q_is_the_policy_gradient(x64):
@@ -639,6 +724,13 @@ def test_on_policy_gradient_equals_hand_computed_estimate(x64):
     # Rewards and the baseline are constants of the surrogate.
     grad_b = jax.grad(loss, argnums=1)(theta, baseline)
     np.testing.assert_array_equal(grad_b, 0.0)
+    # Leading axes are all episodes ([..., T]): two chunks of 3 episodes average as their 6 episodes do.
+    chunks = lambda x: jnp.stack([x, x[::-1]])  # noqa: E731
+    np.testing.assert_allclose(N.discounted_reward_to_go(chunks(rewards), chunks(mask), DISCOUNT),
+                               np.stack([returns, returns[::-1]]) * np.asarray(chunks(mask)), rtol=1e-12)
+    log_probs = jax.nn.log_softmax(theta[states])
+    stacked = N.on_policy_gradient_loss(chunks(log_probs), chunks(actions), chunks(rewards), chunks(mask), DISCOUNT)
+    np.testing.assert_allclose(stacked, loss(theta), rtol=1e-12)
 
 
 def test_on_policy_gradient_from_episodes_matches_the_exact_gradient(x64):
