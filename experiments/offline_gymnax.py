@@ -337,10 +337,14 @@ def improvement_round(args, policies: Policies, logger: Logger, directions: dict
     actor = policies.params["params"]["actor"]
     truth = float(mc.mean())
     improvement, rows = {}, []
+
+    def sample_actor(actor, key, obs):  # one function for every new actor: its episodes compile once
+        return sampler(lambda o: policies.dist(actor, o).probs)(key, obs)
+
     for name, direction in directions.items():
         start = time.perf_counter()
         new_actor = improve(actor, direction, args.improve_steps, args.improve_learning_rate)
-        new_policy = sampler(lambda obs, a=new_actor: policies.dist(a, obs).probs)
+        new_policy = jax.tree_util.Partial(sample_actor, new_actor)
         new_mc = logger.returns(logger.episodes(key_mc, new_policy, args.mc_episodes))
         diff = new_mc - mc
         result = dict(new=float(new_mc.mean()), difference=float(diff.mean()),

@@ -5,6 +5,7 @@ behaviour policy's log-probabilities, PDIS / WIS / ESS, the reference, offline a
 surrogates written here), and the improvement steps (Adam's first step, lr sign(g), up the offline gradient and, the
 control, up the reference gradient) with their paired comparisons; `improve` against Adam written out in NumPy."""
 
+import importlib
 import json
 import os
 import re
@@ -20,6 +21,8 @@ import offline_gymnax
 
 from pgjax import tables
 from pgjax.offline import neural
+
+collect_module = importlib.import_module("pgjax.offline.collect_env")  # the package exports the function by that name
 
 VALUE_METHODS = [
     "on-policy Monte Carlo (reference)", "behaviour average (naive)", "neural DualDICE",
@@ -56,11 +59,15 @@ def run(tmp_path_factory):
         patch.setattr(neural, "fitted_q_evaluation",
                       capture(neural.fitted_q_evaluation, lambda a, r: seen.fqe.append(r)))
         # 20 DualDICE steps cannot settle on a saddle point: the run says so (and records each gap in its table).
+        compiled = collect_module._collect_env._cache_size()
         with pytest.warns(RuntimeWarning, match="neural_dualdice did not settle on a saddle point"):
             assert offline_gymnax.main([*TINY, "--out", out]) == 0
+    # Rollouts compiled: mu's 8 episodes (both datasets), pi's 16 and 8, and one for both improved policies.
+    seen.rollout_compiles = collect_module._collect_env._cache_size() - compiled
     # collect_env's calls: the logged data, the Monte Carlo episodes, the reference episodes, the episodes of the
     # policy improved offline and of the one improved on the reference episodes (the control), the second dataset.
     assert [d.rewards.shape[0] for _, d in seen.collects] == [8, 16, 8, 16, 16, 8]
+    assert seen.rollout_compiles == 4  # the improved policies' params are traced: one rollout for both
     rows = tables.read_csv(os.path.join(out, "results.csv"))
     seen.values = {r["method"]: r for r in rows if r["quantity"] == "value"}
     seen.gradients = {r["method"]: r for r in rows if r["quantity"] == "gradient"}

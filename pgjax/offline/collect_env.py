@@ -38,7 +38,9 @@ def collect_env(
       env_params: its params.
       policy_fn: mu: (key, observation [*obs_shape]) -> (action [*action_shape], log mu(action|obs) []),
         written for a single observation (it is vmapped over the N environments); pure and jittable.
-        It is a static argument of the compiled rollout: reuse the same function object to reuse it.
+        The compiled rollout is reused for the same function object. A policy whose parameters change (an
+        improved policy each round) goes in as `jax.tree_util.Partial(fn, params)`, called fn(params, key, obs):
+        its params are traced arrays, so new ones reuse the compiled rollout instead of compiling another.
       num_trajectories: N >= 1.
       horizon: T >= 1. Episodes still running after T steps are cut there (mask all True,
         terminals False on the last step: a truncation).
@@ -50,10 +52,12 @@ def collect_env(
     """
     num_trajectories = check_int("collect_env: num_trajectories", num_trajectories)
     horizon = check_int("collect_env: horizon", horizon)
+    if not isinstance(policy_fn, jax.tree_util.Partial):  # a pytree: the function is its static part
+        policy_fn = jax.tree_util.Partial(policy_fn)
     return _collect_env(key, env, env_params, policy_fn, num_trajectories, horizon)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
 def _collect_env(key, env, env_params, policy_fn, num_trajectories, horizon):
     def episode(key):
         key_reset, key_steps = jax.random.split(key)
