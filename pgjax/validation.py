@@ -54,12 +54,13 @@ def check_non_negative(label: str, value: Any) -> None:
 
 
 def concrete_scalar(value: Any) -> float | None:
-    """`value` as a float when it is known on the host (a Python or NumPy real, or a concrete floating 0-d array),
-    else None (a tracer inside jit/vmap, an array with several entries, anything else)."""
+    """`value` as a float when it is known on the host (a Python or NumPy real, or a concrete 0-d array of floats or
+    ints), else None (a tracer inside jit/vmap, an array with several entries, a bool, anything else)."""
     if is_real(value):
         return float(value)
     shape = getattr(value, "shape", None)
-    if shape == () and np.issubdtype(getattr(value, "dtype", np.dtype(object)), np.floating):
+    # Integer 0-d arrays too: jnp.asarray(2) as a discount passed every check unread.
+    if shape == () and np.issubdtype(getattr(value, "dtype", np.dtype(object)), np.number):
         try:
             return float(value)
         except TypeError:  # a tracer: jax's ConcretizationTypeError is a TypeError

@@ -118,6 +118,11 @@ def test_concrete_scalar_reads_known_values_and_leaves_traced_ones():
     assert validation.concrete_scalar(jnp.asarray(0.25)) == 0.25
     assert validation.concrete_scalar(True) is None and validation.concrete_scalar(jnp.ones(2)) is None
     assert validation.concrete_scalar(np.ones(1)) is None  # one entry, but not a scalar
+    # A 0-d array of ints is read too (a discount of jnp.asarray(2) passed unchecked); one of bools is not a number.
+    assert validation.concrete_scalar(jnp.asarray(2)) == 2.0 and validation.concrete_scalar(np.asarray(-1)) == -1.0
+    assert validation.concrete_scalar(jnp.asarray(True)) is None
+    with pytest.raises(ValueError, match=r"owner: discount must be a number in \[0, 1\]; got Array\(2"):
+        validation.check_known_discount("owner", jnp.asarray(2))
     seen = []
     jax.jit(lambda x: seen.append(validation.concrete_scalar(x)) or x)(jnp.asarray(0.1))
     assert seen == [None]
