@@ -733,3 +733,17 @@ def test_segments_resume_check_their_run_time_themselves_and_warn_as_lanes_diver
         "after update 6, 2 of 2 runs have diverged (NaN or inf); training goes on"]
     np.testing.assert_array_equal(diverging.output.metrics["loss"], jax.vmap(train)(keys, hparams).metrics["loss"])
     assert checkpoints.read_meta(path)["run"]["hparams"] == {"diverge_at": [2, 5]}
+
+
+def test_write_csv_makes_its_folder_takes_the_first_rows_columns_and_reads_back(tmp_path, monkeypatch):
+    # A bare file name writes to the working directory (its dirname is ""); an existing folder is written into; the
+    # header is the first row's keys, in order (a row missing a key leaves it empty).
+    monkeypatch.chdir(tmp_path)
+    tables.write_csv("bare.csv", [{"b": 1, "a": 2.5}])
+    assert tables.read_csv(str(tmp_path / "bare.csv")) == [{"b": "1", "a": "2.5"}]
+    nested = str(tmp_path / "x" / "y" / "t.csv")
+    tables.write_csv(nested, [{"seed": 0, "r": 1.0}, {"seed": 1}])
+    tables.write_csv(str(tmp_path / "x" / "y" / "u.csv"), [{"seed": 3}])  # its folder exists now
+    assert tables.read_csv(nested) == [{"seed": "0", "r": "1.0"}, {"seed": "1", "r": ""}]
+    with open(nested) as f:
+        assert f.readline().strip() == "seed,r"
