@@ -436,6 +436,9 @@ def test_episodes_whose_dynamics_break_are_not_returns():
     assert np.all(np.isfinite(np.asarray(healthy)))
     broken = envs.override_params("CartPole-v1", spec.params, {"length": 0.0})
     assert np.all(np.isnan(np.asarray(episode_returns(jax.random.key(1), params, None, broken))))
+    # Episodes cut at the step limit are returns too: 5 steps from upright cannot tip the pole, so each returns 5.
+    short = envs.override_params("CartPole-v1", spec.params, {"max_steps_in_episode": 5})
+    np.testing.assert_array_equal(np.asarray(episode_returns(jax.random.key(1), params, None, short)), 5.0)
 
 
 def test_normalized_rewards_use_each_lanes_discount():
@@ -472,6 +475,7 @@ class _TwoPhaseState(environment.EnvState):
 class _TwoPhaseParams(environment.EnvParams):
     max_steps_in_episode: int = 20
     nan_later: bool = False  # observations NaN from the second episode on
+    nan_time_first: bool = False  # the time entry (only) NaN after the first step of the first episode
 
 
 class _TwoPhase(environment.Environment):
@@ -504,7 +508,8 @@ class _TwoPhase(environment.Environment):
     def get_obs(self, state, params=None, key=None):
         obs = jnp.stack([state.time, state.episode]).astype(jnp.float32)
         nan = (params is not None) & params.nan_later & (state.episode > 0)
-        return jnp.where(nan, jnp.nan, obs)
+        nan_time = (params is not None) & params.nan_time_first & (state.episode == 0) & (state.time > 0)
+        return jnp.where(nan, jnp.nan, obs).at[0].set(jnp.where(nan_time, jnp.nan, obs[0]))
 
     @property
     def name(self):
@@ -521,11 +526,11 @@ class _TwoPhase(environment.Environment):
         return spaces.Box(0.0, jnp.inf, (2,), jnp.float32)
 
 
-def _two_phase_returns(nan_later):
+def _two_phase_returns(nan_later, nan_time_first=False):
     """(the evaluation's per-episode returns on 16 _TwoPhase environments, each one's first-episode length)."""
     envs.register("TwoPhase-v0", _TwoPhase, overwrite=True)
     env, params = envs.make("TwoPhase-v0")
-    params = params.replace(nan_later=nan_later)
+    params = params.replace(nan_later=nan_later, nan_time_first=nan_time_first)
     network = nets.ActorCritic(action_dim=2, discrete=True, hidden_sizes=(4,))
     net_params = network.init(jax.random.key(0), jnp.zeros(2))
     episode_returns = algos.evaluation.make_episode_returns("TwoPhase-v0", (), network, 16)
@@ -552,3 +557,6 @@ def test_evaluation_ignores_non_finite_observations_after_the_first_episode():
     returns, first_lengths = _two_phase_returns(nan_later=True)
     assert set(first_lengths) == {1, 3}
     np.testing.assert_array_equal(returns, np.ones(16, np.float32))
+    # One NaN entry of an observation before the first end breaks the episode, even with the other entry finite.
+    returns, _ = _two_phase_returns(nan_later=False, nan_time_first=True)
+    assert np.all(np.isnan(returns)), returns

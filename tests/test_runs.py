@@ -602,6 +602,11 @@ def test_a_normalised_run_reloads_its_statistics_and_evaluates_as_trained(tmp_pa
     reloaded = runs.evaluate(key, loaded_config, seed(params, 1), seed(stats, 1), num_episodes=4)
     in_memory = runs.evaluate(key, config, seed(output.agent.params, 1), seed(trained, 1, 0), num_episodes=4)
     np.testing.assert_array_equal(np.asarray(reloaded), np.asarray(in_memory))
+    # The evaluation reads the statistics and never updates them, so their count changes nothing (were they
+    # updated, a count of 1 would let the first observations move them).
+    recounted = seed(stats, 1).replace(count=jnp.ones((), jnp.int32))
+    np.testing.assert_array_equal(np.asarray(runs.evaluate(key, loaded_config, seed(params, 1), recounted, 4)),
+                                  np.asarray(reloaded))
     sampled = runs.evaluate(key, config, seed(params, 1), seed(stats, 1), num_episodes=4, deterministic=False)
     assert not np.array_equal(np.asarray(sampled), np.asarray(reloaded))
     # evaluate.py passes each seed its statistics (seed i under key(--seed + i): seed 1 under key(5) with --seed 4).
