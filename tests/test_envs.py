@@ -687,3 +687,24 @@ def test_with_running_statistics_carries_an_unbatched_stacks_statistics_over_res
     assert int(carried.count) == int(seen.count) + 1  # the reset's observation merged in, as always
     for got, want in zip(jax.tree_util.tree_leaves(carried), jax.tree_util.tree_leaves(expected)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_tabular_env_edges_spaces_and_the_truncation_bound():
+    # A limit of one step is valid; the MDP is continuing (never terminated); one-hot observations lie in [0, 1]; the
+    # state space's time counts the default params' limit when no params are given.
+    env = TabularEnv(chain_mdp(num_states=4), max_steps_in_episode=1)
+    params = env.default_params
+    assert params.max_steps_in_episode == 1
+    _, state = env.reset(jax.random.key(0), params)
+    assert not bool(env.is_terminated(state, params))
+    space = env.observation_space(params)
+    assert (float(space.low), float(space.high), space.shape) == (0.0, 1.0, (4,))
+    assert env.state_space().spaces["time"].n == 1
+    assert env.state_space(params.replace(max_steps_in_episode=7)).spaces["time"].n == 7
+    # gamma^H max|R| / (1 - gamma) with rewards of both signs, for a batch of two MDPs.
+    base = random_mdp(jax.random.key(3), 3, 2, discount=0.8)
+    rewards = jnp.array([[0.5, -3.0], [1.0, 2.0], [0.0, -0.25]])
+    mdps = jax.tree_util.tree_map(lambda *x: jnp.stack(x), base.replace(reward=rewards),
+                                  base.replace(reward=0.5 * rewards))
+    np.testing.assert_allclose(np.asarray(envs.truncation_bias_bound(mdps, 4)),
+                               [0.8**4 * 3.0 / 0.2, 0.8**4 * 1.5 / 0.2], rtol=1e-6)
