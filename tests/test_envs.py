@@ -708,3 +708,14 @@ def test_tabular_env_edges_spaces_and_the_truncation_bound():
                                   base.replace(reward=0.5 * rewards))
     np.testing.assert_allclose(np.asarray(envs.truncation_bias_bound(mdps, 4)),
                                [0.8**4 * 3.0 / 0.2, 0.8**4 * 1.5 / 0.2], rtol=1e-6)
+
+
+def test_space_queries_read_the_params_given_or_else_the_defaults():
+    # Pendulum's action box is its params' max_torque: given params are read, not the defaults; without params the
+    # defaults are (CartPole's observation space reads its thresholds from them).
+    env, params = envs.make("Pendulum-v1")
+    low, high = envs.action_bounds(env, params.replace(max_torque=0.5))
+    np.testing.assert_array_equal(np.asarray(low), [-0.5])
+    np.testing.assert_array_equal(np.asarray(high), [0.5])
+    np.testing.assert_array_equal(np.asarray(envs.action_bounds(env)[1]), [2.0])
+    assert envs.observation_size(envs.make("CartPole-v1")[0]) == 4 and envs.action_dim(env) == 1
