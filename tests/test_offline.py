@@ -797,6 +797,51 @@ def test_taxi_dynamics():
     assert float(tab.optimal_return(mdp)) > 0 > float(tab.expected_return(mdp, tab.uniform_policy(500, 6)))
 
 
+def test_taxi_every_transition_against_walls_read_off_the_map_by_eye():
+    """Every (s, a) of the 500 x 6 table, against the rules and a wall list written by hand from the map (not parsed
+    from it): walls east of (0,1) (1,1) (3,0) (3,2) (4,0) (4,2) and at the east and west edges; pickup at the
+    passenger's stand, dropoff at the destination (+20 and a new trip from mu0) or at another stand (-1, the
+    passenger waits there); every other pickup / dropoff -10."""
+    mdp = tab.taxi_mdp(discount=0.5)
+    P, R = np.asarray(mdp.transition), np.asarray(mdp.reward)
+    mu0 = np.asarray(mdp.initial)
+    stands = [(0, 0), (0, 4), (4, 0), (4, 3)]
+    east_walls = {(0, 1), (1, 1), (3, 0), (3, 2), (4, 0), (4, 2)} | {(r, 4) for r in range(5)}
+    west_walls = {(r, c + 1) for r, c in east_walls if c < 4} | {(r, 0) for r in range(5)}
+    counts = {}
+    for row, col, passenger, destination in itertools.product(range(5), range(5), range(5), range(4)):
+        s = tab.taxi_encode(row, col, passenger, destination)
+        assert 0 <= s < 500 and tab.taxi_decode(s) == (row, col, passenger, destination)
+        moves = {0: (min(row + 1, 4), col), 1: (max(row - 1, 0), col),
+                 2: (row, col) if (row, col) in east_walls else (row, col + 1),
+                 3: (row, col) if (row, col) in west_walls else (row, col - 1)}
+        for a in range(6):
+            reward, place, rider = -1.0, moves.get(a, (row, col)), passenger
+            if a == 4:
+                legal = passenger < 4 and (row, col) == stands[passenger]
+                rider, reward = (4, -1.0) if legal else (passenger, -10.0)
+            if a == 5:
+                if passenger == 4 and (row, col) == stands[destination]:
+                    np.testing.assert_array_equal(P[s, a], mu0)
+                    assert R[s, a] == 20.0
+                    counts[20.0] = counts.get(20.0, 0) + 1
+                    continue
+                at_stand = passenger == 4 and (row, col) in stands
+                rider, reward = (stands.index((row, col)), -1.0) if at_stand else (passenger, -10.0)
+            expected = tab.taxi_encode(*place, rider, destination)
+            assert P[s, a, expected] == 1.0 and R[s, a] == reward, (row, col, passenger, destination, a)
+            counts[reward] = counts.get(reward, 0) + 1
+    # Illegal pickups and dropoffs: 500 - 16 each; deliveries: one state per destination.
+    assert counts == {-1.0: 2028, -10.0: 968, 20.0: 4}
+    starts = [tab.taxi_decode(s) for s in np.flatnonzero(mu0)]
+    assert len(starts) == 300 and all(p < 4 and p != d for _, _, p, d in starts)
+    np.testing.assert_allclose(mu0[mu0 > 0], 1 / 300, rtol=1e-12)
+    assert float(mdp.discount) == 0.5 and P.shape == (500, 6, 500)
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="taxi_mdp: discount must be in \\(0, 1\\)"):
+            tab.taxi_mdp(discount=bad)
+
+
 def test_weighted_is_survives_underflow_and_reports_undefined_weights(problem):
     mdp, pi, mu = problem["mdp"], problem["pi"], problem["mu"]
     data = off.collect(jax.random.key(15), mdp, mu, 50, 6000)  # weights underflow to 0 in float64
