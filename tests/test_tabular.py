@@ -601,3 +601,91 @@ def test_iterative_solvers_compile_once_per_shape(problem):
     np.testing.assert_allclose(float(j_star), float(other.initial @ solution.values), rtol=1e-12)
     assert bool(info.converged)
     np.testing.assert_allclose(np.asarray(d), np.asarray(T.occupancy_solve(other, other_pi)), rtol=0, atol=1e-11)
+
+
+def _one_row_mdp(row, dtype):
+    """An MDP of S = len(row) states and one action, every transition row `row` (of `dtype`)."""
+    s = len(row)
+    transition = jnp.broadcast_to(jnp.asarray(row, dtype), (s, 1, s))
+    initial = jnp.zeros(s, dtype).at[0].set(1)
+    return T.MDP(transition, jnp.zeros((s, 1), dtype), initial, jnp.asarray(0.9, dtype))
+
+
+def test_mdp_and_generator_edges_accepted_and_refused():
+    """The sum tolerance per dtype: float32 max(1e-6, 8 sqrt(S) eps) (a row off by 7.2e-7 passes, and by 5e-6 at
+    S = 100), float64 1e-6 (1.5e-6 refused), bfloat16 4 eps (a row of 1.039 refused), ints exactly (rows of 2
+    refused); the smallest MDP (S = A = 1), a 2-state chain and a 1 x 2 grid; the generators' bounds."""
+    _one_row_mdp([1.0 + 7.2e-7], jnp.float32)
+    _one_row_mdp([1.0 + 5e-6] + [0.0] * 99, jnp.float32)
+    _one_row_mdp([1.0 + 5e-7], jnp.float64)
+    for row, dtype in (([1.0 + 1.5e-6], jnp.float64), ([0.52, 0.52], jnp.bfloat16), ([2, 0], jnp.int32),
+                       ([1.0 + 1.2e-6], jnp.float32), ([1.0 + 1.5e-5] + [0.0] * 99, jnp.float32)):
+        with pytest.raises(ValueError, match="rows must sum to 1"):
+            _one_row_mdp(row, dtype)
+    one = T.MDP(jnp.ones((1, 1, 1)), jnp.zeros((1, 1)), jnp.ones(1), jnp.asarray(0.5))
+    assert (one.num_states, one.num_actions) == (1, 1)
+    for shape in ((0, 2, 0), (2, 0, 2)):
+        with pytest.raises(ValueError, match="at least one state and one action"):
+            T.MDP(jnp.zeros(shape), jnp.zeros(shape[:2]), jnp.zeros(shape[0]), jnp.asarray(0.5))
+    with pytest.raises(AttributeError):  # frozen: a field assigned in place would skip the validation
+        one.discount = jnp.asarray(2.0)
+    # Batched: num_actions from the last axis (S = 3, A = 2), and one bad discount of two is refused.
+    batched = jax.tree_util.tree_map(lambda *x: jnp.stack(x), T.chain_mdp(3), T.chain_mdp(3))
+    assert (batched.num_states, batched.num_actions, batched.batch_shape) == (3, 2, (2,))
+    with pytest.raises(ValueError, match="discount"):
+        T.MDP(batched.transition, batched.reward, batched.initial, jnp.array([0.9, 1.0]))
+    # Generators: a 2-state chain starting at state 0, slip 0 and 1; a 1 x 2 grid; gridworld slip 0; bounds.
+    chain = T.chain_mdp(num_states=2, slip=0.0)
+    np.testing.assert_array_equal(np.asarray(chain.initial), [1.0, 0.0])
+    assert T.gridworld_mdp(height=1, width=2, slip=0.0).num_states == 2
+    assert T.gridworld_mdp(height=2, width=1, slip=1.0).num_states == 2
+    # The errors name the row, and the batch element, farthest from summing to 1.
+    rows = jnp.tile(jnp.eye(3)[:, None], (1, 2, 1)).at[1, 0].set(jnp.array([0.5, 0.5, 0.5]))
+    with pytest.raises(ValueError, match=r"row \(s, a\) = \(1, 0\) sums to 1.5"):
+        T.MDP(rows, jnp.zeros((3, 2)), jnp.ones(3) / 3, jnp.asarray(0.5))
+    initials = jnp.array([[1.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"MDP.initial must sum to 1; in batch element \(1,\) it sums to 0.5"):
+        T.MDP(jnp.stack([jnp.eye(3)[:, None]] * 2), jnp.zeros((2, 3, 1)), initials, jnp.array([0.5, 0.5]))
+    for build, match in ((lambda: T.chain_mdp(slip=1.0), "slip must lie in \\[0, 1\\)"),
+                         (lambda: T.gridworld_mdp(height=0, width=5), "need at least 2 cells"),
+                         (lambda: T.gridworld_mdp(height=1, width=1), "need at least 2 cells"),
+                         (lambda: T.random_mdp(jax.random.key(0), 2, 2, discount=0.0), "random_mdp: discount"),
+                         (lambda: T.random_mdp(jax.random.key(0), 2, 2, discount=1.0), "random_mdp: discount"),
+                         (lambda: T.random_mdp(jax.random.key(0), 2, 2, concentration=0.0), "concentration")):
+        with pytest.raises(ValueError, match=match):
+            build()
+
+
+def test_random_mdp_rows_are_dirichlet_of_their_concentration_and_zero_rows_become_uniform():
+    # Var p_i = (S - 1) / (S^2 (S alpha + 1)) for Dirichlet(alpha, ..., alpha) over S = 4 states: 0.0375 at alpha 1,
+    # 0.0208 at 2, over 4 x 500 rows (the standard error of the estimate is ~2%).
+    for alpha in (1.0, 2.0):
+        p = np.asarray(T.random_mdp(jax.random.key(0), 4, 500, concentration=alpha).transition)
+        np.testing.assert_allclose(p.var(), 3 / (16 * (4 * alpha + 1)), rtol=0.08)
+    # Rows are normalised; a row of zeros (a Dirichlet draw that underflowed) becomes uniform.
+    rows = jnp.array([[1.0, 3.0, 0.0], [0.25, 0.25, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(np.asarray(T.mdp._normalise_rows(rows)),
+                               [[0.25, 0.75, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(T.mdp._normalise_rows(jnp.zeros((1, 2, 3)))), 1 / 3, rtol=1e-12)  # 1/S
+
+
+def test_chain_and_gridworld_transitions_written_out():
+    """Every transition of a 3-state chain (slip 0.3) and a 2 x 3 grid (slip 0.2), written out by hand."""
+    chain = T.chain_mdp(num_states=3, slip=0.3, left_reward=0.5, right_reward=2.0)
+    left = [[1, 0, 0], [1, 0, 0], [0, 1, 0]]  # back one state, stopping at 0
+    right = [[0.15 + 0.15, 0.7, 0], [0.15, 0.15, 0.7], [0, 0.15, 0.15 + 0.7]]  # 1 - slip on, slip / 2 stay, back
+    np.testing.assert_allclose(np.asarray(chain.transition), np.stack([left, right], axis=1), atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(chain.reward), [[0.5, 0.0], [0.0, 0.0], [0.0, 2.0]])
+    # Cells 0 1 2 / 3 4 5, actions (up, right, down, left), the goal 5 sends every action to the start 0.
+    grid = T.gridworld_mdp(height=2, width=3, slip=0.2, goal_reward=3.0, step_reward=-0.5)
+    targets = {0: (0, 1, 3, 0), 1: (1, 2, 4, 0), 2: (2, 2, 5, 1), 3: (0, 4, 3, 3), 4: (1, 5, 4, 3)}
+    expected = np.zeros((6, 4, 6))
+    for s, cells in targets.items():
+        for a in range(4):
+            expected[s, a, cells[a]] += 0.8
+            for d in range(4):
+                expected[s, a, cells[d]] += 0.05
+    expected[5, :, 0] = 1.0
+    np.testing.assert_allclose(np.asarray(grid.transition), expected, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(grid.reward), [[-0.5] * 4] * 5 + [[3.0] * 4])
+    np.testing.assert_array_equal(np.asarray(grid.initial), [1, 0, 0, 0, 0, 0])
