@@ -1,5 +1,6 @@
 """Offline evaluation and policy gradients on tabular MDPs, checked against the exact answers."""
 
+import collections
 import dataclasses
 import itertools
 import warnings
@@ -808,7 +809,7 @@ def test_taxi_every_transition_against_walls_read_off_the_map_by_eye():
     stands = [(0, 0), (0, 4), (4, 0), (4, 3)]
     east_walls = {(0, 1), (1, 1), (3, 0), (3, 2), (4, 0), (4, 2)} | {(r, 4) for r in range(5)}
     west_walls = {(r, c + 1) for r, c in east_walls if c < 4} | {(r, 0) for r in range(5)}
-    counts = {}
+    counts = collections.Counter()
     for row, col, passenger, destination in itertools.product(range(5), range(5), range(5), range(4)):
         s = tab.taxi_encode(row, col, passenger, destination)
         assert 0 <= s < 500 and tab.taxi_decode(s) == (row, col, passenger, destination)
@@ -824,13 +825,13 @@ def test_taxi_every_transition_against_walls_read_off_the_map_by_eye():
                 if passenger == 4 and (row, col) == stands[destination]:
                     np.testing.assert_array_equal(P[s, a], mu0)
                     assert R[s, a] == 20.0
-                    counts[20.0] = counts.get(20.0, 0) + 1
+                    counts[20.0] += 1
                     continue
                 at_stand = passenger == 4 and (row, col) in stands
                 rider, reward = (stands.index((row, col)), -1.0) if at_stand else (passenger, -10.0)
             expected = tab.taxi_encode(*place, rider, destination)
             assert P[s, a, expected] == 1.0 and R[s, a] == reward, (row, col, passenger, destination, a)
-            counts[reward] = counts.get(reward, 0) + 1
+            counts[reward] += 1
     # Illegal pickups and dropoffs: 500 - 16 each; deliveries: one state per destination.
     assert counts == {-1.0: 2028, -10.0: 968, 20.0: 4}
     starts = [tab.taxi_decode(s) for s in np.flatnonzero(mu0)]

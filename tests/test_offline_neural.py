@@ -186,11 +186,11 @@ def test_fqe_without_a_target_network_still_reaches_the_exact_values(problem):
     params, q_fn, info = N.fitted_q_evaluation(jax.random.key(3), problem["data"], problem["probs_fn"], DISCOUNT,
                                                config)
     obs, _ = all_pairs()
-    assert np.max(np.abs(np.asarray(q_fn(obs[:, 0])) - problem["q"])) < 0.12
+    q_table = np.asarray(q_fn(obs[:, 0]), np.float64)
+    assert np.max(np.abs(q_table - problem["q"])) < 0.12
     # "loss" is the Bellman regression error of the unscaled Q (the network learns (1 - gamma) Q): the last 500
     # steps' minibatch losses average to the whole data's error of the final network, its target being itself.
     states, data = int_data(problem["data"]), problem["data"]
-    q_table = np.asarray(q_fn(obs[:, 0]), np.float64)
     s, a, s_next = (np.asarray(x) for x in (states.observations, data.actions, states.next_observations))
     v_table = np.sum(np.asarray(problem["target"]) * q_table, axis=-1)
     bellman_error = np.mean((q_table[s, a] - np.asarray(data.rewards) - DISCOUNT * v_table[s_next]) ** 2)
@@ -426,11 +426,16 @@ def test_divergence_raises_instead_of_returning_nan(problem):
 # ---------------------------------------------------------------------------
 
 
-def tilted_policy(key, obs):
-    """A state-dependent policy: push right with probability sigmoid(3 (theta + theta_dot / 2))."""
-    p_right = jax.nn.sigmoid(3.0 * (obs[2] + 0.5 * obs[3]))
+def tilt_by(slope, key, obs):
+    """Push right with probability sigmoid(slope (theta + theta_dot / 2)): (action, its log-probability)."""
+    p_right = jax.nn.sigmoid(slope * (obs[2] + 0.5 * obs[3]))
     action = jax.random.bernoulli(key, p_right).astype(jnp.int32)
     return action, jnp.log(jnp.where(action == 1, p_right, 1.0 - p_right))
+
+
+def tilted_policy(key, obs):
+    """A state-dependent policy: push right with probability sigmoid(3 (theta + theta_dot / 2))."""
+    return tilt_by(3.0, key, obs)
 
 
 def random_policy(key, obs):
@@ -525,13 +530,6 @@ def test_collect_env_log_probs_and_determinism(cartpole):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     other = collect_env(jax.random.key(8), env, params, tilted_policy, 64, 120)
     assert not np.array_equal(np.asarray(other.actions), np.asarray(data.actions))
-
-
-def tilt_by(slope, key, obs):
-    """tilted_policy with the slope a parameter: p_right = sigmoid(slope (theta + theta_dot / 2))."""
-    p_right = jax.nn.sigmoid(slope * (obs[2] + 0.5 * obs[3]))
-    action = jax.random.bernoulli(key, p_right).astype(jnp.int32)
-    return action, jnp.log(jnp.where(action == 1, p_right, 1.0 - p_right))
 
 
 def test_collect_env_policy_parameters_reuse_the_compiled_rollout(cartpole):
