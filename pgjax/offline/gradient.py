@@ -215,9 +215,8 @@ def _log_probs(dataset: Dataset, theta: Array, features: Array) -> tuple[Array, 
 
 def _score_norms(dataset: Dataset, theta: Array, features: Array) -> np.ndarray:
     """|grad_theta log pi_theta(a_t|s_t)|_inf = |phi(s_t,a_t) - E_pi phi(s_t,.)|_inf [N, T] (host-side, float64)."""
-    phi = np.asarray(features, np.float64)
-    centred = phi - np.einsum("sa,sad->sd", np.asarray(softmax_policy(theta, features), np.float64), phi)[:, None]
-    return np.max(np.abs(centred[np.asarray(dataset.observations), np.asarray(dataset.actions)]), axis=-1)
+    score = np.asarray(grad_log_policy(theta, features), np.float64)
+    return np.max(np.abs(score[np.asarray(dataset.observations), np.asarray(dataset.actions)]), axis=-1)
 
 
 def _importance_gradient(dataset: Dataset, theta: Array, features: Array, discount, method: str) -> Array:
