@@ -20,6 +20,10 @@ PROBE_SEEDS=${PROBE_SEEDS:-2048}
 PROBE_STEPS=${PROBE_STEPS:-32768}
 BENCH_SEEDS=${BENCH_SEEDS:-1 256 2048}
 BENCH_STEPS=${BENCH_STEPS:-500000}
+# The 2048-seed runs of precision, constlr, rscale and bf16 (the GPU targets' size). Smaller values rehearse the
+# script on a CPU, e.g. PYTHON=.../python3.12 SWEEP_SEEDS=2 SWEEP_STEPS=4096 PROBE_SEEDS=2 PROBE_STEPS=2048 ...
+SWEEP_SEEDS=${SWEEP_SEEDS:-2048}
+SWEEP_STEPS=${SWEEP_STEPS:-500000}
 PYTHON=${PYTHON:-python3}  # the interpreter with CUDA jax
 STEPS=${STEPS:-probe,bench,flags,precision,columns,constlr,rscale,bf16,offline,tests}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -80,7 +84,8 @@ XLA_FLAGS="--xla_gpu_enable_command_buffer=$CB_ALL --xla_gpu_graph_min_graph_siz
     --label cmdbuf-while --json "$OUT/probe_cmdbuf_while.json"
 fi
 pgjax2048() {  # pgjax2048 LIMIT_S CONFIG_JSON NAME: ppo_vs_rejax.py's pgjax row alone at 2048 seeds -> $OUT/NAME.csv
-    timeout "$1" "$PYTHON" benchmarks/ppo_vs_rejax.py --seeds 2048 --skip-rejax --skip-ceiling --eval-episodes 32 \
+    timeout "$1" "$PYTHON" benchmarks/ppo_vs_rejax.py --seeds "$SWEEP_SEEDS" --total-timesteps "$SWEEP_STEPS" \
+        --skip-rejax --skip-ceiling --eval-episodes 32 \
         --pgjax-python /tmp/pgjax-python --pgjax-config "$2" --worker-timeout $(($1 - 10)) --retries 0 --out "$OUT/$3.csv"
 }
 
@@ -94,7 +99,7 @@ probe_variant() {  # probe_variant LABEL NAME ARGS...: ppo_speed_probe.py at the
 if want precision; then
 # On the CPU (full float32 matmuls) 1024 of 1024 seeds reach 475 (benchmarks/ppo_seed_sweep.py); on the GPU,
 # whose default float32 matmul is TF32, 2043 of 2048 did. Is TF32 what leaves seeds behind?
-echo "== pgjax at 2048 seeds with full float32 matmuls (JAX_DEFAULT_MATMUL_PRECISION=highest)"
+echo "== pgjax at $SWEEP_SEEDS seeds with full float32 matmuls (JAX_DEFAULT_MATMUL_PRECISION=highest)"
 JAX_DEFAULT_MATMUL_PRECISION=highest pgjax2048 200 "{\"unroll\": $UNROLL}" ppo_highest_precision
 fi
 
@@ -107,8 +112,9 @@ done
 fi
 
 sweep2048() {  # sweep2048 WHAT OVERRIDE_JSON NAME: ppo_seed_sweep.py over 2048 seeds in one chunk
-    echo "== pgjax at 2048 seeds with $1 (ppo_seed_sweep.py --override '$2')"
-    timeout 200 /tmp/pgjax-python benchmarks/ppo_seed_sweep.py --seeds 2048 --chunk 2048 --eval-episodes 32 \
+    echo "== pgjax at $SWEEP_SEEDS seeds with $1 (ppo_seed_sweep.py --override '$2')"
+    timeout 200 /tmp/pgjax-python benchmarks/ppo_seed_sweep.py --seeds "$SWEEP_SEEDS" --chunk "$SWEEP_SEEDS" \
+        --total-timesteps "$SWEEP_STEPS" --eval-episodes 32 \
         --override "$2" --out "$OUT/sweep2048_$3.npz"
 }
 
@@ -132,7 +138,7 @@ if want bf16; then
 for dtype in float32 bfloat16; do
     probe_variant "$dtype" "$dtype" --compute-dtype $dtype
 done
-echo "== pgjax at 2048 seeds with bfloat16 hidden layers (ppo_vs_rejax.py, rows pgjax-bfloat16)"
+echo "== pgjax at $SWEEP_SEEDS seeds with bfloat16 hidden layers (ppo_vs_rejax.py, rows pgjax-bfloat16)"
 pgjax2048 150 "{\"unroll\": $UNROLL, \"compute_dtype\": \"bfloat16\"}" ppo_bfloat16
 fi
 

@@ -61,7 +61,7 @@ import warnings
 import jax
 import numpy as np
 
-from pgjax import parallel
+from pgjax import checkpoints, parallel  # jax and NumPy only: JAX's backend has not started
 
 
 def _cpu_devices_arg(argv: list[str]) -> str:
@@ -108,8 +108,6 @@ def expand_resume(argv: list[str]) -> list[str]:
         raise SystemExit(f"error: no {CHECKPOINT} in {run_dir!r}: "
                          + ("the run finished (its files are there)." if done else
                             "a run saves one only with --checkpoint-every K, after its first segment."))
-    from pgjax import checkpoints
-
     try:
         meta = checkpoints.read_meta(path)
         saved = meta["argv"]
@@ -126,7 +124,7 @@ if __name__ == "__main__":
     # JAX fixes its CPU device count when it starts, and importing gymnax (below) starts it.
     setup_cpu_devices(_cpu_devices_arg(expand_resume(sys.argv[1:])))
 
-from pgjax import algos, checkpoints, envs, runs, tables  # noqa: E402
+from pgjax import algos, envs, runs, tables  # noqa: E402
 from pgjax.algos import common, presets  # noqa: E402
 
 
