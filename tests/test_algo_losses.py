@@ -537,7 +537,8 @@ def test_trpo_reports_its_move_and_takes_the_damped_natural_step():
     + c_H mean H (c_H = 0.05: an entropy bonus summed instead of averaged over the 12 steps was 12 times as strong).
     expected_improvement = g^T s = sqrt(2 delta g^T (H + lambda I)^{-1} g) for the full step s, with H the Hessian of
     the mean KL in the actor's parameters (formed explicitly here, by autodiff) and lambda = cg_damping: a step damped
-    by another lambda (max_kl's 0.02 passed every test before) is 20% away."""
+    by another lambda (max_kl's 0.02 passed every test before) is 20% away (19.8% at key offset 66), more than five
+    times the check's 2% tolerance, which the test asks."""
     config = algos.TRPOConfig(**SMALL, total_timesteps=T * N, gae_lambda=0.9, max_kl=0.02, cg_damping=0.3,
                               cg_iterations=40, vf_minibatches=2, ent_coef=0.05)
     network, hp, batch = _network(), config.hyperparams(), _batch()
@@ -582,5 +583,5 @@ def test_trpo_reports_its_move_and_takes_the_damped_natural_step():
     hessian = np.asarray(jax.hessian(mean_kl)(actor_flat), np.float64)
     g = np.asarray(jax.grad(objective)(actor_flat), np.float64)
     expected = {lam: np.sqrt(2 * 0.02 * g @ np.linalg.solve(hessian + lam * np.eye(len(g)), g)) for lam in (0.3, 0.02)}
-    assert abs(expected[0.02] / expected[0.3] - 1) > 0.2
+    assert abs(expected[0.02] / expected[0.3] - 1) > 5 * 0.02
     np.testing.assert_allclose(float(metrics["expected_improvement"]), expected[0.3], rtol=0.02)
