@@ -105,11 +105,15 @@ def write_metrics_csv(path: str, columns: dict[str, np.ndarray]) -> None:
 
 
 def read_metrics_csv(path: str) -> list[dict[str, str]]:
-    """The rows of a metrics.csv as {column: text} dicts (`tables.read_csv`); ValueError unless it has pgjax's first
-    columns (seed, update, env_steps, episode_return). `read_metrics` turns them into arrays."""
-    rows = tables.read_csv(path)
-    if not rows or any(c not in rows[0] for c in FIRST_COLUMNS):
+    """The rows of a metrics.csv as {column: text} dicts; ValueError unless it has pgjax's first
+    columns (seed, update, env_steps, episode_return) and a row. `read_metrics` turns them into arrays."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows, header = list(reader), reader.fieldnames or []
+    if any(c not in header for c in FIRST_COLUMNS):
         raise ValueError(f"{path}: not a pgjax metrics.csv (needs columns {FIRST_COLUMNS}).")
+    if not rows:
+        raise ValueError(f"{path}: has pgjax's header but no rows (a run that wrote no update, or a truncated file).")
     return rows
 
 
@@ -380,11 +384,44 @@ def load_run(run_dir: str) -> tuple[str, common.OnPolicyConfig, dict, Any]:
     except (KeyError, TypeError) as err:
         raise ValueError(f"{config_path}: malformed run config ({err}).") from None
     with open(params_path, "rb") as f:
-        state = serialization.msgpack_restore(f.read())
+        try:
+            state = serialization.msgpack_restore(f.read())
+        except ValueError as err:  # msgpack's errors ("Unpack failed: incomplete input") name neither file nor fix
+            raise ValueError(f"{params_path}: not a parameters file that pgjax wrote ({err}); a truncated copy? "
+                             "Copy the run directory again, or retrain.") from None
+    if not isinstance(state, dict) or not isinstance(state.get("params"), dict):
+        raise ValueError(f"{params_path}: not a parameters file that pgjax wrote (no 'params' mapping).")
+    check_params_match_config(state["params"], config, f"{params_path} (with {config_path})")
     stats = state.get("obs_statistics")
     if stats is not None:
         stats = envs.RunningStatistics(**{k: jnp.asarray(v) for k, v in stats.items()})
     return meta["algo"], config, state["params"], stats
+
+
+def check_params_match_config(params: dict, config: common.OnPolicyConfig, where: str) -> None:
+    """ValueError naming a layer whose saved shape is not the config's network's: a config.json edited (or
+    paired with another run's parameters) would otherwise fail deep in flax, or load layers into the wrong roles.
+
+    params: a run's saved parameters, each leaf [seeds, *layer shape]; checked against `common.init_params`'s
+    shapes (abstractly: nothing is computed) for the config's environment and network.
+    """
+    spec = common.make_env(config)
+    expected = jax.eval_shape(functools.partial(common.init_params, common.actor_critic(config, spec), spec),
+                              jax.random.key(0))
+    got = {jax.tree_util.keystr(path): np.shape(x) for path, x in jax.tree_util.tree_leaves_with_path(params)}
+    want = {jax.tree_util.keystr(path): x.shape for path, x in jax.tree_util.tree_leaves_with_path(expected)}
+    fix = "were config.json and params.msgpack written by the same run?"
+    if got.keys() != want.keys():
+        missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+        raise ValueError(f"{where}: the parameters are not the config's network's (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}); {fix}")
+    if len({shape[:1] for shape in got.values()}) != 1:
+        raise ValueError(f"{where}: the parameters do not share one leading seeds axis ({got}); {fix}")
+    for name, shape in want.items():
+        if got[name][1:] != shape:
+            raise ValueError(f"{where}: parameter {name} has shape {got[name]}, but the config's network "
+                             f"({config.hidden_sizes} hidden units on {spec.observation_size} inputs) gives "
+                             f"[seeds, *{shape}]; {fix}")
 
 
 def evaluate(

@@ -1,6 +1,7 @@
 """pgjax.runs utilities around training runs: progress bars, seed keys and replays, divergence reports."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -614,6 +615,63 @@ def test_a_normalised_run_reloads_its_statistics_and_evaluates_as_trained(tmp_pa
     assert evaluate_cli.main([str(tmp_path), "--episodes", "4", "--seed", "4", "--csv", csv]) == 0
     script = [float(r["episode_return"]) for r in tables.read_csv(csv) if r["seed"] == "1"]
     assert script == np.asarray(reloaded, np.float64).tolist()
+
+
+def test_a_damaged_or_mismatched_run_directory_is_refused_naming_its_file(tmp_path):
+    """load_run reads files a user may have copied, edited or paired by hand. A truncated params.msgpack stopped
+    evaluate.py with msgpack's "Unpack failed: incomplete input" (no file named), a config.json whose hidden sizes
+    or environment were edited with a flax shape error deep in the first evaluation, and a metrics.csv holding only
+    its header was called "not a pgjax metrics.csv" though its columns are pgjax's. Each is now a ValueError that
+    names the file and what is wrong, before anything compiles."""
+    import json
+    from flax import serialization
+
+    config = algos.PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=16, total_timesteps=32, num_minibatches=1,
+                             hidden_sizes=(8,))
+    output = jax.jit(jax.vmap(algos.get("ppo")[1](config)))(jax.random.split(jax.random.key(0), 2))
+    runs.save_run(str(tmp_path / "run"), "ppo", config, output, seed=0)
+    _, _, params, _ = runs.load_run(str(tmp_path / "run"))  # the intact run loads, its 2 seeds on axis 0
+    assert {np.shape(x)[0] for x in jax.tree_util.tree_leaves(params)} == {2}
+
+    def damaged(name, edit_config=None, params_bytes=None, csv_text=None):
+        run = tmp_path / name
+        shutil.copytree(tmp_path / "run", run)
+        if edit_config:
+            meta = json.loads((run / "config.json").read_text())
+            meta["config"].update(edit_config)
+            (run / "config.json").write_text(json.dumps(meta))
+        if params_bytes is not None:
+            (run / "params.msgpack").write_bytes(params_bytes)
+        if csv_text is not None:
+            (run / "metrics.csv").write_text(csv_text)
+        return str(run)
+
+    saved = (tmp_path / "run" / "params.msgpack").read_bytes()
+    with pytest.raises(ValueError, match=r"params\.msgpack: not a parameters file that pgjax wrote \(Unpack failed"):
+        runs.load_run(damaged("truncated", params_bytes=saved[:100]))
+    with pytest.raises(ValueError, match=r"params\.msgpack: not a parameters file .*no 'params' mapping"):
+        runs.load_run(damaged("a-list", params_bytes=serialization.msgpack_serialize([1, 2])))
+    # Other widths: the first kernel is [seeds, 4, 8] where the config's network needs [seeds, 4, 16].
+    with pytest.raises(ValueError, match=r"parameter \['params'\]\['actor'\].* has shape \(2, 8, 2\), but the "
+                                         r"config's network \(\(16,\) hidden units on 4 inputs\) gives "
+                                         r"\[seeds, \*\(16, 2\)\]; were config.json and params.msgpack written"):
+        runs.load_run(damaged("wider", edit_config={"hidden_sizes": [16]}))
+    with pytest.raises(ValueError, match=r"the parameters are not the config's network's \(missing \[.*Dense_1"):
+        runs.load_run(damaged("deeper", edit_config={"hidden_sizes": [8, 8]}))
+    with pytest.raises(ValueError, match=r"on 6 inputs"):  # Acrobot: 6 observations, 3 actions
+        runs.load_run(damaged("acrobot", edit_config={"env_id": "Acrobot-v1"}))
+    # One leaf without the seeds axis (seed 0's alone): every shape after the first axis could still match.
+    state = serialization.msgpack_restore(saved)
+    bias = state["params"]["params"]["critic"]["mlp"]["Dense_0"]
+    bias["bias"] = bias["bias"][0]
+    with pytest.raises(ValueError, match=r"do not share one leading seeds axis"):
+        runs.load_run(damaged("one-seed-leaf", params_bytes=serialization.msgpack_serialize(state)))
+
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    with pytest.raises(ValueError, match=r"metrics\.csv: has pgjax's header but no rows"):
+        runs.read_metrics_csv(os.path.join(damaged("header-only", csv_text=header + "\n"), "metrics.csv"))
+    with pytest.raises(ValueError, match=r"metrics\.csv: not a pgjax metrics\.csv"):
+        runs.read_metrics_csv(os.path.join(damaged("empty-csv", csv_text=""), "metrics.csv"))
 
 
 def test_final_returns_skip_updates_without_a_finished_episode():
