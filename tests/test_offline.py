@@ -525,6 +525,32 @@ def test_sampled_offline_gradient_with_exact_ratio_is_unbiased(problem, big_data
     assert np.max(np.abs((mean - exact) / se)) < 4.5
 
 
+def test_empirical_model_refuses_indices_outside_the_tables(problem):
+    """empirical_model, the counting users call directly (notebook 02, offline_dualdice.py), took a -1 action as the
+    last action and dropped a state equal to S: a model of other data, with no error. On concrete data it now checks
+    every index field; under jit it stays unchecked (and counts the valid data as before)."""
+    data = off.collect(jax.random.key(5), problem["mdp"], problem["mu"], 4, 6)
+    model = off.empirical_model(data, S, A)
+    assert float(jnp.sum(model.counts)) == 24 and float(jnp.sum(model.initial_counts)) == 4
+    bad = [
+        ("actions", data.actions.at[1, 2].set(-1), A),
+        ("actions", data.actions.at[1, 2].set(A), A),
+        ("observations", data.observations.at[0, 3].set(S), S),
+        ("next_observations", data.next_observations.at[2, 0].set(-1), S),
+    ]
+    for field, value, bound in bad:
+        with pytest.raises(off.DatasetError, match=rf"Dataset.{field} has indices outside \[0, {bound}\)"):
+            off.empirical_model(data._replace(**{field: value}), S, A)
+    with pytest.raises(off.DatasetError, match=rf"initial_observations must be state indices in \[0, {S}\)"):
+        off.empirical_model(data._replace(initial_observations=data.initial_observations.at[0].set(-1)), S, A)
+    # Padding (mask False) may hold anything: it is not counted.
+    padded = data._replace(actions=data.actions.at[1, 5].set(-1), mask=data.mask.at[1, 5].set(False))
+    assert float(jnp.sum(off.empirical_model(padded, S, A).counts)) == 23
+    jitted = jax.jit(off.empirical_model, static_argnums=(1, 2))(data, S, A)
+    for got, want in zip(jitted, model):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_offline_gradient_rejects_indices_and_shapes_that_do_not_fit(problem):
     """States outside [0, S) were dropped from the pair counts (negative ones wrapped onto the last states): a
     gradient from part of the data, or 0 / 0 = NaN when none fitted. Now named before anything is computed."""

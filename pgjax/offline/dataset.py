@@ -151,6 +151,14 @@ def validate_dataset(dataset: Dataset) -> None:
 def validate_tabular_dataset(dataset: Dataset, num_states: int, num_actions: int) -> None:
     """`validate_dataset` plus integer states in [0, S) and actions in [0, A) on valid steps."""
     validate_dataset(dataset)
+    check_tabular_indices(dataset, num_states, num_actions)
+
+
+def check_tabular_indices(dataset: Dataset, num_states: int, num_actions: int) -> None:
+    """Raise `DatasetError` naming the field unless states [N, T] (and next states) are integers in [0, S), actions
+    in [0, A) on valid steps, and initial_observations [M] in [0, S): as indices, -1 would wrap around to the last
+    state or action and S would be dropped, silently (host-side; the part of `validate_tabular_dataset` that
+    `empirical_model` runs on concrete data)."""
     for name, bound in (("observations", num_states), ("next_observations", num_states), ("actions", num_actions)):
         x = np.asarray(getattr(dataset, name))
         if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):

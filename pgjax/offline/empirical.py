@@ -25,7 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgjax.offline.dataset import Dataset, check_tabular_policy, float_dtype, validate_tabular_dataset
+from pgjax.offline.dataset import (
+    Dataset,
+    check_tabular_indices,
+    check_tabular_policy,
+    float_dtype,
+    validate_tabular_dataset,
+)
 from pgjax.tabular.gradient import values_and_occupancy
 from pgjax.tabular.mdp import MDP
 from pgjax.validation import check_int
@@ -133,9 +139,19 @@ def empirical_model(dataset: Dataset, num_states: int, num_actions: int) -> Empi
 
     The fields are floating (`float_dtype` of the rewards': their own dtype, at least float32, if floating).
     Counts are accumulated as int32, exactly; reward sums by `_pair_sums`, to a few float roundings.
+    Concrete data are checked to hold indices in range (`check_tabular_indices`: a -1 action would count as the
+    last one); under `jit`/`vmap` they are not. The other checks of `validate_tabular_dataset` are left to the
+    estimators that call it (integer rewards, for one, are counted here in a floating dtype).
     """
     check_int("empirical_model: num_states", num_states)
     check_int("empirical_model: num_actions", num_actions)
+    if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(dataset)):
+        check_tabular_indices(dataset, num_states, num_actions)
+    return _count_model(dataset, num_states, num_actions)
+
+
+def _count_model(dataset: Dataset, num_states: int, num_actions: int) -> EmpiricalModel:
+    """The unchecked core of `empirical_model`, for data validated already (`tabular_model`)."""
     s, a, s_next = dataset.observations, dataset.actions, dataset.next_observations
     # Never an integer dtype (integer rewards): pi cast to it would become 0 or 1.
     dtype = float_dtype(dataset.rewards.dtype)
@@ -301,7 +317,7 @@ def tabular_model(dataset: Dataset, target_pi: Array) -> EmpiricalModel:
     target_pi = np.asarray(target_pi)
     check_tabular_policy(target_pi, "target_pi")
     validate_tabular_dataset(dataset, *target_pi.shape)
-    return empirical_model(dataset, *target_pi.shape)
+    return _count_model(dataset, *target_pi.shape)
 
 
 def policy_dtype(model: EmpiricalModel):

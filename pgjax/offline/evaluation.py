@@ -52,6 +52,9 @@ def ratio_weighted_value(dataset: Dataset, ratio: Array, discount, normalised: b
     gamma f / (1 - gamma) on the absorbing state (f = the d^pi-probability of terminating), and pairs
     the data never show carry d^pi while w = 0 there; either way E_D[w] < 1, and the normalised
     value is inflated by 1 / E_D[w] (it is then not the "model" estimate, the plain one is).
+
+    Unvalidated (jit/vmap-able): a state or action outside the ratio's [S, A] is not caught here
+    (`policy_value` and `empirical_model` check the data's indices).
     """
     dtype = jnp.promote_types(ratio.dtype, float_dtype(dataset.rewards.dtype))
     # Summed per pair first (exact counts, pairwise reward sums): one float32 sum over millions of transitions drifted
