@@ -14,7 +14,7 @@ import policy_gradient_theorem as lab
 
 from pgjax import estimators, tables
 
-ARGV = ["--num-mdps", "8", "--num-states", "4", "--num-actions", "2", "--num-estimates", "64",
+ARGV = ["--num-mdps", "8", "--num-states", "4", "--num-actions", "2", "--num-estimates", "128",
         "--max-trajectories", "4", "--truncation", "2", "--no-progress"]
 BAD_FLAGS = (["--num-estimates", "1"], ["--max-trajectories", "3"], ["--discount", "1"], ["--num-actions", "1"],
              ["--num-mdps", "0"])
@@ -71,12 +71,14 @@ def test_the_estimator_lab_shows_the_variance_and_the_truncation_bias(lab_run):
         ratio = float(table[name, 4]["relative_error"]) / float(table[name, 1]["relative_error"])
         assert 0.35 < ratio < 0.7, (name, ratio)  # measured 0.49 and 0.51
         assert float(table[name, 4]["max_abs_bias_z"]) < 4, name
-    # The 2-step truncation is biased: its bias z statistic grows as sqrt(N) (measured 5.9, 9.7, 13.5), and its error
-    # stops falling as 1/sqrt(N) (0.99 at N = 4, against 0.77 for the value baseline). From N = 1 to 4 z doubles in
-    # expectation: 1.4-2.4 times over key offsets 0-8 and 57; N = 2 is not compared, its noisy maximum over the
-    # coordinates passed N = 4's at offset 57 (30.7 against 24.0).
+    # The 2-step truncation is biased: its bias z statistic grows as sqrt(N) (measured 9.3, 13.0, 20.2), above the
+    # unbiased estimators' bound of 4 checked above, and its error stops falling as 1/sqrt(N) (1.03 at N = 4, against
+    # 0.74 for the value baseline). From N = 1 to 4 z doubles in expectation; N = 2 is not compared, its noisy maximum
+    # over the coordinates passed N = 4's at offset 57 (30.7 against 24.0). At 64 estimates per point offset 68's MDP,
+    # whose bias is small beside its gradient noise, gave 8.0, 2.1, 4.5 (a coordinate whose first 64 trajectories
+    # understated its spread); at 128 it gives 2.4, 4.4, 5.1, and offsets 0-9, 57 and 62-74 all pass (N = 4: 5.1-68.2).
     z = [float(table["truncated_2", m]["max_abs_bias_z"]) for m in (1, 2, 4)]
-    assert z[0] < z[2] and z[2] > 8, z
+    assert z[0] < z[2] and z[2] > 4, z
     assert float(table["truncated_2", 4]["relative_error"]) > float(table["value_baseline", 4]["relative_error"])
 
 
