@@ -1,5 +1,6 @@
 """pgjax.runs utilities around training runs: progress bars, seed keys and replays, divergence reports."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import serialization
 
 import evaluate as evaluate_cli
 import train as train_cli
@@ -367,7 +369,6 @@ def test_a_one_cell_grid_saves_what_it_holds_and_nothing_else(tmp_path):
     """save_grid and save_run's config.json for 2 seeds x 3 updates of one cell: the seed count (not the
     updates'), the grid's values, and no "replay" or "env_source" entry for a run that is neither a replay nor
     on a registered environment."""
-    import json
     from collections import namedtuple
 
     metrics = {"env_steps": np.tile([512.0, 1024.0, 1536.0], (2, 1)), "episode_return": np.arange(6.0).reshape(2, 3)}
@@ -623,9 +624,6 @@ def test_a_damaged_or_mismatched_run_directory_is_refused_naming_its_file(tmp_pa
     or environment were edited with a flax shape error deep in the first evaluation, and a metrics.csv holding only
     its header was called "not a pgjax metrics.csv" though its columns are pgjax's. Each is now a ValueError that
     names the file and what is wrong, before anything compiles."""
-    import json
-    from flax import serialization
-
     config = algos.PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=16, total_timesteps=32, num_minibatches=1,
                              hidden_sizes=(8,))
     output = jax.jit(jax.vmap(algos.get("ppo")[1](config)))(jax.random.split(jax.random.key(0), 2))
