@@ -383,6 +383,12 @@ def load_run(run_dir: str) -> tuple[str, common.OnPolicyConfig, dict, Any]:
         config = config_cls(**meta["config"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"{config_path}: malformed run config ({err}).") from None
+    # save_run writes every field: one missing was edited out or predates the field, and its default (which may not
+    # be what the run trained with, e.g. normalize_observations) is used: said, not silent.
+    missing = sorted({f.name for f in dataclasses.fields(config_cls)} - set(meta["config"]))
+    if missing:
+        warnings.warn(f"{config_path} does not set {missing} (written by an older pgjax, or edited): loading with "
+                      f"their defaults {[getattr(config, name) for name in missing]}.", stacklevel=2)
     with open(params_path, "rb") as f:
         try:
             state = serialization.msgpack_restore(f.read())

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -628,7 +629,9 @@ def test_a_damaged_or_mismatched_run_directory_is_refused_naming_its_file(tmp_pa
                              hidden_sizes=(8,))
     output = jax.jit(jax.vmap(algos.get("ppo")[1](config)))(jax.random.split(jax.random.key(0), 2))
     runs.save_run(str(tmp_path / "run"), "ppo", config, output, seed=0)
-    _, _, params, _ = runs.load_run(str(tmp_path / "run"))  # the intact run loads, its 2 seeds on axis 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the intact run loads without a word, its 2 seeds on axis 0
+        _, _, params, _ = runs.load_run(str(tmp_path / "run"))
     assert {np.shape(x)[0] for x in jax.tree_util.tree_leaves(params)} == {2}
 
     def damaged(name, edit_config=None, params_bytes=None, csv_text=None):
@@ -664,6 +667,15 @@ def test_a_damaged_or_mismatched_run_directory_is_refused_naming_its_file(tmp_pa
     bias["bias"] = bias["bias"][0]
     with pytest.raises(ValueError, match=r"do not share one leading seeds axis"):
         runs.load_run(damaged("one-seed-leaf", params_bytes=serialization.msgpack_serialize(state)))
+
+    # A field config.json lacks (an older pgjax's run, or an edit) loads with its default, said in a warning.
+    older = damaged("older")
+    meta = json.loads((tmp_path / older / "config.json").read_text())
+    del meta["config"]["gae_lambda"], meta["config"]["normalize_observations"]
+    (tmp_path / older / "config.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=r"does not set \['gae_lambda', 'normalize_observations'\] .*defaults "
+                                         r"\[0.95, False\]"):
+        assert runs.load_run(older)[1].gae_lambda == 0.95
 
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     with pytest.raises(ValueError, match=r"metrics\.csv: has pgjax's header but no rows"):
