@@ -140,7 +140,9 @@ def test_evaluate_refuses_episode_counts_that_are_not_positive_ints(num_episodes
 
 
 def test_replay_seeds_refuses_bad_keys_batches_and_device_counts():
-    keys = runs.seed_keys(0, [1, 2])
+    # Key data with words above 2**31 (read as int32 they overflowed), whatever the suite's key offset: drawn keys
+    # had none at offset 71 (all four words fall below 2**31 one time in 16).
+    keys = jax.random.wrap_key_data(np.array([[5, 2**31 + 3], [2**32 - 7, 11]], np.uint32))
     with pytest.raises(ValueError, match=r"replay_seeds: keys must be a 1-D batch of keys \[n\]; got shape \(1, 2\)"):
         runs.replay_seeds(None, keys[None], 2)
     legacy = np.asarray(jax.random.key_data(keys))  # uint32 [n, 2], as jax.random.PRNGKey made them
@@ -148,7 +150,7 @@ def test_replay_seeds_refuses_bad_keys_batches_and_device_counts():
         for given in (keys, list(keys), legacy):  # keys in a list, or legacy key data, are keys [n] too
             with pytest.raises(ValueError, match=r"replay_seeds: batch \(the sweep's seeds per device\) must be a "):
                 runs.replay_seeds(None, given, batch)
-    as_lists = legacy.tolist()  # as JSON gives them back: ints, some above 2**31 (read as int32 they overflowed)
+    as_lists = legacy.tolist()  # as JSON gives them back: ints, two above 2**31
     assert legacy.max() >= 2**31
     draw = lambda key: jax.random.uniform(key, (2,))  # noqa: E731
     expected = runs.replay_seeds(draw, keys, 2)  # each replay compiles: the typed keys' once
