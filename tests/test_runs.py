@@ -634,12 +634,14 @@ def test_a_damaged_or_mismatched_run_directory_is_refused_naming_its_file(tmp_pa
         _, _, params, _ = runs.load_run(str(tmp_path / "run"))
     assert {np.shape(x)[0] for x in jax.tree_util.tree_leaves(params)} == {2}
 
-    def damaged(name, edit_config=None, params_bytes=None, csv_text=None):
+    def damaged(name, edit_config=None, drop_config=(), params_bytes=None, csv_text=None):
         run = tmp_path / name
         shutil.copytree(tmp_path / "run", run)
-        if edit_config:
+        if edit_config or drop_config:
             meta = json.loads((run / "config.json").read_text())
-            meta["config"].update(edit_config)
+            meta["config"].update(edit_config or {})
+            for field in drop_config:
+                del meta["config"][field]
             (run / "config.json").write_text(json.dumps(meta))
         if params_bytes is not None:
             (run / "params.msgpack").write_bytes(params_bytes)
@@ -669,10 +671,7 @@ def test_a_damaged_or_mismatched_run_directory_is_refused_naming_its_file(tmp_pa
         runs.load_run(damaged("one-seed-leaf", params_bytes=serialization.msgpack_serialize(state)))
 
     # A field config.json lacks (an older pgjax's run, or an edit) loads with its default, said in a warning.
-    older = damaged("older")
-    meta = json.loads((tmp_path / older / "config.json").read_text())
-    del meta["config"]["gae_lambda"], meta["config"]["normalize_observations"]
-    (tmp_path / older / "config.json").write_text(json.dumps(meta))
+    older = damaged("older", drop_config=("gae_lambda", "normalize_observations"))
     with pytest.warns(UserWarning, match=r"does not set \['gae_lambda', 'normalize_observations'\] .*defaults "
                                          r"\[0.95, False\]"):
         assert runs.load_run(older)[1].gae_lambda == 0.95
