@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from pgjax.validation import npz_problem
+
 FORMAT = 1
 
 
@@ -96,6 +98,9 @@ def _read(path: str) -> dict[str, np.ndarray]:
     """Every array of a checkpoint file; ValueError naming the file if it is missing, truncated or corrupt."""
     if not os.path.exists(path):
         raise ValueError(f"no checkpoint at {path!r}.")
+    problem = npz_problem(path)
+    if problem:
+        raise ValueError(f"{path}: not a pgjax checkpoint: it {problem}; delete it to start the run over.")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}

@@ -404,30 +404,46 @@ def load_run(run_dir: str) -> tuple[str, common.OnPolicyConfig, dict, Any]:
     return meta["algo"], config, state["params"], stats
 
 
-def check_params_match_config(params: dict, config: common.OnPolicyConfig, where: str) -> None:
-    """ValueError naming a layer whose saved shape is not the config's network's: a config.json edited (or
-    paired with another run's parameters) would otherwise fail deep in flax, or load layers into the wrong roles.
+def check_params_match_config(params: dict, config: common.OnPolicyConfig, where: str,
+                              seeds_axis: bool = True) -> None:
+    """ValueError naming a layer whose shape is not the config's network's: a config.json edited (or paired with
+    another run's parameters), or parameters passed with another config, would otherwise fail deep in flax
+    (ScopeParamShapeError, or "the collection is empty" for parameters without their outer 'params' key).
 
-    params: a run's saved parameters, each leaf [seeds, *layer shape]; checked against `common.init_params`'s
-    shapes (abstractly: nothing is computed) for the config's environment and network.
+    params: a run's parameters, each leaf [seeds, *layer shape] (seeds_axis) or one seed's [*layer shape]; checked
+    against `common.init_params`'s shapes (abstractly: nothing is computed) for the config's environment and network.
     """
-    spec = common.make_env(config)
-    expected = jax.eval_shape(functools.partial(common.init_params, common.actor_critic(config, spec), spec),
-                              jax.random.key(0))
+    want = _expected_param_shapes(config, envs.registrations())
     got = {jax.tree_util.keystr(path): np.shape(x) for path, x in jax.tree_util.tree_leaves_with_path(params)}
-    want = {jax.tree_util.keystr(path): x.shape for path, x in jax.tree_util.tree_leaves_with_path(expected)}
-    fix = "were config.json and params.msgpack written by the same run?"
+    fix = ("were config.json and params.msgpack written by the same run?" if seeds_axis
+           else "were the parameters trained with this config (its env_id, hidden_sizes and env_randomize_observe)?")
     if got.keys() != want.keys():
         missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
         raise ValueError(f"{where}: the parameters are not the config's network's (missing {missing[:3]}, "
                          f"unexpected {extra[:3]}); {fix}")
-    if len({shape[:1] for shape in got.values()}) != 1:
+    if seeds_axis and len({shape[:1] for shape in got.values()}) != 1:
         raise ValueError(f"{where}: the parameters do not share one leading seeds axis ({got}); {fix}")
     for name, shape in want.items():
-        if got[name][1:] != shape:
+        if got[name][1 if seeds_axis else 0:] != shape:
+            layout = "[seeds, *{}]".format(shape) if seeds_axis else str(shape)
             raise ValueError(f"{where}: parameter {name} has shape {got[name]}, but the config's network "
-                             f"({config.hidden_sizes} hidden units on {spec.observation_size} inputs) gives "
-                             f"[seeds, *{shape}]; {fix}")
+                             f"({config.hidden_sizes} hidden units on {_observation_size(config)} inputs) gives "
+                             f"{layout}; {fix}")
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_param_shapes(config: common.OnPolicyConfig, registrations: int) -> dict[str, tuple]:
+    """{key path: shape} of one seed's fresh parameters for the config's network (cached: evaluate checks every
+    call's parameters against it)."""
+    del registrations  # only a cache key, as in _evaluation_program
+    spec = common.make_env(config)
+    expected = jax.eval_shape(functools.partial(common.init_params, common.actor_critic(config, spec), spec),
+                              jax.random.key(0))
+    return {jax.tree_util.keystr(path): x.shape for path, x in jax.tree_util.tree_leaves_with_path(expected)}
+
+
+def _observation_size(config: common.OnPolicyConfig) -> int:
+    return common.make_env(config).observation_size
 
 
 def evaluate(
@@ -457,6 +473,7 @@ def evaluate(
         raise ValueError("evaluate: params hold a leading seeds axis (a kernel of more than 2 dimensions, as "
                          "load_run returns them): pass one seed's, jax.tree_util.tree_map(lambda x: x[s], params), "
                          "or jax.vmap(evaluate) over the seeds.")
+    check_params_match_config(params, config, "evaluate", seeds_axis=False)
     program = _evaluation_program(_evaluation_config(config), num_episodes, bool(deterministic),
                                   envs.registrations())
     return program(key, params, obs_statistics)

@@ -418,8 +418,10 @@ def test_evaluating_a_normalising_policy_needs_its_statistics():
     """Without the trained statistics an evaluation ran the policy on raw observations (empty statistics: mean 0,
     var 1) and reported other returns without a word."""
     config = algos.PPOConfig(normalize_observations=True)
+    spec = algos.common.make_env(config)
+    params = algos.common.init_params(algos.common.actor_critic(config, spec), spec, jax.random.key(0))
     with pytest.raises(ValueError, match="needs the trained observation statistics"):
-        runs.evaluate(jax.random.key(0), config, {}, None, 2)
+        runs.evaluate(jax.random.key(0), config, params, None, 2)
 
 
 def test_episodes_whose_dynamics_break_are_not_returns():

@@ -1,6 +1,7 @@
 """pgjax.checkpoints: a run's state and metrics written and read back exactly; a checkpoint that does not fit the
 run, or is not one, is refused with a message (the bit-for-bit resume of a training run is in test_cli.py)."""
 
+import io
 import os
 
 import jax
@@ -101,15 +102,18 @@ def test_metrics_keys_and_shapes_like_the_state(tmp_path):
 
 
 def test_a_truncated_or_corrupt_checkpoint_is_named_not_read(tmp_path):
-    """Half a file, an empty file, flipped bytes: each a ValueError naming the file (resuming reads the meta first),
-    never a raw zipfile error and never numbers."""
+    """Half a file, an empty file, flipped bytes, an .npy: each a ValueError naming the file (resuming reads the
+    meta first), never a raw zipfile error and never numbers."""
     path = str(tmp_path / "checkpoint.npz")
     checkpoints.save(path, _state(), {"loss": np.zeros((3, 2), np.float32)}, 2, np.zeros(2))
     raw = open(path, "rb").read()
     target = jax.eval_shape(lambda: _state())
     flipped = bytearray(raw)
     flipped[raw.index(b"next_update")] ^= 0xFF  # inside an array's bytes (a zip header's date field goes unchecked)
-    for name, content in [("half.npz", raw[: len(raw) // 2]), ("empty.npz", b""), ("flipped.npz", bytes(flipped))]:
+    one_array = io.BytesIO()
+    np.save(one_array, np.zeros(3))  # np.load returns its array, not an archive: a TypeError at `with` before
+    for name, content in [("half.npz", raw[: len(raw) // 2]), ("empty.npz", b""), ("flipped.npz", bytes(flipped)),
+                          ("one-array.npz", one_array.getvalue())]:
         bad = str(tmp_path / name)
         open(bad, "wb").write(content)
         for read in (lambda: checkpoints.read_meta(bad), lambda: checkpoints.load(bad, target)):

@@ -104,6 +104,14 @@ def test_load_rejects_bad_files(tmp_path, problem):
     truncated.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(off.DatasetError, match="truncated or corrupt"):
         off.load_dataset(truncated)
+    # Not a zip archive at all: an .npy gave a TypeError (np.load returns its one array, not the archive), and
+    # an empty file (or text, below) NumPy's "contains pickled (object) data ... allow_pickle" advice.
+    np.save(tmp_path / "one-array.npy", np.zeros(3))
+    with pytest.raises(off.DatasetError, match=r"one-array\.npy: is a single-array \.npy file, not an \.npz archive"):
+        off.load_dataset(tmp_path / "one-array.npy")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(off.DatasetError, match=r"empty\.npz: is not an \.npz archive \(the file is empty"):
+        off.load_dataset(tmp_path / "empty.npz")
     fields = {f: np.asarray(getattr(data, f)) for f in off.Dataset._fields}
     with pytest.raises(off.DatasetError, match="no 'schema'"):
         off.load_dataset(_write(tmp_path / "noschema.npz", **fields))
@@ -126,8 +134,10 @@ def test_load_rejects_bad_files(tmp_path, problem):
     with pytest.raises(off.DatasetError, match="log-probabilities"):
         off.load_dataset(_write(tmp_path / "probs.npz", schema=np.asarray(off.SCHEMA), **probs))
     (tmp_path / "text.npz").write_text("not a zip")
-    with pytest.raises(off.DatasetError):
+    with pytest.raises(off.DatasetError, match=r"text\.npz: is not an \.npz archive \(the file starts with b'not a '"):
         off.load_dataset(tmp_path / "text.npz")
+    with pytest.raises(off.DatasetError, match=r"text\.npz: is not an \.npz archive"):
+        off.read_dataset_metadata(tmp_path / "text.npz")
     with pytest.raises(FileNotFoundError):
         off.load_dataset(tmp_path / "missing.npz")
     # A tabular estimator rejects indices outside the policy's table.

@@ -683,6 +683,29 @@ def test_a_damaged_or_mismatched_run_directory_is_refused_naming_its_file(tmp_pa
         runs.read_metrics_csv(os.path.join(damaged("empty-csv", csv_text=""), "metrics.csv"))
 
 
+def test_evaluate_refuses_parameters_of_another_network_before_compiling():
+    """runs.evaluate takes parameters in memory as well as from load_run. Another config's (other hidden sizes,
+    another environment) failed inside the traced program with flax's ScopeParamShapeError, and parameters without
+    their outer 'params' key with "the collection is empty": now a ValueError naming the layer and the config's
+    network, also under vmap (the tracers' shapes are checked)."""
+    config = algos.PPOConfig(env_id="CartPole-v1", hidden_sizes=(8,))
+    spec = common.make_env(config)
+    params = common.init_params(common.actor_critic(config, spec), spec, jax.random.key(0))
+    key = jax.random.key(1)
+    with pytest.raises(ValueError, match=r"evaluate: parameter \['params'\]\['actor'\].* has shape \(8, 2\), but the "
+                                         r"config's network \(\(16,\) hidden units on 4 inputs\) gives \(16, 2\); "
+                                         r"were the parameters trained with this config"):
+        runs.evaluate(key, config.replace(hidden_sizes=(16,)), params)
+    with pytest.raises(ValueError, match=r"on 6 inputs"):  # Acrobot: 6 observations, 3 actions
+        runs.evaluate(key, config.replace(env_id="Acrobot-v1"), params)
+    with pytest.raises(ValueError, match=r"evaluate: the parameters are not the config's network's \(missing "
+                                         r"\[\"\['params'\]\['actor'\].*unexpected \[\"\['actor'\]"):
+        runs.evaluate(key, config, params["params"])
+    seeds = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), params)
+    with pytest.raises(ValueError, match=r"missing \[\"\['params'\]\['actor'\]\['torso'\]\['Dense_1'\]"):
+        jax.vmap(lambda p: runs.evaluate(key, config.replace(hidden_sizes=(8, 8)), p))(seeds)
+
+
 def test_final_returns_skip_updates_without_a_finished_episode():
     """A seed's final return is the NaN-aware mean of its last 10% of updates: one update without a finished
     episode there (NaN) must not make it NaN (a plain mean passed every test)."""

@@ -29,7 +29,7 @@ import numpy as np
 from pgjax.tabular.evaluation import check_policy_table
 from pgjax.tabular.mdp import MDP
 from pgjax.trajectory import float_dtype, safe_log, sample_trajectories
-from pgjax.validation import check_int, is_int
+from pgjax.validation import check_int, is_int, npz_problem
 
 Array = jax.Array
 
@@ -278,9 +278,16 @@ def _dataset_path(path: str | os.PathLike, owner: str) -> str:
     return path
 
 
+def _check_npz(path: str) -> None:
+    problem = npz_problem(path)
+    if problem:
+        raise DatasetError(f"{path}: {problem}; write datasets with save_dataset (a truncated or corrupt copy?).")
+
+
 def read_dataset_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `metadata` keywords `save_dataset` stored with a dataset, {name: value as a string}."""
     path = _dataset_path(path, "read_dataset_metadata")
+    _check_npz(path)
     with np.load(path, allow_pickle=False) as data:
         return {name[len(_META):]: str(data[name]) for name in data.files if name.startswith(_META)}
 
@@ -289,6 +296,7 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     """Read a `.npz` written by `save_dataset` (".npz" may be left off, as for `save_dataset`), checking the schema;
     raises `DatasetError` on a bad file."""
     path = _dataset_path(path, "load_dataset")
+    _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             names = set(data.files)
