@@ -413,7 +413,7 @@ def check_params_match_config(params: dict, config: common.OnPolicyConfig, where
     params: a run's parameters, each leaf [seeds, *layer shape] (seeds_axis) or one seed's [*layer shape]; checked
     against `common.init_params`'s shapes (abstractly: nothing is computed) for the config's environment and network.
     """
-    want = _expected_param_shapes(config, envs.registrations())
+    observation_size, want = _network_shapes(_evaluation_config(config), envs.registrations())  # cells share it
     got = {jax.tree_util.keystr(path): np.shape(x) for path, x in jax.tree_util.tree_leaves_with_path(params)}
     fix = ("were config.json and params.msgpack written by the same run?" if seeds_axis
            else "were the parameters trained with this config (its env_id, hidden_sizes and env_randomize_observe)?")
@@ -427,23 +427,20 @@ def check_params_match_config(params: dict, config: common.OnPolicyConfig, where
         if got[name][1 if seeds_axis else 0:] != shape:
             layout = "[seeds, *{}]".format(shape) if seeds_axis else str(shape)
             raise ValueError(f"{where}: parameter {name} has shape {got[name]}, but the config's network "
-                             f"({config.hidden_sizes} hidden units on {_observation_size(config)} inputs) gives "
+                             f"({config.hidden_sizes} hidden units on {observation_size} inputs) gives "
                              f"{layout}; {fix}")
 
 
 @functools.lru_cache(maxsize=64)
-def _expected_param_shapes(config: common.OnPolicyConfig, registrations: int) -> dict[str, tuple]:
-    """{key path: shape} of one seed's fresh parameters for the config's network (cached: evaluate checks every
-    call's parameters against it)."""
+def _network_shapes(config: common.OnPolicyConfig, registrations: int) -> tuple[int, dict[str, tuple]]:
+    """(flat observation size, {key path: shape} of one seed's fresh parameters) of the config's network; cached,
+    as evaluate checks every call's parameters against it."""
     del registrations  # only a cache key, as in _evaluation_program
     spec = common.make_env(config)
     expected = jax.eval_shape(functools.partial(common.init_params, common.actor_critic(config, spec), spec),
                               jax.random.key(0))
-    return {jax.tree_util.keystr(path): x.shape for path, x in jax.tree_util.tree_leaves_with_path(expected)}
-
-
-def _observation_size(config: common.OnPolicyConfig) -> int:
-    return common.make_env(config).observation_size
+    shapes = {jax.tree_util.keystr(path): x.shape for path, x in jax.tree_util.tree_leaves_with_path(expected)}
+    return spec.observation_size, shapes
 
 
 def evaluate(
@@ -474,9 +471,28 @@ def evaluate(
                          "load_run returns them): pass one seed's, jax.tree_util.tree_map(lambda x: x[s], params), "
                          "or jax.vmap(evaluate) over the seeds.")
     check_params_match_config(params, config, "evaluate", seeds_axis=False)
+    _check_obs_statistics(obs_statistics, config)
     program = _evaluation_program(_evaluation_config(config), num_episodes, bool(deterministic),
                                   envs.registrations())
     return program(key, params, obs_statistics)
+
+
+def _check_obs_statistics(obs_statistics: Any, config: common.OnPolicyConfig) -> None:
+    """Statistics only with normalize_observations, and of the config's observations: a config rebuilt by hand
+    without the run's normalize_observations=True ignored the statistics passed with it (the policy then ran on
+    raw observations), and another environment's statistics failed inside the traced program."""
+    if obs_statistics is None:
+        return  # make_episode_returns refuses None where the config normalises
+    if not config.normalize_observations:
+        raise ValueError("evaluate: obs_statistics given, but config.normalize_observations is False, so they would "
+                         "be ignored: pass the config the run trained with (runs.load_run returns it), or no "
+                         "statistics.")
+    observation_size, _ = _network_shapes(_evaluation_config(config), envs.registrations())
+    shapes = {name: np.shape(getattr(obs_statistics, name, None)) for name in ("mean", "var")}
+    if any(shape != (observation_size,) for shape in shapes.values()):
+        raise ValueError(f"evaluate: obs_statistics' mean and var have shapes {shapes['mean']} and {shapes['var']}, "
+                         f"but {config.env_id}'s flat observations have {observation_size} entries: statistics of "
+                         "another environment (or a seeds axis left on: pass one seed's)?")
 
 
 def _evaluation_config(config: common.OnPolicyConfig) -> common.OnPolicyConfig:

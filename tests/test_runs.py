@@ -18,7 +18,7 @@ from flax import serialization
 import evaluate as evaluate_cli
 import train as train_cli
 
-from pgjax import algos, checkpoints, parallel, runs, score_stats, tables
+from pgjax import algos, checkpoints, envs, parallel, runs, score_stats, tables
 from pgjax.algos import common, evaluation, presets
 
 
@@ -687,7 +687,7 @@ def test_evaluate_refuses_parameters_of_another_network_before_compiling():
     """runs.evaluate takes parameters in memory as well as from load_run. Another config's (other hidden sizes,
     another environment) failed inside the traced program with flax's ScopeParamShapeError, and parameters without
     their outer 'params' key with "the collection is empty": now a ValueError naming the layer and the config's
-    network, also under vmap (the tracers' shapes are checked)."""
+    network, also under vmap (the tracers' shapes are checked). Observation statistics likewise."""
     config = algos.PPOConfig(env_id="CartPole-v1", hidden_sizes=(8,))
     spec = common.make_env(config)
     params = common.init_params(common.actor_critic(config, spec), spec, jax.random.key(0))
@@ -704,6 +704,17 @@ def test_evaluate_refuses_parameters_of_another_network_before_compiling():
     seeds = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), params)
     with pytest.raises(ValueError, match=r"missing \[\"\['params'\]\['actor'\]\['torso'\]\['Dense_1'\]"):
         jax.vmap(lambda p: runs.evaluate(key, config.replace(hidden_sizes=(8, 8)), p))(seeds)
+    # Observation statistics: a config rebuilt without the run's normalize_observations=True ignored them (the
+    # policy ran on raw observations); another environment's failed inside the traced program.
+    stats = envs.RunningStatistics(mean=jnp.zeros(4), var=jnp.ones(4), count=jnp.int32(10))
+    with pytest.raises(ValueError, match=r"obs_statistics given, but config.normalize_observations is False"):
+        runs.evaluate(key, config, params, stats)
+    normalising = config.replace(normalize_observations=True)
+    acrobot_stats = envs.RunningStatistics(mean=jnp.zeros(6), var=jnp.ones(6), count=jnp.int32(10))
+    with pytest.raises(ValueError, match=r"shapes \(6,\) and \(6,\), but CartPole-v1's flat observations have 4"):
+        runs.evaluate(key, normalising, params, acrobot_stats)
+    with pytest.raises(ValueError, match=r"shapes \(2, 4\) and \(2, 4\).*a seeds axis left on"):
+        runs.evaluate(key, normalising, params, jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), stats))
 
 
 def test_final_returns_skip_updates_without_a_finished_episode():
