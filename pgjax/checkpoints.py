@@ -70,7 +70,7 @@ def save(path: str, state: Any, metrics: dict[str, Any], next_update: int, wall_
          meta: dict[str, Any] | None = None) -> None:
     """Write the checkpoint of a run after its first `next_update` updates (state: any pytree, e.g. a vmapped
     `RunState`; metrics {name: [lanes, next_update]}; wall_time [next_update]); atomic (temporary file, synced,
-    renamed)."""
+    renamed). Makes the file's folder if it is missing."""
     # One host copy per leaf (keys as their key data); its dtype goes in the header, its bits in the file.
     leaves = [np.asarray(jax.random.key_data(x) if _is_key(x) else x) for x in jax.tree_util.tree_leaves(state)]
     arrays = {f"state/{i:05d}": _storable(x) for i, x in enumerate(leaves)}
@@ -86,6 +86,10 @@ def save(path: str, state: Any, metrics: dict[str, Any], next_update: int, wall_
               "dtypes": [str(x.dtype) for x in leaves],
               "metric_dtypes": {name: str(value.dtype) for name, value in metrics.items()}}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoints.save: {path!r} is a directory; give a file's path, e.g. "
+                         f"{os.path.join(path, 'checkpoint.npz')!r}.")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # as tables.write_csv makes its folder
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)

@@ -2,6 +2,8 @@
 hyperparameters, TRPO's radius and entropy bonus, continuous actions, progress callbacks (the exact-gradient,
 unroll and split-optimiser checks are in test_algo_updates.py)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -389,7 +391,7 @@ def test_train_in_segments_equals_the_one_call_run_and_resumes(cartpole_runs, tm
     config, _, output = cartpole_runs["ppo"]
     train = algos.ppo.make_train(config)
     keys = jax.random.split(jax.random.key(0), 2)
-    path = str(tmp_path / "ppo.npz")
+    path = str(tmp_path / "drive" / "ppo.npz")  # a folder not yet made (save makes it)
     done = runs.train_in_segments(train, keys, 40, path, resume=True)
     assert done.first_update == 0 and config.num_updates == 80
     for name, value in output.metrics.items():
@@ -412,6 +414,10 @@ def test_train_in_segments_equals_the_one_call_run_and_resumes(cartpole_runs, tm
         runs.train_in_segments(train, keys, 0, path)
     with pytest.raises(ValueError, match="must come from an algorithm's make_train"):
         runs.train_in_segments(lambda key: train(key), keys, 40, path)
+    # A directory for the path: refused before compiling, where it was an IsADirectoryError at the first save.
+    with pytest.raises(ValueError, match=r"path '.*drive' is a directory; give the checkpoint file's path, e\.g\. "
+                                         r"'.*drive/checkpoint\.npz'"):
+        runs.train_in_segments(train, keys, 40, os.path.dirname(path))
 
 
 def test_evaluating_a_normalising_policy_needs_its_statistics():

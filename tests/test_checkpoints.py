@@ -51,6 +51,16 @@ def test_round_trip_is_exact(tmp_path):
     np.testing.assert_array_equal(jax.vmap(jax.random.normal)(loaded.state.key), jax.vmap(jax.random.normal)(state.key))
 
 
+def test_save_makes_its_folder_and_refuses_a_directory(tmp_path):
+    """A checkpoint path in a folder not yet made (a new run's, a Drive folder) failed with FileNotFoundError, and
+    a directory's with IsADirectoryError at the rename, after train_in_segments had trained a segment."""
+    path = str(tmp_path / "drive" / "run" / "checkpoint.npz")
+    checkpoints.save(path, _state(), {"loss": np.zeros((3, 2), np.float32)}, 2, np.zeros(2))
+    assert checkpoints.load(path, jax.eval_shape(_state)).next_update == 2
+    with pytest.raises(ValueError, match=r"checkpoints.save: '.*run' is a directory; give a file's path"):
+        checkpoints.save(os.path.dirname(path), _state(), {"loss": np.zeros((3, 2), np.float32)}, 2, np.zeros(2))
+
+
 def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
     path = str(tmp_path / "checkpoint.npz")
     checkpoints.save(path, _state(3), {}, 2, np.zeros(2))
