@@ -88,6 +88,12 @@ def test_save_load_round_trip(tmp_path, problem):
     assert off.read_dataset_metadata(tmp_path / "data2") == {}
     with pytest.raises(FileNotFoundError, match=r"no file at .*missing'.*missing.npz"):
         off.load_dataset(tmp_path / "missing")
+    # Into a folder not yet made (made, as tables.write_csv does); a directory's path is refused by name.
+    nested = off.save_dataset(tmp_path / "logs" / "mu" / "data", data)
+    np.testing.assert_array_equal(off.load_dataset(nested).actions, data.actions)
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(off.DatasetError, match=r"save_dataset: '.*folder\.npz' is a directory; give a file's path"):
+        off.save_dataset(tmp_path / "folder.npz", data)
 
 
 def _write(path, **arrays):

@@ -255,10 +255,15 @@ def subset(dataset: Dataset, num_episodes: int) -> Dataset:
 
 def save_dataset(path: str | os.PathLike, dataset: Dataset, **metadata) -> str:
     """Write the dataset to a `.npz` file with the schema tag (and `metadata` as strings, `read_dataset_metadata`);
-    returns the path written: `path`, with ".npz" appended when it lacks it (as `np.savez` does)."""
+    returns the path written: `path`, with ".npz" appended when it lacks it (as `np.savez` does). Makes the file's
+    folder if it is missing."""
     validate_dataset(dataset)
     path = os.fspath(path)
     path = path if path.endswith(".npz") else path + ".npz"
+    if os.path.isdir(path):
+        raise DatasetError(f"save_dataset: {path!r} is a directory; give a file's path, e.g. "
+                           f"{os.path.join(path, 'dataset.npz')!r}.")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # as tables.write_csv makes its folder
     arrays = {name: np.asarray(getattr(dataset, name)) for name in Dataset._fields}
     extra = {f"{_META}{k}": np.asarray(str(v)) for k, v in metadata.items()}
     np.savez(path, schema=np.asarray(SCHEMA), **arrays, **extra)
