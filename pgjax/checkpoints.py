@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from pgjax.tables import output_path_problem
 from pgjax.validation import npz_problem
 
 FORMAT = 1
@@ -86,9 +87,9 @@ def save(path: str, state: Any, metrics: dict[str, Any], next_update: int, wall_
               "dtypes": [str(x.dtype) for x in leaves],
               "metric_dtypes": {name: str(value.dtype) for name, value in metrics.items()}}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    if os.path.isdir(path):
-        raise ValueError(f"checkpoints.save: {path!r} is a directory; give a file's path, e.g. "
-                         f"{os.path.join(path, 'checkpoint.npz')!r}.")
+    problem = output_path_problem(path, "file")
+    if problem:
+        raise ValueError(f"checkpoints.save: {problem}.")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # as tables.write_csv makes its folder
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:

@@ -784,9 +784,9 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
     non-finite loss, KL or gradient norm) raises a RuntimeWarning right away; training goes on.
     """
     every = check_int("train_in_segments: every (updates per segment)", every)  # static in the segment programs
-    if os.path.isdir(path):  # found before compiling, not at the first save after a segment has trained
-        raise ValueError(f"train_in_segments: path {path!r} is a directory; give the checkpoint file's path, e.g. "
-                         f"{os.path.join(path, 'checkpoint.npz')!r}.")
+    problem = tables.output_path_problem(path, "file")  # found before compiling, not after a segment has trained
+    if problem:
+        raise ValueError(f"train_in_segments: path: {problem}.")
     if not all(hasattr(train, name) for name in ("start", "advance", "config")):
         raise ValueError("train_in_segments: train must come from an algorithm's make_train(config) (it needs "
                          "train.start, train.advance and train.config).")

@@ -57,7 +57,7 @@ def test_save_makes_its_folder_and_refuses_a_directory(tmp_path):
     path = str(tmp_path / "drive" / "run" / "checkpoint.npz")
     checkpoints.save(path, _state(), {"loss": np.zeros((3, 2), np.float32)}, 2, np.zeros(2))
     assert checkpoints.load(path, jax.eval_shape(_state)).next_update == 2
-    with pytest.raises(ValueError, match=r"checkpoints.save: '.*run' is a directory; give a file's path"):
+    with pytest.raises(ValueError, match=r"checkpoints.save: .*run is a directory; give the path of a file"):
         checkpoints.save(os.path.dirname(path), _state(), {"loss": np.zeros((3, 2), np.float32)}, 2, np.zeros(2))
 
 

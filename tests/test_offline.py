@@ -92,7 +92,7 @@ def test_save_load_round_trip(tmp_path, problem):
     nested = off.save_dataset(tmp_path / "logs" / "mu" / "data", data)
     np.testing.assert_array_equal(off.load_dataset(nested).actions, data.actions)
     (tmp_path / "folder.npz").mkdir()
-    with pytest.raises(off.DatasetError, match=r"save_dataset: '.*folder\.npz' is a directory; give a file's path"):
+    with pytest.raises(off.DatasetError, match=r"save_dataset: .*folder\.npz is a directory; give the path of a file"):
         off.save_dataset(tmp_path / "folder.npz", data)
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pgjax.tables import output_path_problem
 from pgjax.tabular.evaluation import check_policy_table
 from pgjax.tabular.mdp import MDP
 from pgjax.trajectory import float_dtype, safe_log, sample_trajectories
@@ -260,9 +261,9 @@ def save_dataset(path: str | os.PathLike, dataset: Dataset, **metadata) -> str:
     validate_dataset(dataset)
     path = os.fspath(path)
     path = path if path.endswith(".npz") else path + ".npz"
-    if os.path.isdir(path):
-        raise DatasetError(f"save_dataset: {path!r} is a directory; give a file's path, e.g. "
-                           f"{os.path.join(path, 'dataset.npz')!r}.")
+    problem = output_path_problem(path, "file")
+    if problem:
+        raise DatasetError(f"save_dataset: {problem}.")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # as tables.write_csv makes its folder
     arrays = {name: np.asarray(getattr(dataset, name)) for name in Dataset._fields}
     extra = {f"{_META}{k}": np.asarray(str(v)) for k, v in metadata.items()}
