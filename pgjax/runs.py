@@ -463,7 +463,8 @@ def evaluate(
     training: XLA folds constants into the step's arithmetic, so passing them as arguments rounds differently, and
     CartPole's episodes under a trained policy are chaotic enough to end a step apart (195.3 against the in-run
     evaluation's 195.0 in one test). Each variant of the environment (a grid over env.<field>) therefore compiles
-    its own program.
+    its own program. Before compiling, params are checked against the config's network and obs_statistics against
+    its observations (shapes; under vmap, the tracers'): another config's are a ValueError naming the layer.
     """
     num_episodes = check_int("evaluate: num_episodes", num_episodes)  # True ran 1 episode, 2.5 ran 2
     if max((np.ndim(x) for x in jax.tree_util.tree_leaves(params)), default=0) > 2:  # layers: at most [in, out]
