@@ -192,7 +192,7 @@ def main(argv=None) -> int:
             for value in swept[1]:
                 with_env_kwargs(loaded, {swept[0]: value})
     except ValueError as err:
-        p.error(f"{config_path}: {err}" if isinstance(err, json.JSONDecodeError) else str(err))
+        p.error(f"{config_path}: {err}" if isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)) else str(err))
     algo, config, params, _ = loaded[0]
     num_seeds = jax.tree_util.tree_leaves(params)[0].shape[0]
     labels = meta.get("seed_indices", list(range(num_seeds)))  # a replay's seeds

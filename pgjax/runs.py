@@ -107,9 +107,12 @@ def write_metrics_csv(path: str, columns: dict[str, np.ndarray]) -> None:
 def read_metrics_csv(path: str) -> list[dict[str, str]]:
     """The rows of a metrics.csv as {column: text} dicts; ValueError unless it has pgjax's first
     columns (seed, update, env_steps, episode_return) and a row. `read_metrics` turns them into arrays."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows, header = list(reader), reader.fieldnames or []
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, header = list(reader), reader.fieldnames or []
+    except UnicodeDecodeError as err:  # a binary file: the codec's message names no file
+        raise ValueError(f"{path}: not a pgjax metrics.csv (not UTF-8 text: {err}).") from None
     if any(c not in header for c in FIRST_COLUMNS):
         raise ValueError(f"{path}: not a pgjax metrics.csv (needs columns {FIRST_COLUMNS}).")
     if not rows:

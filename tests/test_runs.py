@@ -442,7 +442,7 @@ def test_summaries_and_columns_reject_mismatched_lengths(tmp_path):
         runs.write_metrics_csv(str(tmp_path / "metrics.csv"), {"seed": [0, 0], "update": [0]})
 
 
-def test_malformed_metrics_and_config_files_name_the_file_and_place(tmp_path):
+def test_malformed_metrics_and_config_files_name_the_file_and_place(tmp_path, capsys):
     header = "seed,update,env_steps,episode_return,loss\n"
     cases = {"0,0,512,1.5,0.1\n0,1,1024,abc,0.2\n": "row 2, column episode_return: 'abc' is not a number",
              "0,0,512,1.5,0.1\n0,x,1024,2,0.2\n": "row 2, column update: 'x' is not an int",
@@ -459,14 +459,24 @@ def test_malformed_metrics_and_config_files_name_the_file_and_place(tmp_path):
         f.write(header + "0,0,512,,0.1\n0,1,1024,2,0.2\n")
     seeds, metrics, wall_time = runs.read_metrics(path)  # an empty cell is NaN; no wall_time column: NaN
     assert seeds == [0] and np.isnan(metrics["episode_return"][0, 0]) and np.isnan(wall_time).all()
+    with open(path, "wb") as f:  # a binary file: the codec's UnicodeDecodeError named no file
+        f.write(b"\xa1\x00\xff" * 10)
+    with pytest.raises(ValueError, match=f"^{path}: not a pgjax metrics.csv \\(not UTF-8 text: 'utf-8' codec"):
+        runs.read_metrics(path)
 
     (tmp_path / "params.msgpack").write_bytes(b"")
     config_path = str(tmp_path / "config.json")
-    for text, message in (("{bad json", "not valid JSON"), ("[1, 2]", "a JSON object")):
-        with open(config_path, "w") as f:
+    bad_configs = (("{bad json", "not valid JSON"), ("[1, 2]", "a JSON object"), (b"\xff\xfe", "not valid JSON"))
+    for text, message in bad_configs:
+        with open(config_path, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         with pytest.raises(ValueError, match=f"^{config_path}: .*{message}"):
             runs.load_run(str(tmp_path))
+    # evaluate.py reads config.json itself first (a grid's lists its cells): a binary one is named there too.
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        evaluate_cli.main([str(tmp_path)])
+    assert f"error: {config_path}: 'utf-8' codec can't decode" in capsys.readouterr().err
 
 
 def _benchmark_module(filename):
