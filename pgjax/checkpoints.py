@@ -24,8 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from pgjax.tables import output_path_problem
-from pgjax.validation import npz_problem
+from pgjax.tables import npz_problem, output_path_problem
 
 FORMAT = 1
 

@@ -1,4 +1,5 @@
-"""CSV tables of results: a list of dict rows written with a header (the first row's keys), and read back.
+"""CSV tables of results: a list of dict rows written with a header (the first row's keys), and read back; and
+the checks of the paths pgjax writes to (`output_path_problem`) and of the `.npz` files it reads (`npz_problem`).
 
 Light on purpose (no JAX), so experiments and benchmarks of every part of pgjax can share it.
 """
@@ -55,3 +56,20 @@ def check_output_path(error: Callable[[str], Any], flag: str, path: str | None, 
     problem = path and output_path_problem(path, kind)
     if problem:
         error(f"{flag}: {problem}")
+
+
+def npz_problem(path: str) -> str | None:
+    """None if the file at `path` starts as an `.npz` (a zip archive) does, else what it is instead, for the
+    caller's error. np.load reads anything else as an `.npy` (one array back, not the archive: a TypeError at
+    `with`) or as a pickle, whose refusal advises allow_pickle; neither is a file pgjax wrote."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as err:
+        return f"cannot be opened ({err.strerror})"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return None
+    if head.startswith(b"\x93NUMPY"):
+        return "is a single-array .npy file, not an .npz archive"
+    start = "is empty" if not head else f"starts with {head!r}"
+    return f"is not an .npz archive (the file {start}, where an .npz starts as a zip archive does)"

@@ -1,5 +1,4 @@
-"""Checks of the numbers at pgjax's boundaries: counts, sizes, tolerances and step sizes (and, last, of the
-`.npz` files pgjax reads).
+"""Checks of the numbers at pgjax's boundaries: counts, sizes, tolerances and step sizes.
 
 Every config and entry point checks its numbers here before anything compiles, so that a bad value raises one
 `ValueError` that names the field (`label`: "PPOConfig.num_envs", "collect: horizon") and what it must be. NumPy
@@ -81,20 +80,3 @@ def check_known_discount(owner: str, discount: Any) -> None:
     """`check_known` of "`owner`: discount" in [0, 1] (1: undiscounted sums over finite steps). A traced discount
     is a config's or an MDP's, checked where those were built."""
     check_known(f"{owner}: discount", discount, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
-
-
-def npz_problem(path: str) -> str | None:
-    """None if the file at `path` starts as an `.npz` (a zip archive) does, else what it is instead, for the
-    caller's error. np.load reads anything else as an `.npy` (one array back, not the archive: a TypeError at
-    `with`) or as a pickle, whose refusal advises allow_pickle; neither is a file pgjax wrote."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-    except OSError as err:
-        return f"cannot be opened ({err.strerror})"
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return None
-    if head.startswith(b"\x93NUMPY"):
-        return "is a single-array .npy file, not an .npz archive"
-    start = "is empty" if not head else f"starts with {head!r}"
-    return f"is not an .npz archive (the file {start}, where an .npz starts as a zip archive does)"

@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgjax.tables import output_path_problem
+from pgjax.tables import npz_problem, output_path_problem
 from pgjax.tabular.evaluation import check_policy_table
 from pgjax.tabular.mdp import MDP
 from pgjax.trajectory import float_dtype, safe_log, sample_trajectories
-from pgjax.validation import check_int, is_int, npz_problem
+from pgjax.validation import check_int, is_int
 
 Array = jax.Array
 
