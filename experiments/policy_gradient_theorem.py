@@ -103,15 +103,20 @@ def verify_theorem(args) -> None:
         raise SystemExit("theorem check FAILED")
 
 
-@in_float64
-def estimator_lab(args) -> list[dict]:
-    key = jax.random.key(args.seed + 1)
-    k_mdp, k_theta, k_run = jax.random.split(key, 3)
+def lab_problem(args) -> tuple[E.GradientProblem, jax.Array]:
+    """The estimator lab's random MDP with its tabular softmax policy (theta ~ N(0, I)), and the key of its runs."""
+    k_mdp, k_theta, k_run = jax.random.split(jax.random.key(args.seed + 1), 3)
     s, a = args.num_states, args.num_actions
     mdp = T.random_mdp(k_mdp, s, a, discount=args.discount)
-    features = T.tabular_features(s, a)
     theta = jax.random.normal(k_theta, (s * a,))
-    problem = E.GradientProblem(mdp, theta, features)
+    return E.GradientProblem(mdp, theta, T.tabular_features(s, a)), k_run
+
+
+@in_float64
+def estimator_lab(args) -> list[dict]:
+    s, a = args.num_states, args.num_actions
+    problem, k_run = lab_problem(args)
+    mdp, theta, features = problem.mdp, problem.theta, problem.features
     horizon = E.effective_horizon(args.discount, 1e-6)
     batch_sizes = tuple(2**i for i in range(int(np.log2(args.max_trajectories)) + 1))
     estimators = dict(E.ESTIMATORS)
