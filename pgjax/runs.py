@@ -499,6 +499,7 @@ def _check_obs_statistics(obs_statistics: Any, config: common.OnPolicyConfig) ->
                          "another environment (or a seeds axis left on: pass one seed's)?")
 
 
+@functools.lru_cache(maxsize=64)  # evaluate reads it three times a call; config.replace validates (~70 us)
 def _evaluation_config(config: common.OnPolicyConfig) -> common.OnPolicyConfig:
     """`config` without what only training reads, never the policy's episodes: its HYPERPARAMS at their defaults
     and no `env_randomize` (evaluations run on the nominal environment) unless the policy observes its fields."""

@@ -711,9 +711,11 @@ def test_evaluate_refuses_parameters_of_another_network_before_compiling():
     with pytest.raises(ValueError, match=r"evaluate: the parameters are not the config's network's \(missing "
                                          r"\[\"\['params'\]\['actor'\].*unexpected \[\"\['actor'\]"):
         runs.evaluate(key, config, params["params"])
-    seeds = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), params)
+    def two_seeds(tree):  # a leading seeds axis of 2
+        return jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), tree)
+
     with pytest.raises(ValueError, match=r"missing \[\"\['params'\]\['actor'\]\['torso'\]\['Dense_1'\]"):
-        jax.vmap(lambda p: runs.evaluate(key, config.replace(hidden_sizes=(8, 8)), p))(seeds)
+        jax.vmap(lambda p: runs.evaluate(key, config.replace(hidden_sizes=(8, 8)), p))(two_seeds(params))
     # Observation statistics: a config rebuilt without the run's normalize_observations=True ignored them (the
     # policy ran on raw observations); another environment's failed inside the traced program.
     stats = envs.RunningStatistics(mean=jnp.zeros(4), var=jnp.ones(4), count=jnp.int32(10))
@@ -724,7 +726,7 @@ def test_evaluate_refuses_parameters_of_another_network_before_compiling():
     with pytest.raises(ValueError, match=r"shapes \(6,\) and \(6,\), but CartPole-v1's flat observations have 4"):
         runs.evaluate(key, normalising, params, acrobot_stats)
     with pytest.raises(ValueError, match=r"shapes \(2, 4\) and \(2, 4\).*a seeds axis left on"):
-        runs.evaluate(key, normalising, params, jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), stats))
+        runs.evaluate(key, normalising, params, two_seeds(stats))
 
 
 def test_final_returns_skip_updates_without_a_finished_episode():
