@@ -634,9 +634,13 @@ def test_model_gradient_is_the_gradient_of_the_model_value_for_any_unseen_value(
                                    rtol=1e-9, atol=1e-12)
         if u != 0.0:
             assert np.max(np.abs(np.asarray(autodiff) - expected)) > 1e-3  # the baseline differs where data are missing
-    # Pairs seen once are seen: three short episodes hold some (the unseen-pair term leaves them out).
-    few = off.collect(jax.random.key(18), mdp, jnp.asarray(mu), 3, 5)
-    few_model = off.empirical_model(few, S, A)
+    # Pairs seen once are seen: three short episodes usually hold some (the unseen-pair term leaves them out). The
+    # first of keys 18, 19, ... whose data do is used: at key offset 81 key 18's 15 transitions saw no pair once.
+    for seed in range(18, 38):
+        few = off.collect(jax.random.key(seed), mdp, jnp.asarray(mu), 3, 5)
+        few_model = off.empirical_model(few, S, A)
+        if np.any(np.asarray(few_model.counts) == 1):
+            break
     assert np.any(np.asarray(few_model.counts) == 1)
     autodiff = jax.grad(lambda th: off.model_value(few_model, tab.softmax_policy(th, features), GAMMA, 3.0))(theta)
     np.testing.assert_allclose(off.model_policy_gradient(few_model, few, theta, features, GAMMA, unseen_value=3.0),
