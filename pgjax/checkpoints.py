@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from pgjax.tables import npz_problem, output_path_problem
+from pgjax.tables import make_folder_of, npz_problem, output_path_problem
 
 FORMAT = 1
 
@@ -89,7 +89,7 @@ def save(path: str, state: Any, metrics: dict[str, Any], next_update: int, wall_
     problem = output_path_problem(path, "file")
     if problem:
         raise ValueError(f"checkpoints.save: {problem}.")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # as tables.write_csv makes its folder
+    make_folder_of(path)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)

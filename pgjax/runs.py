@@ -97,7 +97,7 @@ def write_metrics_csv(path: str, columns: dict[str, np.ndarray]) -> None:
     lengths = {k: len(v) for k, v in columns.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"write_metrics_csv {path}: the columns have unequal lengths {lengths}.")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tables.make_folder_of(path)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(list(columns))

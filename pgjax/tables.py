@@ -11,9 +11,14 @@ import os
 from typing import Any, Callable, Sequence
 
 
+def make_folder_of(path: str) -> None:
+    """Create the folder a file at `path` goes into, if it is missing (every writer of pgjax's files does)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+
+
 def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
     """Write `rows` to `path` (its folder is created); the columns are the first row's keys, in order."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    make_folder_of(path)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgjax.tables import npz_problem, output_path_problem
+from pgjax.tables import make_folder_of, npz_problem, output_path_problem
 from pgjax.tabular.evaluation import check_policy_table
 from pgjax.tabular.mdp import MDP
 from pgjax.trajectory import float_dtype, safe_log, sample_trajectories
@@ -264,7 +264,7 @@ def save_dataset(path: str | os.PathLike, dataset: Dataset, **metadata) -> str:
     problem = output_path_problem(path, "file")
     if problem:
         raise DatasetError(f"save_dataset: {problem}.")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # as tables.write_csv makes its folder
+    make_folder_of(path)
     arrays = {name: np.asarray(getattr(dataset, name)) for name in Dataset._fields}
     extra = {f"{_META}{k}": np.asarray(str(v)) for k, v in metadata.items()}
     np.savez(path, schema=np.asarray(SCHEMA), **arrays, **extra)
