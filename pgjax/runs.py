@@ -407,6 +407,9 @@ def load_run(run_dir: str) -> tuple[str, common.OnPolicyConfig, dict, Any]:
     return meta["algo"], config, state["params"], stats
 
 
+_PARAM_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float64)})  # float64: a host copy
+
+
 def check_params_match_config(params: dict, config: common.OnPolicyConfig, where: str,
                               seeds_axis: bool = True) -> None:
     """ValueError naming a layer whose shape is not the config's network's: a config.json edited (or paired with
@@ -414,10 +417,12 @@ def check_params_match_config(params: dict, config: common.OnPolicyConfig, where
     (ScopeParamShapeError, or "the collection is empty" for parameters without their outer 'params' key).
 
     params: a run's parameters, each leaf [seeds, *layer shape] (seeds_axis) or one seed's [*layer shape]; checked
-    against `common.init_params`'s shapes (abstractly: nothing is computed) for the config's environment and network.
+    against `common.init_params`'s shapes (abstractly: nothing is computed) for the config's environment and network,
+    and for a float dtype of at least 32 bits (pgjax's parameters are float32).
     """
     observation_size, want = _network_shapes(_evaluation_config(config), envs.registrations())  # cells share it
-    got = {jax.tree_util.keystr(path): np.shape(x) for path, x in jax.tree_util.tree_leaves_with_path(params)}
+    leaves = {jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(params)}
+    got = {name: np.shape(x) for name, x in leaves.items()}
     fix = ("were config.json and params.msgpack written by the same run?" if seeds_axis
            else "were the parameters trained with this config (its env_id, hidden_sizes and env_randomize_observe)?")
     if got.keys() != want.keys():
@@ -432,6 +437,15 @@ def check_params_match_config(params: dict, config: common.OnPolicyConfig, where
             raise ValueError(f"{where}: parameter {name} has shape {got[name]}, but the config's network "
                              f"({config.hidden_sizes} hidden units on {observation_size} inputs) gives "
                              f"{layout}; {fix}")
+    for name, x in leaves.items():
+        # Integer or boolean parameters ran as a policy of truncated weights; bfloat16 or float16 ones ran the whole
+        # network at that precision, output layer included, which no policy pgjax trains does.
+        dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)  # jnp.result_type costs 17 us a leaf
+        if dtype not in _PARAM_DTYPES:
+            raise ValueError(f"{where}: parameter {name} has dtype {dtype}, but pgjax's networks keep float32 "
+                             "parameters (with compute_dtype='bfloat16' too: only the hidden layers compute in it); "
+                             "pass float32 ones, e.g. jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), "
+                             "params) for a bfloat16 copy.")
 
 
 @functools.lru_cache(maxsize=64)
@@ -466,8 +480,9 @@ def evaluate(
     training: XLA folds constants into the step's arithmetic, so passing them as arguments rounds differently, and
     CartPole's episodes under a trained policy are chaotic enough to end a step apart (195.3 against the in-run
     evaluation's 195.0 in one test). Each variant of the environment (a grid over env.<field>) therefore compiles
-    its own program. Before compiling, params are checked against the config's network and obs_statistics against
-    its observations (shapes; under vmap, the tracers'): another config's are a ValueError naming the layer.
+    its own program. Before compiling, params are checked against the config's network (shapes, and a float dtype of
+    at least 32 bits) and obs_statistics against its observations (shapes; under vmap, the tracers'): another
+    config's are a ValueError naming the layer.
     """
     num_episodes = check_int("evaluate: num_episodes", num_episodes)  # True ran 1 episode, 2.5 ran 2
     if max((np.ndim(x) for x in jax.tree_util.tree_leaves(params)), default=0) > 2:  # layers: at most [in, out]

@@ -697,7 +697,8 @@ def test_evaluate_refuses_parameters_of_another_network_before_compiling():
     """runs.evaluate takes parameters in memory as well as from load_run. Another config's (other hidden sizes,
     another environment) failed inside the traced program with flax's ScopeParamShapeError, and parameters without
     their outer 'params' key with "the collection is empty": now a ValueError naming the layer and the config's
-    network, also under vmap (the tracers' shapes are checked). Observation statistics likewise."""
+    network, also under vmap (the tracers' shapes are checked). Observation statistics likewise. Parameters of a
+    dtype pgjax never trains (integers, booleans, bfloat16) ran silently: now a ValueError too."""
     config = algos.PPOConfig(env_id="CartPole-v1", hidden_sizes=(8,))
     spec = common.make_env(config)
     params = common.init_params(common.actor_critic(config, spec), spec, jax.random.key(0))
@@ -716,6 +717,19 @@ def test_evaluate_refuses_parameters_of_another_network_before_compiling():
 
     with pytest.raises(ValueError, match=r"missing \[\"\['params'\]\['actor'\]\['torso'\]\['Dense_1'\]"):
         jax.vmap(lambda p: runs.evaluate(key, config.replace(hidden_sizes=(8, 8)), p))(two_seeds(params))
+    # Parameters of another dtype ran: integer or boolean ones as a policy of truncated weights, bfloat16 ones with
+    # the output layer at that precision. float64 ones (wider) still run, and give float32's returns.
+    for dtype in (jnp.int32, jnp.bool_, jnp.bfloat16, jnp.float16):
+        cast = jax.tree_util.tree_map(lambda x: x.astype(dtype), params)
+        with pytest.raises(ValueError, match=rf"evaluate: parameter \['params'\].* has dtype {jnp.dtype(dtype)}, "
+                                             r"but pgjax's networks keep float32 parameters"):
+            runs.evaluate(key, config, cast)
+    with pytest.raises(ValueError, match=r"has dtype bfloat16"):
+        jax.vmap(lambda p: runs.evaluate(key, config, p))(two_seeds(jax.tree_util.tree_map(
+            lambda x: x.astype(jnp.bfloat16), params)))
+    as_float64 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)
+    np.testing.assert_array_equal(runs.evaluate(key, config, as_float64, num_episodes=2),
+                                  runs.evaluate(key, config, params, num_episodes=2))
     # Observation statistics: a config rebuilt without the run's normalize_observations=True ignored them (the
     # policy ran on raw observations); another environment's failed inside the traced program.
     stats = envs.RunningStatistics(mean=jnp.zeros(4), var=jnp.ones(4), count=jnp.int32(10))
