@@ -3,7 +3,9 @@
     python experiments/evaluate.py runs/ppo-CartPole-v1-... [--episodes 10] [--stochastic] [--csv PATH]
 
 Prints each seed's mean return and writes every episode's return to RUN_DIR/evaluation.csv (or --csv):
-columns seed, episode, episode_return, actions ("deterministic" or "stochastic").
+columns seed, episode, episode_return, actions ("deterministic" or "stochastic"). A seed whose final parameters are
+not finite (its training diverged; train.py reported it) is not evaluated: it is named on stderr, has no rows, and
+counts as a seed without a value (NaN) in the summaries.
 
 RUN_DIR may also be a hyperparameter grid (train.py --grid): every cell's seeds are evaluated, one compile for
 all of them, with the cell's number and values as the first columns, and a summary per cell of its seeds' mean
@@ -41,11 +43,18 @@ from pgjax import envs, runs, score_stats, tables
 
 def evaluate_seeds(run, labels: list[int], args, quiet: bool = False) -> tuple[list[float], list[dict]]:
     """Every seed of one loaded run (`runs.load_run`'s tuple; labels: its seeds' indices in the sweep):
-    (mean return per seed, one row per episode); prints a line per seed unless `quiet`."""
+    (mean return per seed, NaN for a seed whose parameters are not finite, which is not evaluated; one row per
+    episode); prints a line per seed unless `quiet`."""
     _, config, params, stats = run
     actions = "stochastic" if args.stochastic else "deterministic"
     means, rows = [], []
+    finite = runs.finite_seeds(params)
     for row, seed in enumerate(labels):  # seed i of the sweep is evaluated with key(--seed + i), wherever it ran
+        if not finite[row]:  # runs.evaluate refuses a diverged seed's parameters
+            means.append(float("nan"))
+            if not quiet:
+                print(f"  seed {seed}: not evaluated (final parameters not finite: its training diverged)")
+            continue
         seed_params = jax.tree_util.tree_map(lambda x: x[row], params)
         seed_stats = None if stats is None else jax.tree_util.tree_map(lambda x: x[row], stats)
         returns = np.asarray(runs.evaluate(jax.random.key(args.seed + seed), config, seed_params, seed_stats,
@@ -203,6 +212,12 @@ def main(argv=None) -> int:
             p.error(f"{config_path}: seed_indices {labels!r} does not give one seed index per seed of "
                     f"{os.path.join(directory, 'params.msgpack')} ({seeds} seeds): the run's files do not belong "
                     "together; fix seed_indices or rewrite the run with experiments/train.py.")
+    for directory, (_, _, run_params, _) in zip(dirs, loaded):
+        diverged = [seed for seed, ok in zip(labels, runs.finite_seeds(run_params)) if not ok]
+        if diverged:
+            print(f"warning: {directory}: seeds {diverged} have non-finite final parameters (their training diverged; "
+                  "train.py reported it): they are not evaluated and count as seeds without a value",
+                  file=sys.stderr)
     what = f"{len(cells)} cells x {num_seeds} seeds" if cells else f"{num_seeds} seeds"
     on = f" ({', '.join(f'{k}={v}' for k, v in variant.items())})" if variant else ""
     print(f"{algo.upper()} on {config.env_id}{on}, {what}, {args.episodes} episodes each "
@@ -212,7 +227,13 @@ def main(argv=None) -> int:
         return sweep(loaded, cells, labels, args, *swept)
     if not cells:
         means, rows = evaluate_seeds(loaded[0], labels, args)
-        print(f"median over seeds {np.median(means):.1f}, worst {np.min(means):.1f}, IQM {score_stats.iqm(means):.1f}")
+        evaluated = [m for m in means if not np.isnan(m)]
+        if not evaluated:
+            print("error: no seed has finite final parameters: nothing to evaluate", file=sys.stderr)
+            return 1
+        over = "seeds" if len(evaluated) == len(means) else f"the {len(evaluated)} of {len(means)} seeds with a value"
+        print(f"median over {over} {np.median(evaluated):.1f}, worst {np.min(evaluated):.1f}, "
+              f"IQM {score_stats.iqm(evaluated):.1f}")
     else:
         rows, cell_means = [], []
         for index, (cell, run) in enumerate(zip(cells, loaded)):

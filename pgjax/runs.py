@@ -491,6 +491,7 @@ def evaluate(
                          "or jax.vmap(evaluate) over the seeds.")
     check_params_match_config(params, config, "evaluate", seeds_axis=False)
     _check_obs_statistics(obs_statistics, config)
+    _check_finite_inputs(params, obs_statistics)
     program = _evaluation_program(_evaluation_config(config), num_episodes, bool(deterministic),
                                   envs.registrations())
     return program(key, params, obs_statistics)
@@ -512,6 +513,23 @@ def _check_obs_statistics(obs_statistics: Any, config: common.OnPolicyConfig) ->
         raise ValueError(f"evaluate: obs_statistics' mean and var have shapes {shapes['mean']} and {shapes['var']}, "
                          f"but {config.env_id}'s flat observations have {observation_size} entries: statistics of "
                          "another environment (or a seeds axis left on: pass one seed's)?")
+
+
+def _check_finite_inputs(params: dict, obs_statistics: Any) -> None:
+    """ValueError naming the first non-finite parameter or statistic (a diverged seed's): a policy of NaN weights
+    still ran, CartPole's picking action 0 at every step (returns 8-10, read as a poor policy's) and Pendulum's
+    returning NaN (read as episodes that never ended). Checked on the host where the inputs are concrete; under
+    vmap or jit they are tracers and pass unchecked."""
+    stats = {} if obs_statistics is None else {".mean": obs_statistics.mean, ".var": obs_statistics.var}
+    named = [*((jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_leaves_with_path(params)),
+             *((f"obs_statistics{name}", x) for name, x in stats.items())]
+    if any(isinstance(x, jax.core.Tracer) for _, x in named):
+        return
+    for name, x in named:
+        if not np.isfinite(np.asarray(x)).all():
+            raise ValueError(f"evaluate: {name} is not finite (NaN or inf): the seed's training diverged "
+                             "(runs.non_finite_seeds(output) names the update), so its policy has no returns to "
+                             "measure. Evaluate the other seeds (runs.finite_seeds(params) picks them out).")
 
 
 @functools.lru_cache(maxsize=64)  # evaluate reads it three times a call; config.replace validates (~70 us)
@@ -859,6 +877,13 @@ def train_in_segments(train: Any, keys: jax.Array, every: int, path: str, hparam
     return SegmentedRun(common.TrainOutput(state.agent, state.env_state, merged), first, compile_s, run_s, num_devices)
 
 
+def finite_seeds(params: Any) -> np.ndarray:
+    """bool [seeds]: whether each seed's parameters ([seeds, ...] leaves, as `load_run` returns them) are all
+    finite. A diverged seed's are not, and `evaluate` refuses them."""
+    leaves = [np.asarray(x).reshape(np.shape(x)[0], -1) for x in jax.tree_util.tree_leaves(params)]
+    return np.all(np.stack([np.isfinite(x).all(axis=1) for x in leaves]), axis=0)
+
+
 def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> list[str]:
     """One line per seed of a vmapped run ([seeds, ...] leaves) that went non-finite: the first update at which a
     metric other than `MAY_BE_NAN` (a loss, a gradient norm, a KL; `diverged_entries`) was NaN or infinite, and
@@ -866,8 +891,7 @@ def non_finite_seeds(output: common.TrainOutput, seed_indices: Any = None) -> li
     stayed finite."""
     check_seeds_axis(output, "non_finite_seeds")
     flags = diverged_entries(output.metrics)
-    params = [np.asarray(x).reshape(np.shape(x)[0], -1) for x in jax.tree_util.tree_leaves(output.agent.params)]
-    finite_params = np.all(np.stack([np.isfinite(x).all(axis=1) for x in params]), axis=0)
+    finite_params = finite_seeds(output.agent.params)
     labels = _seed_labels(finite_params.size, seed_indices)
     lines = []
     for row, seed in enumerate(labels):

@@ -91,6 +91,45 @@ def test_evaluate_refuses_a_config_that_does_not_match_its_params(run_dir, tmp_p
     assert not (tmp_path / "eval.csv").exists()
 
 
+def test_evaluate_skips_a_diverged_seed_and_says_so(run_dir, tmp_path, capsys):
+    """A diverged seed's final parameters are NaN, and its policy still ran: CartPole's picked action 0 at every
+    step and returned 8-10, a mean return like a poor policy's. Now runs.evaluate refuses NaN parameters, and
+    evaluate.py names the seed on stderr, writes no rows for it and summarises the other seed (the same numbers as
+    before); with no finite seed left it fails."""
+    from flax import serialization
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_bytes(open(os.path.join(run_dir, "config.json"), "rb").read())
+    state = serialization.msgpack_restore(open(os.path.join(run_dir, "params.msgpack"), "rb").read())
+    leaves, treedef = jax.tree_util.tree_flatten(state["params"])
+    leaves = [np.array(x) for x in leaves]  # writable copies
+    leaves[0][1].flat[-1] = np.nan  # one entry of seed 1's first layer
+    state["params"] = jax.tree_util.tree_unflatten(treedef, leaves)
+    (run / "params.msgpack").write_bytes(serialization.msgpack_serialize(state))
+    _, config, params, _ = runs.load_run(str(run))
+    np.testing.assert_array_equal(runs.finite_seeds(params), [True, False])
+    with pytest.raises(ValueError, match=r"evaluate: \['params'\].* is not finite \(NaN or inf\): the seed's "
+                                         r"training diverged"):
+        runs.evaluate(jax.random.key(0), config, jax.tree_util.tree_map(lambda x: x[1], params), None, 2)
+    path = str(tmp_path / "eval.csv")
+    assert evaluate_cli.main([str(run), "--episodes", "2", "--csv", path]) == 0
+    out, err = capsys.readouterr()
+    assert "seeds [1] have non-finite final parameters" in err
+    assert "seed 1: not evaluated (final parameters not finite" in out
+    rows = tables.read_csv(path)
+    assert {r["seed"] for r in rows} == {"0"}
+    seed0 = np.asarray(runs.evaluate(jax.random.key(123), config, jax.tree_util.tree_map(lambda x: x[0], params),
+                                     None, 2))
+    np.testing.assert_allclose([float(r["episode_return"]) for r in rows], seed0, rtol=1e-6)
+    assert f"median over the 1 of 2 seeds with a value {np.mean(seed0):.1f}" in out
+    leaves[-1][0].flat[0] = np.inf  # and one of seed 0's last layer
+    state["params"] = jax.tree_util.tree_unflatten(treedef, leaves)
+    (run / "params.msgpack").write_bytes(serialization.msgpack_serialize(state))
+    assert evaluate_cli.main([str(run), "--episodes", "2", "--csv", path]) == 1
+    assert "no seed has finite final parameters" in capsys.readouterr().err
+
+
 def test_evaluate_is_consistent_with_trained_policy(run_dir):
     """Deterministic evaluation of the same parameters twice gives the same returns; all episodes finish."""
     import jax

@@ -741,6 +741,9 @@ def test_evaluate_refuses_parameters_of_another_network_before_compiling():
         runs.evaluate(key, normalising, params, acrobot_stats)
     with pytest.raises(ValueError, match=r"shapes \(2, 4\) and \(2, 4\).*a seeds axis left on"):
         runs.evaluate(key, normalising, params, two_seeds(stats))
+    # A diverged seed's statistics (or parameters: test_cli) are NaN; the policy ran on NaN observations.
+    with pytest.raises(ValueError, match=r"evaluate: obs_statistics.var is not finite \(NaN or inf\)"):
+        runs.evaluate(key, normalising, params, stats.replace(var=stats.var.at[2].set(jnp.nan)))
 
 
 def test_final_returns_skip_updates_without_a_finished_episode():
