@@ -575,7 +575,9 @@ def test_offline_gradient_rejects_indices_and_shapes_that_do_not_fit(problem):
     data = off.collect(jax.random.key(5), problem["mdp"], problem["mu"], 4, 6)
     w, q = jnp.ones((S, A)), jnp.ones((S, A))
     assert np.all(np.isfinite(np.asarray(off.offline_policy_gradient(data, theta, features, GAMMA, w, q))))
-    for shift in (S, -1):
+    # Up by S, and down until the lowest state seen is -1 (a plain -1 leaves every index in range when the data
+    # never visit state 0, as at PGJAX_TEST_KEY_OFFSET=83).
+    for shift in (S, -1 - int(np.min(data.observations))):
         with pytest.raises(off.DatasetError, match=rf"Dataset.observations has indices outside \[0, {S}\)"):
             off.offline_policy_gradient(data._replace(observations=data.observations + shift), theta, features,
                                         GAMMA, w, q)
