@@ -211,7 +211,7 @@ def test_in_run_evaluation_evaluates_the_updated_policy_and_leaves_training_unch
     np.testing.assert_array_equal(np.flatnonzero(~np.isnan(evals)), [3, 7, 9])
     stats = jax.tree_util.tree_map(lambda x: x[0], runs.observation_statistics(with_eval.env_state))
     assert float(stats.count) > config.total_timesteps / config.num_envs  # trained statistics, not the initial ones
-    eval_key = jax.random.fold_in(jax.random.fold_in(key, algos.common.EVAL_KEY_STREAM), 9)
+    eval_key = algos.common.evaluation_key(key, 9)
     direct = np.asarray(runs.evaluate(eval_key, config, with_eval.agent.params, stats, num_episodes=3))
     np.testing.assert_allclose(evals[9], direct.mean(), rtol=1e-6)
     assert evals[9] != evals[3]  # later parameters: other episodes

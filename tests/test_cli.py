@@ -72,6 +72,15 @@ def test_reload_and_evaluate(run_dir, capsys, tmp_path):
         logged = [float(r["episode_return"]) for r in rows if r["seed"] == str(seed)]
         np.testing.assert_allclose(logged, direct, rtol=1e-6)
         assert f"seed {seed}: mean return {direct.mean():.1f}" in printed
+    # The run's last in-run evaluation (update 15) again, from its seed's key: evaluation_key(seed_keys(...), 15).
+    meta = json.load(open(os.path.join(run_dir, "config.json")))
+    in_run = [float(r["eval_return"]) for r in tables.read_csv(os.path.join(run_dir, "metrics.csv"))
+              if r["update"] == "15"]
+    for seed in range(2):
+        eval_key = algos.common.evaluation_key(runs.seed_keys(meta["seed"], [seed])[0], 15)
+        again = runs.evaluate(eval_key, config, jax.tree_util.tree_map(lambda x: x[seed], params), None,
+                              config.eval_episodes)
+        np.testing.assert_allclose(float(np.mean(again)), in_run[seed], rtol=1e-6)
 
 
 def test_evaluate_refuses_a_config_that_does_not_match_its_params(run_dir, tmp_path, capsys):

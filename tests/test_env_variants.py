@@ -303,7 +303,7 @@ RANDOMISED_A2C = algos.A2CConfig(total_timesteps=2 * 4 * 32, num_envs=4, num_ste
 def _nominal_evaluation(out, config=RANDOMISED_A2C) -> np.ndarray:
     """runs.evaluate's 2 episodes of a RANDOMISED_A2C run's trained policy under `config`, with the run's last
     evaluation key (key 0's)."""
-    eval_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), common.EVAL_KEY_STREAM), 1)
+    eval_key = common.evaluation_key(jax.random.key(0), 1)
     return np.asarray(runs.evaluate(eval_key, config, out.agent.params, None, num_episodes=2))
 
 
@@ -443,7 +443,7 @@ def test_training_and_evaluation_observe_the_randomised_fields():
     out = jax.jit(algos.a2c.make_train(config))(jax.random.key(0))
     params = out.agent.params
     assert params["params"]["actor"]["torso"]["Dense_0"]["kernel"].shape == (5, 64)
-    eval_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), common.EVAL_KEY_STREAM), 1)
+    eval_key = common.evaluation_key(jax.random.key(0), 1)
     nominal = np.asarray(runs.evaluate(eval_key, config, params, None, num_episodes=4))
     np.testing.assert_allclose(np.asarray(out.metrics["eval_return"])[-1], nominal.mean(), rtol=1e-6)
 

@@ -878,6 +878,22 @@ ProgressFn = Callable[[Array, dict[str, Array]], None]
 # fold_in(key, EVAL_KEY_STREAM) seeds the in-run evaluations (eval_every), apart from split(key, 3)'s training keys.
 EVAL_KEY_STREAM = 0x6576616C
 
+
+def evaluation_stream(run_key: Array) -> Array:
+    """The in-run evaluations' key of the run `train(run_key)` (`RunState.eval_key`), apart from its training keys."""
+    return jax.random.fold_in(run_key, EVAL_KEY_STREAM)
+
+
+def evaluation_key(run_key: Array, update: Any) -> Array:
+    """The key of the in-run evaluation after update `update` (0-based) of the run `train(run_key)`.
+
+    `runs.evaluate(evaluation_key(run_key, num_updates - 1), config, params, obs_statistics, config.eval_episodes)`
+    with the run's final parameters and statistics runs the episodes whose mean is its last `eval_return` (to float
+    rounding: the run's episodes ran inside its compiled program; tested through train.py).
+    """
+    return jax.random.fold_in(evaluation_stream(run_key), update)
+
+
 PROGRESS_CALLS = 100  # progress callbacks per run (at most; plus the last update): a 1% progress bar
 
 
@@ -992,7 +1008,7 @@ def make_on_policy_train(
         """The run before its first update: initial agent, reset environments and the loop's keys."""
         hp = config.hyperparams() if hparams is None else hparams
         key_init, key_reset, key_loop = jax.random.split(key, 3)
-        key_eval = jax.random.fold_in(key, EVAL_KEY_STREAM)  # its own stream: the training keys stay as they were
+        key_eval = evaluation_stream(key)  # its own stream: the training keys stay as they were
         agent = algorithm.init(key_init, spec, hp)
         obs, env_state = spec.env.reset(key_reset, lane_spec(hp).params)
         return RunState(agent, env_state, obs, key_loop, key_eval)
