@@ -418,7 +418,7 @@ def check_params_match_config(params: dict, config: common.OnPolicyConfig, where
 
     params: a run's parameters, each leaf [seeds, *layer shape] (seeds_axis) or one seed's [*layer shape]; checked
     against `common.init_params`'s shapes (abstractly: nothing is computed) for the config's environment and network,
-    and for a float dtype of at least 32 bits (pgjax's parameters are float32).
+    and for float32 (pgjax's parameters) or float64 (a host copy) values.
     """
     observation_size, want = _network_shapes(_evaluation_config(config), envs.registrations())  # cells share it
     leaves = {jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(params)}
@@ -480,9 +480,10 @@ def evaluate(
     training: XLA folds constants into the step's arithmetic, so passing them as arguments rounds differently, and
     CartPole's episodes under a trained policy are chaotic enough to end a step apart (195.3 against the in-run
     evaluation's 195.0 in one test). Each variant of the environment (a grid over env.<field>) therefore compiles
-    its own program. Before compiling, params are checked against the config's network (shapes, and a float dtype of
-    at least 32 bits) and obs_statistics against its observations (shapes; under vmap, the tracers'): another
-    config's are a ValueError naming the layer.
+    its own program. Before compiling, params are checked against the config's network (shapes, and float32 or
+    float64 values) and obs_statistics against its observations (shapes; under vmap, the tracers'): another
+    config's are a ValueError naming the layer. Concrete params and statistics must be finite (a diverged seed's
+    are not: `finite_seeds`).
     """
     num_episodes = check_int("evaluate: num_episodes", num_episodes)  # True ran 1 episode, 2.5 ran 2
     if max((np.ndim(x) for x in jax.tree_util.tree_leaves(params)), default=0) > 2:  # layers: at most [in, out]
@@ -521,10 +522,13 @@ def _check_finite_inputs(params: dict, obs_statistics: Any) -> None:
     returning NaN (read as episodes that never ended). Checked on the host where the inputs are concrete; under
     vmap or jit they are tracers and pass unchecked."""
     stats = {} if obs_statistics is None else {".mean": obs_statistics.mean, ".var": obs_statistics.var}
+    values = [*jax.tree_util.tree_leaves(params), *stats.values()]
+    if any(isinstance(x, jax.core.Tracer) for x in values):
+        return
+    if np.isfinite(np.concatenate([np.asarray(x).ravel() for x in values])).all():  # one check: evaluate's hot path
+        return
     named = [*((jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_leaves_with_path(params)),
              *((f"obs_statistics{name}", x) for name, x in stats.items())]
-    if any(isinstance(x, jax.core.Tracer) for _, x in named):
-        return
     for name, x in named:
         if not np.isfinite(np.asarray(x)).all():
             raise ValueError(f"evaluate: {name} is not finite (NaN or inf): the seed's training diverged "
