@@ -22,7 +22,9 @@ recomputed) and writes to --out (default runs/compare-<time>):
                          iqm_high, the interquartile mean of the final returns (the middle 50% of seeds) and its
                          95% bootstrap interval;
                          p_improve_vs_best, the probability that a seed of this run ends above a seed of the best
-                         run (0.5: indistinguishable; `pgjax.score_stats`); with --threshold X, reached (seeds
+                         run (0.5: indistinguishable; `pgjax.score_stats`); diverged, the seeds whose losses, KL or
+                         gradient norms went NaN or infinite (train.py reported them; their later returns are a NaN
+                         policy's, counted as they are, and named on stderr); with --threshold X, reached (seeds
                          whose mean return over 10 updates reached X) and steps_to_threshold_median (their median
                          env steps to get there)
     learning_curves.png  mean episode return over seeds against env steps, one curve per run, 95% t intervals
@@ -101,10 +103,11 @@ def comparison_rows(entries: list[dict], threshold: float | None = None,
     table = []
     for e, row in zip(entries, rows):
         auc, auc_half = runs.mean_and_interval(runs.area_under_curve(e["metrics"])[:, None])
+        diverged = int(np.sum(runs.diverged_updates(e["metrics"]) >= 0))
         table.append({"label": e["label"], "algo": e["algo"], "env_variant": e["env_variant"], "paired": paired,
                       "env_steps": int(np.nanmax(e["metrics"]["env_steps"][:, -1])), **row,
                       **{c: "" for c in eval_columns if c not in row}, "auc": float(auc[0]),
-                      "auc_ci95": float(auc_half[0])})
+                      "auc_ci95": float(auc_half[0]), "diverged": diverged})
         if threshold is not None:
             steps = runs.steps_to_threshold(e["metrics"], threshold)
             reached = steps[~np.isnan(steps)]
@@ -173,6 +176,13 @@ def main(argv=None) -> int:
     if len(set(labels)) < len(labels):
         p.error(f"two runs share a label ({labels}): name them with --labels")
 
+    for e in entries:  # a diverged seed's returns are a NaN policy's (CartPole: 8-10), counted as a failed seed's
+        first = runs.diverged_updates(e["metrics"])
+        if np.any(first >= 0):
+            print(f"warning: {e['label']}: seeds " + ", ".join(f"{seed} (from update {u})" for seed, u in
+                                                              zip(e["seeds"], first) if u >= 0)
+                  + " diverged (a loss, KL or gradient norm NaN or infinite); their later returns are a NaN "
+                  "policy's, counted as they are", file=sys.stderr)
     rows, paired = comparison_rows(entries, args.threshold, args.resamples)
     env_id = next(iter(envs))
     print(f"{len(entries)} runs on {env_id}; final return = each seed's mean episode return over the last 10% of "
@@ -187,6 +197,7 @@ def main(argv=None) -> int:
         reached = (f", {row['reached']}/{row['seeds']} reached {args.threshold:g} (median "
                    f"{row['steps_to_threshold_median']:,.0f} steps)" if args.threshold is not None else "")
         unfinished = f" ({row['finished']} finished)" if row["finished"] < row["seeds"] else ""
+        unfinished += f" ({row['diverged']} diverged)" if row["diverged"] else ""
         print(f"  {row['label']:<{width}}  {row['seeds']:>4} seeds{unfinished}  median {row['median']:8.1f}  mean "
               f"{row['mean']:8.1f} +- {row['ci95']:5.1f}  worst {row['worst']:8.1f}  vs best {row['vs_best']:+8.1f} "
               f"+- {row['vs_best_ci95']:5.1f}, IQM {row['iqm']:.1f} [{row['iqm_low']:.1f}, {row['iqm_high']:.1f}], "

@@ -751,6 +751,14 @@ def diverged_entries(metrics: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: ~np.isfinite(np.asarray(v)) & learned for k, v in metrics.items() if k not in MAY_BE_NAN}
 
 
+def diverged_updates(metrics: dict[str, Any]) -> np.ndarray:
+    """int [lanes]: the first update at which each lane's metrics went NaN or infinite (`diverged_entries`), -1 for
+    a lane that stayed finite. From metrics alone (a metrics.csv read back: `read_metrics`), so `compare.py` can
+    name the diverged seeds, whose later episode returns are a NaN policy's."""
+    any_flag = np.any(np.stack(list(diverged_entries(metrics).values())), axis=0)  # [lanes, updates] (env_steps')
+    return np.where(any_flag.any(axis=1), any_flag.argmax(axis=1), -1)
+
+
 class SegmentedRun(NamedTuple):
     """What `train_in_segments` returns: the run's `output` ([lanes, ...] leaves; metrics as NumPy), the update it
     resumed at (`first_update`, 0 for a fresh run), the seconds spent compiling and running, and the device count

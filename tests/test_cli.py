@@ -611,6 +611,7 @@ def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert [r["label"] for r in rows] == ["single", "grid: learning_rate=0.001", "grid: learning_rate=0.00025"]
     assert all(r["paired"] == "True" for r in rows)  # the same --seed and seeds 0, 1 in every run
+    assert all(r["diverged"] == "0" for r in rows)  # (test_runs: a diverged run's are counted and named)
     run_dirs = (run_dir, *(os.path.join(grid_dir, f"cell-{k}") for k in (0, 1)))
     values = np.array([[f["0"], f["1"]] for f in map(_final_returns_from_csv, run_dirs)])
     best = values[np.argmax(values.mean(axis=1))]
@@ -640,7 +641,29 @@ def test_compare_runs_and_grid_cells(run_dir, grid_dir, tmp_path, capsys):
     for row, cell in zip(rows[1:], summary):
         for k in ("median", "mean", "worst", "eval_median", "eval_worst"):
             assert float(row[k]) == pytest.approx(float(cell[k]), rel=1e-6), k
-    assert "vs best: paired by seed" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "vs best: paired by seed" in printed.out and "diverged" not in printed.err + printed.out
+
+
+def test_compare_names_a_seed_that_diverged(run_dir, tmp_path, capsys):
+    """A seed whose loss went NaN (here at update 0, written by hand into a copy of the run) is named on stderr
+    with its first bad update and counted in the `diverged` column; the finite seed is not."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(open(os.path.join(run_dir, "config.json")).read())
+    lines = open(os.path.join(run_dir, "metrics.csv")).read().splitlines()
+    header = lines[0].split(",")
+    seed1_first = next(i for i, line in enumerate(lines) if line.startswith("1,0,"))
+    cells = lines[seed1_first].split(",")
+    cells[header.index("loss")] = "nan"
+    lines[seed1_first] = ",".join(cells)
+    (other / "metrics.csv").write_text("\n".join(lines) + "\n")
+    out = str(tmp_path / "cmp")
+    assert compare_cli.main([str(other), "--out", out]) == 0
+    printed = capsys.readouterr()
+    assert "warning: other: seeds 1 (from update 0) diverged" in printed.err, printed.err
+    assert "(1 diverged)" in printed.out
+    assert tables.read_csv(os.path.join(out, "comparison.csv"))[0]["diverged"] == "1"
 
 
 def test_compare_unpaired_runs_and_bad_inputs(run_dir, tmp_path, capsys):

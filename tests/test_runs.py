@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
+import compare as compare_cli
 import evaluate as evaluate_cli
 import train as train_cli
 
@@ -71,7 +73,10 @@ def test_non_finite_seeds_names_the_first_bad_update():
         "seed 5: loss non-finite from update 2; final parameters NOT finite",
         "seed 6: metrics finite; final parameters NOT finite",
     ]
+    np.testing.assert_array_equal(runs.diverged_updates(metrics), [-1, 2, -1])  # from the metrics alone
     finite_metrics = {**metrics, "loss": np.ones((3, 5)), "kl": np.zeros((3, 5))}
+    np.testing.assert_array_equal(runs.diverged_updates(finite_metrics), [-1, -1, -1])
+    np.testing.assert_array_equal(runs.diverged_updates({"env_steps": np.ones((2, 3))}), [-1, -1])  # no losses
     finite = algos.common.TrainOutput(SimpleNamespace(params={"w": np.ones((3, 2))}), None, finite_metrics)
     assert runs.non_finite_seeds(finite) == []
 
@@ -83,6 +88,17 @@ def test_diverged_training_exits_with_an_error(tmp_path, capsys):
     assert train_cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "diverged (NaN or inf)" in err and "non-finite from update" in err and "fix:" in err
+    # compare.py reads the same divergence back from metrics.csv alone: each seed and its first bad update, as
+    # train.py named them from the run in memory, and a `diverged` column (their returns were counted as a failed
+    # seed's, silently).
+    reported = dict(re.findall(r"seed (\d+): [\w, ]+ non-finite from update (\d+)", err))
+    assert reported, err
+    out = str(tmp_path / "cmp")
+    assert compare_cli.main([str(tmp_path / "run"), "--out", out]) == 0
+    warning = capsys.readouterr().err
+    assert dict(re.findall(r"(\d+) \(from update (\d+)\)", warning)) == reported, warning
+    assert "a NaN policy's, counted as they are" in warning
+    assert tables.read_csv(os.path.join(out, "comparison.csv"))[0]["diverged"] == str(len(reported))
 
 
 def test_diverged_grid_cell_is_named(tmp_path, capsys):
