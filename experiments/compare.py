@@ -51,7 +51,8 @@ from pgjax import runs, score_stats, tables
 
 def load_entries(run_dir: str, name: str | None = None) -> list[dict]:
     """The run (or each cell of a grid) in `run_dir`: label (`name`, default the directory's name; a cell's adds
-    its values), algo, env, base seed, seed labels, metrics."""
+    its values), algo, env, base seed, seed labels, metrics, final returns and each seed's first diverged update
+    (-1: none)."""
     config_path = os.path.join(run_dir, "config.json")
     if not os.path.exists(config_path):
         raise ValueError(f"{run_dir!r} is not a pgjax run directory: config.json is missing.")
@@ -69,7 +70,8 @@ def load_entries(run_dir: str, name: str | None = None) -> list[dict]:
     for directory, label in parts:
         seeds, metrics, _ = runs.read_metrics(directory)  # ValueError naming the file, row and column if malformed
         entries.append(dict(label=label, algo=algo, env_id=env_id, env_variant=env_variant(directory), seed=seed,
-                            seeds=seeds, metrics=metrics, final=runs.final_returns(metrics)))
+                            seeds=seeds, metrics=metrics, final=runs.final_returns(metrics),
+                            diverged_at=runs.diverged_updates(metrics)))
     return entries
 
 
@@ -103,7 +105,7 @@ def comparison_rows(entries: list[dict], threshold: float | None = None,
     table = []
     for e, row in zip(entries, rows):
         auc, auc_half = runs.mean_and_interval(runs.area_under_curve(e["metrics"])[:, None])
-        diverged = int(np.sum(runs.diverged_updates(e["metrics"]) >= 0))
+        diverged = int(np.sum(e["diverged_at"] >= 0))
         table.append({"label": e["label"], "algo": e["algo"], "env_variant": e["env_variant"], "paired": paired,
                       "env_steps": int(np.nanmax(e["metrics"]["env_steps"][:, -1])), **row,
                       **{c: "" for c in eval_columns if c not in row}, "auc": float(auc[0]),
@@ -177,10 +179,9 @@ def main(argv=None) -> int:
         p.error(f"two runs share a label ({labels}): name them with --labels")
 
     for e in entries:  # a diverged seed's returns are a NaN policy's (CartPole: 8-10), counted as a failed seed's
-        first = runs.diverged_updates(e["metrics"])
-        if np.any(first >= 0):
+        if np.any(e["diverged_at"] >= 0):
             print(f"warning: {e['label']}: seeds " + ", ".join(f"{seed} (from update {u})" for seed, u in
-                                                              zip(e["seeds"], first) if u >= 0)
+                                                              zip(e["seeds"], e["diverged_at"]) if u >= 0)
                   + " diverged (a loss, KL or gradient norm NaN or infinite); their later returns are a NaN "
                   "policy's, counted as they are", file=sys.stderr)
     rows, paired = comparison_rows(entries, args.threshold, args.resamples)

@@ -738,7 +738,8 @@ def test_comparison_rows_count_the_seeds_that_reach_a_threshold_and_when():
     evaluated = {**metrics, "eval_return": np.full((4, 20), np.nan)}
     evaluated["eval_return"][:, -1] = [1.0, 2.0, 3.0, 4.0]
     entries = [dict(label=label, algo="ppo", env_variant="", seed=0, seeds=[0, 1, 2, 3], metrics=m,
-                    final=runs.final_returns(m)) for label, m in (("plain", metrics), ("evaluated", evaluated))]
+                    final=runs.final_returns(m), diverged_at=runs.diverged_updates(m))
+               for label, m in (("plain", metrics), ("evaluated", evaluated))]
     rows, paired = compare_cli.comparison_rows(entries, threshold=60.0, resamples=10)
     assert paired and list(rows[0]) == list(rows[1])  # the same columns: empty evaluation cells for "plain"
     assert rows[0]["eval_median"] == "" and rows[1]["eval_median"] == 2.5
