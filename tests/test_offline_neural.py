@@ -606,7 +606,11 @@ def test_estimators_on_policy_with_terminal_states(random_cartpole):
     # at 30k -7.8%..-1.0% and at 10k -14.6%..+0.8%, where an 8% tolerance failed for 2 of 12 keys: the likely cause of
     # its one failure on an H100, whose rounding acts like another key. 15k steps and 15% keep 30k's margin (4-5
     # points) at half the time.
-    assert abs(float(fqe_info["value"]) - mc) / mc < 0.04, (float(fqe_info["value"]), mc)
+    # FQE's network smooths over states, so it estimates the policy's value, not this sample's mean return: at key
+    # offset 85 the 1000 episodes' mean was 18.75, 3 standard errors (0.28) below the value (19.58 +- 0.10 from 8000
+    # direct episodes), and FQE gave 19.52-19.62 over 4 keys. It is checked against an independent Monte Carlo value.
+    value = direct_discounted_returns(jax.random.key(11), *random_cartpole[:2], 8000, 0.99, 200).mean()
+    assert abs(float(fqe_info["value"]) - value) / value < 0.04, (float(fqe_info["value"]), value, mc)
     assert abs(float(dice_info["value"]) - mc) / mc < 0.15, (float(dice_info["value"]), mc)
     # With terminations E_D[w] = (1 - gamma) J < 1 (CartPole's reward is 1 on every step, so this is the value check
     # again).
