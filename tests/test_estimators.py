@@ -7,7 +7,7 @@ import pytest
 
 from pgjax import estimators as E
 from pgjax import tabular as T
-from pgjax.trajectory import Trajectory
+from pgjax.trajectory import Trajectory, sample_trajectories
 
 pytestmark = pytest.mark.usefixtures("x64")
 
@@ -116,6 +116,33 @@ def test_run_is_reproducible_and_batched_equals_single(problem, horizon):
     assert two.shape == a[:2].shape and np.isfinite(np.asarray(two)).all()
     samples = E.per_trajectory_estimates(jax.random.key(3), problem, E.reinforce_rewards_to_go, 16, horizon)
     np.testing.assert_allclose(a, samples.reshape(8, 2, -1).mean(1), rtol=1e-12)
+
+
+def test_trajectories_are_estimated_in_chunks_that_change_nothing(problem, horizon, monkeypatch):
+    """per_trajectory_estimates samples and estimates trajectories in chunks (at most 2^25 elements of [T, D] at
+    once: one vmapped batch of the estimator lab's 32,000 trajectories took 15 GB at gamma = 0.99). Trajectory i
+    comes from the i-th key of one half of the key and its estimate from the other half's, whatever the chunks: 10
+    trajectories in one chunk, and in 4 chunks of 3 (the last padded with 2 repeats), equal one vmapped batch."""
+    n, dim = 10, S * A
+    key_traj, key_est = jax.random.split(jax.random.key(4))
+    trajs = sample_trajectories(key_traj, problem.mdp, T.softmax_policy(problem.theta, problem.features), horizon, n)
+    assert E.trajectory_chunk(n, horizon, dim) == n
+    for name in ("rewards_to_go", "theorem_rollout_q"):  # the second draws its time step from its key
+        direct = jax.vmap(E.ESTIMATORS[name], in_axes=(0, 0, None))(jax.random.split(key_est, n), trajs, problem)
+        np.testing.assert_array_equal(E.per_trajectory_estimates(jax.random.key(4), problem, E.ESTIMATORS[name], n,
+                                                                 horizon), direct)
+        with monkeypatch.context() as patch:
+            patch.setattr(E, "_CHUNK_ELEMENTS", 3 * horizon * dim + 1)
+            assert E.trajectory_chunk(n, horizon, dim) == 3 and E.trajectory_chunk(n, 4 * horizon, dim) == 1
+            chunked = E.per_trajectory_estimates(jax.random.key(4), problem, E.ESTIMATORS[name], n, horizon)
+            program = jax.make_jaxpr(E.per_trajectory_estimates, static_argnums=(2, 3, 4))(
+                jax.random.key(4), problem, E.ESTIMATORS[name], n, horizon)
+        np.testing.assert_array_equal(chunked, direct)
+        # the chunks are of [T, D] (D = S A from the features), not of some other size: one loop over 4 chunks
+        assert [eqn.params["length"] for eqn in program.jaxpr.eqns if eqn.primitive.name == "scan"] == [4]
+    # The lab's largest call at gamma = 0.99 stays within the budget: 2^25 elements, 256 MiB in float64.
+    chunk = E.trajectory_chunk(32_000, 1375, 40)
+    assert 2**24 < chunk * 1375 * 40 <= 2**25, chunk  # 604 trajectories a chunk, 53 chunks
 
 
 def test_geometric_time_has_the_right_distribution():
