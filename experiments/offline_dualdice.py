@@ -78,6 +78,8 @@ def parse_args(argv=None):
         p.error(f"--alphas must lie in [0, 1]; got {args.alphas}")
     if not 0.0 < args.discount < 1.0:
         p.error(f"--discount must lie in (0, 1); got {args.discount}")
+    if not args.x64 and np.float32(args.discount) == 1.0:  # the MDP holds it in float32
+        p.error(f"--discount {args.discount} rounds to 1.0 in float32; use a smaller one or --x64")
     if not 0 < args.temperature < math.inf:
         p.error(f"--temperature must be a finite number > 0; got {args.temperature}")
     return args

@@ -389,6 +389,17 @@ def test_validation_errors_name_the_field(mutate, match):
         T.MDP(*mutate(*_valid_arrays()))
 
 
+def test_a_discount_that_rounds_to_one_in_float32_says_so():
+    """1 - 1e-11 is valid in float64 and 1.0 in float32: the refusal says which, instead of a bare "got 1.0"."""
+    P, R, mu, _ = _valid_arrays()
+    assert float(T.MDP(P, R, mu, np.float64(1 - 1e-11)).discount) == 1 - 1e-11
+    f32 = [np.asarray(x, np.float32) for x in (P, R, mu, 1 - 1e-11)]
+    with pytest.raises(ValueError, match=r"got 1.0. A discount within 6e-08 of 1 rounds to 1.0 in float32"):
+        T.MDP(*f32)
+    with pytest.raises(ValueError, match=r"strictly in \(0, 1\); got 1.5.$"):  # no such hint where it does not apply
+        T.MDP(*f32[:3], np.float32(1.5))
+
+
 def test_batch_errors_name_the_failing_element():
     mdps = jax.vmap(T.random_mdp, in_axes=(0, None, None))(jax.random.split(jax.random.key(0), 3), 3, 2)
     initial = np.asarray(mdps.initial).copy()

@@ -168,8 +168,13 @@ def validate_mdp_arrays(transition: np.ndarray, reward: np.ndarray, initial: np.
             "Normalise mu0."
         )
     if np.any(discount <= 0) or np.any(discount >= 1):
+        hint = ""
+        if np.any(discount == 1) and np.finfo(discount.dtype).eps > 1e-10:  # 1 - 1e-8 is 1.0 in float32
+            hint = (f" A discount within {np.finfo(discount.dtype).epsneg:.2g} of 1 rounds to 1.0 in {discount.dtype}: "
+                    "use a smaller one, or float64 arrays (jax.enable_x64).")
         raise ValueError(
             f"MDP.discount must lie strictly in (0, 1); got {discount if discount.ndim == 0 else discount.ravel()[:5]}."
+            + hint
         )
 
 
