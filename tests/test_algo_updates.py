@@ -46,11 +46,12 @@ def test_unroll_changes_speed_not_results(name, rolled_run):
         np.asarray(runs_[1].metrics["loss" if name == "ppo" else "value_loss"]), rtol=1e-4, atol=1e-6,
     )
     # TRPO rescales each step to the KL radius through a conjugate-gradient solve and a line search, which carry
-    # rounding further: at audit key offset 28 a parameter of 0.0082 differed by 1.5e-5 (0.18%). A changed run
-    # (a step lost or repeated by the unrolled loops) moves parameters by whole updates, far beyond 1%.
-    rtol = 1e-2 if name == "trpo" else 1e-7
+    # rounding further: at audit key offset 28 a parameter of 0.0082 differed by 1.5e-5 (0.18%), at 86 one of
+    # 0.00036 by 1.9e-5 (the other 127 of its layer within 1%). A changed run (a step lost or repeated by the unrolled
+    # loops) moves parameters by whole updates, far beyond 1% and 5e-5.
+    rtol, atol = (1e-2, 5e-5) if name == "trpo" else (1e-7, 1e-5)
     for x, y in zip(jax.tree_util.tree_leaves(runs_[0].agent.params), jax.tree_util.tree_leaves(runs_[1].agent.params)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def test_bfloat16_networks_follow_the_float32_run(rolled_run):

@@ -390,14 +390,17 @@ def test_validation_errors_name_the_field(mutate, match):
 
 
 def test_a_discount_that_rounds_to_one_in_float32_says_so():
-    """1 - 1e-11 is valid in float64 and 1.0 in float32: the refusal says which, instead of a bare "got 1.0"."""
+    """1 - 1e-11 is valid in float64 and 1.0 in float32: the refusal says it was rounded, instead of a bare "got 1.0"
+    for a value that was not given; a discount given as 1.0 gets the plain message."""
     P, R, mu, _ = _valid_arrays()
-    assert float(T.MDP(P, R, mu, np.float64(1 - 1e-11)).discount) == 1 - 1e-11
-    f32 = [np.asarray(x, np.float32) for x in (P, R, mu, 1 - 1e-11)]
-    with pytest.raises(ValueError, match=r"got 1.0. A discount within 6e-08 of 1 rounds to 1.0 in float32"):
-        T.MDP(*f32)
-    with pytest.raises(ValueError, match=r"strictly in \(0, 1\); got 1.5.$"):  # no such hint where it does not apply
-        T.MDP(*f32[:3], np.float32(1.5))
+    assert float(T.MDP(P, R, mu, 1 - 1e-11).discount) == 1 - 1e-11
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match=r"^MDP.discount 0.99999999999 rounds to 1.0 in float32: use a smaller"):
+            T.MDP(P, R, mu, 1 - 1e-11)
+        with pytest.raises(ValueError, match=r"^MDP.discount 0.99999999999 rounds to 1.0 in float32"):
+            T.random_mdp(jax.random.key(0), 3, 2, discount=1 - 1e-11)
+        with pytest.raises(ValueError, match=r"^MDP.discount must lie strictly in \(0, 1\); got 1.0.$"):
+            T.MDP(P, R, mu, 1.0)
 
 
 def test_batch_errors_name_the_failing_element():

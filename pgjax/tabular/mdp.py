@@ -80,6 +80,7 @@ class MDP:
             if not jnp.issubdtype(arr.dtype, jnp.floating):
                 arr = arr.astype(jnp.result_type(float))
             converted[name] = arr
+        _check_discount_kept(values["discount"], converted["discount"].dtype)
         validate_mdp_arrays(**{k: np.asarray(v) for k, v in converted.items()})
         for name, arr in converted.items():
             object.__setattr__(self, name, arr)
@@ -168,14 +169,27 @@ def validate_mdp_arrays(transition: np.ndarray, reward: np.ndarray, initial: np.
             "Normalise mu0."
         )
     if np.any(discount <= 0) or np.any(discount >= 1):
-        hint = ""
-        if np.any(discount == 1) and np.finfo(discount.dtype).eps > 1e-10:  # 1 - 1e-8 is 1.0 in float32
-            hint = (f" A discount within {np.finfo(discount.dtype).epsneg:.2g} of 1 rounds to 1.0 in {discount.dtype}: "
-                    "use a smaller one, or float64 arrays (jax.enable_x64).")
         raise ValueError(
             f"MDP.discount must lie strictly in (0, 1); got {discount if discount.ndim == 0 else discount.ravel()[:5]}."
-            + hint
         )
+
+
+def _check_discount_kept(given: Any, dtype: Any) -> None:
+    """A discount below 1 that the cast to `dtype` rounds to 1.0 (1 - 1e-8 in float32): said so, where validation
+    would report "got 1.0" for a value that was not given. Host-side: `given` must be concrete."""
+    given = np.asarray(given)
+    if np.issubdtype(given.dtype, np.floating) and np.any((given < 1) & (given.astype(dtype) >= 1)):
+        raise ValueError(
+            f"MDP.discount {given if given.ndim == 0 else given.ravel()[:5]} rounds to 1.0 in {np.dtype(dtype)}: use "
+            "a smaller one, or float64 (jax.enable_x64)."
+        )
+
+
+def discount_array(discount: Any, dtype: Any) -> Array:
+    """`discount` as a `dtype` array, refused if that rounds a discount below 1 to 1.0 (the MDP constructors' cast)."""
+    if _is_concrete(discount):  # a traced discount (vmapped over gammas) is checked where it was made
+        _check_discount_kept(discount, dtype)
+    return jnp.asarray(discount, dtype)
 
 
 def random_mdp(
@@ -215,7 +229,7 @@ def random_mdp(
     transition, reward, initial = _sample_mdp_arrays(
         key, num_states, num_actions, concentration, reward_scale, dtype, unit
     )
-    return MDP(transition, reward, initial, jnp.asarray(discount, dtype))
+    return MDP(transition, reward, initial, discount_array(discount, dtype))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 5, 6))
@@ -278,7 +292,7 @@ def chain_mdp(
     mu0 = np.zeros(n)
     mu0[0] = 1.0
     dtype = jnp.result_type(float)
-    return MDP(jnp.asarray(P, dtype), jnp.asarray(R, dtype), jnp.asarray(mu0, dtype), jnp.asarray(discount, dtype))
+    return MDP(jnp.asarray(P, dtype), jnp.asarray(R, dtype), jnp.asarray(mu0, dtype), discount_array(discount, dtype))
 
 
 GRID_ACTIONS = ("up", "right", "down", "left")
@@ -332,4 +346,4 @@ def gridworld_mdp(
     mu0 = np.zeros(n)
     mu0[start] = 1.0
     dtype = jnp.result_type(float)
-    return MDP(jnp.asarray(P, dtype), jnp.asarray(R, dtype), jnp.asarray(mu0, dtype), jnp.asarray(discount, dtype))
+    return MDP(jnp.asarray(P, dtype), jnp.asarray(R, dtype), jnp.asarray(mu0, dtype), discount_array(discount, dtype))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from pgjax.tabular.mdp import MDP
+from pgjax.tabular.mdp import MDP, discount_array
 
 TAXI_MAP = (
     "+---------+",
@@ -104,4 +104,4 @@ def taxi_mdp(discount: float = 0.99) -> MDP:
             else:
                 P[s, a, s_next] = 1.0
     dtype = jnp.result_type(float)
-    return MDP(jnp.asarray(P, dtype), jnp.asarray(R, dtype), jnp.asarray(mu0, dtype), jnp.asarray(discount, dtype))
+    return MDP(jnp.asarray(P, dtype), jnp.asarray(R, dtype), jnp.asarray(mu0, dtype), discount_array(discount, dtype))
