@@ -179,9 +179,9 @@ def _check_discount_kept(given: Any, dtype: Any) -> None:
     would report "got 1.0" for a value that was not given. Host-side: `given` must be concrete."""
     given = np.asarray(given)
     if np.issubdtype(given.dtype, np.floating) and np.any((given < 1) & (given.astype(dtype) >= 1)):
+        shown = given.ravel()[:5].tolist() if given.ndim else given.item()  # NumPy prints 0.99999999999 as "1."
         raise ValueError(
-            f"MDP.discount {given if given.ndim == 0 else given.ravel()[:5]} rounds to 1.0 in {np.dtype(dtype)}: use "
-            "a smaller one, or float64 (jax.enable_x64)."
+            f"MDP.discount {shown} rounds to 1.0 in {np.dtype(dtype)}: use a smaller one, or float64 (jax.enable_x64)."
         )
 
 
