@@ -73,7 +73,7 @@ def parse_args(argv=None):
         p.error(f"--max-trajectories must be a power of 2 (1, 2, 4, ...); got {args.max_trajectories}")
     if not 0.0 < args.discount < 1.0:
         p.error(f"--discount must lie in (0, 1); got {args.discount}")
-    if args.discount > MAX_DISCOUNT:  # the fixed-point check would run for hours, with no progress shown
+    if args.discount > MAX_DISCOUNT:  # the fixed-point check could run for years, showing nothing
         p.error(f"--discount must be <= {MAX_DISCOUNT}: the occupancy fixed-point check needs up to "
                 f"log(1e-12) / log(gamma) iterations ({fixed_point_iterations(MAX_DISCOUNT):,} at {MAX_DISCOUNT}, "
                 f"{fixed_point_iterations(args.discount):.2e} at {args.discount}); got {args.discount}")

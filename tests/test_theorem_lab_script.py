@@ -111,7 +111,7 @@ def test_bad_flags_are_refused_with_their_names(lab_run):
     assert "--discount must lie in (0, 1); got 1.0" in refused["--discount 1"]
     assert "--num-actions must be >= 2" in refused["--num-actions 1"]
     assert "--num-mdps must be >= 1; got 0" in refused["--num-mdps 0"]
-    # 2.8e7 fixed-point iterations: about 4 minutes with no progress shown (1 - 1e-11 ran for hours)
+    # 2.8e7 fixed-point iterations: about 4 minutes with no progress shown (1 - 1e-11 needed 2.8e12)
     assert "--discount must be <= 0.99999" in refused["--discount 0.999999"]
     assert "2.76e+07 at 0.999999" in refused["--discount 0.999999"]
     assert lab.parse_args([*ARGV, "--discount", "0.99999"]).discount == 0.99999  # the largest accepted
