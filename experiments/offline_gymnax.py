@@ -99,6 +99,9 @@ def parse_args(argv=None):
         p.error(f"--epsilon must lie in [0, 1]; got {args.epsilon}")
     if not 0.0 < args.discount < 1.0:
         p.error(f"--discount must lie in (0, 1); got {args.discount}")
+    if np.float32(args.discount) == 1.0:  # caught here, not after minutes of PPO: the networks compute in float32
+        p.error(f"--discount {args.discount} rounds to 1.0 in float32, which this script computes in; "
+                "use a smaller one")
     for name in ("ppo_steps", "num_episodes", "horizon", "mc_episodes", "dualdice_steps", "dualdice_batch_size",
                  "fqe_steps", "fqe_batch_size", "reference_episodes", "datasets"):
         if getattr(args, name) < 1:

@@ -13,6 +13,7 @@ import math
 import numbers
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 
@@ -80,3 +81,16 @@ def check_known_discount(owner: str, discount: Any) -> None:
     """`check_known` of "`owner`: discount" in [0, 1] (1: undiscounted sums over finite steps). A traced discount
     is a config's or an MDP's, checked where those were built."""
     check_known(f"{owner}: discount", discount, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+
+
+def check_discount_kept(label: str, given: Any, dtype: Any) -> None:
+    """ValueError "`label` 0.99999999999 rounds to 1.0 in float32: ..." when a discount below 1 (`given`: a number
+    or an array of them) rounds to 1.0 in `dtype`, the dtype it is computed in. Said as such because a later range
+    check would report "got 1.0", a value never given, and a computation that took it would divide by 1 - gamma = 0.
+    Host-side: `given` must be concrete. Non-floating values pass (an integer discount is 0 or 1: out of range)."""
+    given = np.asarray(given)
+    if np.issubdtype(given.dtype, np.floating) and np.any((given < 1) & (given.astype(dtype) >= 1)):
+        shown = given.ravel()[:5].tolist() if given.ndim else given.item()  # NumPy prints 0.99999999999 as "1."
+        # Under x64 already, the rounding dtype is the data's (float32 arrays): the fix is float64 data.
+        fix = "float64 data" if jax.config.jax_enable_x64 else "float64 (jax.enable_x64)"
+        raise ValueError(f"{label} {shown} rounds to 1.0 in {np.dtype(dtype)}: use a smaller one, or {fix}.")

@@ -126,3 +126,10 @@ def test_shapes_are_checked():
     ones = jnp.ones(3)
     with pytest.raises(ValueError, match=r"discount must be in \(0, 1\); got 1.0"):  # an inf estimate, 1 / (1 - 1)
         DR.doubly_robust_value(ones, ones, ones, ones, jnp.zeros(3, bool), ones, 1.0)
+    # 1 - 1e-11 is 1.0 in float32 arrays (under x64 too), where gamma V_hat(s') is computed; kept in float64 ones.
+    near_one, ones32 = 1 - 1e-11, jnp.ones(3, jnp.float32)
+    with pytest.raises(ValueError, match=r"^discount 0.99999999999 rounds to 1.0 in float32: use a smaller one, or "
+                                         r"float64 data.$"):
+        DR.doubly_robust_value(ones32, ones32, ones32, ones32, jnp.zeros(3, bool), ones32, near_one)
+    kept = DR.doubly_robust_value(ones, ones, ones, ones, jnp.zeros(3, bool), ones, near_one)
+    assert float(kept) == pytest.approx(1.0 + near_one / (1 - near_one), rel=1e-4)  # V0 + (1 + gamma - 1) / (1 - gamma)

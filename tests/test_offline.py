@@ -2,6 +2,7 @@
 
 import collections
 import dataclasses
+import functools
 import itertools
 import warnings
 
@@ -1017,6 +1018,37 @@ def test_discount_must_be_one_number(problem, big_dataset):
     assert np.isfinite(float(off.policy_value(big_dataset, problem["pi"], jnp.asarray(GAMMA), "model")))
     with pytest.raises(ValueError, match=r"discount must be one number in \(0, 1\); got an array of shape \(2,\)"):
         off.policy_value(big_dataset, problem["pi"], jnp.asarray([GAMMA, GAMMA]), "model")
+
+
+NEAR_ONE = 1 - 1e-11  # below 1 in float64, 1.0 in float32
+
+
+def test_a_discount_that_rounds_to_one_is_refused_as_such_by_every_tabular_entry_point(problem, big_dataset):
+    """1 - 1e-11 computed in float32 is 1.0. The estimators said "MDP.discount must lie strictly in (0, 1); got 1.0",
+    a value and a name never given, and offline_policy_improvement "the gradient at step 0 is not finite; check the
+    dataset's rewards and the optimiser's step size". Now each names the discount given and the fix: float64 data
+    under x64 (the model computes in the rewards' dtype), and x64 itself where JAX's default float is float32."""
+    pi, theta, features = problem["pi"], problem["theta_pi"], problem["features"]
+    calls = {f"policy_value({m!r})": functools.partial(lambda m, d, g: off.policy_value(d, pi, g, m), m)
+             for m in off.METHODS}
+    calls["dualdice_tabular"] = lambda d, g: off.dualdice_tabular(d, pi, g)
+    calls["dualdice_policy_gradient"] = lambda d, g: off.dualdice_policy_gradient(d, theta, features, g)
+    calls["importance_policy_gradient"] = lambda d, g: off.importance_policy_gradient(d, theta, features, g)
+    for m in ("dualdice", "pdis"):
+        calls[f"offline_policy_improvement({m!r})"] = functools.partial(
+            lambda m, d, g: off.offline_policy_improvement(d, theta, features, g, optax.sgd(0.1), 2, method=m), m)
+    float32 = big_dataset._replace(rewards=big_dataset.rewards.astype(jnp.float32))
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"^discount 0.99999999999 rounds to 1.0 in float32: use a smaller one, "
+                                             r"or float64 data.$"):
+            call(float32, NEAR_ONE)
+        with jax.enable_x64(False), pytest.raises(ValueError, match=r"^discount 0.99999999999 rounds to 1.0 in "
+                                                                     r"float32: use a smaller one, or float64 "
+                                                                     r"\(jax.enable_x64\).$"):
+            call(big_dataset, NEAR_ONE)
+    # The bound is float32's: 1 - 1e-7 stays below 1 there (0.99999988) and gives a finite value.
+    assert np.isfinite(float(off.policy_value(float32, pi, 1 - 1e-7, "model")))
+    assert np.isfinite(float(off.policy_value(big_dataset, pi, NEAR_ONE, "model")))  # float64 data: kept
 
 
 def test_effective_sample_size_is_kish(x64):

@@ -339,3 +339,13 @@ def test_one_monte_carlo_episode_is_refused(capsys):
         offline_gymnax.parse_args(["--mc-episodes", "1"])
     assert exc.value.code == 2 and "--mc-episodes must be >= 2" in capsys.readouterr().err
     assert offline_gymnax.parse_args(["--mc-episodes", "2"]).mc_episodes == 2
+
+
+def test_a_discount_that_rounds_to_one_in_float32_is_refused_while_parsing(capsys):
+    # The script computes in float32: 1 - 1e-11 was taken after minutes of PPO, then neural DualDICE warned and
+    # returned 1.8e11 while FQE diverged; 1 - 1e-7 (0.99999988 in float32) is kept.
+    with pytest.raises(SystemExit) as exc:
+        offline_gymnax.parse_args(["--discount", "0.99999999999"])
+    assert exc.value.code == 2
+    assert "--discount 0.99999999999 rounds to 1.0 in float32, which this script computes in" in capsys.readouterr().err
+    assert offline_gymnax.parse_args(["--discount", "0.9999999"]).discount == 0.9999999

@@ -421,6 +421,25 @@ def test_divergence_raises_instead_of_returning_nan(problem):
     N._check_finite("The net", {"a": jnp.ones(3), "b": jnp.zeros(2)}, "lr")
 
 
+def test_a_discount_that_rounds_to_one_is_refused_as_such(problem):
+    """1 - 1e-11 is 1.0 in float32, the networks' dtype. DualDICE trained on with 1 - gamma = 0 and returned a value
+    of 1.8e11 under a saddle warning; FQE diverged and blamed the learning rate. Both now name the discount and the
+    fix: x64, or (under x64 already) float64 features, since flax's float32 parameters keep float32 data float32."""
+    data, probs_fn, near_one = problem["data"], problem["probs_fn"], 1 - 1e-11
+    config = dataclasses.replace(SHORT_DUALDICE, discount=near_one)
+    x64_fix, data_fix = r"use a smaller one, or float64 \(jax.enable_x64\).$", r"use a smaller one, or float64 data.$"
+    rounded = r"0.99999999999 rounds to 1.0 in float32: "
+    with pytest.raises(ValueError, match="^NeuralDualDICEConfig.discount " + rounded + x64_fix):
+        N.neural_dualdice(jax.random.key(0), data, probs_fn, config)
+    with pytest.raises(ValueError, match="^discount " + rounded + x64_fix):
+        N.fitted_q_evaluation(jax.random.key(0), data, probs_fn, near_one, FQE)
+    with jax.enable_x64(True):  # float32 features still round it
+        with pytest.raises(ValueError, match="^NeuralDualDICEConfig.discount " + rounded + data_fix):
+            N.neural_dualdice(jax.random.key(0), data, probs_fn, config)
+        with pytest.raises(ValueError, match="^fitted_q_evaluation: discount " + rounded + data_fix):
+            N.fitted_q_evaluation(jax.random.key(0), data, probs_fn, near_one, FQE)
+
+
 # ---------------------------------------------------------------------------
 # collect_env on CartPole.
 # ---------------------------------------------------------------------------

@@ -110,6 +110,26 @@ def test_entry_points_refuse_bad_counts_by_name():
                 fn(1)
 
 
+def test_check_discount_kept_refuses_only_discounts_the_dtype_rounds_to_one():
+    import jax
+    import jax.numpy as jnp
+
+    kept = validation.check_discount_kept
+    for fine, dtype in ((1 - 1e-11, np.float64), (1 - 1e-7, np.float32), (0.99, jnp.bfloat16), (1.0, np.float32),
+                        (1, np.float32), (np.array([0.5, 0.9]), np.float32)):
+        kept("g", fine, dtype)  # 1.0 itself and int discounts are the range check's to refuse
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match=r"^g 0.99999999999 rounds to 1.0 in float32: use a smaller one, or "
+                                             r"float64 \(jax.enable_x64\).$"):
+            kept("g", 1 - 1e-11, np.float32)
+        with pytest.raises(ValueError, match=r"^g 0.999 rounds to 1.0 in bfloat16"):
+            kept("g", 0.999, jnp.bfloat16)
+        with pytest.raises(ValueError, match=r"^g \[0.5, 0.99999999999\] rounds"):  # one of several, as given
+            kept("g", np.array([0.5, 1 - 1e-11]), np.float32)
+    with jax.enable_x64(True), pytest.raises(ValueError, match=r"float32: use a smaller one, or float64 data.$"):
+        kept("g", 1 - 1e-11, np.float32)
+
+
 def test_concrete_scalar_reads_known_values_and_leaves_traced_ones():
     import jax
     import jax.numpy as jnp

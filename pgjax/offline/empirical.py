@@ -33,8 +33,8 @@ from pgjax.offline.dataset import (
     validate_tabular_dataset,
 )
 from pgjax.tabular.gradient import values_and_occupancy
-from pgjax.tabular.mdp import MDP
-from pgjax.validation import check_int
+from pgjax.tabular.mdp import MDP, discount_array
+from pgjax.validation import check_discount_kept, check_int
 
 Array = jax.Array
 
@@ -202,7 +202,8 @@ def empirical_mdp(model: EmpiricalModel, discount, unseen_value=0.0) -> MDP:
     reward = jnp.concatenate([jnp.where(seen, model.reward_sums / n, unseen_value),
                               jnp.zeros((1, num_actions), n.dtype)])
     initial = jnp.append(model.initial_counts / jnp.sum(model.initial_counts), 0.0)
-    return MDP(transition, reward, initial, jnp.asarray(discount, transition.dtype))
+    # By its argument's name: float32 data under x64 round a discount check_discount's default dtype keeps.
+    return MDP(transition, reward, initial, discount_array(discount, transition.dtype, "discount"))
 
 
 def extend_policy(pi: Array) -> Array:
@@ -338,8 +339,10 @@ def pessimistic_value(model: EmpiricalModel, discount) -> Array:
     return jnp.min(jnp.where(seen, r_hat, jnp.inf)) / (1.0 - discount)
 
 
-def check_discount(discount) -> None:
-    """Raise `ValueError` unless 0 < gamma < 1 (host-side: `discount` must be concrete: a number or a 0-d array)."""
+def check_discount(discount, dtype=None) -> None:
+    """Raise `ValueError` unless 0 < gamma < 1, and gamma stays below 1 in `dtype`, the dtype it is computed in
+    (default JAX's default float: 0.99999999999 is 1.0 in float32). Host-side: `discount` must be concrete, a
+    number or a 0-d array."""
     if isinstance(discount, (str, bytes, bool, np.bool_)):
         raise ValueError(f"discount must be a number in (0, 1); got {discount!r}.")
     if np.size(discount) != 1:
@@ -347,3 +350,4 @@ def check_discount(discount) -> None:
     d = float(np.asarray(discount).reshape(()))
     if not 0.0 < d < 1.0:
         raise ValueError(f"discount must be in (0, 1); got {d}.")
+    check_discount_kept("discount", discount, jnp.result_type(float) if dtype is None else dtype)

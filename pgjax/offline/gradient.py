@@ -32,6 +32,7 @@ from pgjax.offline.empirical import (
     check_on_uncovered,
     coverage,
     pessimistic_value,
+    policy_dtype,
     report_coverage,
     report_importance_coverage,
     solve_empirical,
@@ -298,6 +299,7 @@ def offline_policy_improvement(
     check_on_uncovered(on_uncovered, "offline_policy_improvement: ")
     check_discount(discount)
     model = tabular_model(dataset, softmax_policy(theta, features))
+    check_discount(discount, policy_dtype(model))  # float32 data under x64: the compiled run below sees it traced
     if method in IS_METHODS:
         check_importance_data(dataset, f"offline_policy_improvement(method={method!r})")
     unseen_value = pessimistic_value(model, discount) if pessimistic else 0.0

@@ -51,7 +51,7 @@ from jax import lax
 from pgjax.nets import ACTIVATIONS, MLP
 from pgjax.offline.dataset import Dataset, Transitions, valid_transitions, validate_dataset
 from pgjax.offline.empirical import check_discount
-from pgjax.validation import check_int, check_positive, is_finite_real, is_int
+from pgjax.validation import check_discount_kept, check_int, check_positive, is_finite_real, is_int
 
 Array = jax.Array
 ProbsFn = Callable[[Array], Array]
@@ -266,6 +266,12 @@ def _prepare(name: str, dataset: Dataset, batch_size: int, target_probs_fn: Prob
     data, next_probs = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], padding, axis=0)]),
                                               (data, next_probs))
     return data, next_probs, jnp.asarray(num, jnp.int32), jnp.asarray(dataset.initial_observations), num_actions
+
+
+def _check_discount_kept(label: str, discount: Any, data: Transitions) -> None:
+    """`check_discount_kept` in the dtype the networks compute in: the features' and rewards' (flax's parameters are
+    float32), where gamma multiplies nu(s') and Q(s'). Under x64, float32 features still round 1 - 1e-11 to 1."""
+    check_discount_kept(label, discount, jnp.result_type(data.observations.dtype, data.rewards.dtype, jnp.float32))
 
 
 def _sample(key: Array, tree: Any, batch_size: int, size: Array | int | None = None) -> Any:
@@ -504,6 +510,9 @@ def neural_dualdice(
         raise ValueError(f"neural_dualdice: config must be a NeuralDualDICEConfig; got {type(config).__name__}.")
     data, next_probs, num_valid, initial, num_actions = _prepare("neural_dualdice", dataset, config.batch_size,
                                                                   target_probs_fn)
+    # The config is built before the data's dtype is known: a 1 - gamma of 0 would leave nu unbounded (a value of
+    # 1.8e11 for a true one near 1 under a saddle warning), so the check is here.
+    _check_discount_kept("NeuralDualDICEConfig.discount", config.discount, data)
     params, info = _train_dualdice(key, data, next_probs, num_valid, initial, target_probs_fn, num_actions, config)
     lrs = "NeuralDualDICEConfig.nu_learning_rate / zeta_learning_rate"
     _check_finite("The DualDICE nu network", params.nu, lrs)
@@ -637,6 +646,7 @@ def fitted_q_evaluation(
     check_discount(discount)  # a number or a 0-d array, as the tabular estimators take
     data, next_probs, num_valid, initial, num_actions = _prepare("fitted_q_evaluation", dataset, config.batch_size,
                                                                   target_probs_fn)
+    _check_discount_kept("fitted_q_evaluation: discount", discount, data)  # float32 features under x64
     params, info = _train_fqe(key, data, next_probs, num_valid, initial, float(discount), target_probs_fn,
                               num_actions, config)
     _check_finite("The FQE Q network", params.q, "FQEConfig.learning_rate")

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pgjax.validation import check_int, check_known
+from pgjax.validation import check_discount_kept, check_int, check_known
 
 Array = jax.Array
 
@@ -80,7 +80,7 @@ class MDP:
             if not jnp.issubdtype(arr.dtype, jnp.floating):
                 arr = arr.astype(jnp.result_type(float))
             converted[name] = arr
-        _check_discount_kept(values["discount"], converted["discount"].dtype)
+        check_discount_kept("MDP.discount", values["discount"], converted["discount"].dtype)
         validate_mdp_arrays(**{k: np.asarray(v) for k, v in converted.items()})
         for name, arr in converted.items():
             object.__setattr__(self, name, arr)
@@ -174,21 +174,11 @@ def validate_mdp_arrays(transition: np.ndarray, reward: np.ndarray, initial: np.
         )
 
 
-def _check_discount_kept(given: Any, dtype: Any) -> None:
-    """A discount below 1 that the cast to `dtype` rounds to 1.0 (1 - 1e-8 in float32): said so, where validation
-    would report "got 1.0" for a value that was not given. Host-side: `given` must be concrete."""
-    given = np.asarray(given)
-    if np.issubdtype(given.dtype, np.floating) and np.any((given < 1) & (given.astype(dtype) >= 1)):
-        shown = given.ravel()[:5].tolist() if given.ndim else given.item()  # NumPy prints 0.99999999999 as "1."
-        raise ValueError(
-            f"MDP.discount {shown} rounds to 1.0 in {np.dtype(dtype)}: use a smaller one, or float64 (jax.enable_x64)."
-        )
-
-
-def discount_array(discount: Any, dtype: Any) -> Array:
-    """`discount` as a `dtype` array, refused if that rounds a discount below 1 to 1.0 (the MDP constructors' cast)."""
+def discount_array(discount: Any, dtype: Any, label: str = "MDP.discount") -> Array:
+    """`discount` as a `dtype` array, refused if that rounds a discount below 1 to 1.0 (the MDP constructors' cast);
+    `label` names it in the error (the caller's argument)."""
     if _is_concrete(discount):  # a traced discount (vmapped over gammas) is checked where it was made
-        _check_discount_kept(discount, dtype)
+        check_discount_kept(label, discount, dtype)
     return jnp.asarray(discount, dtype)
 
 
