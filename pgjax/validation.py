@@ -89,8 +89,14 @@ def check_discount_kept(label: str, given: Any, dtype: Any) -> None:
     check would report "got 1.0", a value never given, and a computation that took it would divide by 1 - gamma = 0.
     Host-side: `given` must be concrete. Non-floating values pass (an integer discount is 0 or 1: out of range)."""
     given = np.asarray(given)
-    if np.issubdtype(given.dtype, np.floating) and np.any((given < 1) & (given.astype(dtype) >= 1)):
-        shown = given.ravel()[:5].tolist() if given.ndim else given.item()  # NumPy prints 0.99999999999 as "1."
+    if not np.issubdtype(given.dtype, np.floating):
+        return
+    rounded = np.flatnonzero((given < 1) & (given.astype(dtype) >= 1))
+    if rounded.size:
+        # The rounded entries themselves, wherever they sit in a batch, as lists: NumPy prints 0.99999999999 as "1.".
+        more = " ..." if rounded.size > 5 else ""
+        shown = (given.item() if given.ndim == 0 else
+                 f"{given.ravel()[rounded[:5]].tolist()} (at flat index {rounded[:5].tolist()}{more} of {given.size})")
         # Under x64 already, the rounding dtype is the data's (float32 arrays): the fix is float64 data.
         fix = "float64 data" if jax.config.jax_enable_x64 else "float64 (jax.enable_x64)"
         raise ValueError(f"{label} {shown} rounds to 1.0 in {np.dtype(dtype)}: use a smaller one, or {fix}.")

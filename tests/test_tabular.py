@@ -402,7 +402,8 @@ def test_a_discount_that_rounds_to_one_in_float32_says_so():
         with pytest.raises(ValueError, match=r"^MDP.discount must lie strictly in \(0, 1\); got 1.0.$"):
             T.MDP(P, R, mu, 1.0)
         batch = [np.stack([x, x]) for x in (P, R, mu)]  # one of two discounts rounded is enough
-        with pytest.raises(ValueError, match=r"^MDP.discount \[0.9, 0.99999999999\] rounds to 1.0 in float32"):
+        with pytest.raises(ValueError, match=r"^MDP.discount \[0.99999999999\] \(at flat index \[1\] of 2\) rounds to "
+                                             r"1.0 in float32"):
             T.MDP(*batch, np.array([0.9, 1 - 1e-11]))
 
 

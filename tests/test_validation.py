@@ -124,8 +124,16 @@ def test_check_discount_kept_refuses_only_discounts_the_dtype_rounds_to_one():
             kept("g", 1 - 1e-11, np.float32)
         with pytest.raises(ValueError, match=r"^g 0.999 rounds to 1.0 in bfloat16"):
             kept("g", 0.999, jnp.bfloat16)
-        with pytest.raises(ValueError, match=r"^g \[0.5, 0.99999999999\] rounds"):  # one of several, as given
-            kept("g", np.array([0.5, 1 - 1e-11]), np.float32)
+        # The rounded entries of a batch, wherever they are: the first five, as given (NumPy would print "1.").
+        batch = np.array([0.5, 0.9, 0.6, 0.7, 0.8, 0.3, 0.2, 1 - 1e-11, 1 - 1e-10, 0.4, 1 - 1e-9, *[1 - 1e-12] * 3])
+        shown = (r"^g \[0.99999999999, 0.9999999999, 0.999999999, 0.999999999999, 0.999999999999\] "
+                 r"\(at flat index \[7, 8, 10, 11, 12\]{} of {}\) rounds to 1.0 in float32")
+        with pytest.raises(ValueError, match=shown.format(r" \.\.\.", 14)):  # 6 rounded: 5 shown
+            kept("g", batch, np.float32)
+        with pytest.raises(ValueError, match=shown.format("", 13)):  # exactly 5: all shown
+            kept("g", batch[:-1], np.float32)
+        with pytest.raises(ValueError, match=r"^g \[0.9999999999\] \(at flat index \[3\] of 4\) rounds"):
+            kept("g", np.array([[0.5, 0.9], [0.6, 1 - 1e-10]]), np.float32)
     with jax.enable_x64(True), pytest.raises(ValueError, match=r"float32: use a smaller one, or float64 data.$"):
         kept("g", 1 - 1e-11, np.float32)
 
