@@ -204,7 +204,7 @@ def improve(args, mdp, features, target, uniform, q_star):
     curves, rows = {}, []
     print(f"\noffline improvement: {args.improve_steps} Adam steps (lr {args.improve_lr}) "
           f"on {args.improve_size} trajectories")
-    print(f"{'alpha':>5} {'J(mu)':>9} {'J(final)':>9} {'J_hat(final)':>12} {'J(target)':>9} {'J*':>7} "
+    print(f"{'alpha':>5} {'J(mu)':>10} {'J(final)':>10} {'J_hat(final)':>12} {'J(target)':>10} {'J*':>10} "
           f"{'uncovered':>9} {'seconds':>7}")
     for alpha in args.alphas:
         behaviour = alpha * target + (1.0 - alpha) * uniform
@@ -223,8 +223,9 @@ def improve(args, mdp, features, target, uniform, q_star):
         for k in range(len(values)):
             rows.append({"alpha": alpha, "step": k, "true_value": values[k], "estimated_value": estimated[k],
                          "uncovered_mass": mass[k]})
-        print(f"{alpha:>5} {values[0]:>9.3f} {values[-1]:>9.3f} {estimated[-1]:>12.3f} "
-              f"{float(tab.expected_return(mdp, target)):>9.3f} {j_star:>7.3f} {mass[-1]:>9.3f} {seconds:>7.1f}")
+        # g formats: near gamma = 1 the values reach 1e11 and fixed-width ones ran into the next column.
+        print(f"{alpha:>5} {values[0]:>10.4g} {values[-1]:>10.4g} {estimated[-1]:>12.4g} "
+              f"{float(tab.expected_return(mdp, target)):>10.4g} {j_star:>10.4g} {mass[-1]:>9.3f} {seconds:>7.1f}")
     tables.write_csv(os.path.join(args.out, "improvement.csv"), rows)
     import matplotlib
 
