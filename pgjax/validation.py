@@ -13,7 +13,6 @@ import math
 import numbers
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
 
@@ -97,6 +96,8 @@ def check_discount_kept(label: str, given: Any, dtype: Any) -> None:
         more = " ..." if rounded.size > 5 else ""
         shown = (given.item() if given.ndim == 0 else
                  f"{given.ravel()[rounded[:5]].tolist()} (at flat index {rounded[:5].tolist()}{more} of {given.size})")
+        import jax  # only to word the fix: this module is NumPy-only otherwise
+
         # Under x64 already, the rounding dtype is the data's (float32 arrays): the fix is float64 data.
         fix = "float64 data" if jax.config.jax_enable_x64 else "float64 (jax.enable_x64)"
         raise ValueError(f"{label} {shown} rounds to 1.0 in {np.dtype(dtype)}: use a smaller one, or {fix}.")
