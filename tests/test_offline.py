@@ -588,6 +588,11 @@ def test_offline_gradient_rejects_indices_and_shapes_that_do_not_fit(problem):
         off.offline_policy_gradient(data, theta, features, GAMMA, w[0], q)
     with pytest.raises(ValueError, match=r"theta must have shape"):
         off.offline_policy_gradient(data, theta[:-1], features, GAMMA, w, q)
+    for discount in (1.0, 1.5):  # 1 / (1 - gamma): an inf gradient, and one pointing downhill
+        with pytest.raises(ValueError, match=rf"^discount must be in \(0, 1\); got {discount}.$"):
+            off.offline_policy_gradient(data, theta, features, discount, w, q)
+        with pytest.raises(ValueError, match=rf"^discount must be in \(0, 1\); got {discount}.$"):
+            off.expected_offline_gradient(problem["d_data"], w, theta, features, q, discount)
     # Traced (jit / vmap): unchecked, the same numbers.
     np.testing.assert_allclose(jax.jit(off.offline_policy_gradient)(data, theta, features, GAMMA, w, q),
                                off.offline_policy_gradient(data, theta, features, GAMMA, w, q), rtol=1e-12)

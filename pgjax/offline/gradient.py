@@ -73,8 +73,9 @@ def offline_policy_gradient(
     Returns:
       The gradient estimate [D].
 
-    Validates the dataset and the shapes when the arguments are concrete (a state or action outside [0, S) x [0, A)
-    was dropped from the counts, or wrapped around when negative); under `jit`/`vmap` validate first.
+    Validates the dataset, the shapes and the discount (0 < gamma < 1) when the arguments are concrete (a state or
+    action outside [0, S) x [0, A) was dropped from the counts, or wrapped around when negative); under `jit`/`vmap`
+    validate first.
     """
     if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((dataset, theta, features, ratio, q_values))):
         _check_offline_gradient_inputs(dataset, theta, features, ratio, q_values)
@@ -112,8 +113,11 @@ def expected_offline_gradient(
 
     data_distribution d^D, ratio w and q_values Q are [S, A] (w may be a scalar that broadcasts), theta [D],
     features phi [S, A, D], with grad log pi(a|s) = phi(s,a) - sum_a' pi(a'|s) phi(s,a') (`grad_log_policy`).
-    With the exact ratio and Q^pi it equals `pgjax.tabular.policy_gradient` (the theorem).
+    With the exact ratio and Q^pi it equals `pgjax.tabular.policy_gradient` (the theorem). A concrete discount must
+    lie in (0, 1) (`check_discount`); a traced one is the caller's to check.
     """
+    if not isinstance(discount, jax.core.Tracer):  # 1 / (1 - gamma): gamma = 1 gave inf, gamma > 1 a flipped sign
+        check_discount(discount)
     score = grad_log_policy(theta, features)
     return jnp.einsum("sa,sad->d", data_distribution * ratio * q_values, score) / (1.0 - discount)
 
