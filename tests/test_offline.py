@@ -588,11 +588,7 @@ def test_offline_gradient_rejects_indices_and_shapes_that_do_not_fit(problem):
         off.offline_policy_gradient(data, theta, features, GAMMA, w[0], q)
     with pytest.raises(ValueError, match=r"theta must have shape"):
         off.offline_policy_gradient(data, theta[:-1], features, GAMMA, w, q)
-    for discount in (1.0, 1.5):  # 1 / (1 - gamma): an inf gradient, and one pointing downhill
-        with pytest.raises(ValueError, match=rf"^discount must be in \(0, 1\); got {discount}.$"):
-            off.offline_policy_gradient(data, theta, features, discount, w, q)
-        with pytest.raises(ValueError, match=rf"^discount must be in \(0, 1\); got {discount}.$"):
-            off.expected_offline_gradient(problem["d_data"], w, theta, features, q, discount)
+
     # Traced (jit / vmap): unchecked, the same numbers.
     np.testing.assert_allclose(jax.jit(off.offline_policy_gradient)(data, theta, features, GAMMA, w, q),
                                off.offline_policy_gradient(data, theta, features, GAMMA, w, q), rtol=1e-12)
@@ -1054,6 +1050,31 @@ def test_a_discount_that_rounds_to_one_is_refused_as_such_by_every_tabular_entry
     # The bound is float32's: 1 - 1e-7 stays below 1 there (0.99999988) and gives a finite value.
     assert np.isfinite(float(off.policy_value(float32, pi, 1 - 1e-7, "model")))
     assert np.isfinite(float(off.policy_value(big_dataset, pi, NEAR_ONE, "model")))  # float64 data: kept
+
+
+def test_formulas_that_divide_by_one_minus_gamma_refuse_a_known_discount_outside_the_unit_interval(problem):
+    """Each returned a number: gamma = 1 an inf (a gradient of [inf, inf, -inf]), gamma = 1.5 one of flipped sign.
+    A traced discount (a jitted sweep over gammas) is left to the caller, as documented."""
+    theta, features, pi = problem["theta_pi"], problem["features"], problem["pi"]
+    data = off.collect(jax.random.key(5), problem["mdp"], problem["mu"], 4, 6)
+    w, q = jnp.ones((S, A)), jnp.ones((S, A))
+    model = off.empirical_model(data, S, A)
+    log_probs, ones = jnp.log(pi[data.observations]), jnp.ones(data.actions.shape)
+    formulas = {
+        "offline_policy_gradient": lambda g: off.offline_policy_gradient(data, theta, features, g, w, q),
+        "expected_offline_gradient": lambda g: off.expected_offline_gradient(problem["d_data"], w, theta, features, q,
+                                                                             g),
+        "ratio_weighted_value": lambda g: off.ratio_weighted_value(data, w, g),
+        "pessimistic_value": lambda g: off.pessimistic_value(model, g),
+        "offline_policy_gradient_loss": lambda g: off.offline_policy_gradient_loss(log_probs, data.actions, ones,
+                                                                                   ones, g),
+    }
+    for name, formula in formulas.items():
+        assert np.all(np.isfinite(np.asarray(formula(GAMMA)))), name
+        assert np.all(np.isfinite(np.asarray(jax.jit(formula)(GAMMA)))), name  # traced: unchecked, computed
+        for discount in (1.0, 1.5):
+            with pytest.raises(ValueError, match=rf"^discount must be in \(0, 1\); got {discount}.$"):
+                formula(discount)
 
 
 def test_effective_sample_size_is_kish(x64):

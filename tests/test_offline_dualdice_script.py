@@ -112,7 +112,8 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path, capsys):
            ("--discount", "1"): "--discount must lie in (0, 1)", ("--temperature", "0"): "--temperature must be",
            ("--improve-lr", "nan"): "--improve-lr a finite number > 0", ("--seeds", "0"): "--seeds must be >= 1",
            ("--out", __file__): "--out: ",
-           ("--discount", "0.99999999999"): "--discount 0.99999999999 rounds to 1.0 in float32; use a smaller one or --x64"}
+           ("--discount", "0.99999999999"): ("--discount 0.99999999999 rounds to 1.0 in float32; use a smaller one "
+                                             "or --x64")}
     for flags, message in bad.items():
         with pytest.raises(SystemExit) as exit_info:
             script.parse_args(list(flags))

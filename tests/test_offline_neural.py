@@ -131,6 +131,9 @@ def test_dualdice_value_matches_expected_return(problem, dualdice):
     # Measured: 1.9% / 1.1% off J = 1.84 (seeds 3-6: at most 6%); the behaviour policy's value is 3.84.
     for estimate in (value, normalised):
         assert abs(estimate - problem["value"]) / problem["value"] < 0.1, (estimate, problem["value"])
+    # Parameters that do not record their discount (made by hand) still have it checked: 1 / (1 - 1) gave inf.
+    with pytest.raises(ValueError, match=r"^discount must be in \(0, 1\); got 1.0.$"):
+        N.neural_dualdice_value(params.replace(discount=None), data, 1.0)
 
 
 # 300 steps do not settle (the run warns so); these tests compare runs, not estimates

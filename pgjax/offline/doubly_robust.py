@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from pgjax.offline.dataset import Dataset
-from pgjax.offline.empirical import check_discount
+from pgjax.offline.empirical import check_concrete_discount
 from pgjax.offline.neural import DualDICEParams, _take, check_trained_discount, neural_dualdice_ratio
 
 Array = jax.Array
@@ -59,9 +59,8 @@ def doubly_robust_value(
     """
     chex.assert_equal_shape([ratios, rewards, q_values, next_values, terminals])
     chex.assert_rank(initial_values, 1)
-    if not isinstance(discount, jax.core.Tracer):  # 1 divided by 0: an inf estimate
-        # In the arrays' dtype, which gamma V_hat(s') is computed in (float32 arrays under x64 round 1 - 1e-11 to 1).
-        check_discount(discount, jnp.result_type(ratios, rewards, q_values, next_values))
+    # In the arrays' dtype, which gamma V_hat(s') is computed in (float32 arrays under x64 round 1 - 1e-11 to 1).
+    check_concrete_discount(discount, jnp.result_type(ratios, rewards, q_values, next_values))
     # where(), not (1 - terminal) *: a NaN or inf V_hat(s') at a terminal step must not leak in.
     bootstrap = jnp.where(terminals, 0.0, discount * next_values)
     corrections = ratios * (rewards + bootstrap - q_values)

@@ -334,6 +334,7 @@ def pessimistic_value(model: EmpiricalModel, discount) -> Array:
 
     R_hat(s,a) = (sum of rewards at (s,a)) / n(s,a) over the pairs with n(s,a) > 0.
     """
+    check_concrete_discount(discount)
     seen = model.counts > 0
     r_hat = model.reward_sums / jnp.where(seen, model.counts, 1.0)
     return jnp.min(jnp.where(seen, r_hat, jnp.inf)) / (1.0 - discount)
@@ -351,3 +352,10 @@ def check_discount(discount, dtype=None) -> None:
     if not 0.0 < d < 1.0:
         raise ValueError(f"discount must be in (0, 1); got {d}.")
     check_discount_kept("discount", discount, jnp.result_type(float) if dtype is None else dtype)
+
+
+def check_concrete_discount(discount, dtype=None) -> None:
+    """`check_discount` when `discount` is known on the host; a traced one (inside jit/vmap) passes, the caller's
+    to check. For the jit-friendly formulas that divide by 1 - gamma: gamma = 1 gave inf, gamma > 1 a flipped sign."""
+    if not isinstance(discount, jax.core.Tracer):
+        check_discount(discount, dtype)

@@ -20,6 +20,7 @@ from pgjax.offline.dataset import Dataset, float_dtype
 from pgjax.offline.dualdice import ratio_from_occupancy
 from pgjax.offline.empirical import (
     EmpiricalModel,
+    check_concrete_discount,
     check_discount,
     check_on_uncovered,
     coverage,
@@ -56,6 +57,7 @@ def ratio_weighted_value(dataset: Dataset, ratio: Array, discount, normalised: b
     Unvalidated (jit/vmap-able): a state or action outside the ratio's [S, A] is not caught here
     (`policy_value` and `empirical_model` check the data's indices).
     """
+    check_concrete_discount(discount)
     dtype = jnp.promote_types(ratio.dtype, float_dtype(dataset.rewards.dtype))
     # Summed per pair first (exact counts, pairwise reward sums): one float32 sum over millions of transitions drifted
     # by ~1e-6 relative. Pairs the data never show take no part (a ratio there may be anything, even inf).

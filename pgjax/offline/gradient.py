@@ -28,6 +28,7 @@ from pgjax.offline.dataset import Dataset, validate_tabular_dataset
 from pgjax.offline.dualdice import ratio_from_occupancy
 from pgjax.offline.empirical import (
     EmpiricalModel,
+    check_concrete_discount,
     check_discount,
     check_on_uncovered,
     coverage,
@@ -116,8 +117,7 @@ def expected_offline_gradient(
     With the exact ratio and Q^pi it equals `pgjax.tabular.policy_gradient` (the theorem). A concrete discount must
     lie in (0, 1) (`check_discount`); a traced one is the caller's to check.
     """
-    if not isinstance(discount, jax.core.Tracer):  # 1 / (1 - gamma): gamma = 1 gave inf, gamma > 1 a flipped sign
-        check_discount(discount)
+    check_concrete_discount(discount)
     score = grad_log_policy(theta, features)
     return jnp.einsum("sa,sad->d", data_distribution * ratio * q_values, score) / (1.0 - discount)
 

@@ -50,7 +50,7 @@ from jax import lax
 
 from pgjax.nets import ACTIVATIONS, MLP
 from pgjax.offline.dataset import Dataset, Transitions, valid_transitions, validate_dataset
-from pgjax.offline.empirical import check_discount
+from pgjax.offline.empirical import check_concrete_discount, check_discount
 from pgjax.validation import check_discount_kept, check_int, check_positive, is_finite_real, is_int
 
 Array = jax.Array
@@ -392,6 +392,7 @@ def neural_dualdice_value(params: DualDICEParams, dataset: Dataset, discount, no
     so E_D[w] = 1 - gamma f / (1 - gamma) < 1 and only the plain estimate is consistent (with
     rewards constant on non-terminal steps, as in CartPole, the normalised one is constant too).
     """
+    check_concrete_discount(discount)
     check_trained_discount(params, discount, "neural_dualdice_value")
     w = neural_dualdice_ratio(params, dataset.observations, dataset.actions)
     mask = dataset.mask.astype(w.dtype)
@@ -691,6 +692,7 @@ def offline_policy_gradient_loss(
     else:
         m = mask.astype(terms.dtype)
         mean = jnp.sum(m * terms) / jnp.maximum(jnp.sum(m), 1.0)
+    check_concrete_discount(discount)
     return -mean / (1.0 - discount)
 
 
