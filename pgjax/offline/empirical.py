@@ -202,7 +202,8 @@ def empirical_mdp(model: EmpiricalModel, discount, unseen_value=0.0) -> MDP:
     reward = jnp.concatenate([jnp.where(seen, model.reward_sums / n, unseen_value),
                               jnp.zeros((1, num_actions), n.dtype)])
     initial = jnp.append(model.initial_counts / jnp.sum(model.initial_counts), 0.0)
-    # By its argument's name: float32 data under x64 round a discount check_discount's default dtype keeps.
+    # Named as the callers' argument: under x64, float32 data round a discount that check_discount's default
+    # dtype (float64) keeps, and this cast is where that shows.
     return MDP(transition, reward, initial, discount_array(discount, transition.dtype, "discount"))
 
 

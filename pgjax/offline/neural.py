@@ -268,7 +268,7 @@ def _prepare(name: str, dataset: Dataset, batch_size: int, target_probs_fn: Prob
     return data, next_probs, jnp.asarray(num, jnp.int32), jnp.asarray(dataset.initial_observations), num_actions
 
 
-def _check_discount_kept(label: str, discount: Any, data: Transitions) -> None:
+def _check_discount_kept_by_networks(label: str, discount: Any, data: Transitions) -> None:
     """`check_discount_kept` in the dtype the networks compute in: the features' and rewards' (flax's parameters are
     float32), where gamma multiplies nu(s') and Q(s'). Under x64, float32 features still round 1 - 1e-11 to 1."""
     check_discount_kept(label, discount, jnp.result_type(data.observations.dtype, data.rewards.dtype, jnp.float32))
@@ -513,7 +513,7 @@ def neural_dualdice(
                                                                   target_probs_fn)
     # The config is built before the data's dtype is known: a 1 - gamma of 0 would leave nu unbounded (a value of
     # 1.8e11 for a true one near 1 under a saddle warning), so the check is here.
-    _check_discount_kept("NeuralDualDICEConfig.discount", config.discount, data)
+    _check_discount_kept_by_networks("NeuralDualDICEConfig.discount", config.discount, data)
     params, info = _train_dualdice(key, data, next_probs, num_valid, initial, target_probs_fn, num_actions, config)
     lrs = "NeuralDualDICEConfig.nu_learning_rate / zeta_learning_rate"
     _check_finite("The DualDICE nu network", params.nu, lrs)
@@ -647,7 +647,7 @@ def fitted_q_evaluation(
     check_discount(discount)  # a number or a 0-d array, as the tabular estimators take
     data, next_probs, num_valid, initial, num_actions = _prepare("fitted_q_evaluation", dataset, config.batch_size,
                                                                   target_probs_fn)
-    _check_discount_kept("fitted_q_evaluation: discount", discount, data)  # float32 features under x64
+    _check_discount_kept_by_networks("fitted_q_evaluation: discount", discount, data)  # float32 features, x64
     params, info = _train_fqe(key, data, next_probs, num_valid, initial, float(discount), target_probs_fn,
                               num_actions, config)
     _check_finite("The FQE Q network", params.q, "FQEConfig.learning_rate")
@@ -685,6 +685,7 @@ def offline_policy_gradient_loss(
     """
     chex.assert_equal_shape([actions, ratios, q_values])
     chex.assert_equal_shape_prefix([log_probs, actions], actions.ndim)
+    check_concrete_discount(discount)
     weights = lax.stop_gradient(ratios * q_values)
     terms = _take(log_probs, actions) * weights
     if mask is None:
@@ -692,7 +693,6 @@ def offline_policy_gradient_loss(
     else:
         m = mask.astype(terms.dtype)
         mean = jnp.sum(m * terms) / jnp.maximum(jnp.sum(m), 1.0)
-    check_concrete_discount(discount)
     return -mean / (1.0 - discount)
 
 
